@@ -1,0 +1,7 @@
+"""Network, encoders and checkpoints of Lifelong-MonoDepth (see docs/DESIGN.md)."""
+from .checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+from .net import LifelongDepthNet, freeze, unfreeze
+from .resnet import build_encoder, load_imagenet_weights
+
+__all__ = ["LifelongDepthNet", "build_encoder", "load_imagenet_weights", "save_checkpoint",
+           "load_checkpoint", "read_checkpoint", "CheckpointError", "freeze", "unfreeze"]

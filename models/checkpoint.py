@@ -1,0 +1,243 @@
+"""Saving and loading LifelongDepthNet checkpoints.
+
+Two on-disk formats are read:
+
+* the authors' release: ``torch.save({'state_dict': sd})`` (or a bare state_dict), possibly with
+  a ``module.`` prefix from DataParallel; the learning order is only in the file name (NKS...);
+* the project format: a plain dict with ``state_dict`` plus metadata, ``"format":
+  "lifelong-monodepth"``, ``"version": 1`` (see docs/DESIGN.md).
+"""
+import argparse
+import os
+import re
+import tempfile
+
+import numpy as np
+import torch
+
+from .net import LifelongDepthNet
+from .resnet import ENCODERS
+
+__all__ = ["CheckpointError", "save_checkpoint", "read_checkpoint", "load_checkpoint",
+           "infer_encoder", "parse_order", "FORMAT", "VERSION"]
+
+FORMAT = "lifelong-monodepth"
+VERSION = 1
+AUTHORS = "authors"
+# Letters of the released files' names; domains.py owns the full registry.
+LETTER_NAMES = {"N": "nyu", "K": "kitti", "S": "scannet"}
+NAME_LETTERS = {v: k for k, v in LETTER_NAMES.items()}
+_TASK_KEY = re.compile(r"^task(\d+)\.")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, unreadable or does not fit the network."""
+
+
+def _preview(keys, n=5):
+    keys = sorted(keys)
+    more = f", ... (+{len(keys) - n} more)" if len(keys) > n else ""
+    return "[" + ", ".join(keys[:n]) + more + "]"
+
+
+# ----- saving ----------------------------------------------------------------------------
+def save_checkpoint(path, net, **meta):
+    """Write ``net`` in the project format; ``meta`` (domains, letters, options, ...) is stored.
+
+    ``net.meta`` is the starting point, the keyword arguments override it. The file is written
+    to a temporary name in the same folder and then renamed, so an interrupted save never
+    leaves a truncated checkpoint behind.
+    """
+    net = getattr(net, "module", net)  # unwrap DataParallel / DDP
+    n = net.num_domains
+    info = {k: v for k, v in getattr(net, "meta", {}).items() if k not in ("path", "format")}
+    if "domains" in meta and "letters" not in meta:
+        info.pop("letters", None)  # letters in net.meta describe the old domain list
+    info.update(meta)
+    info = _plain(info)  # keep the file loadable with torch.load(weights_only=True)
+    domains = list(info.get("domains") or [f"domain{i}" for i in range(n)])
+    if len(domains) != n:
+        raise ValueError(f"save_checkpoint: {len(domains)} domain names for {n} heads: {domains}")
+    letters = info.get("letters") or parse_order(domains)[1]
+    if letters:
+        info["letters"] = letters
+    payload = dict(info, domains=domains, encoder=net.encoder_name, format=FORMAT, version=VERSION,
+                   state_dict={k: v.detach().cpu() for k, v in net.state_dict().items()})
+    atomic_save(payload, os.fspath(path))
+    return path
+
+
+def _plain(obj):
+    """Namespaces, paths and numpy values -> plain Python, which ``weights_only`` loading accepts."""
+    if isinstance(obj, argparse.Namespace):
+        obj = vars(obj)
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_plain(v) for v in obj)
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if isinstance(obj, (np.generic, np.ndarray)):
+        return obj.tolist()
+    return obj
+
+
+def atomic_save(obj, path):
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # includes KeyboardInterrupt: never leave the temp file around
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+# ----- reading ---------------------------------------------------------------------------
+def read_checkpoint(path, map_location="cpu"):
+    """Return ``(state_dict, meta)`` of an authors' or project file, ``module.`` prefixes removed.
+
+    ``meta`` holds every other entry of the file, with ``meta["format"]`` set to
+    ``"lifelong-monodepth"`` or ``"authors"``.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint {path!r}: no such file")
+    try:
+        # weights_only: the released files come from the internet; ours hold only plain data.
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"checkpoint {path!r}: not a readable PyTorch file "
+                              f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+                              ) from exc
+    state, meta = _split(obj, path)
+    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    meta.setdefault("format", AUTHORS)
+    if meta["format"] == FORMAT and int(meta.get("version", VERSION)) > VERSION:
+        raise CheckpointError(f"checkpoint {path!r}: format version {meta['version']} is newer "
+                              f"than this code (version {VERSION})")
+    return state, meta
+
+
+def _is_state_dict(obj):
+    return isinstance(obj, dict) and bool(obj) and all(
+        isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items())
+
+
+def _split(obj, path):
+    """Separate the state_dict from the metadata of a loaded checkpoint object."""
+    if _is_state_dict(obj):  # bare state_dict, treated like the authors' files
+        return dict(obj), {}
+    if not isinstance(obj, dict) or "state_dict" not in obj:
+        what = f"keys {_preview(map(str, obj))}" if isinstance(obj, dict) else type(obj).__name__
+        raise CheckpointError(f"checkpoint {path!r}: no 'state_dict' entry (found {what})")
+    if not _is_state_dict(obj["state_dict"]):
+        raise CheckpointError(f"checkpoint {path!r}: 'state_dict' is not a dict of tensors")
+    meta = {k: v for k, v in obj.items() if k != "state_dict"}
+    return dict(obj["state_dict"]), meta
+
+
+# ----- loading into a network ------------------------------------------------------------
+def infer_encoder(state):
+    """Guess the encoder of an ``E.*`` state_dict from its block layout (resnet34 if unsure)."""
+    bottleneck = "E.layer1.0.conv3.weight" in state
+    counts = tuple(len({k.split(".")[2] for k in state if k.startswith(f"E.layer{j}.")})
+                   for j in range(1, 5))
+    for name, (block, layers) in ENCODERS.items():
+        if tuple(layers) == counts and (block.expansion == 4) == bottleneck:
+            return name
+    return "resnet34"  # the released models; a wrong guess fails loudly in the strict load
+
+
+def _head_count(state, path):
+    found = sorted({int(m.group(1)) for m in map(_TASK_KEY.match, state) if m})
+    if not found:
+        raise CheckpointError(f"checkpoint {path!r}: no head keys 'task<i>.*' found")
+    if found != list(range(len(found))):
+        raise CheckpointError(f"checkpoint {path!r}: head indices must be contiguous from 0, "
+                              f"found task{found}")
+    return len(found)
+
+
+def parse_order(order):
+    """``"NKS"`` / ``"nyu,kitti"`` / ``["N", "kitti"]`` -> (names, letters or None)."""
+    if isinstance(order, str):
+        if "," in order or order.strip().lower() in NAME_LETTERS:
+            items = [s.strip() for s in order.split(",")]
+        else:
+            items = list(order.strip())
+    else:
+        items = [str(s).strip() for s in order]
+    names, letters = [], []
+    for item in items:
+        if len(item) == 1:
+            letters.append(item.upper())
+            names.append(LETTER_NAMES.get(item.upper(), item.lower()))
+        else:
+            names.append(item.lower())
+            letters.append(NAME_LETTERS.get(item.lower()))
+    return names, ("".join(letters) if all(letters) else None)
+
+
+def _check_fit(net, state, path):
+    """Strict key/shape comparison with an error that names the offending keys."""
+    own = net.state_dict()
+    missing = own.keys() - state.keys()
+    unexpected = state.keys() - own.keys()
+    mismatched = sorted(f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+                        for k in own.keys() & state.keys() if own[k].shape != state[k].shape)
+    if missing or unexpected or mismatched:
+        raise CheckpointError(
+            f"checkpoint {path!r} does not fit {net.encoder_name} with {net.num_domains} head(s): "
+            f"{len(missing)} missing key(s) {_preview(missing)}; "
+            f"{len(unexpected)} unexpected key(s) {_preview(unexpected)}; "
+            f"{len(mismatched)} shape mismatch(es) {_preview(mismatched)}")
+
+
+def _domains(meta, order, n, path):
+    """Domain names/letters: the file's own (project format) or ``order`` or generic names."""
+    stored = meta.get("domains") if meta["format"] == FORMAT else None
+    if order is not None:
+        names, letters = parse_order(order)
+        if len(names) != n:
+            raise CheckpointError(f"checkpoint {path!r} has {n} head(s) but order {order!r} "
+                                  f"names {len(names)} domain(s)")
+        if stored is not None and list(stored) != names:
+            raise CheckpointError(f"checkpoint {path!r} stores domains {list(stored)}, "
+                                  f"order {order!r} says {names}")
+        return names, letters
+    if stored is not None:
+        names = list(stored)
+        if len(names) != n:
+            raise CheckpointError(f"checkpoint {path!r}: {len(names)} stored domain names "
+                                  f"for {n} head(s)")
+        return names, meta.get("letters") or parse_order(names)[1]
+    return [f"domain{i}" for i in range(n)], None
+
+
+def load_checkpoint(path, order=None, map_location="cpu", encoder=None):
+    """Build a LifelongDepthNet from a checkpoint and return it in eval mode with ``net.meta``.
+
+    ``order`` names the domains of an authors' file in learning order (e.g. ``"NKS"``, the
+    file name); ``encoder`` overrides the stored/inferred encoder name.
+    """
+    state, meta = read_checkpoint(path, map_location)
+    path = os.fspath(path)
+    n = _head_count(state, path)
+    names, letters = _domains(meta, order, n, path)  # cheap checks before building the net
+    name = encoder or meta.get("encoder") or infer_encoder(state)
+    net = LifelongDepthNet(encoder=name, num_domains=n)
+    _check_fit(net, state, path)
+    net.load_state_dict(state, strict=True)
+    if isinstance(map_location, (str, torch.device)):
+        net.to(map_location)  # parameters live where the tensors were mapped
+    net.meta = dict(meta, domains=names, encoder=net.encoder_name, path=path,
+                    prototypes=meta.get("prototypes"))
+    if letters:
+        net.meta["letters"] = letters
+    return net.eval()
