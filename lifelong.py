@@ -1,0 +1,714 @@
+"""The shared lifelong training engine: one stage learns one more domain.
+
+A stage of order ``NKS`` learns S on top of the model of ``NK`` (``runs/NK.pth.tar``):
+
+1. load the prior model, keep a frozen copy as the teacher, append a head for the new domain;
+2. train the new head (and the shared trunk) on the new domain with the uncertainty depth loss;
+3. distil every old head on the new domain's images against the teacher;
+4. replay each old domain's buffer through its own head with the uncertainty depth loss;
+5. sum the terms with per-domain weights.
+
+Strategies switch terms 3 and 4 on and off (``finetune``, ``distill``, ``replay``) or train on all
+domains at once (``joint``, the upper bound). The same code runs one process or many under
+torchrun (DistributedDataParallel), on CPU or CUDA. train_N.py, train_NK.py and train_NKS.py are
+thin entry points into ``main``.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import random
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.utils.data import DistributedSampler, Subset
+from tqdm import tqdm
+
+from domains import get_domain, load_domains_from_root
+from evaluation import evaluate_domain
+from loaders import get_dataset, get_loader, scaled
+from losses import distillation_loss, uncertainty_depth_loss
+from models import LifelongDepthNet, read_checkpoint, save_checkpoint
+from models.checkpoint import atomic_save
+from prototypes import compute_prototypes
+
+STRATEGIES = {
+    # name: (distil old heads on new images, replay old buffers, help)
+    "ours": (True, True, "distillation + replay + uncertainty (the paper's method)"),
+    "finetune": (False, False, "new head only; no distillation, no replay (lower bound)"),
+    "distill": (True, False, "distillation without replay (LwF-like)"),
+    "replay": (False, True, "replay without distillation"),
+    "joint": (False, False, "all domains' training data at once (upper bound)"),
+}
+# Loss weights of the paper for old domain j: 10 for the first domain's terms, 100 for the second's
+# when learning a third. Further old domains reuse the last weight.
+DEFAULT_OLD_WEIGHTS = "10,100"
+
+
+# --------------------------------------------------------------------------------------------------
+# Options
+# --------------------------------------------------------------------------------------------------
+def build_parser(default_order: str, description: str) -> argparse.ArgumentParser:
+    """All options of a training stage, each with its help string (saved as JSON beside the run)."""
+    p = argparse.ArgumentParser(description=description,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("what to learn")
+    first = len(default_order) == 1
+    if first:
+        order_help = (f"the domain to learn first, a letter: N (NYU-v2), K (KITTI), S (ScanNet) or a "
+                      f"custom one from <data-root>/domains.json (default {default_order})")
+    else:
+        order_help = (f"learning order as domain letters; the last letter is the domain learned by "
+                      f"this stage, the others must be the prior model's domains in order "
+                      f"(default {default_order}); any length, e.g. NKSX learns a fourth, custom "
+                      f"domain X from <data-root>/domains.json")
+    g.add_argument("--domain" if first else "--order", dest="order", default=None, help=order_help)
+    g.add_argument("--strategy", default="ours", choices=list(STRATEGIES),
+                   help="; ".join(f"{k}: {v[2]}" for k, v in STRATEGIES.items()))
+    g.add_argument("--prior", default=None,
+                   help="checkpoint of the previous stage (default: <runs-dir>/<order minus last "
+                        "letter>[_strategy].pth.tar). Authors' files need --order to name their domains")
+    g.add_argument("--out", default=None,
+                   help="final checkpoint path (default: <runs-dir>/<order>[_strategy].pth.tar)")
+    g.add_argument("--runs-dir", default="runs", help="folder of checkpoints and run folders")
+    g.add_argument("--shared-head", action="store_true",
+                   help="with --strategy joint: one head for all domains (the single-head baseline)")
+
+    g = p.add_argument_group("data")
+    g.add_argument("--data-root", default="datasets",
+                   help="folder with the index CSVs (python synthetic.py --out datasets/synthetic "
+                        "makes a synthetic one)")
+    g.add_argument("--scale", type=float, default=1.0,
+                   help="input size factor: 1.0 is the paper's 228x304 (NYU/ScanNet) and 320x480 "
+                        "(KITTI); 0.5 suits a CPU")
+    g.add_argument("--replay-size", type=int, default=500,
+                   help="replay buffer per old domain (first rows of its replay CSV)")
+    g.add_argument("--val-images", type=int, default=50,
+                   help="images per domain held out of the training rows for per-epoch validation "
+                        "(never the test split); 0 disables validation")
+    g.add_argument("--val-seed", type=int, default=0,
+                   help="seed of the held-out validation draw (kept fixed across stages)")
+    g.add_argument("--workers", type=int, default=2, help="data loader worker processes")
+
+    g = p.add_argument_group("optimisation (defaults are the paper's)")
+    g.add_argument("--epochs", type=int, default=20, help="epochs over the new domain's data")
+    g.add_argument("--max-steps", type=int, default=None,
+                   help="stop after this many optimiser steps in total (short runs, CI)")
+    g.add_argument("--batch-size", type=int, default=None,
+                   help="images per process per step and per replay batch (default 8; 4 from the "
+                        "third domain on)")
+    g.add_argument("--grad-accum", type=int, default=1,
+                   help="micro-batches per optimiser step; K emulates K processes in one, so the "
+                        "global batch is batch-size x K x processes")
+    g.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate")
+    g.add_argument("--lr-step", type=int, default=5, help="halve the learning rate every N epochs")
+    g.add_argument("--lr-gamma", type=float, default=0.5, help="factor of each learning-rate step")
+    g.add_argument("--weight-decay", type=float, default=1e-4, help="Adam weight decay")
+    g.add_argument("--distill-weights", default=DEFAULT_OLD_WEIGHTS,
+                   help="comma-separated weights of the old domains' distillation terms, in learning "
+                        "order; the last repeats for further domains")
+    g.add_argument("--replay-weights", default=DEFAULT_OLD_WEIGHTS,
+                   help="comma-separated weights of the old domains' replay terms, in learning order")
+
+    g = p.add_argument_group("model")
+    g.add_argument("--encoder", default="resnet34", choices=["resnet18", "resnet34", "resnet50"],
+                   help="encoder of a first stage (later stages take the prior's)")
+    g.add_argument("--pretrained", default=None,
+                   help="ImageNet weights of the encoder, a local torchvision file such as "
+                        "resnet34-b627a593.pth; without it the encoder starts from random weights")
+    g.add_argument("--proto-images", type=int, default=200,
+                   help="images per domain used for the stored domain prototypes")
+
+    g = p.add_argument_group("run")
+    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="auto takes CUDA when available")
+    g.add_argument("--amp", default="auto", choices=["auto", "off", "bf16", "fp16"],
+                   help="mixed precision; auto is bf16 (or fp16 with loss scaling) on CUDA, off on CPU")
+    g.add_argument("--seed", type=int, default=0, help="seed of weights, data order and augmentation")
+    g.add_argument("--resume", nargs="?", const="auto", default=None,
+                   help="resume an interrupted stage from its run folder's last.pth.tar (or a path)")
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def parse_weights(text: str, n: int) -> list[float]:
+    values = [float(v) for v in text.split(",") if v.strip()]
+    if not values:
+        raise ValueError(f"no weights in {text!r}")
+    return [values[min(j, len(values) - 1)] for j in range(n)]
+
+
+def run_name(letters: str, strategy: str) -> str:
+    """Checkpoint stem: the order, plus the strategy unless it is ours. A first stage is the same
+    single-domain model for every lifelong strategy, so its name has no suffix."""
+    if strategy == "ours" or len(letters) == 1:
+        return letters
+    return f"{letters}_{strategy}"
+
+
+def resolve_options(args: argparse.Namespace, default_order: str) -> argparse.Namespace:
+    """Fill the defaults that depend on other options and check the order."""
+    load_domains_from_root(args.data_root)
+    args.order_given = args.order is not None
+    order = (args.order or default_order).strip()
+    if len(default_order) == 1 and len(order) != 1 and args.strategy != "joint":
+        raise SystemExit(f"error: train_N.py learns one domain; got {order!r} (use train_NK.py / "
+                         f"train_NKS.py --order for later stages)")
+    try:
+        specs = [get_domain(letter) for letter in order]
+    except ValueError as err:
+        raise SystemExit(f"error: --order {order!r}: {err}") from None
+    letters = "".join(s.letter for s in specs)
+    if len(set(letters)) != len(letters):
+        raise SystemExit(f"error: --order {order!r} repeats a domain")
+    if args.shared_head and args.strategy != "joint":
+        raise SystemExit("error: --shared-head is a joint-training baseline; use it with --strategy joint")
+    args.order = letters
+    if args.batch_size is None:
+        args.batch_size = 8 if len(letters) < 3 else 4
+    name = run_name(letters, args.strategy) + ("_shared" if args.shared_head else "")
+    runs = Path(args.runs_dir)
+    args.out = args.out or str(runs / f"{name}.pth.tar")
+    args.run_dir = str(Path(args.out).with_suffix("").with_suffix(""))
+    if args.prior is None and len(letters) > 1 and args.strategy != "joint":
+        args.prior = str(runs / f"{run_name(letters[:-1], args.strategy)}.pth.tar")
+    return args
+
+
+# --------------------------------------------------------------------------------------------------
+# Processes and devices
+# --------------------------------------------------------------------------------------------------
+class Dist:
+    """Who this process is: rank, world size and device (torchrun sets RANK/WORLD_SIZE/LOCAL_RANK)."""
+
+    def __init__(self, device_arg: str):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        use_cuda = device_arg == "cuda" or (device_arg == "auto" and torch.cuda.is_available())
+        if device_arg == "cuda" and not torch.cuda.is_available():
+            raise SystemExit("error: --device cuda but CUDA is not available")
+        if use_cuda:
+            torch.cuda.set_device(self.local_rank)
+            self.device = torch.device("cuda", self.local_rank)
+        else:
+            self.device = torch.device("cpu")
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self):
+        if self.world > 1:
+            dist.barrier()
+
+    def close(self):
+        if self.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def amp_settings(arg: str, device: torch.device):
+    """(autocast dtype or None, whether a GradScaler is needed)."""
+    if arg == "off" or (arg == "auto" and device.type != "cuda"):
+        return None, False
+    if arg == "fp16":
+        return torch.float16, device.type == "cuda"
+    if arg == "bf16" or (device.type == "cuda" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16, False
+    return torch.float16, True
+
+
+# --------------------------------------------------------------------------------------------------
+# Data order: DistributedSampler that also emulates K processes and starts mid-epoch
+# --------------------------------------------------------------------------------------------------
+class StepSampler(DistributedSampler):
+    """Indices for ``batch_size``-sized micro-batches of this process, ``accum`` per step.
+
+    The epoch's permutation is DistributedSampler's (seed + epoch, same on every rank). With
+    ``world`` processes and ``accum`` micro-batches, there are ``world * accum`` virtual ranks;
+    micro-batch k of step s on rank r is virtual rank ``r * accum + k``'s s-th batch. One process
+    with accum=2 therefore sees exactly the samples that two processes with accum=1 see, which makes
+    runs comparable across world sizes. ``start_step`` skips steps already done (resume).
+    """
+
+    def __init__(self, dataset, batch_size, world=1, rank=0, accum=1, seed=0, shuffle=True):
+        super().__init__(dataset, num_replicas=world * accum, rank=rank * accum,
+                         shuffle=shuffle, seed=seed, drop_last=True)
+        self.batch_size, self.accum, self.first_rank = batch_size, accum, rank * accum
+        self.start_step = 0
+
+    def steps_per_epoch(self) -> int:
+        return self.num_samples // self.batch_size
+
+    def _shard(self, virtual_rank: int) -> list[int]:
+        self.rank = virtual_rank
+        return list(super().__iter__())
+
+    def __iter__(self):
+        shards = [self._shard(self.first_rank + k) for k in range(self.accum)]
+        self.rank = self.first_rank
+        b = self.batch_size
+        for step in range(self.start_step, self.steps_per_epoch()):
+            for shard in shards:
+                yield from shard[step * b:(step + 1) * b]
+
+    def __len__(self):
+        return (self.steps_per_epoch() - self.start_step) * self.batch_size * self.accum
+
+
+class SeededSamples(torch.utils.data.Dataset):
+    """Each sample's augmentation drawn from its own seed (seed, epoch, index).
+
+    The transforms draw from torch's RNG; seeding it per sample makes a sample's augmentation
+    independent of the worker that loads it, of the number of processes, and of where a resumed
+    run starts, so an interrupted-and-resumed run or a 2-process run repeats the same arithmetic.
+    """
+
+    def __init__(self, dataset, seed: int):
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((self.seed * 1_000_003 + self.epoch * 10_007 + index) % 2**63)
+            return self.dataset[index]
+
+
+class CyclingLoader:
+    """Endless micro-batches of a (replay) dataset: a new epoch of its sampler when one runs out.
+    The upstream code stopped replaying once its replay loader ran out; we cycle instead."""
+
+    def __init__(self, dataset, opts, ctx: Dist, salt: int):
+        dataset = SeededSamples(dataset, opts.seed + 1000 * salt)
+        self.sampler = StepSampler(dataset, opts.batch_size, ctx.world, ctx.rank, opts.grad_accum,
+                                   seed=opts.seed + 1000 * salt)
+        if self.sampler.steps_per_epoch() == 0:
+            raise ValueError(f"{len(dataset)} samples are too few for batches of {opts.batch_size} "
+                             f"on {ctx.world * opts.grad_accum} (virtual) processes")
+        self.dataset, self.opts, self.ctx, self.salt = dataset, opts, ctx, salt
+        self.epoch, self.iterator = 0, None
+
+    def next(self):
+        while True:
+            if self.iterator is None:
+                self.sampler.set_epoch(self.epoch)
+                self.dataset.epoch = self.epoch
+                self.iterator = iter(make_loader(self.dataset, self.sampler, self.opts, self.ctx,
+                                                 seed=self.opts.seed + 1000 * self.salt + self.epoch))
+            try:
+                return next(self.iterator)
+            except StopIteration:
+                self.epoch, self.iterator = self.epoch + 1, None
+
+
+def make_loader(dataset, sampler, opts, ctx: Dist, seed: int):
+    return get_loader(dataset, batch_size=opts.batch_size, workers=opts.workers,
+                      device=ctx.device.type, seed=seed, drop_last=True, sampler=sampler)
+
+
+def split_validation(train_set, replay_rows: set, n_val: int, seed: int):
+    """Indices (train, validation) of a domain's training rows. Validation rows are drawn from the
+    rows outside the replay buffer, with a fixed seed, so every stage validates on the same images
+    and none of them is ever trained on."""
+    candidates = [i for i, row in enumerate(train_set.rows) if row.image not in replay_rows]
+    rng = np.random.default_rng(seed)
+    val = sorted(rng.permutation(candidates)[:n_val].tolist()) if n_val > 0 else []
+    held = set(val)
+    return [i for i in range(len(train_set)) if i not in held], val
+
+
+class DomainData:
+    """The datasets of one domain for a stage: training rows, replay buffer and validation rows."""
+
+    def __init__(self, spec, opts):
+        self.spec = spec
+        root, scale = opts.data_root, opts.scale
+        self.train_full = get_dataset(spec.letter, "train", root, train=True, scale=scale)
+        self.replay_full = get_dataset(spec.letter, "replay", root, train=True, scale=scale)
+        replay_rows = {row.image for row in self.replay_full.rows}
+        train_idx, val_idx = split_validation(self.train_full, replay_rows, opts.val_images,
+                                              opts.val_seed)
+        self.train = Subset(self.train_full, train_idx)
+        self.replay = Subset(self.replay_full, range(min(opts.replay_size, len(self.replay_full))))
+        self.val = (Subset(get_dataset(spec.letter, "train", root, train=False, scale=scale), val_idx)
+                    if val_idx else None)
+
+    def prototype_set(self, opts):
+        """Deterministic (test-transform) images for this domain's prototype: its replay rows."""
+        ds = get_dataset(self.spec.letter, "replay", opts.data_root, train=False, scale=opts.scale)
+        return Subset(ds, range(min(opts.proto_images, len(ds))))
+
+
+# --------------------------------------------------------------------------------------------------
+# Model
+# --------------------------------------------------------------------------------------------------
+def prior_command(letters: str, strategy: str) -> str:
+    script = {1: "train_N.py --domain", 2: "train_NK.py --order"}.get(len(letters), "train_NKS.py --order")
+    extra = "" if strategy == "ours" or len(letters) == 1 else f" --strategy {strategy}"
+    return f"python {script} {letters}{extra}"
+
+
+def load_prior(opts) -> tuple[LifelongDepthNet, dict]:
+    """The previous stage's model, checked against the order."""
+    old_letters = opts.order[:-1]
+    if not Path(opts.prior).is_file():
+        raise SystemExit(f"error: prior checkpoint {opts.prior} not found; make it with "
+                         f"`{prior_command(old_letters, opts.strategy)}` (same --data-root/--scale)")
+    state, meta = read_checkpoint(opts.prior)
+    heads = len({k.split(".")[0] for k in state if k.startswith("task")})
+    known = meta.get("letters")
+    if not known:  # an authors' file: only the learning order on the command line names its heads
+        if not opts.order_given:
+            raise SystemExit(f"error: {opts.prior} has no metadata (an authors' checkpoint); name its "
+                             f"domains with --order, e.g. --order {'NKS'[:heads]}{opts.order[-1]}")
+        known = old_letters
+    if heads != len(old_letters) or known != old_letters:
+        raise SystemExit(f"error: {opts.prior} holds {heads} head(s) for domains {known!r}, but order "
+                         f"{opts.order!r} needs the prior {old_letters!r}")
+    net = LifelongDepthNet(encoder=meta.get("encoder", opts.encoder), num_domains=heads)
+    net.load_state_dict(state)
+    return net, meta
+
+
+def build_model(opts, ctx: Dist):
+    """(student, teacher or None, index of the new head)."""
+    if opts.strategy == "joint":
+        heads = 1 if opts.shared_head else len(opts.order)
+        net = LifelongDepthNet(encoder=opts.encoder, num_domains=heads, pretrained=opts.pretrained)
+        return net.to(ctx.device), None, heads - 1
+    if len(opts.order) == 1:
+        net = LifelongDepthNet(encoder=opts.encoder, num_domains=1, pretrained=opts.pretrained)
+        return net.to(ctx.device), None, 0
+    net, _ = load_prior(opts)
+    opts.encoder = net.encoder_name
+    teacher = None
+    if STRATEGIES[opts.strategy][0]:
+        teacher = copy.deepcopy(net).eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        teacher.to(ctx.device)
+    new_head = net.add_domain()
+    if opts.strategy == "finetune":  # old heads get no loss; freezing them keeps DDP free of unused grads
+        for j in range(new_head):
+            for p in net.heads[j].parameters():
+                p.requires_grad_(False)
+    return net.to(ctx.device), teacher, new_head
+
+
+class StageLoss(nn.Module):
+    """All loss terms of one micro-batch in a single forward, so DDP sees one call per step."""
+
+    def __init__(self, net: LifelongDepthNet, new_head: int, distill_w, replay_w, replay_heads):
+        super().__init__()
+        self.net, self.new_head = net, new_head
+        self.distill_w, self.replay_w, self.replay_heads = distill_w, replay_w, replay_heads
+
+    def forward(self, image, depth, teacher_out=None, replay=()):
+        terms = {}
+        feats = self.net.features(image)
+        d, u = self.net.head_forward(feats, self.new_head)
+        total = terms["new"] = uncertainty_depth_loss(d, u, depth)
+        for j, (t_d, t_u) in enumerate(teacher_out or ()):
+            s_d, s_u = self.net.head_forward(feats, j)
+            terms[f"distill{j}"] = distillation_loss(s_d, s_u, t_d, t_u)
+            total = total + self.distill_w[j] * terms[f"distill{j}"]
+        for k, (r_image, r_depth) in enumerate(replay):
+            j = self.replay_heads[k]
+            r_d, r_u = self.net(r_image, domain=j)
+            terms[f"replay{k}"] = uncertainty_depth_loss(r_d, r_u, r_depth)
+            total = total + self.replay_w[k] * terms[f"replay{k}"]
+        terms["total"] = total
+        return terms
+
+
+# --------------------------------------------------------------------------------------------------
+# The stage
+# --------------------------------------------------------------------------------------------------
+class Stage:
+    """Learns one more domain: model, data, optimiser, loop, checkpoints."""
+
+    def __init__(self, opts, ctx: Dist):
+        self.opts, self.ctx = opts, ctx
+        self.specs = [get_domain(letter) for letter in opts.order]
+        seed_everything(opts.seed)
+        self.net, self.teacher, self.new_head = build_model(opts, ctx)
+        self.data = [DomainData(spec, opts) for spec in self.specs]
+        self._plan_terms()
+        self.amp_dtype, needs_scaler = amp_settings(opts.amp, ctx.device)
+        self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=needs_scaler)
+        self.loss = StageLoss(self.net, self.new_head, self.distill_w, self.replay_w, self.replay_heads)
+        self.step_module = self.loss
+        if ctx.world > 1:
+            ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+            self.step_module = nn.parallel.DistributedDataParallel(self.loss, device_ids=ids)
+        trainable = [p for p in self.net.parameters() if p.requires_grad]
+        self.optim = torch.optim.Adam(trainable, lr=opts.lr, weight_decay=opts.weight_decay)
+        self.sched = torch.optim.lr_scheduler.StepLR(self.optim, opts.lr_step, opts.lr_gamma)
+        self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
+        self.log_path = Path(opts.run_dir) / "log.jsonl"
+
+    def _plan_terms(self):
+        """Which dataset feeds the main batch, which are replayed, and their weights."""
+        opts, n_old = self.opts, len(self.specs) - 1
+        distil, replay = STRATEGIES[opts.strategy][:2]
+        if opts.strategy == "joint":
+            # every domain's full training set; the largest drives the epoch, the others cycle
+            sizes = [len(d.train) for d in self.data]
+            self.main_domain = int(np.argmax(sizes))
+            others = [i for i in range(len(self.data)) if i != self.main_domain]
+            self.main_head = 0 if opts.shared_head else self.main_domain
+            self.replay_sets = [self.data[i].train for i in others]
+            self.replay_heads = [0 if opts.shared_head else i for i in others]
+            self.replay_w, self.distill_w = [1.0] * len(others), []
+            self.new_head = self.main_head
+            return
+        self.main_domain = self.main_head = n_old
+        self.distill_w = parse_weights(opts.distill_weights, n_old) if distil else []
+        self.replay_heads = list(range(n_old)) if replay else []
+        self.replay_sets = [self.data[j].replay for j in self.replay_heads]
+        self.replay_w = parse_weights(opts.replay_weights, n_old) if replay else []
+
+    # ---- persistence -----------------------------------------------------------------------------
+    def meta(self) -> dict:
+        specs = self.specs
+        meta = {"encoder": self.net.encoder_name, "trained_letters": self.opts.order,
+                "strategy": self.opts.strategy, "shared_head": self.opts.shared_head,
+                "options": vars(self.opts)}
+        if self.opts.shared_head:  # one head serves every domain: it gets the widest range
+            meta["domains"] = ["shared"]
+            specs = [max(specs, key=lambda s: s.max_depth)]
+        else:
+            meta["domains"], meta["letters"] = [s.name for s in specs], self.opts.order
+        meta["depth_ranges"] = [[s.min_depth, s.max_depth] for s in specs]
+        meta["input_sizes"] = [list(scaled_size(s.input_size, self.opts.scale)) for s in specs]
+        return meta
+
+    def save_resume(self, interrupted=False):
+        if not self.ctx.main:
+            return
+        state = {"state_dict": self.net.state_dict(), "optimizer": self.optim.state_dict(),
+                 "scheduler": self.sched.state_dict(), "scaler": self.scaler.state_dict(),
+                 "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
+                 "global_step": self.global_step, "world_size": self.ctx.world,
+                 "samples_in_epoch": self.step_in_epoch * self.opts.batch_size * self.opts.grad_accum
+                 * self.ctx.world, "interrupted": interrupted, "meta": self.meta()}
+        atomic_save(state, Path(self.opts.run_dir) / "last.pth.tar")
+
+    def load_resume(self, path):
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        saved = state["meta"]
+        if saved["trained_letters"] != self.opts.order or saved["strategy"] != self.opts.strategy:
+            raise SystemExit(f"error: {path} is a run of order {saved['trained_letters']} strategy "
+                             f"{saved['strategy']}, not {self.opts.order} {self.opts.strategy}")
+        self.net.load_state_dict(state["state_dict"])
+        self.optim.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.global_step = state["epoch"], state["global_step"]
+        # a different world size continues after the same number of samples
+        per_step = self.opts.batch_size * self.opts.grad_accum * self.ctx.world
+        self.step_in_epoch = state["samples_in_epoch"] // per_step
+        self.say(f"resumed {path}: epoch {self.epoch + 1}, step {self.step_in_epoch}, "
+                 f"{self.global_step} steps done")
+
+    def save_final(self, prototypes):
+        if self.ctx.main:
+            save_checkpoint(self.opts.out, self.net, prototypes=prototypes, **self.meta())
+
+    def log(self, record: dict):
+        if self.ctx.main:
+            with open(self.log_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def say(self, text: str):
+        if self.ctx.main:
+            tqdm.write(text)
+
+    # ---- one step ----------------------------------------------------------------------------------
+    def micro_batch(self, batch, replay_batches):
+        dev = self.ctx.device
+        image, depth = batch["image"].to(dev, non_blocking=True), batch["depth"].to(dev, non_blocking=True)
+        replay = [(b["image"].to(dev, non_blocking=True), b["depth"].to(dev, non_blocking=True))
+                  for b in replay_batches]
+        with torch.autocast(dev.type, dtype=self.amp_dtype or torch.float32,
+                            enabled=self.amp_dtype is not None):
+            teacher_out = None
+            if self.teacher is not None:
+                with torch.no_grad():  # targets only; no_grad (not inference_mode) so they can be saved for backward
+                    t_feats = self.teacher.features(image)
+                    teacher_out = [self.teacher.head_forward(t_feats, j) for j in range(len(self.distill_w))]
+            return self.step_module(image, depth, teacher_out, replay)
+
+    def train_step(self, micro_batches) -> dict:
+        """One optimiser step over ``grad_accum`` micro-batches (gradients averaged, as DDP does)."""
+        self.optim.zero_grad(set_to_none=True)
+        sums = {}
+        for k, (batch, replay_batches) in enumerate(micro_batches):
+            last = k == len(micro_batches) - 1
+            sync = nullcontext() if last or self.ctx.world == 1 else self.step_module.no_sync()
+            with sync:
+                terms = self.micro_batch(batch, replay_batches)
+                self.scaler.scale(terms["total"] / len(micro_batches)).backward()
+            for key, value in terms.items():
+                sums[key] = sums.get(key, 0.0) + value.item() / len(micro_batches)
+        self.scaler.step(self.optim)
+        self.scaler.update()
+        return sums
+
+    # ---- loops -------------------------------------------------------------------------------------
+    def validate(self) -> dict:
+        results = {}
+        if not self.ctx.main or self.opts.val_images <= 0:
+            return results
+        for i, data in enumerate(self.data):
+            if data.val is None:
+                continue
+            loader = get_loader(data.val, batch_size=self.opts.batch_size, workers=0,
+                                device=self.ctx.device.type)
+            head = 0 if self.opts.shared_head else i
+            r = evaluate_domain(self.net, loader, head, data.spec, self.ctx.device, cap=True,
+                                amp_dtype=self.amp_dtype)
+            results[data.spec.letter] = {k: round(r[k], 5) for k in ("abs_rel", "rmse", "delta1")}
+        return results
+
+    def run_epoch(self, main_sampler, replays, max_steps) -> bool:
+        """Train one epoch (or until max_steps); returns False if the step limit was reached."""
+        opts = self.opts
+        main_sampler.set_epoch(self.epoch)
+        main_sampler.start_step = self.step_in_epoch
+        main_sampler.dataset.epoch = self.epoch
+        loader = make_loader(main_sampler.dataset, main_sampler, opts, self.ctx, seed=opts.seed + self.epoch)
+        steps = main_sampler.steps_per_epoch()
+        bar = tqdm(total=steps, initial=self.step_in_epoch, disable=opts.quiet or not self.ctx.main,
+                   desc=f"{opts.order} {opts.strategy} epoch {self.epoch + 1}/{opts.epochs}",
+                   dynamic_ncols=True, leave=False)
+        it, images, t0, sums, n = iter(loader), 0, time.time(), {}, 0
+        while self.step_in_epoch < steps:
+            if max_steps is not None and self.global_step >= max_steps:
+                bar.close()
+                if n:
+                    self.log_epoch(sums, n, images, time.time() - t0, partial=True)
+                return False
+            micro = [(next(it), [r.next() for r in replays]) for _ in range(opts.grad_accum)]
+            terms = self.train_step(micro)
+            self.step_in_epoch += 1
+            self.global_step += 1
+            images += opts.batch_size * opts.grad_accum * self.ctx.world
+            n += 1
+            for key, value in terms.items():
+                sums[key] = sums.get(key, 0.0) + value
+            bar.set_postfix({k: f"{v:.3f}" for k, v in terms.items()}, refresh=False)
+            bar.update(1)
+        bar.close()
+        self.finish_epoch(sums, n, images, time.time() - t0)
+        return True
+
+    def finish_epoch(self, sums, n, images, seconds):
+        self.sched.step()
+        self.epoch += 1
+        self.step_in_epoch = 0
+        self.log_epoch(sums, n, images, seconds)
+        self.save_resume()
+
+    def log_epoch(self, sums, n, images, seconds, partial=False):
+        """Validation of every learned domain and one log line; ``partial`` when --max-steps cut it."""
+        val = self.validate()
+        record = {"epoch": self.epoch + (1 if partial else 0), "partial": partial,
+                  "global_step": self.global_step,
+                  "lr": self.optim.param_groups[0]["lr"], "seconds": round(seconds, 2),
+                  "images_per_s": round(images / max(seconds, 1e-9), 3),
+                  "loss": {k: round(v / max(n, 1), 5) for k, v in sums.items()}, "val": val}
+        self.log(record)
+        val_text = " ".join(f"{d}: rmse {v['rmse']:.3f} d1 {v['delta1']:.3f}" for d, v in val.items())
+        self.say(f"[{self.opts.order} {self.opts.strategy}] epoch {self.epoch}: "
+                 f"loss {record['loss'].get('total', float('nan')):.4f}, "
+                 f"{record['images_per_s']:.2f} img/s  {val_text}")
+
+    def train(self):
+        opts, ctx = self.opts, self.ctx
+        main_set = SeededSamples(self.data[self.main_domain].train, opts.seed)
+        main_sampler = StepSampler(main_set, opts.batch_size, ctx.world, ctx.rank, opts.grad_accum,
+                                   seed=opts.seed)
+        if main_sampler.steps_per_epoch() == 0:
+            raise SystemExit(f"error: {len(self.data[self.main_domain].train)} training images are "
+                             f"too few for batch size {opts.batch_size}")
+        replays = [CyclingLoader(ds, opts, ctx, salt=k + 1) for k, ds in enumerate(self.replay_sets)]
+        try:
+            while self.epoch < opts.epochs:
+                if not self.run_epoch(main_sampler, replays, opts.max_steps):
+                    break
+        except KeyboardInterrupt:
+            self.save_resume(interrupted=True)
+            self.say(f"interrupted at step {self.global_step}: resume with the same command plus "
+                     f"--resume ({Path(opts.run_dir) / 'last.pth.tar'})")
+            raise SystemExit(130)
+
+    def prototypes(self) -> dict:
+        sets = [d.prototype_set(self.opts) for d in self.data]
+        loaders = [get_loader(s, batch_size=self.opts.batch_size, workers=0,
+                              device=self.ctx.device.type) for s in sets]
+        return compute_prototypes(self.net, loaders, self.ctx.device)
+
+
+def scaled_size(size, scale: float):
+    """Network input (H, W) of a domain at a --scale, rounded as the transforms round it."""
+    return tuple(scaled(n, scale) for n in size)
+
+
+def describe(opts, stage: Stage, ctx: Dist) -> str:
+    terms = ["new"]
+    terms += [f"distill {s.letter} x{w:g}" for s, w in zip(stage.specs, stage.distill_w)]
+    kind = "joint" if opts.strategy == "joint" else "replay"
+    others = [i for i in range(len(stage.specs)) if i != stage.main_domain] if kind == "joint" else stage.replay_heads
+    terms += [f"{kind} {stage.specs[j].letter} x{w:g}" for j, w in zip(others, stage.replay_w)]
+    return (f"stage {opts.order} ({opts.strategy}): learning {stage.specs[stage.main_domain].name} "
+            f"on {ctx.device} x{ctx.world}, {len(stage.data[stage.main_domain].train)} images, "
+            f"batch {opts.batch_size}x{opts.grad_accum}x{ctx.world}, terms: {', '.join(terms)}")
+
+
+def main(default_order: str, description: str, argv=None) -> str:
+    """Parse options and run one stage; returns the path of the final checkpoint."""
+    opts = resolve_options(build_parser(default_order, description).parse_args(argv), default_order)
+    ctx = Dist(opts.device)
+    try:
+        if ctx.main:
+            Path(opts.run_dir).mkdir(parents=True, exist_ok=True)
+            with open(Path(opts.run_dir) / "options.json", "w") as f:
+                json.dump(vars(opts), f, indent=2)
+            if opts.pretrained is None and (len(opts.order) == 1 or opts.strategy == "joint"):
+                print("warning: no --pretrained ImageNet weights given; the encoder starts from "
+                      "random weights", file=sys.stderr)
+        stage = Stage(opts, ctx)
+        resume = Path(opts.run_dir) / "last.pth.tar" if opts.resume == "auto" else opts.resume
+        if resume is not None:
+            if not Path(resume).is_file():
+                raise SystemExit(f"error: nothing to resume: {resume} does not exist")
+            stage.load_resume(resume)
+        stage.say(describe(opts, stage, ctx))
+        stage.train()
+        prototypes = stage.prototypes() if ctx.main else None
+        stage.save_final(prototypes)
+        ctx.barrier()
+        stage.say(f"wrote {opts.out}")
+        return opts.out
+    finally:
+        ctx.close()

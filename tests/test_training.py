@@ -1,0 +1,181 @@
+"""The lifelong training engine (lifelong.py) on tiny synthetic data at reduced size."""
+import json
+
+import pytest
+import torch
+
+import lifelong
+from loaders import get_dataset
+from models import load_checkpoint, read_checkpoint, save_checkpoint
+
+
+def options(root, runs, *extra):
+    return ["--data-root", str(root), "--runs-dir", str(runs), "--scale", "0.25", "--batch-size", "4",
+            "--workers", "0", "--val-images", "2", "--proto-images", "4", "--encoder", "resnet18",
+            "--quiet", *extra]
+
+
+def n_images(root):
+    ds = get_dataset("N", "test", str(root), scale=0.25)
+    return torch.stack([ds[i]["image"] for i in range(len(ds))])
+
+
+def head0_depth(path, images):
+    net = load_checkpoint(path)
+    with torch.no_grad():
+        return net(images, domain=0, with_uncertainty=False)[0]
+
+
+@pytest.fixture(scope="module")
+def stage_runs(synthetic_root, tmp_path_factory):
+    """N trained for a few epochs, then K learned with `ours` and with `finetune` (same seed, steps)."""
+    runs = tmp_path_factory.mktemp("runs")
+    first = lifelong.main("N", "", options(synthetic_root, runs, "--epochs", "6"))
+    ours = lifelong.main("NK", "", options(synthetic_root, runs, "--epochs", "3"))
+    finetune = lifelong.main("NK", "", options(synthetic_root, runs, "--epochs", "3",
+                                               "--strategy", "finetune"))
+    return runs, first, ours, finetune
+
+
+def test_two_stages_write_one_and_two_heads(stage_runs):
+    runs, first, ours, _ = stage_runs
+    assert first == str(runs / "N.pth.tar") and ours == str(runs / "NK.pth.tar")
+    net1, net2 = load_checkpoint(first), load_checkpoint(ours)
+    assert (net1.num_domains, net2.num_domains) == (1, 2)
+    assert net2.meta["letters"] == "NK" and net2.meta["domains"] == ["nyu", "kitti"]
+    assert net2.meta["strategy"] == "ours"
+    assert net2.meta["depth_ranges"] == [[1e-3, 10.0], [1e-3, 80.0]]
+    protos = net2.meta["prototypes"]
+    assert protos["pooled"].shape == (2, 128) and len(protos["map"]) == 2
+    log = [json.loads(line) for line in (runs / "NK" / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2, 3]
+    assert set(log[-1]["val"]) == {"N", "K"} and {"new", "distill0", "replay0"} <= set(log[-1]["loss"])
+    assert json.loads((runs / "NK" / "options.json").read_text())["order"] == "NK"
+
+
+def test_ours_forgets_less_than_finetune(stage_runs, synthetic_root):
+    """After learning K, head N's predictions on N images move less with distillation + replay."""
+    _, first, ours, finetune = stage_runs
+    images = n_images(synthetic_root)
+    before = head0_depth(first, images)
+
+    def drift(path):
+        return ((head0_depth(path, images) - before).abs() / before.abs().clamp_min(1e-3)).mean().item()
+
+    drift_ours, drift_finetune = drift(ours), drift(finetune)
+    print(f"first-head drift: ours {drift_ours:.4f}, finetune {drift_finetune:.4f}")
+    assert drift_ours < drift_finetune
+
+
+def test_finetune_leaves_old_head_weights_untouched(stage_runs):
+    _, first, _, finetune = stage_runs
+    old, new = read_checkpoint(first)[0], read_checkpoint(finetune)[0]
+    for key in (k for k in old if k.startswith("task0.") and "num_batches" not in k):
+        assert torch.equal(old[key], new[key]), key
+    assert not torch.equal(old["E.conv1.weight"], new["E.conv1.weight"])  # the trunk did move
+
+
+def test_resume_continues_where_it_stopped(synthetic_root, tmp_path, monkeypatch):
+    """Ctrl-C at step 5 leaves a resumable state; resuming ends with the uninterrupted run's weights."""
+    full = lifelong.main("N", "", options(synthetic_root, tmp_path / "a", "--epochs", "2"))
+    original_step = lifelong.Stage.train_step
+
+    def interrupt_at_5(self, micro):
+        if self.global_step == 5:
+            raise KeyboardInterrupt
+        return original_step(self, micro)
+
+    monkeypatch.setattr(lifelong.Stage, "train_step", interrupt_at_5)
+    with pytest.raises(SystemExit) as stop:
+        lifelong.main("N", "", options(synthetic_root, tmp_path / "b", "--epochs", "2"))
+    assert stop.value.code == 130
+    state = torch.load(tmp_path / "b" / "N" / "last.pth.tar", weights_only=False)
+    assert (state["global_step"], state["epoch"], state["step_in_epoch"]) == (5, 1, 2)
+    assert state["interrupted"] and not (tmp_path / "b" / "N.pth.tar").exists()
+
+    monkeypatch.setattr(lifelong.Stage, "train_step", original_step)
+    resumed = lifelong.main("N", "", options(synthetic_root, tmp_path / "b", "--epochs", "2", "--resume"))
+    a, b = read_checkpoint(full)[0], read_checkpoint(resumed)[0]
+    for key in a:
+        assert torch.allclose(a[key].float(), b[key].float(), atol=1e-5), key
+    log = [json.loads(line) for line in (tmp_path / "b" / "N" / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["global_step"] == 6
+
+
+# ---- error paths -----------------------------------------------------------------------------------
+def run_error(root, runs, script_order, *extra):
+    with pytest.raises(SystemExit) as err:
+        lifelong.main(script_order, "", options(root, runs, "--max-steps", "1", *extra))
+    return str(err.value)
+
+
+def test_missing_prior_names_the_command(synthetic_root, tmp_path):
+    msg = run_error(synthetic_root, tmp_path, "NKS", "--order", "KNS")
+    assert "KN.pth.tar not found" in msg and "train_NK.py --order KN" in msg
+
+
+def test_repeated_and_unknown_letters(synthetic_root, tmp_path):
+    assert "repeats" in run_error(synthetic_root, tmp_path, "NK", "--order", "NN")
+    assert "'NQ'" in run_error(synthetic_root, tmp_path, "NK", "--order", "NQ")
+
+
+def test_prior_that_does_not_match_the_order(stage_runs, synthetic_root, tmp_path):
+    runs, first, _, _ = stage_runs
+    msg = run_error(synthetic_root, tmp_path, "NKS", "--order", "KNS", "--prior", str(runs / "NK.pth.tar"))
+    assert "needs the prior 'KN'" in msg
+
+
+def test_authors_checkpoint_needs_the_order(stage_runs, synthetic_root, tmp_path):
+    _, first, _, _ = stage_runs
+    state, _ = read_checkpoint(first)
+    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, tmp_path / "N.pth.tar")
+    msg = run_error(synthetic_root, tmp_path, "NK")
+    assert "no metadata" in msg and "--order" in msg
+    out = lifelong.main("NK", "", options(synthetic_root, tmp_path, "--max-steps", "1", "--order", "NK",
+                                          "--val-images", "0"))
+    assert load_checkpoint(out).meta["letters"] == "NK"
+
+
+def test_fourth_custom_domain_on_top_of_three(synthetic_root, tmp_path):
+    """A user's own domain (here a copy of the ScanNet files under another name) is one more stage."""
+    (synthetic_root / "domains.json").write_text(json.dumps([{
+        "name": "office", "letter": "X", "train_csv": "scannet_train.csv", "test_csv": "scannet_test.csv",
+        "replay_csv": "replay_scannet.csv", "max_depth": 10.0, "source": "scannet", "transform": "scannet",
+        "resize": [240, 320], "rgb_to_depth_size": True}]))
+    try:
+        runs = tmp_path
+        for order in ("N", "NK", "NKS", "NKSX"):
+            script = {1: "N", 2: "NK"}.get(len(order), "NKS")
+            flag = "--domain" if len(order) == 1 else "--order"
+            out = lifelong.main(script, "", options(synthetic_root, runs, "--max-steps", "1",
+                                                    "--val-images", "0", flag, order))
+        net = load_checkpoint(out)
+        assert net.num_domains == 4 and net.meta["letters"] == "NKSX"
+        assert net.meta["domains"][-1] == "office"
+    finally:
+        (synthetic_root / "domains.json").unlink()
+        import domains
+        domains.unregister_domain("X")
+
+
+def test_joint_and_shared_head_baselines(synthetic_root, tmp_path):
+    joint = load_checkpoint(lifelong.main("NK", "", options(synthetic_root, tmp_path, "--max-steps", "1",
+                                                            "--strategy", "joint")))
+    assert joint.num_domains == 2 and joint.meta["strategy"] == "joint"
+    shared = lifelong.main("NK", "", options(synthetic_root, tmp_path, "--max-steps", "1",
+                                             "--strategy", "joint", "--shared-head"))
+    net = load_checkpoint(shared)
+    assert net.num_domains == 1 and net.meta["trained_letters"] == "NK"
+
+
+def test_step_sampler_emulates_processes():
+    """One process with accum=2 sees, micro-batch for micro-batch, what two processes see."""
+    data = list(range(40))
+    one = list(lifelong.StepSampler(data, batch_size=3, world=1, rank=0, accum=2, seed=1))
+    ranks = [list(lifelong.StepSampler(data, batch_size=3, world=2, rank=r, accum=1, seed=1)) for r in (0, 1)]
+    steps = len(ranks[0]) // 3
+    expected = [i for s in range(steps) for r in ranks for i in r[3 * s:3 * s + 3]]
+    assert one == expected and sorted(one) == sorted(set(one))
+    resumed = lifelong.StepSampler(data, batch_size=3, world=1, rank=0, accum=2, seed=1)
+    resumed.start_step = 2
+    assert list(resumed) == one[12:]
