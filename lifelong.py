@@ -125,6 +125,11 @@ def build_parser(default_order: str, description: str) -> argparse.ArgumentParse
     g.add_argument("--pretrained", default=None,
                    help="ImageNet weights of the encoder, a local torchvision file such as "
                         "resnet34-b627a593.pth; without it the encoder starts from random weights")
+    g.add_argument("--init-depth-bias", default="auto", choices=["auto", "off"],
+                   help="auto: a new head's depth output starts at the median ground-truth depth of "
+                        "its domain (from up to 32 training samples) instead of ~0 m. The upstream "
+                        "code starts from PyTorch's default; from ~0 m a fresh head needs very many "
+                        "steps to reach the metre range of an outdoor domain (about 20 m for KITTI)")
     g.add_argument("--proto-images", type=int, default=200,
                    help="images per domain used for the stored domain prototypes")
 
@@ -414,6 +419,24 @@ def build_model(opts, ctx: Dist):
     return net.to(ctx.device), teacher, new_head
 
 
+def median_depth(dataset, max_samples: int = 32) -> float:
+    """Median valid ground-truth depth (metres) over the first samples of a dataset, untransformed."""
+    values = []
+    for i in range(min(max_samples, len(dataset))):
+        depth = np.asarray(dataset.load(i)[1])
+        values.append(depth[depth > 0])
+    values = np.concatenate(values) if values else np.zeros(0)
+    if values.size == 0:
+        raise ValueError(f"no valid ground truth in the first {max_samples} samples of {dataset.csv_file}")
+    return float(np.median(values))
+
+
+@torch.no_grad()
+def init_depth_bias(net: LifelongDepthNet, head: int, depth: float) -> None:
+    """Start a fresh head's depth output near ``depth`` metres (its last conv's bias)."""
+    net.heads[head].depth.conv2.bias.fill_(depth)
+
+
 class StageLoss(nn.Module):
     """All loss terms of one micro-batch in a single forward, so DDP sees one call per step."""
 
@@ -453,6 +476,8 @@ class Stage:
         self.net, self.teacher, self.new_head = build_model(opts, ctx)
         self.data = [DomainData(spec, opts) for spec in self.specs]
         self._plan_terms()
+        if opts.init_depth_bias == "auto":
+            self._init_fresh_heads()
         self.amp_dtype, needs_scaler = amp_settings(opts.amp, ctx.device)
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=needs_scaler)
         self.loss = StageLoss(self.net, self.new_head, self.distill_w, self.replay_w, self.replay_heads)
@@ -486,6 +511,17 @@ class Stage:
         self.replay_heads = list(range(n_old)) if replay else []
         self.replay_sets = [self.data[j].replay for j in self.replay_heads]
         self.replay_w = parse_weights(opts.replay_weights, n_old) if replay else []
+
+    def _init_fresh_heads(self):
+        """Depth bias of every head this stage creates: the new one, or all of a joint model's."""
+        if self.opts.shared_head:
+            fresh = {0: [d.train_full for d in self.data]}
+        elif self.opts.strategy == "joint":
+            fresh = {i: [d.train_full] for i, d in enumerate(self.data)}
+        else:
+            fresh = {self.new_head: [self.data[-1].train_full]}
+        for head, sets in fresh.items():
+            init_depth_bias(self.net, head, float(np.median([median_depth(ds) for ds in sets])))
 
     # ---- persistence -----------------------------------------------------------------------------
     def meta(self) -> dict:
