@@ -18,7 +18,8 @@ from __future__ import annotations
 import torch
 
 from models import load_checkpoint
-from models.fast import inference_copy, lowp_supported, prepare_input, resolve_precision, trace_module
+from models.fast import (inference_copy, lowp_supported, pooled_descriptor_nhwc, prepare_input,
+                         resolve_precision, trace_module)
 from prototypes import SELECTORS, prototype_distances
 
 
@@ -144,7 +145,11 @@ class DepthPredictor:
         if not self.prototypes:
             raise ValueError("no domain prototypes: give the domain, or compute prototypes from "
                              "replay data (test_inference.py --replay-root DIR)")
-        dists = prototype_distances(feats.float(), self.prototypes, self.selector)
+        if self.selector == "pooled":  # prototype_distances' pooled rule, with a faster descriptor
+            query = pooled_descriptor_nhwc(feats)
+            dists = torch.cdist(query, self.prototypes["pooled"].to(query.device, query.dtype))
+        else:
+            dists = prototype_distances(feats.float(), self.prototypes, self.selector)
         return dists.argmin(dim=1), dists
 
     # ---- the product's call --------------------------------------------------------------------

@@ -1,0 +1,334 @@
+"""Evaluate a Lifelong-MonoDepth checkpoint WITHOUT the domain prior: each image goes to the head of
+the nearest stored domain prototype.
+
+    python test_inference.py --checkpoint runs/NKS.pth.tar --data-root datasets
+    python test_inference.py --checkpoint NKS.pth.tar --order NKS --replay-root datasets   # authors' file
+    python test_inference.py --selector map --latency-size 228x304
+
+Reports, per test domain: the selection accuracy and a confusion matrix (rows = true test domain,
+columns = chosen head); the metric table with the selected heads next to the table with the domain
+prior (the same images, the same evaluation conventions as test.py); and the latency per image
+(batch size 1, median after warm-up) of the product's path -- ``DepthPredictor.predict`` with
+``domain=None`` and ``with_uncertainty=False``: trunk, prototype selection and one head -- with the
+frames per second it implies. Everything is also written as JSON.
+
+Checkpoints written by the training scripts store prototypes. An authors' file has none: give
+``--replay-root DIR`` to compute them from that root's replay rows (the same rule as training:
+the replay CSV's images with the deterministic test transform, ``--proto-images`` per domain).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+
+def _load_test_module():
+    """test.py holds the shared evaluation pieces; it is loaded by path because the standard
+    library also has a package called ``test``."""
+    if "lm_test" in sys.modules:
+        return sys.modules["lm_test"]
+    spec = importlib.util.spec_from_file_location("lm_test", Path(__file__).with_name("test.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["lm_test"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+T = _load_test_module()
+CLIError = T.CLIError
+
+from domains import get_domain  # noqa: E402
+from metrics import format_table  # noqa: E402
+from models import load_checkpoint  # noqa: E402
+from prototypes import SELECTORS, compute_prototypes  # noqa: E402
+
+
+# ----------------------------------------------------------------------------------------------
+# Reusable pieces (predict.py and quickstart.py use them too)
+# ----------------------------------------------------------------------------------------------
+def parse_size(text: str, what="--size") -> tuple[int, int]:
+    """'228x304' (H x W) -> (228, 304)."""
+    try:
+        h, w = (int(v) for v in str(text).lower().replace(",", "x").split("x"))
+    except ValueError:
+        raise CLIError(f"{what} {text!r}: expected HxW, e.g. 228x304") from None
+    if h < 8 or w < 8:
+        raise CLIError(f"{what} {text!r}: height and width must be at least 8 pixels")
+    return h, w
+
+
+def replay_prototypes(checkpoint, letters: str, replay_root, scale: float, device, order=None,
+                      proto_images=200, batch_size=8, workers=0, quiet=False) -> dict:
+    """Prototypes of every learned domain from ``replay_root``'s replay rows.
+
+    ``prototypes.compute_prototypes`` over ``get_dataset(letter, "replay", replay_root, train=False)``
+    for each head in learning order, on a plain float32 copy of the network (so the prototypes do
+    not depend on the predictor's fast-path settings).
+    """
+    from loaders import DatasetFormatError, get_dataset, get_loader
+    net = load_checkpoint(checkpoint, order=order).to(device)
+    loaders, total = [], 0
+    for c in letters:
+        try:
+            ds = get_dataset(c, "replay", str(replay_root), train=False, scale=scale)
+        except (FileNotFoundError, DatasetFormatError, ValueError) as e:
+            raise CLIError(f"--replay-root: {e}") from None
+        if len(ds) == 0:
+            raise CLIError(f"--replay-root: the replay index of domain {c} under {str(replay_root)!r} is empty")
+        total += min(len(ds), proto_images)
+        loaders.append(get_loader(ds, batch_size=batch_size, workers=workers, device=device.type))
+    bar = tqdm(total=total, desc="prototypes", unit="img", disable=quiet, dynamic_ncols=True, leave=False)
+    protos = compute_prototypes(net, loaders, device, max_images=proto_images, progress=bar)
+    bar.close()
+    return protos
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_latency(predictor, images, warmup=5, runs=30, size=None, progress=None) -> dict:
+    """Latency of ``predictor.predict(x, domain=None, with_uncertainty=False)`` on single images.
+
+    ``images``: list of normalized (3,H,W) tensors (cycled); ``size`` (H, W) resizes them first
+    (bilinear), outside the timed region. Inputs are moved to the device before timing; on CUDA
+    the device is synchronised around each call. Returns median/mean/p90 milliseconds and the
+    frames per second of the median.
+    """
+    device = predictor.device
+    batch = []
+    for img in images:
+        x = img[None].float()
+        if size is not None and tuple(x.shape[-2:]) != tuple(size):
+            x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+        batch.append(x.to(device))
+    if not batch:
+        raise ValueError("measure_latency: no image")
+    times = []
+    for i in range(warmup + runs):
+        x = batch[i % len(batch)]
+        _sync(device)
+        t0 = time.perf_counter()
+        predictor.predict(x, domain=None, with_uncertainty=False)
+        _sync(device)
+        if i >= warmup:
+            times.append((time.perf_counter() - t0) * 1000.0)
+        if progress is not None:
+            progress.update(1)
+    times.sort()
+    median = statistics.median(times)
+    return {"median_ms": median, "mean_ms": statistics.fmean(times),
+            "p90_ms": times[min(len(times) - 1, int(round(0.9 * (len(times) - 1))))],
+            "min_ms": times[0], "fps": 1000.0 / median if median > 0 else None,
+            "runs": runs, "warmup": warmup, "size": list(batch[0].shape[-2:]), "device": str(device),
+            "threads": torch.get_num_threads()}
+
+
+def format_confusion(test_letters, head_letters, confusion) -> str:
+    """Rows: true test domain; columns: chosen head; last column: selection accuracy."""
+    w = max(6, max(len(get_domain(c).name) + 4 for c in set(test_letters) | set(head_letters)))
+    corner = "true \\ chosen"
+    head = f"{corner:<{w + 2}}" + "".join(f"{get_domain(c).name + ' (' + c + ')':>{w + 2}}"
+                                                     for c in head_letters) + f"{'accuracy':>10}"
+    lines = [head, "-" * len(head)]
+    for c in test_letters:
+        row = confusion[c]
+        n = sum(row)
+        acc = row[head_letters.index(c)] / n if n else float("nan")
+        lines.append(f"{get_domain(c).name + ' (' + c + ')':<{w + 2}}" + "".join(f"{v:>{w + 2}d}" for v in row)
+                     + f"{acc:>10.4f}")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# The command
+# ----------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="Evaluate a checkpoint without the domain prior: each test image goes to the head "
+                    "of the nearest domain prototype. Reports selection accuracy, a confusion matrix, "
+                    "the metrics with the selected heads beside those with the domain prior, and the "
+                    "per-image latency of the selection + one-head path.",
+        formatter_class=T.HelpFormatter)
+    g = p.add_argument_group("what to evaluate")
+    g.add_argument("--checkpoint", default=T.DEFAULT_CHECKPOINT,
+                   help="checkpoint to evaluate (project format, or an authors' file with --order and "
+                        "--replay-root)")
+    g.add_argument("--order", default=None,
+                   help="learning order naming the heads of an authors' file, e.g. NKS")
+    g.add_argument("--domains", default=None,
+                   help="test domains to evaluate, e.g. NK (default: all learned); selection always "
+                        "chooses among all learned heads")
+    g.add_argument("--data-root", default="datasets", help="folder with the test index CSVs")
+    g.add_argument("--max-images", type=int, default=None,
+                   help="evaluate only the first N test images of each domain")
+    g = p.add_argument_group("head selection")
+    g.add_argument("--selector", default="pooled", choices=list(SELECTORS),
+                   help="pooled: per-channel mean/std of the fused features (resolution independent); "
+                        "map: the authors' mean feature map (L2 distance)")
+    g.add_argument("--replay-root", default=None,
+                   help="compute the prototypes from this data root's replay rows (replay_<domain>.csv) "
+                        "instead of the checkpoint's stored ones; needed for an authors' file")
+    g.add_argument("--proto-images", type=int, default=200,
+                   help="replay images per domain for --replay-root prototypes (training uses 200)")
+    g = p.add_argument_group("evaluation conventions (as in test.py)")
+    g.add_argument("--crop", default="default", choices=list(T.CROP_CHOICES),
+                   help="default = the domain's convention (Eigen NYU, Garg KITTI, none ScanNet)")
+    g.add_argument("--cap", action=argparse.BooleanOptionalAction, default=True,
+                   help="cap ground truth and prediction to the test domain's depth range")
+    g.add_argument("--aggregate", default="image", choices=["image", "pixel"],
+                   help="image: mean of per-image errors; pixel: the authors' pixel-weighted average")
+    g.add_argument("--authors-eval", action="store_true",
+                   help="shortcut for --crop none --no-cap --aggregate pixel")
+    g.add_argument("--full-frame", action="store_true",
+                   help="whole (resized) test frames instead of the network-input crop")
+    g.add_argument("--scale", type=float, default=None,
+                   help="input size factor (default: the checkpoint's training scale, else 1.0)")
+    g.add_argument("--batch-size", type=int, default=8,
+                   help="test images per forward pass for the metrics (selection is per image)")
+    g = p.add_argument_group("latency")
+    g.add_argument("--latency-runs", type=int, default=30,
+                   help="timed single-image calls per test domain (0 = skip the latency measurement)")
+    g.add_argument("--warmup", type=int, default=5, help="untimed calls before timing, per domain")
+    g.add_argument("--latency-size", default=None,
+                   help="HxW to time at (test images resized to it), e.g. 228x304; default: each "
+                        "domain's test input size")
+    g = p.add_argument_group("output")
+    g.add_argument("--json", default=None,
+                   help="write the results here (default: <checkpoint>.inference.json)")
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
+    T.add_runtime_arguments(p)
+    return p
+
+
+def main(argv=None) -> dict:
+    args = build_parser().parse_args(argv)
+    T.check_args(args)
+    if args.latency_runs < 0 or args.warmup < 0:
+        raise CLIError("--latency-runs and --warmup must be >= 0")
+    if args.proto_images < 1:
+        raise CLIError(f"--proto-images must be at least 1, got {args.proto_images}")
+    latency_size = parse_size(args.latency_size, "--latency-size") if args.latency_size else None
+    device = T.resolve_device(args.device)
+    T.register_custom_domains(args.data_root)
+    order = T.parse_letters(args.order, "--order") if args.order else None
+    path = T.check_checkpoint_path(args.checkpoint)
+    # Read the order and scale first (plain load); prototypes may have to be computed from it.
+    try:
+        net = load_checkpoint(path, order=order)
+    except T.CheckpointError as e:
+        raise CLIError(str(e)) from None
+    meta = net.meta
+    letters = T.checkpoint_letters(meta, path)
+    del net
+    scale = args.scale if args.scale is not None else T.default_scale(meta)
+    workers = T.worker_count(args, device)
+    prototypes, proto_source = None, "checkpoint"
+    if args.replay_root:
+        prototypes = replay_prototypes(path, letters, args.replay_root, scale, device, order=order,
+                                       proto_images=args.proto_images, batch_size=args.batch_size,
+                                       workers=workers, quiet=args.quiet)
+        proto_source = f"replay rows of {args.replay_root}"
+    elif not meta.get("prototypes"):
+        raise CLIError(f"checkpoint {str(path)!r} stores no domain prototypes (an authors' file, or a "
+                       f"run saved without them); compute them from replay data with --replay-root DIR "
+                       f"(a data root with replay_<domain>.csv, e.g. --replay-root {args.data_root})")
+    predictor = T.make_predictor(path, args, device, order=order, prototypes=prototypes,
+                                 selector=args.selector)
+    test_letters = T.parse_letters(args.domains, "--domains") if args.domains else letters
+    missing = [c for c in test_letters if c not in letters]
+    if missing:
+        raise CLIError(f"--domains: {', '.join(missing)} not learned by {str(path)!r} (its domains: {letters})")
+
+    datasets = {c: T.test_dataset(c, args.data_root, scale, args.max_images, args.full_frame)
+                for c in test_letters}
+    settings = T.eval_settings(args)
+    total = sum(len(ds) for ds in datasets.values())
+    bar = tqdm(total=total, desc="test without domain prior", unit="img", disable=args.quiet,
+               dynamic_ncols=True, leave=False)
+    prior, selected, confusion = {}, {}, {}
+    t0 = time.perf_counter()
+    for c in test_letters:
+        head = letters.index(c)
+        spec = get_domain(c)
+        loader = T.make_loader(datasets[c], args.batch_size, workers, device)
+        r = T.evaluate_split(predictor, loader, head, spec, selection=True, bar=bar, **settings)
+        prior[c] = dict(r["prior"], domain=spec.name, letter=c, head=head)
+        selected[c] = dict(r["selected"], domain=spec.name, letter=c, head=head)
+        confusion[c] = r["chosen"]
+    bar.close()
+    eval_seconds = time.perf_counter() - t0
+
+    accuracy = {c: confusion[c][letters.index(c)] / max(1, sum(confusion[c])) for c in test_letters}
+    n_all = sum(sum(confusion[c]) for c in test_letters)
+    overall = sum(confusion[c][letters.index(c)] for c in test_letters) / max(1, n_all)
+
+    latency = {}
+    if args.latency_runs > 0:
+        lbar = tqdm(total=len(test_letters) * (args.warmup + args.latency_runs), desc="latency",
+                    unit="call", disable=args.quiet, dynamic_ncols=True, leave=False)
+        all_times = []
+        for c in test_letters:
+            ds = datasets[c]
+            images = [ds[i]["image"] for i in range(min(len(ds), 8))]
+            latency[c] = measure_latency(predictor, images, args.warmup, args.latency_runs,
+                                         size=latency_size, progress=lbar)
+            all_times.append(latency[c]["median_ms"])
+        lbar.close()
+        latency["overall_median_ms"] = statistics.median(all_times)
+        latency["overall_fps"] = 1000.0 / latency["overall_median_ms"]
+
+    names = {c: f"{get_domain(c).name} ({c})" for c in test_letters}
+    table_sel = format_table([(names[c], selected[c]) for c in test_letters])
+    table_prior = format_table([(names[c], prior[c]) for c in test_letters])
+    confusion_text = format_confusion(test_letters, letters, confusion)
+    print(f"{path}: {args.selector} selector, prototypes from {proto_source}; "
+          f"{T.describe_settings(settings, scale)}; predictor "
+          f"{T.describe_predictor(T.predictor_settings(predictor))}")
+    print()
+    print("head selection (rows: true test domain, columns: chosen head)")
+    print(confusion_text)
+    print(f"overall selection accuracy {overall:.4f} ({n_all} images)")
+    print()
+    print("without the domain prior (selected heads)")
+    print(table_sel)
+    print()
+    print("with the domain prior (each domain's own head)")
+    print(table_prior)
+    if latency:
+        print()
+        size_text = f"{latency_size[0]}x{latency_size[1]}" if latency_size else "each domain's test input size"
+        print(f"latency per image on {device} ({torch.get_num_threads()} threads), batch 1, "
+              f"selection + one head, {size_text}:")
+        for c in test_letters:
+            L = latency[c]
+            print(f"  {names[c]:<14} {L['size'][0]}x{L['size'][1]}: median {L['median_ms']:.2f} ms "
+                  f"(p90 {L['p90_ms']:.2f}), {L['fps']:.1f} frames/s")
+    out = {
+        "checkpoint": str(path), "letters": letters, "domains": [get_domain(c).name for c in letters],
+        "test_domains": test_letters, "selector": args.selector, "prototypes_from": proto_source,
+        "scale": scale, "device": str(device), "settings": settings, "full_frame": bool(args.full_frame),
+        "predictor": T.predictor_settings(predictor),
+        "max_images": args.max_images, "eval_seconds": eval_seconds,
+        "selection": {"accuracy": accuracy, "overall_accuracy": overall, "images": n_all,
+                      "confusion": confusion, "columns": list(letters)},
+        "selected": selected, "prior": prior, "latency": latency,
+        "tables": {"confusion": confusion_text, "selected": table_sel, "prior": table_prior},
+    }
+    json_path = args.json or f"{path}.inference.json"
+    T.write_json(json_path, out)
+    print(f"wrote {json_path}")
+    return out
+
+
+if __name__ == "__main__":
+    main()

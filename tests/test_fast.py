@@ -1,0 +1,245 @@
+"""Tests of the inference speed-ups (models/fast.py) and of DepthPredictor's fast path (inference.py)."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from inference import DepthPredictor
+from models import LifelongDepthNet, save_checkpoint
+from models.fast import (CastInputConv2d, channels_last_batch, count_batchnorms, fuse_conv_bn,
+                         inference_copy, lowp_supported, pooled_descriptor_nhwc, prepare_input,
+                         resolve_precision, to_channels_last)
+from prototypes import pooled_descriptor
+
+HEADS = 3
+
+
+def randomize_bn(net, seed=0):
+    """Non-trivial BN statistics and affine parameters, so folding is really exercised."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                c = m.num_features
+                m.running_mean.copy_(0.2 * torch.randn(c, generator=g))
+                m.running_var.copy_(0.5 + torch.rand(c, generator=g))
+                m.weight.copy_(0.5 + torch.rand(c, generator=g))
+                m.bias.copy_(0.1 * torch.randn(c, generator=g))
+        for i, head in enumerate(net.heads):  # positive, distinct depths (a few metres)
+            head.depth.conv2.weight.mul_(0.05)
+            head.depth.conv2.bias.fill_(2.0 + i)
+    return net.eval()
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    return randomize_bn(LifelongDepthNet("resnet18", num_domains=HEADS))
+
+
+def distinct_images(n, h=48, w=64, seed=1):
+    """Images with clearly different statistics (so each has its own pooled descriptor)."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.stack([torch.randn(3, h, w, generator=g) * (0.5 + 0.5 * i) + 0.3 * i for i in range(n)])
+
+
+def domain_batch(net, order, seed=2):
+    """(images, prototypes): image k is a noisy copy of domain order[k]'s base image, and each
+    domain's prototype is its base image's descriptor, so image k's nearest prototype is order[k]."""
+    base = distinct_images(HEADS)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.stack([base[d] + 0.05 * torch.randn(base.shape[1:], generator=g) for d in order])
+    with torch.no_grad():
+        protos = {"pooled": pooled_descriptor(net.features(base))}
+    return x, protos
+
+
+def assert_rel_close(a, b, rel):
+    err = (a.float() - b.float()).abs().max().item()
+    scale = b.float().abs().max().item()
+    assert err <= rel * scale, f"max error {err:.3g} > {rel} x {scale:.3g}"
+
+
+# ------------------------------------------------------------------------------------------ fast.py
+def test_fused_copy_equals_unfused_fp32(net):
+    x = distinct_images(2)
+    fused = fuse_conv_bn(net)
+    assert count_batchnorms(fused) == 0 and count_batchnorms(net) > 0
+    # same attribute structure: the methods of LifelongDepthNet work on the copy
+    assert isinstance(fused.E.layer1[0].bn1, nn.Identity) and fused.E.layer1[0].conv1.bias is not None
+    assert isinstance(fused.E.layer2[0].downsample[1], nn.Identity)
+    assert isinstance(fused.task1.depth.bn0, nn.Identity) and isinstance(fused.MFF.up3.bn1, nn.Identity)
+    with torch.no_grad():
+        ref, out = net(x), fused(x)
+        torch.testing.assert_close(fused.features(x), net.features(x), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(fused.head_forward(net.features(x), 2)[0], ref[2][0], rtol=1e-4, atol=1e-5)
+    for (d0, u0), (d1, u1) in zip(ref, out):
+        torch.testing.assert_close(d1, d0, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(u1, u0, rtol=1e-4, atol=1e-5)
+
+
+def test_inference_copy_leaves_the_network_alone(net):
+    trained = copy.deepcopy(net).train()
+    before = {k: v.clone() for k, v in trained.state_dict().items()}
+    fast = inference_copy(trained, dtype=torch.bfloat16)
+    assert trained.training and count_batchnorms(trained) == count_batchnorms(net)
+    assert all(p.requires_grad for p in trained.parameters())
+    assert all(p.dtype == torch.float32 and p.is_contiguous() for p in trained.parameters())
+    for k, v in trained.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert not fast.training and not any(p.requires_grad for p in fast.parameters())
+    # bf16 everywhere except the heads' float32 output convolutions
+    assert fast.E.conv1.weight.dtype == torch.bfloat16
+    assert isinstance(fast.task0.depth.conv2, CastInputConv2d)
+    assert fast.task0.depth.conv2.weight.dtype == torch.float32
+
+
+def test_channels_last_copy_equal(net):
+    x = distinct_images(2)
+    cl = inference_copy(net, fuse_bn=False, channels_last=True)
+    assert cl.E.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        ref = net(x)
+        out = cl(prepare_input(x, channels_last=True))
+    for (d0, u0), (d1, u1) in zip(ref, out):
+        torch.testing.assert_close(d1, d0, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(u1, u0, rtol=1e-4, atol=1e-5)
+
+
+def test_fast_pooled_descriptor_equals_prototypes_rule():
+    g = torch.Generator().manual_seed(3)
+    feats = torch.relu(torch.randn(3, 16, 20, 28, generator=g)) * 2 + 5  # mean >> std in places
+    ref = pooled_descriptor(feats)
+    torch.testing.assert_close(pooled_descriptor_nhwc(feats), ref, rtol=1e-5, atol=1e-6)
+    cl = feats.contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(pooled_descriptor_nhwc(cl), ref, rtol=1e-5, atol=1e-6)
+    low = cl.bfloat16()
+    torch.testing.assert_close(pooled_descriptor_nhwc(low), pooled_descriptor(low), rtol=1e-5, atol=1e-6)
+
+
+def test_resolve_precision():
+    assert resolve_precision("fp32", "cpu") == torch.float32
+    assert resolve_precision("bfloat16", "cpu") == torch.bfloat16
+    assert resolve_precision(torch.float16, "cpu") == torch.float16
+    auto = resolve_precision("auto", "cpu")
+    assert auto == (torch.bfloat16 if lowp_supported(torch.bfloat16, "cpu") else torch.float32)
+    with pytest.raises(ValueError, match="precision"):
+        resolve_precision("int8", "cpu")
+
+
+def test_training_helpers_keep_training_working(net):
+    student = copy.deepcopy(net).train()
+    to_channels_last(student)
+    batch = channels_last_batch({"image": distinct_images(2), "depth": torch.rand(2, 1, 48, 64), "x": 1})
+    assert batch["image"].is_contiguous(memory_format=torch.channels_last) and batch["x"] == 1
+    d, u = student(batch["image"], domain=0)
+    (d.mean() + u.mean()).backward()
+    assert student.E.conv1.weight.grad is not None
+
+
+# ------------------------------------------------------------------------------------- predictor
+def test_default_is_fast_and_fast_false_is_plain(net):
+    p = DepthPredictor(net)
+    assert p.options["fast"] and p.options["channels_last"] and p.options["fuse_bn"]
+    assert p.dtype == resolve_precision("auto", "cpu")
+    plain = DepthPredictor(net, fast=False)
+    assert plain.runner is net and plain.dtype == torch.float32
+    assert not plain.channels_last and not plain.fuse_bn
+    assert DepthPredictor(net, precision="fp32").dtype == torch.float32
+
+
+@pytest.mark.parametrize("opts,rel", [({}, 2e-2), ({"precision": "fp32"}, 1e-4),
+                                      ({"precision": "bf16", "cast_weights": False}, 3e-2),
+                                      ({"jit": True}, 2e-2)])
+def test_fast_paths_match_fp32(net, opts, rel):
+    x, protos = domain_batch(net, range(HEADS))
+    ref = DepthPredictor(net, protos, fast=False).predict(x, with_uncertainty=True)
+    out = DepthPredictor(net, protos, **opts).predict(x, with_uncertainty=True)
+    assert out["domain"].tolist() == ref["domain"].tolist() == list(range(HEADS))
+    for key in ("depth", "uncertainty", "distances"):
+        assert out[key].dtype == torch.float32 and out[key].shape == ref[key].shape
+    assert out["depth"].is_contiguous()
+    assert_rel_close(out["depth"], ref["depth"], rel)
+    assert_rel_close(out["uncertainty"], ref["uncertainty"], max(rel, 5e-2 if rel > 1e-3 else rel))
+
+
+def test_only_the_chosen_head_runs(net):
+    x, protos = domain_batch(net, [1, 1])
+    for opts in ({}, {"fast": False}, {"jit": False, "precision": "fp32"}):
+        p = DepthPredictor(net, protos, **opts)
+        fired = []
+        hooks = [getattr(p.runner.head(i), branch).register_forward_hook(
+            lambda m, a, o, name=(i, branch): fired.append(name))
+            for i in range(HEADS) for branch in ("depth", "uncertainty")]
+        try:
+            out = p.predict(x)
+            assert out["domain"].tolist() == [1, 1]
+            assert fired == [(1, "depth")], (opts, fired)
+            fired.clear()
+            p.predict(x, with_uncertainty=True)
+            assert sorted(fired) == [(1, "depth"), (1, "uncertainty")]
+            fired.clear()
+            p.predict(x, domain=2)
+            assert fired == [(2, "depth")]
+        finally:
+            for h in hooks:
+                h.remove()
+
+
+def test_mixed_batch_goes_to_each_images_head(net):
+    order = [2, 0, 2, 1, 0]
+    x, protos = domain_batch(net, order)
+    for opts, rel in (({"fast": False}, 0.0), ({}, 2e-2)):
+        p = DepthPredictor(net, protos, **opts)
+        out = p.predict(x, with_uncertainty=True)
+        assert out["domain"].tolist() == order
+        assert out["distances"].shape == (len(order), HEADS)
+        with torch.no_grad():
+            for k, d in enumerate(order):
+                dk, uk = net(x[k:k + 1], domain=d)
+                if rel == 0.0:
+                    torch.testing.assert_close(out["depth"][k:k + 1], dk, rtol=1e-5, atol=1e-6)
+                    torch.testing.assert_close(out["uncertainty"][k:k + 1], uk, rtol=1e-5, atol=1e-6)
+                else:
+                    assert_rel_close(out["depth"][k:k + 1], dk, rel)
+        # the domain prior: an int for the batch, or one index per image
+        prior = p.predict(x, domain=torch.tensor(order))
+        assert prior["distances"] is None and prior["domain"].tolist() == order
+        torch.testing.assert_close(prior["depth"], out["depth"])
+        assert p.predict(x, domain=1)["domain"].tolist() == [1] * len(order)
+
+
+def test_bad_domain_fails_before_the_trunk(net):
+    p = DepthPredictor(net)
+    calls = []
+    h = p.runner.E.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        with pytest.raises(IndexError, match="out of range"):
+            p.predict(distinct_images(1), domain=HEADS)
+        with pytest.raises(ValueError, match="prototypes"):
+            p.predict(distinct_images(1))  # no prototypes: automatic selection is impossible
+    finally:
+        h.remove()
+    assert len(calls) == 1  # only the second call ran the trunk
+
+
+def test_refresh_and_from_checkpoint(net, tmp_path):
+    local = copy.deepcopy(net)
+    x, protos = domain_batch(local, [0, 2])
+    path = tmp_path / "m.pth.tar"
+    save_checkpoint(path, local, prototypes=protos, domains=["nyu", "kitti", "scannet"], letters="NKS")
+    fast = DepthPredictor.from_checkpoint(path)
+    plain = DepthPredictor.from_checkpoint(path, fast=False)
+    assert fast.options["fast"] and not plain.options["fast"]
+    a, b = fast.predict(x), plain.predict(x)
+    assert a["domain"].tolist() == b["domain"].tolist() == [0, 2]
+    assert_rel_close(a["depth"], b["depth"], 2e-2)
+    # the copy follows the network's weights only after refresh()
+    p = DepthPredictor(local, protos, precision="fp32")
+    before = p.predict(x, domain=0)["depth"]
+    with torch.no_grad():
+        local.task0.depth.conv2.bias.add_(1.0)
+    torch.testing.assert_close(p.predict(x, domain=0)["depth"], before)
+    p.refresh()
+    torch.testing.assert_close(p.predict(x, domain=0)["depth"], before + 1.0, rtol=1e-4, atol=1e-4)

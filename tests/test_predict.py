@@ -1,0 +1,144 @@
+"""predict.py: outputs and their round trip, odd image modes, bad files, domain choice, errors."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from helpers import (load_script, make_checkpoint, make_data_root, make_net, save_authors_checkpoint,
+                     torch_threads, write_image)
+
+P = load_script("predict")
+SCALE = 0.25
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    root = make_data_root(tmp_path_factory.mktemp("data"), n_train=3, n_test=1, n_replay=3)
+    path = tmp_path_factory.mktemp("ckpt") / "NKS.pth.tar"
+    make_checkpoint(path, "NKS", scale=SCALE, prototypes="replay", data_root=root)
+    return path
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    d = tmp_path_factory.mktemp("images")
+    write_image(d / "photo.jpg", (100, 70), "RGB", seed=1)
+    write_image(d / "gray.png", (64, 48), "L", seed=2)
+    write_image(d / "rgba.png", (64, 48), "RGBA", seed=3)
+    write_image(d / "palette.png", (50, 40), "P", seed=4)
+    (d / "broken.png").write_text("this is not a PNG\n")
+    (d / "notes.txt").write_text("not an image either\n")
+    return d
+
+
+GOOD = {"photo": (70, 100), "gray": (48, 64), "rgba": (48, 64), "palette": (40, 50)}
+
+
+@pytest.fixture(scope="module")
+def folder_run(ckpt, folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out")
+    import io
+    from contextlib import redirect_stderr, redirect_stdout
+    err, std = io.StringIO(), io.StringIO()
+    with redirect_stderr(err), redirect_stdout(std):
+        status = P.main([str(folder), "--checkpoint", str(ckpt), "--out", str(out), "--ply", "--quiet"])
+    return status, out, err.getvalue(), std.getvalue()
+
+
+def test_folder_with_odd_modes_and_a_broken_file(folder_run):
+    status, out, err, std = folder_run
+    assert status == 1  # one file failed
+    assert "broken.png" in err and "not a readable image" in err
+    assert "notes.txt" in err  # skipped by name, with a note
+    assert "4 of 5 image(s) written" in std
+    for name, (h, w) in GOOD.items():
+        for suffix in ("_depth.png", "_depth.npy", "_depth_color.png", "_uncertainty.png", ".ply"):
+            assert (out / f"{name}{suffix}").is_file(), f"{name}{suffix}"
+        depth = np.load(out / f"{name}_depth.npy")
+        assert depth.dtype == np.float32 and depth.shape == (h, w)  # original image size
+        assert np.isfinite(depth).all() and depth.min() > 0
+        assert f"{name}." in std and " m," in std  # domain and depth range printed per image
+    summary = json.loads((out / "predictions.json").read_text())
+    assert {i["file"].split("/")[-1] for i in summary["images"]} == {"photo.jpg", "gray.png", "rgba.png", "palette.png"}
+    assert [f["file"].split("/")[-1] for f in summary["failed"]] == ["broken.png"]
+    assert all(i["letter"] in "NKS" and i["chosen"] == "auto" for i in summary["images"])
+
+
+def test_png16_round_trip_to_the_millimetre(folder_run):
+    _, out, _, _ = folder_run
+    for name in GOOD:
+        img = Image.open(out / f"{name}_depth.png")
+        mm = np.asarray(img)
+        assert mm.dtype == np.uint16 or img.mode.startswith("I;16")
+        depth = np.load(out / f"{name}_depth.npy")
+        assert np.abs(mm.astype(np.float64) / 1000.0 - depth).max() <= 0.0005 + 1e-7
+
+
+def test_ply_matches_depth_and_intrinsics(folder_run, ckpt):
+    _, out, _, _ = folder_run
+    summary = json.loads((out / "predictions.json").read_text())
+    item = next(i for i in summary["images"] if i["file"].endswith("photo.jpg"))
+    depth = np.load(out / "photo_depth.npy")
+    pts = P.read_ply(out / "photo.ply")
+    h, w = depth.shape
+    assert len(pts) == h * w
+    np.testing.assert_allclose(pts["z"], depth.ravel(), rtol=1e-6)
+    (fx, fy, cx, cy), _ = P.intrinsics_for(item["letter"], w, h)
+    v, u = 5, 7
+    k = v * w + u
+    assert pts["x"][k] == pytest.approx((u - cx) * depth[v, u] / fx, rel=1e-5)
+    assert pts["y"][k] == pytest.approx((v - cy) * depth[v, u] / fy, rel=1e-5)
+
+
+def test_forced_domain_size_and_given_intrinsics(ckpt, folder, tmp_path, capsys):
+    status = P.main([str(folder / "gray.png"), "--checkpoint", str(ckpt), "--out", str(tmp_path), "--domain",
+                     "kitti", "--size", "40x64", "--ply", "--intrinsics", "50,50,32,24", "--no-plots", "--quiet"])
+    assert status == 0
+    printed = capsys.readouterr().out
+    assert "kitti (K, given)" in printed
+    assert np.load(tmp_path / "gray_depth.npy").shape == (48, 64)
+    assert not (tmp_path / "gray_depth_color.png").exists()
+    pts = P.read_ply(tmp_path / "gray.ply")
+    assert pts["x"][0] == pytest.approx((0 - 32) * pts["z"][0] / 50, rel=1e-5)
+
+
+def test_png16_and_intrinsics_helpers():
+    d = np.array([[0.0, 0.0004, 0.0006, 1.23456], [-1.0, 65.535, 70.0, np.nan]], dtype=np.float32)
+    np.testing.assert_array_equal(P.depth_to_png16(d), [[0, 0, 1, 1235], [0, 65535, 65535, 0]])
+    k, src = P.intrinsics_for("N", 320, 240)
+    assert k == pytest.approx((518.86 / 2, 519.47 / 2, 325.58 / 2, 253.74 / 2)) and "nyu" in src
+    k, _ = P.intrinsics_for("K", 1216, 352)
+    assert k == pytest.approx((721.5, 721.5, 596.5, 149.9))
+    assert P.intrinsics_for("S", 640, 480, given=(1, 2, 3, 4)) == ((1, 2, 3, 4), "given")
+    with pytest.raises(SystemExit):
+        P.parse_intrinsics("1,2,3")
+
+
+def test_errors(ckpt, folder, tmp_path):
+    def err(argv):
+        with pytest.raises(SystemExit) as e:
+            P.main(argv)
+        return str(e.value.code)
+
+    img = str(folder / "photo.jpg")
+    assert "not found" in err([img, "--checkpoint", str(tmp_path / "none.pth.tar"), "--out", str(tmp_path)])
+    assert "unknown domain 'X'" in err([img, "--checkpoint", str(ckpt), "--domain", "X", "--out", str(tmp_path)])
+    assert "does not exist" in err([str(tmp_path / "nothing"), "--checkpoint", str(ckpt)])
+    authors = save_authors_checkpoint(tmp_path / "NK.pth.tar", make_net(2))
+    assert "--order" in err([img, "--checkpoint", str(authors), "--out", str(tmp_path)])
+    msg = err([img, "--checkpoint", str(authors), "--order", "NK", "--out", str(tmp_path)])
+    assert "--domain" in msg and "--replay-root" in msg  # no prototypes for automatic selection
+    assert "not learned" in err([img, "--checkpoint", str(authors), "--order", "NK", "--domain", "S"])
+    # an authors' file with the head given works
+    assert P.main([img, "--checkpoint", str(authors), "--order", "NK", "--domain", "N", "--size", "32x48",
+                   "--out", str(tmp_path / "a"), "--no-plots", "--quiet"]) == 0
+    # a single unreadable file: reported, exit status 1
+    assert P.main([str(folder / "broken.png"), "--checkpoint", str(ckpt), "--out", str(tmp_path / "b"),
+                   "--quiet"]) == 1
