@@ -38,11 +38,15 @@ class DomainEvaluator:
         self.min_depth, self.max_depth = resolve_cap(spec, cap)
         self.errors = ErrorAggregator(mode=aggregate, skip_empty=True)  # counted in "skipped"
 
-    def add_batch(self, depth: torch.Tensor, gt: torch.Tensor) -> None:
+    def add_batch(self, depth: torch.Tensor, gt: torch.Tensor, windows=None) -> None:
+        """``windows``: the batch's ``"window"`` entry (B, 4) -- where each ground-truth crop sits in
+        its full frame, so that Eigen/Garg crops land where they are defined; None = full frames."""
         depth = upsample_to(depth.float(), gt.shape[-2:]).cpu().numpy()
         gt = gt.float().cpu().numpy()
-        for pred_img, gt_img in zip(depth[:, 0], gt[:, 0]):
-            pred_img, gt_img = prepare_pair(pred_img, gt_img, self.min_depth, self.max_depth, self.crop)
+        windows = [None] * len(gt) if windows is None else [tuple(w) for w in torch.as_tensor(windows).tolist()]
+        for pred_img, gt_img, window in zip(depth[:, 0], gt[:, 0], windows):
+            pred_img, gt_img = prepare_pair(pred_img, gt_img, self.min_depth, self.max_depth, self.crop,
+                                            window)
             self.errors.add(pred_img, gt_img)
 
     def result(self) -> dict:
@@ -67,7 +71,7 @@ def evaluate_domain(net, loader, head: int, spec, device="cpu", crop="none", cap
     for batch in loader:
         with autocast_context(device, amp_dtype):
             depth, _ = net(batch["image"].to(device), domain=head, with_uncertainty=False)
-        evaluator.add_batch(depth, batch["depth"])
+        evaluator.add_batch(depth, batch["depth"], batch.get("window"))
         if progress is not None:
             progress.update(batch["image"].shape[0])
     net.train(was_training)

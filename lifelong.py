@@ -38,7 +38,7 @@ from evaluation import evaluate_domain
 from loaders import get_dataset, get_loader, scaled
 from losses import distillation_loss, uncertainty_depth_loss
 from models import LifelongDepthNet, read_checkpoint, save_checkpoint
-from models.checkpoint import atomic_save
+from models.checkpoint import atomic_save, infer_encoder
 from prototypes import compute_prototypes
 
 STRATEGIES = {
@@ -307,10 +307,17 @@ class CyclingLoader:
         self.sampler = StepSampler(dataset, opts.batch_size, ctx.world, ctx.rank, opts.grad_accum,
                                    seed=opts.seed + 1000 * salt)
         if self.sampler.steps_per_epoch() == 0:
-            raise ValueError(f"{len(dataset)} samples are too few for batches of {opts.batch_size} "
-                             f"on {ctx.world * opts.grad_accum} (virtual) processes")
+            raise SystemExit(f"error: a replay/joint set of {len(dataset)} samples is too few for batches "
+                             f"of {opts.batch_size} on {ctx.world * opts.grad_accum} (virtual) processes; "
+                             f"lower --batch-size or raise --replay-size")
         self.dataset, self.opts, self.ctx, self.salt = dataset, opts, ctx, salt
         self.epoch, self.iterator = 0, None
+
+    def seek(self, steps_done: int) -> None:
+        """Continue after ``steps_done`` optimiser steps (resume): each step took one sampler step."""
+        per_epoch = self.sampler.steps_per_epoch()
+        self.epoch, self.sampler.start_step = divmod(steps_done, per_epoch)
+        self.iterator = None
 
     def next(self):
         while True:
@@ -323,6 +330,7 @@ class CyclingLoader:
                 return next(self.iterator)
             except StopIteration:
                 self.epoch, self.iterator = self.epoch + 1, None
+                self.sampler.start_step = 0
 
 
 def make_loader(dataset, sampler, opts, ctx: Dist, seed: int):
@@ -389,7 +397,7 @@ def load_prior(opts) -> tuple[LifelongDepthNet, dict]:
     if heads != len(old_letters) or known != old_letters:
         raise SystemExit(f"error: {opts.prior} holds {heads} head(s) for domains {known!r}, but order "
                          f"{opts.order!r} needs the prior {old_letters!r}")
-    net = LifelongDepthNet(encoder=meta.get("encoder", opts.encoder), num_domains=heads)
+    net = LifelongDepthNet(encoder=meta.get("encoder") or infer_encoder(state), num_domains=heads)
     net.load_state_dict(state)
     return net, meta
 
@@ -488,7 +496,7 @@ class Stage:
         trainable = [p for p in self.net.parameters() if p.requires_grad]
         self.optim = torch.optim.Adam(trainable, lr=opts.lr, weight_decay=opts.weight_decay)
         self.sched = torch.optim.lr_scheduler.StepLR(self.optim, opts.lr_step, opts.lr_gamma)
-        self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
+        self.epoch, self.step_in_epoch, self.global_step, self.replay_steps_done = 0, 0, 0, 0
         self.log_path = Path(opts.run_dir) / "log.jsonl"
 
     def _plan_terms(self):
@@ -563,6 +571,9 @@ class Stage:
         # a different world size continues after the same number of samples
         per_step = self.opts.batch_size * self.opts.grad_accum * self.ctx.world
         self.step_in_epoch = state["samples_in_epoch"] // per_step
+        # replay streams advance one step per optimiser step; in samples this is world-size free
+        saved_per_step = self.opts.batch_size * self.opts.grad_accum * state.get("world_size", 1)
+        self.replay_steps_done = state["global_step"] * saved_per_step // per_step
         self.say(f"resumed {path}: epoch {self.epoch + 1}, step {self.step_in_epoch}, "
                  f"{self.global_step} steps done")
 
@@ -648,7 +659,7 @@ class Stage:
             terms = self.train_step(micro)
             self.step_in_epoch += 1
             self.global_step += 1
-            images += opts.batch_size * opts.grad_accum * self.ctx.world
+            images += opts.batch_size * opts.grad_accum * self.ctx.world * (1 + len(replays))
             n += 1
             for key, value in terms.items():
                 sums[key] = sums.get(key, 0.0) + value
@@ -671,11 +682,14 @@ class Stage:
         record = {"epoch": self.epoch + (1 if partial else 0), "partial": partial,
                   "global_step": self.global_step,
                   "lr": self.optim.param_groups[0]["lr"], "seconds": round(seconds, 2),
+                  # every image through the student: the new domain's and each replay batch's
                   "images_per_s": round(images / max(seconds, 1e-9), 3),
+                  "new_images_per_s": round(images / (1 + len(self.replay_sets)) / max(seconds, 1e-9), 3),
                   "loss": {k: round(v / max(n, 1), 5) for k, v in sums.items()}, "val": val}
         self.log(record)
         val_text = " ".join(f"{d}: rmse {v['rmse']:.3f} d1 {v['delta1']:.3f}" for d, v in val.items())
-        self.say(f"[{self.opts.order} {self.opts.strategy}] epoch {self.epoch}: "
+        self.say(f"[{self.opts.order} {self.opts.strategy}] epoch {record['epoch']}"
+                 f"{' (stopped by --max-steps)' if partial else ''}: "
                  f"loss {record['loss'].get('total', float('nan')):.4f}, "
                  f"{record['images_per_s']:.2f} img/s  {val_text}")
 
@@ -688,6 +702,8 @@ class Stage:
             raise SystemExit(f"error: {len(self.data[self.main_domain].train)} training images are "
                              f"too few for batch size {opts.batch_size}")
         replays = [CyclingLoader(ds, opts, ctx, salt=k + 1) for k, ds in enumerate(self.replay_sets)]
+        for replay in replays:
+            replay.seek(self.replay_steps_done)
         try:
             while self.epoch < opts.epochs:
                 if not self.run_epoch(main_sampler, replays, opts.max_steps):
@@ -698,7 +714,9 @@ class Stage:
                      f"--resume ({Path(opts.run_dir) / 'last.pth.tar'})")
             raise SystemExit(130)
 
-    def prototypes(self) -> dict:
+    def prototypes(self) -> dict | None:
+        if self.opts.shared_head:  # one head for every domain: there is nothing to select
+            return None
         sets = [d.prototype_set(self.opts) for d in self.data]
         loaders = [get_loader(s, batch_size=self.opts.batch_size, workers=0,
                               device=self.ctx.device.type) for s in sets]
@@ -739,6 +757,8 @@ def main(default_order: str, description: str, argv=None) -> str:
             if not Path(resume).is_file():
                 raise SystemExit(f"error: nothing to resume: {resume} does not exist")
             stage.load_resume(resume)
+        elif ctx.main and stage.log_path.is_file():
+            stage.log_path.unlink()  # a fresh run starts a fresh log (a resumed one appends)
         stage.say(describe(opts, stage, ctx))
         stage.train()
         prototypes = stage.prototypes() if ctx.main else None

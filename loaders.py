@@ -23,6 +23,7 @@ the frame at native resolution); store smaller frames to keep the field of view.
 from __future__ import annotations
 
 import csv
+import json
 import math
 import os
 import random
@@ -364,6 +365,7 @@ class JointTransform:
         w, h = image.size
         x, y = int(round((w - self.crop_w) / 2.0)), int(round((h - self.crop_h) / 2.0))
         box = (x, y, x + self.crop_w, y + self.crop_h)
+        self.last_window = (y, x, h, w)
         return image.crop(box), depth.crop(box)
 
     def _bottom_crop(self, image, depth, random_x: bool):
@@ -375,6 +377,7 @@ class JointTransform:
         else:
             x = int(round((w - self.crop_w) / 2.0))
         box = (x, h - self.crop_h, x + self.crop_w, h)
+        self.last_window = (h - self.crop_h, x, h, w)
         return image.crop(box), depth.crop(box)
 
     def _geometry(self, image, depth):
@@ -419,7 +422,12 @@ class JointTransform:
         return img
 
     def __call__(self, image: Image.Image, depth: np.ndarray):
+        """(image, depth) tensors; ``last_window`` then holds (top, left, frame_h, frame_w): where the
+        output sits in the resized full frame (the frame on which the Eigen/Garg crops are defined)."""
+        self.last_window = None
         image, depth_img = self._geometry(image, _depth_pil(depth))
+        if self.last_window is None:  # not cropped: the output is the whole (resized) frame
+            self.last_window = (0, 0, image.size[1], image.size[0])
         img = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
         if self.train:
             img = self._jitter(self._lighting(img))
@@ -606,8 +614,26 @@ class DepthDataset(Dataset):
         try:
             img, d = self.transform(image, depth)
         except DatasetFormatError as e:
-            raise DatasetFormatError(f"{self.where(row)}: {row.image_raw!r}: {e}") from None
-        return {"image": img, "depth": d, "domain": self.spec.name, "path": row.image_raw}
+            hint = rendered_scale_hint(self.data_root, getattr(self.transform, "scale", 1.0))
+            raise DatasetFormatError(f"{self.where(row)}: {row.image_raw!r}: {e}{hint}") from None
+        item = {"image": img, "depth": d, "domain": self.spec.name, "path": row.image_raw}
+        window = getattr(self.transform, "last_window", None)  # a user's own transform may not say
+        if window is not None:
+            item["window"] = torch.tensor(window, dtype=torch.int64)
+        return item
+
+
+def rendered_scale_hint(data_root: str, scale: float) -> str:
+    """A hint when ``data_root`` is a synthetic set rendered smaller than the requested input scale."""
+    try:
+        with open(os.path.join(data_root, "meta.json")) as f:
+            rendered = float(json.load(f).get("scale", 1.0))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return ""
+    if rendered + 1e-9 >= scale:
+        return ""
+    return (f" ({os.path.join(data_root, 'meta.json')}: this synthetic set was rendered at scale {rendered:g}; "
+            f"use --scale {rendered:g} or less, or regenerate it with `python synthetic.py --out {data_root}`)")
 
 
 class NYUCSVDataset(DepthDataset):

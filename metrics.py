@@ -188,12 +188,24 @@ def garg_crop_mask(h: int, w: int) -> np.ndarray:
     return mask
 
 
-def crop_mask(crop, h: int, w: int):
+def crop_mask(crop, h: int, w: int, window=None):
     """Mask of crop ``crop`` (one of :data:`CROPS`, or None = "none") at (h, w);
-    None for "none"."""
+    None for "none".
+
+    ``window = (top, left, frame_h, frame_w)`` says that the (h, w) array is a window of a
+    (resized) full frame of frame_h x frame_w, as the test transforms' centre/bottom crops are:
+    the crop is then defined on that frame (where Eigen and Garg are defined) and cut to the window.
+    Without it the array is taken to be the whole frame.
+    """
     name = "none" if crop is None else str(crop).lower()
     if name not in CROPS:
         raise ValueError(f"unknown crop {crop!r}; expected one of {sorted(CROPS)}")
+    if window is not None and name != "none":
+        top, left, frame_h, frame_w = (int(v) for v in window)
+        if top < 0 or left < 0 or top + h > frame_h or left + w > frame_w:
+            raise ValueError(f"window {tuple(window)} (top, left, frame_h, frame_w) does not contain "
+                             f"an array of {h}x{w}")
+        return crop_mask(name, frame_h, frame_w)[top:top + h, left:left + w]
     if name == "eigen":
         return eigen_crop_mask(h, w)
     if name == "garg":
@@ -201,17 +213,21 @@ def crop_mask(crop, h: int, w: int):
     return None
 
 
-def prepare_pair(pred, gt, min_depth=None, max_depth=None, crop="none"):
+def prepare_pair(pred, gt, min_depth=None, max_depth=None, crop="none", window=None):
     """Apply the evaluation conventions to one prediction / ground-truth pair.
 
     Args:
         pred, gt: numpy arrays or torch tensors of the same shape (..., H, W); ``pred`` must
             already be at the ground-truth size.
-        min_depth, max_depth: optional cap; ground truth outside ``(min_depth, max_depth]``
-            becomes invalid (0) and ``pred`` is clipped to ``[min_depth, max_depth]``.
+        min_depth, max_depth: optional cap; ground truth outside ``(min_depth, max_depth)``
+            becomes invalid (0) and ``pred`` is clipped to ``[min_depth, max_depth]``. Both
+            bounds are exclusive, as in the field's evaluation code (``gt > min & gt < max``):
+            a reading at the cap itself is usually a saturated sensor value.
             Each bound is applied only when given.
         crop: ``"none"`` (default), ``"eigen"`` or ``"garg"``; pixels outside the crop (on the
             last two dims) become invalid.
+        window: ``(top, left, frame_h, frame_w)`` when the arrays are a window of a larger frame
+            (see :func:`crop_mask`); the loaders give it as each item's ``"window"``.
 
     Returns:
         ``(pred, gt)`` as new numpy float64 arrays; invalid ground truth (gt <= 0, non-finite,
@@ -230,8 +246,8 @@ def prepare_pair(pred, gt, min_depth=None, max_depth=None, crop="none"):
     if min_depth is not None:
         valid &= g > min_depth
     if max_depth is not None:
-        valid &= g <= max_depth
-    mask = crop_mask(crop, g.shape[-2], g.shape[-1])
+        valid &= g < max_depth
+    mask = crop_mask(crop, g.shape[-2], g.shape[-1], window)
     if mask is not None:
         valid &= mask  # broadcasts over leading dims
     g[~valid] = 0.0

@@ -102,6 +102,9 @@ def to_input(img: Image.Image, size) -> torch.Tensor:
     return (x - mean) / std
 
 
+PNG16_MAX_M = 65.535  # the largest depth a 16-bit millimetre PNG can hold
+
+
 def depth_to_png16(depth_m: np.ndarray) -> np.ndarray:
     """Metres -> uint16 millimetres, round(depth*1000) clipped to 0..65535."""
     mm = np.rint(np.nan_to_num(depth_m.astype(np.float64), nan=0.0, posinf=65535.0 / 1000.0) * 1000.0)
@@ -198,6 +201,10 @@ def save_colormap(path, values: np.ndarray, label: str, cmap: str, vmin=None, vm
         plt.close(fig)
 
 
+# What predict.py writes per image; such files in the output folder are never taken as inputs.
+OUTPUT_SUFFIXES = ("_depth.png", "_depth_color.png", "_uncertainty.png")
+
+
 def collect_inputs(target: Path, out_dir: Path, recursive: bool):
     """(images to process, notes about skipped files). A single file is always processed."""
     if target.is_file():
@@ -206,12 +213,18 @@ def collect_inputs(target: Path, out_dir: Path, recursive: bool):
         raise CLIError(f"input {str(target)!r} does not exist (expected an image file or a folder of images)")
     files = sorted(target.rglob("*") if recursive else target.iterdir())
     images, notes = [], []
-    out_abs = out_dir.resolve()
+    out_abs, target_abs = out_dir.resolve(), target.resolve()
+    out_inside = out_abs != target_abs and target_abs in out_abs.parents
     for f in files:
         if not f.is_file() or f.name.startswith("."):
             continue
-        if out_abs == f.parent.resolve() or out_abs in f.resolve().parents:
-            continue  # our own outputs
+        in_out = out_abs == f.parent.resolve() or out_abs in f.resolve().parents
+        if out_inside and in_out:
+            continue  # our own outputs, in a folder of their own inside the input folder
+        if f.name.endswith(OUTPUT_SUFFIXES):  # a predict.py output (or a dataset's depth map), not a photo
+            if not in_out:
+                notes.append(f"skipping {f}: named like a depth output ({', '.join(OUTPUT_SUFFIXES)})")
+            continue
         if f.suffix.lower() in IMAGE_EXTENSIONS:
             images.append(f)
         else:
@@ -375,6 +388,10 @@ def main(argv=None) -> int:
             stem.parent.mkdir(parents=True, exist_ok=True)
             written = []
             p = Path(f"{stem}_depth.png")
+            saturated = int((depth > PNG16_MAX_M).sum())
+            if saturated:
+                tqdm.write(f"warning: {f}: {saturated} pixel(s) beyond {PNG16_MAX_M} m saturate the 16-bit "
+                           f"millimetre PNG; {stem}_depth.npy keeps their values", file=sys.stderr)
             save_png16(p, depth)
             written.append(p)
             p = Path(f"{stem}_depth.npy")
@@ -397,7 +414,7 @@ def main(argv=None) -> int:
                 n = write_ply(p, depth, np.asarray(img), k, args.ply_stride)
                 written.append(p)
                 ply_note = f", {n} points ({source} intrinsics)"
-        except (OSError, ValueError, RuntimeError) as e:
+        except Exception as e:  # noqa: BLE001 - one image's failure must not stop the folder
             msg = f"{f}: prediction failed ({type(e).__name__}: {e})"
             tqdm.write(f"skipping {msg}", file=sys.stderr)
             failed.append({"file": str(f), "error": msg})

@@ -305,7 +305,7 @@ def evaluate_split(predictor, loader, head: int, spec, crop="default", cap=True,
                 chosen = out["domain"].cpu()
                 for c in chosen.tolist():
                     chosen_counts[c] += 1
-                selected.add_batch(out["depth"], gt)
+                selected.add_batch(out["depth"], gt, batch.get("window"))
                 if bool((chosen == head).all()):
                     prior_depth = out["depth"]
                 else:
@@ -314,7 +314,7 @@ def evaluate_split(predictor, loader, head: int, spec, crop="default", cap=True,
                 prior_depth = predictor.predict(images, domain=head, with_uncertainty=False)["depth"]
         except ValueError as e:  # e.g. no prototypes
             raise CLIError(str(e)) from None
-        prior.add_batch(prior_depth, gt)
+        prior.add_batch(prior_depth, gt, batch.get("window"))
         if bar is not None:
             bar.update(images.shape[0])
     try:

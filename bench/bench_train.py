@@ -254,7 +254,7 @@ def build_parser():
     p.add_argument("--loader-batches", type=int, default=10, help="batches read per measurement")
     p.add_argument("--loader-scale", type=float, default=1.0)
     p.add_argument("--quick", action="store_true", help="smoke test: scale 0.25, 1 round, resnet18")
-    p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument("--out", default="runs/bench_train.json", help="write the results as JSON here")
     return p
 
 

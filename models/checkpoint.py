@@ -91,6 +91,9 @@ def atomic_save(obj, path):
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a checkpoint gets an ordinary file's mode
         os.replace(tmp, path)
     except BaseException:  # includes KeyboardInterrupt: never leave the temp file around
         if os.path.exists(tmp):
@@ -231,7 +234,10 @@ def load_checkpoint(path, order=None, map_location="cpu", encoder=None):
     n = _head_count(state, path)
     names, letters = _domains(meta, order, n, path)  # cheap checks before building the net
     name = encoder or meta.get("encoder") or infer_encoder(state)
-    net = LifelongDepthNet(encoder=name, num_domains=n)
+    try:
+        net = LifelongDepthNet(encoder=name, num_domains=n)
+    except ValueError as e:  # e.g. an unknown stored encoder name
+        raise CheckpointError(f"checkpoint {path!r}: {e}") from None
     _check_fit(net, state, path)
     net.load_state_dict(state, strict=True)
     if isinstance(map_location, (str, torch.device)):

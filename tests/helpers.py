@@ -303,7 +303,8 @@ def direct_errors(net, letter, head, data_root, scale, crop="none", cap=False, a
         depth, _ = net(item["image"][None], domain=head, with_uncertainty=False)
         gt = item["depth"][None]
         pred = upsample_to(depth, gt.shape[-2:])[0, 0].numpy()
-        p, g = prepare_pair(pred, gt[0, 0].numpy(), lo, hi, resolve_crop(spec, crop))
+        # the crop is placed in the test crop's full frame (item["window"], checked in test_loaders)
+        p, g = prepare_pair(pred, gt[0, 0].numpy(), lo, hi, resolve_crop(spec, crop), item["window"].tolist())
         valid = g > 0
         if valid.any():
             per.append(compute_errors(p, g))

@@ -89,6 +89,11 @@ def test_mat_transposed_and_split(tmp_path):
     train = L.NYUMatDataset.from_mat(mat, "train", str(tmp_path / "test_idx.txt"), scale=SCALE)
     assert [r.depth for r in test.rows] == [2, 3] and [r.depth for r in train.rows] == [1]
     assert np.array_equal(test.load(0)[1], deps[1])
+    # the official splits.mat is MATLAB v5 (scipy reads it): (n, 1) float columns of 1-based indices
+    from scipy.io import savemat
+    savemat(str(tmp_path / "splits.mat"), {"trainNdxs": np.array([[1.0]]), "testNdxs": np.array([[2.0], [3.0]])})
+    test = L.NYUMatDataset.from_mat(mat, "test", str(tmp_path / "splits.mat"), scale=SCALE)
+    assert [r.depth for r in test.rows] == [2, 3]
     # CSV form: `file.mat,<1-based frame>`
     F.write_csv(str(tmp_path / "nyu2_test.csv"), [("nyu_depth_v2_labeled.mat", "3")])
     ds = get_dataset("N", "test", str(tmp_path), scale=SCALE)
@@ -220,6 +225,28 @@ def test_test_transform_deterministic_and_normalized(root):
     assert torch.allclose(ds[0]["image"], exp, atol=1e-6)
 
 
+@pytest.mark.parametrize("letter", ["N", "K", "S"])
+def test_test_items_say_where_their_crop_sits(root, letter):
+    """The window of a test item cuts exactly its depth out of the full-frame item's depth, so the
+    Eigen/Garg crops (defined on full frames) are evaluated where they belong."""
+    r, _ = root
+    ds = get_dataset(letter, "test", r, scale=SCALE)
+    cropped = ds[0]
+    if letter == "K":  # KITTI crops the frame as stored (full_frame would rescale it)
+        full_depth = torch.from_numpy(ds.load(0)[1])[None]
+    else:
+        full = get_dataset(letter, "test", r, scale=SCALE, full_frame=True)[0]
+        full_depth = full["depth"]
+        assert full["window"].tolist() == [0, 0, *full_depth.shape[-2:]]
+    top, left, fh, fw = cropped["window"].tolist()
+    assert (fh, fw) == tuple(full_depth.shape[-2:])
+    h, w = cropped["depth"].shape[-2:]
+    assert (h, w) != (fh, fw)
+    assert torch.equal(full_depth[:, top:top + h, left:left + w], cropped["depth"])
+    batch = next(iter(get_loader(get_dataset(letter, "test", r, scale=SCALE), batch_size=2)))
+    assert batch["window"].shape == (2, 4)
+
+
 def test_train_transform_seeded(root):
     r, _ = root
     ds = get_dataset("N", "train", r, scale=SCALE)
@@ -236,7 +263,7 @@ def test_train_transform_seeded(root):
 def test_items_and_replay(root):
     r, _ = root
     item = get_dataset("S", "train", r, scale=SCALE)[0]
-    assert set(item) == {"image", "depth", "domain", "path"}
+    assert set(item) == {"image", "depth", "domain", "path", "window"}
     assert item["domain"] == "scannet" and item["path"] == "scene0000_00/color/0.jpg"
     assert item["image"].dtype == torch.float32 and item["depth"].dtype == torch.float32
     rep = get_dataset("N", "replay", r, scale=SCALE)

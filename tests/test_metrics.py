@@ -147,13 +147,30 @@ def test_crop_mask_names():
         crop_mask("eigne", 4, 4)
 
 
+def test_crop_mask_in_a_window_of_the_frame():
+    # NYU test crop: 228x304 centred in the 240x320 resized frame -> Eigen rows 17:228, cols 13:293
+    m = crop_mask("eigen", 228, 304, window=(6, 8, 240, 320))
+    assert rect(m) == (23 - 6, 228, 21 - 8, 301 - 8)
+    # KITTI bottom crop 320x480 at x=368 of 352x1216 -> Garg rows 143-32:349-32, all its columns
+    m = crop_mask("garg", 320, 480, window=(32, 368, 352, 1216))
+    assert rect(m) == (111, 317, 0, 480)
+    assert crop_mask("none", 3, 3, window=(0, 0, 9, 9)) is None
+    with pytest.raises(ValueError, match="does not contain"):
+        crop_mask("eigen", 228, 304, window=(20, 8, 240, 320))
+    # prepare_pair with the window keeps exactly the pixels the full-frame crop keeps there
+    gt = np.random.default_rng(0).uniform(0.5, 9.0, (240, 320))
+    _, full = prepare_pair(gt, gt, crop="eigen")
+    _, win = prepare_pair(gt[6:234, 8:312], gt[6:234, 8:312], crop="eigen", window=(6, 8, 240, 320))
+    assert np.array_equal(win, full[6:234, 8:312])
+
+
 def test_prepare_pair_caps():
     gt = np.array([[0.0005, 0.001, 0.5, 10.0, 10.5, 0.0]])
     pred = np.array([[0.0, 20.0, 5.0, -1.0, 3.0, 2.0]])
     p, g = prepare_pair(pred, gt, min_depth=1e-3, max_depth=10.0)
     assert p.dtype == np.float64 and g.dtype == np.float64
-    # gt valid in (1e-3, 10]: 0.001 (== min) is dropped, 10 (== max) is kept
-    np.testing.assert_array_equal(g, [[0.0, 0.0, 0.5, 10.0, 0.0, 0.0]])
+    # gt valid in (1e-3, 10): 0.001 (== min) and 10 (== max) are dropped, as the field does
+    np.testing.assert_array_equal(g, [[0.0, 0.0, 0.5, 0.0, 0.0, 0.0]])
     np.testing.assert_array_equal(p, [[1e-3, 10.0, 5.0, 1e-3, 3.0, 2.0]])
     # inputs untouched
     assert gt[0, 4] == 10.5 and pred[0, 1] == 20.0

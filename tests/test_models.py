@@ -200,8 +200,8 @@ def test_freeze_trunk():
 
 # ----- checkpoints -------------------------------------------------------------------------
 @pytest.mark.parametrize("encoder,heads,prefix", [
-    ("resnet18", 1, False), ("resnet18", 2, True), ("resnet34", 3, False), ("resnet34", 3, True),
-    ("resnet50", 1, True)])
+    ("resnet18", 2, True), ("resnet34", 1, False), ("resnet34", 2, False), ("resnet34", 3, False),
+    ("resnet34", 3, True), ("resnet50", 1, True)])  # the released files: resnet34 with 1, 2, 3 heads
 def test_authors_file_loads(tmp_path, x, encoder, heads, prefix):
     net = make_net(encoder, heads)
     sd = {("module." if prefix else "") + k: v for k, v in net.state_dict().items()}
@@ -303,6 +303,14 @@ def test_imagenet_weights(tmp_path):
     assert "missing" in str(err.value)
     net = LifelongDepthNet("resnet18", pretrained=path)
     assert torch.equal(net.E.conv1.weight, src.conv1.weight)
+    with pytest.raises(FileNotFoundError, match="no_such_weights.pth"):
+        LifelongDepthNet("resnet18", pretrained=tmp_path / "no_such_weights.pth")
+
+
+def test_error_unknown_stored_encoder(tmp_path, sd18):
+    path = tmp_path / "odd_encoder.pth.tar"
+    torch.save({"state_dict": sd18, "format": "lifelong-monodepth", "encoder": "vgg16"}, path)
+    check_error(path, "unknown encoder 'vgg16'")
 
 
 # ----- checkpoint errors (each message names the file) ---------------------------------------

@@ -1,5 +1,6 @@
 """predict.py: outputs and their round trip, odd image modes, bad files, domain choice, errors."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -142,3 +143,17 @@ def test_errors(ckpt, folder, tmp_path):
     # a single unreadable file: reported, exit status 1
     assert P.main([str(folder / "broken.png"), "--checkpoint", str(ckpt), "--out", str(tmp_path / "b"),
                    "--quiet"]) == 1
+
+
+def test_out_folder_equal_to_or_inside_the_input_folder(ckpt, tmp_path):
+    """--out may be the input folder itself (outputs beside the inputs) or a folder inside it; a
+    second run must not take the first run's outputs as inputs."""
+    d = tmp_path / "photos"
+    write_image(d / "a.png", (64, 48), "RGB", seed=5)
+    write_image(d / "b.jpg", (64, 48), "RGB", seed=6)
+    for out in (d, d / "depth"):
+        for _ in range(2):
+            assert P.main([str(d), "--checkpoint", str(ckpt), "--out", str(out), "--domain", "N",
+                           "--no-plots", "--quiet"]) == 0
+            done = json.loads((out / "predictions.json").read_text())["images"]
+            assert sorted(Path(i["file"]).name for i in done) == ["a.png", "b.jpg"]

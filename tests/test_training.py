@@ -102,6 +102,34 @@ def test_resume_continues_where_it_stopped(synthetic_root, tmp_path, monkeypatch
     assert log[-1]["global_step"] == 6
 
 
+def test_resume_of_a_later_stage_continues_the_replay_stream(stage_runs, synthetic_root, tmp_path, monkeypatch):
+    """A resumed NK stage (teacher, distillation, a cycling replay buffer) ends with the weights of
+    the uninterrupted run: the replay stream continues where it stopped, it does not restart."""
+    import shutil
+    _, first, _, _ = stage_runs
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        shutil.copy(first, tmp_path / d / "N.pth.tar")
+    full = lifelong.main("NK", "", options(synthetic_root, tmp_path / "a", "--epochs", "2"))
+    original_step = lifelong.Stage.train_step
+
+    def interrupt_at_4(self, micro):  # 3 steps per epoch, 2 per replay epoch: stops mid-replay-epoch
+        if self.global_step == 4:
+            raise KeyboardInterrupt
+        return original_step(self, micro)
+
+    monkeypatch.setattr(lifelong.Stage, "train_step", interrupt_at_4)
+    with pytest.raises(SystemExit):
+        lifelong.main("NK", "", options(synthetic_root, tmp_path / "b", "--epochs", "2"))
+    monkeypatch.setattr(lifelong.Stage, "train_step", original_step)
+    resumed = lifelong.main("NK", "", options(synthetic_root, tmp_path / "b", "--epochs", "2", "--resume"))
+    a, b = read_checkpoint(full)[0], read_checkpoint(resumed)[0]
+    for key in a:
+        assert torch.allclose(a[key].float(), b[key].float(), atol=1e-5), key
+    log = [json.loads(line) for line in (tmp_path / "b" / "NK" / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2]  # the interrupted epoch is logged once, when finished
+
+
 # ---- error paths -----------------------------------------------------------------------------------
 def run_error(root, runs, script_order, *extra):
     with pytest.raises(SystemExit) as err:
