@@ -25,23 +25,30 @@ def run(cmd):
 
 
 def test_two_processes_match_one_process_with_the_same_global_batch(synthetic_root, tmp_path):
-    ddp_out, single_out = tmp_path / "ddp" / "N.pth.tar", tmp_path / "single" / "N.pth.tar"
+    """A lifelong stage (NK: teacher, distillation, a replay buffer split by DistributedSampler)
+    under torchrun with 2 gloo processes ends with the weights of one process with --grad-accum 2."""
+    prior = tmp_path / "N.pth.tar"
+    run([sys.executable, "train_N.py", *train_args(synthetic_root, prior)])
+    outs = {name: tmp_path / name / "NK.pth.tar" for name in ("ddp", "single", "half")}
+    for out in outs.values():
+        out.parent.mkdir()
+    stage = ["train_NK.py", "--order", "NK", "--prior", str(prior)]
     log = run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
-               "train_N.py", *train_args(synthetic_root, ddp_out)])
+               *stage, *train_args(synthetic_root, outs["ddp"])])
     assert "cpu x2" in log and log.count("wrote ") == 1  # rank 0 alone reports and writes
-    run([sys.executable, "train_N.py", *train_args(synthetic_root, single_out, "--grad-accum", "2")])
-
+    assert "distill N" in log and "replay N" in log
+    run([sys.executable, *stage, *train_args(synthetic_root, outs["single"], "--grad-accum", "2")])
     # control: the same steps with half the global batch must land visibly elsewhere
-    half_out = tmp_path / "half" / "N.pth.tar"
-    run([sys.executable, "train_N.py", *train_args(synthetic_root, half_out)])
+    run([sys.executable, *stage, *train_args(synthetic_root, outs["half"])])
 
-    ddp, single, half = (read_checkpoint(p)[0] for p in (ddp_out, single_out, half_out))
+    ddp, single, half = (read_checkpoint(outs[k])[0] for k in ("ddp", "single", "half"))
     assert not any(k.startswith("module.") for k in ddp)  # loads anywhere, no DDP prefix
-    net = load_checkpoint(ddp_out)
+    net = load_checkpoint(outs["ddp"])
+    assert net.num_domains == 2 and net.meta["letters"] == "NK"
     params = [name for name, _ in net.named_parameters()]
     same_batch = max((ddp[k] - single[k]).abs().max().item() for k in params)
     other_batch = max((ddp[k] - half[k]).abs().max().item() for k in params)
     print(f"largest parameter difference: same global batch {same_batch:.2e}, half batch {other_batch:.2e}")
     assert same_batch < 1e-4 and other_batch > 100 * max(same_batch, 1e-7)
     files = sorted(p.name for p in (tmp_path / "ddp").iterdir())
-    assert files == ["N", "N.pth.tar"]
+    assert files == ["NK", "NK.pth.tar"]
