@@ -8,8 +8,9 @@ uncertainty branch when asked). No other head is computed.
 By default (``fast=True``) this runs on an inference copy of the network (``models/fast.py``):
 BatchNorm folded into the convolutions, channels_last (NHWC) layout and, where the device has
 native kernels for it, bfloat16 weights and activations (the heads' output convolutions stay
-float32). On a 2-core AMX CPU that is ~4-8x faster than the authors' forward of every head, with
-RMSE and delta1 within 0.1 % of float32 (bench/README.md). ``fast=False`` (or ``precision="fp32"``,
+float32). On the project's 2-core AVX512-BF16 CPU that is 3.3-3.8x faster than the authors'
+forward of three heads at 228x304 and 4.2-4.6x at 352x1216, with RMSE and delta1 within 0.05 % of
+float32 on the synthetic test sets (bench/README.md). ``fast=False`` (or ``precision="fp32"``,
 ``channels_last=False``, ``fuse_bn=False`` one by one) gives the plain float32 path on the
 network itself.
 """

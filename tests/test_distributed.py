@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from models import load_checkpoint, read_checkpoint
@@ -52,3 +53,37 @@ def test_two_processes_match_one_process_with_the_same_global_batch(synthetic_ro
     assert same_batch < 1e-4 and other_batch > 100 * max(same_batch, 1e-7)
     files = sorted(p.name for p in (tmp_path / "ddp").iterdir())
     assert files == ["NK", "NK.pth.tar"]
+
+
+@pytest.mark.xfail(strict=True, reason="known open bug (issue 8): resuming a stage under a different world "
+                   "size continues with the right step, epoch and replay position, but its weights drift from "
+                   "the uninterrupted run (|difference| ~5 % of the epoch's update). The same resume at the "
+                   "same world size, and 2-process training from the start, are bitwise equal to one process.")
+def test_resume_across_a_change_of_world_size(synthetic_root, tmp_path):
+    """Epoch 1 in one process (--grad-accum 2), epoch 2 resumed under torchrun with 2 processes: the
+    same weights as two epochs in one process, replay stream included."""
+    prior = tmp_path / "N.pth.tar"
+    run([sys.executable, "train_N.py", *train_args(synthetic_root, prior)])
+    stage = ["train_NK.py", "--order", "NK", "--prior", str(prior)]
+    no_limit = ["--max-steps", "1000"]  # train_args' step limit off: whole epochs
+    straight, split = tmp_path / "straight" / "NK.pth.tar", tmp_path / "split" / "NK.pth.tar"
+    run([sys.executable, *stage, *train_args(synthetic_root, straight, "--grad-accum", "2", "--epochs", "2",
+                                             *no_limit)])
+    run([sys.executable, *stage, *train_args(synthetic_root, split, "--grad-accum", "2", *no_limit)])
+    state = torch.load(split.parent / "NK" / "last.pth.tar", weights_only=False)
+    assert (state["epoch"], state["world_size"]) == (1, 1)
+    after_epoch1 = state["state_dict"]
+    log = run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29519",
+               *stage, *train_args(synthetic_root, split, "--epochs", "2", "--resume", *no_limit)])
+    assert "resumed" in log and "cpu x2" in log
+    a, b = read_checkpoint(straight)[0], read_checkpoint(split)[0]
+    # Parameters only: BatchNorm running statistics are per process under DDP (no SyncBatchNorm).
+    # Epoch 2 adds DDP's all-reduce mean to one process's accumulated mean: equal up to rounding,
+    # which Adam amplifies for parameters with near-zero gradients. So the runs must agree to a
+    # small fraction of what epoch 2 moved the weights; a replay stream restarted on resume, or a
+    # main sampler shifted by the world size, moves them by a sizeable share of it.
+    params = [name for name, _ in load_checkpoint(straight).named_parameters()]
+    differ = sum(((a[k] - b[k]).double() ** 2).sum().item() for k in params) ** 0.5
+    moved = sum(((a[k] - after_epoch1[k]).double() ** 2).sum().item() for k in params) ** 0.5
+    print(f"resume across world size: |difference| {differ:.3e}, |epoch 2 update| {moved:.3e}")
+    assert differ < 0.05 * moved
