@@ -546,6 +546,10 @@ class Stage:
         meta["input_sizes"] = [list(scaled_size(s.input_size, self.opts.scale)) for s in specs]
         return meta
 
+    def samples_per_step(self) -> int:
+        """Samples of the new domain in one optimiser step, over all processes and micro-batches."""
+        return self.opts.batch_size * self.opts.grad_accum * self.ctx.world
+
     def save_resume(self, interrupted=False):
         if not self.ctx.main:
             return
@@ -553,8 +557,9 @@ class Stage:
                  "scheduler": self.sched.state_dict(), "scaler": self.scaler.state_dict(),
                  "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
                  "global_step": self.global_step, "world_size": self.ctx.world,
-                 "samples_in_epoch": self.step_in_epoch * self.opts.batch_size * self.opts.grad_accum
-                 * self.ctx.world, "interrupted": interrupted, "meta": self.meta()}
+                 "samples_in_epoch": self.step_in_epoch * self.samples_per_step(),
+                 "samples_total": self.global_step * self.samples_per_step(),
+                 "interrupted": interrupted, "meta": self.meta()}
         atomic_save(state, Path(self.opts.run_dir) / "last.pth.tar")
 
     def load_resume(self, path):
@@ -568,12 +573,16 @@ class Stage:
         self.sched.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.global_step = state["epoch"], state["global_step"]
-        # a different world size continues after the same number of samples
-        per_step = self.opts.batch_size * self.opts.grad_accum * self.ctx.world
+        # a different world size (or --grad-accum) continues after the same number of samples
+        per_step = self.samples_per_step()
         self.step_in_epoch = state["samples_in_epoch"] // per_step
-        # replay streams advance one step per optimiser step; in samples this is world-size free
-        saved_per_step = self.opts.batch_size * self.opts.grad_accum * state.get("world_size", 1)
-        self.replay_steps_done = state["global_step"] * saved_per_step // per_step
+        # replay streams advance one step per optimiser step, i.e. by the samples of a step
+        total = state.get("samples_total")
+        if total is None:  # a resume file of an earlier version: rebuild it from the saved run's options
+            saved = state["meta"].get("options", {})
+            total = (state["global_step"] * saved.get("batch_size", self.opts.batch_size)
+                     * saved.get("grad_accum", 1) * state.get("world_size", 1))
+        self.replay_steps_done = total // per_step
         self.say(f"resumed {path}: epoch {self.epoch + 1}, step {self.step_in_epoch}, "
                  f"{self.global_step} steps done")
 
