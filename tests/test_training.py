@@ -75,17 +75,29 @@ def test_finetune_leaves_old_head_weights_untouched(stage_runs):
     assert not torch.equal(old["E.conv1.weight"], new["E.conv1.weight"])  # the trunk did move
 
 
-def test_resume_continues_where_it_stopped(synthetic_root, tmp_path, monkeypatch):
-    """Ctrl-C at step 5 leaves a resumable state; resuming ends with the uninterrupted run's weights."""
-    full = lifelong.main("N", "", options(synthetic_root, tmp_path / "a", "--epochs", "2"))
+def interrupt_at(monkeypatch, step):
+    """Make the engine raise KeyboardInterrupt (Ctrl-C) when it is about to take ``step``."""
     original_step = lifelong.Stage.train_step
 
-    def interrupt_at_5(self, micro):
-        if self.global_step == 5:
+    def interrupted(self, micro):
+        if self.global_step == step:
             raise KeyboardInterrupt
         return original_step(self, micro)
 
-    monkeypatch.setattr(lifelong.Stage, "train_step", interrupt_at_5)
+    monkeypatch.setattr(lifelong.Stage, "train_step", interrupted)
+    return lambda: monkeypatch.setattr(lifelong.Stage, "train_step", original_step)
+
+
+def assert_same_weights(path_a, path_b):
+    a, b = read_checkpoint(path_a)[0], read_checkpoint(path_b)[0]
+    for key in a:
+        assert torch.allclose(a[key].float(), b[key].float(), atol=1e-5), key
+
+
+def test_resume_continues_where_it_stopped(synthetic_root, tmp_path, monkeypatch):
+    """Ctrl-C at step 5 leaves a resumable state; resuming ends with the uninterrupted run's weights."""
+    full = lifelong.main("N", "", options(synthetic_root, tmp_path / "a", "--epochs", "2"))
+    restore = interrupt_at(monkeypatch, 5)
     with pytest.raises(SystemExit) as stop:
         lifelong.main("N", "", options(synthetic_root, tmp_path / "b", "--epochs", "2"))
     assert stop.value.code == 130
@@ -93,11 +105,9 @@ def test_resume_continues_where_it_stopped(synthetic_root, tmp_path, monkeypatch
     assert (state["global_step"], state["epoch"], state["step_in_epoch"]) == (5, 1, 2)
     assert state["interrupted"] and not (tmp_path / "b" / "N.pth.tar").exists()
 
-    monkeypatch.setattr(lifelong.Stage, "train_step", original_step)
+    restore()
     resumed = lifelong.main("N", "", options(synthetic_root, tmp_path / "b", "--epochs", "2", "--resume"))
-    a, b = read_checkpoint(full)[0], read_checkpoint(resumed)[0]
-    for key in a:
-        assert torch.allclose(a[key].float(), b[key].float(), atol=1e-5), key
+    assert_same_weights(full, resumed)
     log = [json.loads(line) for line in (tmp_path / "b" / "N" / "log.jsonl").read_text().splitlines()]
     assert log[-1]["global_step"] == 6
 
@@ -111,21 +121,12 @@ def test_resume_of_a_later_stage_continues_the_replay_stream(stage_runs, synthet
         (tmp_path / d).mkdir()
         shutil.copy(first, tmp_path / d / "N.pth.tar")
     full = lifelong.main("NK", "", options(synthetic_root, tmp_path / "a", "--epochs", "2"))
-    original_step = lifelong.Stage.train_step
-
-    def interrupt_at_4(self, micro):  # 3 steps per epoch, 2 per replay epoch: stops mid-replay-epoch
-        if self.global_step == 4:
-            raise KeyboardInterrupt
-        return original_step(self, micro)
-
-    monkeypatch.setattr(lifelong.Stage, "train_step", interrupt_at_4)
+    restore = interrupt_at(monkeypatch, 4)  # 3 steps per epoch, 2 per replay epoch: mid-replay-epoch
     with pytest.raises(SystemExit):
         lifelong.main("NK", "", options(synthetic_root, tmp_path / "b", "--epochs", "2"))
-    monkeypatch.setattr(lifelong.Stage, "train_step", original_step)
+    restore()
     resumed = lifelong.main("NK", "", options(synthetic_root, tmp_path / "b", "--epochs", "2", "--resume"))
-    a, b = read_checkpoint(full)[0], read_checkpoint(resumed)[0]
-    for key in a:
-        assert torch.allclose(a[key].float(), b[key].float(), atol=1e-5), key
+    assert_same_weights(full, resumed)
     log = [json.loads(line) for line in (tmp_path / "b" / "NK" / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2]  # the interrupted epoch is logged once, when finished
 
