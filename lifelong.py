@@ -577,12 +577,7 @@ class Stage:
         per_step = self.samples_per_step()
         self.step_in_epoch = state["samples_in_epoch"] // per_step
         # replay streams advance one step per optimiser step, i.e. by the samples of a step
-        total = state.get("samples_total")
-        if total is None:  # a resume file of an earlier version: rebuild it from the saved run's options
-            saved = state["meta"].get("options", {})
-            total = (state["global_step"] * saved.get("batch_size", self.opts.batch_size)
-                     * saved.get("grad_accum", 1) * state.get("world_size", 1))
-        self.replay_steps_done = total // per_step
+        self.replay_steps_done = state["samples_total"] // per_step
         self.say(f"resumed {path}: epoch {self.epoch + 1}, step {self.step_in_epoch}, "
                  f"{self.global_step} steps done")
 
@@ -668,7 +663,7 @@ class Stage:
             terms = self.train_step(micro)
             self.step_in_epoch += 1
             self.global_step += 1
-            images += opts.batch_size * opts.grad_accum * self.ctx.world * (1 + len(replays))
+            images += self.samples_per_step() * (1 + len(replays))
             n += 1
             for key, value in terms.items():
                 sums[key] = sums.get(key, 0.0) + value
