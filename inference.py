@@ -41,6 +41,10 @@ class DepthPredictor:
       False uses autocast instead (float32 weights, converted on every call: slower on CPU).
     - ``channels_last``: NHWC weights and inputs (default on).
     - ``fuse_bn``: fold BatchNorm into the preceding convolution (default on).
+    - ``fused_kernels``: on a CPU, each Conv+ReLU (+ residual add) as one oneDNN kernel with weights
+      pre-packed per input shape, and the heads' 1-channel output convolutions as a float32 matmul
+      plus shifted sums (``models.fast.fuse_kernels``; default on with ``fast`` on a CPU, needs
+      ``fuse_bn``).
     - ``jit``: TorchScript trace + freeze of the trunk and of each used head, built lazily on the
       first batch (~2-5 s once per head on a CPU; default off).
 
@@ -51,7 +55,7 @@ class DepthPredictor:
 
     def __init__(self, net, prototypes=None, selector: str = "pooled", device="cpu", *,
                  fast: bool = True, precision=None, channels_last=None, fuse_bn=None,
-                 cast_weights: bool = True, jit=None):
+                 cast_weights: bool = True, jit=None, fused_kernels=None):
         if selector not in SELECTORS:
             raise ValueError(f"unknown selector {selector!r}; choose one of {SELECTORS}")
         self.device = torch.device(device)
@@ -69,6 +73,11 @@ class DepthPredictor:
                           f"than float32", RuntimeWarning, stacklevel=2)
         self.channels_last = self.fast if channels_last is None else bool(channels_last)
         self.fuse_bn = self.fast if fuse_bn is None else bool(fuse_bn)
+        if fused_kernels is None:
+            fused_kernels = self.fast and self.fuse_bn and self.device.type == "cpu"
+        if fused_kernels and not self.fuse_bn:
+            raise ValueError("fused_kernels=True needs fuse_bn=True")
+        self.fused_kernels = bool(fused_kernels)
         self.cast_weights = bool(cast_weights)
         self.jit = False if jit is None else bool(jit)
         if self.jit and self._autocast_dtype is not None:
@@ -89,7 +98,7 @@ class DepthPredictor:
         """The effective speed settings (for logs and benchmark tables)."""
         return {"fast": self.fast, "precision": str(self.dtype).replace("torch.", ""),
                 "cast_weights": self.cast_weights, "channels_last": self.channels_last,
-                "fuse_bn": self.fuse_bn, "jit": self.jit}
+                "fuse_bn": self.fuse_bn, "fused_kernels": self.fused_kernels, "jit": self.jit}
 
     @property
     def _autocast_dtype(self):
@@ -101,7 +110,8 @@ class DepthPredictor:
         cast = self.dtype if (self.dtype != torch.float32 and self.cast_weights) else None
         if self.fuse_bn or self.channels_last or cast is not None:
             self.runner = inference_copy(self.net, fuse_bn=self.fuse_bn,
-                                         channels_last=self.channels_last, dtype=cast)
+                                         channels_last=self.channels_last, dtype=cast,
+                                         fused_kernels=self.fused_kernels)
         else:
             self.runner = self.net
         self._input_dtype = cast

@@ -10,9 +10,9 @@ prototypes of the right shape (timing does not depend on the weights):
 (a) ``authors``: the authors' forward, ``net(x)``: trunk + every head, depth and uncertainty, fp32;
 (b) ``ours fp32``: the product's path, ``DepthPredictor(fast=False).predict(x)``: trunk, prototype
     selection, the chosen head's depth branch only, fp32, no speed-ups;
-(c) (b) with each speed-up alone and combined (channels_last, BN folding, bf16/fp16 autocast or cast
-    weights, TorchScript trace+freeze, torch.compile with ``--compile``); ``default`` is what
-    ``DepthPredictor()`` does.
+(c) (b) with each speed-up alone and combined (channels_last, BN folding, fused oneDNN kernels with
+    pre-packed weights, bf16/fp16 autocast or cast weights, TorchScript trace+freeze, torch.compile
+    with ``--compile``); ``default`` is what ``DepthPredictor()`` does.
 
 Variants are interleaved round by round in one process (the machine may be shared: a slow moment
 hits every variant alike) and the median over ``--repeats`` rounds after ``--warmup`` calls is
@@ -50,7 +50,9 @@ from models.fast import lowp_supported, prepare_input, resolve_precision  # noqa
 # Variants of the product's path: name -> DepthPredictor keyword options
 # ------------------------------------------------------------------------------------------------
 OURS_FP32 = "ours fp32 (no speed-ups)"
-DEFAULT = "default: DepthPredictor() (cl + fuse + auto precision)"
+DEFAULT = "default: DepthPredictor() (cl + fold + fused kernels + auto precision)"
+# fused_kernels is on by default with fast=True on a CPU: the "cl + fuse" rows turn it off so that
+# each row adds one thing.
 VARIANTS = {
     OURS_FP32: dict(fast=False),
     "+ channels_last": dict(fast=False, channels_last=True),
@@ -60,10 +62,13 @@ VARIANTS = {
     "+ fp16 autocast": dict(fast=False, precision="fp16", cast_weights=False),
     "+ fp16 weights": dict(fast=False, precision="fp16"),
     "+ TorchScript trace+freeze": dict(fast=False, jit=True),
-    "cl + fuse (fp32)": dict(fast=True, precision="fp32"),
-    "cl + fuse + bf16 autocast": dict(fast=True, precision="bf16", cast_weights=False),
-    "cl + fuse + fp16 weights": dict(fast=True, precision="fp16"),
-    "cl + fuse + bf16 weights": dict(fast=True, precision="bf16"),
+    "cl + fuse (fp32)": dict(fast=True, precision="fp32", fused_kernels=False),
+    "cl + fuse + fused kernels (fp32)": dict(fast=True, precision="fp32", fused_kernels=True),
+    "cl + fuse + bf16 autocast": dict(fast=True, precision="bf16", cast_weights=False,
+                                      fused_kernels=False),
+    "cl + fuse + fp16 weights": dict(fast=True, precision="fp16", fused_kernels=False),
+    "cl + fuse + bf16 weights": dict(fast=True, precision="bf16", fused_kernels=False),
+    "cl + fuse + bf16 weights + fused kernels": dict(fast=True, precision="bf16", fused_kernels=True),
     DEFAULT: dict(fast=True),  # exactly what the product runs: bf16 where native, else fp32
     "default + TorchScript": dict(fast=True, jit=True),
     "default, with uncertainty": dict(fast=True),
@@ -71,7 +76,8 @@ VARIANTS = {
 WITH_UNCERTAINTY = {"default, with uncertainty"}
 AUTHORS = "authors: all heads, both branches, fp32"
 ACCURACY_VARIANTS = [DEFAULT, "cl + fuse + bf16 weights", "cl + fuse + bf16 autocast",
-                     "cl + fuse + fp16 weights", "cl + fuse (fp32)", "default + TorchScript"]
+                     "cl + fuse + fp16 weights", "cl + fuse (fp32)", "cl + fuse + fused kernels (fp32)",
+                     "default + TorchScript"]
 # The product's accuracy condition: RMSE and delta1 on the synthetic test sets within 1 % of fp32.
 ACCURACY_TOLERANCE_PCT = 1.0
 
@@ -221,7 +227,8 @@ class CompiledPredictor(DepthPredictor):
 
 def build_predictor(name, net, protos, device):
     if name.startswith("torch.compile"):
-        opts = dict(VARIANTS[DEFAULT]) if "default" in name else dict(fast=False)
+        # inductor does its own conv fusion: compile the plain ops, not the oneDNN calls
+        opts = dict(VARIANTS[DEFAULT], fused_kernels=False) if "default" in name else dict(fast=False)
         return CompiledPredictor(net, protos, device=device, **opts)
     return DepthPredictor(net, protos, device=device, **VARIANTS[name])
 

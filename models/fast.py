@@ -12,6 +12,10 @@ Everything here works on a *copy* of a network, or on tensors, never on the trai
   uncertainty are computed and returned in float32.
 * :func:`resolve_precision` picks the compute dtype: on CPU bfloat16 where oneDNN has native bf16
   kernels (AVX512-BF16/AMX), else float32; on CUDA bfloat16 (or float16 where bf16 is unsupported).
+* :func:`fuse_kernels` (on an inference copy, CPU): every Conv+ReLU and every residual
+  Conv+add+ReLU of the trunk runs as one oneDNN kernel (``mkldnn._convolution_pointwise``) with its
+  weights pre-packed once per input shape (:class:`FusedConv2d`), and each head's 64 -> 1 output
+  convolution becomes one float32 matmul plus 25 shifted sums (:class:`TapSumConv2d`, exact).
 * :func:`trace_module` wraps TorchScript trace + freeze (optional; see bench/README.md).
 * :func:`to_channels_last` / :func:`channels_last_batch` are for the training engine.
 
@@ -26,10 +30,12 @@ import copy
 from contextlib import nullcontext
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["PRECISIONS", "resolve_precision", "pooled_descriptor_nhwc", "lowp_supported", "fold_conv_bn", "fuse_conv_bn",
            "count_batchnorms", "inference_copy", "CastInputConv2d", "autocast_context",
+           "FusedConv2d", "TapSumConv2d", "fuse_kernels", "count_fused",
            "prepare_input", "trace_module", "to_channels_last", "channels_last_batch"]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -196,13 +202,17 @@ def _float32_output_convs(net: nn.Module) -> None:
 
 
 def inference_copy(net: nn.Module, *, fuse_bn: bool = True, channels_last: bool = True,
-                   dtype: torch.dtype | None = None, device=None) -> nn.Module:
+                   dtype: torch.dtype | None = None, device=None,
+                   fused_kernels: bool = False) -> nn.Module:
     """A frozen, eval-mode copy of ``net`` for fast inference (``net`` itself is not touched).
 
     ``fuse_bn``: fold BN into the convolutions. ``channels_last``: NHWC weights (oneDNN's native
     layout; feed NHWC inputs, see :func:`prepare_input`). ``dtype``: cast the copy's parameters to
-    bfloat16/float16 except the heads' output convolutions, which stay float32.
+    bfloat16/float16 except the heads' output convolutions, which stay float32. ``fused_kernels``
+    (needs ``fuse_bn``): :func:`fuse_kernels` on the result (eager only: not for tracing/export).
     """
+    if fused_kernels and not fuse_bn:
+        raise ValueError("fused_kernels needs fuse_bn: a BatchNorm sits between a conv and its ReLU")
     net = copy.deepcopy(net)
     if device is not None:
         net = net.to(device)
@@ -215,6 +225,8 @@ def inference_copy(net: nn.Module, *, fuse_bn: bool = True, channels_last: bool 
         _float32_output_convs(net)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
+    if fused_kernels:
+        fuse_kernels(net)
     return net
 
 
@@ -225,6 +237,210 @@ def prepare_input(x: torch.Tensor, device=None, channels_last: bool = False,
     if channels_last and x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
     return x
+
+
+# ----------------------------------------------------------------------------- fused kernels
+def _onednn_path(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether ``x`` can take oneDNN's fused convolution: a CPU NHWC float32/bfloat16 batch of the
+    weight's dtype, outside autograd, autocast and TorchScript tracing (a traced graph must stay
+    portable, so it records the plain ops)."""
+    return (x.device.type == "cpu" and x.dim() == 4 and x.dtype == weight.dtype
+            and x.dtype in (torch.float32, torch.bfloat16)
+            and x.is_contiguous(memory_format=torch.channels_last)
+            and not (torch.is_grad_enabled() and x.requires_grad)
+            and not torch.jit.is_tracing() and not torch.jit.is_scripting()
+            and not torch.is_autocast_enabled("cpu")  # autocast has no rule for the fused op
+            and torch.backends.mkldnn.is_available())
+
+
+class FusedConv2d(nn.Module):
+    """An inference Conv2d (BN already folded into its bias) whose ReLU, and optionally a residual
+    added before it, run inside the convolution kernel.
+
+    On a CPU the weights are re-ordered into oneDNN's blocked layout once per input shape and kept
+    (``_convolution_pointwise`` would otherwise re-order them on every call: at batch 1 that is a
+    third of a 512-channel 3x3 convolution's time). Elsewhere (CUDA, NCHW input, tracing) it runs
+    the same arithmetic as plain ops. Parameter names stay ``weight``/``bias``.
+    """
+
+    max_shapes = 4  # packed weight sets kept (input shapes); the oldest is dropped beyond that
+
+    def __init__(self, conv: nn.Conv2d, relu: bool):
+        super().__init__()
+        if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+            raise ValueError("FusedConv2d needs numeric zero padding")
+        self.weight = nn.Parameter(conv.weight.detach().clone(memory_format=torch.preserve_format),
+                                   requires_grad=False)
+        self.bias = (nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
+                     if conv.bias is not None else None)
+        self.stride, self.padding = list(conv.stride), list(conv.padding)
+        self.dilation, self.groups = list(conv.dilation), conv.groups
+        self.relu = bool(relu)
+        self._packed = {}
+
+    def extra_repr(self):
+        w = self.weight.shape
+        return (f"{w[1] * self.groups}, {w[0]}, kernel_size={tuple(w[2:])}, stride={tuple(self.stride)}, "
+                f"relu={self.relu}")
+
+    def __getstate__(self):  # deepcopy/pickle: packed weights are a cache (and opaque tensors)
+        state = dict(self.__dict__)
+        state["_packed"] = {}
+        return state
+
+    def _apply(self, fn, *args, **kwargs):
+        self._packed = {}  # device/dtype/layout changes invalidate the packed copies
+        return super()._apply(fn, *args, **kwargs)
+
+    def _packed_weight(self, x: torch.Tensor) -> torch.Tensor:
+        key = tuple(x.shape)
+        packed = self._packed.get(key)
+        if packed is None:
+            if len(self._packed) >= self.max_shapes:
+                self._packed.pop(next(iter(self._packed)))
+            packed = torch.ops.mkldnn._reorder_convolution_weight(
+                self.weight.detach(), self.padding, self.stride, self.dilation, self.groups, list(key))
+            self._packed[key] = packed
+        return packed
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """``relu(conv(x) [+ residual])`` (no ReLU when built with ``relu=False``)."""
+        if _onednn_path(x, self.weight) and (residual is None or (
+                residual.dtype == x.dtype and residual.is_contiguous(memory_format=torch.channels_last))):
+            weight = self._packed_weight(x)
+            unary = "relu" if self.relu else "none"
+            if residual is None:
+                return torch.ops.mkldnn._convolution_pointwise(
+                    x, weight, self.bias, self.padding, self.stride, self.dilation, self.groups,
+                    unary, [], "")
+            return torch.ops.mkldnn._convolution_pointwise.binary(
+                x, residual, weight, self.bias, self.padding, self.stride, self.dilation, self.groups,
+                "add", None, unary if self.relu else None, [], "")
+        y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        if residual is not None:
+            y = y + residual
+        return F.relu(y) if self.relu else y
+
+
+class TapSumConv2d(nn.Module):
+    """A stride-1 'same' convolution to a few output channels, computed in float32 as one matmul
+    (every pixel's C features times the C x (out*k*k) taps) followed by k*k shifted sums.
+
+    For the heads' 64 -> 1 5x5 output convolutions: oneDNN has no efficient kernel for one output
+    channel (4.1 ms at 114x152 on 2 cores, as long as 64 -> 16), this takes 1.0 ms; it computes
+    the same sums in float32 (max difference ~1e-6), whatever the input's dtype.
+    """
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        kh, kw = conv.kernel_size
+        if (tuple(conv.stride) != (1, 1) or tuple(conv.dilation) != (1, 1) or conv.groups != 1
+                or isinstance(conv.padding, str) or tuple(conv.padding) != (kh // 2, kw // 2)
+                or kh % 2 == 0 or kw % 2 == 0 or conv.padding_mode != "zeros"):
+            raise ValueError("TapSumConv2d needs an odd kernel, stride 1, no dilation/groups and "
+                             "'same' zero padding")
+        weight = conv.weight.detach().float()
+        out_ch, in_ch = weight.shape[:2]
+        # taps[o * kh * kw + t, c] = weight[o, c, t // kw, t % kw]
+        self.register_buffer("taps", weight.permute(0, 2, 3, 1).reshape(out_ch * kh * kw, in_ch)
+                             .contiguous())
+        bias = conv.bias.detach().float() if conv.bias is not None else torch.zeros(out_ch)
+        self.register_buffer("bias", bias.clone())
+        self.kernel_size, self.out_channels = (kh, kw), out_ch
+
+    def extra_repr(self):
+        return f"{self.taps.shape[1]}, {self.out_channels}, kernel_size={self.kernel_size}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        kh, kw = self.kernel_size
+        pixels = x.permute(0, 2, 3, 1).reshape(n, h * w, c).to(self.taps.dtype)  # NHWC: a view
+        maps = torch.matmul(self.taps, pixels.transpose(1, 2))  # (n, out*kh*kw, h*w)
+        maps = F.pad(maps.reshape(n * self.out_channels, kh * kw, h, w),
+                     (kw // 2, kw // 2, kh // 2, kh // 2))
+        out = self.bias.repeat(n).reshape(n * self.out_channels, 1, 1, 1).expand(-1, 1, h, w).clone()
+        for i in range(kh):
+            for j in range(kw):
+                # out[y, x] += sum_c weight[c, i, j] * x[c, y + i - kh//2, x + j - kw//2]
+                out += maps[:, i * kw + j: i * kw + j + 1, i:i + h, j:j + w]
+        return out.reshape(n, self.out_channels, h, w)
+
+
+class FusedBasicBlock(nn.Module):
+    """BasicBlock with ``conv1`` + ReLU and ``conv2`` + shortcut + ReLU as two fused kernels."""
+
+    def __init__(self, block):
+        super().__init__()
+        self.conv1 = FusedConv2d(block.conv1, relu=True)
+        self.conv2 = FusedConv2d(block.conv2, relu=True)
+        self.downsample = _fused_shortcut(block.downsample)
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.conv2(self.conv1(x), identity)
+
+
+class FusedBottleneck(nn.Module):
+    """Bottleneck with its three convolutions fused (ReLU; the last one adds the shortcut)."""
+
+    def __init__(self, block):
+        super().__init__()
+        self.conv1 = FusedConv2d(block.conv1, relu=True)
+        self.conv2 = FusedConv2d(block.conv2, relu=True)
+        self.conv3 = FusedConv2d(block.conv3, relu=True)
+        self.downsample = _fused_shortcut(block.downsample)
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.conv3(self.conv2(self.conv1(x)), identity)
+
+
+def _fused_shortcut(downsample):
+    """A folded ``downsample`` (Sequential(Conv2d, Identity)) as one FusedConv2d without ReLU."""
+    if downsample is None:
+        return None
+    convs = [m for m in downsample if isinstance(m, nn.Conv2d)]
+    rest = [m for m in downsample if not isinstance(m, (nn.Conv2d, nn.Identity))]
+    if len(convs) != 1 or rest:
+        raise ValueError("fuse_kernels: a shortcut that is not one (folded) 1x1 convolution")
+    return FusedConv2d(convs[0], relu=False)
+
+
+def fuse_kernels(net: nn.Module) -> nn.Module:
+    """Rewrite a BN-folded inference copy of LifelongDepthNet in place so that every Conv+ReLU
+    (stem, ResNet blocks, fusion projections, fusion conv, head branches) is one fused kernel, and
+    every head branch's output convolution a :class:`TapSumConv2d`. Returns ``net``.
+
+    Only the ReLUs that directly follow a folded convolution are removed (replaced by
+    ``nn.Identity`` under the same name), so every method of the network works unchanged; the
+    squeeze-and-excitation gates (1x1 maps) are left as they are.
+    """
+    from .modules import MFF, Branch, UpProjection
+    from .resnet import BasicBlock, Bottleneck, ResNetEncoder
+    if count_batchnorms(net):
+        raise ValueError("fuse_kernels needs BatchNorm folded first (fuse_conv_bn)")
+    for parent in list(net.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, BasicBlock):
+                setattr(parent, name, FusedBasicBlock(child))
+            elif isinstance(child, Bottleneck):
+                setattr(parent, name, FusedBottleneck(child))
+    for module in net.modules():
+        if isinstance(module, ResNetEncoder):  # relu(bn1(conv1(x))) in the stem only
+            module.conv1, module.relu = FusedConv2d(module.conv1, relu=True), nn.Identity()
+        elif isinstance(module, UpProjection):
+            module.conv1, module.relu = FusedConv2d(module.conv1, relu=True), nn.Identity()
+        elif isinstance(module, MFF):
+            module.conv, module.relu = FusedConv2d(module.conv, relu=True), nn.Identity()
+        elif isinstance(module, Branch):
+            module.conv0, module.relu = FusedConv2d(module.conv0, relu=True), nn.Identity()
+            module.conv2 = TapSumConv2d(module.conv2)
+    return net
+
+
+def count_fused(net: nn.Module) -> int:
+    """Fused convolutions in ``net`` (0 for a network :func:`fuse_kernels` has not rewritten)."""
+    return sum(isinstance(m, (FusedConv2d, TapSumConv2d)) for m in net.modules())
 
 
 # ----------------------------------------------------------------------------- selection

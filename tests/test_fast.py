@@ -7,9 +7,9 @@ from torch import nn
 
 from inference import DepthPredictor
 from models import LifelongDepthNet, save_checkpoint
-from models.fast import (CastInputConv2d, channels_last_batch, count_batchnorms, fuse_conv_bn,
-                         inference_copy, lowp_supported, pooled_descriptor_nhwc, prepare_input,
-                         resolve_precision, to_channels_last)
+from models.fast import (CastInputConv2d, FusedConv2d, TapSumConv2d, channels_last_batch,
+                         count_batchnorms, count_fused, fuse_conv_bn, inference_copy, lowp_supported,
+                         pooled_descriptor_nhwc, prepare_input, resolve_precision, to_channels_last)
 from prototypes import pooled_descriptor
 
 HEADS = 3
@@ -107,6 +107,61 @@ def test_channels_last_copy_equal(net):
         torch.testing.assert_close(u1, u0, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("encoder", ["resnet18", "resnet50"])  # BasicBlock and Bottleneck
+def test_fused_kernels_equal_the_folded_copy_fp32(net, encoder):
+    if encoder != "resnet18":
+        torch.manual_seed(1)
+        net = randomize_bn(LifelongDepthNet(encoder, num_domains=2))
+    folded = inference_copy(net, channels_last=True)
+    fused = inference_copy(net, channels_last=True, fused_kernels=True)
+    assert count_fused(folded) == 0 and count_fused(fused) > 0
+    assert isinstance(fused.task0.depth.conv2, TapSumConv2d) and isinstance(fused.MFF.relu, nn.Identity)
+    for size in ((48, 64), (40, 72), (48, 64)):  # a second shape packs again, the first is reused
+        for channels_last in (True, False):  # NCHW input takes the plain-ops path
+            x = prepare_input(distinct_images(2, *size), channels_last=channels_last)
+            with torch.no_grad():
+                feats, ref_feats = fused.features(x), folded.features(x)
+                torch.testing.assert_close(feats, ref_feats, rtol=1e-4, atol=1e-4)
+                for d in range(net.num_domains):
+                    for a, b in zip(fused.head_forward(feats, d), folded.head_forward(ref_feats, d)):
+                        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    packed = fused.MFF.conv._packed
+    assert len(packed) == 2 and all(k[0] == 2 for k in packed)  # one packing per input shape
+    fused.to(memory_format=torch.channels_last)
+    assert fused.MFF.conv._packed == {}  # moving or converting the weights drops the packings
+
+
+def test_fused_conv_packs_at_most_max_shapes():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 8, 3, padding=1).eval()
+    fused = FusedConv2d(conv, relu=True)
+    with torch.no_grad():
+        for w in range(10, 10 + FusedConv2d.max_shapes + 2):
+            x = torch.randn(1, 8, 6, w).contiguous(memory_format=torch.channels_last)
+            torch.testing.assert_close(fused(x), torch.relu(conv(x)), rtol=1e-5, atol=1e-5)
+            res = torch.randn_like(x)
+            torch.testing.assert_close(fused(x, res), torch.relu(conv(x) + res), rtol=1e-5, atol=1e-5)
+    assert len(fused._packed) == FusedConv2d.max_shapes
+    assert (1, 8, 6, 10 + FusedConv2d.max_shapes + 1) in fused._packed  # the newest is kept
+    with pytest.raises(ValueError, match="fuse_bn"):
+        inference_copy(nn.Sequential(), fuse_bn=False, fused_kernels=True)
+
+
+@pytest.mark.parametrize("out_ch,k,dtype", [(1, 5, torch.bfloat16), (1, 5, torch.float32),
+                                            (3, 3, torch.float32)])
+def test_tap_sum_conv_equals_conv2d(out_ch, k, dtype):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(16, out_ch, k, padding=k // 2)
+    x = torch.randn(2, 16, 13, 17).to(dtype).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        out = TapSumConv2d(conv)(x)
+        ref = conv(x.float())  # float32 sums of the (possibly bf16) input
+    assert out.dtype == torch.float32 and out.shape == ref.shape
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="stride 1"):
+        TapSumConv2d(nn.Conv2d(16, 1, 3, stride=2, padding=1))
+
+
 def test_fast_pooled_descriptor_equals_prototypes_rule():
     g = torch.Generator().manual_seed(3)
     feats = torch.relu(torch.randn(3, 16, 20, 28, generator=g)) * 2 + 5  # mean >> std in places
@@ -142,14 +197,16 @@ def test_training_helpers_keep_training_working(net):
 def test_default_is_fast_and_fast_false_is_plain(net):
     p = DepthPredictor(net)
     assert p.options["fast"] and p.options["channels_last"] and p.options["fuse_bn"]
+    assert p.options["fused_kernels"] and count_fused(p.runner) > 0  # on a CPU
     assert p.dtype == resolve_precision("auto", "cpu")
     plain = DepthPredictor(net, fast=False)
     assert plain.runner is net and plain.dtype == torch.float32
-    assert not plain.channels_last and not plain.fuse_bn
+    assert not plain.channels_last and not plain.fuse_bn and not plain.fused_kernels
     assert DepthPredictor(net, precision="fp32").dtype == torch.float32
 
 
 @pytest.mark.parametrize("opts,rel", [({}, 2e-2), ({"precision": "fp32"}, 1e-4),
+                                      ({"precision": "fp32", "fused_kernels": False}, 1e-4),
                                       ({"precision": "bf16", "cast_weights": False}, 3e-2),
                                       ({"jit": True}, 2e-2)])
 def test_fast_paths_match_fp32(net, opts, rel):
