@@ -16,7 +16,6 @@ thin entry points into ``main``.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import os
@@ -39,6 +38,7 @@ from loaders import get_dataset, get_loader, scaled
 from losses import distillation_loss, uncertainty_depth_loss
 from models import LifelongDepthNet, read_checkpoint, save_checkpoint
 from models.checkpoint import atomic_save, infer_encoder
+from models.fast import inference_copy, prepare_input
 from prototypes import compute_prototypes
 
 STRATEGIES = {
@@ -137,7 +137,9 @@ def build_parser(default_order: str, description: str) -> argparse.ArgumentParse
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="auto takes CUDA when available")
     g.add_argument("--amp", default="auto", choices=["auto", "off", "bf16", "fp16"],
-                   help="mixed precision; auto is bf16 (or fp16 with loss scaling) on CUDA, off on CPU")
+                   help="mixed precision; auto is bf16 (or fp16 with loss scaling) on CUDA, off (fp32) "
+                        "on a CPU. bf16 on a CPU with AVX512-BF16/AMX trains ~1.9x faster; see "
+                        "bench/README.md for what it changes")
     g.add_argument("--seed", type=int, default=0, help="seed of weights, data order and augmentation")
     g.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="resume an interrupted stage from its run folder's last.pth.tar (or a path)")
@@ -230,14 +232,21 @@ def seed_everything(seed: int) -> None:
 
 
 def amp_settings(arg: str, device: torch.device):
-    """(autocast dtype or None, whether a GradScaler is needed)."""
+    """(autocast dtype or None, whether a GradScaler is needed).
+
+    ``auto``: bfloat16 on CUDA GPUs with bf16 (float16 with loss scaling on older ones), float32 on
+    a CPU. bf16 on a CPU with native kernels (``--amp bf16``) makes a third-stage step ~1.9x faster
+    (bench/README.md), but in the quickstart (2 seeds each) bf16-trained models selected their
+    head from prototypes less reliably (76-82 % against 91-99 % in float32) at equal depth
+    accuracy, so it stays opt-in on CPUs.
+    """
     if arg == "off" or (arg == "auto" and device.type != "cuda"):
         return None, False
     if arg == "fp16":
         return torch.float16, device.type == "cuda"
-    if arg == "bf16" or (device.type == "cuda" and torch.cuda.is_bf16_supported()):
+    if arg == "bf16" or torch.cuda.is_bf16_supported():  # bf16, or auto on a CUDA GPU with bf16
         return torch.bfloat16, False
-    return torch.float16, True
+    return torch.float16, True  # auto on a CUDA GPU without bf16
 
 
 # --------------------------------------------------------------------------------------------------
@@ -415,16 +424,38 @@ def build_model(opts, ctx: Dist):
     opts.encoder = net.encoder_name
     teacher = None
     if STRATEGIES[opts.strategy][0]:
-        teacher = copy.deepcopy(net).eval()
-        for p in teacher.parameters():
-            p.requires_grad_(False)
-        teacher.to(ctx.device)
+        teacher = make_teacher(net, ctx.device, amp_settings(opts.amp, ctx.device)[0])
     new_head = net.add_domain()
     if opts.strategy == "finetune":  # old heads get no loss; freezing them keeps DDP free of unused grads
         for j in range(new_head):
             for p in net.heads[j].parameters():
                 p.requires_grad_(False)
     return net.to(ctx.device), teacher, new_head
+
+
+def make_teacher(prior: LifelongDepthNet, device, amp_dtype=None) -> LifelongDepthNet:
+    """The frozen previous model that gives the distillation targets, as an inference copy.
+
+    It only ever runs forward in eval mode, so it gets what the product's inference path gets
+    (models/fast.py): BatchNorm folded into the convolutions and, on a CPU, NHWC layout with fused
+    Conv+ReLU(+add) kernels; under mixed precision its weights are cast once to the autocast dtype
+    (its output convolutions stay float32) instead of autocast converting them on every step. In
+    float32 its outputs equal the plain frozen copy's to ~1e-6 relative (rounding of the fold).
+    """
+    device = torch.device(device)
+    on_cpu = device.type == "cpu"
+    return inference_copy(prior, fuse_bn=True, channels_last=on_cpu, dtype=amp_dtype, device=device,
+                          fused_kernels=on_cpu)
+
+
+def teacher_targets(teacher, image: torch.Tensor, heads: int) -> list:
+    """(depth, uncertainty) of the teacher's first ``heads`` heads on ``image``, float32, no graph."""
+    weight = teacher.E.conv1.weight
+    x = prepare_input(image, channels_last=weight.is_contiguous(memory_format=torch.channels_last),
+                      dtype=weight.dtype)
+    with torch.no_grad(), torch.autocast(image.device.type, enabled=False):
+        feats = teacher.features(x)
+        return [tuple(t.float() for t in teacher.head_forward(feats, j)) for j in range(heads)]
 
 
 def median_depth(dataset, max_samples: int = 32) -> float:
@@ -602,11 +633,10 @@ class Stage:
                   for b in replay_batches]
         with torch.autocast(dev.type, dtype=self.amp_dtype or torch.float32,
                             enabled=self.amp_dtype is not None):
-            teacher_out = None
-            if self.teacher is not None:
-                with torch.no_grad():  # targets only; no_grad (not inference_mode) so they can be saved for backward
-                    t_feats = self.teacher.features(image)
-                    teacher_out = [self.teacher.head_forward(t_feats, j) for j in range(len(self.distill_w))]
+            # targets only: computed without a graph (no_grad, not inference_mode, so the loss may
+            # save them for backward), by the teacher's own precision (see make_teacher)
+            teacher_out = (teacher_targets(self.teacher, image, len(self.distill_w))
+                           if self.teacher is not None else None)
             return self.step_module(image, depth, teacher_out, replay)
 
     def train_step(self, micro_batches) -> dict:

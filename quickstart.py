@@ -137,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "input size; --tiny: each domain's test input size)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="where to train and evaluate; auto takes CUDA when available")
+    p.add_argument("--amp", default="auto", choices=["auto", "off", "bf16", "fp16"],
+                   help="mixed precision of training (the engine's --amp): auto is fp32 on a CPU and "
+                        "bf16/fp16 on CUDA; bf16 trains ~1.8x faster on a CPU with native bf16")
     p.add_argument("--keep-resume", action="store_true",
                    help="keep each finished stage's resume state <out>/<stage>/last.pth.tar (deleted by "
                         "default: weights + optimiser, ~260 MB each)")
@@ -205,7 +208,7 @@ def train_stage(k: int, s: dict, args, out: Path, root: Path) -> str:
             "--epochs", "1000", "--max-steps", str(s["steps"][k - 1]), "--batch-size", str(s["batch_size"]),
             "--lr", str(s["lr"]), "--val-images", str(s["val_images"]), "--proto-images", str(s["proto_images"]),
             "--replay-size", str(s["replay_size"]), "--workers", str(s["workers"]), "--device", args.device,
-            "--seed", str(args.seed)]
+            "--amp", args.amp, "--seed", str(args.seed)]
     argv += (["--domain", letters, "--encoder", s["encoder"]] if k == 1 else ["--order", letters])
     if args.pretrained and k == 1:
         argv += ["--pretrained", args.pretrained]
@@ -215,6 +218,13 @@ def train_stage(k: int, s: dict, args, out: Path, root: Path) -> str:
     if not args.keep_resume and resume.is_file():
         resume.unlink()  # the stage finished: its resume state (weights + Adam, ~260 MB) is not needed
     return path
+
+
+def training_precision(amp: str, device) -> str:
+    """What the engine's ``--amp`` resolves to on ``device``: "fp32", "bf16" or "fp16"."""
+    import lifelong
+    dtype = lifelong.amp_settings(amp, torch.device(device))[0]
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 
 
 def fmt(v, spec=".4f"):
@@ -234,6 +244,7 @@ def write_report(out: Path, s: dict, args, clock: Clock, matrix: dict, infer: di
         "note": "Synthetic stand-in data (synthetic.py), CPU settings: not the paper's data or results.",
         "settings": {k: v for k, v in s.items()}, "data_root": str(root), "data": data_state,
         "device": matrix["device"], "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "training_precision": training_precision(args.amp, matrix["device"]),
         "cpu_count": os.cpu_count(), "platform": platform.platform(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "load_average_start": load_start, "load_average_end": load_average(),
@@ -271,7 +282,8 @@ def write_report(out: Path, s: dict, args, clock: Clock, matrix: dict, infer: di
         f"training holds out {s['val_images']} images per domain for validation)",
         f"- model: {s['encoder']}, {'ImageNet weights ' + args.pretrained if args.pretrained else 'random initialisation'}",
         f"- training: order N -> K -> S, strategy ours (distillation + replay), scale {s['scale']}, batch "
-        f"{s['batch_size']}, lr {s['lr']}, steps per stage: {steps_text}",
+        f"{s['batch_size']}, lr {s['lr']}, steps per stage: {steps_text}, precision "
+        f"{report['training_precision']} (--amp {args.amp})",
         f"- evaluation: domain prior and nearest-prototype selection, first {s['eval_images']} test images per "
         f"domain, {matrix['settings']['crop']} crop, {'capped' if matrix['settings']['cap'] else 'no cap'}, "
         f"{matrix['settings']['aggregate']}-averaged",

@@ -20,7 +20,8 @@ What it runs (each piece once; everything already on disk is reused):
 * optional extra variants (``--variant``) of a lifelong strategy with other engine options,
   trained from the shared first stage, for diagnosing a result (clearly labelled in the report).
 
-Training is done by the engine (``lifelong.main``) in this process. A stage whose checkpoint
+Training is done by the engine (``lifelong.main``) in this process, in float32 (``--amp off``, so
+that the results do not depend on whether the CPU has native bfloat16). A stage whose checkpoint
 exists is not retrained (its recorded settings must match, else the study stops and says so); a
 stage whose run folder holds ``last.pth.tar`` but no final checkpoint was interrupted and is
 continued with the engine's ``--resume``. An evaluation whose JSON exists (same settings, same
@@ -335,7 +336,7 @@ class Job:
                 "--scale", f"{s.scale:g}", "--epochs", str(epochs), "--batch-size", str(s.batch_size),
                 "--encoder", s.encoder, "--seed", str(s.seed), "--val-images", str(s.val_images),
                 "--replay-size", str(s.replay_size), "--proto-images", str(s.proto_images),
-                "--workers", str(s.workers), "--device", "cpu"]
+                "--workers", str(s.workers), "--device", "cpu", "--amp", "off"]
         if steps is not None:
             argv += ["--max-steps", str(steps)]
         if self.prior is not None:
@@ -345,6 +346,17 @@ class Job:
         if s.quiet:
             argv += ["--quiet"]
         return argv + list(self.extra)
+
+
+def recorded_argv(record: dict) -> list[str] | None:
+    """A run record's relevant arguments. Records written before the study passed ``--amp off``
+    lack it; they were trained when the engine's ``--amp auto`` meant float32 on every CPU, so
+    ``--amp off`` is what they ran with."""
+    argv = record.get("relevant_argv")
+    if argv is not None and "--amp" not in argv and "--device" in argv:
+        at = argv.index("--device") + 2
+        argv = argv[:at] + ["--amp", "off"] + argv[at:]
+    return argv
 
 
 def relevant_argv(argv: list[str]) -> list[str]:
@@ -488,10 +500,10 @@ def reuse_check(job: Job, s: Settings) -> bool:
         return False
     record = read_json(job.run_dir / "study_job.json") or {}
     wanted = relevant_argv(job.argv(s))
-    if record and record.get("relevant_argv") != wanted:
+    if record and recorded_argv(record) != wanted:
         raise StudyError(
             f"{job.out} exists but was trained with other settings:\n  recorded: "
-            f"{' '.join(record.get('relevant_argv') or [])}\n  now:      {' '.join(wanted)}\n"
+            f"{' '.join(recorded_argv(record) or [])}\n  now:      {' '.join(wanted)}\n"
             f"use another --runs-dir (or delete that run) to train with the new settings")
     return True
 
@@ -509,7 +521,7 @@ def train_job(job: Job, s: Settings) -> str:
     if job.prior is not None and not job.prior.is_file():
         raise StudyError(f"{job.key}: its prior {job.prior} is missing")
     resume = (job.run_dir / "last.pth.tar").is_file()
-    if resume and record and record.get("relevant_argv") != wanted:
+    if resume and record and recorded_argv(record) != wanted:
         raise StudyError(f"{job.run_dir} holds an interrupted run with other settings; delete it or "
                          f"use another --runs-dir")
     job.run_dir.mkdir(parents=True, exist_ok=True)
@@ -1272,7 +1284,8 @@ class Report:
                  + f"; later stages {s.epochs} epoch(s)" + (f" / at most {s.max_steps} steps" if s.max_steps else "")
                  + f"; batch {s.batch_size} everywhere (also for each replay batch); replay buffer "
                  f"{s.replay_size} images per old domain; seed {s.seed}; prototypes from "
-                 f"{s.proto_images} replay images per domain.")
+                 f"{s.proto_images} replay images per domain; float32 training (`--amp off`: the "
+                 f"numbers do not depend on whether the CPU has native bfloat16).")
         images = f"first {s.eval_images} images" if s.eval_images else "all images"
         self.add(f"- Evaluation: test split, {images} per domain; domain prior; "
                  f"per-image averaging; predictions capped to each domain's depth range; crop "

@@ -83,8 +83,9 @@ def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
                    help="where the network runs; auto takes CUDA when available")
     g.add_argument("--no-fast", action="store_true",
                    help="use DepthPredictor's plain float32 path, without the speed-ups it applies by "
-                        "default (BN folded into convs, channels_last, bf16 where the device has native "
-                        "kernels: metrics within ~0.1 %% of float32); for exact numbers")
+                        "default (BN folded into convs, channels_last, fused oneDNN kernels on a CPU, "
+                        "bf16 where the device has native kernels: metrics within ~0.1 %% of float32); "
+                        "for exact numbers")
     g.add_argument("--precision", default="auto", choices=list(PRECISIONS),
                    help="numeric precision asked of DepthPredictor (auto = its own default); ignored "
                         "with a warning when the installed DepthPredictor has no such option")

@@ -15,8 +15,10 @@ runs through the teacher too), the student computes every head (depth and uncert
 batch, and each replay batch goes through the whole student (every head), of which one head's
 outputs are used.
 
-Variants of ours: fp32; channels_last; bf16 autocast (``--amp bf16``); bf16 + channels_last; and
-bf16 + channels_last + a BN-folded bf16 inference copy of the teacher (``models.fast``). Steps are
+Variants of ours: fp32 with the teacher a plain frozen copy (the engine before its teacher became
+an inference copy); fp32 (the engine's teacher, ``lifelong.make_teacher``: BN folded, fused CPU
+kernels); channels_last; bf16 autocast (``--amp bf16``, teacher weights cast to bf16 once);
+bf16 + channels_last. Steps are
 interleaved round by round; medians of ``--repeats`` rounds after ``--warmup`` steps. Inputs are
 pre-made random tensors (the loader is measured separately with ``--loader``).
 """
@@ -40,7 +42,7 @@ import torch  # noqa: E402
 from bench_inference import Timer, interleaved, machine_info, say, summarize  # noqa: E402
 from losses import uncertainty_depth_loss  # noqa: E402
 from models import LifelongDepthNet  # noqa: E402
-from models.fast import channels_last_batch, inference_copy, lowp_supported, to_channels_last  # noqa: E402
+from models.fast import channels_last_batch, lowp_supported, to_channels_last  # noqa: E402
 
 WEIGHTS = [10.0, 100.0]  # the paper's weights of the 1st and 2nd domain's terms in a third stage
 NYU_SIZE = (228, 304)
@@ -83,17 +85,18 @@ def import_lifelong():
     return lifelong
 
 
-def make_stage(encoder, device, amp_dtype=None, channels_last=False, fast_teacher=False, seed=0):
-    """A lifelong.Stage with only what train_step needs (no data, no checkpoints)."""
+def make_stage(encoder, device, amp_dtype=None, channels_last=False, plain_teacher=False, seed=0):
+    """A lifelong.Stage with only what train_step needs (no data, no checkpoints); its teacher is
+    the engine's (``lifelong.make_teacher``) unless ``plain_teacher`` (a frozen fp32 deep copy, as
+    the engine had it before)."""
     L = import_lifelong()
     student, prior = make_models(encoder, device, seed)
-    teacher = copy.deepcopy(prior).eval()
-    teacher.requires_grad_(False)
+    if plain_teacher:
+        teacher = copy.deepcopy(prior).eval().requires_grad_(False)
+    else:
+        teacher = L.make_teacher(prior, device, amp_dtype)
     if channels_last:
-        to_channels_last(student, teacher)
-    if fast_teacher:
-        teacher = inference_copy(teacher, fuse_bn=True, channels_last=channels_last,
-                                 dtype=amp_dtype if amp_dtype is not None else None)
+        to_channels_last(student)
     stage = L.Stage.__new__(L.Stage)
     stage.ctx = L.Dist(torch.device(device).type)
     stage.net, stage.teacher, stage.new_head = student, teacher, 2
@@ -146,13 +149,21 @@ def reference_step(encoder, device, batch, replay, seed=0):
 # ------------------------------------------------------------------------------------------------
 # Benchmarks
 # ------------------------------------------------------------------------------------------------
+PLAIN_TEACHER = "ours fp32, plain frozen teacher"
+
+
+def engine_default(device) -> str:
+    """The variant that is the engine's default (``--amp auto``) on ``device``."""
+    dtype = import_lifelong().amp_settings("auto", torch.device(device))[0]
+    return {None: "ours fp32", torch.bfloat16: "ours bf16 autocast"}.get(dtype, "ours fp32")
+
+
 def variants(device):
-    out = {"ours fp32": dict(), "ours channels_last": dict(channels_last=True)}
+    out = {PLAIN_TEACHER: dict(plain_teacher=True), "ours fp32": dict(),
+           "ours channels_last": dict(channels_last=True)}
     if torch.device(device).type == "cuda" or lowp_supported(torch.bfloat16, device):
         out["ours bf16 autocast"] = dict(amp_dtype=torch.bfloat16)
         out["ours bf16 + channels_last"] = dict(amp_dtype=torch.bfloat16, channels_last=True)
-        out["ours bf16 + cl + fast teacher"] = dict(amp_dtype=torch.bfloat16, channels_last=True,
-                                                    fast_teacher=True)
     return out
 
 
@@ -163,7 +174,7 @@ def bench_step(args, scale, timer):
     replay = [random_batch(b, size, args.device, 1), random_batch(b, size, args.device, 2, sparse=True)]
     fns = {REFERENCE: reference_step(args.encoder, args.device, batch, replay)}
     for name, opts in variants(args.device).items():
-        if args.variants == "main" and name not in ("ours fp32", "ours bf16 + channels_last"):
+        if args.variants == "main" and name not in ("ours fp32", engine_default(args.device)):
             continue
         stage = make_stage(args.encoder, args.device, **opts)
         fns[name] = ours_step(stage, batch, replay, opts.get("channels_last", False))
@@ -176,6 +187,7 @@ def bench_step(args, scale, timer):
         r["new_images_per_s"] = new_images / r["median_s"]
         r["images_per_s"] = all_images / r["median_s"]
     return {"scale": scale, "size": list(size), "batch": b, "rows": rows,
+            "engine_default": engine_default(args.device),
             "note": f"per step: {b} new-domain images + {b} replay images of each of 2 old domains"}
 
 
@@ -214,6 +226,8 @@ def step_table(res) -> str:
              "| step | median s | min s | new img/s | all img/s | speed-up vs reference (medians / paired) |",
              "|---|---:|---:|---:|---:|---:|"]
     for name, r in res["rows"].items():
+        if name == res.get("engine_default"):
+            name = f"**{name}** (the engine's default here, `--amp auto`)"
         lines.append(f"| {name} | {r['median_s']:.3f} | {r['min_s']:.3f} | {r['new_images_per_s']:.2f} | "
                      f"{r['images_per_s']:.2f} | {r['speedup']:.2f}x / {r['speedup_paired']:.2f}x |")
     return "\n".join(lines)

@@ -9,20 +9,22 @@ Everything here works on a *copy* of a network, or on tensors, never on the trai
   mode, BN folded, channels_last, and optionally cast to bfloat16/float16 ("cast" mode: weights are
   converted once, instead of autocast converting every weight on every call). The last convolution
   of every head branch (64 -> 1 channel, ~0.2 % of the FLOPs) stays float32, so depth and
-  uncertainty are computed and returned in float32.
+  uncertainty are computed and returned in float32. ``fused_kernels=True`` adds
+  :func:`fuse_kernels` (DepthPredictor's default on a CPU; the training engine's teacher too).
 * :func:`resolve_precision` picks the compute dtype: on CPU bfloat16 where oneDNN has native bf16
   kernels (AVX512-BF16/AMX), else float32; on CUDA bfloat16 (or float16 where bf16 is unsupported).
 * :func:`fuse_kernels` (on an inference copy, CPU): every Conv+ReLU and every residual
-  Conv+add+ReLU of the trunk runs as one oneDNN kernel (``mkldnn._convolution_pointwise``) with its
+  Conv+add+ReLU of the network runs as one oneDNN kernel (``mkldnn._convolution_pointwise``) with its
   weights pre-packed once per input shape (:class:`FusedConv2d`), and each head's 64 -> 1 output
   convolution becomes one float32 matmul plus 25 shifted sums (:class:`TapSumConv2d`, exact).
 * :func:`trace_module` wraps TorchScript trace + freeze (optional; see bench/README.md).
 * :func:`to_channels_last` / :func:`channels_last_batch` are for the training engine.
 
 Measured effects against the authors' forward of three heads (2 AVX512-BF16 cores without AMX,
-228x304 / 352x1216, see bench/README.md): one head's depth branch 1.7x / 2.1x, + channels_last and
-BN folding 1.9x / 2.5x, + bfloat16 3.3x / 4.6x; TorchScript freeze adds nothing measurable once BN
-is folded; float16 has no native CPU kernels here and is never chosen automatically on a CPU.
+228x304 / 352x1216, ratio of medians, see bench/README.md): one head's depth branch 2.0x / 2.1x,
++ channels_last and BN folding 1.8-2.1x / 2.4x, + fused kernels 2.3x / 2.7x, + bfloat16 (the
+default) 4.0-4.2x / 5.0x; TorchScript freeze adds nothing measurable once BN is folded; float16 has
+no native CPU kernels here and is never chosen automatically on a CPU.
 """
 from __future__ import annotations
 
@@ -444,20 +446,27 @@ def count_fused(net: nn.Module) -> int:
 
 
 # ----------------------------------------------------------------------------- selection
-def pooled_descriptor_nhwc(feats: torch.Tensor) -> torch.Tensor:
+def pooled_descriptor_nhwc(feats: torch.Tensor, chunk: int = 16384) -> torch.Tensor:
     """``prototypes.pooled_descriptor`` (per-channel mean and population std, (B, 2C) float32),
-    computed with reductions over the pixel axis of an NHWC view.
+    computed over the pixel axis of an NHWC view, ``chunk`` pixels at a time.
 
-    Same values to ~1e-7 relative (two passes: mean, then mean squared deviation), but 1.6-2.5x
-    faster than ``flatten(2).std`` on the channels_last bf16 features of the fast path (3.0 vs
-    4.9 ms at 228x304, 18 vs 31 ms at 352x1216 on 2 cores), where it was 15-20 % of a prediction.
-    Scriptable (export.py uses it too).
+    Same values to ~1e-7 relative (two passes in float32: mean, then mean squared deviation), but
+    without materialising float32 copies of the whole map: each chunk is converted, used and
+    dropped while it is in cache. On the bf16 channels_last features of the fast path (2 cores):
+    0.9 vs 2.2 ms at 228x304 input and 5.8 vs 29 ms at 352x1216 (where selection had been ~8 % of
+    a prediction) against converting the whole map first. Scriptable (export.py uses it too).
     """
     b, c = feats.shape[0], feats.shape[1]
-    x = feats.permute(0, 2, 3, 1).reshape(b, -1, c).float()  # a view for channels_last input
-    mean = x.mean(dim=1, keepdim=True)
-    std = (x - mean).square_().mean(dim=1).sqrt_()
-    return torch.cat([mean[:, 0], std], dim=1)
+    x = feats.permute(0, 2, 3, 1).reshape(b, -1, c)  # a view for channels_last input
+    n = x.shape[1]
+    total = torch.zeros(b, c, dtype=torch.float32, device=feats.device)
+    for part in x.split(chunk, dim=1):
+        total += part.sum(dim=1, dtype=torch.float32)
+    mean = total / n
+    squares = torch.zeros_like(mean)
+    for part in x.split(chunk, dim=1):
+        squares += (part.float() - mean.unsqueeze(1)).square_().sum(dim=1)
+    return torch.cat([mean, (squares / n).sqrt_()], dim=1)
 
 
 # ----------------------------------------------------------------------------- TorchScript

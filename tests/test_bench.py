@@ -43,6 +43,7 @@ def test_training_benchmark_quick(synthetic_root, tmp_path):
     report = json.loads(out.read_text())
     rows = report["steps"][0]["rows"]
     assert len(rows) >= 2 and all(r["images_per_s"] > 0 for r in rows.values())
+    assert report["steps"][0]["engine_default"] in rows  # the engine's own setting is measured
     loader = report["loader"]
     assert sorted(r["domain"] for r in loader.values()) == ["K", "N", "S"]
     assert all(r["images_per_s"] > 0 and r["workers"] == 0 for r in loader.values())

@@ -208,3 +208,34 @@ def test_step_sampler_emulates_processes():
     resumed = lifelong.StepSampler(data, batch_size=3, world=1, rank=0, accum=2, seed=1)
     resumed.start_step = 2
     assert list(resumed) == one[12:]
+
+
+def test_amp_auto_is_fp32_on_a_cpu():
+    cpu = torch.device("cpu")
+    assert lifelong.amp_settings("auto", cpu) == (None, False)
+    assert lifelong.amp_settings("off", cpu) == (None, False)
+    assert lifelong.amp_settings("bf16", cpu) == (torch.bfloat16, False)
+    assert lifelong.amp_settings("fp16", cpu) == (torch.float16, False)  # no loss scaling on a CPU
+
+
+@pytest.mark.parametrize("amp_dtype,rel", [(None, 1e-4), (torch.bfloat16, 5e-2)])
+def test_teacher_targets_match_the_frozen_prior(amp_dtype, rel):
+    from models import LifelongDepthNet
+    torch.manual_seed(0)
+    prior = LifelongDepthNet("resnet18", num_domains=2).eval()
+    with torch.no_grad():  # non-trivial BN statistics, so that folding them is exercised
+        for m in prior.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+    teacher = lifelong.make_teacher(prior, "cpu", amp_dtype)
+    assert not any(p.requires_grad for p in teacher.parameters())
+    images = torch.randn(2, 3, 48, 64)
+    with torch.no_grad():
+        want = prior(images)[:2]
+    got = lifelong.teacher_targets(teacher, images, 2)
+    for (d, u), (t_d, t_u) in zip(want, got):
+        for a, b in ((t_d, d), (t_u, u)):
+            assert a.dtype == torch.float32 and a.shape == b.shape and not a.requires_grad
+            err = (a - b).abs().max().item()
+            assert err <= rel * b.abs().max().item(), err
