@@ -76,9 +76,7 @@ class DepthPredictor:
         self.fuse_bn = self.fast if fuse_bn is None else bool(fuse_bn)
         if fused_kernels is None:
             fused_kernels = self.fast and self.fuse_bn and self.device.type == "cpu"
-        if fused_kernels and not self.fuse_bn:
-            raise ValueError("fused_kernels=True needs fuse_bn=True")
-        self.fused_kernels = bool(fused_kernels)
+        self.fused_kernels = bool(fused_kernels)  # without fuse_bn, inference_copy refuses it
         self.cast_weights = bool(cast_weights)
         self.jit = False if jit is None else bool(jit)
         if self.jit and self._autocast_dtype is not None:
@@ -109,7 +107,7 @@ class DepthPredictor:
     def refresh(self) -> None:
         """(Re)build the inference copy from ``self.net``'s current weights."""
         cast = self.dtype if (self.dtype != torch.float32 and self.cast_weights) else None
-        if self.fuse_bn or self.channels_last or cast is not None:
+        if self.fuse_bn or self.channels_last or self.fused_kernels or cast is not None:
             self.runner = inference_copy(self.net, fuse_bn=self.fuse_bn,
                                          channels_last=self.channels_last, dtype=cast,
                                          fused_kernels=self.fused_kernels)

@@ -152,10 +152,11 @@ def reference_step(encoder, device, batch, replay, seed=0):
 PLAIN_TEACHER = "ours fp32, plain frozen teacher"
 
 
-def engine_default(device) -> str:
-    """The variant that is the engine's default (``--amp auto``) on ``device``."""
+def engine_default(device) -> str | None:
+    """The variant that is the engine's default (``--amp auto``) on ``device``; None where that
+    default (float16 on a CUDA GPU without bf16) is not among the variants."""
     dtype = import_lifelong().amp_settings("auto", torch.device(device))[0]
-    return {None: "ours fp32", torch.bfloat16: "ours bf16 autocast"}.get(dtype, "ours fp32")
+    return {None: "ours fp32", torch.bfloat16: "ours bf16 autocast"}.get(dtype)
 
 
 def variants(device):
@@ -173,8 +174,9 @@ def bench_step(args, scale, timer):
     batch = random_batch(b, size, args.device, 0)
     replay = [random_batch(b, size, args.device, 1), random_batch(b, size, args.device, 2, sparse=True)]
     fns = {REFERENCE: reference_step(args.encoder, args.device, batch, replay)}
+    default = engine_default(args.device)
     for name, opts in variants(args.device).items():
-        if args.variants == "main" and name not in ("ours fp32", engine_default(args.device)):
+        if args.variants == "main" and name not in ("ours fp32", default):
             continue
         stage = make_stage(args.encoder, args.device, **opts)
         fns[name] = ours_step(stage, batch, replay, opts.get("channels_last", False))
@@ -187,7 +189,7 @@ def bench_step(args, scale, timer):
         r["new_images_per_s"] = new_images / r["median_s"]
         r["images_per_s"] = all_images / r["median_s"]
     return {"scale": scale, "size": list(size), "batch": b, "rows": rows,
-            "engine_default": engine_default(args.device),
+            "engine_default": default,
             "note": f"per step: {b} new-domain images + {b} replay images of each of 2 old domains"}
 
 

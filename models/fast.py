@@ -428,9 +428,7 @@ def fuse_kernels(net: nn.Module) -> nn.Module:
             elif isinstance(child, Bottleneck):
                 setattr(parent, name, FusedBottleneck(child))
     for module in net.modules():
-        if isinstance(module, ResNetEncoder):  # relu(bn1(conv1(x))) in the stem only
-            module.conv1, module.relu = FusedConv2d(module.conv1, relu=True), nn.Identity()
-        elif isinstance(module, UpProjection):
+        if isinstance(module, (ResNetEncoder, UpProjection)):  # their relu follows conv1 only
             module.conv1, module.relu = FusedConv2d(module.conv1, relu=True), nn.Identity()
         elif isinstance(module, MFF):
             module.conv, module.relu = FusedConv2d(module.conv, relu=True), nn.Identity()
@@ -452,9 +450,10 @@ def pooled_descriptor_nhwc(feats: torch.Tensor, chunk: int = 16384) -> torch.Ten
 
     Same values to ~1e-7 relative (two passes in float32: mean, then mean squared deviation), but
     without materialising float32 copies of the whole map: each chunk is converted, used and
-    dropped while it is in cache. On the bf16 channels_last features of the fast path (2 cores):
-    0.9 vs 2.2 ms at 228x304 input and 5.8 vs 29 ms at 352x1216 (where selection had been ~8 % of
-    a prediction) against converting the whole map first. Scriptable (export.py uses it too).
+    dropped while it is in cache. On the bf16 channels_last features of the fast path (2 cores),
+    against converting the whole map first: 4-6 vs 16-29 ms at 352x1216 input (where selection had
+    been ~8 % of a prediction); at 228x304 both take 0.6-3 ms, within this machine's noise.
+    Scriptable (export.py uses it too).
     """
     b, c = feats.shape[0], feats.shape[1]
     x = feats.permute(0, 2, 3, 1).reshape(b, -1, c)  # a view for channels_last input

@@ -202,6 +202,8 @@ def test_default_is_fast_and_fast_false_is_plain(net):
     plain = DepthPredictor(net, fast=False)
     assert plain.runner is net and plain.dtype == torch.float32
     assert not plain.channels_last and not plain.fuse_bn and not plain.fused_kernels
+    with pytest.raises(ValueError, match="fuse_bn"):  # fused kernels need the BN folded away
+        DepthPredictor(net, fast=False, fused_kernels=True)
     assert DepthPredictor(net, precision="fp32").dtype == torch.float32
 
 
