@@ -89,7 +89,7 @@ def _check_encoding(enc, where: str) -> None:
         raise ValueError(f"{where}: unknown key(s) {sorted(extra)}; known: {sorted(known)}")
     if "scale" in enc:
         s = enc["scale"]
-        if isinstance(s, bool) or not isinstance(s, (int, float)) or not s > 0:
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 < s < float("inf"):
             raise ValueError(f"{where}.scale: expected a positive number (metres per unit), got {s!r}")
     if enc.get("bits") not in (None, 8, 16):
         raise ValueError(f"{where}.bits: expected 8, 16 or null, got {enc.get('bits')!r}")
@@ -143,6 +143,7 @@ class DomainSpec:
     alt_roots: Tuple[str, ...] = ()
 
     def __post_init__(self):
+        self._check_types()
         # Normalise containers so JSON-loaded and code-built specs compare equal.
         object.__setattr__(self, "letter", str(self.letter).upper())
         object.__setattr__(self, "input_size", tuple(int(v) for v in self.input_size))
@@ -151,6 +152,24 @@ class DomainSpec:
         if isinstance(self.resize, (list, tuple)):
             object.__setattr__(self, "resize", tuple(int(v) for v in self.resize))
         self._validate()
+
+    def _check_types(self) -> None:
+        """Types JSON can get wrong in ways the normalisation would hide: "no" is a true string,
+        "kitti" would become the roots k, i, t, t, i, and Infinity is a float."""
+        if not isinstance(self.rgb_to_depth_size, bool):
+            raise ValueError(f"rgb_to_depth_size: expected true or false, got {self.rgb_to_depth_size!r}")
+        roots = self.alt_roots
+        if isinstance(roots, (str, bytes)) or not isinstance(roots, (list, tuple)) or not all(
+                isinstance(r, str) and r for r in roots):
+            raise ValueError(f"alt_roots: expected a list of folder names, e.g. [\"kitti\"], got {roots!r}")
+        for f in ("min_depth", "max_depth"):
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or abs(v) == float("inf"):
+                raise ValueError(f"{f}: expected a finite number of metres, got {v!r}")
+        size = self.input_size
+        if not isinstance(size, (list, tuple)) or not all(
+                isinstance(v, int) and not isinstance(v, bool) for v in size):
+            raise ValueError(f"input_size: expected [H, W] with positive ints, got {size!r}")
 
     def _validate(self) -> None:
         """Raise ValueError naming the field that is wrong."""
@@ -366,5 +385,6 @@ def load_domains_from_root(data_root: str, register: bool = True) -> List[Domain
 
 def save_domains_file(specs: Sequence[DomainSpec], path: str) -> None:
     """Write specs as a JSON list that load_domains_file reads back."""
-    with open(path, "w", encoding="utf-8") as f:
+    from safeio import atomic_write  # complete or not at all
+    with atomic_write(path, "w", encoding="utf-8") as f:
         json.dump([s.to_dict() for s in specs], f, indent=2)

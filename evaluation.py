@@ -32,11 +32,17 @@ def upsample_to(depth: torch.Tensor, size) -> torch.Tensor:
 class DomainEvaluator:
     """Accumulates errors of one domain's predictions against its ground truth."""
 
-    def __init__(self, spec, crop="none", cap=False, aggregate="image"):
+    def __init__(self, spec, crop="none", cap=False, aggregate="image", rmse="pooled",
+                 pred_clamp=True, delta="lt"):
+        """``rmse``, ``pred_clamp``, ``delta`` ("lt" or "le"): see metrics.ErrorAggregator; the
+        authors' evaluation is aggregate="pixel", rmse="weighted", pred_clamp=False, delta="le"."""
+        if delta not in ("lt", "le"):
+            raise ValueError(f"delta must be 'lt' or 'le', got {delta!r}")
         self.spec = spec
         self.crop = resolve_crop(spec, crop)
         self.min_depth, self.max_depth = resolve_cap(spec, cap)
-        self.errors = ErrorAggregator(mode=aggregate, skip_empty=True)  # counted in "skipped"
+        self.errors = ErrorAggregator(mode=aggregate, skip_empty=True,  # counted in "skipped"
+                                      rmse=rmse, clamp=pred_clamp, delta_le=delta == "le")
 
     def add_batch(self, depth: torch.Tensor, gt: torch.Tensor, windows=None) -> None:
         """``windows``: the batch's ``"window"`` entry (B, 4) -- where each ground-truth crop sits in

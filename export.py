@@ -1,9 +1,11 @@
-"""Export a Lifelong-MonoDepth checkpoint as one self-contained TorchScript file.
+"""Export a Lifelong-MonoDepth checkpoint as one self-contained TorchScript or ONNX file.
 
     python export.py --checkpoint runs/NKS.pth.tar --out runs/NKS.ts                 # automatic domain
     python export.py --checkpoint runs/NKS.pth.tar --out runs/NKS_K.ts --domain K    # fixed head
     python export.py --checkpoint runs/NKS.pth.tar --out runs/NKS.ts --uncertainty
     python export.py --checkpoint NKS.pth.tar --order NKS --domain 0 --out NKS_N.ts   # authors' file
+    python export.py --checkpoint runs/NKS.pth.tar --out runs/NKS_K.onnx --format onnx --domain K
+    python export.py --checkpoint runs/NKS.pth.tar --out runs/NKS.onnx --format onnx  # + selection
 
 The file needs only ``torch`` to run (no project code)::
 
@@ -21,6 +23,18 @@ extra file (:func:`load_exported`). Any input size works (the trunk is traced wi
 Precision: float32 by default (portable; BatchNorm folded into the convolutions, results equal to
 ``DepthPredictor(fast=False)`` to ~1e-5). ``--precision bf16`` packs the bfloat16 fast path instead
 (fast only on CPUs/GPUs with native bf16).
+
+``--format onnx`` writes a float32 ONNX graph (opset 17; batch and image sizes dynamic) with the
+same inputs and outputs (``image`` -> ``depth``, ``domain``[, ``uncertainty``]) and the metadata
+as JSON in the model's ``lifelong_monodepth`` metadata entry. With ``--domain`` it holds the
+trunk and that head; without, the trunk, the pooled-prototype selection and every head (ONNX has
+no cheap per-image dispatch, so every head is computed and each image's chosen one returned: give
+``--domain`` for speed). Run it with ONNX Runtime (pinned in ``requirements.txt``)::
+
+    import json, onnxruntime as ort
+    session = ort.InferenceSession("runs/NKS.onnx")
+    meta = json.loads(session.get_modelmeta().custom_metadata_map["lifelong_monodepth"])
+    depth, domain = session.run(None, {"image": x})   # x: float32 numpy (B,3,H,W), normalized
 """
 
 import argparse
@@ -157,6 +171,119 @@ class ExportedDepthUncertainty(nn.Module):
         return depth, chosen, unc
 
 
+class OnnxDepth(nn.Module):
+    """The whole model as one traceable float32 function for ONNX: image -> depth, domain[, unc].
+
+    ``fixed`` >= 0: the trunk and that head. Otherwise the pooled-prototype rule of
+    ``DepthPredictor.select`` (channel mean and population std of the features, nearest prototype
+    in Euclidean distance) and every head, each image's chosen one gathered.
+    """
+
+    def __init__(self, net, pooled: Optional[torch.Tensor], fixed: int, with_uncertainty: bool):
+        super().__init__()
+        self.net, self.fixed, self.with_uncertainty = net, int(fixed), bool(with_uncertainty)
+        self.register_buffer("pooled", pooled.float() if pooled is not None else torch.zeros(0))
+
+    def forward(self, x):
+        feats = self.net.features(x)
+        if self.fixed >= 0:
+            depth, unc = self.net.head_forward(feats, self.fixed, self.with_uncertainty)
+            domain = torch.zeros_like(depth[:, 0, 0, 0], dtype=torch.long) + self.fixed
+        else:
+            mean = feats.mean(dim=(2, 3))
+            std = (feats - mean[:, :, None, None]).square().mean(dim=(2, 3)).sqrt()
+            query = torch.cat([mean, std], dim=1)
+            domain = (query[:, None, :] - self.pooled[None]).square().sum(dim=2).argmin(dim=1)
+            outs = [self.net.head_forward(feats, i, self.with_uncertainty)
+                    for i in range(self.net.num_domains)]
+            pick = lambda maps: torch.gather(  # noqa: E731  (B, D, 1, h, w) -> (B, 1, h, w)
+                maps, 1, domain[:, None, None, None, None].expand(-1, 1, -1, maps.shape[3],
+                                                                  maps.shape[4])).squeeze(1)
+            depth = pick(torch.stack([o[0] for o in outs], dim=1))
+            unc = pick(torch.stack([o[1] for o in outs], dim=1)) if self.with_uncertainty else None
+        return (depth, domain, unc) if self.with_uncertainty else (depth, domain)
+
+
+ONNX_META_KEY = "lifelong_monodepth"
+
+
+def export_onnx(net, out, prototypes=None, domain=None, with_uncertainty=False, selector="pooled",
+                example_size=None) -> dict:
+    """Write ``net`` as a float32 ONNX file (see the module's docstring); returns its metadata."""
+    from models.runtimes import onnx_bytes, require
+    onnx = require("onnx")
+    meta_in = dict(getattr(net, "meta", {}) or {})
+    n = net.num_domains
+    fixed = resolve_domain(domain, meta_in, n)
+    pooled = None
+    if fixed < 0:
+        if selector != "pooled":
+            raise ValueError("--format onnx selects with the pooled prototypes only: use --selector "
+                             "pooled, or fix the head with --domain")
+        pooled = (prototypes or {}).get("pooled")
+        if pooled is None:
+            raise ValueError("this checkpoint stores no domain prototypes, so the exported model cannot "
+                             "choose the domain itself: give --domain, or add prototypes (train with "
+                             "lifelong.py, or compute them from replay data with test_inference.py "
+                             "--replay-root)")
+        if pooled.shape[0] != n:
+            raise ValueError(f"{pooled.shape[0]} prototypes for a {n}-head model")
+    fast = inference_copy(net, fuse_bn=True, channels_last=False)
+    h, w = example_size or (meta_in.get("input_sizes") or [[228, 304]])[0]
+    example = torch.randn(1, 3, int(h), int(w))
+    outputs = ["depth", "domain"] + (["uncertainty"] if with_uncertainty else [])
+    model = onnx.load_from_string(onnx_bytes(OnnxDepth(fast, pooled, fixed, with_uncertainty),
+                                             example, "image", outputs))
+    meta = {"format": "lifelong-monodepth-onnx", "version": 1,
+            "domains": list(meta_in.get("domains") or [f"domain{i}" for i in range(n)]),
+            "letters": meta_in.get("letters"), "input_sizes": meta_in.get("input_sizes"),
+            "depth_ranges": meta_in.get("depth_ranges"), "encoder": getattr(net, "encoder_name", None),
+            "selection": "fixed" if fixed >= 0 else "pooled (every head computed)",
+            "domain": fixed if fixed >= 0 else None, "with_uncertainty": bool(with_uncertainty),
+            "outputs": outputs, "precision": "float32", "fuse_bn": True, "mean": IMAGENET_MEAN,
+            "std": IMAGENET_STD,
+            "input": "image: float32 (B,3,H,W) RGB in [0,1] normalized with mean/std; outputs at H/2 x W/2",
+            "source": meta_in.get("path")}
+    onnx.helper.set_model_props(model, {ONNX_META_KEY: json.dumps(meta)})
+    out = os.fspath(out)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, out)
+    return meta
+
+
+def load_onnx(path, threads=None):
+    """(ONNX Runtime session, metadata dict) of a file written by :func:`export_onnx`."""
+    from models.runtimes import require
+    ort = require("onnxruntime")
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = int(threads)
+    session = ort.InferenceSession(os.fspath(path), opts, providers=["CPUExecutionProvider"])
+    return session, json.loads(session.get_modelmeta().custom_metadata_map.get(ONNX_META_KEY, "{}"))
+
+
+def relative_rms(a: torch.Tensor, ref: torch.Tensor) -> float:
+    """||a - ref|| / ||ref|| over all elements."""
+    return float((a.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-30))
+
+
+@torch.no_grad()
+def check_onnx(path, net, prototypes, size=None, batch=2, seed=0) -> dict:
+    """Run the ONNX file in ONNX Runtime against ``DepthPredictor(fast=False)`` on random inputs."""
+    from inference import DepthPredictor
+    session, meta = load_onnx(path)
+    h, w = size or (meta.get("input_sizes") or [[228, 304]])[0]
+    x = torch.randn(batch, 3, int(h), int(w), generator=torch.Generator().manual_seed(seed))
+    ref = DepthPredictor(net, prototypes, selector="pooled", fast=False).predict(
+        x, domain=meta["domain"], with_uncertainty=meta["with_uncertainty"])
+    out = [torch.from_numpy(o) for o in session.run(None, {"image": x.numpy()})]
+    res = {"rel_rms_depth": relative_rms(out[0], ref["depth"]),
+           "same_domains": bool(torch.equal(out[1], ref["domain"])), "domains": out[1].tolist()}
+    if meta["with_uncertainty"]:
+        res["rel_rms_uncertainty"] = relative_rms(out[2], ref["uncertainty"])
+    return res
+
+
 # ------------------------------------------------------------------------------------------------
 def resolve_domain(domain, meta: dict, num_domains: int) -> int:
     """--domain as an index ("1") or a learned domain's letter/name ("K", "kitti") -> index."""
@@ -264,11 +391,14 @@ def check_export(path, net, prototypes, meta, selector="pooled", size=None, batc
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description="Export a checkpoint as a single TorchScript file "
-                                            "(image -> depth, domain[, uncertainty]).",
+    p = argparse.ArgumentParser(description="Export a checkpoint as a single TorchScript or ONNX "
+                                            "file (image -> depth, domain[, uncertainty]).",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="project or authors' checkpoint (.pth.tar)")
-    p.add_argument("--out", required=True, help="output file, e.g. runs/NKS.ts")
+    p.add_argument("--out", required=True, help="output file, e.g. runs/NKS.ts or runs/NKS.onnx")
+    p.add_argument("--format", choices=["torchscript", "onnx"], default="torchscript",
+                   help="TorchScript (needs only torch) or float32 ONNX (for ONNX Runtime, OpenVINO...; "
+                        "without --domain every head is computed)")
     p.add_argument("--order", default=None,
                    help="learning order of an authors' file (its name, e.g. NKS), naming its heads")
     p.add_argument("--domain", default=None,
@@ -278,7 +408,8 @@ def build_parser():
     p.add_argument("--selector", choices=["pooled", "map"], default="pooled",
                    help="prototype form used for automatic selection")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16", "auto"], default="fp32",
-                   help="weights/activations in the file (auto: bf16 where this machine has native bf16)")
+                   help="weights/activations in the file (auto: bf16 where this machine has native bf16); "
+                        "--format onnx is float32 only")
     p.add_argument("--no-fuse", action="store_true", help="keep BatchNorm layers (no Conv+BN folding)")
     p.add_argument("--size", default=None, help="example input HxW for tracing (default: the first "
                                                 "domain's input size); any size works at run time")
@@ -295,6 +426,8 @@ def main(argv=None) -> int:
         if args.size:
             size = tuple(int(v) for v in args.size.lower().split("x"))
         protos = net.meta.get("prototypes")
+        if args.format == "onnx":
+            return _main_onnx(args, net, protos, size)
         meta = export_model(net, args.out, protos, domain=args.domain, with_uncertainty=args.uncertainty,
                             selector=args.selector, precision=args.precision, fuse_bn=not args.no_fuse,
                             example_size=size)
@@ -312,6 +445,35 @@ def main(argv=None) -> int:
         print(f"check vs DepthPredictor(fast=False): max relative depth error "
               f"{res['max_rel_depth_error']:.2e}, same domains: {res['same_domains']} -> "
               f"{'OK' if ok else 'MISMATCH'}")
+        if not ok:
+            return 1
+    return 0
+
+
+ONNX_TOLERANCE = 1e-5  # relative RMS of the float32 graph against eager float32
+
+
+def _main_onnx(args, net, protos, size) -> int:
+    from models.runtimes import RuntimeUnavailable
+    if args.precision not in ("fp32", "auto"):
+        raise ValueError(f"--format onnx writes float32 graphs (got --precision {args.precision})")
+    if args.no_fuse:
+        raise ValueError("--format onnx always folds BatchNorm (drop --no-fuse)")
+    try:
+        meta = export_onnx(net, args.out, protos, domain=args.domain, with_uncertainty=args.uncertainty,
+                           selector=args.selector, example_size=size)
+    except RuntimeUnavailable as e:
+        raise ValueError(str(e)) from None
+    what = (f"fixed head {meta['domain']} ({meta['domains'][meta['domain']]})" if meta["domain"] is not None
+            else "automatic selection (pooled prototypes; every head computed)")
+    print(f"wrote {args.out} ({os.path.getsize(args.out) / 1e6:.1f} MB, ONNX float32): "
+          f"{len(meta['domains'])} domain(s) {meta['domains']}, {what}, outputs {meta['outputs']}")
+    if not args.no_check:
+        res = check_onnx(args.out, net, protos, size)
+        ok = res["same_domains"] and res["rel_rms_depth"] <= ONNX_TOLERANCE
+        print(f"check in ONNX Runtime vs DepthPredictor(fast=False): relative RMS of depth "
+              f"{res['rel_rms_depth']:.2e} (tolerance {ONNX_TOLERANCE:g}), same domains: "
+              f"{res['same_domains']} -> {'OK' if ok else 'MISMATCH'}")
         if not ok:
             return 1
     return 0

@@ -13,7 +13,9 @@ the project's 2-core AVX512-BF16 CPU that is 4.0-4.2x faster than the authors' f
 heads at 228x304 and 5.0x at 352x1216, with RMSE and delta1 within 0.04 % of float32 on the
 synthetic test sets (bench/README.md). ``fast=False`` (or ``precision="fp32"``,
 ``channels_last=False``, ``fuse_bn=False`` one by one) gives the plain float32 path on the
-network itself.
+network itself. ``backend="onnxruntime"`` (or ``"openvino"``) runs the trunk and the chosen head as
+float32 ONNX graphs in that runtime instead (``models/runtimes.py``; selection stays here); see
+bench/README.md for where that is faster.
 """
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ import torch
 from models import load_checkpoint
 from models.fast import (inference_copy, lowp_supported, pooled_descriptor_nhwc, prepare_input,
                          resolve_precision, trace_module)
-from prototypes import SELECTORS, prototype_distances
+from models.runtimes import BACKENDS
+from prototypes import SELECTORS, choose_selector, prototype_distances
 
 
 class DepthPredictor:
@@ -48,18 +51,30 @@ class DepthPredictor:
       ``fuse_bn``).
     - ``jit``: TorchScript trace + freeze of the trunk and of each used head, built lazily on the
       first batch (~2-5 s once per head on a CPU; default off).
+    - ``backend``: ``"torch"`` (default), or ``"onnxruntime"`` / ``"openvino"`` (CPU only; OpenVINO
+      needs ``requirements-openvino.txt``): the trunk and each used head exported once to float32 ONNX
+      (BN folded; ~3 s for the trunk on 2 cores) and run by that runtime; selection and the
+      outputs are the same tensors as above. ``precision`` then is the runtime's: float32 for
+      ONNX Runtime; OpenVINO's inference precision (``auto``: bf16 where the CPU has native bf16).
 
     ``net`` stays the caller's (unmodified, float32) network; ``runner`` is the module that
     actually runs (``net`` itself when nothing needs a copy). If ``net``'s weights change after
     construction, call :meth:`refresh`.
     """
 
-    def __init__(self, net, prototypes=None, selector: str = "pooled", device="cpu", *,
+    def __init__(self, net, prototypes=None, selector: str | None = None, device="cpu", *,
                  fast: bool = True, precision=None, channels_last=None, fuse_bn=None,
-                 cast_weights: bool = True, jit=None, fused_kernels=None):
+                 cast_weights: bool = True, jit=None, fused_kernels=None, backend: str = "torch"):
+        selector = choose_selector(prototypes, selector)  # None: lda where stored, else pooled
         if selector not in SELECTORS:
             raise ValueError(f"unknown selector {selector!r}; choose one of {SELECTORS}")
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
         self.device = torch.device(device)
+        self.backend = backend
+        if backend != "torch":
+            self._init_runtime(net, prototypes, selector, precision)
+            return
         self.net = net.to(self.device).eval()
         self.prototypes = prototypes
         self.selector = selector
@@ -83,8 +98,25 @@ class DepthPredictor:
             raise ValueError("jit=True needs cast_weights=True (or float32): autocast does not trace")
         self.refresh()
 
+    def _init_runtime(self, net, prototypes, selector, precision):
+        """Settings of an ONNX Runtime / OpenVINO predictor (the graphs are built by refresh)."""
+        if self.device.type != "cpu":
+            raise ValueError(f"backend={self.backend!r} runs on the CPU only (device {self.device})")
+        from models.runtimes import require
+        require(self.backend)  # RuntimeUnavailable (with the pip command) before any work
+        self.net = net.to(self.device).eval()
+        self.prototypes, self.selector = prototypes, selector
+        self.meta = dict(getattr(net, "meta", {}) or {})
+        self.fast, self.cast_weights, self.jit = True, True, False
+        self.channels_last, self.fuse_bn, self.fused_kernels = False, True, False
+        dtype = resolve_precision("auto" if precision is None else precision, self.device)
+        if self.backend == "onnxruntime" or dtype == torch.float16:
+            dtype = torch.float32  # the exported graphs are float32; ORT's CPU kernels are too
+        self.dtype = dtype
+        self.refresh()
+
     @classmethod
-    def from_checkpoint(cls, path, order=None, device="cpu", selector="pooled", prototypes=None,
+    def from_checkpoint(cls, path, order=None, device="cpu", selector=None, prototypes=None,
                         **options):
         """Load ``path`` (project or authors' file); ``options`` are the speed keywords above."""
         net = load_checkpoint(path, order=order)
@@ -95,7 +127,8 @@ class DepthPredictor:
     @property
     def options(self) -> dict:
         """The effective speed settings (for logs and benchmark tables)."""
-        return {"fast": self.fast, "precision": str(self.dtype).replace("torch.", ""),
+        return {"backend": self.backend, "fast": self.fast,
+                "precision": str(self.dtype).replace("torch.", ""),
                 "cast_weights": self.cast_weights, "channels_last": self.channels_last,
                 "fuse_bn": self.fuse_bn, "fused_kernels": self.fused_kernels, "jit": self.jit}
 
@@ -106,6 +139,11 @@ class DepthPredictor:
 
     def refresh(self) -> None:
         """(Re)build the inference copy from ``self.net``'s current weights."""
+        self._sessions = {}
+        if self.backend != "torch":  # float32 NCHW copy with BN folded: what the graphs are made of
+            self.runner = inference_copy(self.net, fuse_bn=True, channels_last=False)
+            self._input_dtype = None
+            return
         cast = self.dtype if (self.dtype != torch.float32 and self.cast_weights) else None
         if self.fuse_bn or self.channels_last or self.fused_kernels or cast is not None:
             self.runner = inference_copy(self.net, fuse_bn=self.fuse_bn,
@@ -132,8 +170,20 @@ class DepthPredictor:
             return torch.autocast(self.device.type, enabled=False)
         return torch.autocast(self.device.type, dtype=dtype)
 
+    def _session(self, key, piece, example, outputs):
+        """The runtime session of one piece (``"trunk"`` or a head), exported on first use."""
+        if key not in self._sessions:
+            from models.runtimes import onnx_bytes, session
+            model = onnx_bytes(piece, example, "input", outputs)
+            precision = {torch.bfloat16: "bf16"}.get(self.dtype, "f32")
+            self._sessions[key] = session(self.backend, model, precision=precision)
+        return self._sessions[key]
+
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Fused features of a prepared batch, as computed by the running module (any dtype)."""
+        if self.backend != "torch":
+            from models.runtimes import TrunkPiece
+            return self._session("trunk", TrunkPiece(self.runner), images, ["features"])(images)[0]
         if not self.jit:
             return self.runner.features(images)
         if self._traced_features is None:
@@ -142,6 +192,12 @@ class DepthPredictor:
 
     def head(self, feats: torch.Tensor, d: int, with_uncertainty: bool):
         """(depth, uncertainty or None) of head ``d`` on features from :meth:`features`."""
+        if self.backend != "torch":
+            from models.runtimes import HeadPiece
+            piece = HeadPiece(self.runner.head(d), with_uncertainty)
+            outs = self._session((d, bool(with_uncertainty)), piece, feats,
+                                 ["depth", "uncertainty"] if with_uncertainty else ["depth"])(feats)
+            return outs[0], (outs[1] if with_uncertainty else None)
         if not self.jit:
             return self.runner.head_forward(feats, d, with_uncertainty=with_uncertainty)
         key = (d, bool(with_uncertainty))

@@ -20,9 +20,11 @@ import json
 import math
 import os
 import random
+import signal
 import sys
+import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -32,14 +34,19 @@ import torch.nn as nn
 from torch.utils.data import DistributedSampler, Subset
 from tqdm import tqdm
 
-from domains import get_domain, load_domains_from_root
+from domains import get_domain, load_domains_from_root, parse_order
 from evaluation import evaluate_domain
-from loaders import get_dataset, get_loader, scaled
+from loaders import DatasetFormatError, get_dataset, get_loader, rendered_scale_hint, scaled
 from losses import distillation_loss, uncertainty_depth_loss
-from models import LifelongDepthNet, read_checkpoint, save_checkpoint
-from models.checkpoint import atomic_save, infer_encoder
-from models.fast import inference_copy, prepare_input
-from prototypes import compute_prototypes
+from models import CheckpointError, LifelongDepthNet, read_checkpoint, save_checkpoint
+from models.checkpoint import _plain, atomic_save, check_finite, check_letters, infer_encoder
+from safeio import WriteError, atomic_write, clean_stale_temps
+from models.fast import inference_copy, lowp_supported, prepare_input
+from prototypes import compute_lda, compute_prototypes
+from protocol import DATA as PROTOCOL_DATA
+from protocol import TRAINING as PROTOCOL_TRAINING
+from protocol import add_protocol_argument
+from protocol import resolve as resolve_protocol
 
 STRATEGIES = {
     # name: (distil old heads on new images, replay old buffers, help)
@@ -57,10 +64,18 @@ DEFAULT_OLD_WEIGHTS = "10,100"
 # --------------------------------------------------------------------------------------------------
 # Options
 # --------------------------------------------------------------------------------------------------
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """'(default: X)' only where the help text does not already say the default and there is one."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False, argparse.SUPPRESS) or "(default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser(default_order: str, description: str) -> argparse.ArgumentParser:
     """All options of a training stage, each with its help string (saved as JSON beside the run)."""
-    p = argparse.ArgumentParser(description=description,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
     g = p.add_argument_group("what to learn")
     first = len(default_order) == 1
     if first:
@@ -125,11 +140,12 @@ def build_parser(default_order: str, description: str) -> argparse.ArgumentParse
     g.add_argument("--pretrained", default=None,
                    help="ImageNet weights of the encoder, a local torchvision file such as "
                         "resnet34-b627a593.pth; without it the encoder starts from random weights")
-    g.add_argument("--init-depth-bias", default="auto", choices=["auto", "off"],
-                   help="auto: a new head's depth output starts at the median ground-truth depth of "
-                        "its domain (from up to 32 training samples) instead of ~0 m. The upstream "
-                        "code starts from PyTorch's default; from ~0 m a fresh head needs very many "
-                        "steps to reach the metre range of an outdoor domain (about 20 m for KITTI)")
+    g.add_argument("--init-depth-bias", default=None, choices=["auto", "off"],
+                   help="auto (default; authors protocol: off): a new head's depth output starts at "
+                        "the median ground-truth depth of its domain (from up to 32 training samples) "
+                        "instead of ~0 m. The upstream code starts from PyTorch's default; from ~0 m a "
+                        "fresh head needs very many steps to reach the metre range of an outdoor "
+                        "domain (about 20 m for KITTI)")
     g.add_argument("--proto-images", type=int, default=200,
                    help="images per domain used for the stored domain prototypes")
 
@@ -143,8 +159,50 @@ def build_parser(default_order: str, description: str) -> argparse.ArgumentParse
     g.add_argument("--seed", type=int, default=0, help="seed of weights, data order and augmentation")
     g.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="resume an interrupted stage from its run folder's last.pth.tar (or a path)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out checkpoint and start the run folder over (its "
+                        "log.jsonl and resume state); without it such a run stops with an error")
+    g.add_argument("--on-nonfinite", default="stop", choices=["stop", "skip"],
+                   help="a NaN/inf loss or gradient: stop (save the state before that step and name "
+                        "the batch's files) or skip the batch's update and go on")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_protocol_options(p)
     return p
+
+
+def add_protocol_options(p: argparse.ArgumentParser) -> None:
+    """--protocol and each difference from the authors' training code as an option of its own
+    (defaults None: filled from the protocol by protocol.resolve; an explicit option wins)."""
+    g = p.add_argument_group("protocol (README: 'Where this implementation differs')")
+    add_protocol_argument(p, g)
+    g.add_argument("--reinit-old-heads", action=argparse.BooleanOptionalAction, default=None,
+                   help="re-initialise every old head at the start of a later stage, as upstream's "
+                        "model_ll(copy.deepcopy(old)) does (only the encoder and fusion are kept); "
+                        "default off (authors protocol: on)")
+    g.add_argument("--bn-all-heads", action=argparse.BooleanOptionalAction, default=None,
+                   help="run every head (without gradient) on every batch, new and replayed, so that "
+                        "all heads' BatchNorm running statistics move on every batch as upstream's "
+                        "whole-network forward does; default off (authors protocol: on)")
+    g.add_argument("--replay-exhaust", default=None, choices=["cycle", "authors"],
+                   help="cycle: each replay buffer is cycled for the whole epoch (default); authors: "
+                        "each epoch replays every buffer once, then stops replaying for the rest of "
+                        "the epoch and sets every distillation weight to the first one (upstream's "
+                        "third stage: 100 -> 10)")
+    g.add_argument("--drop-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="drop the partial last batch of an epoch (default); --no-drop-last trains on "
+                        "it, as upstream (single process without --grad-accum only)")
+    g.add_argument("--scannet-resize", default=None, choices=["twice", "once"],
+                   help="ScanNet colour: twice = to the depth size, then to 320x240 (default); once = "
+                        "straight to 320x240, as upstream")
+    g.add_argument("--nyu-rotation", default=None, choices=["bilinear", "spline"],
+                   help="interpolation of the NYU image rotation: bilinear (default) or spline = "
+                        "scipy.ndimage.rotate(order=2), as upstream (depth stays nearest neighbour)")
+
+
+def data_options(opts) -> dict:
+    """The protocol's data options for get_dataset."""
+    return {"scannet_resize": getattr(opts, "scannet_resize", None) or "twice",
+            "nyu_rotation": getattr(opts, "nyu_rotation", None) or "bilinear"}
 
 
 def parse_weights(text: str, n: int) -> list[float]:
@@ -164,19 +222,21 @@ def run_name(letters: str, strategy: str) -> str:
 
 def resolve_options(args: argparse.Namespace, default_order: str) -> argparse.Namespace:
     """Fill the defaults that depend on other options and check the order."""
-    load_domains_from_root(args.data_root)
+    try:
+        load_domains_from_root(args.data_root)
+    except (OSError, ValueError) as err:
+        raise SystemExit(f"error: {err}") from None
     args.order_given = args.order is not None
-    order = (args.order or default_order).strip()
-    if len(default_order) == 1 and len(order) != 1 and args.strategy != "joint":
+    order = (args.order if args.order is not None else default_order).strip()
+    flag = "--domain" if len(default_order) == 1 else "--order"
+    try:
+        specs = parse_order(order)  # letters "NKS" or names "nyu,kitti"
+    except ValueError as err:
+        raise SystemExit(f"error: {flag} {order!r}: {err}") from None
+    letters = "".join(s.letter for s in specs)
+    if len(default_order) == 1 and len(letters) != 1 and args.strategy != "joint":
         raise SystemExit(f"error: train_N.py learns one domain; got {order!r} (use train_NK.py / "
                          f"train_NKS.py --order for later stages)")
-    try:
-        specs = [get_domain(letter) for letter in order]
-    except ValueError as err:
-        raise SystemExit(f"error: --order {order!r}: {err}") from None
-    letters = "".join(s.letter for s in specs)
-    if len(set(letters)) != len(letters):
-        raise SystemExit(f"error: --order {order!r} repeats a domain")
     if args.shared_head and args.strategy != "joint":
         raise SystemExit("error: --shared-head is a joint-training baseline; use it with --strategy joint")
     args.order = letters
@@ -188,7 +248,73 @@ def resolve_options(args: argparse.Namespace, default_order: str) -> argparse.Na
     args.run_dir = str(Path(args.out).with_suffix("").with_suffix(""))
     if args.prior is None and len(letters) > 1 and args.strategy != "joint":
         args.prior = str(runs / f"{run_name(letters[:-1], args.strategy)}.pth.tar")
+    check_values(args, specs)
+    resolve_protocol(args, list(PROTOCOL_TRAINING) + list(PROTOCOL_DATA))
     return args
+
+
+def _fail(option: str, value, expected: str):
+    raise SystemExit(f"error: {option} {value!r}: expected {expected}")
+
+
+def check_values(args, specs) -> None:
+    """Refuse option values that cannot give a useful run (an untrained model written over a good
+    one, a division by zero, a silent upsampling of small data), each with one error line."""
+    at_least = {"--epochs": (args.epochs, 1), "--max-steps": (args.max_steps, 1),
+                "--batch-size": (args.batch_size, 1), "--grad-accum": (args.grad_accum, 1),
+                "--lr-step": (args.lr_step, 1), "--val-images": (args.val_images, 0),
+                "--workers": (args.workers, 0), "--proto-images": (args.proto_images, 1),
+                "--replay-size": (args.replay_size, 0)}
+    for option, (value, low) in at_least.items():
+        if value is not None and value < low:
+            _fail(option, value, f"an integer >= {low}")
+    for option, value, ok, expected in (
+            ("--lr", args.lr, 0 < args.lr < math.inf, "a positive finite learning rate"),
+            ("--lr-gamma", args.lr_gamma, 0 < args.lr_gamma <= 1, "a factor in (0, 1]"),
+            ("--weight-decay", args.weight_decay, 0 <= args.weight_decay < math.inf,
+             "a finite number >= 0"),
+            ("--scale", args.scale, 0 < args.scale < math.inf, "a positive input size factor, e.g. 0.5")):
+        if not ok:
+            _fail(option, value, expected)
+    for option, text in (("--distill-weights", args.distill_weights),
+                         ("--replay-weights", args.replay_weights)):
+        try:
+            weights = parse_weights(text, 1)
+        except ValueError:
+            weights = [math.nan]
+        if not all(0 <= w < math.inf for w in weights):
+            _fail(option, text, "comma-separated finite weights >= 0, e.g. 10,100")
+    smallest = min(min(scaled_size(s.input_size, args.scale)) for s in specs)
+    if smallest < 32:  # the encoder downsamples 32 times
+        _fail("--scale", args.scale, f"a factor that keeps inputs at least 32 pixels high; it makes "
+                                     f"{smallest}")
+    hint = rendered_scale_hint(args.data_root, args.scale)
+    if hint:
+        raise SystemExit(f"error: --scale {args.scale:g} is larger than the data{hint}")
+
+
+def check_paths(opts) -> None:
+    """Never overwrite what this run did not make: the prior, another run's model or resume state.
+
+    A fresh run (no --resume) whose --out or run folder holds an earlier run's files needs
+    --overwrite; --out must be a file name whose run folder (the name without its suffix) differs.
+    """
+    out, run_dir = Path(opts.out), Path(opts.run_dir)
+    if out == run_dir or out.is_dir():
+        raise SystemExit(f"error: --out {opts.out}: expected a checkpoint file name such as "
+                         f"{run_dir}.pth.tar (the run folder is that name without .pth.tar)")
+    if opts.prior is not None and Path(opts.prior).resolve() == out.resolve():
+        raise SystemExit(f"error: --out {opts.out} is the prior checkpoint: the stage would replace "
+                         f"the model it starts from; choose another --out")
+    if opts.resume is not None or opts.overwrite:
+        return
+    if out.exists():
+        raise SystemExit(f"error: {out} exists (an earlier run's model); pass --overwrite to replace "
+                         f"it, or choose another --out")
+    earlier = [p for p in (run_dir / "last.pth.tar", run_dir / "log.jsonl") if p.exists()]
+    if earlier:
+        raise SystemExit(f"error: {run_dir} holds an earlier run ({', '.join(p.name for p in earlier)}); "
+                         f"continue it with --resume, or pass --overwrite to start it over")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -223,6 +349,72 @@ class Dist:
     def close(self):
         if self.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
+
+
+class StopSignals:
+    """SIGINT (Ctrl-C) and SIGTERM (what schedulers and `timeout` send) during training.
+
+    The first signal asks the loop to stop after the step in progress; that step completes and its
+    state is saved, so a resumed run repeats exactly what the uninterrupted one would do. A second
+    signal stops at once (KeyboardInterrupt) unless the optimiser step is running (``shield``): the
+    step in progress is then rolled back (Stage.rollback_step) before the state is saved.
+    """
+
+    def __init__(self):
+        self.signum, self.shielded, self.previous = None, False, {}
+        self.pid = os.getpid()
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous = {}
+        return False
+
+    def _handle(self, signum, frame):
+        if os.getpid() != self.pid:  # a forked data-loader worker: the main process decides
+            return
+        first = self.signum is None
+        self.signum = self.signum or signum
+        if first:
+            tqdm.write(f"{signal.Signals(signum).name}: stopping after the step in progress "
+                       f"(send it again to stop at once)")
+        elif not self.shielded:
+            raise KeyboardInterrupt
+
+    @contextmanager
+    def shield(self):
+        self.shielded = True
+        try:
+            yield
+        finally:
+            self.shielded = False
+
+    def requested(self, ctx) -> bool:
+        """Whether to stop now; every process agrees (a signal may reach only some of them)."""
+        flag = self.signum is not None
+        if ctx.world > 1:
+            t = torch.tensor([float(flag)], device=ctx.device)
+            dist.all_reduce(t)
+            flag = t.item() > 0
+            if flag and self.signum is None:
+                self.signum = signal.SIGTERM
+        return flag
+
+
+def loader_message(exc: BaseException) -> str:
+    """The message of a data error, also when a data-loader worker raised it (the main process then
+    gets the worker's traceback as text, whose last line is ``module.Error: message``)."""
+    text = str(exc).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return text
 
 
 def seed_everything(seed: int) -> None:
@@ -262,13 +454,18 @@ class StepSampler(DistributedSampler):
     runs comparable across world sizes. ``start_step`` skips steps already done (resume).
     """
 
-    def __init__(self, dataset, batch_size, world=1, rank=0, accum=1, seed=0, shuffle=True):
+    def __init__(self, dataset, batch_size, world=1, rank=0, accum=1, seed=0, shuffle=True,
+                 partial=False):
         super().__init__(dataset, num_replicas=world * accum, rank=rank * accum,
                          shuffle=shuffle, seed=seed, drop_last=True)
         self.batch_size, self.accum, self.first_rank = batch_size, accum, rank * accum
         self.start_step = 0
+        # partial: the last, smaller batch is a step too (--no-drop-last; one virtual rank only)
+        self.partial = bool(partial)
 
     def steps_per_epoch(self) -> int:
+        if self.partial:
+            return -(-self.num_samples // self.batch_size)
         return self.num_samples // self.batch_size
 
     def _shard(self, virtual_rank: int) -> list[int]:
@@ -314,7 +511,7 @@ class CyclingLoader:
     def __init__(self, dataset, opts, ctx: Dist, salt: int):
         dataset = SeededSamples(dataset, opts.seed + 1000 * salt)
         self.sampler = StepSampler(dataset, opts.batch_size, ctx.world, ctx.rank, opts.grad_accum,
-                                   seed=opts.seed + 1000 * salt)
+                                   seed=opts.seed + 1000 * salt, partial=not drop_last(opts))
         if self.sampler.steps_per_epoch() == 0:
             raise SystemExit(f"error: a replay/joint set of {len(dataset)} samples is too few for batches "
                              f"of {opts.batch_size} on {ctx.world * opts.grad_accum} (virtual) processes; "
@@ -342,9 +539,42 @@ class CyclingLoader:
                 self.sampler.start_step = 0
 
 
+class EpochReplayLoader(CyclingLoader):
+    """--replay-exhaust authors: upstream's replay. Each epoch of the new domain starts a fresh
+    pass over the buffer (upstream calls iter() per epoch); once it is used up, ``next`` returns
+    None for the rest of that epoch (upstream's StopIteration branch: no replay, and its third
+    stage drops the second domain's distillation weight from 100 to 10)."""
+
+    def start_epoch(self, epoch: int, steps_done: int = 0) -> None:
+        self.epoch, self.iterator = epoch, None
+        self.sampler.start_step = min(steps_done, self.sampler.steps_per_epoch())
+        self.exhausted = False
+
+    def seek(self, steps_done: int) -> None:
+        pass  # the position is set per epoch by start_epoch
+
+    def next(self):
+        if getattr(self, "exhausted", False):
+            return None
+        if self.iterator is None:
+            self.sampler.set_epoch(self.epoch)
+            self.dataset.epoch = self.epoch
+            self.iterator = iter(make_loader(self.dataset, self.sampler, self.opts, self.ctx,
+                                             seed=self.opts.seed + 1000 * self.salt + self.epoch))
+        try:
+            return next(self.iterator)
+        except StopIteration:
+            self.exhausted = True
+            return None
+
+
+def drop_last(opts) -> bool:
+    return getattr(opts, "drop_last", None) is not False
+
+
 def make_loader(dataset, sampler, opts, ctx: Dist, seed: int):
     return get_loader(dataset, batch_size=opts.batch_size, workers=opts.workers,
-                      device=ctx.device.type, seed=seed, drop_last=True, sampler=sampler)
+                      device=ctx.device.type, seed=seed, drop_last=drop_last(opts), sampler=sampler)
 
 
 def split_validation(train_set, replay_rows: set, n_val: int, seed: int):
@@ -364,19 +594,20 @@ class DomainData:
     def __init__(self, spec, opts):
         self.spec = spec
         root, scale = opts.data_root, opts.scale
-        self.train_full = get_dataset(spec.letter, "train", root, train=True, scale=scale)
-        self.replay_full = get_dataset(spec.letter, "replay", root, train=True, scale=scale)
+        self.train_full = get_dataset(spec.letter, "train", root, train=True, scale=scale, **data_options(opts))
+        self.replay_full = get_dataset(spec.letter, "replay", root, train=True, scale=scale, **data_options(opts))
         replay_rows = {row.image for row in self.replay_full.rows}
         train_idx, val_idx = split_validation(self.train_full, replay_rows, opts.val_images,
                                               opts.val_seed)
         self.train = Subset(self.train_full, train_idx)
         self.replay = Subset(self.replay_full, range(min(opts.replay_size, len(self.replay_full))))
-        self.val = (Subset(get_dataset(spec.letter, "train", root, train=False, scale=scale), val_idx)
-                    if val_idx else None)
+        self.val = (Subset(get_dataset(spec.letter, "train", root, train=False, scale=scale,
+                                       **data_options(opts)), val_idx) if val_idx else None)
 
     def prototype_set(self, opts):
         """Deterministic (test-transform) images for this domain's prototype: its replay rows."""
-        ds = get_dataset(self.spec.letter, "replay", opts.data_root, train=False, scale=opts.scale)
+        ds = get_dataset(self.spec.letter, "replay", opts.data_root, train=False, scale=opts.scale,
+                         **data_options(opts))
         return Subset(ds, range(min(opts.proto_images, len(ds))))
 
 
@@ -398,6 +629,8 @@ def load_prior(opts) -> tuple[LifelongDepthNet, dict]:
     state, meta = read_checkpoint(opts.prior)
     heads = len({k.split(".")[0] for k in state if k.startswith("task")})
     known = meta.get("letters")
+    if known and meta.get("domains"):
+        check_letters(known, list(meta["domains"]), opts.prior)
     if not known:  # an authors' file: only the learning order on the command line names its heads
         if not opts.order_given:
             raise SystemExit(f"error: {opts.prior} has no metadata (an authors' checkpoint); name its "
@@ -407,7 +640,12 @@ def load_prior(opts) -> tuple[LifelongDepthNet, dict]:
         raise SystemExit(f"error: {opts.prior} holds {heads} head(s) for domains {known!r}, but order "
                          f"{opts.order!r} needs the prior {old_letters!r}")
     net = LifelongDepthNet(encoder=meta.get("encoder") or infer_encoder(state), num_domains=heads)
-    net.load_state_dict(state)
+    check_finite(state, opts.prior)
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as err:
+        raise CheckpointError(f"checkpoint {opts.prior!r} does not fit {net.encoder_name} with {heads} "
+                              f"head(s): {str(err).splitlines()[0]}") from None
     return net, meta
 
 
@@ -426,11 +664,25 @@ def build_model(opts, ctx: Dist):
     if STRATEGIES[opts.strategy][0]:
         teacher = make_teacher(net, ctx.device, amp_settings(opts.amp, ctx.device)[0])
     new_head = net.add_domain()
+    if getattr(opts, "reinit_old_heads", False):
+        reinit_heads(net, range(new_head))
     if opts.strategy == "finetune":  # old heads get no loss; freezing them keeps DDP free of unused grads
         for j in range(new_head):
             for p in net.heads[j].parameters():
                 p.requires_grad_(False)
     return net.to(ctx.device), teacher, new_head
+
+
+def reinit_heads(net: LifelongDepthNet, heads) -> None:
+    """--reinit-old-heads: replace each of ``heads`` by a freshly initialised head, as upstream's
+    ``model_ll(copy.deepcopy(old), num_tasks=n)`` (is_training=False) builds every head anew and
+    keeps only E and MFF. The teacher (made before) keeps the old heads."""
+    for j in heads:
+        old = net.head(j)
+        ref = next(old.parameters())
+        fresh = type(old)(net.num_features).to(device=ref.device, dtype=ref.dtype)
+        fresh.train(old.training)
+        setattr(net, f"task{j}", fresh)
 
 
 def make_teacher(prior: LifelongDepthNet, device, amp_dtype=None) -> LifelongDepthNet:
@@ -441,9 +693,13 @@ def make_teacher(prior: LifelongDepthNet, device, amp_dtype=None) -> LifelongDep
     Conv+ReLU(+add) kernels; under mixed precision its weights are cast once to the autocast dtype
     (its output convolutions stay float32) instead of autocast converting them on every step. In
     float32 its outputs equal the plain frozen copy's to ~1e-6 relative (rounding of the fold).
+    Where the device has no native kernels for the autocast dtype (bf16 on an AVX2-only CPU) the
+    teacher stays float32: emulated bf16 convolutions measured 4x slower than fused float32 ones.
     """
     device = torch.device(device)
     on_cpu = device.type == "cpu"
+    if amp_dtype is not None and not lowp_supported(amp_dtype, device):
+        amp_dtype = None
     return inference_copy(prior, fuse_bn=True, channels_last=on_cpu, dtype=amp_dtype, device=device,
                           fused_kernels=on_cpu)
 
@@ -479,12 +735,16 @@ def init_depth_bias(net: LifelongDepthNet, head: int, depth: float) -> None:
 class StageLoss(nn.Module):
     """All loss terms of one micro-batch in a single forward, so DDP sees one call per step."""
 
-    def __init__(self, net: LifelongDepthNet, new_head: int, distill_w, replay_w, replay_heads):
+    def __init__(self, net: LifelongDepthNet, new_head: int, distill_w, replay_w, replay_heads,
+                 bn_all_heads: bool = False):
         super().__init__()
         self.net, self.new_head = net, new_head
         self.distill_w, self.replay_w, self.replay_heads = distill_w, replay_w, replay_heads
+        self.bn_all_heads = bn_all_heads
 
-    def forward(self, image, depth, teacher_out=None, replay=()):
+    def forward(self, image, depth, teacher_out=None, replay=(), distill_w=None):
+        """``distill_w`` replaces the distillation weights for this call (--replay-exhaust authors)."""
+        distill_w = self.distill_w if distill_w is None else distill_w
         terms = {}
         feats = self.net.features(image)
         d, u = self.net.head_forward(feats, self.new_head)
@@ -492,14 +752,29 @@ class StageLoss(nn.Module):
         for j, (t_d, t_u) in enumerate(teacher_out or ()):
             s_d, s_u = self.net.head_forward(feats, j)
             terms[f"distill{j}"] = distillation_loss(s_d, s_u, t_d, t_u)
-            total = total + self.distill_w[j] * terms[f"distill{j}"]
+            total = total + distill_w[j] * terms[f"distill{j}"]
+        self.run_other_heads(feats, {self.new_head, *range(len(teacher_out or ()))})
         for k, (r_image, r_depth) in enumerate(replay):
             j = self.replay_heads[k]
-            r_d, r_u = self.net(r_image, domain=j)
+            r_feats = self.net.features(r_image)
+            r_d, r_u = self.net.head_forward(r_feats, j)
+            self.run_other_heads(r_feats, {j})
             terms[f"replay{k}"] = uncertainty_depth_loss(r_d, r_u, r_depth)
             total = total + self.replay_w[k] * terms[f"replay{k}"]
         terms["total"] = total
         return terms
+
+    def run_other_heads(self, feats, used) -> None:
+        """--bn-all-heads: every head not used by a loss term runs on ``feats`` too, without a
+        gradient, only so that its BatchNorm running statistics move as in upstream's
+        whole-network forward (in train mode BN normalises with batch statistics, so the heads
+        that get a loss compute exactly what they compute without this)."""
+        if not self.bn_all_heads:
+            return
+        with torch.no_grad():
+            for j in range(self.net.num_domains):
+                if j not in used:
+                    self.net.head_forward(feats.detach(), j)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -515,11 +790,11 @@ class Stage:
         self.net, self.teacher, self.new_head = build_model(opts, ctx)
         self.data = [DomainData(spec, opts) for spec in self.specs]
         self._plan_terms()
-        if opts.init_depth_bias == "auto":
-            self._init_fresh_heads()
+        self._init_fresh_heads(set_bias=opts.init_depth_bias == "auto")
         self.amp_dtype, needs_scaler = amp_settings(opts.amp, ctx.device)
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=needs_scaler)
-        self.loss = StageLoss(self.net, self.new_head, self.distill_w, self.replay_w, self.replay_heads)
+        self.loss = StageLoss(self.net, self.new_head, self.distill_w, self.replay_w, self.replay_heads,
+                              bn_all_heads=bool(getattr(opts, "bn_all_heads", False)))
         self.step_module = self.loss
         if ctx.world > 1:
             ids = [ctx.device.index] if ctx.device.type == "cuda" else None
@@ -529,6 +804,9 @@ class Stage:
         self.sched = torch.optim.lr_scheduler.StepLR(self.optim, opts.lr_step, opts.lr_gamma)
         self.epoch, self.step_in_epoch, self.global_step, self.replay_steps_done = 0, 0, 0, 0
         self.log_path = Path(opts.run_dir) / "log.jsonl"
+        self.signals = StopSignals()
+        self.bn_snapshot = None  # buffers at the start of the step in progress (see train_step)
+        self.skipped_steps, self.batch_files = 0, []
 
     def _plan_terms(self):
         """Which dataset feeds the main batch, which are replayed, and their weights."""
@@ -551,16 +829,26 @@ class Stage:
         self.replay_sets = [self.data[j].replay for j in self.replay_heads]
         self.replay_w = parse_weights(opts.replay_weights, n_old) if replay else []
 
-    def _init_fresh_heads(self):
-        """Depth bias of every head this stage creates: the new one, or all of a joint model's."""
+    def _init_fresh_heads(self, set_bias: bool):
+        """Depth bias of every head this stage creates: the new one, or all of a joint model's.
+        Its median ground truth is measured either way: data without any valid depth would train
+        at loss 0 and write a useless model, so it stops the stage here."""
         if self.opts.shared_head:
             fresh = {0: [d.train_full for d in self.data]}
         elif self.opts.strategy == "joint":
             fresh = {i: [d.train_full] for i, d in enumerate(self.data)}
         else:
             fresh = {self.new_head: [self.data[-1].train_full]}
+            if getattr(self.opts, "reinit_old_heads", False):  # re-initialised old heads are fresh too
+                fresh.update({j: [self.data[j].train_full] for j in range(self.new_head)})
         for head, sets in fresh.items():
-            init_depth_bias(self.net, head, float(np.median([median_depth(ds) for ds in sets])))
+            try:
+                depth = float(np.median([median_depth(ds) for ds in sets]))
+            except ValueError as err:
+                raise SystemExit(f"error: {err}: every depth is 0 (no ground truth); check the depth "
+                                 f"files and the domain's depth_encoding") from None
+            if set_bias:
+                init_depth_bias(self.net, head, depth)
 
     # ---- persistence -----------------------------------------------------------------------------
     def meta(self) -> dict:
@@ -582,27 +870,58 @@ class Stage:
         return self.opts.batch_size * self.opts.grad_accum * self.ctx.world
 
     def save_resume(self, interrupted=False):
+        """The state after the last completed step (a step in progress is rolled back first)."""
         if not self.ctx.main:
             return
+        self.rollback_step()
+        path = Path(self.opts.run_dir) / "last.pth.tar"
+        try:
+            check_finite(self.net.state_dict(), path)
+        except CheckpointError as err:  # keep the last good state rather than write a NaN model
+            raise SystemExit(f"error: {err}") from None
         state = {"state_dict": self.net.state_dict(), "optimizer": self.optim.state_dict(),
                  "scheduler": self.sched.state_dict(), "scaler": self.scaler.state_dict(),
                  "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
                  "global_step": self.global_step, "world_size": self.ctx.world,
                  "samples_in_epoch": self.step_in_epoch * self.samples_per_step(),
                  "samples_total": self.global_step * self.samples_per_step(),
-                 "interrupted": interrupted, "meta": self.meta()}
-        atomic_save(state, Path(self.opts.run_dir) / "last.pth.tar")
+                 "skipped_steps": self.skipped_steps,
+                 "interrupted": interrupted, "meta": _plain(self.meta())}
+        atomic_save(state, path)
+
+    def rollback_step(self):
+        """Undo what an interrupted step changed. Parameters and Adam's state change only inside
+        the optimiser step, which signals never interrupt (StopSignals.shield); the forward passes
+        already updated the BatchNorm running statistics, which are restored here."""
+        if self.bn_snapshot is not None:
+            with torch.no_grad():
+                for buf, saved in self.bn_snapshot:
+                    buf.copy_(saved)
+            self.bn_snapshot = None
 
     def load_resume(self, path):
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        saved = state["meta"]
-        if saved["trained_letters"] != self.opts.order or saved["strategy"] != self.opts.strategy:
-            raise SystemExit(f"error: {path} is a run of order {saved['trained_letters']} strategy "
-                             f"{saved['strategy']}, not {self.opts.order} {self.opts.strategy}")
-        self.net.load_state_dict(state["state_dict"])
-        self.optim.load_state_dict(state["optimizer"])
-        self.sched.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
+        # weights_only: a resume file holds tensors and plain data; a crafted one must not run code
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            saved = state["meta"]
+            letters, strategy = saved["trained_letters"], saved["strategy"]
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is one error line
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise SystemExit(f"error: resume file {path}: not a resume state of this project "
+                             f"({type(exc).__name__}: {reason[:200]}); start over with --overwrite") from None
+        if letters != self.opts.order or strategy != self.opts.strategy:
+            raise SystemExit(f"error: {path} is a run of order {letters} strategy "
+                             f"{strategy}, not {self.opts.order} {self.opts.strategy}")
+        try:
+            check_finite(state["state_dict"], path)
+            self.net.load_state_dict(state["state_dict"])
+            self.optim.load_state_dict(state["optimizer"])
+            self.sched.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+        except (CheckpointError, KeyError, RuntimeError, ValueError) as exc:
+            raise SystemExit(f"error: resume file {path} does not fit this stage "
+                             f"({str(exc).splitlines()[0][:300]}); start over with --overwrite") from None
+        self.skipped_steps = state.get("skipped_steps", 0)
         self.epoch, self.global_step = state["epoch"], state["global_step"]
         # a different world size (or --grad-accum) continues after the same number of samples
         per_step = self.samples_per_step()
@@ -614,7 +933,10 @@ class Stage:
 
     def save_final(self, prototypes):
         if self.ctx.main:
-            save_checkpoint(self.opts.out, self.net, prototypes=prototypes, **self.meta())
+            try:
+                save_checkpoint(self.opts.out, self.net, prototypes=prototypes, **self.meta())
+            except CheckpointError as err:  # non-finite weights: never written
+                raise SystemExit(f"error: {err}") from None
 
     def log(self, record: dict):
         if self.ctx.main:
@@ -629,6 +951,7 @@ class Stage:
     def micro_batch(self, batch, replay_batches):
         dev = self.ctx.device
         image, depth = batch["image"].to(dev, non_blocking=True), batch["depth"].to(dev, non_blocking=True)
+        replay_batches, distill_w = self.exhausted_replay(replay_batches)
         replay = [(b["image"].to(dev, non_blocking=True), b["depth"].to(dev, non_blocking=True))
                   for b in replay_batches]
         with torch.autocast(dev.type, dtype=self.amp_dtype or torch.float32,
@@ -637,10 +960,21 @@ class Stage:
             # save them for backward), by the teacher's own precision (see make_teacher)
             teacher_out = (teacher_targets(self.teacher, image, len(self.distill_w))
                            if self.teacher is not None else None)
-            return self.step_module(image, depth, teacher_out, replay)
+            return self.step_module(image, depth, teacher_out, replay, distill_w)
+
+    def exhausted_replay(self, replay):
+        """(replay batches, distillation weights or None) of a micro-batch. Under --replay-exhaust
+        authors a replay stream returns None once its buffer is used up for the epoch: from then on
+        nothing is replayed and every distillation weight becomes the first domain's, which is
+        upstream's except-branch (train_NK: 10 stays 10; train_NKS: 10 and 100 become 10 and 10)."""
+        if not any(b is None for b in replay):
+            return replay, None
+        return [], [self.distill_w[0]] * len(self.distill_w) if self.distill_w else []
 
     def train_step(self, micro_batches) -> dict:
         """One optimiser step over ``grad_accum`` micro-batches (gradients averaged, as DDP does)."""
+        # the forward passes update BatchNorm statistics: keep them to roll back an interrupted step
+        self.bn_snapshot = [(b, b.detach().clone()) for b in self.net.buffers()]
         self.optim.zero_grad(set_to_none=True)
         sums = {}
         for k, (batch, replay_batches) in enumerate(micro_batches):
@@ -651,9 +985,45 @@ class Stage:
                 self.scaler.scale(terms["total"] / len(micro_batches)).backward()
             for key, value in terms.items():
                 sums[key] = sums.get(key, 0.0) + value.item() / len(micro_batches)
-        self.scaler.step(self.optim)
-        self.scaler.update()
+        finite = self.finite_update(sums)
+        # the update and the step counters change together or not at all: an interrupt lands
+        # either before (the step is rolled back) or after (the step is done)
+        with self.signals.shield():
+            if finite:
+                self.scaler.step(self.optim)
+                self.scaler.update()
+                self.bn_snapshot = None
+            else:  # --on-nonfinite skip: the batch is consumed without an update
+                self.rollback_step()
+                self.skipped_steps += 1
+                sums["skipped"] = 1.0
+            self.step_in_epoch += 1
+            self.global_step += 1
         return sums
+
+    def finite_update(self, sums) -> bool:
+        """False (skip) or SystemExit (stop) when the loss or, unscaled, a gradient is NaN/inf: one
+        such update makes every weight NaN. With loss scaling the scaler skips inf gradients itself."""
+        finite = math.isfinite(sums["total"])
+        if finite and not self.scaler.is_enabled():
+            grads = [p.grad for p in self.net.parameters() if p.grad is not None]
+            finite = bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
+        if self.ctx.world > 1:  # every rank takes the same decision
+            flag = torch.tensor([0.0 if finite else 1.0], device=self.ctx.device)
+            dist.all_reduce(flag)
+            finite = flag.item() == 0
+        if finite or self.opts.on_nonfinite == "skip":
+            if not finite:
+                self.say(f"warning: non-finite loss or gradient at step {self.global_step + 1}: "
+                         f"update skipped (files: {', '.join(self.batch_files)})")
+            return finite
+        self.rollback_step()
+        self.save_resume(interrupted=True)
+        raise SystemExit(f"error: non-finite loss ({sums['total']:g}) or gradient at step "
+                         f"{self.global_step + 1} (epoch {self.epoch + 1}); batch files: "
+                         f"{', '.join(self.batch_files)}; the state before this step is saved: check "
+                         f"these files or lower --lr, then rerun with --resume (add --on-nonfinite "
+                         f"skip to skip such batches)")
 
     # ---- loops -------------------------------------------------------------------------------------
     def validate(self) -> dict:
@@ -677,6 +1047,9 @@ class Stage:
         main_sampler.set_epoch(self.epoch)
         main_sampler.start_step = self.step_in_epoch
         main_sampler.dataset.epoch = self.epoch
+        for replay in replays:  # --replay-exhaust authors: a fresh pass over each buffer per epoch
+            if isinstance(replay, EpochReplayLoader):
+                replay.start_epoch(self.epoch, self.step_in_epoch)
         loader = make_loader(main_sampler.dataset, main_sampler, opts, self.ctx, seed=opts.seed + self.epoch)
         steps = main_sampler.steps_per_epoch()
         bar = tqdm(total=steps, initial=self.step_in_epoch, disable=opts.quiet or not self.ctx.main,
@@ -684,15 +1057,15 @@ class Stage:
                    dynamic_ncols=True, leave=False)
         it, images, t0, sums, n = iter(loader), 0, time.time(), {}, 0
         while self.step_in_epoch < steps:
+            if self.signals.requested(self.ctx):
+                raise KeyboardInterrupt  # a signal asked to stop: the completed steps are saved
             if max_steps is not None and self.global_step >= max_steps:
                 bar.close()
                 if n:
                     self.log_epoch(sums, n, images, time.time() - t0, partial=True)
                 return False
-            micro = [(next(it), [r.next() for r in replays]) for _ in range(opts.grad_accum)]
-            terms = self.train_step(micro)
-            self.step_in_epoch += 1
-            self.global_step += 1
+            micro = self.next_batches(it, replays)
+            terms = self.train_step(micro)  # advances step_in_epoch and global_step
             images += self.samples_per_step() * (1 + len(replays))
             n += 1
             for key, value in terms.items():
@@ -703,10 +1076,26 @@ class Stage:
         self.finish_epoch(sums, n, images, time.time() - t0)
         return True
 
+    def next_batches(self, it, replays):
+        """The micro-batches of the next step. An unreadable sample stops the run, but first the
+        resume state of the last completed step is saved, so no finished work is lost."""
+        try:
+            micro = [(next(it), [r.next() for r in replays]) for _ in range(self.opts.grad_accum)]
+        except (DatasetFormatError, OSError, ValueError, RuntimeError) as exc:
+            if self.signals.signum is not None:  # data-loader workers killed by the same signal
+                raise KeyboardInterrupt from None
+            self.save_resume(interrupted=True)
+            raise SystemExit(f"error: {loader_message(exc)}; the state after step {self.global_step} "
+                             f"is saved: fix or remove that file, then rerun with --resume") from None
+        self.batch_files = [str(p) for batch, replay in micro for b in (batch, *replay)
+                            for p in (b.get("path", []) if b is not None else [])]
+        return micro
+
     def finish_epoch(self, sums, n, images, seconds):
-        self.sched.step()
-        self.epoch += 1
-        self.step_in_epoch = 0
+        with self.signals.shield():  # the schedule and the epoch counter advance together
+            self.sched.step()
+            self.epoch += 1
+            self.step_in_epoch = 0
         self.log_epoch(sums, n, images, seconds)
         self.save_resume()
 
@@ -730,23 +1119,32 @@ class Stage:
     def train(self):
         opts, ctx = self.opts, self.ctx
         main_set = SeededSamples(self.data[self.main_domain].train, opts.seed)
+        if not drop_last(opts) and ctx.world * opts.grad_accum > 1:
+            raise SystemExit("error: --no-drop-last (partial last batches, as upstream) needs a single "
+                             "process without --grad-accum")
         main_sampler = StepSampler(main_set, opts.batch_size, ctx.world, ctx.rank, opts.grad_accum,
-                                   seed=opts.seed)
+                                   seed=opts.seed, partial=not drop_last(opts))
         if main_sampler.steps_per_epoch() == 0:
             raise SystemExit(f"error: {len(self.data[self.main_domain].train)} training images are "
                              f"too few for batch size {opts.batch_size}")
-        replays = [CyclingLoader(ds, opts, ctx, salt=k + 1) for k, ds in enumerate(self.replay_sets)]
+        exhaust = getattr(opts, "replay_exhaust", None) == "authors" and opts.strategy != "joint"
+        replay_class = EpochReplayLoader if exhaust else CyclingLoader
+        replays = [replay_class(ds, opts, ctx, salt=k + 1) for k, ds in enumerate(self.replay_sets)]
         for replay in replays:
             replay.seek(self.replay_steps_done)
         try:
-            while self.epoch < opts.epochs:
-                if not self.run_epoch(main_sampler, replays, opts.max_steps):
-                    break
+            with self.signals:
+                while self.epoch < opts.epochs:
+                    if not self.run_epoch(main_sampler, replays, opts.max_steps):
+                        break
         except KeyboardInterrupt:
             self.save_resume(interrupted=True)
             self.say(f"interrupted at step {self.global_step}: resume with the same command plus "
                      f"--resume ({Path(opts.run_dir) / 'last.pth.tar'})")
-            raise SystemExit(130)
+            raise SystemExit(128 + (self.signals.signum or signal.SIGINT)) from None
+        # the finished training's state, so that an interrupt while the prototypes are computed
+        # (or a failed final save) resumes straight to them
+        self.save_resume()
 
     def prototypes(self) -> dict | None:
         if self.opts.shared_head:  # one head for every domain: there is nothing to select
@@ -754,7 +1152,15 @@ class Stage:
         sets = [d.prototype_set(self.opts) for d in self.data]
         loaders = [get_loader(s, batch_size=self.opts.batch_size, workers=0,
                               device=self.ctx.device.type) for s in sets]
-        return compute_prototypes(self.net, loaders, self.ctx.device)
+        protos = compute_prototypes(self.net, loaders, self.ctx.device)
+        # the default (lda) selector's statistics: the same rows under the training augmentation,
+        # each sample's augmentation seeded, so the stored statistics are reproducible
+        augmented = [SeededSamples(Subset(d.replay_full, range(min(self.opts.proto_images, len(d.replay_full)))),
+                                   self.opts.seed + 7) for d in self.data]
+        protos["lda"] = compute_lda(self.net, [get_loader(a, batch_size=self.opts.batch_size, workers=0,
+                                                          device=self.ctx.device.type) for a in augmented],
+                                    self.ctx.device)
+        return protos
 
 
 def scaled_size(size, scale: float):
@@ -770,18 +1176,65 @@ def describe(opts, stage: Stage, ctx: Dist) -> str:
     terms += [f"{kind} {stage.specs[j].letter} x{w:g}" for j, w in zip(others, stage.replay_w)]
     return (f"stage {opts.order} ({opts.strategy}): learning {stage.specs[stage.main_domain].name} "
             f"on {ctx.device} x{ctx.world}, {len(stage.data[stage.main_domain].train)} images, "
-            f"batch {opts.batch_size}x{opts.grad_accum}x{ctx.world}, terms: {', '.join(terms)}")
+            f"batch {opts.batch_size}x{opts.grad_accum}x{ctx.world}, terms: {', '.join(terms)}"
+            f"{protocol_note(opts)}")
+
+
+def protocol_note(opts) -> str:
+    """'; protocol X: the options that differ from ours', or '' for a plain ours run."""
+    ours = {k: v[0] for k, v in {**PROTOCOL_TRAINING, **PROTOCOL_DATA}.items()}
+    changed = [f"{k.replace('_', '-')}={getattr(opts, k)}" for k in ours if getattr(opts, k, ours[k]) != ours[k]]
+    protocol = getattr(opts, "protocol", "ours")
+    if protocol == "ours" and not changed:
+        return ""
+    return f"; protocol {protocol}" + (f" ({', '.join(changed)})" if changed else "")
+
+
+def printable(text: str) -> str:
+    """A message with control characters (terminal escape codes in a file name) shown escaped."""
+    return "".join(c if c in "\n\t" or (c.isprintable() and c != "\x1b") else repr(c)[1:-1]
+                   for c in str(text))
 
 
 def main(default_order: str, description: str, argv=None) -> str:
-    """Parse options and run one stage; returns the path of the final checkpoint."""
+    """Parse options and run one stage; returns the path of the final checkpoint.
+
+    Every user error (bad option, data, checkpoint, full disk) ends in SystemExit with one
+    ``error: ...`` message, no traceback; an interrupt ends with 130 (SIGINT) or 143 (SIGTERM)."""
+    try:
+        return run_stage(default_order, description, argv)
+    except (CheckpointError, DatasetFormatError, WriteError, FileNotFoundError) as err:
+        raise SystemExit(f"error: {printable(err)}") from None
+    except SystemExit as stop:
+        if isinstance(stop.code, str):
+            raise SystemExit(printable(stop.code)) from None
+        raise
+    except KeyboardInterrupt:  # outside the training loop (which saves its state itself)
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def start_run_folder(opts) -> None:
+    """Clean temp files of killed saves, start over if asked to, write options.json."""
+    run_dir = Path(opts.run_dir)
+    for folder in (run_dir, Path(opts.out).parent):
+        for path in clean_stale_temps(folder):
+            print(f"removed {path} (an interrupted save)", file=sys.stderr)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if opts.resume is None and opts.overwrite:  # starting over: the earlier run's state goes
+        for name in ("last.pth.tar", "log.jsonl"):
+            (run_dir / name).unlink(missing_ok=True)
+    with atomic_write(run_dir / "options.json", "w") as f:
+        json.dump(vars(opts), f, indent=2)
+
+
+def run_stage(default_order: str, description: str, argv=None) -> str:
     opts = resolve_options(build_parser(default_order, description).parse_args(argv), default_order)
     ctx = Dist(opts.device)
     try:
+        check_paths(opts)  # on every process, so that all of them stop
         if ctx.main:
-            Path(opts.run_dir).mkdir(parents=True, exist_ok=True)
-            with open(Path(opts.run_dir) / "options.json", "w") as f:
-                json.dump(vars(opts), f, indent=2)
+            start_run_folder(opts)
             if opts.pretrained is None and (len(opts.order) == 1 or opts.strategy == "joint"):
                 print("warning: no --pretrained ImageNet weights given; the encoder starts from "
                       "random weights", file=sys.stderr)

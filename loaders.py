@@ -23,6 +23,7 @@ the frame at native resolution); store smaller frames to keep the field of view.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -49,6 +50,8 @@ LIGHTING_STD = 0.1
 JITTER = 0.4          # brightness, contrast, saturation
 ROTATE_DEG = 5.0      # NYU recipe only
 COVER_MARGIN = 240.0 / 228.0   # NYU resizes to 240 rows before its 228-row crop
+NYU_ROTATIONS = ("bilinear", "spline")   # image interpolation of the NYU rotation (spline: authors')
+SCANNET_RESIZES = ("twice", "once")      # colour to depth size then to the recipe's (ours), or once
 
 H5_EXT = (".h5", ".hdf5")
 MAT_EXT = (".mat",)
@@ -101,7 +104,8 @@ def _png_depth_array(img: Image.Image, bits: Optional[int], path: str, what: str
     sixteen = mode in ("I;16", "I;16B", "I;16L", "I")
     if mode not in ("L", "I;16", "I;16B", "I;16L", "I", "F"):
         raise DatasetFormatError(
-            f"{path}: expected a single-channel {bits or 8}/16-bit depth image ({what}), got PIL mode "
+            f"{path}: expected a single-channel {f'{bits}-bit' if bits else '8- or 16-bit'} depth image "
+            f"({what}), got PIL mode "
             f"{mode!r} ({len(img.getbands())} channel(s)); colour-mapped depth visualisations cannot be read")
     if bits == 16 and not sixteen:
         raise DatasetFormatError(f"{path}: expected a 16-bit depth PNG ({what}), got an 8-bit image (mode {mode!r})")
@@ -293,11 +297,14 @@ class JointTransform:
     """
 
     def __init__(self, family: str, train: bool, crop_hw: Tuple[int, int], resize=None,
-                 scale: float = 1.0, full_frame: bool = False):
+                 scale: float = 1.0, full_frame: bool = False, nyu_rotation: str = "bilinear"):
         if family not in dom.TRANSFORMS:
             raise ValueError(f"unknown transform recipe {family!r}; expected one of {dom.TRANSFORMS}")
         if not scale > 0:
             raise ValueError(f"scale must be positive, got {scale}")
+        if nyu_rotation not in NYU_ROTATIONS:
+            raise ValueError(f"nyu_rotation must be one of {NYU_ROTATIONS}, got {nyu_rotation!r}")
+        self.nyu_rotation = nyu_rotation
         self.family, self.train, self.scale, self.full_frame = family, bool(train), float(scale), full_frame
         self.crop_w, self.crop_h = scaled(crop_hw[1], scale), scaled(crop_hw[0], scale)
         if resize is None or resize == "cover":
@@ -336,9 +343,12 @@ class JointTransform:
 
     @staticmethod
     def _resize_to(image, depth, w, h):
-        if image.size == (w, h):
-            return image, depth
-        return image.resize((w, h), Image.BILINEAR), depth.resize((w, h), Image.NEAREST)
+        # each on its own: with scannet_resize="once" the colour image is still at its own size
+        if image.size != (w, h):
+            image = image.resize((w, h), Image.BILINEAR)
+        if depth.size != (w, h):
+            depth = depth.resize((w, h), Image.NEAREST)
+        return image, depth
 
     @staticmethod
     def _flip(image, depth):
@@ -346,12 +356,17 @@ class JointTransform:
             return image.transpose(Image.FLIP_LEFT_RIGHT), depth.transpose(Image.FLIP_LEFT_RIGHT)
         return image, depth
 
-    @staticmethod
-    def _rotate(image, depth):
+    def _rotate(self, image, depth):
         angle = _uniform(-ROTATE_DEG, ROTATE_DEG)
         # Same centre and angle for both; rotated-in areas are black / 0 (= no ground truth).
-        return (image.rotate(angle, resample=Image.BILINEAR, fillcolor=(0, 0, 0)),
-                depth.rotate(angle, resample=Image.NEAREST, fillcolor=0.0))
+        # PIL and scipy.ndimage both take positive angles as counter-clockwise.
+        if self.nyu_rotation == "spline":  # the authors' RandomRotate: order-2 spline on uint8 RGB
+            from scipy import ndimage
+            rotated = ndimage.rotate(np.asarray(image), angle, reshape=False, order=2)
+            image = Image.fromarray(rotated)
+        else:
+            image = image.rotate(angle, resample=Image.BILINEAR, fillcolor=(0, 0, 0))
+        return image, depth.rotate(angle, resample=Image.NEAREST, fillcolor=0.0)
 
     def _check_fits(self, image):
         w, h = image.size
@@ -451,16 +466,19 @@ def _default_resize(spec: DomainSpec):
     return None
 
 
-def build_transform(spec, train: bool, scale: float = 1.0, full_frame: bool = False) -> JointTransform:
+def build_transform(spec, train: bool, scale: float = 1.0, full_frame: bool = False,
+                    nyu_rotation: str = "bilinear") -> JointTransform:
     """The joint transform of a domain (recipe, crop = input_size, resize) at `scale`.
 
     full_frame (evaluation only): skip the crop and keep the whole (resized) frame, e.g. to evaluate
     KITTI on full 1216x352 frames as the authors' test script did.
+    nyu_rotation: "bilinear" (ours) or "spline" (the authors' scipy order-2 rotation of the image).
     """
     spec = get_domain(spec)
     if full_frame and train:
         raise ValueError("full_frame is for evaluation; training crops to the input size")
-    return JointTransform(spec.transform, train, spec.input_size, _default_resize(spec), scale, full_frame)
+    return JointTransform(spec.transform, train, spec.input_size, _default_resize(spec), scale, full_frame,
+                          nyu_rotation=nyu_rotation)
 
 
 # ============================================================================ index CSVs
@@ -508,26 +526,47 @@ def read_index_csv(csv_path: str, data_root: str, alt_roots: Sequence[str] = (),
     """Rows of an index CSV.  Every referenced file is checked now, so no row is dropped silently:
     missing files raise FileNotFoundError naming the CSV, the line numbers and the paths."""
     rows, missing = [], []
-    with open(csv_path, newline="", encoding="utf-8") as fh:
-        reader = csv.reader(fh)
-        for fields in reader:
-            line = reader.line_num
-            if not fields or all(not x.strip() for x in fields):
-                continue  # blank line: not a row
-            raw = ",".join(fields)
-            img, dep = _parse_row(fields, csv_path, line, raw)
-            img_abs = _checked(img, "image", data_root, alt_roots, check_files, line, missing)
-            if isinstance(dep, str):
-                dep = _checked(dep, "depth", data_root, alt_roots, check_files, line, missing)
-            elif dep is None:
-                dep = img_abs
-            rows.append(Row(img_abs, dep, line, img))
+    for line, fields in _csv_rows(csv_path):
+        if not fields or all(not x.strip() for x in fields):
+            continue  # blank line: not a row
+        raw = ",".join(fields)
+        img, dep = _parse_row(fields, csv_path, line, raw)
+        if line == 1 and _looks_like_header(img, dep) and not os.path.exists(os.path.join(data_root, img)):
+            raise DatasetFormatError(f"{csv_path}: line 1: {raw!r} looks like a header row; index "
+                                     f"CSVs have none (each line is image_path,depth_path): delete it")
+        img_abs = _checked(img, "image", data_root, alt_roots, check_files, line, missing)
+        if isinstance(dep, str):
+            dep = _checked(dep, "depth", data_root, alt_roots, check_files, line, missing)
+        elif dep is None:
+            dep = img_abs
+        rows.append(Row(img_abs, dep, line, img))
     if missing:
         shown = "\n  ".join(missing[:10])
         more = f"\n  ... and {len(missing) - 10} more" if len(missing) > 10 else ""
         raise FileNotFoundError(f"{csv_path}: {len(missing)} file(s) listed in the index do not exist "
                                 f"(paths are relative to the data root {data_root!r}):\n  {shown}{more}")
     return rows
+
+
+def _csv_rows(csv_path: str):
+    """(line number, fields) of a UTF-8 CSV (a byte-order mark is skipped); other encodings are
+    refused with the line of the first undecodable byte."""
+    with open(csv_path, "rb") as fh:
+        data = fh.read()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise DatasetFormatError(f"{csv_path}: line {line}: byte {data[e.start]:#04x} is not UTF-8; save the "
+                                 f"index as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    for fields in reader:
+        yield reader.line_num, fields
+
+
+def _looks_like_header(img, dep) -> bool:
+    """A first row of column names (image_path,depth_path; rgb,depth) rather than file names."""
+    return isinstance(dep, str) and not any("." in x or "/" in x or "\\" in x for x in (img, dep))
 
 
 def _checked(p, what, data_root, alt_roots, check, line, missing) -> str:
@@ -552,7 +591,8 @@ class DepthDataset(Dataset):
 
     def __init__(self, csv_file: Optional[str], data_root: str = "datasets", spec=None, split: str = "train",
                  train: Optional[bool] = None, scale: float = 1.0, transform=None, check_files: bool = True,
-                 full_frame: bool = False, rows: Optional[List[Row]] = None):
+                 full_frame: bool = False, rows: Optional[List[Row]] = None, scannet_resize: str = "twice",
+                 nyu_rotation: str = "bilinear"):
         spec = get_domain(spec) if spec is not None else self.default_spec
         if spec is None:
             raise ValueError(f"{type(self).__name__} needs a domain spec")
@@ -561,7 +601,10 @@ class DepthDataset(Dataset):
         self.spec, self.split, self.data_root, self.csv_file = spec, split, data_root, csv_file
         self.train = (split != "test") if train is None else bool(train)
         self.encoding = spec.encoding(split)
-        self.transform = transform or build_transform(spec, self.train, scale, full_frame)
+        if scannet_resize not in SCANNET_RESIZES:
+            raise ValueError(f"scannet_resize must be one of {SCANNET_RESIZES}, got {scannet_resize!r}")
+        self.scannet_resize = scannet_resize
+        self.transform = transform or build_transform(spec, self.train, scale, full_frame, nyu_rotation)
         if rows is None:
             _require_file(csv_file, spec, split, data_root)
             rows = read_index_csv(csv_file, data_root, spec.alt_roots, check_files)
@@ -594,6 +637,8 @@ class DepthDataset(Dataset):
         if image.size == (w, h):
             return image
         if self.rgb_to_depth_size or self.spec.rgb_to_depth_size:
+            if self.scannet_resize == "once" and getattr(self.transform, "resize", None) not in (None, "cover"):
+                return image  # the authors' single resize: the transform takes colour straight to its size
             return image.resize((w, h), Image.BILINEAR)
         raise DatasetFormatError(f"image is {image.size[0]}x{image.size[1]} but depth is {w}x{h} (WxH); "
                                  f"domain '{self.spec.name}' expects equal sizes")
@@ -750,11 +795,13 @@ def _require_root(data_root: str) -> None:
 
 def get_dataset(domain, split: str, data_root: str = "datasets", train: Optional[bool] = None,
                 scale: float = 1.0, *, full_frame: bool = False, check_files: bool = True,
-                transform=None) -> DepthDataset:
+                transform=None, scannet_resize: str = "twice", nyu_rotation: str = "bilinear") -> DepthDataset:
     """Dataset of one domain and split ("train" | "test" | "replay").
 
     train defaults to split != "test" (replay rows get the training transform).  Custom domains
     in `<data_root>/domains.json` are registered first.  full_frame: evaluate on uncropped frames.
+    scannet_resize: "twice" (ours: colour to the depth size, then the recipe's resize) or "once"
+    (the authors': colour straight to the recipe's size). nyu_rotation: "bilinear" or "spline".
     """
     _require_root(data_root)
     load_domains_from_root(data_root)
@@ -765,7 +812,8 @@ def get_dataset(domain, split: str, data_root: str = "datasets", train: Optional
     _require_file(csv_file, spec, split, data_root)
     cls = SOURCE_CLASSES[spec.source]
     return cls(csv_file, data_root, spec, split=split, train=train, scale=scale, transform=transform,
-               check_files=check_files, full_frame=full_frame)
+               check_files=check_files, full_frame=full_frame, scannet_resize=scannet_resize,
+               nyu_rotation=nyu_rotation)
 
 
 # ============================================================================ loaders

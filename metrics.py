@@ -8,12 +8,12 @@
   the set weighted equally, exactly as if all valid pixels were concatenated into one image).
 * :func:`format_table` -- a fixed-format text table of per-domain results.
 
-The authors' own evaluation used neither caps nor crops (only gt > 0) and per-pixel averaging;
-reproduce it with ``prepare_pair(pred, gt)`` (defaults) and ``ErrorAggregator(mode="pixel")``.
-
-Note on the authors' RMSE: their script accumulated each image's RMSE weighted by its pixel
-count, while the pixel mode here computes the RMSE of all pixels together (sqrt of the pooled
-MSE). All other measures are means over pixels and agree exactly.
+The authors' own evaluation (their util.py) used neither caps nor crops (only gt > 0), per-pixel
+averaging, each image's RMSE weighted by its valid-pixel count, no clamp of the prediction and
+``<=`` in the delta test; reproduce it exactly with ``prepare_pair(pred, gt)`` (defaults) and
+``ErrorAggregator(mode="pixel", rmse="weighted", clamp=False, delta_le=True)`` (what
+``--protocol authors`` / ``--authors-eval`` select). With the defaults (``rmse="pooled"``) the pixel
+mode's RMSE is that of all pixels together (sqrt of the pooled MSE).
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def _to_numpy(x, name: str) -> np.ndarray:
         raise TypeError(f"{name} must be a numpy array or torch tensor, got {type(x).__name__}") from e
 
 
-def _valid_pair(pred, gt):
+def _valid_pair(pred, gt, clamp: bool = True):
     p = _to_numpy(pred, "pred")
     g = _to_numpy(gt, "gt")
     if p.shape != g.shape:
@@ -80,15 +80,26 @@ def _valid_pair(pred, gt):
     valid = np.isfinite(g) & (g > 0)
     if not valid.any():
         raise ValueError("ground truth has no valid pixel (no gt > 0): cannot compute errors")
-    p = np.maximum(p[valid], PRED_EPS)
+    p = np.maximum(p[valid], PRED_EPS) if clamp else p[valid]
     return p, g[valid]
 
 
-def _error_sums(p: np.ndarray, g: np.ndarray) -> dict:
-    """Summable statistics of valid pixels ``p`` (prediction) and ``g`` (ground truth)."""
+def _delta_ratio(p: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """max(p/g, g/p) with IEEE semantics, as the authors' ``maxOfTwo`` computes it: a negative
+    prediction gives a negative ratio (so it passes every delta test), a zero one gives inf."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.maximum(p / g, g / p)
+
+
+def _error_sums(p: np.ndarray, g: np.ndarray, delta_le: bool = False) -> dict:
+    """Summable statistics of valid pixels ``p`` (prediction) and ``g`` (ground truth).
+    ``delta_le``: the delta tests use ``<=`` (the authors') instead of ``<``."""
     diff = p - g
-    d = np.log(p) - np.log(g)
-    ratio = np.maximum(p / g, g / p)
+    with np.errstate(divide="ignore", invalid="ignore"):  # only reachable without the clamp
+        d = np.log(p) - np.log(g)
+        log10_abs = np.abs(np.log10(p) - np.log10(g))
+    ratio = _delta_ratio(p, g)
+    within = np.less_equal if delta_le else np.less
     return {
         "n": int(p.size),
         "abs_rel": float(np.sum(np.abs(diff) / g)),
@@ -97,10 +108,10 @@ def _error_sums(p: np.ndarray, g: np.ndarray) -> dict:
         "abs": float(np.sum(np.abs(diff))),
         "log_sq": float(np.sum(d ** 2)),
         "log": float(np.sum(d)),
-        "log10_abs": float(np.sum(np.abs(np.log10(p) - np.log10(g)))),
-        "delta1": int(np.count_nonzero(ratio < 1.25)),
-        "delta2": int(np.count_nonzero(ratio < 1.25 ** 2)),
-        "delta3": int(np.count_nonzero(ratio < 1.25 ** 3)),
+        "log10_abs": float(np.sum(log10_abs)),
+        "delta1": int(np.count_nonzero(within(ratio, 1.25))),
+        "delta2": int(np.count_nonzero(within(ratio, 1.25 ** 2))),
+        "delta3": int(np.count_nonzero(within(ratio, 1.25 ** 3))),
     }
 
 
@@ -108,6 +119,12 @@ def _errors_from_sums(s: dict) -> dict:
     n = s["n"]
     mean_d = s["log"] / n
     mean_d2 = s["log_sq"] / n
+    if not (math.isfinite(mean_d) and math.isfinite(mean_d2)):  # non-positive predictions, unclamped
+        return dict(_errors_from_finite_sums(s, n, 0.0, 0.0), rmse_log=math.nan, silog=math.nan)
+    return _errors_from_finite_sums(s, n, mean_d, mean_d2)
+
+
+def _errors_from_finite_sums(s: dict, n: int, mean_d: float, mean_d2: float) -> dict:
     return {
         "abs_rel": s["abs_rel"] / n,
         "sq_rel": s["sq_rel"] / n,
@@ -123,7 +140,7 @@ def _errors_from_sums(s: dict) -> dict:
     }
 
 
-def compute_errors(pred, gt) -> dict:
+def compute_errors(pred, gt, *, clamp: bool = True, delta_le: bool = False) -> dict:
     """Error measures of ONE image.
 
     Args:
@@ -139,11 +156,15 @@ def compute_errors(pred, gt) -> dict:
     ``silog`` 100*sqrt(mean d^2 - (mean d)^2), ``delta{k}`` fraction of max(p/g, g/p) < 1.25**k,
     where d = ln p - ln g.
 
+    The authors' evaluation (``util.evaluateError``) differs in two ways, each an option here:
+    ``clamp=False`` leaves predictions unclamped (a negative one then passes every delta test, as in
+    their ``maxOfTwo``, and the log measures become NaN); ``delta_le=True`` tests ``<= 1.25**k``.
+
     Raises:
         ValueError: shapes differ, or ``gt`` has no valid pixel.
     """
-    p, g = _valid_pair(pred, gt)
-    return _errors_from_sums(_error_sums(p, g))
+    p, g = _valid_pair(pred, gt, clamp)
+    return _errors_from_sums(_error_sums(p, g, delta_le))
 
 
 # ----------------------------------------------------------------------------- crops and caps
@@ -272,15 +293,25 @@ class ErrorAggregator:
 
     :meth:`result` returns the metrics as floats plus ``count`` (images used), ``pixels``
     (valid pixels used) and ``skipped`` (images ignored), all ints.
+
+    The authors' evaluation (``--protocol authors``) is ``mode="pixel", rmse="weighted",
+    clamp=False, delta_le=True``: ``rmse="weighted"`` makes the pixel mode's RMSE the mean of the
+    per-image RMSEs weighted by their valid-pixel counts (their ``addErrors``) instead of the RMSE
+    of all pixels together; ``clamp`` and ``delta_le`` are passed to :func:`compute_errors`.
     """
 
     MODES = ("image", "pixel")
+    RMSE_MODES = ("pooled", "weighted")
 
-    def __init__(self, mode: str = "image", skip_empty: bool = False):
+    def __init__(self, mode: str = "image", skip_empty: bool = False, *, rmse: str = "pooled",
+                 clamp: bool = True, delta_le: bool = False):
         if mode not in self.MODES:
             raise ValueError(f"unknown mode {mode!r}; expected one of {self.MODES}")
+        if rmse not in self.RMSE_MODES:
+            raise ValueError(f"unknown rmse mode {rmse!r}; expected one of {self.RMSE_MODES}")
         self.mode = mode
         self.skip_empty = bool(skip_empty)
+        self.rmse, self.clamp, self.delta_le = rmse, bool(clamp), bool(delta_le)
         self.reset()
 
     def reset(self) -> None:
@@ -289,6 +320,7 @@ class ErrorAggregator:
         self.skipped = 0
         self._image_sums = {k: 0.0 for k in METRIC_NAMES}
         self._pixel_sums = {k: 0 for k in _SUM_KEYS}
+        self._weighted_rmse = 0.0  # sum over images of (valid pixels x image RMSE)
 
     def add(self, pred, gt) -> dict | None:
         """Add one image; returns its own errors (None when skipped as empty)."""
@@ -297,11 +329,12 @@ class ErrorAggregator:
         if self.skip_empty and p.shape == g.shape and not (np.isfinite(g) & (g > 0)).any():
             self.skipped += 1
             return None
-        pv, gv = _valid_pair(p, g)
-        sums = _error_sums(pv, gv)
+        pv, gv = _valid_pair(p, g, self.clamp)
+        sums = _error_sums(pv, gv, self.delta_le)
         errors = _errors_from_sums(sums)
         self.count += 1
         self.pixels += sums["n"]
+        self._weighted_rmse += sums["n"] * errors["rmse"]
         for k in METRIC_NAMES:
             self._image_sums[k] += errors[k]
         for k in _SUM_KEYS:
@@ -315,6 +348,8 @@ class ErrorAggregator:
             out = {k: self._image_sums[k] / self.count for k in METRIC_NAMES}
         else:
             out = _errors_from_sums(self._pixel_sums)
+            if self.rmse == "weighted":
+                out["rmse"] = self._weighted_rmse / self.pixels
         out["count"] = self.count
         out["pixels"] = self.pixels
         out["skipped"] = self.skipped

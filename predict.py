@@ -3,6 +3,7 @@
     python predict.py photo.jpg --checkpoint runs/NKS.pth.tar --out predictions
     python predict.py frames/ --domain K --ply                      # force the KITTI head, point clouds
     python predict.py room.png --ply --intrinsics 518.9,519.5,325.6,253.7
+    python predict.py drive.mp4 --out out/      # a video: depth video + per-frame log (stream.py)
 
 For each image ``<name>`` it writes into ``--out``:
 
@@ -60,6 +61,8 @@ CLIError = T.CLIError
 from domains import get_domain  # noqa: E402
 from evaluation import upsample_to  # noqa: E402
 from prototypes import SELECTORS  # noqa: E402
+from safeio import atomic_write, clean_stale_temps  # noqa: E402
+import stream  # noqa: E402  (video files and frame folders)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif")
 OUTPUT_SUFFIXES = ("_depth.png", "_depth_color.png", "_uncertainty.png")
@@ -112,7 +115,8 @@ def depth_to_png16(depth_m: np.ndarray) -> np.ndarray:
 
 
 def save_png16(path, depth_m: np.ndarray) -> None:
-    Image.fromarray(depth_to_png16(depth_m)).save(path)
+    with atomic_write(path) as f:  # complete or absent, also on a full disk or a kill
+        Image.fromarray(depth_to_png16(depth_m)).save(f, format="PNG")
 
 
 def parse_intrinsics(text):
@@ -155,7 +159,7 @@ def write_ply(path, depth_m: np.ndarray, rgb: np.ndarray, intrinsics, stride=1) 
     header = ("ply\nformat binary_little_endian 1.0\ncomment Lifelong-MonoDepth predict.py, metres\n"
               f"element vertex {z.size}\nproperty float x\nproperty float y\nproperty float z\n"
               "property uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n")
-    with open(path, "wb") as f:
+    with atomic_write(path) as f:
         f.write(header.encode("ascii"))
         f.write(pts.tobytes())
     return int(z.size)
@@ -196,7 +200,8 @@ def save_colormap(path, values: np.ndarray, label: str, cmap: str, vmin=None, vm
         fmt = ScalarFormatter(useOffset=False)
         bar.ax.yaxis.set_major_formatter(fmt)
         bar.set_label(label)
-        fig.savefig(path, dpi=dpi)
+        with atomic_write(path) as f:
+            fig.savefig(f, dpi=dpi, format="png")
     finally:
         plt.close(fig)
 
@@ -256,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Metric depth for an image or a folder of images: 16-bit millimetre PNG, float32 "
                     ".npy in metres, colour-mapped depth and uncertainty PNGs, optional PLY point cloud.",
         formatter_class=T.HelpFormatter)
-    p.add_argument("input", help="an image file, or a folder of images (png, jpg, bmp, tif, webp, ...)")
+    p.add_argument("input", help="an image file, or a folder of images (png, jpg, bmp, tif, webp, ...), "
+                                 "or a video file (depth video + per-frame log; see the streams options)")
     p.add_argument("--checkpoint", default=T.DEFAULT_CHECKPOINT,
                    help="checkpoint (project format; an authors' file needs --order)")
     p.add_argument("--order", default=None, help="learning order naming the heads of an authors' file, e.g. NKS")
@@ -264,8 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--domain", default=None,
                    help="use this learned domain's head (letter or name, e.g. N or nyu); default: "
                         "chosen per image by the nearest domain prototype")
-    p.add_argument("--selector", default="pooled", choices=list(SELECTORS),
-                   help="prototype distance for automatic selection (see test_inference.py)")
+    p.add_argument("--selector", default=None, choices=list(SELECTORS),
+                   help="prototype distance for automatic selection (see test_inference.py); default: "
+                        "lda where the checkpoint stores its statistics, else pooled")
     p.add_argument("--replay-root", default=None,
                    help="compute prototypes from this data root's replay rows (for files without them)")
     p.add_argument("--size", default=None,
@@ -278,7 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep raw network depth; by default depth is clamped to the domain's range "
                         "(e.g. 1e-3..10 m for NYU)")
     p.add_argument("--no-plots", action="store_true",
-                   help="skip the colour-mapped PNGs (faster; the 16-bit PNG and .npy are still written)")
+                   help="skip the colour-mapped PNGs (faster; the 16-bit PNG and .npy are still written); "
+                        "for a stream: no depth video (the log, and --save-depth files, still)")
     p.add_argument("--ply", action="store_true", help="also write a coloured point cloud <name>.ply")
     p.add_argument("--intrinsics", default=None,
                    help="fx,fy,cx,cy in pixels at the original image size for --ply (default: the "
@@ -287,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ply-stride", type=int, default=1, help="keep every N-th pixel in x and y for --ply")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     T.add_runtime_arguments(p)
+    stream.add_stream_arguments(p)
     return p
 
 
@@ -331,29 +340,64 @@ class Predictor:
 
     def __call__(self, img: Image.Image):
         """(depth (H,W) metres, uncertainty (H,W), head index, how chosen) at the image's size."""
+        r = self.run(img)
+        return r["depth"], r["uncertainty"], r["head"], r["how"]
+
+    def run(self, img: Image.Image, choose=None, head=None, want_distances=False) -> dict:
+        """One image: ``{"depth", "uncertainty"}`` (H,W) at the image's size, ``"head"`` (index),
+        ``"how"`` ("given" or "auto"), ``"raw_head"`` (the nearest prototype's head, or None) and
+        ``"distances"`` ((D,) float32 tensor, or None).
+
+        ``head`` forces a head for this image (else ``--domain``, else automatic). ``choose(raw_head,
+        distances) -> head`` replaces the per-image nearest-prototype rule (stream.py's smoothing).
+        The distances come from the first domain's input size, so they do not depend on the head
+        chosen before; they are computed when the head is automatic or ``want_distances`` is set.
+        """
         W, H = img.size
-        if self.forced is not None:
-            head, how = self.forced, "given"
-            x = to_input(img, self.size or self.sizes[head])
-            out = self.predictor.predict(x, domain=head, with_uncertainty=True)
+        forced = head if head is not None else self.forced
+        out = raw = dists = None
+        size0 = self.size or self.sizes[0]
+        if forced is None or (want_distances and self.predictor.prototypes):
+            out = self.predictor.predict(to_input(img, size0), domain=None, with_uncertainty=True)
+            raw, dists = int(out["domain"][0]), out["distances"][0].float().cpu()
+        if forced is not None:
+            chosen, how = int(forced), "given"
         else:
-            size0 = self.size or self.sizes[0]
-            x0 = to_input(img, size0)
-            out = self.predictor.predict(x0, domain=None, with_uncertainty=True)
-            head, how = int(out["domain"][0]), "auto"
-            size = self.size or self.sizes[head]
-            if tuple(size) != tuple(size0):
-                out = self.predictor.predict(to_input(img, size), domain=head, with_uncertainty=True)
+            chosen, how = (raw if choose is None else int(choose(raw, dists))), "auto"
+        size = self.size or self.sizes[chosen]
+        if out is None or chosen != raw or tuple(size) != tuple(size0):
+            out = self.predictor.predict(to_input(img, size), domain=chosen, with_uncertainty=True)
         depth = upsample_to(out["depth"].float(), (H, W))[0, 0].cpu().numpy().astype(np.float32)
         unc = out["uncertainty"]
         unc = (upsample_to(unc.float(), (H, W))[0, 0].cpu().numpy().astype(np.float32)
                if unc is not None else None)
-        return depth, unc, head, how
+        return {"depth": depth, "uncertainty": unc, "head": chosen, "how": how, "raw_head": raw,
+                "distances": dists}
+
+    def clamp(self, depth: np.ndarray, head: int) -> np.ndarray:
+        """``depth`` clipped to head ``head``'s domain depth range (the default of every output)."""
+        lo, hi = self.ranges[head]
+        return np.clip(depth, lo, hi)
+
+
+def check_max_depth(value) -> None:
+    if value is not None and not 0 < value < math.inf:
+        raise CLIError(f"--max-depth {value!r}: expected a positive number of metres (the top of the colour bar)")
+
+
+def clean_output_litter(out_dir: Path, stems) -> None:
+    """Temp files of writes killed in an earlier run (and the old predictions.json.tmp)."""
+    for folder in {out_dir, *(Path(s).parent for s in stems)}:
+        clean_stale_temps(folder)
+    (out_dir / "predictions.json.tmp").unlink(missing_ok=True)
 
 
 def main(argv=None) -> int:
     """Run predict.py; returns the exit status (0 = every image written, 1 = some failed)."""
     args = build_parser().parse_args(argv)
+    check_max_depth(args.max_depth)
+    if stream.is_stream_input(args):  # a video file or --stream folder: stream.py's path
+        return stream.main_stream(args, T.resolve_device(args.device))
     if args.ply_stride < 1:
         raise CLIError(f"--ply-stride must be at least 1, got {args.ply_stride}")
     given_k = parse_intrinsics(args.intrinsics) if args.intrinsics else None
@@ -367,6 +411,7 @@ def main(argv=None) -> int:
     model = Predictor(args, device)
     stems = output_stems(images, target, out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    clean_output_litter(out_dir, stems.values())
     failed, done = [], []
     bar = tqdm(images, desc="predict", unit="img", disable=args.quiet, dynamic_ncols=True)
     for f in bar:
@@ -395,7 +440,8 @@ def main(argv=None) -> int:
             save_png16(p, depth)
             written.append(p)
             p = Path(f"{stem}_depth.npy")
-            np.save(p, depth.astype(np.float32))
+            with atomic_write(p) as fh:
+                np.save(fh, depth.astype(np.float32))
             written.append(p)
             letter = model.letters[head]
             if not args.no_plots:

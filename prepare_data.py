@@ -96,7 +96,8 @@ def read_csv_rows(path: str) -> List[List[str]]:
 def write_rows(path: str, rows: Iterable[Sequence[str]]) -> int:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     rows = list(rows)
-    with open(path, "w", newline="", encoding="utf-8") as f:
+    from safeio import atomic_write  # an index CSV appears complete or not at all
+    with atomic_write(path, "w", encoding="utf-8") as f:
         csv.writer(f, lineterminator="\n").writerows(rows)
     return len(rows)
 

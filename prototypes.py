@@ -8,13 +8,30 @@ Two prototype forms are kept per learned domain:
 - ``pooled``: resolution independent. Each fused feature map is reduced to the per-channel mean and
   standard deviation (128 values); the prototype is their mean over the domain's samples. This is
   the default selector: it costs almost nothing and does not depend on the input size.
+- ``lda`` (the default where a checkpoint stores it): linear discriminant analysis of the pooled
+  descriptor. From the replay images *under the training augmentation* (flips, colour jitter,
+  lighting; ``LDA_PASSES`` passes) it keeps each domain's mean descriptor and one within-domain
+  covariance shared by all domains (shrunk by ``LDA_SHRINK`` towards a multiple of the identity so
+  that it inverts); a query goes to the domain with the smallest Mahalanobis distance. The
+  covariance learns which descriptor directions move with flips, brightness and contrast and
+  discounts them, which the plain ``pooled`` distance cannot (README, selection benchmark).
+- ``authors``: the released ``test_inference.py`` exactly (``--selector authors``): per domain the
+  fused feature maps of (up to) 500 replay images loaded *with the training augmentation*, summed
+  and divided by N-1 (their ``mean_feas / 499`` after 500 images); a query scores each domain by the
+  mean squared difference between its feature map and that prototype *resized to the query's size*
+  (bilinear, align_corners=True). Needs the replay images: ``compute_authors_prototypes``.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-SELECTORS = ("pooled", "map")
+SELECTORS = ("lda", "pooled", "map", "authors")
+DEFAULT_SELECTOR = "lda"  # the best on test_inference.py --selection-benchmark (README); a
+# checkpoint without LDA statistics falls back to "pooled" (choose_selector)
+LDA_PASSES = 2       # augmented passes over each domain's replay images
+LDA_SHRINK = 0.01    # covariance shrinkage (measured: 0.003 .. 0.03 give the same accuracy)
+AUTHORS_PROTO_IMAGES = 500  # the authors' loop stops after image index 499
 
 
 def pooled_descriptor(feats: torch.Tensor) -> torch.Tensor:
@@ -77,8 +94,108 @@ def compute_prototypes(net, loaders, device="cpu", max_images=None, progress=Non
     return {"pooled": torch.stack(pooled), "map": maps, "counts": counts}
 
 
+@torch.no_grad()
+def compute_authors_prototypes(net, loaders, device="cpu", max_images=AUTHORS_PROTO_IMAGES,
+                               progress=None) -> list:
+    """The authors' prototypes: for each domain, the sum of the fused feature maps of its first
+    ``max_images`` images (``loaders[i]``: the replay rows with the *training* transform, in their
+    shuffled order), divided by N-1 where N is the number of images used (their 499 for 500).
+    Returns a list of (C, h, w) float32 tensors (the network runs in eval mode, as theirs)."""
+    was_training = net.training
+    net.eval()
+    maps = []
+    for loader in loaders:
+        total, n = None, 0
+        for batch in loader:
+            feats = net.features(batch["image"].to(device)).float()[:max_images - n]
+            part = feats.sum(dim=0).cpu()
+            total = part if total is None else total + part
+            n += feats.shape[0]
+            if progress is not None:
+                progress.update(feats.shape[0])
+            if n >= max_images:
+                break
+        if n < 2:
+            raise ValueError("the authors' prototype needs at least 2 images per domain (it divides by N-1)")
+        maps.append(total / (n - 1))
+    net.train(was_training)
+    return maps
+
+
+def authors_distances(feats: torch.Tensor, maps) -> torch.Tensor:
+    """(B, D): mean over (C, h, w) of (query - prototype resized to the query's h x w)^2."""
+    query = feats.float()
+    dists = []
+    for proto in maps:
+        proto = proto.to(query.device, torch.float32)[None]
+        if proto.shape[-2:] != query.shape[-2:]:
+            proto = F.interpolate(proto, size=query.shape[-2:], mode="bilinear", align_corners=True)
+        dists.append(((query - proto) ** 2).flatten(1).mean(dim=1))
+    return torch.stack(dists, dim=1)
+
+
+@torch.no_grad()
+def compute_lda(net, loaders, device="cpu", passes=LDA_PASSES, shrink=LDA_SHRINK, progress=None) -> dict:
+    """The ``lda`` selector's statistics from ``loaders[i]``: domain i's replay images with the
+    TRAINING transform (each pass draws new augmentations). Returns ``{"means": (D, 2C),
+    "precision": (2C, 2C), "shrink": float, "counts": [n_i]}`` (float32 tensors)."""
+    was_training = net.training
+    net.eval()
+    per_domain = []
+    for loader in loaders:
+        descs = []
+        for k in range(passes):
+            if hasattr(loader.dataset, "epoch"):  # lifelong.SeededSamples: new augmentations per pass
+                loader.dataset.epoch = k
+            descs += [pooled_descriptor(net.features(batch["image"].to(device))).double().cpu()
+                      for batch in loader]
+        per_domain.append(torch.cat(descs))
+        if progress is not None:
+            progress.update(per_domain[-1].shape[0])
+    net.train(was_training)
+    return fit_lda(per_domain, shrink)
+
+
+def fit_lda(per_domain, shrink=LDA_SHRINK) -> dict:
+    """Domain means and the inverse of the shared, shrunk within-domain covariance:
+    S = sum_d sum_i (x - m_d)(x - m_d)^T / (N - D); S' = (1 - shrink) S + shrink tr(S)/p I."""
+    means = torch.stack([x.mean(dim=0) for x in per_domain])
+    resid = torch.cat([x - m for x, m in zip(per_domain, means)])
+    if resid.shape[0] <= len(per_domain):
+        raise ValueError("the lda selector needs more than one image per domain")
+    cov = resid.T @ resid / (resid.shape[0] - len(per_domain))
+    p = cov.shape[0]
+    cov = (1 - shrink) * cov + shrink * torch.trace(cov) / p * torch.eye(p, dtype=cov.dtype)
+    return {"means": means.float(), "precision": torch.linalg.inv(cov).float(), "shrink": float(shrink),
+            "counts": [int(x.shape[0]) for x in per_domain]}
+
+
+def lda_distances(query: torch.Tensor, lda: dict) -> torch.Tensor:
+    """(B, D) squared Mahalanobis distances of pooled descriptors ``query`` (B, 2C)."""
+    diff = query.double()[:, None, :] - lda["means"].to(query.device, torch.float64)[None]
+    precision = lda["precision"].to(query.device, torch.float64)
+    return torch.einsum("bdi,ij,bdj->bd", diff, precision, diff).float()
+
+
+def choose_selector(prototypes, selector=None) -> str:
+    """``selector`` if given, else DEFAULT_SELECTOR when the prototypes support it, else pooled."""
+    if selector is not None:
+        return selector
+    return DEFAULT_SELECTOR if (prototypes or {}).get(DEFAULT_SELECTOR) else "pooled"
+
+
 def prototype_distances(feats: torch.Tensor, prototypes: dict, selector: str = "pooled") -> torch.Tensor:
     """(B, D) distances from each image's fused features to each domain prototype."""
+    if selector == "lda":
+        if not prototypes.get("lda"):
+            raise ValueError("this checkpoint stores no statistics for the lda selector; compute them "
+                             "from replay data (test_inference.py --replay-root DIR) or use --selector pooled")
+        return lda_distances(pooled_descriptor(feats), prototypes["lda"])
+    if selector == "authors":
+        if not prototypes.get("authors"):
+            raise ValueError("the authors' selector needs prototypes from training-augmented replay "
+                             "images (test_inference.py --selector authors --replay-root DIR)")
+        return authors_distances(feats, prototypes["authors"])
     if selector == "pooled":
         query = pooled_descriptor(feats)
         return torch.cdist(query, prototypes["pooled"].to(query.device, query.dtype))

@@ -478,12 +478,10 @@ def read_json(path: Path):
 
 
 def write_json(path: Path, payload) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
+    from safeio import atomic_write  # complete or not at all, no temp file left behind
+    with atomic_write(path, "w", encoding="utf-8") as f:
         json.dump(payload, f, indent=1, default=_json_default)
         f.write("\n")
-    os.replace(tmp, path)
 
 
 def _json_default(obj):
@@ -542,7 +540,7 @@ def train_job(job: Job, s: Settings) -> str:
         status = "done"
     except SystemExit as e:
         if e.code not in (0, None):
-            status = "interrupted" if e.code == 130 else "failed"
+            status = "interrupted" if e.code in (130, 143) else "failed"  # SIGINT / SIGTERM
             raise
         status = "done"
     finally:
@@ -1978,7 +1976,9 @@ def _main(args, s, orders, strategies, variants, variant_orders, report_path, fi
     timings = summarize_timings(plan, evals, time.time() - t_start, s)
     report = Report(res, args, timings, figures, report_path, variants, variant_orders).build()
     report_path.parent.mkdir(parents=True, exist_ok=True)
-    report_path.write_text(report)
+    from safeio import atomic_write
+    with atomic_write(report_path, "w", encoding="utf-8") as f:
+        f.write(report)
     payload = {"settings": s.training(), "evaluation": s.evaluation(), "orders": orders,
                "strategies": strategies, "counts": counts, "timings": timings,
                "matrices": {f"{o}/{st}/{m}": res.matrix(o, st, m) for o in orders for st in strategies

@@ -1351,7 +1351,8 @@ def _work(task) -> dict:
 
 # ============================================================================ CSVs, replay, meta
 def _write_csv(path: str, rows: Sequence[Tuple[str, str]]) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as fh:
+    from safeio import atomic_write  # an index CSV appears complete or not at all
+    with atomic_write(path, "w", encoding="utf-8") as fh:
         w = csv.writer(fh, lineterminator="\n")
         w.writerows(rows)
 

@@ -25,7 +25,6 @@ import argparse
 import inspect
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -37,12 +36,18 @@ from tqdm import tqdm
 from domains import get_domain, load_domains_from_root
 from evaluation import DomainEvaluator
 from inference import DepthPredictor
+from models.runtimes import RuntimeUnavailable
 from metrics import HIGHER_IS_BETTER, METRIC_NAMES, format_table
 from models import CheckpointError, read_checkpoint
+from safeio import WriteError, atomic_write, clean_stale_temps
+from protocol import EVALUATION as EVAL_OPTIONS
+from protocol import add_protocol_argument
+from protocol import resolve as resolve_protocol
 
 DEFAULT_CHECKPOINT = "runs/NKS.pth.tar"
 DEFAULT_MATRIX_METRICS = "abs_rel,rmse,delta1"
 CROP_CHOICES = ("default", "none", "eigen", "garg")
+FULL_FRAME_CHOICES = ("none", "all", "kitti")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
@@ -89,6 +94,10 @@ def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--precision", default="auto", choices=list(PRECISIONS),
                    help="numeric precision asked of DepthPredictor (auto = its own default); ignored "
                         "with a warning when the installed DepthPredictor has no such option")
+    g.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "openvino"],
+                   help="what runs the network: PyTorch, or float32 ONNX graphs of the trunk and the "
+                        "chosen head in ONNX Runtime / OpenVINO (CPU; see bench/README.md for when "
+                        "that is faster)")
     g.add_argument("--predictor-option", action="append", default=[], metavar="KEY=VALUE",
                    help="extra keyword argument for DepthPredictor.from_checkpoint (repeatable; the "
                         "value is parsed as JSON when it can be, e.g. channels_last=false)")
@@ -115,6 +124,9 @@ def predictor_options(args) -> dict:
     precision = getattr(args, "precision", "auto")
     if precision != "auto":
         opts["precision"] = precision
+    backend = getattr(args, "backend", "torch")
+    if backend != "torch":
+        opts["backend"] = backend
     for item in getattr(args, "predictor_option", []) or []:
         if "=" not in item:
             raise CLIError(f"--predictor-option {item!r}: expected KEY=VALUE")
@@ -170,7 +182,7 @@ def _translate(fn, opts: dict, *more) -> dict:
     return out
 
 
-def make_predictor(path, args, device, order=None, prototypes=None, selector="pooled",
+def make_predictor(path, args, device, order=None, prototypes=None, selector=None,
                    quiet=False) -> DepthPredictor:
     """DepthPredictor.from_checkpoint with the runtime options of ``args`` passed through.
 
@@ -186,7 +198,7 @@ def make_predictor(path, args, device, order=None, prototypes=None, selector="po
     try:
         return DepthPredictor.from_checkpoint(path, order=order, device=device, selector=selector,
                                               prototypes=prototypes, **ok)
-    except CheckpointError as e:
+    except (CheckpointError, RuntimeUnavailable) as e:  # a bad file; a --backend not installed
         raise CLIError(str(e)) from None
 
 
@@ -264,12 +276,24 @@ def worker_count(args, device) -> int:
     return 2 if device.type == "cuda" else 0
 
 
-def test_dataset(letter, data_root, scale, max_images=None, full_frame=False):
-    """The test split of a domain (deterministic test transform), optionally its first images."""
+def full_frame_for(letter, full_frame) -> bool:
+    """Whether domain ``letter`` is evaluated on whole frames: --full-frame all / kitti / none."""
+    if full_frame in (None, False, "none"):
+        return False
+    if full_frame == "kitti":
+        return get_domain(letter).transform == "kitti"
+    return True
+
+
+def test_dataset(letter, data_root, scale, max_images=None, full_frame=False, scannet_resize="twice"):
+    """The test split of a domain (deterministic test transform), optionally its first images.
+    ``full_frame``: a bool, or a --full-frame value (none / all / kitti)."""
     from loaders import DatasetFormatError, get_dataset
+    full_frame = full_frame_for(letter, full_frame)
     try:
         ds = get_dataset(letter, "test", str(data_root), train=False, scale=scale,
-                         **({"full_frame": True} if full_frame else {}))
+                         **({"full_frame": True} if full_frame else {}),
+                         **({"scannet_resize": scannet_resize} if scannet_resize != "twice" else {}))
     except (FileNotFoundError, DatasetFormatError, ValueError) as e:
         raise CLIError(str(e)) from None
     if len(ds) == 0:
@@ -285,7 +309,7 @@ def make_loader(ds, batch_size, workers, device):
 
 
 def evaluate_split(predictor, loader, head: int, spec, crop="default", cap=True, aggregate="image",
-                   selection=False, bar=None) -> dict:
+                   selection=False, bar=None, rmse="pooled", pred_clamp=True, delta="lt") -> dict:
     """Errors of one domain's test images.
 
     With the domain prior every image goes through head ``head``. With ``selection`` each image
@@ -295,8 +319,10 @@ def evaluate_split(predictor, loader, head: int, spec, crop="default", cap=True,
 
     Returns ``{"prior": metrics, "selected": metrics or None, "chosen": [count per head] or None}``.
     """
-    prior = DomainEvaluator(spec, crop=crop, cap=cap, aggregate=aggregate)
-    selected = DomainEvaluator(spec, crop=crop, cap=cap, aggregate=aggregate) if selection else None
+    rules = {"crop": crop, "cap": cap, "aggregate": aggregate, "rmse": rmse, "pred_clamp": pred_clamp,
+             "delta": delta}
+    prior = DomainEvaluator(spec, **rules)
+    selected = DomainEvaluator(spec, **rules) if selection else None
     chosen_counts = [0] * predictor.num_domains if selection else None
     for batch in loader:
         images, gt = batch["image"], batch["depth"]
@@ -336,17 +362,20 @@ def round_floats(obj, digits=6):
 
 
 def write_json(path, payload) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(round_floats(payload), f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    # complete or not at all, a failed write (full disk) named in one error line (safeio); the
+    # temp files of killed earlier writes in that folder go first
+    clean_stale_temps(Path(path).parent)
+    try:
+        with atomic_write(path, "w", encoding="utf-8") as f:
+            json.dump(round_floats(payload), f, indent=2)
+            f.write("\n")
+    except WriteError as e:
+        raise CLIError(str(e)) from None
 
 
 def eval_settings(args) -> dict:
-    return {"crop": args.crop, "cap": bool(args.cap), "aggregate": args.aggregate}
+    return {"crop": args.crop, "cap": bool(args.cap), "aggregate": args.aggregate, "rmse": args.rmse,
+            "pred_clamp": bool(args.pred_clamp), "delta": args.delta}
 
 
 def describe_predictor(options: dict) -> str:
@@ -354,8 +383,11 @@ def describe_predictor(options: dict) -> str:
 
 
 def describe_settings(settings: dict, scale: float) -> str:
+    extra = "".join([f", {settings['rmse']} RMSE" if settings.get("rmse", "pooled") != "pooled" else "",
+                     "" if settings.get("pred_clamp", True) else ", predictions unclamped",
+                     ", delta <=" if settings.get("delta") == "le" else ""])
     return (f"crop {settings['crop']}, {'capped' if settings['cap'] else 'no cap'}, "
-            f"{settings['aggregate']}-averaged, scale {scale:g}")
+            f"{settings['aggregate']}-averaged{extra}, scale {scale:g}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -453,6 +485,46 @@ def format_matrix(names, stage_labels, matrix, summary, metric: str) -> str:
 # ----------------------------------------------------------------------------------------------
 # The command
 # ----------------------------------------------------------------------------------------------
+def add_eval_arguments(p: argparse.ArgumentParser, g) -> None:
+    """--protocol and the evaluation conventions (shared with test_inference.py). Their defaults
+    are None: check_args fills them from the protocol (protocol.py), explicit values win."""
+    add_protocol_argument(p, g)
+    g.add_argument("--crop", default=None, choices=list(CROP_CHOICES),
+                   help="default = the domain's convention (Eigen for NYU, Garg for KITTI, none "
+                        "for ScanNet); none/eigen/garg force one for every domain (authors protocol: none)")
+    g.add_argument("--cap", action=argparse.BooleanOptionalAction, default=None,
+                   help="cap ground truth and prediction to the domain's depth range (NYU/ScanNet "
+                        "1e-3..10 m, KITTI 1e-3..80 m); default on (authors protocol: off)")
+    g.add_argument("--aggregate", default=None, choices=["image", "pixel"],
+                   help="image: mean of per-image errors (the field's standard); pixel: every valid "
+                        "pixel of the set weighted equally (the authors' way); default image "
+                        "(authors protocol: pixel)")
+    g.add_argument("--authors-eval", action="store_true",
+                   help="the evaluation part of --protocol authors: KITTI on full frames, --crop none "
+                        "--no-cap --aggregate pixel --rmse weighted --no-pred-clamp --delta le "
+                        "--scannet-resize once, plain float32 forward")
+    g.add_argument("--full-frame", nargs="?", const="all", default=None, choices=list(FULL_FRAME_CHOICES),
+                   help="evaluate on whole (resized) test frames instead of the network-input crop: "
+                        "all (the value when given alone) or kitti (KITTI only, as the authors' test "
+                        "loaders; NYU and ScanNet keep their centre crops); default none (authors "
+                        "protocol: kitti); use --batch-size 1 if frame sizes differ")
+    g.add_argument("--rmse", default=None, choices=["pooled", "weighted"],
+                   help="with --aggregate pixel: pooled = sqrt of the mean squared error of all "
+                        "pixels; weighted = each image's RMSE weighted by its valid pixels (the "
+                        "authors'); default pooled (authors protocol: weighted)")
+    g.add_argument("--pred-clamp", action=argparse.BooleanOptionalAction, default=None,
+                   help="clamp predictions to >= 1e-6 m before every metric; --no-pred-clamp as the "
+                        "authors (a negative prediction then passes the delta tests and makes the log "
+                        "metrics NaN); default on (authors protocol: off)")
+    g.add_argument("--delta", default=None, choices=["lt", "le"],
+                   help="delta test max(p/g, g/p) < 1.25^k (lt) or <= (le, the authors'); default lt "
+                        "(authors protocol: le)")
+    g.add_argument("--scannet-resize", default=None, choices=["twice", "once"],
+                   help="ScanNet colour: twice = to the depth size, then to the input recipe's size "
+                        "(ours); once = straight to the recipe's size (the authors'); default twice "
+                        "(authors protocol: once)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Evaluate a Lifelong-MonoDepth checkpoint with the domain prior: every learned "
@@ -478,20 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-images", type=int, default=None,
                    help="evaluate only the first N test images of each domain (quick runs)")
     g = p.add_argument_group("evaluation conventions")
-    g.add_argument("--crop", default="default", choices=list(CROP_CHOICES),
-                   help="default = the domain's convention (Eigen for NYU, Garg for KITTI, none "
-                        "for ScanNet); none/eigen/garg force one for every domain")
-    g.add_argument("--cap", action=argparse.BooleanOptionalAction, default=True,
-                   help="cap ground truth and prediction to the domain's depth range (NYU/ScanNet "
-                        "1e-3..10 m, KITTI 1e-3..80 m)")
-    g.add_argument("--aggregate", default="image", choices=["image", "pixel"],
-                   help="image: mean of per-image errors (the field's standard); pixel: every valid "
-                        "pixel of the set weighted equally (the authors' way)")
-    g.add_argument("--authors-eval", action="store_true",
-                   help="shortcut for the authors' evaluation: --crop none --no-cap --aggregate pixel")
-    g.add_argument("--full-frame", action="store_true",
-                   help="evaluate on whole (resized) test frames instead of the network-input crop "
-                        "(KITTI as in the authors' test script); use --batch-size 1 if frame sizes differ")
+    add_eval_arguments(p, g)
     g.add_argument("--scale", type=float, default=None,
                    help="input size factor of the test transform (default: the checkpoint's training "
                         "scale from its metadata, else 1.0)")
@@ -518,8 +577,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_args(args) -> None:
-    if args.authors_eval:
-        args.crop, args.cap, args.aggregate = "none", False, "pixel"
+    # one place maps the protocol to the evaluation options (protocol.py); explicit options win
+    resolve_protocol(args, EVAL_OPTIONS, "authors" if args.authors_eval else None)
+    if args.exact:
+        args.no_fast = True
     if args.batch_size < 1:
         raise CLIError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.max_images is not None and args.max_images < 1:
@@ -540,7 +601,8 @@ def evaluate_checkpoint(path, args, device, order=None, domains=None, bar_desc="
         raise CLIError(f"--domains: {', '.join(missing)} not learned by {str(path)!r} "
                        f"(its domains, in order: {letters})")
     scale = args.scale if args.scale is not None else default_scale(meta)
-    datasets = {c: test_dataset(c, args.data_root, scale, args.max_images, args.full_frame) for c in subset}
+    datasets = {c: test_dataset(c, args.data_root, scale, args.max_images, args.full_frame,
+                                args.scannet_resize) for c in subset}
     total = sum(len(ds) for ds in datasets.values())
     workers = worker_count(args, device)
     settings = eval_settings(args)
@@ -558,7 +620,8 @@ def evaluate_checkpoint(path, args, device, order=None, domains=None, bar_desc="
     return {
         "checkpoint": str(path), "letters": letters, "domains": [get_domain(c).name for c in letters],
         "format": meta.get("format"), "strategy": meta.get("strategy"), "scale": scale,
-        "device": str(device), "settings": settings, "full_frame": bool(args.full_frame),
+        "device": str(device), "settings": settings, "full_frame": args.full_frame,
+        "protocol": args.protocol, "scannet_resize": args.scannet_resize,
         "predictor": predictor_settings(predictor),
         "max_images": args.max_images, "seconds": time.perf_counter() - t0, "results": results,
     }

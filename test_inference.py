@@ -4,6 +4,8 @@ the nearest stored domain prototype.
     python test_inference.py --checkpoint runs/NKS.pth.tar --data-root datasets
     python test_inference.py --checkpoint NKS.pth.tar --order NKS --replay-root datasets   # authors' file
     python test_inference.py --selector map --latency-size 228x304
+    python test_inference.py --checkpoint runs/NKS.pth.tar --data-root datasets --selection-benchmark
+    python test_inference.py --checkpoint NKS.pth.tar --order NKS --protocol authors --replay-root datasets
 
 Reports, per test domain: the selection accuracy and a confusion matrix (rows = true test domain,
 columns = chosen head); the metric table with the selected heads next to the table with the domain
@@ -11,6 +13,11 @@ prior (the same images, the same evaluation conventions as test.py); and the lat
 (batch size 1, median after warm-up) of the product's path -- ``DepthPredictor.predict`` with
 ``domain=None`` and ``with_uncertainty=False``: trunk, prototype selection and one head -- with the
 frames per second it implies. Everything is also written as JSON.
+
+Selectors (prototypes.py): ``lda`` (the default where the checkpoint stores its statistics, else
+``pooled``), ``pooled``, ``map`` and ``authors`` (the released code's rule, computed from replay
+rows under the training augmentation). ``--selection-benchmark`` scores every selector on every
+test image under several conditions (crop, whole frame, flipped, brighter, darker) instead.
 
 Checkpoints written by the training scripts store prototypes. An authors' file has none: give
 ``--replay-root DIR`` to compute them from that root's replay rows (the same rule as training:
@@ -48,7 +55,11 @@ CLIError = T.CLIError
 from domains import get_domain  # noqa: E402
 from metrics import format_table  # noqa: E402
 from models import load_checkpoint  # noqa: E402
-from prototypes import SELECTORS, compute_prototypes  # noqa: E402
+from models.fast import prepare_input  # noqa: E402
+from prototypes import (AUTHORS_PROTO_IMAGES, DEFAULT_SELECTOR, LDA_PASSES, SELECTORS,  # noqa: E402
+                        compute_authors_prototypes, compute_lda, compute_prototypes,
+                        prototype_distances)
+from protocol import resolve as resolve_protocol  # noqa: E402
 
 
 # ----------------------------------------------------------------------------------------------
@@ -65,7 +76,25 @@ def parse_size(text: str, what="--size") -> tuple[int, int]:
     return h, w
 
 
-def replay_prototypes(checkpoint, letters: str, replay_root, scale: float, device, order=None,
+def _replay_loaders(letters, replay_root, scale, device, train, batch_size, workers, max_images,
+                    data_options=None):
+    """One loader per domain over ``replay_root``'s replay rows (test or training transform)."""
+    from loaders import DatasetFormatError, get_dataset, get_loader
+    loaders, total = [], 0
+    for c in letters:
+        try:
+            ds = get_dataset(c, "replay", str(replay_root), train=train, scale=scale, **(data_options or {}))
+        except (FileNotFoundError, DatasetFormatError, ValueError) as e:
+            raise CLIError(f"--replay-root: {e}") from None
+        if len(ds) == 0:
+            raise CLIError(f"--replay-root: the replay index of domain {c} under {str(replay_root)!r} is empty")
+        total += min(len(ds), max_images)
+        loaders.append(get_loader(ds, batch_size=batch_size, workers=workers, device=device.type,
+                                  shuffle=train))
+    return loaders, total
+
+
+def replay_prototypes(checkpoint, letters: str, replay_root, scale, device, order=None,
                       proto_images=200, batch_size=8, workers=0, quiet=False) -> dict:
     """Prototypes of every learned domain from ``replay_root``'s replay rows.
 
@@ -73,22 +102,90 @@ def replay_prototypes(checkpoint, letters: str, replay_root, scale: float, devic
     for each head in learning order, on a plain float32 copy of the network (so the prototypes do
     not depend on the predictor's fast-path settings).
     """
-    from loaders import DatasetFormatError, get_dataset, get_loader
     net = load_checkpoint(checkpoint, order=order).to(device)
-    loaders, total = [], 0
-    for c in letters:
-        try:
-            ds = get_dataset(c, "replay", str(replay_root), train=False, scale=scale)
-        except (FileNotFoundError, DatasetFormatError, ValueError) as e:
-            raise CLIError(f"--replay-root: {e}") from None
-        if len(ds) == 0:
-            raise CLIError(f"--replay-root: the replay index of domain {c} under {str(replay_root)!r} is empty")
-        total += min(len(ds), proto_images)
-        loaders.append(get_loader(ds, batch_size=batch_size, workers=workers, device=device.type))
+    loaders, total = _replay_loaders(letters, replay_root, scale, device, False, batch_size, workers,
+                                     proto_images)
     bar = tqdm(total=total, desc="prototypes", unit="img", disable=quiet, dynamic_ncols=True, leave=False)
     protos = compute_prototypes(net, loaders, device, max_images=proto_images, progress=bar)
     bar.close()
     return protos
+
+
+def authors_prototypes(checkpoint, letters: str, replay_root, scale, device, order=None, seed=0,
+                       data_options=None, workers=0, quiet=False) -> list:
+    """The authors' selector's prototypes (``prototypes.compute_authors_prototypes``): up to 500
+    replay images per domain through the *training* transform (shuffled, augmented, seeded by
+    ``seed``), one image per batch as theirs, on a plain float32 copy of the network."""
+    net = load_checkpoint(checkpoint, order=order).to(device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        loaders, total = _replay_loaders(letters, replay_root, scale, device, True, 1, workers,
+                                         AUTHORS_PROTO_IMAGES, data_options)
+        bar = tqdm(total=total, desc="authors' prototypes", unit="img", disable=quiet,
+                   dynamic_ncols=True, leave=False)
+        try:
+            maps = compute_authors_prototypes(net, loaders, device, progress=bar)
+        except ValueError as e:
+            raise CLIError(f"--replay-root: {e}") from None
+        bar.close()
+    return maps
+
+
+def lda_prototypes(checkpoint, letters: str, replay_root, scale, device, order=None, seed=0,
+                   proto_images=200, batch_size=8, workers=0, quiet=False) -> dict:
+    """The lda selector's statistics (``prototypes.compute_lda``) from ``replay_root``'s replay
+    rows under the training transform, augmentations seeded by ``seed``; plain float32 network."""
+    net = load_checkpoint(checkpoint, order=order).to(device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        loaders, total = _replay_loaders(letters, replay_root, scale, device, True, batch_size, workers,
+                                         proto_images)
+        loaders = [get_loader_subset(loader, proto_images) for loader in loaders]
+        bar = tqdm(total=total * LDA_PASSES, desc="lda statistics", unit="img", disable=quiet,
+                   dynamic_ncols=True, leave=False)
+        lda = compute_lda(net, loaders, device, progress=bar)
+        bar.close()
+    return lda
+
+
+def get_loader_subset(loader, n):
+    """The same loader over the first ``n`` rows only (unshuffled)."""
+    from loaders import get_loader
+    from torch.utils.data import Subset as _Subset
+    ds = loader.dataset
+    return get_loader(_Subset(ds, range(min(n, len(ds)))), batch_size=loader.batch_size)
+
+
+def load_prototypes(args, path, meta, letters, scale, device, order, workers, need_authors,
+                    need_lda=False) -> tuple:
+    """(prototypes dict, where they came from): the checkpoint's, or computed from --replay-root;
+    plus the authors' selector's ("authors") when ``need_authors`` (from --replay-root, else
+    --data-root), and the lda selector's when ``need_lda`` and the checkpoint has none."""
+    if args.replay_root:
+        protos = replay_prototypes(path, letters, args.replay_root, scale, device, order=order,
+                                   proto_images=args.proto_images, batch_size=args.batch_size,
+                                   workers=workers, quiet=args.quiet)
+        source = f"replay rows of {args.replay_root}"
+    elif meta.get("prototypes") or need_authors or need_lda:
+        protos, source = dict(meta.get("prototypes") or {}), "checkpoint"
+    else:
+        raise CLIError(f"checkpoint {str(path)!r} stores no domain prototypes (an authors' file, or a "
+                       f"run saved without them); compute them from replay data with --replay-root DIR "
+                       f"(a data root with replay_<domain>.csv, e.g. --replay-root {args.data_root})")
+    if need_authors:
+        root = args.replay_root or args.data_root
+        options = {"scannet_resize": args.scannet_resize, "nyu_rotation": args.nyu_rotation}
+        protos["authors"] = authors_prototypes(path, letters, root, scale, device, order=order,
+                                               seed=args.seed, data_options=options, workers=workers,
+                                               quiet=args.quiet)
+        source += f"; authors' from training-augmented replay rows of {root}"
+    if need_lda and (args.replay_root or not protos.get("lda")):
+        root = args.replay_root or args.data_root
+        protos["lda"] = lda_prototypes(path, letters, root, scale, device, order=order, seed=args.seed,
+                                       proto_images=args.proto_images, batch_size=args.batch_size,
+                                       workers=workers, quiet=args.quiet)
+        source += f"; lda from training-augmented replay rows of {root}"
+    return protos, source
 
 
 def _sync(device):
@@ -150,6 +247,119 @@ def format_confusion(test_letters, head_letters, confusion) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
+# Selection benchmark
+# ----------------------------------------------------------------------------------------------
+# Conditions: the network-input test crop; the whole frame at the pixel scale of that crop (the
+# resized frame for NYU/ScanNet; for KITTI, whose recipe crops without resizing, the stored frame
+# itself -- test.py's --full-frame rescales KITTI frames by --scale, which would show the network
+# its scenes at another pixel size than it learned them); the crop flipped left-right; the crop
+# brighter with less contrast, and darker with more contrast (colour in [0,1], contrast around the
+# image's mean grey, then brightness as a factor, clamped to [0,1]; both at the edge of the training
+# colour jitter, whose factors lie in [0.6, 1.4]).
+CONDITIONS = ("crop", "full", "flip", "bright", "dark")
+PHOTOMETRIC = {"bright": (1.4, 0.7), "dark": (0.6, 1.3)}  # (brightness, contrast) factors
+_MEAN = torch.tensor((0.485, 0.456, 0.406)).view(3, 1, 1)
+_STD = torch.tensor((0.229, 0.224, 0.225)).view(3, 1, 1)
+
+
+def photometric(image: torch.Tensor, brightness: float, contrast: float) -> torch.Tensor:
+    """A normalized (3,H,W) image with its contrast, then brightness, scaled by the factors."""
+    rgb = image * _STD + _MEAN
+    grey = (0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]).mean()
+    rgb = ((rgb - grey) * contrast + grey) * brightness
+    return (rgb.clamp(0.0, 1.0) - _MEAN) / _STD
+
+
+def condition_images(ds, condition: str):
+    """The test images of a dataset under one benchmark condition (normalized (3,H,W) tensors)."""
+    for i in range(len(ds)):
+        image = ds[i]["image"]
+        if condition == "flip":
+            image = image.flip(-1)
+        elif condition in PHOTOMETRIC:
+            image = photometric(image, *PHOTOMETRIC[condition])
+        yield image
+
+
+def full_frame_scale(letter: str, scale: float) -> float:
+    """--scale for a whole frame at the test crop's pixel scale (1.0 for the KITTI recipe)."""
+    return 1.0 if get_domain(letter).transform == "kitti" else scale
+
+
+def predictor_features(predictor, image: torch.Tensor) -> torch.Tensor:
+    """Fused features of one image on the predictor's own path (fast path, precision), float32."""
+    x = prepare_input(image[None], predictor.device, predictor.channels_last, predictor._input_dtype)
+    with torch.no_grad(), predictor._autocast():
+        return predictor.features(x).float()
+
+
+def format_benchmark(table: dict, conditions, letters, selectors) -> str:
+    """Rows: condition x test domain (and 'all'); columns: accuracy of each selector."""
+    head = f"{'condition':<10}{'domain':<14}" + "".join(f"{s:>10}" for s in selectors)
+    lines = [head, "-" * len(head)]
+    for cond in conditions:
+        for c in list(letters) + ["all"]:
+            name = "all" if c == "all" else f"{get_domain(c).name} ({c})"
+            cells = []
+            for sel in selectors:
+                right, n = table[sel][cond][c]
+                cells.append(f"{right / n:>10.3f}" if n else f"{'-':>10}")
+            lines.append(f"{cond:<10}{name:<14}" + "".join(cells))
+    return "\n".join(lines)
+
+
+def run_selection_benchmark(args, path, meta, letters, order, scale, device, workers) -> dict:
+    """Selection accuracy of every selector under every condition on every test image."""
+    prototypes, source = load_prototypes(args, path, meta, letters, scale, device, order, workers,
+                                         need_authors=True, need_lda=True)
+    selectors = [s for s in SELECTORS if s != "authors" or prototypes.get("authors")]
+    predictor = T.make_predictor(path, args, device, order=order, prototypes=prototypes,
+                                 selector=DEFAULT_SELECTOR)
+    test_letters = T.parse_letters(args.domains, "--domains") if args.domains else letters
+    table = {sel: {cond: {} for cond in CONDITIONS} for sel in selectors}
+    datasets = {(c, full): T.test_dataset(c, args.data_root, full_frame_scale(c, scale) if full else scale,
+                                          args.max_images, full, args.scannet_resize)
+                for c in test_letters for full in (False, True)}
+    total = sum(len(datasets[(c, False)]) for c in test_letters) * len(CONDITIONS)
+    bar = tqdm(total=total, desc="selection benchmark", unit="img", disable=args.quiet,
+               dynamic_ncols=True, leave=False)
+    for cond in CONDITIONS:
+        for c in test_letters:
+            truth = letters.index(c)
+            right = dict.fromkeys(selectors, 0)
+            n = 0
+            for image in condition_images(datasets[(c, cond == "full")], cond):
+                feats = predictor_features(predictor, image)
+                for sel in selectors:
+                    chosen = int(prototype_distances(feats, prototypes, sel).argmin(dim=1)[0])
+                    right[sel] += chosen == truth
+                n += 1
+                bar.update(1)
+            for sel in selectors:
+                table[sel][cond][c] = (right[sel], n)
+        for sel in selectors:
+            table[sel][cond]["all"] = tuple(sum(table[sel][cond][c][k] for c in test_letters) for k in (0, 1))
+    bar.close()
+    text = format_benchmark(table, CONDITIONS, test_letters, selectors)
+    print(f"{path}: selection benchmark, prototypes from {source}; scale {scale:g}; predictor "
+          f"{T.describe_predictor(T.predictor_settings(predictor))}")
+    print(text)
+    out = {"checkpoint": str(path), "letters": letters, "test_domains": test_letters,
+           "selectors": selectors, "conditions": list(CONDITIONS), "photometric": PHOTOMETRIC,
+           "prototypes_from": source, "scale": scale, "device": str(device),
+           "predictor": T.predictor_settings(predictor), "max_images": args.max_images,
+           "accuracy": {sel: {cond: {c: (r / n if n else None) for c, (r, n) in v.items()}
+                              for cond, v in table[sel].items()} for sel in selectors},
+           "counts": {sel: {cond: {c: list(rn) for c, rn in v.items()} for cond, v in table[sel].items()}
+                      for sel in selectors},
+           "table": text}
+    json_path = args.json or f"{path}.selection.json"
+    T.write_json(json_path, out)
+    print(f"wrote {json_path}")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
 # The command
 # ----------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
@@ -172,25 +382,27 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-images", type=int, default=None,
                    help="evaluate only the first N test images of each domain")
     g = p.add_argument_group("head selection")
-    g.add_argument("--selector", default="pooled", choices=list(SELECTORS),
-                   help="pooled: per-channel mean/std of the fused features (resolution independent); "
-                        "map: the authors' mean feature map (L2 distance)")
+    g.add_argument("--selector", default=None, choices=list(SELECTORS),
+                   help=f"pooled: per-channel mean/std of the fused features (resolution independent); "
+                        f"map: mean feature map, query resized to it, L2 distance; authors: the released "
+                        f"code's rule (prototypes from training-augmented replay images, sum/(N-1), mean "
+                        f"squared difference to the prototype resized to the query; needs replay data, "
+                        f"--replay-root or else --data-root). Default {DEFAULT_SELECTOR} (the best on "
+                        f"the selection benchmark; authors protocol: authors)")
     g.add_argument("--replay-root", default=None,
                    help="compute the prototypes from this data root's replay rows (replay_<domain>.csv) "
                         "instead of the checkpoint's stored ones; needed for an authors' file")
     g.add_argument("--proto-images", type=int, default=200,
-                   help="replay images per domain for --replay-root prototypes (training uses 200)")
+                   help="replay images per domain for --replay-root prototypes (training uses 200; the "
+                        "authors' selector always takes up to 500, as theirs)")
+    g.add_argument("--seed", type=int, default=0,
+                   help="seed of the training augmentation of the authors' selector's prototype images")
+    g.add_argument("--selection-benchmark", action="store_true",
+                   help="instead of the evaluation: selection accuracy of every selector on every test "
+                        "image of every domain under several conditions (the test crop, the full frame, "
+                        "flipped, brighter/darker); prints a table (conditions x domains x selectors)")
     g = p.add_argument_group("evaluation conventions (as in test.py)")
-    g.add_argument("--crop", default="default", choices=list(T.CROP_CHOICES),
-                   help="default = the domain's convention (Eigen NYU, Garg KITTI, none ScanNet)")
-    g.add_argument("--cap", action=argparse.BooleanOptionalAction, default=True,
-                   help="cap ground truth and prediction to the test domain's depth range")
-    g.add_argument("--aggregate", default="image", choices=["image", "pixel"],
-                   help="image: mean of per-image errors; pixel: the authors' pixel-weighted average")
-    g.add_argument("--authors-eval", action="store_true",
-                   help="shortcut for --crop none --no-cap --aggregate pixel")
-    g.add_argument("--full-frame", action="store_true",
-                   help="whole (resized) test frames instead of the network-input crop")
+    T.add_eval_arguments(p, g)
     g.add_argument("--scale", type=float, default=None,
                    help="input size factor (default: the checkpoint's training scale, else 1.0)")
     g.add_argument("--batch-size", type=int, default=8,
@@ -213,6 +425,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     T.check_args(args)
+    args.selector_given = args.selector is not None
+    resolve_protocol(args, ["selector", "nyu_rotation"])
+    args.selector = args.selector or DEFAULT_SELECTOR
     if args.latency_runs < 0 or args.warmup < 0:
         raise CLIError("--latency-runs and --warmup must be >= 0")
     if args.proto_images < 1:
@@ -232,16 +447,20 @@ def main(argv=None) -> dict:
     del net
     scale = args.scale if args.scale is not None else T.default_scale(meta)
     workers = T.worker_count(args, device)
-    prototypes, proto_source = None, "checkpoint"
-    if args.replay_root:
-        prototypes = replay_prototypes(path, letters, args.replay_root, scale, device, order=order,
-                                       proto_images=args.proto_images, batch_size=args.batch_size,
-                                       workers=workers, quiet=args.quiet)
-        proto_source = f"replay rows of {args.replay_root}"
-    elif not meta.get("prototypes"):
-        raise CLIError(f"checkpoint {str(path)!r} stores no domain prototypes (an authors' file, or a "
-                       f"run saved without them); compute them from replay data with --replay-root DIR "
-                       f"(a data root with replay_<domain>.csv, e.g. --replay-root {args.data_root})")
+    if args.selection_benchmark:
+        return run_selection_benchmark(args, path, meta, letters, order, scale, device, workers)
+    if args.selector == "lda" and not args.replay_root and not (meta.get("prototypes") or {}).get("lda"):
+        if args.selector_given:
+            raise CLIError(f"--selector lda: checkpoint {str(path)!r} stores no lda statistics (it predates "
+                           f"them, or is an authors' file); compute them from replay data with "
+                           f"--replay-root DIR, e.g. --replay-root {args.data_root}")
+        args.selector = "pooled"  # a checkpoint from before the lda selector: its stored prototypes
+        if meta.get("prototypes"):
+            print("note: the checkpoint stores no lda statistics: selecting with its pooled prototypes "
+                  "(--replay-root DIR computes the default lda selector's)", file=sys.stderr)
+    prototypes, proto_source = load_prototypes(args, path, meta, letters, scale, device, order, workers,
+                                               need_authors=args.selector == "authors",
+                                               need_lda=args.selector == "lda")
     predictor = T.make_predictor(path, args, device, order=order, prototypes=prototypes,
                                  selector=args.selector)
     test_letters = T.parse_letters(args.domains, "--domains") if args.domains else letters
@@ -249,8 +468,8 @@ def main(argv=None) -> dict:
     if missing:
         raise CLIError(f"--domains: {', '.join(missing)} not learned by {str(path)!r} (its domains: {letters})")
 
-    datasets = {c: T.test_dataset(c, args.data_root, scale, args.max_images, args.full_frame)
-                for c in test_letters}
+    datasets = {c: T.test_dataset(c, args.data_root, scale, args.max_images, args.full_frame,
+                                  args.scannet_resize) for c in test_letters}
     settings = T.eval_settings(args)
     total = sum(len(ds) for ds in datasets.values())
     bar = tqdm(total=total, desc="test without domain prior", unit="img", disable=args.quiet,
@@ -316,7 +535,8 @@ def main(argv=None) -> dict:
     out = {
         "checkpoint": str(path), "letters": letters, "domains": [get_domain(c).name for c in letters],
         "test_domains": test_letters, "selector": args.selector, "prototypes_from": proto_source,
-        "scale": scale, "device": str(device), "settings": settings, "full_frame": bool(args.full_frame),
+        "scale": scale, "device": str(device), "settings": settings, "full_frame": args.full_frame,
+        "protocol": args.protocol,
         "predictor": T.predictor_settings(predictor),
         "max_images": args.max_images, "eval_seconds": eval_seconds,
         "selection": {"accuracy": accuracy, "overall_accuracy": overall, "images": n_all,

@@ -12,7 +12,16 @@ prototypes of the right shape (timing does not depend on the weights):
     selection, the chosen head's depth branch only, fp32, no speed-ups;
 (c) (b) with each speed-up alone and combined (channels_last, BN folding, fused oneDNN kernels with
     pre-packed weights, bf16/fp16 autocast or cast weights, TorchScript trace+freeze, torch.compile
-    with ``--compile``); ``default`` is what ``DepthPredictor()`` does.
+    with ``--compile``); ``default`` is what ``DepthPredictor()`` does;
+(d) the same function (trunk, selection, one depth branch) in ONNX Runtime and OpenVINO
+    (``DepthPredictor(backend=...)``: float32 ONNX graphs of the trunk and the head).
+
+Rows are decided from what the machine supports (``models/hardware.py``): bf16 rows only where the
+CPU has native bf16 (``--bf16`` forces them), fp16 rows only where it has native fp16 (``--fp16``),
+runtime rows only where the runtime is installed; every skipped row is listed with its reason. The
+table's title names the CPU and its capabilities. ``ONEDNN_MAX_CPU_ISA=AVX2`` in the environment
+makes oneDNN (PyTorch's CPU convolutions) use its AVX2 code, an emulation of an AVX2-only CPU's
+PyTorch path (ONNX Runtime and OpenVINO do not honour it).
 
 Variants are interleaved round by round in one process (the machine may be shared: a slow moment
 hits every variant alike) and the median over ``--repeats`` rounds after ``--warmup`` calls is
@@ -44,7 +53,9 @@ import torch  # noqa: E402
 
 from inference import DepthPredictor  # noqa: E402
 from models import LifelongDepthNet  # noqa: E402
+from models import hardware  # noqa: E402
 from models.fast import lowp_supported, prepare_input, resolve_precision  # noqa: E402
+from models.runtimes import available as runtime_available  # noqa: E402
 
 # ------------------------------------------------------------------------------------------------
 # Variants of the product's path: name -> DepthPredictor keyword options
@@ -72,12 +83,17 @@ VARIANTS = {
     DEFAULT: dict(fast=True),  # exactly what the product runs: bf16 where native, else fp32
     "default + TorchScript": dict(fast=True, jit=True),
     "default, with uncertainty": dict(fast=True),
+    "ONNX Runtime fp32": dict(backend="onnxruntime"),
+    "OpenVINO fp32": dict(backend="openvino", precision="fp32"),
+    "OpenVINO bf16": dict(backend="openvino", precision="bf16"),
 }
+# --variants main: the product's path against the authors' and the other runtimes
+MAIN_VARIANTS = (OURS_FP32, DEFAULT, "ONNX Runtime fp32", "OpenVINO fp32", "OpenVINO bf16")
 WITH_UNCERTAINTY = {"default, with uncertainty"}
 AUTHORS = "authors: all heads, both branches, fp32"
 ACCURACY_VARIANTS = [DEFAULT, "cl + fuse + bf16 weights", "cl + fuse + bf16 autocast",
                      "cl + fuse + fp16 weights", "cl + fuse (fp32)", "cl + fuse + fused kernels (fp32)",
-                     "default + TorchScript"]
+                     "default + TorchScript", "ONNX Runtime fp32"]
 # The product's accuracy condition: RMSE and delta1 on the synthetic test sets within 1 % of fp32.
 ACCURACY_TOLERANCE_PCT = 1.0
 
@@ -158,7 +174,12 @@ def machine_info(device) -> dict:
             "python": platform.python_version(), "threads": torch.get_num_threads(),
             "device": str(device), "bf16_native": lowp_supported(torch.bfloat16, device),
             "fp16_native": lowp_supported(torch.float16, device),
-            "default_precision": str(resolve_precision("auto", device)).replace("torch.", "")}
+            "default_precision": str(resolve_precision("auto", device)).replace("torch.", ""),
+            "capabilities": hardware.capabilities(device),
+            "capability_line": hardware.capability_line(device)}
+    for name in ("onnxruntime", "openvino"):
+        if runtime_available(name):
+            info[name] = __import__(name).__version__
     try:
         info["loadavg_start"] = os.getloadavg()
     except OSError:
@@ -225,6 +246,25 @@ class CompiledPredictor(DepthPredictor):
         return self._compiled_heads[key](feats)
 
 
+def skip_reason(name, args) -> str | None:
+    """Why variant ``name`` is not run on this machine (None: it runs)."""
+    opts = VARIANTS.get(name, {})
+    backend = opts.get("backend", "torch")
+    if backend != "torch":
+        if args.device.type != "cpu":
+            return f"{backend} rows run on a CPU only"
+        if not runtime_available(backend):
+            return f"{backend} is not installed (pip install -r requirements-openvino.txt)" \
+                if backend == "openvino" else f"{backend} is not installed (pip install -r requirements.txt)"
+    precision = opts.get("precision")
+    if precision == "bf16" and not (lowp_supported(torch.bfloat16, args.device) or args.bf16):
+        how = ("oneDNN emulates it" if hardware.bf16_kernels() else "oneDNN has no bf16 kernels here")
+        return f"no native bf16 on this {args.device.type} ({how}; --bf16 times it anyway)"
+    if precision == "fp16" and not (lowp_supported(torch.float16, args.device) or args.fp16):
+        return f"no native fp16 on this {args.device.type} (--fp16 times it anyway)"
+    return None
+
+
 def build_predictor(name, net, protos, device):
     if name.startswith("torch.compile"):
         # inductor does its own conv fusion: compile the plain ops, not the oneDNN calls
@@ -250,9 +290,9 @@ def bench_variants(args, size, nets, timer):
     net = nets[d]
     x = torch.randn(args.batch, 3, *size).to(args.device)
     protos = random_prototypes(net, d, size, args.device)
-    names = [n for n in VARIANTS if args.variants == "all" or n in (OURS_FP32, DEFAULT)]
-    if not (args.fp16 or lowp_supported(torch.float16, args.device)):
-        names = [n for n in names if "fp16" not in n]
+    names = [n for n in VARIANTS if args.variants == "all" or n in MAIN_VARIANTS]
+    skipped = {n: skip_reason(n, args) for n in names if skip_reason(n, args)}
+    names = [n for n in names if n not in skipped]
     if args.compile:
         names += ["torch.compile (fp32)", "torch.compile (default)"]
     fns, build_s = {AUTHORS: lambda: net(x)}, {}
@@ -274,7 +314,8 @@ def bench_variants(args, size, nets, timer):
     with torch.no_grad():
         flops = {AUTHORS: gflops(lambda: net(x)),
                  OURS_FP32: gflops(lambda: net(x, domain=0, with_uncertainty=False))}
-    return {"size": list(size), "domains": d, "batch": args.batch, "rows": rows,
+    return {"size": list(size), "domains": d, "batch": args.batch, "rows": rows, "skipped": skipped,
+            "machine_line": f"{hardware.capability_line(args.device)}, {torch.get_num_threads()} threads",
             "gflop_per_image": {k: (v / args.batch if v else None) for k, v in flops.items()}}
 
 
@@ -401,9 +442,10 @@ def accuracy(args):
         save_checkpoint(args.save_fit, net, prototypes=protos, domains=net.meta["domains"],
                         letters=letters)
         say(f"  saved the fitted network to {args.save_fit}")
-    names = ["fp32"] + ACCURACY_VARIANTS
+    variants = [n for n in ACCURACY_VARIANTS if not skip_reason(n, args)]
+    names = ["fp32"] + variants
     preds = {"fp32": DepthPredictor(net, protos, device=args.device, fast=False)}
-    for name in ACCURACY_VARIANTS:
+    for name in variants:
         preds[name] = DepthPredictor(net, protos, device=args.device, **VARIANTS[name])
     result = {"source": source, "scale": args.scale, "domains": {}}
     for i, c in enumerate(letters):
@@ -453,13 +495,15 @@ def ms(s):
 def variants_table(res) -> str:
     h, w = res["size"]
     fl = res.get("gflop_per_image") or {}
-    lines = [f"**{h}x{w}, {res['domains']} domains, batch {res['batch']}** "
+    lines = [f"**{h}x{w}, {res['domains']} domains, batch {res['batch']}** on {res.get('machine_line', '?')} "
              f"(GFLOP/image: authors {fl.get(AUTHORS) or 0:.1f}, ours {fl.get(OURS_FP32) or 0:.1f})", "",
              "| variant | median ms | min ms | speed-up vs authors (ratio of medians / paired) | set-up s |",
              "|---|---:|---:|---:|---:|"]
     for name, r in res["rows"].items():
         lines.append(f"| {name} | {ms(r['median_s'])} | {ms(r['min_s'])} | "
                      f"{r['speedup']:.2f}x / {r['speedup_paired']:.2f}x | {r.get('setup_s', 0):.1f} |")
+    if res.get("skipped"):
+        lines += [""] + [f"Skipped: {name}: {why}." for name, why in res["skipped"].items()]
     return "\n".join(lines)
 
 
@@ -511,13 +555,15 @@ def build_parser():
     p.add_argument("--variant-domains", type=int, default=3,
                    help="domain count at which every speed-up variant is timed")
     p.add_argument("--variants", choices=["all", "main"], default="all",
-                   help="all speed-up variants, or only (a), (b) and the default path")
+                   help="all speed-up variants, or only (a), (b), the default path and the runtimes")
     p.add_argument("--repeats", type=int, default=15, help="timed rounds (median reported)")
     p.add_argument("--warmup", type=int, default=3, help="untimed calls of each variant first")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--batch", type=int, default=1, help="images per call")
     p.add_argument("--encoder", default="resnet34")
+    p.add_argument("--bf16", action="store_true",
+                   help="time bf16 variants even where the CPU has no native bf16 kernels")
     p.add_argument("--fp16", action="store_true",
                    help="time fp16 variants even where the CPU has no native fp16 kernels")
     p.add_argument("--compile", action="store_true",
@@ -550,9 +596,12 @@ def main(argv=None):
     sizes, counts = parse_sizes(args.sizes), sorted(set(parse_ints(args.domains)))
     report = {"machine": machine_info(args.device), "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
               "args": {k: str(v) for k, v in vars(args).items()}, "variants": [], "scaling": []}
-    texts = [f"Machine: {report['machine']['cpu']}, {report['machine']['threads']} threads, torch "
-             f"{report['machine']['torch']}, device {args.device} (bf16 native: "
-             f"{report['machine']['bf16_native']}); command: `python bench/{report['command']}`"]
+    m = report["machine"]
+    runtimes = ", ".join(f"{k} {m[k]}" for k in ("onnxruntime", "openvino") if k in m) or "none"
+    texts = [f"Machine: {m['capability_line']}, {m['threads']} threads, torch {m['torch']}, other "
+             f"runtimes: {runtimes}; device {args.device}, default precision {m['default_precision']}; "
+             f"command: `python bench/{report['command']}`"]
+    print(texts[0], flush=True)
     if not args.no_speed:
         nets = make_nets(sorted(set(counts) | {args.variant_domains}), args.encoder, args.device)
         for size in sizes:

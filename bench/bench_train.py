@@ -103,6 +103,12 @@ def make_stage(encoder, device, amp_dtype=None, channels_last=False, plain_teach
     stage.distill_w, stage.replay_w, stage.replay_heads = list(WEIGHTS), list(WEIGHTS), [0, 1]
     stage.amp_dtype = amp_dtype
     stage.scaler = torch.amp.GradScaler(torch.device(device).type, enabled=False)
+    if hasattr(L, "StopSignals"):  # train_step shields its optimiser step from Ctrl-C
+        stage.signals = L.StopSignals()
+    # the step counters and the non-finite-loss policy train_step keeps and reads
+    stage.epoch = stage.step_in_epoch = stage.global_step = stage.skipped_steps = 0
+    stage.batch_files, stage.bn_snapshot = [], None
+    stage.opts = argparse.Namespace(on_nonfinite="stop")
     stage.loss = stage.step_module = L.StageLoss(student, 2, stage.distill_w, stage.replay_w,
                                                  stage.replay_heads)
     trainable = [p for p in student.parameters() if p.requires_grad]
@@ -166,6 +172,14 @@ def variants(device):
         out["ours bf16 autocast"] = dict(amp_dtype=torch.bfloat16)
         out["ours bf16 + channels_last"] = dict(amp_dtype=torch.bfloat16, channels_last=True)
     return out
+
+
+def skipped_variants(device) -> dict:
+    """{variant: why} for the variants this device does not run (bf16 without native kernels)."""
+    if torch.device(device).type == "cuda" or lowp_supported(torch.bfloat16, device):
+        return {}
+    why = "no native bf16 on this CPU (bf16 autocast would be emulated, slower than fp32)"
+    return {"ours bf16 autocast": why, "ours bf16 + channels_last": why}
 
 
 def bench_step(args, scale, timer):
@@ -287,8 +301,12 @@ def main(argv=None):
     report = {"machine": machine_info(args.device),
               "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
               "args": {k: str(v) for k, v in vars(args).items()}, "steps": []}
-    texts = [f"Machine: {report['machine']['cpu']}, {report['machine']['threads']} threads, torch "
+    texts = [f"Machine: {report['machine']['capability_line']}, {report['machine']['threads']} threads, torch "
              f"{report['machine']['torch']}, device {args.device}; command: `python bench/{report['command']}`"]
+    skipped = skipped_variants(args.device)
+    if skipped:
+        texts[0] += "\n\n" + "\n".join(f"Skipped: {name}: {why}." for name, why in skipped.items())
+    report["skipped"] = skipped
     if not args.no_step:
         for scale in (float(s) for s in args.scales.split(",")):
             res = bench_step(args, scale, timer)

@@ -10,16 +10,17 @@ Two on-disk formats are read:
 import argparse
 import os
 import re
-import tempfile
 
 import numpy as np
 import torch
 
+from safeio import atomic_torch_save
+
 from .net import LifelongDepthNet
 from .resnet import ENCODERS
 
-__all__ = ["CheckpointError", "save_checkpoint", "read_checkpoint", "load_checkpoint",
-           "infer_encoder", "parse_order", "FORMAT", "VERSION"]
+__all__ = ["CheckpointError", "check_finite", "check_letters", "save_checkpoint", "read_checkpoint",
+           "load_checkpoint", "infer_encoder", "parse_order", "FORMAT", "VERSION"]
 
 FORMAT = "lifelong-monodepth"
 VERSION = 1
@@ -38,6 +39,17 @@ def _preview(keys, n=5):
     keys = sorted(keys)
     more = f", ... (+{len(keys) - n} more)" if len(keys) > n else ""
     return "[" + ", ".join(keys[:n]) + more + "]"
+
+
+def check_finite(state, path):
+    """Raise CheckpointError if a floating-point tensor of ``state`` holds NaN or infinity: such a
+    model predicts NaN everywhere, so it is never saved and never evaluated."""
+    bad = [k for k, v in state.items()
+           if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"checkpoint {os.fspath(path)!r}: non-finite (NaN/inf) weights in "
+                              f"{len(bad)} tensor(s) {_preview(bad)}; the training that made it "
+                              f"diverged, use an earlier checkpoint or retrain")
 
 
 # ----- saving ----------------------------------------------------------------------------
@@ -61,8 +73,10 @@ def save_checkpoint(path, net, **meta):
     letters = info.get("letters") or parse_order(domains)[1]
     if letters:
         info["letters"] = letters
+    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    check_finite(state, path)
     payload = dict(info, domains=domains, encoder=net.encoder_name, format=FORMAT, version=VERSION,
-                   state_dict={k: v.detach().cpu() for k, v in net.state_dict().items()})
+                   state_dict=state)
     atomic_save(payload, os.fspath(path))
     return path
 
@@ -83,22 +97,8 @@ def _plain(obj):
 
 
 def atomic_save(obj, path):
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a checkpoint gets an ordinary file's mode
-        os.replace(tmp, path)
-    except BaseException:  # includes KeyboardInterrupt: never leave the temp file around
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """torch.save that leaves the complete file or none (safeio.atomic_torch_save)."""
+    atomic_torch_save(obj, path)
 
 
 # ----- reading ---------------------------------------------------------------------------
@@ -219,8 +219,21 @@ def _domains(meta, order, n, path):
         if len(names) != n:
             raise CheckpointError(f"checkpoint {path!r}: {len(names)} stored domain names "
                                   f"for {n} head(s)")
-        return names, meta.get("letters") or parse_order(names)[1]
+        letters = meta.get("letters")
+        if letters:
+            check_letters(letters, names, path)
+        return names, letters or parse_order(names)[1]
     return [f"domain{i}" for i in range(n)], None
+
+
+def check_letters(letters, names, path):
+    """Stored letters must agree with the stored domain names (built-in letters name their domain)."""
+    wrong = not isinstance(letters, str) or len(letters) != len(names) or any(
+        LETTER_NAMES.get(c, name) != name or NAME_LETTERS.get(name, c) != c for c, name in zip(letters, names))
+    if wrong:
+        raise CheckpointError(f"checkpoint {path!r}: stored letters {letters!r} disagree with its stored "
+                              f"domains {names}; the file was edited or damaged, re-save it with matching "
+                              f"'letters'")
 
 
 def load_checkpoint(path, order=None, map_location="cpu", encoder=None):
@@ -239,6 +252,7 @@ def load_checkpoint(path, order=None, map_location="cpu", encoder=None):
     except ValueError as e:  # e.g. an unknown stored encoder name
         raise CheckpointError(f"checkpoint {path!r}: {e}") from None
     _check_fit(net, state, path)
+    check_finite(state, path)
     net.load_state_dict(state, strict=True)
     if isinstance(map_location, (str, torch.device)):
         net.to(map_location)  # parameters live where the tensors were mapped

@@ -13,6 +13,7 @@ Everything here works on a *copy* of a network, or on tensors, never on the trai
   :func:`fuse_kernels` (DepthPredictor's default on a CPU; the training engine's teacher too).
 * :func:`resolve_precision` picks the compute dtype: on CPU bfloat16 where oneDNN has native bf16
   kernels (AVX512-BF16/AMX), else float32; on CUDA bfloat16 (or float16 where bf16 is unsupported).
+  What the machine supports is asked in one place, ``models/hardware.py``.
 * :func:`fuse_kernels` (on an inference copy, CPU): every Conv+ReLU and every residual
   Conv+add+ReLU of the network runs as one oneDNN kernel (``mkldnn._convolution_pointwise``) with its
   weights pre-packed once per input shape (:class:`FusedConv2d`), and each head's 64 -> 1 output
@@ -35,6 +36,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import hardware
+from .hardware import lowp_supported
+
 __all__ = ["PRECISIONS", "resolve_precision", "pooled_descriptor_nhwc", "lowp_supported", "fold_conv_bn", "fuse_conv_bn",
            "count_batchnorms", "inference_copy", "CastInputConv2d", "autocast_context",
            "FusedConv2d", "TapSumConv2d", "fuse_kernels", "count_fused",
@@ -46,29 +50,16 @@ _NAMES = {v: k for k, v in _DTYPES.items()}
 
 
 # ----------------------------------------------------------------------------- precision
-def lowp_supported(dtype: torch.dtype, device) -> bool:
-    """Whether ``device`` has native (fast) kernels for ``dtype`` convolutions."""
-    device = torch.device(device)
-    if dtype == torch.float32:
-        return True
-    if device.type == "cuda":
-        return dtype == torch.float16 or torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        try:
-            if dtype == torch.bfloat16:
-                return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-            if dtype == torch.float16:
-                return bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
-        except (AttributeError, RuntimeError):
-            return False
-    return False
+# lowp_supported (native fast kernels for a dtype) is decided in models/hardware.py, with the rest of
+# what this machine can run; re-exported here for the existing callers.
 
 
 def resolve_precision(precision, device) -> torch.dtype:
     """``"auto" | "fp32" | "bf16" | "fp16"`` (or a torch dtype) -> the compute dtype.
 
     ``auto``: bfloat16 where the device has native bf16 convolutions (CUDA with bf16, CPUs with
-    AVX512-BF16/AMX), float16 on CUDA without bf16, else float32. float16 is never picked on a CPU:
+    AVX512-BF16/AMX whose oneDNN runs them: ``models.hardware.bf16_native``), float16 on CUDA
+    without bf16, else float32 (AVX2-only and AVX-512-without-BF16 CPUs). float16 is never picked on a CPU:
     it measured 2-4x slower than bfloat16 there (no AMX-FP16 kernels).
     """
     device = torch.device(device)
@@ -243,16 +234,16 @@ def prepare_input(x: torch.Tensor, device=None, channels_last: bool = False,
 
 # ----------------------------------------------------------------------------- fused kernels
 def _onednn_path(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether ``x`` can take oneDNN's fused convolution: a CPU NHWC float32/bfloat16 batch of the
-    weight's dtype, outside autograd, autocast and TorchScript tracing (a traced graph must stay
-    portable, so it records the plain ops)."""
+    """Whether ``x`` can take oneDNN's fused convolution: a CPU NHWC batch of the weight's dtype,
+    a dtype whose weights oneDNN pre-packs on this CPU (float32; bfloat16 only where it has the
+    instructions: on AVX2-only CPUs it raises, see models/hardware.py), outside autograd, autocast
+    and TorchScript tracing (a traced graph must stay portable, so it records the plain ops)."""
     return (x.device.type == "cpu" and x.dim() == 4 and x.dtype == weight.dtype
-            and x.dtype in (torch.float32, torch.bfloat16)
+            and hardware.lowp_kernels(x.dtype)
             and x.is_contiguous(memory_format=torch.channels_last)
             and not (torch.is_grad_enabled() and x.requires_grad)
             and not torch.jit.is_tracing() and not torch.jit.is_scripting()
-            and not torch.is_autocast_enabled("cpu")  # autocast has no rule for the fused op
-            and torch.backends.mkldnn.is_available())
+            and not torch.is_autocast_enabled("cpu"))  # autocast has no rule for the fused op
 
 
 class FusedConv2d(nn.Module):

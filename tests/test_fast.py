@@ -302,3 +302,120 @@ def test_refresh_and_from_checkpoint(net, tmp_path):
     torch.testing.assert_close(p.predict(x, domain=0)["depth"], before)
     p.refresh()
     torch.testing.assert_close(p.predict(x, domain=0)["depth"], before + 1.0, rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------ capabilities
+# The AVX2-only CPU's failure (issue 13): oneDNN refuses to pre-pack bf16 weights there.
+AVX2_ERROR = ("mkldnn_reorder_conv2d_weight: bf16 path needs the cpu support avx_ne_convert or "
+              "avx512bw, avx512vl and avx512dq")
+
+
+@pytest.fixture
+def avx2_cpu(monkeypatch):
+    """This process behaves like an AVX2-only CPU: the capability queries say so, and oneDNN's
+    weight pre-pack raises that CPU's error on bf16 weights (so any bf16 pre-pack fails the test)."""
+    from models import hardware
+    reorder = torch.ops.mkldnn._reorder_convolution_weight
+
+    def avx2_reorder(weight, *args):
+        if weight.dtype == torch.bfloat16:
+            raise RuntimeError(AVX2_ERROR)
+        return reorder(weight, *args)
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_reorder_convolution_weight", avx2_reorder)
+    monkeypatch.setattr(hardware, "bf16_kernels", lambda: False)
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx", "avx2", "fma"}))
+    return hardware
+
+
+def test_the_avx2_fixture_reproduces_the_crash(avx2_cpu):
+    w = torch.zeros(8, 8, 3, 3, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    with pytest.raises(RuntimeError, match="avx512bw"):
+        torch.ops.mkldnn._reorder_convolution_weight(w, [1, 1], [1, 1], [1, 1], 1, [1, 8, 8, 8])
+
+
+def test_no_native_bf16_decides_fp32_and_never_prepacks_bf16(net, avx2_cpu):
+    import lifelong
+    assert not avx2_cpu.bf16_native() and not lowp_supported(torch.bfloat16, "cpu")
+    assert resolve_precision("auto", "cpu") == torch.float32
+    x, protos = domain_batch(net, range(HEADS))
+    ref = DepthPredictor(net, protos, fast=False).predict(x)
+    default = DepthPredictor(net, protos)  # the product's default: fp32 fused kernels here
+    assert default.dtype == torch.float32 and count_fused(default.runner) > 0
+    out = default.predict(x)
+    assert out["domain"].tolist() == list(range(HEADS))
+    assert_rel_close(out["depth"], ref["depth"], 1e-4)
+    # bf16 asked for explicitly: honoured with a warning; its fused convolutions (what the old
+    # teacher was made of too) run without the pre-pack
+    with pytest.warns(RuntimeWarning, match="no native kernels"):
+        forced = DepthPredictor(net, protos, precision="bf16")
+    assert forced.dtype == torch.bfloat16
+    assert_rel_close(forced.predict(x)["depth"], ref["depth"], 2e-2)
+    # the training engine's teacher under --amp bf16 stays float32 (fused) where bf16 is emulated
+    teacher = lifelong.make_teacher(net, "cpu", torch.bfloat16)
+    assert teacher.E.conv1.weight.dtype == torch.float32
+    got = lifelong.teacher_targets(teacher, x, HEADS)
+    with torch.no_grad():
+        want = net(x)
+    for (d, _), (t_d, _) in zip(want, got):
+        assert_rel_close(t_d, d, 1e-4)
+
+
+def test_native_bf16_needs_both_the_instructions_and_onednn(monkeypatch):
+    from models import hardware
+    monkeypatch.setattr(hardware, "bf16_kernels", lambda: True)
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2", "avx512f", "avx512bw"}))
+    assert not hardware.bf16_native()  # AVX-512 without BF16: oneDNN emulates bf16, slower than fp32
+    assert resolve_precision("auto", "cpu") == torch.float32
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset({"avx2", "avx512f", "avx512_bf16"}))
+    assert hardware.bf16_native() and resolve_precision("auto", "cpu") == torch.bfloat16
+    monkeypatch.setattr(hardware, "bf16_kernels", lambda: False)
+    assert not hardware.bf16_native()
+    line = hardware.capability_line()
+    assert hardware.cpu_model() in line and "AVX512-BF16 yes" in line and "bf16 no oneDNN kernels" in line
+
+
+AVX2_SCRIPT = r"""
+import json, torch, lifelong
+from inference import DepthPredictor
+from models import LifelongDepthNet, hardware
+w = torch.zeros(8, 8, 3, 3, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+try:
+    torch.ops.mkldnn._reorder_convolution_weight(w, [1, 1], [1, 1], [1, 1], 1, [1, 8, 8, 8])
+    limited = False
+except RuntimeError as e:
+    limited = "bf16 path needs" in str(e)
+torch.manual_seed(0)
+net = LifelongDepthNet("resnet18", num_domains=2).eval()
+x = torch.randn(1, 3, 48, 64)
+pred = DepthPredictor(net)
+depth = pred.predict(x, domain=1)["depth"]
+teacher = lifelong.make_teacher(net, "cpu", torch.bfloat16)
+targets = lifelong.teacher_targets(teacher, x, 2)
+print(json.dumps({"limited": limited, "bf16_kernels": hardware.bf16_kernels(),
+                  "precision": pred.options["precision"], "finite": bool(torch.isfinite(depth).all()),
+                  "teacher_dtype": str(teacher.E.conv1.weight.dtype), "line": hardware.capability_line()}))
+"""
+
+
+def test_real_avx2_onednn_path_in_a_subprocess():
+    """oneDNN limited to its AVX2 code (ONEDNN_MAX_CPU_ISA=AVX2, what an AVX2-only CPU runs): the
+    capability probe sees it, and the default predictor and the bf16 teacher run in float32."""
+    import json
+    import os
+    import platform
+    import subprocess
+    import sys
+    from pathlib import Path
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("ONEDNN_MAX_CPU_ISA=AVX2 is an x86 setting (the monkeypatched test covers this)")
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, ONEDNN_MAX_CPU_ISA="AVX2", PYTHONPATH=str(root), OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-c", AVX2_SCRIPT], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    res = json.loads(done.stdout.strip().splitlines()[-1])
+    if not res["limited"]:
+        pytest.skip("this torch's oneDNN ignores ONEDNN_MAX_CPU_ISA (the monkeypatched test covers it)")
+    assert not res["bf16_kernels"] and "ONEDNN_MAX_CPU_ISA=AVX2" in res["line"]
+    assert res["precision"] == "float32" and res["teacher_dtype"] == "torch.float32" and res["finite"]

@@ -1,0 +1,117 @@
+"""Files that appear complete or not at all, and the clean-up of writes that were killed.
+
+Every file the project writes (checkpoints, resume states, predictions, reports) goes through
+:func:`atomic_write`: the data is written to a temporary file in the destination's folder, flushed
+to disk, then renamed over the destination (``os.replace`` is atomic within one file system). A
+killed process therefore leaves either the old file or the new one, plus at worst a temporary file,
+named ``.<name>.<host>-<pid>.<random>.tmp``. :func:`clean_stale_temps` removes those whose process is
+gone (same host, pid no longer alive), so the next start of a command cleans the litter of the last.
+A failed write (full disk, no permission) raises :class:`WriteError`, which names the path.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import socket
+import tempfile
+import time
+
+__all__ = ["WriteError", "atomic_write", "atomic_torch_save", "clean_stale_temps"]
+
+_HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:40] or "host"
+# .<name>.<host>-<pid>.<random>.tmp (ours) and .<name>.<random>.tmp (before the pid was recorded)
+_OURS = re.compile(r"^\.(?P<name>.+)\.(?P<host>[A-Za-z0-9_-]+)-(?P<pid>\d+)\.[A-Za-z0-9_]+\.tmp$")
+_LEGACY = re.compile(r"^\.(?P<name>.+)\.[A-Za-z0-9_]{8}\.tmp$")
+LEGACY_AGE_S = 3600  # an old-style temp file (no pid in its name) older than this is litter
+
+
+class WriteError(OSError):
+    """A file could not be written (the message names it); nothing partial was left behind."""
+
+
+@contextlib.contextmanager
+def atomic_write(path, mode: str = "wb", encoding: str | None = None):
+    """``with atomic_write(p, "w") as f: f.write(...)``: ``p`` appears complete or is left as it was."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.{_HOST}-{os.getpid()}.",
+                                   suffix=".tmp")
+    except OSError as exc:
+        raise WriteError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    try:
+        text = {} if "b" in mode else {"encoding": encoding or "utf-8", "newline": ""}  # "\n" as written
+        with os.fdopen(fd, mode, **text) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the result gets an ordinary file's mode
+        os.replace(tmp, path)
+    except BaseException as exc:  # KeyboardInterrupt included: never leave the temp file around
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(exc, OSError) and not isinstance(exc, WriteError):
+            raise WriteError(f"cannot write {path}: {exc.strerror or exc} "
+                             f"(is the disk full?)") from exc
+        raise
+
+
+def atomic_torch_save(obj, path) -> None:
+    """``torch.save`` through :func:`atomic_write`. torch reports a full disk as a RuntimeError of
+    its zip writer ("unexpected pos ..."); it becomes a WriteError naming the path."""
+    import torch
+    with atomic_write(path, "wb") as f:
+        try:
+            torch.save(obj, f)
+        except RuntimeError as exc:
+            raise WriteError(f"cannot write {os.fspath(path)}: {str(exc).splitlines()[0]} "
+                             f"(is the disk full?)") from exc
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def clean_stale_temps(folder) -> list[str]:
+    """Remove the temporary files of killed atomic writes in ``folder``; returns their paths.
+
+    A file is removed only when its writer cannot still be running: our pattern with this host's
+    name and a pid that is not alive, or the old pattern (no pid) when older than an hour. Files
+    of live processes or other hosts (a shared file system) are left alone.
+    """
+    folder = os.fspath(folder)
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    now = time.time()
+    for name in names:
+        if not name.endswith(".tmp") or not name.startswith("."):
+            continue
+        path = os.path.join(folder, name)
+        m = _OURS.match(name)
+        if m:
+            stale = m["host"] == _HOST and int(m["pid"]) != os.getpid() and not _alive(int(m["pid"]))
+        elif _LEGACY.match(name):
+            try:
+                stale = now - os.path.getmtime(path) > LEGACY_AGE_S
+            except OSError:
+                stale = False
+        else:
+            stale = False
+        if stale:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+                removed.append(path)
+    return removed

@@ -1,0 +1,501 @@
+"""Depth for video streams: frame sources, online head selection that does not flicker, the writer.
+
+``predict.py`` hands a video file (or a folder of frames with ``--stream``) to :func:`main_stream`:
+
+    python predict.py drive.mp4 --checkpoint runs/quickstart/NKS.pth.tar --out out/
+    python predict.py frames/ --stream --fps 10 --save-depth --out out/
+
+Frames are processed in order, each through ``predict.Predictor.run`` (selection at the first
+domain's input size, depth at the chosen head's input size, upsampled to the frame). The head is
+chosen online by :class:`HeadSmoother` from every frame's prototype distances. Written into
+``--out`` for an input ``<name>``:
+
+* ``<name>_depth.mp4``: each frame beside its colourised depth, the chosen domain written on top;
+* ``<name>_frames.csv``: one row per frame: raw and chosen head, every prototype distance, latency;
+* ``<name>_stream.json``: the settings and a summary (frames, switches, frames/s);
+* ``<name>_depth/<frame>_depth.png`` (16-bit mm) and ``.npy`` (metres) with ``--save-depth``.
+
+Decoding runs in a reader thread and colourising/encoding in a writer thread, so they overlap with
+the network (``--no-threads`` runs them in the main thread, for comparison).
+"""
+from __future__ import annotations
+
+import csv
+import functools
+import importlib.util
+import queue
+import re
+import sys
+import threading
+import time
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv")
+SMOOTHING_MODES = ("mean", "vote", "raw")
+DEFAULT_WINDOW = 4
+DEFAULT_MARGIN = 0.0  # measured with bench/bench_stream.py: 5 % halves the wrong switches but delays N<->S changes up to 6 frames
+DEPTH_CMAP = "magma_r"  # predict.py's depth colour map
+LABEL_HEIGHT = 22
+
+
+def _predict_module():
+    """predict.py as a module (the name it shares with its own loader, so it is loaded once)."""
+    name = "lm_predict"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("predict.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+# ----------------------------------------------------------------------------------------------
+# Online head selection
+# ----------------------------------------------------------------------------------------------
+class HeadSmoother:
+    """Head choice per frame from prototype distances, stable over time.
+
+    ``mode="mean"`` (default): each frame's distances are divided by their minimum (so a frame far
+    from every prototype does not outweigh the others), averaged over the last ``window`` frames,
+    and the head switches only when another head's averaged distance is below the current head's
+    by more than ``margin`` (relative; the hysteresis). ``mode="vote"``: the head with most per-frame
+    nearest-prototype votes in the window, switched to only with a strict majority. ``mode="raw"``
+    (or ``window=1`` with no margin): the per-frame rule, the nearest prototype of each frame.
+    """
+
+    def __init__(self, window: int = DEFAULT_WINDOW, mode: str = "mean", margin: float = DEFAULT_MARGIN):
+        if mode not in SMOOTHING_MODES:
+            raise ValueError(f"unknown smoothing mode {mode!r}; choose one of {SMOOTHING_MODES}")
+        if window < 1:
+            raise ValueError(f"the smoothing window must be at least 1 frame, got {window}")
+        if margin < 0:
+            raise ValueError(f"the smoothing margin must be >= 0, got {margin}")
+        self.window, self.mode, self.margin = int(window), mode, float(margin)
+        self.history = deque(maxlen=self.window)
+        self.current = None
+
+    def reset(self) -> None:
+        self.history.clear()
+        self.current = None
+
+    def __call__(self, raw_head, distances) -> int:
+        """The head for this frame; ``distances`` (D,) (tensor or array) of this frame."""
+        d = np.asarray(distances.cpu() if isinstance(distances, torch.Tensor) else distances, np.float64)
+        raw = int(np.argmin(d)) if raw_head is None else int(raw_head)
+        if self.mode == "raw":
+            self.current = raw
+            return raw
+        if self.mode == "vote":
+            self.history.append(raw)
+            votes = np.bincount(np.asarray(self.history), minlength=d.size)
+            best = int(np.argmax(votes))
+            if self.current is None or (best != self.current and votes[best] * 2 > len(self.history)):
+                self.current = best
+            return self.current
+        # relative distances; a selector whose scores can reach 0 or below is shifted instead
+        self.history.append(d / d.min() if d.min() > 0 else d - d.min() + 1.0)
+        mean = np.mean(self.history, axis=0)
+        best = int(np.argmin(mean))
+        if self.current is None or mean[best] * (1.0 + self.margin) < mean[self.current]:
+            self.current = best
+        return self.current
+
+
+# ----------------------------------------------------------------------------------------------
+# Frame sources
+# ----------------------------------------------------------------------------------------------
+def is_video(path) -> bool:
+    return Path(path).suffix.lower() in VIDEO_EXTENSIONS
+
+
+def _natural_key(path: Path):
+    """frame2 before frame10."""
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", path.name)]
+
+
+def folder_frames(folder: Path, out_dir: Path) -> list:
+    """The image files of ``folder`` in natural order (predict.py's rules for what is an image)."""
+    P = _predict_module()
+    images, notes = P.collect_inputs(Path(folder), Path(out_dir), recursive=False)
+    for n in notes:
+        print(n, file=sys.stderr)
+    if not images:
+        raise P.CLIError(f"no image files found in {str(folder)!r}")
+    return sorted(images, key=_natural_key)
+
+
+def iter_folder(files):
+    """(name, RGB uint8 array) of each frame file."""
+    P = _predict_module()
+    for f in files:
+        try:
+            yield f.stem, np.asarray(P.read_rgb(f))
+        except Exception as e:  # noqa: BLE001 - a stream stops at an unreadable frame, saying which
+            raise P.CLIError(f"frame {str(f)!r}: {e}") from None
+
+
+def open_video(path):
+    """(imageio reader, frames per second) of a video file; a clear error when it cannot be read."""
+    import imageio.v2 as iio
+    P = _predict_module()
+    try:
+        reader = iio.get_reader(str(path), format="FFMPEG")
+        fps = float(reader.get_meta_data().get("fps") or 0.0)
+    except Exception as e:  # noqa: BLE001 - imageio/ffmpeg raise several types for a bad file
+        raise P.CLIError(f"video {str(path)!r} cannot be read ({type(e).__name__}: "
+                         f"{str(e).strip().splitlines()[0] if str(e).strip() else 'no detail'})") from None
+    return reader, fps
+
+
+def iter_video(reader):
+    """(name, RGB uint8 array) of each decoded frame; names are frame numbers."""
+    for i, frame in enumerate(reader):
+        yield f"{i:06d}", np.ascontiguousarray(frame[..., :3])
+
+
+class Prefetch:
+    """Iterate ``iterable`` in a background thread, ``depth`` items ahead (decoding overlaps the
+    network: ffmpeg's decoding and PIL/numpy release the GIL). Exceptions reach the consumer."""
+
+    _END = object()
+
+    def __init__(self, iterable, depth: int = 4):
+        self.q = queue.Queue(maxsize=depth)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._work, args=(iterable,), daemon=True)
+        self.thread.start()
+
+    def _work(self, iterable):
+        try:
+            for item in iterable:
+                while not self.stop.is_set():
+                    try:
+                        self.q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if self.stop.is_set():
+                    return
+            self.q.put(self._END)
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            self.q.put(e)
+
+    def __iter__(self):
+        while True:
+            item = self.q.get()
+            if item is self._END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self):
+        self.stop.set()
+
+
+# ----------------------------------------------------------------------------------------------
+# Drawing
+# ----------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=8)
+def _lut(cmap: str) -> np.ndarray:
+    import matplotlib
+    return (matplotlib.colormaps[cmap](np.linspace(0.0, 1.0, 256))[:, :3] * 255).astype(np.uint8)
+
+
+def colorize(values: np.ndarray, vmin: float, vmax: float, cmap: str = DEPTH_CMAP) -> np.ndarray:
+    """(H,W) values -> (H,W,3) uint8 through a matplotlib colour map's 256-entry table (fast enough
+    per video frame, unlike a figure with a colour bar); non-finite values are black."""
+    lut = _lut(cmap)
+    span = max(float(vmax) - float(vmin), 1e-6)
+    finite = np.isfinite(values)
+    idx = np.clip((np.where(finite, values, vmin) - vmin) / span * 255.0, 0, 255).astype(np.uint8)
+    out = lut[idx]
+    out[~finite] = 0
+    return out
+
+
+def compose_frame(rgb: np.ndarray, depth_rgb: np.ndarray, text: str, size=None) -> np.ndarray:
+    """The frame and its colourised depth side by side under a label band; ``size`` (W,H) of each
+    half (frames of another size are resized to it); the result has even sides (H.264 needs them)."""
+    from PIL import Image, ImageDraw
+    halves = []
+    for arr in (rgb, depth_rgb):
+        img = Image.fromarray(arr)
+        if size is not None and img.size != tuple(size):
+            img = img.resize(tuple(size), Image.BILINEAR)
+        halves.append(img)
+    w, h = halves[0].size
+    W, H = 2 * w + (2 * w) % 2, h + LABEL_HEIGHT + (h + LABEL_HEIGHT) % 2
+    canvas = Image.new("RGB", (W, H), (0, 0, 0))
+    canvas.paste(halves[0], (0, LABEL_HEIGHT))
+    canvas.paste(halves[1], (w, LABEL_HEIGHT))
+    ImageDraw.Draw(canvas).text((4, 4), text, fill=(255, 255, 255))
+    return np.asarray(canvas)
+
+
+# ----------------------------------------------------------------------------------------------
+# Output
+# ----------------------------------------------------------------------------------------------
+class Sink:
+    """Colourises, composes and writes each processed frame (video, depth files), optionally in a
+    writer thread so that encoding overlaps the network of the next frame."""
+
+    def __init__(self, video_path, fps, depth_dir, threaded=True):
+        self.video_path, self.fps, self.depth_dir = video_path, fps, depth_dir
+        self.writer = None
+        self.size = None
+        self.error = None
+        self.q = queue.Queue(maxsize=4) if threaded else None
+        if threaded:
+            self.thread = threading.Thread(target=self._work, daemon=True)
+            self.thread.start()
+
+    def put(self, item: dict) -> None:
+        if self.error is not None:
+            raise self.error
+        if self.q is None:
+            self._write(item)
+        else:
+            self.q.put(item)
+
+    def _work(self):
+        while True:
+            item = self.q.get()
+            if item is None:
+                return
+            if self.error is None:
+                try:
+                    self._write(item)
+                except BaseException as e:  # noqa: BLE001 - reported by put()/close()
+                    self.error = e
+
+    def _write(self, item):
+        if self.depth_dir is not None:
+            P = _predict_module()
+            P.save_png16(self.depth_dir / f"{item['name']}_depth.png", item["depth"])
+            with P.atomic_write(self.depth_dir / f"{item['name']}_depth.npy") as fh:
+                np.save(fh, item["depth"].astype(np.float32))
+        if self.video_path is None:
+            return
+        if self.size is None:  # every frame of the video gets the first frame's size
+            self.size = (item["rgb"].shape[1], item["rgb"].shape[0])
+        frame = compose_frame(item["rgb"], colorize(item["depth"], 0.0, item["vmax"]), item["text"], self.size)
+        if self.writer is None:
+            import imageio.v2 as iio
+            self.writer = iio.get_writer(str(self._partial()), format="FFMPEG", fps=self.fps,
+                                         codec="libx264", pixelformat="yuv420p", macro_block_size=1,
+                                         ffmpeg_log_level="error")
+        self.writer.append_data(frame)
+
+    def _partial(self) -> Path:
+        """The video is written under this name and renamed when complete (no half-written file
+        under the final name after a failure or Ctrl-C)."""
+        return self.video_path.with_name(f"{self.video_path.stem}.part{self.video_path.suffix}")
+
+    def close(self, complete: bool = True) -> None:
+        """Finish writing; the video gets its final name only when ``complete``."""
+        if self.q is not None:
+            self.q.put(None)
+            self.thread.join()
+        if self.writer is not None:
+            self.writer.close()
+            if self.error is None and complete:
+                self._partial().replace(self.video_path)
+        if self.error is not None:
+            raise self.error
+
+
+def frame_label(model, index, head, raw_head, smoothing, vmax) -> str:
+    """The text written on a frame: number, chosen domain and how, the per-frame choice where it
+    differs, the colour range."""
+    from domains import get_domain
+    letter = model.letters[head]
+    how = "given" if model.forced is not None else ("per-frame" if smoothing == "raw" else "smoothed")
+    note = f", this frame alone: {model.letters[raw_head]}" if raw_head is not None and raw_head != head else ""
+    return f"frame {index}: {get_domain(letter).name} head ({letter}, {how}{note}), depth 0-{vmax:g} m"
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
+# ----------------------------------------------------------------------------------------------
+def run_stream(model, frames, *, smoother=None, sink=None, clamp=True, max_depth=None,
+               threaded=True, max_frames=None, on_frame=None) -> list[dict]:
+    """Run ``model`` (a ``predict.Predictor``) over ``frames`` ((name, RGB array) in order).
+
+    ``smoother``: a :class:`HeadSmoother` (None: the per-frame rule). Returns one record per frame:
+    ``{"frame", "name", "raw_head", "head", "distances", "latency_ms", "depth_min", "depth_max"}``.
+    """
+    from PIL import Image
+    source = Prefetch(frames) if threaded else frames
+    records = []
+    smoothing = "raw" if smoother is None else smoother.mode
+    try:
+        for index, (name, rgb) in enumerate(source):
+            if max_frames is not None and index >= max_frames:
+                break
+            t0 = time.perf_counter()
+            r = model.run(Image.fromarray(rgb), choose=smoother)
+            depth, head = r["depth"], r["head"]
+            if clamp:
+                depth = model.clamp(depth, head)
+            latency = (time.perf_counter() - t0) * 1000.0
+            dists = None if r["distances"] is None else [float(v) for v in r["distances"]]
+            rec = {"frame": index, "name": name, "raw_head": r["raw_head"], "head": head,
+                   "distances": dists, "latency_ms": latency,
+                   "depth_min": float(depth.min()), "depth_max": float(depth.max())}
+            records.append(rec)
+            if sink is not None:
+                vmax = float(max_depth) if max_depth else float(model.ranges[head][1])
+                sink.put({"name": name, "rgb": rgb, "depth": depth, "vmax": vmax,
+                          "text": frame_label(model, index, head, r["raw_head"], smoothing, vmax)})
+            if on_frame is not None:
+                on_frame(rec)
+    finally:
+        if threaded:
+            source.close()
+    return records
+
+
+def count_switches(heads) -> int:
+    return int(sum(1 for a, b in zip(heads, heads[1:]) if a != b))
+
+
+def write_log(path, records, letters) -> None:
+    """One CSV row per frame: frame, name, raw and chosen head (letters), switch, latency, distances."""
+    tmp = Path(path).with_name(Path(path).name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["frame", "name", "raw_head", "head", "switched", "latency_ms", "depth_min", "depth_max"]
+                   + [f"dist_{c}" for c in letters])
+        prev = None
+        for r in records:
+            raw = "" if r["raw_head"] is None else letters[r["raw_head"]]
+            dists = r["distances"] or [""] * len(letters)
+            w.writerow([r["frame"], r["name"], raw, letters[r["head"]],
+                        int(prev is not None and r["head"] != prev), f"{r['latency_ms']:.2f}",
+                        f"{r['depth_min']:.4f}", f"{r['depth_max']:.4f}"]
+                       + [d if d == "" else f"{d:.5f}" for d in dists])
+            prev = r["head"]
+    tmp.replace(path)
+
+
+# ----------------------------------------------------------------------------------------------
+# The command (predict.py's options plus these)
+# ----------------------------------------------------------------------------------------------
+def add_stream_arguments(p) -> None:
+    g = p.add_argument_group("streams (a video file, or a folder of frames with --stream)")
+    g.add_argument("--stream", action="store_true",
+                   help="treat a folder of images as the frames of one stream, in natural name order "
+                        "(frame2 before frame10); video files (" + ", ".join(VIDEO_EXTENSIONS) +
+                        ") are always streams")
+    g.add_argument("--window", type=int, default=DEFAULT_WINDOW,
+                   help="frames over which the head choice is smoothed")
+    g.add_argument("--smoothing", default="mean", choices=[m for m in SMOOTHING_MODES if m != "raw"],
+                   help="mean: prototype distances (each frame's divided by its minimum) averaged over "
+                        "the window, switching only when another head is nearer by --switch-margin; "
+                        "vote: the majority of per-frame nearest prototypes in the window")
+    g.add_argument("--switch-margin", type=float, default=DEFAULT_MARGIN,
+                   help="hysteresis of --smoothing mean: another head must be this much nearer "
+                        "(relative, 0.05 = 5%%) than the current one to take over")
+    g.add_argument("--no-smoothing", action="store_true",
+                   help="the raw per-frame rule: each frame's nearest prototype")
+    g.add_argument("--save-depth", action="store_true",
+                   help="also write <name>_depth/<frame>_depth.png (16-bit mm) and .npy (metres) per frame")
+    g.add_argument("--fps", type=float, default=None,
+                   help="frame rate of the written video (default: the input video's, 10 for frames)")
+    g.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
+    g.add_argument("--no-threads", action="store_true",
+                   help="decode and write in the main thread (for timing comparisons)")
+
+
+def is_stream_input(args) -> bool:
+    return is_video(args.input) or bool(getattr(args, "stream", False))
+
+
+def smoother_from_args(args):
+    if args.no_smoothing or args.domain is not None:
+        return None
+    return HeadSmoother(window=args.window, mode=args.smoothing, margin=args.switch_margin)
+
+
+def main_stream(args, device) -> int:
+    """The stream path of ``predict.py``; returns the exit status."""
+    from domains import get_domain
+    P = _predict_module()
+    target, out_dir = Path(args.input), Path(args.out)
+    for opt, bad in (("--ply", args.ply), ("--recursive", args.recursive)):
+        if bad:
+            raise P.CLIError(f"{opt} does not apply to a stream (a video file or --stream)")
+    if args.max_frames is not None and args.max_frames < 1:
+        raise P.CLIError(f"--max-frames must be at least 1, got {args.max_frames}")
+    if args.fps is not None and not args.fps > 0:
+        raise P.CLIError(f"--fps must be positive, got {args.fps}")
+    try:
+        smoother = smoother_from_args(args)
+    except ValueError as e:
+        raise P.CLIError(str(e)) from None
+    if not target.exists():
+        raise P.CLIError(f"input {str(target)!r} does not exist (expected a video file or a folder of frames)")
+    if target.is_dir():
+        files = folder_frames(target, out_dir)
+        frames, fps, reader = iter_folder(files), 10.0, None
+    elif is_video(target):
+        reader, fps = open_video(target)
+        frames = iter_video(reader)
+    else:
+        raise P.CLIError(f"{str(target)!r} is not a video file ({', '.join(VIDEO_EXTENSIONS)}); "
+                         "--stream takes a folder of frames")
+    fps = args.fps or fps or 10.0
+    model = P.Predictor(args, device)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = target.name if target.is_dir() else target.stem
+    video = None if args.no_plots else out_dir / f"{stem}_depth.mp4"
+    depth_dir = out_dir / f"{stem}_depth" if args.save_depth else None
+    if depth_dir is not None:
+        depth_dir.mkdir(parents=True, exist_ok=True)
+    sink = Sink(video, fps, depth_dir, threaded=not args.no_threads)
+    t0 = time.perf_counter()
+    bar = tqdm(desc="stream", unit="frame", total=args.max_frames, disable=args.quiet, dynamic_ncols=True)
+
+    def progress(r):
+        bar.set_postfix_str(f"{model.letters[r['head']]} {r['latency_ms']:.0f} ms", refresh=False)
+        bar.update(1)
+    complete = False
+    try:
+        records = run_stream(model, frames, smoother=smoother, sink=sink, clamp=not args.no_clamp,
+                             max_depth=args.max_depth, threaded=not args.no_threads,
+                             max_frames=args.max_frames, on_frame=progress)
+        complete = True
+    finally:
+        bar.close()
+        sink.close(complete)
+        if reader is not None:
+            reader.close()
+    seconds = time.perf_counter() - t0
+    if not records:
+        raise P.CLIError(f"{str(target)!r} holds no frame")
+    log = out_dir / f"{stem}_frames.csv"
+    write_log(log, records, model.letters)
+    heads = [r["head"] for r in records]
+    raw = [r["raw_head"] for r in records if r["raw_head"] is not None]
+    summary = {"input": str(target), "checkpoint": args.checkpoint, "frames": len(records),
+               "fps_out": fps, "smoothing": None if smoother is None else
+               {"mode": smoother.mode, "window": smoother.window, "margin": smoother.margin},
+               "domain": args.domain, "threads": not args.no_threads,
+               "switches": count_switches(heads), "raw_switches": count_switches(raw) if raw else None,
+               "frames_per_s": len(records) / seconds, "seconds": seconds,
+               "median_latency_ms": float(np.median([r["latency_ms"] for r in records])),
+               "frames_per_head": {get_domain(c).name: heads.count(i) for i, c in enumerate(model.letters)},
+               "predictor": P.T.predictor_settings(model.predictor),
+               "outputs": {"video": None if video is None else str(video), "log": str(log),
+                           "depth": None if depth_dir is None else str(depth_dir)}}
+    P.T.write_json(out_dir / f"{stem}_stream.json", summary)
+    print(f"{len(records)} frame(s), {summary['frames_per_s']:.1f} frames/s, {summary['switches']} head "
+          f"switch(es) (per-frame rule: {summary['raw_switches']}) -> "
+          f"{video if video is not None else log}")
+    return 0
