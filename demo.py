@@ -9,8 +9,8 @@ uncertainty, the domain whose head was chosen and the distance from the image to
 prototype (the chosen one highlighted); the "head" control forces another head. The checkpoint
 menu lists ``--checkpoint`` and the project checkpoints found under ``--runs-dir``.
 
-Everything is computed by predict.py's pieces: ``predict.Predictor.run`` (selection at the first
-domain's input size, depth at the chosen head's) and ``predict.save_colormap`` (the colour bars).
+Everything is computed by prediction.py: ``prediction.Predictor.run`` (selection at the first domain's
+input size, depth at the chosen head's) and ``prediction.save_colormap`` (the colour bars).
 """
 from __future__ import annotations
 
@@ -28,9 +28,10 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home: the
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+import prediction as P  # noqa: E402
 import stream as S  # noqa: E402
+from options import CLIError, HelpFormatter, add_checkpoint_arguments, resolve_device  # noqa: E402
 
-P = S._predict_module()
 AUTO = "auto (nearest prototype)"
 DEFAULT_CHECKPOINT = "runs/quickstart/NKS.pth.tar"
 
@@ -39,7 +40,7 @@ DEFAULT_CHECKPOINT = "runs/quickstart/NKS.pth.tar"
 # The model side (no Gradio here: unit-testable)
 # ----------------------------------------------------------------------------------------------
 class Models:
-    """Loaded ``predict.Predictor`` per checkpoint path (loaded on first use, kept)."""
+    """Loaded ``prediction.Predictor`` per checkpoint path (loaded on first use, kept)."""
 
     def __init__(self, args):
         self.args = args
@@ -55,7 +56,7 @@ class Models:
                 if self.args.replay_root and checkpoint == self.args.checkpoint:
                     argv += ["--replay-root", self.args.replay_root]
                 pargs = P.build_parser().parse_args(argv)
-                self.cache[checkpoint] = P.Predictor(pargs, P.T.resolve_device(self.args.device))
+                self.cache[checkpoint] = P.Predictor(pargs, resolve_device(self.args.device))
             return self.cache[checkpoint]
 
 
@@ -194,10 +195,10 @@ def build_app(args):
 def build_parser():
     p = argparse.ArgumentParser(description="A web page (Gradio) to try a Lifelong-MonoDepth checkpoint: "
                                             "depth, uncertainty, the chosen domain and its prototype distances.",
-                                formatter_class=P.T.HelpFormatter)
-    p.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT,
-                   help="the checkpoint shown first (project format; an authors' file needs --order)")
-    p.add_argument("--order", default=None, help="learning order naming the heads of an authors' --checkpoint, e.g. NKS")
+                                formatter_class=HelpFormatter)
+    add_checkpoint_arguments(p, "the checkpoint shown first (project format; an authors' file needs --order)",
+                             "learning order naming the heads of an authors' --checkpoint, e.g. NKS",
+                             default=DEFAULT_CHECKPOINT)
     p.add_argument("--replay-root", default=None,
                    help="compute --checkpoint's prototypes from this data root's replay rows (for files without them)")
     p.add_argument("--runs-dir", default="runs", help="other project checkpoints offered in the menu are found here")
@@ -213,11 +214,11 @@ def build_parser():
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if not 0 < args.port < 65536:
-        raise P.CLIError(f"--port must be 1..65535, got {args.port}")
+        raise CLIError(f"--port must be 1..65535, got {args.port}")
     try:
         import gradio  # noqa: F401
     except ImportError:
-        raise P.CLIError("the demo needs Gradio: pip install -r requirements-demo.txt") from None
+        raise CLIError("the demo needs Gradio: pip install -r requirements-demo.txt") from None
     app = build_app(args)
     print(f"serving {args.checkpoint} on http://{args.host}:{args.port} (Ctrl-C stops)", flush=True)
     app.launch(server_name=args.host, server_port=args.port, share=False, inbrowser=False,

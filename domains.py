@@ -253,6 +253,22 @@ SCANNET = DomainSpec(
 )
 BUILTIN = (NYU, KITTI, SCANNET)
 
+
+@dataclass(frozen=True)
+class Camera:
+    """The real sensor of a built-in domain: what synthetic.py renders, what predict.py's point clouds
+    assume when no --intrinsics is given, and the frame sizes the test fixtures imitate."""
+    frame_size: Tuple[int, int]                      # (W, H) of the depth map
+    intrinsics: Tuple[float, float, float, float]    # fx, fy, cx, cy in pixels at frame_size
+    color_size: Tuple[int, int]                      # (W, H) of the colour image
+
+
+CAMERAS: Dict[str, Camera] = {
+    "N": Camera((640, 480), (518.86, 519.47, 325.58, 253.74), (640, 480)),
+    "K": Camera((1216, 352), (721.5, 721.5, 596.5, 149.9), (1216, 352)),
+    "S": Camera((640, 480), (577.6, 577.6, 319.5, 239.5), (1296, 968)),
+}
+
 _REGISTRY: List[DomainSpec] = list(BUILTIN)
 
 
@@ -388,3 +404,11 @@ def save_domains_file(specs: Sequence[DomainSpec], path: str) -> None:
     from safeio import atomic_write  # complete or not at all
     with atomic_write(path, "w", encoding="utf-8") as f:
         json.dump([s.to_dict() for s in specs], f, indent=2)
+
+
+def run_name(letters: str, strategy: str) -> str:
+    """Checkpoint stem: the order, plus the strategy unless it is ours. A first stage is the same
+    single-domain model for every lifelong strategy, so its name has no suffix."""
+    if strategy == "ours" or len(letters) == 1:
+        return letters
+    return f"{letters}_{strategy}"

@@ -1,15 +1,33 @@
-"""Evaluation shared by training-time validation, test.py and test_inference.py.
+"""Evaluation shared by training-time validation, test.py, test_inference.py, quickstart and the study.
 
 One place decides how a prediction meets the ground truth: the network's half-resolution depth is
 upsampled bilinearly (align_corners=True) to the ground-truth size, then optional caps and crops are
 applied (metrics.prepare_pair) and errors are aggregated per image or per pixel.
+
+It also owns a checkpoint's evaluation through the product's inference path: a domain's test split
+(:func:`test_dataset`), one split through ``DepthPredictor`` (:func:`evaluate_split`), every learned
+domain of a checkpoint (:func:`evaluate_checkpoint`), the stage files of a learning order
+(:func:`stage_paths`), the lifelong maths (:func:`lifelong_summary`: forgetting, BWT), their text
+tables and the JSON result files (:func:`write_json`).
 """
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+import json
+import math
+import time
+from pathlib import Path
 
-from metrics import ErrorAggregator, prepare_pair
+import torch
+from torch.utils.data import Subset
+from tqdm import tqdm
+
+from domains import get_domain, run_name
+from losses import upsample_to
+from metrics import HIGHER_IS_BETTER, ErrorAggregator, prepare_pair
+from models.fast import autocast_context
+from options import (CLIError, check_checkpoint_path, checkpoint_letters, default_scale, eval_settings,
+                     make_predictor, predictor_settings, worker_count)
+from safeio import WriteError, atomic_write, clean_stale_temps
 
 
 def resolve_cap(spec, cap: bool):
@@ -20,13 +38,6 @@ def resolve_cap(spec, cap: bool):
 def resolve_crop(spec, crop: str) -> str:
     """'default' means the domain's own convention (Eigen for NYU, Garg for KITTI, none otherwise)."""
     return spec.eval_crop if crop == "default" else crop
-
-
-def upsample_to(depth: torch.Tensor, size) -> torch.Tensor:
-    """Bring a (B,1,h,w) prediction to the ground-truth size, as the authors did."""
-    if tuple(depth.shape[-2:]) == tuple(size):
-        return depth
-    return F.interpolate(depth, size=tuple(size), mode="bilinear", align_corners=True)
 
 
 class DomainEvaluator:
@@ -59,13 +70,6 @@ class DomainEvaluator:
         return self.errors.result()
 
 
-def autocast_context(device: torch.device, dtype):
-    """Autocast on the device when a reduced precision dtype is asked for, else a no-op context."""
-    if dtype is None or dtype == torch.float32:
-        return torch.autocast(device_type=device.type, enabled=False)
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
 @torch.no_grad()
 def evaluate_domain(net, loader, head: int, spec, device="cpu", crop="none", cap=False,
                     aggregate="image", amp_dtype=None, progress=None) -> dict:
@@ -82,3 +86,266 @@ def evaluate_domain(net, loader, head: int, spec, device="cpu", crop="none", cap
             progress.update(batch["image"].shape[0])
     net.train(was_training)
     return evaluator.result()
+
+
+# ----------------------------------------------------------------------------------------------
+# A checkpoint through the product's inference path (test.py, test_inference.py, quickstart)
+# ----------------------------------------------------------------------------------------------
+def full_frame_for(letter, full_frame) -> bool:
+    """Whether domain ``letter`` is evaluated on whole frames: --full-frame all / kitti / none."""
+    if full_frame in (None, False, "none"):
+        return False
+    if full_frame == "kitti":
+        return get_domain(letter).transform == "kitti"
+    return True
+
+
+def test_dataset(letter, data_root, scale, max_images=None, full_frame=False, scannet_resize="twice"):
+    """The test split of a domain (deterministic test transform), optionally its first images.
+    ``full_frame``: a bool, or a --full-frame value (none / all / kitti)."""
+    from loaders import DatasetFormatError, get_dataset
+    full_frame = full_frame_for(letter, full_frame)
+    try:
+        ds = get_dataset(letter, "test", str(data_root), train=False, scale=scale,
+                         **({"full_frame": True} if full_frame else {}),
+                         **({"scannet_resize": scannet_resize} if scannet_resize != "twice" else {}))
+    except (FileNotFoundError, DatasetFormatError, ValueError) as e:
+        raise CLIError(str(e)) from None
+    if len(ds) == 0:
+        raise CLIError(f"the test index of domain {letter} under {str(data_root)!r} lists no image")
+    if max_images is not None and max_images < len(ds):
+        ds = Subset(ds, range(max(1, max_images)))
+    return ds
+
+
+def make_loader(ds, batch_size, workers, device):
+    from loaders import get_loader
+    return get_loader(ds, batch_size=batch_size, shuffle=False, workers=workers, device=device.type)
+
+
+def evaluate_split(predictor, loader, head: int, spec, crop="default", cap=True, aggregate="image",
+                   selection=False, bar=None, rmse="pooled", pred_clamp=True, delta="lt") -> dict:
+    """Errors of one domain's test images.
+
+    With the domain prior every image goes through head ``head``. With ``selection`` each image
+    also goes to the head chosen by the nearest prototype (DepthPredictor.predict(domain=None)),
+    scored separately; when every image of a batch chose ``head`` the prior's prediction is the
+    same and is reused.
+
+    Returns ``{"prior": metrics, "selected": metrics or None, "chosen": [count per head] or None}``.
+    """
+    rules = {"crop": crop, "cap": cap, "aggregate": aggregate, "rmse": rmse, "pred_clamp": pred_clamp,
+             "delta": delta}
+    prior = DomainEvaluator(spec, **rules)
+    selected = DomainEvaluator(spec, **rules) if selection else None
+    chosen_counts = [0] * predictor.num_domains if selection else None
+    for batch in loader:
+        images, gt = batch["image"], batch["depth"]
+        try:
+            if selection:
+                out = predictor.predict(images, domain=None, with_uncertainty=False)
+                chosen = out["domain"].cpu()
+                for c in chosen.tolist():
+                    chosen_counts[c] += 1
+                selected.add_batch(out["depth"], gt, batch.get("window"))
+                if bool((chosen == head).all()):
+                    prior_depth = out["depth"]
+                else:
+                    prior_depth = predictor.predict(images, domain=head, with_uncertainty=False)["depth"]
+            else:
+                prior_depth = predictor.predict(images, domain=head, with_uncertainty=False)["depth"]
+        except ValueError as e:  # e.g. no prototypes
+            raise CLIError(str(e)) from None
+        prior.add_batch(prior_depth, gt, batch.get("window"))
+        if bar is not None:
+            bar.update(images.shape[0])
+    try:
+        return {"prior": prior.result(), "selected": selected.result() if selection else None,
+                "chosen": chosen_counts}
+    except ValueError as e:
+        raise CLIError(f"domain {spec.letter}: {e}") from None
+
+
+def round_floats(obj, digits=6):
+    if isinstance(obj, float):
+        return obj if not math.isfinite(obj) else round(obj, digits)
+    if isinstance(obj, dict):
+        return {k: round_floats(v, digits) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [round_floats(v, digits) for v in obj]
+    return obj
+
+
+def write_json(path, payload) -> None:
+    # complete or not at all, a failed write (full disk) named in one error line (safeio); the
+    # temp files of killed earlier writes in that folder go first
+    clean_stale_temps(Path(path).parent)
+    try:
+        with atomic_write(path, "w", encoding="utf-8") as f:
+            json.dump(round_floats(payload), f, indent=2)
+            f.write("\n")
+    except WriteError as e:
+        raise CLIError(str(e)) from None
+
+
+def describe_predictor(options: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in options.items())
+
+
+def describe_settings(settings: dict, scale: float) -> str:
+    extra = "".join([f", {settings['rmse']} RMSE" if settings.get("rmse", "pooled") != "pooled" else "",
+                     "" if settings.get("pred_clamp", True) else ", predictions unclamped",
+                     ", delta <=" if settings.get("delta") == "le" else ""])
+    return (f"crop {settings['crop']}, {'capped' if settings['cap'] else 'no cap'}, "
+            f"{settings['aggregate']}-averaged{extra}, scale {scale:g}")
+
+
+def _mean(values):
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def lifelong_summary(matrix, metric: str | None = None, higher_is_better: bool | None = None) -> dict:
+    """Final average, forgetting and backward transfer of a lifelong run.
+
+    ``matrix[s][d]`` is the metric of domain ``d`` (learning order) measured after stage ``s``
+    (the model that has learned domains ``0..s``); entries with ``d > s`` are not used (may be None
+    or absent). Whether higher is better comes from ``metric`` (``delta*`` are accuracies, all other
+    :data:`metrics.METRIC_NAMES` are errors) or from ``higher_is_better`` (default False).
+
+    Signs are chosen so that **positive forgetting = the domain got worse** and **positive BWT = the
+    old domains improved**, for errors and accuracies alike:
+
+    * forgetting of old domain d (d < T-1), errors: ``final - min(earlier)``; accuracies
+      (deltas, sign flipped): ``max(earlier) - final``; "earlier" = stages d .. T-2.
+    * BWT (GEM's backward transfer, sign adjusted), errors: mean over old domains of
+      ``(value just after learning d) - final``; accuracies: ``final - (value just after learning d)``.
+
+    Returns a dict: ``final`` (per domain), ``final_average``, ``stage_average`` (mean over the
+    domains learned at each stage), ``just_learned`` (the diagonal), ``forgetting`` (per old
+    domain), ``average_forgetting``, ``bwt_per_domain``, ``bwt`` (None when there is no old domain),
+    ``higher_is_better``.
+    """
+    if higher_is_better is None:
+        higher_is_better = metric in HIGHER_IS_BETTER if metric is not None else False
+    rows = [list(r) for r in matrix]
+    T = len(rows)
+    if T == 0:
+        raise ValueError("lifelong_summary: empty matrix")
+    for s, row in enumerate(rows):
+        if len(row) < s + 1 or any(row[d] is None for d in range(s + 1)):
+            raise ValueError(f"lifelong_summary: stage {s} must have values for domains 0..{s}, got {row}")
+    value = [[float(rows[s][d]) for d in range(s + 1)] for s in range(T)]
+    final = value[T - 1]
+    just = [value[d][d] for d in range(T)]
+    forgetting, bwt = [], []
+    for d in range(T - 1):
+        earlier = [value[s][d] for s in range(d, T - 1)]
+        if higher_is_better:
+            forgetting.append(max(earlier) - final[d])
+            bwt.append(final[d] - just[d])
+        else:
+            forgetting.append(final[d] - min(earlier))
+            bwt.append(just[d] - final[d])
+    return {
+        "metric": metric,
+        "higher_is_better": bool(higher_is_better),
+        "final": final,
+        "final_average": _mean(final),
+        "stage_average": [_mean(v) for v in value],
+        "just_learned": just,
+        "forgetting": forgetting,
+        "average_forgetting": _mean(forgetting),
+        "bwt_per_domain": bwt,
+        "bwt": _mean(bwt),
+    }
+
+
+def format_matrix(names, stage_labels, matrix, summary, metric: str) -> str:
+    """Text table: rows = domains, columns = stages, then forgetting; averages and BWT below."""
+    better = "higher" if summary["higher_is_better"] else "lower"
+    dw = max([len(n) for n in names] + [len("average"), len(metric) + 2])
+    cw = max([9] + [len(f"after {s}") for s in stage_labels])
+    head = f"{metric + ' (' + better + ' is better)':<{dw + 20}}"
+    lines = [head,
+             f"{'domain':<{dw}} " + " ".join(f"{'after ' + s:>{cw}}" for s in stage_labels)
+             + f" {'forgetting':>{cw + 1}}"]
+    lines.append("-" * len(lines[1]))
+    T = len(stage_labels)
+    for d, name in enumerate(names):
+        cells = []
+        for s in range(T):
+            v = matrix[s][d] if d <= s and d < len(matrix[s]) else None
+            cells.append(f"{'-':>{cw}}" if v is None else f"{v:>{cw}.4f}")
+        f = summary["forgetting"][d] if d < len(summary["forgetting"]) else None
+        cells.append(f"{'-':>{cw + 1}}" if f is None else f"{f:>+{cw + 1}.4f}")
+        lines.append(f"{name:<{dw}} " + " ".join(cells))
+    lines.append(f"{'average':<{dw}} " + " ".join(f"{v:>{cw}.4f}" for v in summary["stage_average"]))
+    fa = summary["average_forgetting"]
+    bwt = summary["bwt"]
+    lines.append(f"final average {summary['final_average']:.4f}; average forgetting "
+                 f"{'-' if fa is None else format(fa, '+.4f')} (positive = forgot); BWT "
+                 f"{'-' if bwt is None else format(bwt, '+.4f')} (positive = old domains improved)")
+    return "\n".join(lines)
+
+
+def check_learned(subset: str, letters: str, path) -> None:
+    """Every domain of ``subset`` (--domains) is one the checkpoint learned."""
+    missing = [c for c in subset if c not in letters]
+    if missing:
+        raise CLIError(f"--domains: {', '.join(missing)} not learned by {str(path)!r} "
+                       f"(its domains, in order: {letters})")
+
+
+def load_test_splits(subset: str, args, scale) -> dict:
+    """{letter: test split} of every domain of ``subset``, with the data options of ``args``."""
+    return {c: test_dataset(c, args.data_root, scale, args.max_images, args.full_frame, args.scannet_resize)
+            for c in subset}
+
+
+def evaluate_domains(predictor, letters: str, datasets: dict, args, device, selection: bool,
+                     desc: str) -> tuple[dict, float]:
+    """Each domain's test split (``datasets``, see :func:`load_test_splits`) through its own head
+    (``letters.index``), with the evaluation options of ``args``; (``{letter: evaluate_split's dict
+    + "head"}``, seconds)."""
+    workers = worker_count(args, device)
+    settings = eval_settings(args)
+    bar = tqdm(total=sum(len(ds) for ds in datasets.values()), desc=desc, unit="img",
+               disable=args.quiet, dynamic_ncols=True, leave=False)
+    out = {}
+    t0 = time.perf_counter()
+    for c in datasets:
+        head = letters.index(c)
+        loader = make_loader(datasets[c], args.batch_size, workers, device)
+        r = evaluate_split(predictor, loader, head, get_domain(c), selection=selection, bar=bar, **settings)
+        out[c] = dict(r, head=head)
+    bar.close()
+    return out, time.perf_counter() - t0
+
+
+def evaluate_checkpoint(path, args, device, order=None, domains=None, bar_desc="", quiet=False) -> dict:
+    """Evaluate one checkpoint with the domain prior; returns the JSON-ready result dict."""
+    check_checkpoint_path(path)
+    predictor = make_predictor(path, args, device, order=order, quiet=quiet)
+    meta = predictor.meta
+    letters = checkpoint_letters(meta, path)
+    subset = letters if domains is None else domains
+    check_learned(subset, letters, path)
+    scale = args.scale if args.scale is not None else default_scale(meta)
+    settings = eval_settings(args)
+    runs, seconds = evaluate_domains(predictor, letters, load_test_splits(subset, args, scale), args, device,
+                                     False, bar_desc or f"test {Path(path).name}")
+    results = {c: dict(r["prior"], domain=get_domain(c).name, letter=c, head=r["head"]) for c, r in runs.items()}
+    return {
+        "checkpoint": str(path), "letters": letters, "domains": [get_domain(c).name for c in letters],
+        "format": meta.get("format"), "strategy": meta.get("strategy"), "scale": scale,
+        "device": str(device), "settings": settings, "full_frame": args.full_frame,
+        "protocol": args.protocol, "scannet_resize": args.scannet_resize,
+        "predictor": predictor_settings(predictor),
+        "max_images": args.max_images, "seconds": seconds, "results": results,
+    }
+
+
+def stage_paths(order: str, strategy: str, runs_dir) -> list[Path]:
+    """The checkpoint of every stage of ``order`` (domains.run_name's names)."""
+    return [Path(runs_dir) / f"{run_name(order[:k], strategy)}.pth.tar" for k in range(1, len(order) + 1)]

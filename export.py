@@ -45,11 +45,12 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from models import CheckpointError, load_checkpoint
-from models.fast import inference_copy, pooled_descriptor_nhwc, resolve_precision, trace_module
+from models.fast import inference_copy, resolve_precision, trace_module
+from options import add_checkpoint_arguments
+from prototypes import map_distance, pooled_descriptor_nhwc, pooled_distances
 
 META_FILE = "meta.json"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -111,15 +112,9 @@ class _Selector(nn.Module):
         if self.use_map:
             dists: List[torch.Tensor] = []
             for proto in self.maps:
-                p = proto.to(q.device)
-                qq = q
-                if qq.shape[-2] != p.shape[-2] or qq.shape[-1] != p.shape[-1]:
-                    qq = F.interpolate(qq, size=[p.shape[-2], p.shape[-1]], mode="bilinear",
-                                       align_corners=True)
-                dists.append(torch.linalg.vector_norm((qq - p.unsqueeze(0)).flatten(1), dim=1))
+                dists.append(map_distance(q, proto))
             return torch.stack(dists, dim=1).argmin(dim=1)
-        desc = pooled_descriptor_nhwc(q)
-        return torch.cdist(desc, self.pooled.to(desc.device)).argmin(dim=1)
+        return pooled_distances(pooled_descriptor_nhwc(q), self.pooled).argmin(dim=1)
 
 
 class ExportedDepth(nn.Module):
@@ -394,13 +389,13 @@ def build_parser():
     p = argparse.ArgumentParser(description="Export a checkpoint as a single TorchScript or ONNX "
                                             "file (image -> depth, domain[, uncertainty]).",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="project or authors' checkpoint (.pth.tar)")
+    add_checkpoint_arguments(p, "project or authors' checkpoint (.pth.tar)",
+                             "learning order of an authors' file (its name, e.g. NKS), naming its heads",
+                             default=None)
     p.add_argument("--out", required=True, help="output file, e.g. runs/NKS.ts or runs/NKS.onnx")
     p.add_argument("--format", choices=["torchscript", "onnx"], default="torchscript",
                    help="TorchScript (needs only torch) or float32 ONNX (for ONNX Runtime, OpenVINO...; "
                         "without --domain every head is computed)")
-    p.add_argument("--order", default=None,
-                   help="learning order of an authors' file (its name, e.g. NKS), naming its heads")
     p.add_argument("--domain", default=None,
                    help="fix the head: an index (0 = first learned) or a learned domain's letter/name; "
                         "default: automatic selection with the stored prototypes")

@@ -22,10 +22,10 @@ from __future__ import annotations
 import torch
 
 from models import load_checkpoint
-from models.fast import (inference_copy, lowp_supported, pooled_descriptor_nhwc, prepare_input,
+from models.fast import (autocast_context, inference_copy, lowp_supported, prepare_input,
                          resolve_precision, trace_module)
-from models.runtimes import BACKENDS
-from prototypes import SELECTORS, choose_selector, prototype_distances
+from models.runtimes import BACKENDS, HeadPiece, TrunkPiece  # the pieces traced or exported
+from prototypes import SELECTORS, choose_selector, pooled_descriptor_nhwc, pooled_distances, prototype_distances
 
 
 class DepthPredictor:
@@ -33,7 +33,7 @@ class DepthPredictor:
 
     ``prototypes`` is the checkpoint's ``{"pooled": ..., "map": [...]}`` (or None: then every call
     needs ``domain``). Outputs are float32 at the network's resolution (half the input); use
-    ``evaluation.upsample_to`` to bring them to another size.
+    ``losses.upsample_to`` to bring them to another size.
 
     Speed options (keyword only; defaults are the fast path):
 
@@ -165,10 +165,7 @@ class DepthPredictor:
 
     # ---- the pieces ----------------------------------------------------------------------------
     def _autocast(self):
-        dtype = self._autocast_dtype
-        if dtype is None:
-            return torch.autocast(self.device.type, enabled=False)
-        return torch.autocast(self.device.type, dtype=dtype)
+        return autocast_context(self.device, self._autocast_dtype)
 
     def _session(self, key, piece, example, outputs):
         """The runtime session of one piece (``"trunk"`` or a head), exported on first use."""
@@ -182,18 +179,16 @@ class DepthPredictor:
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Fused features of a prepared batch, as computed by the running module (any dtype)."""
         if self.backend != "torch":
-            from models.runtimes import TrunkPiece
             return self._session("trunk", TrunkPiece(self.runner), images, ["features"])(images)[0]
         if not self.jit:
             return self.runner.features(images)
         if self._traced_features is None:
-            self._traced_features = trace_module(_Features(self.runner), images)
+            self._traced_features = trace_module(TrunkPiece(self.runner), images)
         return self._traced_features(images)
 
     def head(self, feats: torch.Tensor, d: int, with_uncertainty: bool):
         """(depth, uncertainty or None) of head ``d`` on features from :meth:`features`."""
         if self.backend != "torch":
-            from models.runtimes import HeadPiece
             piece = HeadPiece(self.runner.head(d), with_uncertainty)
             outs = self._session((d, bool(with_uncertainty)), piece, feats,
                                  ["depth", "uncertainty"] if with_uncertainty else ["depth"])(feats)
@@ -202,7 +197,7 @@ class DepthPredictor:
             return self.runner.head_forward(feats, d, with_uncertainty=with_uncertainty)
         key = (d, bool(with_uncertainty))
         if key not in self._traced_heads:
-            self._traced_heads[key] = trace_module(_HeadFn(self.runner.head(d), with_uncertainty), feats)
+            self._traced_heads[key] = trace_module(HeadPiece(self.runner.head(d), with_uncertainty), feats)
         out = self._traced_heads[key](feats)
         return (out[0], out[1]) if with_uncertainty else (out, None)
 
@@ -212,8 +207,7 @@ class DepthPredictor:
             raise ValueError("no domain prototypes: give the domain, or compute prototypes from "
                              "replay data (test_inference.py --replay-root DIR)")
         if self.selector == "pooled":  # prototype_distances' pooled rule, with a faster descriptor
-            query = pooled_descriptor_nhwc(feats)
-            dists = torch.cdist(query, self.prototypes["pooled"].to(query.device, query.dtype))
+            dists = pooled_distances(pooled_descriptor_nhwc(feats), self.prototypes["pooled"])
         else:
             dists = prototype_distances(feats.float(), self.prototypes, self.selector)
         return dists.argmin(dim=1), dists
@@ -269,26 +263,3 @@ class DepthPredictor:
 
 def _f32(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.float32).contiguous()
-
-
-class _Features(torch.nn.Module):
-    """``net.features`` as a module (for tracing)."""
-
-    def __init__(self, net):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x):
-        return self.net.features(x)
-
-
-class _HeadFn(torch.nn.Module):
-    """One head with a fixed ``with_uncertainty`` (for tracing): depth, or (depth, uncertainty)."""
-
-    def __init__(self, head, with_uncertainty: bool):
-        super().__init__()
-        self.head, self.with_uncertainty = head, bool(with_uncertainty)
-
-    def forward(self, feats):
-        depth, unc = self.head(feats, self.with_uncertainty)
-        return (depth, unc) if self.with_uncertainty else depth

@@ -34,7 +34,7 @@ import torch.nn as nn
 from torch.utils.data import DistributedSampler, Subset
 from tqdm import tqdm
 
-from domains import get_domain, load_domains_from_root, parse_order
+from domains import get_domain, load_domains_from_root, parse_order, run_name
 from evaluation import evaluate_domain
 from loaders import DatasetFormatError, get_dataset, get_loader, rendered_scale_hint, scaled
 from losses import distillation_loss, uncertainty_depth_loss
@@ -86,7 +86,9 @@ def build_parser(default_order: str, description: str) -> argparse.ArgumentParse
                       f"this stage, the others must be the prior model's domains in order "
                       f"(default {default_order}); any length, e.g. NKSX learns a fourth, custom "
                       f"domain X from <data-root>/domains.json")
-    g.add_argument("--domain" if first else "--order", dest="order", default=None, help=order_help)
+    # --order on every stage; the first stage also takes --domain (its older spelling)
+    names = ("--order", "--domain") if first else ("--order",)
+    g.add_argument(*names, dest="order", default=None, help=order_help)
     g.add_argument("--strategy", default="ours", choices=list(STRATEGIES),
                    help="; ".join(f"{k}: {v[2]}" for k, v in STRATEGIES.items()))
     g.add_argument("--prior", default=None,
@@ -154,8 +156,8 @@ def build_parser(default_order: str, description: str) -> argparse.ArgumentParse
                    help="auto takes CUDA when available")
     g.add_argument("--amp", default="auto", choices=["auto", "off", "bf16", "fp16"],
                    help="mixed precision; auto is bf16 (or fp16 with loss scaling) on CUDA, off (fp32) "
-                        "on a CPU. bf16 on a CPU with AVX512-BF16/AMX trains ~1.9x faster; see "
-                        "bench/README.md for what it changes")
+                        "on a CPU. bf16 on a CPU with AVX512-BF16/AMX trains faster; bench/README.md gives "
+                        "the measured speed and what it changes")
     g.add_argument("--seed", type=int, default=0, help="seed of weights, data order and augmentation")
     g.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="resume an interrupted stage from its run folder's last.pth.tar (or a path)")
@@ -212,14 +214,6 @@ def parse_weights(text: str, n: int) -> list[float]:
     return [values[min(j, len(values) - 1)] for j in range(n)]
 
 
-def run_name(letters: str, strategy: str) -> str:
-    """Checkpoint stem: the order, plus the strategy unless it is ours. A first stage is the same
-    single-domain model for every lifelong strategy, so its name has no suffix."""
-    if strategy == "ours" or len(letters) == 1:
-        return letters
-    return f"{letters}_{strategy}"
-
-
 def resolve_options(args: argparse.Namespace, default_order: str) -> argparse.Namespace:
     """Fill the defaults that depend on other options and check the order."""
     try:
@@ -228,7 +222,7 @@ def resolve_options(args: argparse.Namespace, default_order: str) -> argparse.Na
         raise SystemExit(f"error: {err}") from None
     args.order_given = args.order is not None
     order = (args.order if args.order is not None else default_order).strip()
-    flag = "--domain" if len(default_order) == 1 else "--order"
+    flag = "--order"
     try:
         specs = parse_order(order)  # letters "NKS" or names "nyu,kitti"
     except ValueError as err:
@@ -427,10 +421,10 @@ def amp_settings(arg: str, device: torch.device):
     """(autocast dtype or None, whether a GradScaler is needed).
 
     ``auto``: bfloat16 on CUDA GPUs with bf16 (float16 with loss scaling on older ones), float32 on
-    a CPU. bf16 on a CPU with native kernels (``--amp bf16``) makes a third-stage step ~1.9x faster
-    (bench/README.md), but in the quickstart (2 seeds each) bf16-trained models selected their
-    head from prototypes less reliably (76-82 % against 91-99 % in float32) at equal depth
-    accuracy, so it stays opt-in on CPUs.
+    a CPU. bf16 on a CPU with native kernels (``--amp bf16``) makes a training step faster, but in
+    the quickstart bf16-trained models selected their head from prototypes less reliably at equal
+    depth accuracy, so it stays opt-in on CPUs (measured figures of both: bench/README.md, "Why
+    bf16 is not the CPU default").
     """
     if arg == "off" or (arg == "auto" and device.type != "cuda"):
         return None, False
@@ -525,13 +519,17 @@ class CyclingLoader:
         self.epoch, self.sampler.start_step = divmod(steps_done, per_epoch)
         self.iterator = None
 
+    def _start_iterator(self) -> None:
+        """A fresh pass over the dataset for ``self.epoch`` (sampler and augmentation seeded by it)."""
+        self.sampler.set_epoch(self.epoch)
+        self.dataset.epoch = self.epoch
+        self.iterator = iter(make_loader(self.dataset, self.sampler, self.opts, self.ctx,
+                                         seed=self.opts.seed + 1000 * self.salt + self.epoch))
+
     def next(self):
         while True:
             if self.iterator is None:
-                self.sampler.set_epoch(self.epoch)
-                self.dataset.epoch = self.epoch
-                self.iterator = iter(make_loader(self.dataset, self.sampler, self.opts, self.ctx,
-                                                 seed=self.opts.seed + 1000 * self.salt + self.epoch))
+                self._start_iterator()
             try:
                 return next(self.iterator)
             except StopIteration:
@@ -557,10 +555,7 @@ class EpochReplayLoader(CyclingLoader):
         if getattr(self, "exhausted", False):
             return None
         if self.iterator is None:
-            self.sampler.set_epoch(self.epoch)
-            self.dataset.epoch = self.epoch
-            self.iterator = iter(make_loader(self.dataset, self.sampler, self.opts, self.ctx,
-                                             seed=self.opts.seed + 1000 * self.salt + self.epoch))
+            self._start_iterator()
         try:
             return next(self.iterator)
         except StopIteration:
@@ -615,7 +610,7 @@ class DomainData:
 # Model
 # --------------------------------------------------------------------------------------------------
 def prior_command(letters: str, strategy: str) -> str:
-    script = {1: "train_N.py --domain", 2: "train_NK.py --order"}.get(len(letters), "train_NKS.py --order")
+    script = {1: "train_N.py --order", 2: "train_NK.py --order"}.get(len(letters), "train_NKS.py --order")
     extra = "" if strategy == "ours" or len(letters) == 1 else f" --strategy {strategy}"
     return f"python {script} {letters}{extra}"
 

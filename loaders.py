@@ -62,6 +62,19 @@ class DatasetFormatError(ValueError):
 
 
 # ============================================================================ reading files
+def _open_image(path: str, what: str) -> Image.Image:
+    """The decoded image at ``path``; ``what`` ("image" or "depth") names it in the errors."""
+    try:
+        img = Image.open(path)
+        img.load()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} file not found: {path}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        noun = "image" if what == "image" else f"{what} image"
+        raise DatasetFormatError(f"{path}: not a readable {noun} ({e})") from None
+    return img
+
+
 def load_rgb(path: str, apply_exif: bool = False) -> Image.Image:
     """Open an image file as 8-bit RGB.
 
@@ -69,19 +82,10 @@ def load_rgb(path: str, apply_exif: bool = False) -> Image.Image:
     images are reduced to 8 bits.  `apply_exif` rotates phone photos upright (off for datasets,
     whose depth maps are aligned with the stored pixel grid).
     """
-    try:
-        img = Image.open(path)
-        img.load()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"image file not found: {path}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise DatasetFormatError(f"{path}: not a readable image ({e})") from None
+    img = _open_image(path, "image")
     if apply_exif:
         img = ImageOps.exif_transpose(img)
     return _to_rgb(img)
-
-
-read_image = load_rgb
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -126,13 +130,7 @@ def decode_depth(path: str, encoding: dict) -> np.ndarray:
     scale = float(encoding.get("scale", 1.0))
     what = _describe_encoding(encoding)
     if kind == "png":
-        try:
-            img = Image.open(path)
-            img.load()
-        except FileNotFoundError:
-            raise FileNotFoundError(f"depth file not found: {path}") from None
-        except (UnidentifiedImageError, OSError, SyntaxError) as e:
-            raise DatasetFormatError(f"{path}: not a readable depth image ({e})") from None
+        img = _open_image(path, "depth")
         raw = _png_depth_array(img, encoding.get("bits"), path, what)
     elif kind == "npy":
         raw = np.load(path)

@@ -60,8 +60,9 @@ def _check_4d(x: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name} must have shape (B,1,H,W), got {tuple(x.shape)}")
 
 
-def _resize_to(x: torch.Tensor, size) -> torch.Tensor:
-    """Bilinear resize (align_corners=True) to ``size`` when the spatial size differs."""
+def upsample_to(x: torch.Tensor, size) -> torch.Tensor:
+    """Bring a (B,C,h,w) prediction to the ground-truth ``size``: bilinear, align_corners=True, as the
+    authors did (the losses and the evaluation both use it)."""
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=True)
@@ -111,8 +112,8 @@ def uncertainty_depth_loss(depth: torch.Tensor, uncertainty: torch.Tensor,
             f"gt {tuple(d.shape)}")
 
     size = d.shape[-2:]
-    p = _resize_to(p, size)
-    u = _resize_to(u, size)
+    p = upsample_to(p, size)
+    u = upsample_to(u, size)
 
     mask = d > 0  # NaN ground truth compares False, so it is invalid too
     if not bool(mask.any()):

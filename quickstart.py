@@ -24,12 +24,10 @@ not the paper's accuracy.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
 import resource
-import sys
 import time
 from pathlib import Path
 
@@ -41,17 +39,18 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+import evaluate_cli  # noqa: E402
+import inference_cli  # noqa: E402
+from evaluation import write_json  # noqa: E402
 from models.hardware import capability_line  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 # CPU settings of the full run and of the CI-sized --tiny run. How long the full run takes depends
 # on the CPU (float32 training: AVX-512 about twice as fast as AVX2); each run prints and reports
 # its own measured times, and the README gives the ones measured, with the CPU of each.
 FULL = dict(encoder="resnet34", scale=0.5, data_scale=0.5, n_train=400, n_test=40, batch_size=8,
-            steps="96,48,48", lr=3e-4, val_images=8, proto_images=32, replay_size=100,
+            steps="96,48,48", lr=3e-4, val_images=8, proto_images=100, replay_size=100,
             eval_images=40, latency_runs=20, warmup=3, latency_size="228x304", workers=0,
             data_root="datasets/synthetic", out="runs/quickstart")
 TINY = dict(encoder="resnet18", scale=0.25, data_scale=0.25, n_train=6, n_test=2, batch_size=2,
@@ -60,17 +59,6 @@ TINY = dict(encoder="resnet18", scale=0.25, data_scale=0.25, n_train=6, n_test=2
             data_root="datasets/synthetic_tiny", out="runs/quickstart_tiny")
 ORDER = "NKS"
 ENTRY = {1: "train_N.py", 2: "train_NK.py", 3: "train_NKS.py"}
-
-
-def _load_script(name):
-    mod = f"lm_{name}"
-    if mod in sys.modules:
-        return sys.modules[mod]
-    spec = importlib.util.spec_from_file_location(mod, ROOT / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[mod] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def cpu_seconds() -> float:
@@ -142,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where to train and evaluate; auto takes CUDA when available")
     p.add_argument("--amp", default="auto", choices=["auto", "off", "bf16", "fp16"],
                    help="mixed precision of training (the engine's --amp): auto is fp32 on a CPU and "
-                        "bf16/fp16 on CUDA; bf16 trains ~1.8x faster on a CPU with native bf16")
+                        "bf16/fp16 on CUDA; bf16 trains faster on a CPU with native bf16 (measured: "
+                        "bench/README.md)")
     p.add_argument("--keep-resume", action="store_true",
                    help="keep each finished stage's resume state <out>/<stage>/last.pth.tar (deleted by "
                         "default: weights + optimiser, ~260 MB each)")
@@ -213,7 +202,7 @@ def train_stage(k: int, s: dict, args, out: Path, root: Path) -> str:
             "--replay-size", str(s["replay_size"]), "--workers", str(s["workers"]), "--device", args.device,
             "--amp", args.amp, "--seed", str(args.seed),
             "--overwrite"]  # a quickstart run retrains its stages (the engine refuses that without it)
-    argv += (["--domain", letters, "--encoder", s["encoder"]] if k == 1 else ["--order", letters])
+    argv += ["--order", letters] + (["--encoder", s["encoder"]] if k == 1 else [])
     if args.pretrained and k == 1:
         argv += ["--pretrained", args.pretrained]
     doc = f"quickstart stage {letters} (as {ENTRY[k]})"
@@ -339,8 +328,7 @@ def write_report(out: Path, s: dict, args, clock: Clock, matrix: dict, infer: di
     from safeio import atomic_write  # REPORT.md appears complete or not at all
     with atomic_write(out / "REPORT.md", "w", encoding="utf-8") as f:
         f.write("\n".join(lines))
-    T = _load_script("test")
-    T.write_json(out / "report.json", report)
+    write_json(out / "report.json", report)
     return report
 
 
@@ -376,14 +364,12 @@ def main(argv=None) -> dict:
     data_state = step("data", make_data, root, s, args, say)
     for k in range(1, len(ORDER) + 1):
         step(f"train {ORDER[:k]}", train_stage, k, s, args, out, root)
-    T = _load_script("test")
-    TI = _load_script("test_inference")
     common = ["--data-root", str(root), "--max-images", str(s["eval_images"]), "--device", args.device,
               "--batch-size", str(max(1, s["batch_size"]))]
     final = out / f"{ORDER}.pth.tar"
-    matrix = step("evaluate matrix", T.main, ["--matrix", "--checkpoint", str(final), "--runs-dir", str(out),
+    matrix = step("evaluate matrix", evaluate_cli.main, ["--matrix", "--checkpoint", str(final), "--runs-dir", str(out),
                                                "--json", str(out / "matrix.json")] + common)
-    infer = step("evaluate selection + latency", TI.main,
+    infer = step("evaluate selection + latency", inference_cli.main,
                  ["--checkpoint", str(final), "--json", str(out / "inference.json"),
                   "--latency-runs", str(s["latency_runs"]), "--warmup", str(s["warmup"])] + common
                  + (["--latency-size", s["latency_size"]] if s["latency_size"] else []))

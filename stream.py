@@ -5,7 +5,7 @@
     python predict.py drive.mp4 --checkpoint runs/quickstart/NKS.pth.tar --out out/
     python predict.py frames/ --stream --fps 10 --save-depth --out out/
 
-Frames are processed in order, each through ``predict.Predictor.run`` (selection at the first
+Frames are processed in order, each through ``prediction.Predictor.run`` (selection at the first
 domain's input size, depth at the chosen head's input size, upsampled to the frame). The head is
 chosen online by :class:`HeadSmoother` from every frame's prototype distances. Written into
 ``--out`` for an input ``<name>``:
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import csv
 import functools
-import importlib.util
 import queue
 import re
 import sys
@@ -35,23 +34,18 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from evaluation import write_json
+from options import CLIError, predictor_settings
+from prediction import Predictor, collect_inputs, read_rgb, save_png16
+from prediction import build_parser as build_predictor_parser
+from safeio import atomic_write
+
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv")
 SMOOTHING_MODES = ("mean", "vote", "raw")
 DEFAULT_WINDOW = 4
 DEFAULT_MARGIN = 0.0  # measured with bench/bench_stream.py: 5 % halves the wrong switches but delays N<->S changes up to 6 frames
 DEPTH_CMAP = "magma_r"  # predict.py's depth colour map
 LABEL_HEIGHT = 22
-
-
-def _predict_module():
-    """predict.py as a module (the name it shares with its own loader, so it is loaded once)."""
-    name = "lm_predict"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("predict.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -120,34 +114,31 @@ def _natural_key(path: Path):
 
 def folder_frames(folder: Path, out_dir: Path) -> list:
     """The image files of ``folder`` in natural order (predict.py's rules for what is an image)."""
-    P = _predict_module()
-    images, notes = P.collect_inputs(Path(folder), Path(out_dir), recursive=False)
+    images, notes = collect_inputs(Path(folder), Path(out_dir), recursive=False)
     for n in notes:
         print(n, file=sys.stderr)
     if not images:
-        raise P.CLIError(f"no image files found in {str(folder)!r}")
+        raise CLIError(f"no image files found in {str(folder)!r}")
     return sorted(images, key=_natural_key)
 
 
 def iter_folder(files):
     """(name, RGB uint8 array) of each frame file."""
-    P = _predict_module()
     for f in files:
         try:
-            yield f.stem, np.asarray(P.read_rgb(f))
+            yield f.stem, np.asarray(read_rgb(f))
         except Exception as e:  # noqa: BLE001 - a stream stops at an unreadable frame, saying which
-            raise P.CLIError(f"frame {str(f)!r}: {e}") from None
+            raise CLIError(f"frame {str(f)!r}: {e}") from None
 
 
 def open_video(path):
     """(imageio reader, frames per second) of a video file; a clear error when it cannot be read."""
     import imageio.v2 as iio
-    P = _predict_module()
     try:
         reader = iio.get_reader(str(path), format="FFMPEG")
         fps = float(reader.get_meta_data().get("fps") or 0.0)
     except Exception as e:  # noqa: BLE001 - imageio/ffmpeg raise several types for a bad file
-        raise P.CLIError(f"video {str(path)!r} cannot be read ({type(e).__name__}: "
+        raise CLIError(f"video {str(path)!r} cannot be read ({type(e).__name__}: "
                          f"{str(e).strip().splitlines()[0] if str(e).strip() else 'no detail'})") from None
     return reader, fps
 
@@ -276,9 +267,8 @@ class Sink:
 
     def _write(self, item):
         if self.depth_dir is not None:
-            P = _predict_module()
-            P.save_png16(self.depth_dir / f"{item['name']}_depth.png", item["depth"])
-            with P.atomic_write(self.depth_dir / f"{item['name']}_depth.npy") as fh:
+            save_png16(self.depth_dir / f"{item['name']}_depth.png", item["depth"])
+            with atomic_write(self.depth_dir / f"{item['name']}_depth.npy") as fh:
                 np.save(fh, item["depth"].astype(np.float32))
         if self.video_path is None:
             return
@@ -325,7 +315,7 @@ def frame_label(model, index, head, raw_head, smoothing, vmax) -> str:
 # ----------------------------------------------------------------------------------------------
 def run_stream(model, frames, *, smoother=None, sink=None, clamp=True, max_depth=None,
                threaded=True, max_frames=None, on_frame=None) -> list[dict]:
-    """Run ``model`` (a ``predict.Predictor``) over ``frames`` ((name, RGB array) in order).
+    """Run ``model`` (a ``prediction.Predictor``) over ``frames`` ((name, RGB array) in order).
 
     ``smoother``: a :class:`HeadSmoother` (None: the per-frame rule). Returns one record per frame:
     ``{"frame", "name", "raw_head", "head", "distances", "latency_ms", "depth_min", "depth_max"}``.
@@ -387,6 +377,13 @@ def write_log(path, records, letters) -> None:
 # ----------------------------------------------------------------------------------------------
 # The command (predict.py's options plus these)
 # ----------------------------------------------------------------------------------------------
+def build_parser():
+    """predict.py's options: the predictor's (prediction.build_parser) and the stream group."""
+    p = build_predictor_parser()
+    add_stream_arguments(p)
+    return p
+
+
 def add_stream_arguments(p) -> None:
     g = p.add_argument_group("streams (a video file, or a folder of frames with --stream)")
     g.add_argument("--stream", action="store_true",
@@ -426,21 +423,20 @@ def smoother_from_args(args):
 def main_stream(args, device) -> int:
     """The stream path of ``predict.py``; returns the exit status."""
     from domains import get_domain
-    P = _predict_module()
     target, out_dir = Path(args.input), Path(args.out)
     for opt, bad in (("--ply", args.ply), ("--recursive", args.recursive)):
         if bad:
-            raise P.CLIError(f"{opt} does not apply to a stream (a video file or --stream)")
+            raise CLIError(f"{opt} does not apply to a stream (a video file or --stream)")
     if args.max_frames is not None and args.max_frames < 1:
-        raise P.CLIError(f"--max-frames must be at least 1, got {args.max_frames}")
+        raise CLIError(f"--max-frames must be at least 1, got {args.max_frames}")
     if args.fps is not None and not args.fps > 0:
-        raise P.CLIError(f"--fps must be positive, got {args.fps}")
+        raise CLIError(f"--fps must be positive, got {args.fps}")
     try:
         smoother = smoother_from_args(args)
     except ValueError as e:
-        raise P.CLIError(str(e)) from None
+        raise CLIError(str(e)) from None
     if not target.exists():
-        raise P.CLIError(f"input {str(target)!r} does not exist (expected a video file or a folder of frames)")
+        raise CLIError(f"input {str(target)!r} does not exist (expected a video file or a folder of frames)")
     if target.is_dir():
         files = folder_frames(target, out_dir)
         frames, fps, reader = iter_folder(files), 10.0, None
@@ -448,10 +444,10 @@ def main_stream(args, device) -> int:
         reader, fps = open_video(target)
         frames = iter_video(reader)
     else:
-        raise P.CLIError(f"{str(target)!r} is not a video file ({', '.join(VIDEO_EXTENSIONS)}); "
+        raise CLIError(f"{str(target)!r} is not a video file ({', '.join(VIDEO_EXTENSIONS)}); "
                          "--stream takes a folder of frames")
     fps = args.fps or fps or 10.0
-    model = P.Predictor(args, device)
+    model = Predictor(args, device)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = target.name if target.is_dir() else target.stem
     video = None if args.no_plots else out_dir / f"{stem}_depth.mp4"
@@ -478,7 +474,7 @@ def main_stream(args, device) -> int:
             reader.close()
     seconds = time.perf_counter() - t0
     if not records:
-        raise P.CLIError(f"{str(target)!r} holds no frame")
+        raise CLIError(f"{str(target)!r} holds no frame")
     log = out_dir / f"{stem}_frames.csv"
     write_log(log, records, model.letters)
     heads = [r["head"] for r in records]
@@ -491,10 +487,10 @@ def main_stream(args, device) -> int:
                "frames_per_s": len(records) / seconds, "seconds": seconds,
                "median_latency_ms": float(np.median([r["latency_ms"] for r in records])),
                "frames_per_head": {get_domain(c).name: heads.count(i) for i, c in enumerate(model.letters)},
-               "predictor": P.T.predictor_settings(model.predictor),
+               "predictor": predictor_settings(model.predictor),
                "outputs": {"video": None if video is None else str(video), "log": str(log),
                            "depth": None if depth_dir is None else str(depth_dir)}}
-    P.T.write_json(out_dir / f"{stem}_stream.json", summary)
+    write_json(out_dir / f"{stem}_stream.json", summary)
     print(f"{len(records)} frame(s), {summary['frames_per_s']:.1f} frames/s, {summary['switches']} head "
           f"switch(es) (per-frame rule: {summary['raw_switches']}) -> "
           f"{video if video is not None else log}")

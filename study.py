@@ -31,14 +31,13 @@ Evaluation: each checkpoint on the test split of every domain it has learned, wi
 prior (each domain through its own head), per-image averaging, predictions capped to the domain's
 depth range, the domain's own crop convention (test.py's defaults), float32; plus automatic head
 selection by the nearest stored pooled prototype (``prototypes.select_domain``). The lifelong
-summary (final average, forgetting, backward transfer) is test.py's pure ``lifelong_summary``.
+summary (final average, forgetting, backward transfer) is ``evaluation.lifelong_summary``.
 Choices between variants use only the validation rows the engine holds out of the training data
 (its ``log.jsonl``), never the test split.
 """
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import itertools
 import json
 import math
@@ -61,8 +60,9 @@ if str(HERE) not in sys.path:
 
 import lifelong  # noqa: E402
 from domains import get_domain, load_domains_from_root  # noqa: E402
-from evaluation import DomainEvaluator, upsample_to  # noqa: E402
+from evaluation import DomainEvaluator, lifelong_summary  # noqa: E402
 from loaders import get_dataset, get_loader  # noqa: E402
+from losses import upsample_to  # noqa: E402
 from models import load_checkpoint  # noqa: E402
 from prototypes import select_domain  # noqa: E402
 
@@ -813,29 +813,6 @@ def last_validation(ckpt: Path) -> dict | None:
     return records[-1]["val"] if records else None
 
 
-# ==================================================================================================
-# The matrix maths (test.py's pure function)
-# ==================================================================================================
-def _test_module():
-    """test.py imported as ``lm_test`` (``test`` is the standard library's package)."""
-    name = "lm_test"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, HERE / "test.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        try:
-            spec.loader.exec_module(module)
-        except BaseException:
-            del sys.modules[name]
-            raise
-    return sys.modules[name]
-
-
-def lifelong_summary(matrix, metric=None):
-    """Final average, forgetting (positive = worse) and BWT (positive = improved): test.py's."""
-    return _test_module().lifelong_summary(matrix, metric=metric)
-
-
 def relative_gap(value, ref):
     return None if value is None or ref in (None, 0) else (value - ref) / ref
 
@@ -1291,7 +1268,7 @@ class Report:
                  f"test crop's full frame); float32. "
                  f"Forgetting of an old domain = final error - best earlier error (positive = forgot); "
                  f"BWT = mean over old domains of (error right after learning it - final error) (positive "
-                 f"= improved); both from `test.py`'s `lifelong_summary`.")
+                 f"= improved); both from `evaluation.lifelong_summary`.")
         self.add(f"- Orders: {', '.join(plan.orders)}; strategies: {', '.join(plan.strategies)}. "
                  f"`joint` is order-independent: it is trained once per domain set "
                  f"({', '.join(sorted({j.letters for j in plan.jobs.values() if j.group == 'joint'}, key=len))}) "

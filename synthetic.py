@@ -41,6 +41,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
+from domains import CAMERAS, get_domain
 from prepare_data import write_replay_csv
 
 GENERATOR_VERSION = "1.0"
@@ -66,17 +67,18 @@ class DomainConfig:
     csv: Dict[str, str]                    # split -> index CSV name
 
 
+def _config(letter: str, code: int, depth_range, frames_per_scene) -> DomainConfig:
+    """A built-in domain's synthetic config: its sensor (domains.CAMERAS) and CSV names (domains.py)."""
+    cam, spec = CAMERAS[letter], get_domain(letter)
+    return DomainConfig(spec.name, letter, code, cam.frame_size, cam.intrinsics, cam.color_size, depth_range,
+                        frames_per_scene,
+                        {"train": spec.train_csv, "test": spec.test_csv, "replay": spec.replay_csv})
+
+
 DOMAINS: Dict[str, DomainConfig] = {
-    "N": DomainConfig("nyu", "N", 1, (640, 480), (518.86, 519.47, 325.58, 253.74), (640, 480), (0.0, 10.0),
-                      {"train": 10, "test": 4},
-                      {"train": "nyu2_train.csv", "test": "nyu2_test.csv", "replay": "replay_nyu.csv"}),
-    "K": DomainConfig("kitti", "K", 2, (1216, 352), (721.5, 721.5, 596.5, 149.9), (1216, 352), (0.0, 80.0),
-                      {"train": 50, "test": 20},
-                      {"train": "kitti_train_sparse.csv", "test": "kitti_val_select.csv",
-                       "replay": "replay_kitti.csv"}),
-    "S": DomainConfig("scannet", "S", 3, (640, 480), (577.6, 577.6, 319.5, 239.5), (1296, 968), (0.0, 6.5),
-                      {"train": 20, "test": 10},
-                      {"train": "scannet_train.csv", "test": "scannet_test.csv", "replay": "replay_scannet.csv"}),
+    "N": _config("N", 1, (0.0, 10.0), {"train": 10, "test": 4}),
+    "K": _config("K", 2, (0.0, 80.0), {"train": 50, "test": 20}),
+    "S": _config("S", 3, (0.0, 6.5), {"train": 20, "test": 10}),
 }
 _BY_NAME = {c.name: c for c in DOMAINS.values()}
 
@@ -1510,9 +1512,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--replay-size", type=int, default=500,
                    help="rows of each replay_<domain>.csv: min(this, --train) rows drawn at random (seeded) "
                         "from the domain's training CSV")
-    p.add_argument("--domains", default="NKS",
+    p.add_argument("--render", "--domains", dest="domains", metavar="LETTERS", default="NKS",
                    help="which domains to generate: letters N (nyu), K (kitti), S (scannet), or names, e.g. NK "
-                        "or nyu,scannet")
+                        "or nyu,scannet (--domains: the old, deprecated spelling)")
     p.add_argument("--scale", type=float, default=1.0,
                    help="render at this fraction of the real sizes (intrinsics scaled), for quick tests; "
                         "1.0 = 640x480 (N, S depth), 1216x352 (K), 1296x968 (S colour)")

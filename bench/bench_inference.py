@@ -547,11 +547,22 @@ def accuracy_table(res) -> str:
 
 
 # ------------------------------------------------------------------------------------------------
+def write_report(report: dict, texts: list, out) -> None:
+    """The report's markdown (``texts`` joined) into ``report``, and ``report`` as JSON to ``out``."""
+    report["markdown"] = "\n\n".join(texts)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        with open(out, "w") as f:
+            json.dump(report, f, indent=1, default=str)
+        say(f"wrote {out}")
+
+
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--sizes", default="228x304,352x1216", help="input sizes HxW, comma-separated")
-    p.add_argument("--domains", default="1,2,3,4,5", help="learned-domain counts of the scaling table")
+    p.add_argument("--heads", "--domains", dest="domains", metavar="COUNTS", default="1,2,3,4,5",
+                   help="learned-domain (head) counts of the scaling table (--domains: the old, deprecated spelling)")
     p.add_argument("--variant-domains", type=int, default=3,
                    help="domain count at which every speed-up variant is timed")
     p.add_argument("--variants", choices=["all", "main"], default="all",
@@ -625,12 +636,7 @@ def main(argv=None):
         report["machine"]["loadavg_end"] = os.getloadavg()
     except OSError:
         pass
-    report["markdown"] = "\n\n".join(texts)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=1, default=str)
-        say(f"wrote {args.out}")
+    write_report(report, texts, args.out)
     if args.accuracy and not report["accuracy"]["default_within_tolerance"]:
         say(f"error: the default path is not within {ACCURACY_TOLERANCE_PCT:g} % of fp32 (see the table)")
         raise SystemExit(1)

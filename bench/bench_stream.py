@@ -44,9 +44,11 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import stream as S  # noqa: E402
+import prediction as P  # noqa: E402
 from domains import get_domain  # noqa: E402
+from evaluation import write_json  # noqa: E402
+from options import CLIError, predictor_settings, resolve_device  # noqa: E402
 
-P = S._predict_module()
 
 RULES = [("per-frame (raw)", dict(mode="raw", window=1))] + \
     [(f"vote, window {w}", dict(mode="vote", window=w)) for w in (3, 5)] + \
@@ -194,7 +196,7 @@ def throughput_benchmark(args, root, work: Path, log=print) -> list[dict]:
             argv = [str(video), "--checkpoint", str(args.checkpoint), "--out", str(out), "--quiet"]
             argv += ([] if threads else ["--no-threads"]) + ([] if forced is None else ["--domain", forced])
             with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
-                P.main(argv)
+                S.main_stream(S.build_parser().parse_args(argv), resolve_device("auto"))
             runs[(letter, forced, threads)].append(json.loads((out / f"{video.stem}_stream.json").read_text()))
     rows = []
     for (letter, forced, threads), items in runs.items():
@@ -262,10 +264,10 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     root = Path(args.data_root)
     pargs = P.build_parser().parse_args([str(root), "--checkpoint", str(args.checkpoint), "--quiet"])
-    model = P.Predictor(pargs, P.T.resolve_device("auto"))
+    model = P.Predictor(pargs, resolve_device("auto"))
     bad = [c for c in args.segments if c not in model.letters]
     if bad:
-        raise P.CLIError(f"--segments {args.segments}: {''.join(bad)} not learned by {args.checkpoint} "
+        raise CLIError(f"--segments {args.segments}: {''.join(bad)} not learned by {args.checkpoint} "
                          f"({model.letters})")
     default_opts = dict(mode="mean", window=S.DEFAULT_WINDOW, margin=S.DEFAULT_MARGIN)
     print(f"selection: {args.streams} stream(s) {args.segments}, {args.segment_length} frames per segment, "
@@ -273,7 +275,7 @@ def main(argv=None) -> int:
     sel = selection_benchmark(model, root, args, log=lambda m: print(m, file=sys.stderr))
     result = {"date": time.strftime("%Y-%m-%d"), "cpu": cpu_name(), "torch": torch.__version__,
               "threads": torch.get_num_threads(), "checkpoint": str(args.checkpoint),
-              "predictor": P.T.predictor_settings(model.predictor),
+              "predictor": predictor_settings(model.predictor),
               "settings": {k: getattr(args, k) for k in ("segments", "segment_length", "transition", "streams")},
               "selection": sel}
     print(f"\nSelection on {args.streams} synthetic stream(s) {'->'.join(args.segments)}, "
@@ -289,7 +291,7 @@ def main(argv=None) -> int:
         print(f"\nThroughput of predict.py VIDEO ({cpu_name()}, {torch.get_num_threads()} torch threads, "
               f"median of {args.rounds} interleaved round(s)):\n")
         print(throughput_table(rows, model))
-    P.T.write_json(args.out, result)
+    write_json(args.out, result)
     print(f"\n-> {args.out}", file=sys.stderr)
     return 0
 

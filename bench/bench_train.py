@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -39,7 +37,7 @@ for p in (str(ROOT), str(ROOT / "bench")):
 
 import torch  # noqa: E402
 
-from bench_inference import Timer, interleaved, machine_info, say, summarize  # noqa: E402
+from bench_inference import Timer, interleaved, machine_info, say, summarize, write_report  # noqa: E402
 from losses import uncertainty_depth_loss  # noqa: E402
 from models import LifelongDepthNet  # noqa: E402
 from models.fast import channels_last_batch, lowp_supported, to_channels_last  # noqa: E402
@@ -317,12 +315,7 @@ def main(argv=None):
         report["loader"] = bench_loader(args)
         texts.append(loader_table(report["loader"], report["steps"]))
         print("\n" + texts[-1], flush=True)
-    report["markdown"] = "\n\n".join(texts)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=1, default=str)
-        say(f"wrote {args.out}")
+    write_report(report, texts, args.out)
     return report
 
 

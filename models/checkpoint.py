@@ -14,19 +14,20 @@ import re
 import numpy as np
 import torch
 
+from domains import BUILTIN
 from safeio import atomic_torch_save
 
 from .net import LifelongDepthNet
 from .resnet import ENCODERS
 
 __all__ = ["CheckpointError", "check_finite", "check_letters", "save_checkpoint", "read_checkpoint",
-           "load_checkpoint", "infer_encoder", "parse_order", "FORMAT", "VERSION"]
+           "load_checkpoint", "infer_encoder", "order_names", "FORMAT", "VERSION"]
 
 FORMAT = "lifelong-monodepth"
 VERSION = 1
 AUTHORS = "authors"
-# Letters of the released files' names; domains.py owns the full registry.
-LETTER_NAMES = {"N": "nyu", "K": "kitti", "S": "scannet"}
+# Letters of the released files' names: the built-in domains (domains.py owns the registry).
+LETTER_NAMES = {spec.letter: spec.name for spec in BUILTIN}
 NAME_LETTERS = {v: k for k, v in LETTER_NAMES.items()}
 _TASK_KEY = re.compile(r"^task(\d+)\.")
 
@@ -70,7 +71,7 @@ def save_checkpoint(path, net, **meta):
     domains = list(info.get("domains") or [f"domain{i}" for i in range(n)])
     if len(domains) != n:
         raise ValueError(f"save_checkpoint: {len(domains)} domain names for {n} heads: {domains}")
-    letters = info.get("letters") or parse_order(domains)[1]
+    letters = info.get("letters") or order_names(domains)[1]
     if letters:
         info["letters"] = letters
     state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
@@ -167,8 +168,11 @@ def _head_count(state, path):
     return len(found)
 
 
-def parse_order(order):
-    """``"NKS"`` / ``"nyu,kitti"`` / ``["N", "kitti"]`` -> (names, letters or None)."""
+def order_names(order):
+    """Names and letters of an order given to a checkpoint (lenient: a letter or name outside the
+    registry is kept, for custom domains not loaded yet; domains.parse_order is the strict parser).
+
+    ``"NKS"`` / ``"nyu,kitti"`` / ``["N", "kitti"]`` -> (names, letters or None)."""
     if isinstance(order, str):
         if "," in order or order.strip().lower() in NAME_LETTERS:
             items = [s.strip() for s in order.split(",")]
@@ -206,7 +210,7 @@ def _domains(meta, order, n, path):
     """Domain names/letters: the file's own (project format) or ``order`` or generic names."""
     stored = meta.get("domains") if meta["format"] == FORMAT else None
     if order is not None:
-        names, letters = parse_order(order)
+        names, letters = order_names(order)
         if len(names) != n:
             raise CheckpointError(f"checkpoint {path!r} has {n} head(s) but order {order!r} "
                                   f"names {len(names)} domain(s)")
@@ -222,7 +226,7 @@ def _domains(meta, order, n, path):
         letters = meta.get("letters")
         if letters:
             check_letters(letters, names, path)
-        return names, letters or parse_order(names)[1]
+        return names, letters or order_names(names)[1]
     return [f"domain{i}" for i in range(n)], None
 
 

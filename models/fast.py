@@ -30,7 +30,6 @@ no native CPU kernels here and is never chosen automatically on a CPU.
 from __future__ import annotations
 
 import copy
-from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +38,7 @@ from torch import nn
 from . import hardware
 from .hardware import lowp_supported
 
-__all__ = ["PRECISIONS", "resolve_precision", "pooled_descriptor_nhwc", "lowp_supported", "fold_conv_bn", "fuse_conv_bn",
+__all__ = ["PRECISIONS", "resolve_precision", "lowp_supported", "fold_conv_bn", "fuse_conv_bn",
            "count_batchnorms", "inference_copy", "CastInputConv2d", "autocast_context",
            "FusedConv2d", "TapSumConv2d", "fuse_kernels", "count_fused",
            "prepare_input", "trace_module", "to_channels_last", "channels_last_batch"]
@@ -83,10 +82,12 @@ def resolve_precision(precision, device) -> torch.dtype:
 
 
 def autocast_context(device, dtype):
-    """Autocast to ``dtype`` on ``device``; a no-op context for float32/None."""
+    """Autocast to ``dtype`` on ``device``; for float32/None autocast is switched off (also inside an
+    enclosing autocast region), so float32 means float32. The one autocast helper of the project."""
+    device_type = torch.device(device).type
     if dtype is None or dtype == torch.float32:
-        return nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+        return torch.autocast(device_type=device_type, enabled=False)
+    return torch.autocast(device_type=device_type, dtype=dtype)
 
 
 # ----------------------------------------------------------------------------- Conv+BN folding
@@ -435,30 +436,6 @@ def count_fused(net: nn.Module) -> int:
 
 
 # ----------------------------------------------------------------------------- selection
-def pooled_descriptor_nhwc(feats: torch.Tensor, chunk: int = 16384) -> torch.Tensor:
-    """``prototypes.pooled_descriptor`` (per-channel mean and population std, (B, 2C) float32),
-    computed over the pixel axis of an NHWC view, ``chunk`` pixels at a time.
-
-    Same values to ~1e-7 relative (two passes in float32: mean, then mean squared deviation), but
-    without materialising float32 copies of the whole map: each chunk is converted, used and
-    dropped while it is in cache. On the bf16 channels_last features of the fast path (2 cores),
-    against converting the whole map first: 4-6 vs 16-29 ms at 352x1216 input (where selection had
-    been ~8 % of a prediction); at 228x304 both take 0.6-3 ms, within this machine's noise.
-    Scriptable (export.py uses it too).
-    """
-    b, c = feats.shape[0], feats.shape[1]
-    x = feats.permute(0, 2, 3, 1).reshape(b, -1, c)  # a view for channels_last input
-    n = x.shape[1]
-    total = torch.zeros(b, c, dtype=torch.float32, device=feats.device)
-    for part in x.split(chunk, dim=1):
-        total += part.sum(dim=1, dtype=torch.float32)
-    mean = total / n
-    squares = torch.zeros_like(mean)
-    for part in x.split(chunk, dim=1):
-        squares += (part.float() - mean.unsqueeze(1)).square_().sum(dim=1)
-    return torch.cat([mean, (squares / n).sqrt_()], dim=1)
-
-
 # ----------------------------------------------------------------------------- TorchScript
 def trace_module(module: nn.Module, example: torch.Tensor, freeze: bool = True):
     """``torch.jit.trace`` (+ ``torch.jit.freeze``) of an eval-mode module on ``example``.

@@ -1,7 +1,9 @@
-"""Session fixtures shared by the test files."""
+"""Fixtures shared by the test files."""
 import pytest
 
+import domains as dom
 import synthetic
+from helpers import torch_threads
 
 
 @pytest.fixture(scope="session")
@@ -11,3 +13,19 @@ def synthetic_root(tmp_path_factory):
     synthetic.generate(str(root), n_train=16, n_test=4, replay_size=8, scale=0.25, seed=0,
                        workers=1, progress=False)
     return root
+
+
+@pytest.fixture
+def clean_registry():
+    """Remove the custom domains a test registered."""
+    yield
+    for spec in dom.all_domains():
+        if spec not in dom.BUILTIN:
+            dom.unregister_domain(spec)
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """One torch thread for a whole test module (``pytestmark = pytest.mark.usefixtures(...)``)."""
+    with torch_threads(1):
+        yield

@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
-import bench_inference as B  # noqa: E402
-from models import hardware  # noqa: E402
+import bench_inference as B
+from models import hardware
 
 
 def run(script, *args, env=None):

@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import ROOT, load_script, make_checkpoint, make_data_root, torch_threads
+import demo as D
+import predict as P
+import prediction
+from helpers import ROOT, make_checkpoint, make_data_root, torch_threads
 
-D = load_script("demo")
-P = load_script("predict")
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 EXAMPLE = ROOT / "docs" / "examples" / "nyu_like.jpg"
 
@@ -93,7 +94,7 @@ def test_page_in_headless_chromium(server, ckpt, tmp_path):
     # no skip: CI installs chromium (.ci/run); without it this must fail
     assert Path(CHROMIUM).exists(), f"{CHROMIUM} missing: apt-get install chromium (as .ci/run does)"
     from playwright.sync_api import sync_playwright
-    expected = P.Predictor(P.build_parser().parse_args(["x", "--checkpoint", str(ckpt), "--device", "cpu"]),
+    expected = prediction.Predictor(P.build_parser().parse_args(["x", "--checkpoint", str(ckpt), "--device", "cpu"]),
                            "cpu").run(Image.open(EXAMPLE).convert("RGB"))
     letter = "NKS"[expected["head"]]
     with sync_playwright() as pw:

@@ -1,24 +1,13 @@
 """Domain specs, registry, learning orders and custom-domain JSON files."""
 
 import json
-import os
-import sys
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import domains as dom  # noqa: E402
-from domains import DomainSpec, get_domain, parse_order, register_domain  # noqa: E402
+import domains as dom
+from domains import DomainSpec, get_domain, parse_order, register_domain
 
-
-@pytest.fixture
-def clean_registry():
-    """Remove custom domains a test registered."""
-    yield
-    for spec in dom.all_domains():
-        if spec not in dom.BUILTIN:
-            dom.unregister_domain(spec)
 
 
 def test_builtin_domains():

@@ -7,20 +7,23 @@ import sys
 import pytest
 import torch
 
-from helpers import (ROOT, direct_errors, load_script, make_checkpoint, make_data_root, make_net,
-                     make_stage_checkpoints, save_authors_checkpoint, torch_threads)
+import evaluate_cli
+import evaluation
+import inference_cli
+import options
+import predict
+import quickstart
+from helpers import (ROOT, direct_errors, make_checkpoint, make_data_root, make_net,
+                     make_stage_checkpoints, save_authors_checkpoint)
 from loaders import get_dataset
 from metrics import METRIC_NAMES
 
-T = load_script("test")
-TI = load_script("test_inference")
+T = evaluate_cli
+TI = inference_cli
 SCALE = 0.25
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    with torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +96,7 @@ def test_default_json_path_domain_subset_and_authors_order(ckpt, data_root, tmp_
 # ------------------------------------------------------------------------------- lifelong maths
 def test_lifelong_summary_by_hand():
     rmse = [[1.0], [1.2, 3.0], [1.1, 3.5, 2.0]]
-    s = T.lifelong_summary(rmse, metric="rmse")
+    s = evaluation.lifelong_summary(rmse, metric="rmse")
     assert not s["higher_is_better"]
     assert s["final"] == [1.1, 3.5, 2.0]
     assert s["final_average"] == pytest.approx(6.6 / 3)
@@ -107,22 +110,22 @@ def test_lifelong_summary_by_hand():
     assert s["bwt"] == pytest.approx(-0.3)
 
     d1 = [[0.8], [0.7, 0.6], [0.75, 0.5, 0.9]]
-    a = T.lifelong_summary(d1, metric="delta1")  # accuracies: signs flipped
+    a = evaluation.lifelong_summary(d1, metric="delta1")  # accuracies: signs flipped
     assert a["higher_is_better"]
     assert a["forgetting"] == pytest.approx([0.8 - 0.75, 0.6 - 0.5])
     assert a["bwt_per_domain"] == pytest.approx([0.75 - 0.8, 0.5 - 0.6])
     assert a["bwt"] == pytest.approx(-0.075)
     # an old domain that improved: negative forgetting, positive BWT
-    b = T.lifelong_summary([[2.0], [1.5, 1.0]], higher_is_better=False)
+    b = evaluation.lifelong_summary([[2.0], [1.5, 1.0]], higher_is_better=False)
     assert b["forgetting"] == pytest.approx([-0.5]) and b["bwt"] == pytest.approx(0.5)
     # one stage: nothing to forget
-    one = T.lifelong_summary([[0.3]], metric="abs_rel")
+    one = evaluation.lifelong_summary([[0.3]], metric="abs_rel")
     assert one["forgetting"] == [] and one["bwt"] is None and one["average_forgetting"] is None
     with pytest.raises(ValueError):
-        T.lifelong_summary([[1.0], [None, 2.0]])
+        evaluation.lifelong_summary([[1.0], [None, 2.0]])
     with pytest.raises(ValueError):
-        T.lifelong_summary([])
-    text = T.format_matrix(["nyu (N)", "kitti (K)", "scannet (S)"], ["N", "NK", "NKS"], rmse, s, "rmse")
+        evaluation.lifelong_summary([])
+    text = evaluation.format_matrix(["nyu (N)", "kitti (K)", "scannet (S)"], ["N", "NK", "NKS"], rmse, s, "rmse")
     assert "+0.1000" in text and "+0.5000" in text and "BWT -0.3000" in text
 
 
@@ -157,7 +160,7 @@ def test_matrix_over_stage_checkpoints(data_root, tmp_path, capsys):
         for s, stage in enumerate(out["stage_results"]):
             for d in range(s + 1):
                 assert matrix[s][d] == stage["results"]["NKS"[d]][m]
-        assert_nested_approx(out["summary"][m], T.lifelong_summary(matrix, metric=m))
+        assert_nested_approx(out["summary"][m], evaluation.lifelong_summary(matrix, metric=m))
     assert out["tables"]["rmse"] in printed and out["tables"]["delta1"] in printed
     assert "forgetting" in printed and "BWT" in printed
     saved = json.loads((tmp_path / "m.json").read_text())
@@ -214,8 +217,9 @@ def test_cli_exit_status_and_message(tmp_path):
 
 
 def test_help_texts_explain_every_option():
-    for name in ("test", "test_inference", "predict", "quickstart"):
-        parser = load_script(name).build_parser()
+    for name, module in (("test", evaluate_cli), ("test_inference", inference_cli), ("predict", predict),
+                         ("quickstart", quickstart)):
+        parser = module.build_parser()
         text = parser.format_help()
         for action in parser._actions:
             if action.option_strings and action.dest != "help":
@@ -224,35 +228,18 @@ def test_help_texts_explain_every_option():
 
 
 # ------------------------------------------------------------------------------- fast-path options
-def test_predictor_options_are_translated_to_the_installed_signature():
+def test_predictor_options_pass_known_keys_and_drop_unknown_ones():
     class Args:
-        no_fast, precision, predictor_option = True, "auto", ["channels_last=false"]
+        no_fast, precision, backend, predictor_option = True, "auto", "torch", ["channels_last=false", "nope=1"]
 
-    def plain(path, order=None, device="cpu", selector="pooled", prototypes=None):
-        pass
-
-    def fast(path, order=None, device="cpu", selector="pooled", prototypes=None, fast=True, precision="auto"):
-        pass
-
-    def split(path, order=None, device="cpu", selector="pooled", prototypes=None, channels_last=True,
-              fuse_bn=True, dtype=None):
-        pass
-
-    def anything(path, **kwargs):
-        pass
-
-    opts = T.predictor_options(Args)
-    assert opts == {"fast": False, "channels_last": False}
-    assert T._accepted(fast, T._translate(fast, opts)) == ({"fast": False}, ["channels_last"])
-    ok, unknown = T._accepted(split, T._translate(split, opts))
-    assert ok == {"channels_last": False, "fuse_bn": False, "dtype": torch.float32} and unknown == []
-    assert T._accepted(plain, T._translate(plain, opts))[0] == {}
-    assert T._accepted(anything, opts)[0] == opts
-    # a **kwargs from_checkpoint is judged by what it forwards to (e.g. DepthPredictor.__init__)
-    assert T._accepted(anything, T._translate(anything, opts, fast), fast) == ({"fast": False}, ["channels_last"])
+    opts = options.predictor_options(Args)
+    assert opts == {"fast": False, "channels_last": False, "nope": 1}
+    assert options._known_options(opts) == ({"fast": False, "channels_last": False}, ["nope"])
     Args.no_fast, Args.precision, Args.predictor_option = False, "bf16", []
-    assert T._accepted(fast, T._translate(fast, T.predictor_options(Args)))[0] == {"precision": "bf16"}
-    assert T._translate(split, T.predictor_options(Args)) == {"dtype": torch.bfloat16}
+    assert options.predictor_options(Args) == {"precision": "bf16"}
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        Args.predictor_option = ["novalue"]
+        options.predictor_options(Args)
 
 
 # ------------------------------------------------------------------------------- without the prior
@@ -315,6 +302,6 @@ def test_measure_latency_resizes_and_counts():
     images = [torch.randn(3, 32, 48) for _ in range(2)]
     r = TI.measure_latency(pred, images, warmup=1, runs=3, size=(40, 56))
     assert r["size"] == [40, 56] and r["runs"] == 3 and r["min_ms"] <= r["median_ms"] <= r["p90_ms"]
-    assert TI.parse_size("228x304") == (228, 304)
+    assert options.parse_size("228x304") == (228, 304)
     with pytest.raises(SystemExit):
-        TI.parse_size("228")
+        options.parse_size("228")

@@ -1,4 +1,5 @@
 """Tests of export.py: the TorchScript file matches the eager model (DepthPredictor, fp32)."""
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -187,8 +188,8 @@ def test_openvino_backend_of_the_predictor(checkpoint):
     from models.runtimes import available
     if not available("openvino"):
         pytest.skip("openvino is an extra (requirements-openvino.txt) and is not installed")
-    code = ("import sys; sys.path[:0] = ['tests', '.']; import test_export; "
-            f"test_export.check_backend({str(checkpoint)!r}, 'openvino')")
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+    code = f"import test_export; test_export.check_backend({str(checkpoint)!r}, 'openvino')"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), str(ROOT)]))
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -9,8 +9,8 @@ from inference import DepthPredictor
 from models import LifelongDepthNet, save_checkpoint
 from models.fast import (CastInputConv2d, FusedConv2d, TapSumConv2d, channels_last_batch,
                          count_batchnorms, count_fused, fuse_conv_bn, inference_copy, lowp_supported,
-                         pooled_descriptor_nhwc, prepare_input, resolve_precision, to_channels_last)
-from prototypes import pooled_descriptor
+                         prepare_input, resolve_precision, to_channels_last)
+from prototypes import pooled_descriptor, pooled_descriptor_nhwc
 
 HEADS = 3
 

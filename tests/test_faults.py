@@ -17,7 +17,10 @@ from PIL import Image
 
 import lifelong
 import safeio
-from helpers import ROOT, load_script, make_checkpoint, make_data_root, make_net
+import evaluate_cli
+import predict
+import prediction
+from helpers import ROOT, make_checkpoint, make_data_root, make_net
 from models import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 
 
@@ -294,7 +297,7 @@ def test_non_finite_weights_are_never_saved_or_evaluated(root, tmp_path):
                 "domains": ["nyu"], "letters": "N", "encoder": "resnet18"}, tmp_path / "N.pth.tar")
     with pytest.raises(CheckpointError, match="non-finite"):
         load_checkpoint(tmp_path / "N.pth.tar")
-    T = load_script("test")
+    T = evaluate_cli
     with pytest.raises(SystemExit) as stop:
         T.main(["--checkpoint", str(tmp_path / "N.pth.tar"), "--data-root", str(root), "--quiet",
                 "--max-images", "1"])
@@ -336,7 +339,7 @@ def test_order_by_names(root):
 
 
 def test_predict_max_depth_must_be_positive():
-    P = load_script("predict")
+    P = predict
     with pytest.raises(SystemExit) as stop:
         P.main(["missing.png", "--max-depth", "-1"])
     assert_one_error_line(str(stop.value.code), "--max-depth")
@@ -388,7 +391,7 @@ def test_failed_save_names_the_path_and_leaves_nothing(tmp_path, monkeypatch):
 
 
 def test_predict_outputs_appear_complete_or_not_at_all(tmp_path, monkeypatch):
-    P = load_script("predict")
+    P = prediction
     original = Image.Image.save
 
     def full_disk(self, fp, *a, **k):

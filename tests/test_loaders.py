@@ -3,7 +3,6 @@
 import json
 import os
 import shutil
-import sys
 
 import numpy as np
 import pytest
@@ -11,13 +10,11 @@ import torch
 from PIL import Image
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
-sys.path.insert(0, HERE)
 
-import domains as dom  # noqa: E402
-import fixtures_formats as F  # noqa: E402
-import loaders as L  # noqa: E402
-from loaders import DatasetFormatError, get_dataset, get_loader  # noqa: E402
+import domains as dom
+import helpers as F
+import loaders as L
+from loaders import DatasetFormatError, get_dataset, get_loader
 
 SCALE = 0.25
 
@@ -29,13 +26,6 @@ def root(tmp_path_factory):
     info = {"nyu": F.write_nyu_release(r), "kitti": F.write_kitti(r), "scannet": F.write_scannet(r)}
     return r, info
 
-
-@pytest.fixture
-def clean_registry():
-    yield
-    for spec in dom.all_domains():
-        if spec not in dom.BUILTIN:
-            dom.unregister_domain(spec)
 
 
 # ------------------------------------------------------------------------------ decoding

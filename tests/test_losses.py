@@ -1,14 +1,11 @@
 import math
-import os
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from losses import (  # noqa: E402
+from losses import (
     DEPTH_MEDIAN_FLOOR,
     UNCERTAINTY_MEDIAN_FLOOR,
     distillation_loss,

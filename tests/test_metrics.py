@@ -1,14 +1,11 @@
 import math
-import os
-import sys
 
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from metrics import (  # noqa: E402
+from metrics import (
     CROPS,
     HIGHER_IS_BETTER,
     LOWER_IS_BETTER,

@@ -10,7 +10,7 @@ import torch
 
 from models import (CheckpointError, LifelongDepthNet, build_encoder, load_checkpoint,
                     load_imagenet_weights, read_checkpoint, save_checkpoint)
-from models.checkpoint import parse_order
+from models.checkpoint import order_names
 
 KEY_FILE = Path(__file__).with_name("data") / "upstream_checkpoint_keys.txt"
 ONE_HEAD_PARAMS = 22_023_106  # authors' figure, resnet34 with one head
@@ -380,8 +380,8 @@ def test_error_order_length(tmp_path, sd18):
 
 
 def test_parse_order():
-    assert parse_order("NKS") == (["nyu", "kitti", "scannet"], "NKS")
-    assert parse_order("nk") == (["nyu", "kitti"], "NK")
-    assert parse_order(["nyu", "X"]) == (["nyu", "x"], "NX")
-    assert parse_order("nyu,mydata") == (["nyu", "mydata"], None)
-    assert parse_order("kitti") == (["kitti"], "K")
+    assert order_names("NKS") == (["nyu", "kitti", "scannet"], "NKS")
+    assert order_names("nk") == (["nyu", "kitti"], "NK")
+    assert order_names(["nyu", "X"]) == (["nyu", "x"], "NX")
+    assert order_names("nyu,mydata") == (["nyu", "mydata"], None)
+    assert order_names("kitti") == (["kitti"], "K")

@@ -3,32 +3,19 @@
 import csv
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
-sys.path.insert(0, HERE)
-
-import domains as dom  # noqa: E402
-import fixtures_formats as F  # noqa: E402
-import prepare_data as P  # noqa: E402
-from loaders import get_dataset  # noqa: E402
+import helpers as F
+import prepare_data as P
+from loaders import get_dataset
 
 
 def rows(path):
     with open(path, newline="") as f:
         return [tuple(r) for r in csv.reader(f)]
 
-
-@pytest.fixture
-def clean_registry():
-    yield
-    for spec in dom.all_domains():
-        if spec not in dom.BUILTIN:
-            dom.unregister_domain(spec)
 
 
 def test_nyu(tmp_path, capsys):

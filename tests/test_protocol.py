@@ -16,7 +16,9 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import load_script, make_data_root, make_net, save_authors_checkpoint, torch_threads
+import evaluate_cli
+import options
+from helpers import make_data_root, make_net, save_authors_checkpoint, torch_threads
 
 import lifelong
 from metrics import ErrorAggregator
@@ -201,18 +203,18 @@ def test_pixel_weighted_rmse_and_delta_rule_of_the_authors_on_hand_computed_arra
 
 
 def test_protocol_authors_sets_the_authors_evaluation_in_test_py():
-    T = load_script("test")
+    T = evaluate_cli
     args = T.build_parser().parse_args(["--protocol", "authors"])
-    T.check_args(args)
-    assert T.eval_settings(args) == {"crop": "none", "cap": False, "aggregate": "pixel",
+    options.check_eval_args(args)
+    assert options.eval_settings(args) == {"crop": "none", "cap": False, "aggregate": "pixel",
                                      "rmse": "weighted", "pred_clamp": False, "delta": "le"}
     assert (args.full_frame, args.scannet_resize, args.no_fast) == ("kitti", "once", True)
     args = T.build_parser().parse_args(["--protocol", "authors", "--delta", "lt"])  # explicit wins
-    T.check_args(args)
+    options.check_eval_args(args)
     assert args.delta == "lt" and args.rmse == "weighted"
     args = T.build_parser().parse_args([])
-    T.check_args(args)
-    assert T.eval_settings(args)["delta"] == "lt" and args.full_frame == "none"
+    options.check_eval_args(args)
+    assert options.eval_settings(args)["delta"] == "lt" and args.full_frame == "none"
 
 
 # ------------------------------------------------------------------------ 6. ScanNet single resize
@@ -254,7 +256,7 @@ def test_test_py_protocol_authors_gives_the_upstream_numbers_on_an_authors_file(
     (align_corners=True) to the ground truth, mask = depth > 0, evaluateError, and each value summed
     with weight = valid pixels, divided by the total; KITTI frames whole, NYU/ScanNet centre crops."""
     from loaders import get_dataset
-    T = load_script("test")
+    T = evaluate_cli
     with torch_threads(1):
         net = make_net(3, seed=3)
         path = save_authors_checkpoint(tmp_path / "NKS.pth.tar", net)

@@ -3,9 +3,9 @@ import json
 
 import pytest
 
-from helpers import load_script, torch_threads
+import quickstart as Q
+from helpers import torch_threads
 
-Q = load_script("quickstart")
 
 
 def test_tiny_quickstart_end_to_end(tmp_path, capsys):

@@ -8,20 +8,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import CONSTANT_COLORS, load_script, make_checkpoint, make_data_root, torch_threads
-
-P = load_script("predict")
-import stream as S  # noqa: E402  (after helpers put the project root on sys.path)
+import predict as P
+import prediction
+import stream as S
+from helpers import CONSTANT_COLORS, make_checkpoint, make_data_root
 
 SEGMENTS = "NSN"   # constant-colour N and S frames: the tiny model's prototypes tell them apart
 SEG_LEN = 5
 FRAME_WH = (128, 96)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    with torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 # ------------------------------------------------------------------------------ the smoothing
@@ -156,7 +153,7 @@ def test_video_in_depth_video_and_log_out(ckpt, tmp_path):
     depth = np.load(out / "clip_depth" / "000007_depth.npy")
     assert depth.shape == (h, w)
     png = np.asarray(Image.open(out / "clip_depth" / "000007_depth.png"))
-    assert np.array_equal(png, P.depth_to_png16(depth))
+    assert np.array_equal(png, prediction.depth_to_png16(depth))
     assert abs(float(rows[7]["depth_max"]) - float(depth.max())) < 1e-3
     assert "15 frame(s)" in std
     assert not list(out.glob("*.part.*"))  # the video was written under a temporary name, then renamed
@@ -180,7 +177,7 @@ def test_frame_folder_in_natural_order_without_threads(ckpt, tmp_path):
 
 def test_threads_give_the_same_results(ckpt):
     args = P.build_parser().parse_args(["x.mp4", "--checkpoint", str(ckpt)])
-    model = P.Predictor(args, "cpu")
+    model = prediction.Predictor(args, "cpu")
     frames = [(str(i), rgb) for i, (_, rgb) in enumerate(stream_frames())]
     a = S.run_stream(model, iter(frames), smoother=S.HeadSmoother(), threaded=True)
     b = S.run_stream(model, iter(frames), smoother=S.HeadSmoother(), threaded=False)
@@ -221,12 +218,8 @@ def test_stream_benchmark_smoke(ckpt, tmp_path):
     """bench/bench_stream.py (the README's selection table) runs end to end on a tiny data root;
     the per-frame rule's switches are counted from its own head sequence."""
     import json
-    from helpers import ROOT
     root = make_data_root(tmp_path / "data", n_train=1, n_test=2, n_replay=1, style="constant")
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("lm_bench_stream", ROOT / "bench" / "bench_stream.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    import bench_stream as bench
     out = tmp_path / "bench.json"
     with redirect_stdout(io.StringIO()) as std, redirect_stderr(io.StringIO()):
         assert bench.main(["--quick", "--checkpoint", str(ckpt), "--data-root", str(root), "--segments", "NSN",

@@ -249,5 +249,5 @@ def test_domains_differ_in_appearance(data):
 def test_help_explains_every_option():
     out = subprocess.run([sys.executable, os.path.join(os.path.dirname(syn.__file__), "synthetic.py"), "--help"],
                          capture_output=True, text=True, check=True).stdout
-    for opt in ("--out", "--train", "--test", "--seed", "--workers", "--replay-size", "--domains", "--scale"):
+    for opt in ("--out", "--train", "--test", "--seed", "--workers", "--replay-size", "--render", "--scale"):
         assert opt in out

@@ -1,0 +1,126 @@
+"""Prototypes and selector statistics of a checkpoint computed from a data root's replay rows.
+
+For checkpoints that store none (an authors' file) or when another selector's statistics are asked
+for: ``prototypes.compute_prototypes`` / ``compute_authors_prototypes`` / ``compute_lda`` over
+``get_dataset(letter, "replay", root)`` on a plain float32 copy of the network. Used by
+test_inference.py and predict.py (through ``prediction.Predictor``).
+"""
+from __future__ import annotations
+
+import torch
+from torch.utils.data import Subset
+from tqdm import tqdm
+
+from loaders import DatasetFormatError, get_dataset, get_loader
+from models import load_checkpoint
+from options import CLIError
+from prototypes import AUTHORS_PROTO_IMAGES, LDA_PASSES, compute_authors_prototypes, compute_lda, compute_prototypes
+
+
+def _replay_loaders(letters, replay_root, scale, device, train, batch_size, workers, max_images,
+                    data_options=None):
+    """One loader per domain over ``replay_root``'s replay rows (test or training transform)."""
+    loaders, total = [], 0
+    for c in letters:
+        try:
+            ds = get_dataset(c, "replay", str(replay_root), train=train, scale=scale, **(data_options or {}))
+        except (FileNotFoundError, DatasetFormatError, ValueError) as e:
+            raise CLIError(f"--replay-root: {e}") from None
+        if len(ds) == 0:
+            raise CLIError(f"--replay-root: the replay index of domain {c} under {str(replay_root)!r} is empty")
+        total += min(len(ds), max_images)
+        loaders.append(get_loader(ds, batch_size=batch_size, workers=workers, device=device.type,
+                                  shuffle=train))
+    return loaders, total
+
+
+def replay_prototypes(checkpoint, letters: str, replay_root, scale, device, order=None,
+                      proto_images=200, batch_size=8, workers=0, quiet=False) -> dict:
+    """Prototypes of every learned domain from ``replay_root``'s replay rows.
+
+    ``prototypes.compute_prototypes`` over ``get_dataset(letter, "replay", replay_root, train=False)``
+    for each head in learning order, on a plain float32 copy of the network (so the prototypes do
+    not depend on the predictor's fast-path settings).
+    """
+    net = load_checkpoint(checkpoint, order=order).to(device)
+    loaders, total = _replay_loaders(letters, replay_root, scale, device, False, batch_size, workers,
+                                     proto_images)
+    bar = tqdm(total=total, desc="prototypes", unit="img", disable=quiet, dynamic_ncols=True, leave=False)
+    protos = compute_prototypes(net, loaders, device, max_images=proto_images, progress=bar)
+    bar.close()
+    return protos
+
+
+def authors_prototypes(checkpoint, letters: str, replay_root, scale, device, order=None, seed=0,
+                       data_options=None, workers=0, quiet=False) -> list:
+    """The authors' selector's prototypes (``prototypes.compute_authors_prototypes``): up to 500
+    replay images per domain through the *training* transform (shuffled, augmented, seeded by
+    ``seed``), one image per batch as theirs, on a plain float32 copy of the network."""
+    net = load_checkpoint(checkpoint, order=order).to(device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        loaders, total = _replay_loaders(letters, replay_root, scale, device, True, 1, workers,
+                                         AUTHORS_PROTO_IMAGES, data_options)
+        bar = tqdm(total=total, desc="authors' prototypes", unit="img", disable=quiet,
+                   dynamic_ncols=True, leave=False)
+        try:
+            maps = compute_authors_prototypes(net, loaders, device, progress=bar)
+        except ValueError as e:
+            raise CLIError(f"--replay-root: {e}") from None
+        bar.close()
+    return maps
+
+
+def lda_prototypes(checkpoint, letters: str, replay_root, scale, device, order=None, seed=0,
+                   proto_images=200, batch_size=8, workers=0, quiet=False) -> dict:
+    """The lda selector's statistics (``prototypes.compute_lda``) from ``replay_root``'s replay
+    rows under the training transform, augmentations seeded by ``seed``; plain float32 network."""
+    net = load_checkpoint(checkpoint, order=order).to(device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        loaders, total = _replay_loaders(letters, replay_root, scale, device, True, batch_size, workers,
+                                         proto_images)
+        loaders = [get_loader_subset(loader, proto_images) for loader in loaders]
+        bar = tqdm(total=total * LDA_PASSES, desc="lda statistics", unit="img", disable=quiet,
+                   dynamic_ncols=True, leave=False)
+        lda = compute_lda(net, loaders, device, progress=bar)
+        bar.close()
+    return lda
+
+
+def get_loader_subset(loader, n):
+    """The same loader over the first ``n`` rows only (unshuffled)."""
+    ds = loader.dataset
+    return get_loader(Subset(ds, range(min(n, len(ds)))), batch_size=loader.batch_size)
+
+
+def load_prototypes(args, path, meta, letters, scale, device, order, workers, need_authors,
+                    need_lda=False) -> tuple:
+    """(prototypes dict, where they came from): the checkpoint's, or computed from --replay-root;
+    plus the authors' selector's ("authors") when ``need_authors`` (from --replay-root, else
+    --data-root), and the lda selector's when ``need_lda`` and the checkpoint has none."""
+    if args.replay_root:
+        protos = replay_prototypes(path, letters, args.replay_root, scale, device, order=order,
+                                   proto_images=args.proto_images, batch_size=args.batch_size,
+                                   workers=workers, quiet=args.quiet)
+        source = f"replay rows of {args.replay_root}"
+    elif meta.get("prototypes") or need_authors or need_lda:
+        protos, source = dict(meta.get("prototypes") or {}), "checkpoint"
+    else:
+        raise CLIError(f"checkpoint {str(path)!r} stores no domain prototypes (an authors' file, or a "
+                       f"run saved without them); compute them from replay data with --replay-root DIR "
+                       f"(a data root with replay_<domain>.csv, e.g. --replay-root {args.data_root})")
+    if need_authors:
+        root = args.replay_root or args.data_root
+        options = {"scannet_resize": args.scannet_resize, "nyu_rotation": args.nyu_rotation}
+        protos["authors"] = authors_prototypes(path, letters, root, scale, device, order=order,
+                                               seed=args.seed, data_options=options, workers=workers,
+                                               quiet=args.quiet)
+        source += f"; authors' from training-augmented replay rows of {root}"
+    if need_lda and (args.replay_root or not protos.get("lda")):
+        root = args.replay_root or args.data_root
+        protos["lda"] = lda_prototypes(path, letters, root, scale, device, order=order, seed=args.seed,
+                                       proto_images=args.proto_images, batch_size=args.batch_size,
+                                       workers=workers, quiet=args.quiet)
+        source += f"; lda from training-augmented replay rows of {root}"
+    return protos, source

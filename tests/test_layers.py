@@ -1,0 +1,116 @@
+"""The layer table of docs/DESIGN.md holds: every project module imports only its own layer or
+layers below it, no module imports an entry script, and nothing loads a project file by path.
+
+Imports are read with ``ast`` (those inside functions too), so the test needs no module to run.
+"""
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Lower numbers are lower layers; a module may import its own layer and the ones below.
+LAYERS = {
+    0: ["safeio", "metrics", "losses", "protocol", "prototypes", "domains",
+        "models.hardware", "models.modules", "models.resnet", "models.runtimes"],
+    1: ["models.net", "models.checkpoint", "models", "models.fast", "loaders", "prepare_data", "synthetic"],
+    2: ["inference"],
+    3: ["options"],
+    4: ["evaluation", "lifelong", "replay", "prediction", "export"],
+    5: ["stream", "evaluate_cli", "inference_cli", "study"],
+    6: ["demo"],
+}
+# Entry scripts: the top; no project module imports them.
+SCRIPTS = ["test", "test_inference", "predict", "train_N", "train_NK", "train_NKS", "quickstart"]
+BENCH = sorted(p.stem for p in (ROOT / "bench").glob("*.py"))
+LAYER_OF = {m: k for k, mods in LAYERS.items() for m in mods}
+LAYER_OF.update({s: 99 for s in SCRIPTS})
+# bench/upstream_eval.py loads the AUTHORS' test.py (an oracle outside this project) by path.
+PATH_LOADING_ALLOWED = {"bench/upstream_eval.py"}
+# (importlib.import_module of an optional third-party package, e.g. onnxruntime, is an import by name)
+PATH_LOADING = re.compile(r"spec_from_file_location|SourceFileLoader|runpy|exec\(")
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(ROOT).with_suffix("")
+    parts = rel.parts
+    if parts[0] == "bench":
+        return f"bench.{parts[-1]}"
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def project_files():
+    files = sorted(ROOT.glob("*.py")) + sorted((ROOT / "models").glob("*.py")) + sorted((ROOT / "bench").glob("*.py"))
+    return [f for f in files if f.name != "conftest.py"]
+
+
+def package_of(path: Path) -> str:
+    return "models" if path.parent.name == "models" else ""
+
+
+def project_imports(path: Path, package: str):
+    """(line, imported project module) for every import in ``path`` (in ``package``), relative
+    imports resolved."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package if node.level == 1 else ""
+                mod = f"{base}.{node.module}" if node.module else base
+                names = [f"{mod}.{a.name}" if f"{mod}.{a.name}" in LAYER_OF else mod for a in node.names]
+            else:
+                names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in LAYER_OF else node.module
+                         for a in node.names]
+        else:
+            continue
+        for name in names:
+            while name and name not in LAYER_OF and name not in BENCH:
+                name = name.rpartition(".")[0]
+            if name:
+                yield node.lineno, name
+
+
+def test_every_project_module_has_a_layer():
+    unplaced = [module_name(f) for f in project_files()
+                if module_name(f) not in LAYER_OF and not module_name(f).startswith("bench.")]
+    assert not unplaced, f"add these modules to the layer table (docs/DESIGN.md and LAYERS): {unplaced}"
+
+
+@pytest.mark.parametrize("path", project_files(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_imports_go_down_the_layers(path):
+    me = module_name(path)
+    mine = 100 if me.startswith("bench.") else LAYER_OF[me]
+    bad = []
+    for line, name in project_imports(path, package_of(path)):
+        if name in BENCH:
+            if mine != 100:  # the benchmarks share bench_inference's helpers among themselves only
+                bad.append(f"line {line}: imports the benchmark script {name}")
+        elif name in SCRIPTS:
+            bad.append(f"line {line}: imports the entry script {name}.py")
+        elif LAYER_OF[name] > mine:
+            bad.append(f"line {line}: imports {name} (layer {LAYER_OF[name]}) from layer {mine}")
+    assert not bad, f"{path.relative_to(ROOT)}: " + "; ".join(bad)
+
+
+@pytest.mark.parametrize("path", project_files(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_file_is_loaded_by_path(path):
+    rel = str(path.relative_to(ROOT))
+    if rel in PATH_LOADING_ALLOWED:
+        return
+    text = path.read_text(encoding="utf-8")
+    hits = [f"line {i}" for i, line in enumerate(text.splitlines(), 1) if PATH_LOADING.search(line)]
+    assert not hits, f"{rel} loads code by path or name at {', '.join(hits)}; import it instead"
+
+
+def test_the_checker_sees_a_violation(tmp_path):
+    """The import reader finds imports inside functions and resolves relative ones."""
+    fake = tmp_path / "probe.py"
+    fake.write_text("def f():\n    from .fast import x\n    import evaluation\n    from models import fast\n")
+    found = sorted(name for _, name in project_imports(fake, "models"))
+    assert found == ["evaluation", "models.fast", "models.fast"]
