@@ -1,5 +1,6 @@
 """Training under torchrun: two gloo processes on the CPU against one process with the same global batch."""
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,13 @@ def train_args(root, out, *extra):
     return ["--data-root", str(root), "--out", str(out), "--scale", "0.25", "--batch-size", "2",
             "--workers", "0", "--val-images", "0", "--proto-images", "4", "--encoder", "resnet18",
             "--epochs", "1", "--max-steps", "3", "--quiet", *extra]
+
+
+def free_port() -> int:
+    """A port no one listens on now (a fixed one collides with another suite running on the machine)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def run(cmd):
@@ -33,7 +41,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(synthetic_ro
     for out in outs.values():
         out.parent.mkdir()
     stage = ["train_NK.py", "--order", "NK", "--prior", str(prior)]
-    log = run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+    log = run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
                *stage, *train_args(synthetic_root, outs["ddp"])])
     assert "cpu x2" in log and log.count("wrote ") == 1  # rank 0 alone reports and writes
     assert "distill N" in log and "replay N" in log
@@ -70,7 +78,7 @@ def test_resume_across_a_change_of_world_size(synthetic_root, tmp_path):
     state = torch.load(split.parent / "NK" / "last.pth.tar", weights_only=False)
     assert (state["epoch"], state["world_size"]) == (1, 1)
     after_epoch1 = state["state_dict"]
-    log = run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29519",
+    log = run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
                *stage, *train_args(synthetic_root, split, "--epochs", "2", "--resume", *no_limit)])
     assert "resumed" in log and "cpu x2" in log
     a, b = read_checkpoint(straight)[0], read_checkpoint(split)[0]
