@@ -223,7 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluate only the first N test images of each domain")
     g = p.add_argument_group("head selection")
     add_selector_arguments(
-        g, f"pooled: per-channel mean/std of the fused features (resolution independent); "
+        g, f"lda: Mahalanobis distance of the pooled descriptor, with a within-domain covariance "
+          f"from training-augmented replay images (stored by training); "
+          f"pooled: per-channel mean/std of the fused features (resolution independent); "
                         f"map: mean feature map, query resized to it, L2 distance; authors: the released "
                         f"code's rule (prototypes from training-augmented replay images, sum/(N-1), mean "
                         f"squared difference to the prototype resized to the query; needs replay data, "
