@@ -142,6 +142,14 @@ def sparse_values(hw, lo, hi, seed, valid_frac=0.1, empty_top=0.3) -> np.ndarray
     return v
 
 
+def write_pair(root: str, img: str, dep: str, depth_values: np.ndarray, rgb: np.ndarray, rows: list) -> None:
+    """One sample of a 16-bit depth release: the colour image and the depth PNG under ``root``, and its
+    (image, depth, values) row appended to ``rows``."""
+    write_rgb(os.path.join(root, img), rgb)
+    write_png16(os.path.join(root, dep), depth_values)
+    rows.append((img, dep, depth_values))
+
+
 # ------------------------------------------------------------------------------ NYU CSV release
 def write_nyu_release(root: str, scenes=("bedroom_0001_out", "kitchen_0002_out"), per_scene=2, n_test=2,
                       hw=NYU_HW, seed=0, csvs=True) -> Dict[str, List[Tuple[str, str, np.ndarray]]]:
@@ -160,9 +168,7 @@ def write_nyu_release(root: str, scenes=("bedroom_0001_out", "kitchen_0002_out")
     for i in range(n_test):
         img, dep = f"data/nyu2_test/{i:05d}_colors.png", f"data/nyu2_test/{i:05d}_depth.png"
         v = dense_values(hw, 500, 9999, k)
-        write_rgb(os.path.join(root, img), rgb_pattern(hw, k))
-        write_png16(os.path.join(root, dep), v)
-        out["test"].append((img, dep, v))
+        write_pair(root, img, dep, v, rgb_pattern(hw, k), out["test"])
         k += 1
     if csvs:
         write_csv(os.path.join(root, "nyu2_train.csv"), [r[:2] for r in out["train"]])
@@ -190,17 +196,13 @@ def write_kitti(root: str, drives=("2011_09_26_drive_0001_sync",), frames=("0000
                 dep = f"train/{drive}/proj_depth/groundtruth/image_{cam}/{fr}.png"
                 img = f"{raw_dir}/{drive[:10]}/{drive}/image_{cam}/data/{fr}.png"
                 v = sparse_values(hw, 256, 80 * 256, k, valid_frac)
-                write_png16(os.path.join(root, dep), v)
-                write_rgb(os.path.join(root, img), rgb_pattern(hw, k))
-                out["train"].append((img, dep, v))
+                write_pair(root, img, dep, v, rgb_pattern(hw, k), out["train"])
                 k += 1
     for i in range(n_val):
         iname, dname = kitti_val_names(drives[0], f"{i:010d}", "02")
         img, dep = f"val_selection_cropped/image/{iname}", f"val_selection_cropped/groundtruth_depth/{dname}"
         v = sparse_values(hw, 256, 80 * 256, k, valid_frac)
-        write_png16(os.path.join(root, dep), v)
-        write_rgb(os.path.join(root, img), rgb_pattern(hw, k))
-        out["test"].append((img, dep, v))
+        write_pair(root, img, dep, v, rgb_pattern(hw, k), out["test"])
         k += 1
     if csvs:
         write_csv(os.path.join(root, "kitti_train_sparse.csv"), [r[:2] for r in out["train"]])
