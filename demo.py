@@ -30,7 +30,7 @@ from PIL import Image  # noqa: E402
 
 import prediction as P  # noqa: E402
 import stream as S  # noqa: E402
-from options import CLIError, HelpFormatter, add_checkpoint_arguments, resolve_device  # noqa: E402
+from options import CLIError, HelpFormatter, add_checkpoint_arguments, add_device_argument, resolve_device  # noqa: E402
 
 AUTO = "auto (nearest prototype)"
 DEFAULT_CHECKPOINT = "runs/quickstart/NKS.pth.tar"
@@ -207,7 +207,7 @@ def build_parser():
                         "folder, else to this script's)")
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=7860, help="port to serve on")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where the network runs")
+    add_device_argument(p)
     return p
 
 

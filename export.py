@@ -50,7 +50,7 @@ from torch import nn
 from models import CheckpointError, load_checkpoint
 from models.fast import inference_copy, resolve_precision, trace_module
 from options import add_checkpoint_arguments
-from prototypes import map_distance, pooled_descriptor_nhwc, pooled_distances
+from prototypes import map_distance, pooled_descriptor, pooled_descriptor_nhwc, pooled_distances
 
 META_FILE = "meta.json"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -170,8 +170,8 @@ class OnnxDepth(nn.Module):
     """The whole model as one traceable float32 function for ONNX: image -> depth, domain[, unc].
 
     ``fixed`` >= 0: the trunk and that head. Otherwise the pooled-prototype rule of
-    ``DepthPredictor.select`` (channel mean and population std of the features, nearest prototype
-    in Euclidean distance) and every head, each image's chosen one gathered.
+    ``DepthPredictor.select`` (prototypes.pooled_descriptor and pooled_distances) and every head,
+    each image's chosen one gathered.
     """
 
     def __init__(self, net, pooled: Optional[torch.Tensor], fixed: int, with_uncertainty: bool):
@@ -185,10 +185,8 @@ class OnnxDepth(nn.Module):
             depth, unc = self.net.head_forward(feats, self.fixed, self.with_uncertainty)
             domain = torch.zeros_like(depth[:, 0, 0, 0], dtype=torch.long) + self.fixed
         else:
-            mean = feats.mean(dim=(2, 3))
-            std = (feats - mean[:, :, None, None]).square().mean(dim=(2, 3)).sqrt()
-            query = torch.cat([mean, std], dim=1)
-            domain = (query[:, None, :] - self.pooled[None]).square().sum(dim=2).argmin(dim=1)
+            # pooled_descriptor, not the chunked _nhwc one: its chunk loop would be frozen by tracing
+            domain = pooled_distances(pooled_descriptor(feats), self.pooled).argmin(dim=1)
             outs = [self.net.head_forward(feats, i, self.with_uncertainty)
                     for i in range(self.net.num_domains)]
             pick = lambda maps: torch.gather(  # noqa: E731  (B, D, 1, h, w) -> (B, 1, h, w)

@@ -42,6 +42,8 @@ from models import CheckpointError, LifelongDepthNet, read_checkpoint, save_chec
 from models.checkpoint import _plain, atomic_save, check_finite, check_letters, infer_encoder
 from safeio import WriteError, atomic_write, clean_stale_temps
 from models.fast import inference_copy, lowp_supported, prepare_input
+from models.resnet import ENCODERS
+from options import add_amp_argument, add_device_argument, resolve_device
 from prototypes import compute_lda, compute_prototypes
 from protocol import DATA as PROTOCOL_DATA
 from protocol import TRAINING as PROTOCOL_TRAINING
@@ -137,7 +139,7 @@ def build_parser(default_order: str, description: str) -> argparse.ArgumentParse
                    help="comma-separated weights of the old domains' replay terms, in learning order")
 
     g = p.add_argument_group("model")
-    g.add_argument("--encoder", default="resnet34", choices=["resnet18", "resnet34", "resnet50"],
+    g.add_argument("--encoder", default="resnet34", choices=sorted(ENCODERS),
                    help="encoder of a first stage (later stages take the prior's)")
     g.add_argument("--pretrained", default=None,
                    help="ImageNet weights of the encoder, a local torchvision file such as "
@@ -152,12 +154,8 @@ def build_parser(default_order: str, description: str) -> argparse.ArgumentParse
                    help="images per domain used for the stored domain prototypes")
 
     g = p.add_argument_group("run")
-    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                   help="auto takes CUDA when available")
-    g.add_argument("--amp", default="auto", choices=["auto", "off", "bf16", "fp16"],
-                   help="mixed precision; auto is bf16 (or fp16 with loss scaling) on CUDA, off (fp32) "
-                        "on a CPU. bf16 on a CPU with AVX512-BF16/AMX trains faster; bench/README.md gives "
-                        "the measured speed and what it changes")
+    add_device_argument(g)
+    add_amp_argument(g)
     g.add_argument("--seed", type=int, default=0, help="seed of weights, data order and augmentation")
     g.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="resume an interrupted stage from its run folder's last.pth.tar (or a path)")
@@ -321,9 +319,7 @@ class Dist:
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        use_cuda = device_arg == "cuda" or (device_arg == "auto" and torch.cuda.is_available())
-        if device_arg == "cuda" and not torch.cuda.is_available():
-            raise SystemExit("error: --device cuda but CUDA is not available")
+        use_cuda = resolve_device(device_arg).type == "cuda"
         if use_cuda:
             torch.cuda.set_device(self.local_rank)
             self.device = torch.device("cuda", self.local_rank)
@@ -433,6 +429,16 @@ def amp_settings(arg: str, device: torch.device):
     if arg == "bf16" or torch.cuda.is_bf16_supported():  # bf16, or auto on a CUDA GPU with bf16
         return torch.bfloat16, False
     return torch.float16, True  # auto on a CUDA GPU without bf16
+
+
+def amp_warning(arg: str, device: torch.device) -> str | None:
+    """The line to print at the start of a stage whose autocast the CPU only emulates, else None:
+    bf16 without native bf16 (models.hardware's probe) runs, but slower than float32."""
+    dtype = amp_settings(arg, device)[0]
+    if device.type == "cpu" and dtype == torch.bfloat16 and not lowp_supported(dtype, device):
+        return ("warning: --amp bf16: this CPU has no native bf16 (AVX512-BF16 or AMX), so bf16 "
+                "autocast is emulated and slower than float32 (--amp off)")
+    return None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1233,6 +1239,8 @@ def run_stage(default_order: str, description: str, argv=None) -> str:
             if opts.pretrained is None and (len(opts.order) == 1 or opts.strategy == "joint"):
                 print("warning: no --pretrained ImageNet weights given; the encoder starts from "
                       "random weights", file=sys.stderr)
+            if warning := amp_warning(opts.amp, ctx.device):
+                print(warning, file=sys.stderr)
         stage = Stage(opts, ctx)
         resume = Path(opts.run_dir) / "last.pth.tar" if opts.resume == "auto" else opts.resume
         if resume is not None:

@@ -38,6 +38,14 @@ FULL_FRAME_CHOICES = ("none", "all", "kitti")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
+DEVICES = ("auto", "cpu", "cuda")  # resolve_device; lifelong.Dist for a training process
+AMP_MODES = ("auto", "off", "bf16", "fp16")  # training autocast, resolved by lifelong.amp_settings
+DEVICE_HELP = "where the network runs; auto takes CUDA when available"
+AMP_HELP = ("mixed precision of training; auto is bf16 (or fp16 with loss scaling) on CUDA, off (fp32) on "
+            "a CPU. bf16 on a CPU with native bf16 (AVX512-BF16/AMX) trains faster, elsewhere it is "
+            "emulated and slower; bench/README.md gives the measured speed and what it changes")
+
+
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Shows '(default: X)' unless the help text already explains the default or there is none."""
 
@@ -72,6 +80,16 @@ def add_selector_arguments(g, selector_help: str, replay_help: str) -> None:
     g.add_argument("--replay-root", default=None, help=replay_help)
 
 
+def add_device_argument(g, help: str = DEVICE_HELP, default: str | None = "auto") -> None:
+    """--device (choices DEVICES, default auto; None: the caller's own default, e.g. a preset's)."""
+    g.add_argument("--device", default=default, choices=list(DEVICES), help=help)
+
+
+def add_amp_argument(g, help: str = AMP_HELP) -> None:
+    """--amp (choices AMP_MODES, default auto): the training engine's autocast."""
+    g.add_argument("--amp", default="auto", choices=list(AMP_MODES), help=help)
+
+
 def resolve_device(arg: str) -> torch.device:
     """``auto`` -> CUDA when available, else CPU; ``cuda`` without CUDA is an error."""
     if arg == "cuda" and not torch.cuda.is_available():
@@ -84,8 +102,7 @@ def resolve_device(arg: str) -> torch.device:
 def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
     """--device, --no-fast, --precision, --predictor-option, --workers."""
     g = p.add_argument_group("runtime")
-    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                   help="where the network runs; auto takes CUDA when available")
+    add_device_argument(g)
     g.add_argument("--no-fast", action="store_true",
                    help="use DepthPredictor's plain float32 path, without the speed-ups it applies by "
                         "default (BN folded into convs, channels_last, fused oneDNN kernels on a CPU, "

@@ -35,7 +35,8 @@ AUTHORS_PROTO_IMAGES = 500  # the authors' loop stops after image index 499
 
 
 def pooled_descriptor(feats: torch.Tensor) -> torch.Tensor:
-    """(B, C, h, w) fused features -> (B, 2C) channel means and standard deviations."""
+    """(B, C, h, w) fused features -> (B, 2C) channel means and standard deviations.
+    Traceable with dynamic sizes (export.OnnxDepth's graph uses it)."""
     flat = feats.float().flatten(2)
     return torch.cat([flat.mean(dim=2), flat.std(dim=2, unbiased=False)], dim=1)
 
@@ -65,8 +66,12 @@ def pooled_descriptor_nhwc(feats: torch.Tensor, chunk: int = 16384) -> torch.Ten
 
 
 def pooled_distances(desc: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
-    """The pooled rule: (B, D) Euclidean distances of (B, 2C) descriptors to the (D, 2C) prototypes."""
-    return torch.cdist(desc, pooled.to(desc.device, desc.dtype))
+    """The pooled rule: (B, D) Euclidean distances of (B, 2C) descriptors to the (D, 2C) prototypes.
+
+    A broadcast difference, not ``torch.cdist`` (same values to float rounding): cdist has no ONNX
+    export, and this one rule serves eager code, TorchScript and the ONNX graph (export.py)."""
+    diff = desc[:, None, :] - pooled.to(desc.device, desc.dtype)[None]
+    return diff.square().sum(dim=2).sqrt()
 
 
 def map_distance(feats: torch.Tensor, proto: torch.Tensor) -> torch.Tensor:

@@ -43,6 +43,8 @@ import evaluate_cli  # noqa: E402
 import inference_cli  # noqa: E402
 from evaluation import write_json  # noqa: E402
 from models.hardware import capability_line  # noqa: E402
+from models.resnet import ENCODERS  # noqa: E402
+from options import add_amp_argument, add_device_argument  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 
@@ -115,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=float, default=None,
                    help="input size factor for training and evaluation (default 0.5: 114x152 NYU/ScanNet, "
                         "160x240 KITTI; --tiny 0.25)")
-    p.add_argument("--encoder", default=None, choices=["resnet18", "resnet34", "resnet50"],
+    p.add_argument("--encoder", default=None, choices=sorted(ENCODERS),
                    help="encoder (default resnet34, the paper's; --tiny resnet18)")
     p.add_argument("--batch-size", type=int, default=None, help="images per step (default 8; --tiny 2)")
     p.add_argument("--threads", type=int, default=None,
@@ -126,12 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-size", default=None,
                    help="HxW at which the per-image latency is measured (default 228x304, the paper's NYU "
                         "input size; --tiny: each domain's test input size)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                   help="where to train and evaluate; auto takes CUDA when available")
-    p.add_argument("--amp", default="auto", choices=["auto", "off", "bf16", "fp16"],
-                   help="mixed precision of training (the engine's --amp): auto is fp32 on a CPU and "
-                        "bf16/fp16 on CUDA; bf16 trains faster on a CPU with native bf16 (measured: "
-                        "bench/README.md)")
+    add_device_argument(p, help="where to train and evaluate; auto takes CUDA when available")
+    add_amp_argument(p)
     p.add_argument("--keep-resume", action="store_true",
                    help="keep each finished stage's resume state <out>/<stage>/last.pth.tar (deleted by "
                         "default: weights + optimiser, ~260 MB each)")

@@ -19,11 +19,15 @@ LAYERS = {
     2: ["inference"],
     3: ["options"],
     4: ["evaluation", "lifelong", "replay", "prediction", "export"],
-    5: ["stream", "evaluate_cli", "inference_cli", "study"],
+    5: ["stream", "evaluate_cli", "inference_cli", "study", "study.stats", "study.config", "study.plan",
+        "study.run", "study.evaluate", "study.results", "study.figures", "study.report", "study.cli",
+        "study.__main__"],
     6: ["demo"],
 }
 # Entry scripts: the top; no project module imports them.
 SCRIPTS = ["test", "test_inference", "predict", "train_N", "train_NK", "train_NKS", "quickstart"]
+# study.py is the entry script of the study/ package; `import study` is the package (a directory
+# package takes precedence over a module of the same name), which test_the_study_name_is_the_package pins.
 BENCH = sorted(p.stem for p in (ROOT / "bench").glob("*.py"))
 LAYER_OF = {m: k for k, mods in LAYERS.items() for m in mods}
 LAYER_OF.update({s: 99 for s in SCRIPTS})
@@ -44,12 +48,13 @@ def module_name(path: Path) -> str:
 
 
 def project_files():
-    files = sorted(ROOT.glob("*.py")) + sorted((ROOT / "models").glob("*.py")) + sorted((ROOT / "bench").glob("*.py"))
-    return [f for f in files if f.name != "conftest.py"]
+    files = sorted(ROOT.glob("*.py")) + sorted((ROOT / "models").glob("*.py")) + \
+        sorted((ROOT / "study").glob("*.py")) + sorted((ROOT / "bench").glob("*.py"))
+    return [f for f in files if f.name not in ("conftest.py", "study.py")]
 
 
 def package_of(path: Path) -> str:
-    return "models" if path.parent.name == "models" else ""
+    return path.parent.name if path.parent.name in ("models", "study") else ""
 
 
 def project_imports(path: Path, package: str):
@@ -114,3 +119,11 @@ def test_the_checker_sees_a_violation(tmp_path):
     fake.write_text("def f():\n    from .fast import x\n    import evaluation\n    from models import fast\n")
     found = sorted(name for _, name in project_imports(fake, "models"))
     assert found == ["evaluation", "models.fast", "models.fast"]
+
+
+def test_the_study_name_is_the_package():
+    """study.py (the entry script) and study/ (the package) share a name: imports get the package."""
+    import study
+    assert Path(study.__file__).parent.name == "study" and Path(study.__file__).name == "__init__.py"
+    text = (ROOT / "study.py").read_text(encoding="utf-8")
+    assert "from study.cli import main" in text and len(text.splitlines()) < 25

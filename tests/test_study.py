@@ -1,203 +1,233 @@
-"""study.py: the matrix maths, the plan of runs, and a --quick study that reuses its runs."""
+"""The study package: intervals and comparisons, the plan of runs (presets, arms, resumption), and
+a smoke study end to end on a custom domain (reuse, --report-only, refused settings)."""
 from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
+from scipy import stats as scipy_stats
 
-import study
-
-ORDERS = "NKS,KNS"
-STRATEGIES = "ours,finetune"
-
-
-# ------------------------------------------------------------------------------- pure pieces
-def test_lifelong_summary_on_a_hand_made_matrix():
-    # rows: after stage 1, 2, 3; columns: domains in learning order (errors, lower is better)
-    m = [[1.0],
-         [1.5, 2.0],
-         [1.2, 2.5, 3.0]]
-    s = study.lifelong_summary(m, metric="rmse")
-    assert s["final"] == [1.2, 2.5, 3.0]
-    assert s["final_average"] == pytest.approx((1.2 + 2.5 + 3.0) / 3)
-    assert s["just_learned"] == [1.0, 2.0, 3.0]
-    # forgetting = final - best earlier (positive = worse): 1.2 - 1.0, 2.5 - 2.0
-    assert s["forgetting"] == pytest.approx([0.2, 0.5])
-    assert s["average_forgetting"] == pytest.approx(0.35)
-    # BWT = just learned - final (positive = improved)
-    assert s["bwt_per_domain"] == pytest.approx([-0.2, -0.5])
-    assert s["bwt"] == pytest.approx(-0.35)
-    assert s["stage_average"] == pytest.approx([1.0, 1.75, (1.2 + 2.5 + 3.0) / 3])
-
-    # an accuracy (higher is better): signs flip so that positive forgetting still means "worse"
-    a = study.lifelong_summary([[0.9], [0.8, 0.7]], metric="delta1")
-    assert a["higher_is_better"] is True
-    assert a["forgetting"] == pytest.approx([0.1])
-    assert a["bwt"] == pytest.approx(-0.1)
-
-    # a domain that improved after it was learned: negative forgetting, positive BWT
-    b = study.lifelong_summary([[2.0], [1.5, 1.0]], metric="abs_rel")
-    assert b["forgetting"] == pytest.approx([-0.5])
-    assert b["bwt"] == pytest.approx(0.5)
+import domains
+import synthetic
+from study import cli, config, run, stats
+from study.plan import Plan
 
 
-def test_relative_gap_and_formatting():
-    assert study.relative_gap(1.1, 1.0) == pytest.approx(0.1)
-    assert study.relative_gap(None, 1.0) is None
-    assert study.relative_gap(1.0, 0) is None
-    assert study.fmt(None) == "-"
-    assert study.fmt(float("nan")) == "-"
-    assert study.fmt(0.1234, 2, True) == "+0.12"
-    assert study.pct(-0.05) == "-5.0%"
+# ------------------------------------------------------------------------------- statistics
+def test_interval_is_the_student_t_interval():
+    values = [0.30, 0.34, 0.29, 0.35]
+    iv = stats.interval(values)
+    mean = sum(values) / 4
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / 3)
+    half = scipy_stats.t.ppf(0.975, 3) * sd / 2
+    assert iv.mean == pytest.approx(mean) and iv.lo == pytest.approx(mean - half)
+    assert iv.hi == pytest.approx(mean + half) and iv.n == 4
+    one = stats.interval([0.5, None, float("nan")])
+    assert one.n == 1 and one.lo is None and "(n=1)" in one.text()
+    assert stats.interval([None]) is None
 
 
-def make_plan(tmp_path, orders="NKS,NSK,KNS,KSN,SNK,SKN", strategies="ours,finetune,distill,replay,joint",
-              single_head=True, variants=()):
-    args = study.build_parser().parse_args(["--runs-dir", str(tmp_path / "runs"), "--orders", orders,
-                                            "--strategies", strategies])
-    s = study.resolve_settings(args)
-    return study.Plan(s, study.parse_orders(orders), study.parse_strategies(strategies), single_head,
-                      [study.parse_variant(v) for v in variants], study.parse_orders("NKS") if variants else [])
+def test_paired_comparison_claims_only_what_the_interval_shows():
+    # the same seed-to-seed swing in both arms, a constant gap: the paired difference is clear
+    a = {0: 0.10, 1: 0.30, 2: 0.20}
+    b = {0: 0.15, 1: 0.36, 2: 0.24}
+    c = stats.compare(a, b)
+    assert c.verdict == "lower" and c.diff.hi < 0
+    assert "ours is lower than finetune" in c.sentence("ours", "finetune", "forgetting")
+    # unpaired intervals overlap although the paired difference is clear
+    assert stats.overlap(c.a, c.b) is True
+    # differences of both signs: no claim
+    d = stats.compare({0: 0.1, 1: 0.3, 2: 0.2}, {0: 0.12, 1: 0.27, 2: 0.21})
+    assert d.verdict == "not distinguishable"
+    assert "not distinguishable at 95 %" in d.sentence("a", "b", "x")
+    assert stats.compare({0: 0.1}, {1: 0.2}) is None
 
 
-def test_plan_of_the_full_study(tmp_path):
-    plan = make_plan(tmp_path)
-    groups = {}
-    for job in plan.jobs.values():
-        groups.setdefault(job.group, []).append(job)
-    assert sorted(j.letters for j in groups["first"]) == ["K", "N", "S"]
-    lifelong_jobs = groups["lifelong"]
-    assert len([j for j in lifelong_jobs if len(j.letters) == 2]) == 24  # 6 pairs x 4 strategies
-    assert len([j for j in lifelong_jobs if len(j.letters) == 3]) == 24  # 6 orders x 4 strategies
-    # joint: once per domain set, named in the fixed N, K, S order
-    assert sorted(j.letters for j in groups["joint"]) == ["KS", "NK", "NKS", "NS"]
-    assert [j.shared_head for j in groups["shared"]] == [True]
-    runs = plan.s.runs_dir
-    # the matrix of order KNS under joint: single K, then joint NK, then joint NKS
-    assert plan.stage_path("KNS", 1, "joint") == runs / "K.pth.tar"
-    assert plan.stage_path("KNS", 2, "joint") == runs / "NK_joint.pth.tar"
-    assert plan.stage_path("SKN", 3, "joint") == runs / "NKS_joint.pth.tar"
-    # lifelong stages chain to their own strategy's prior; first stages are shared (no suffix)
-    assert plan.jobs["NKS_finetune"].prior == runs / "NK_finetune.pth.tar"
-    assert plan.jobs["NK_distill"].prior == runs / "N.pth.tar"
-    assert plan.jobs["NKS"].prior == runs / "NK.pth.tar"
-    # every job comes after its prior
+def test_wilson_interval():
+    p, lo, hi = stats.proportion_interval(8, 8)
+    assert p == 1.0 and hi == 1.0 and lo == pytest.approx(0.6756, abs=1e-4)   # textbook value
+    p, lo, hi = stats.proportion_interval(50, 100)
+    assert lo == pytest.approx(0.4038, abs=1e-4) and hi == pytest.approx(0.5962, abs=1e-4)
+
+
+# ------------------------------------------------------------------------------- the plan
+def settings(*argv):
+    return config.resolve_settings(config.build_parser().parse_args(list(argv)))
+
+
+def test_full_plan_chains_every_stage_to_its_prior(tmp_path):
+    s = settings("--runs-dir", str(tmp_path))
+    plan = Plan(s)
+    jobs = plan.jobs.values()
+    assert len(s.seeds) >= 3 and set(s.orders) == {"NKS", "KSN", "SNK"}
+    firsts = [j for j in jobs if j.group == "first"]
+    # every domain's single-domain model per seed, plus the authors' own first stage of N
+    assert sorted((j.seed, j.letters, j.arm) for j in firsts if j.arm) == [(sd, "N", "authors") for sd in s.seeds]
+    assert len(firsts) == len(s.seeds) * 4
     seen = set()
     for job in plan.ordered():
-        assert job.prior is None or job.prior in seen
+        assert job.prior is None or job.prior in seen, job.key
         seen.add(job.out)
-    # the engine gets every study setting
-    argv = plan.jobs["NKS_replay"].argv(plan.s)
-    for flag in ("--order", "--strategy", "--prior", "--out", "--data-root", "--scale", "--epochs",
-                 "--batch-size", "--seed", "--val-images", "--replay-size"):
-        assert flag in argv
+    # arms sharing the engine strategy "ours" live in their own folders; priors stay in the arm
+    assert plan.stage("NKS", 3, "reinit", 1) == tmp_path / "seed1" / "reinit" / "NKS.pth.tar"
+    assert plan.jobs[str(plan.stage("NKS", 2, "reinit", 1))].prior == tmp_path / "seed1" / "first" / "N.pth.tar"
+    assert plan.jobs[str(plan.stage("NKS", 2, "authors", 1))].prior == tmp_path / "seed1" / "authors" / "N.pth.tar"
+    argv = plan.jobs[str(plan.stage("NKS", 3, "exhaust", 2))].argv(s)
+    assert argv[-2:] == ["--replay-exhaust", "authors"] and argv[argv.index("--seed") + 1] == "2"
+    assert argv[argv.index("--epochs") + 1] == str(s.epochs)
+    joint = plan.jobs[str(plan.joint(0, shared_head=True))].argv(s)
+    assert "--shared-head" in joint and joint[joint.index("--epochs") + 1] == str(s.joint_epochs)
 
 
-def test_plan_variants_start_from_the_shared_first_stage(tmp_path):
-    plan = make_plan(tmp_path, orders="NKS", strategies="ours", single_head=False,
-                     variants=["w100:ours:--distill-weights 100,1000 --replay-weights 100,1000"])
-    runs = plan.s.runs_dir
-    v2 = plan.jobs["variant w100:NK"]
-    v3 = plan.jobs["variant w100:NKS"]
-    assert v2.prior == runs / "N.pth.tar"
-    assert v3.prior == runs / "variants" / "w100" / "NK.pth.tar"
-    assert v3.argv(plan.s)[-4:] == ["--distill-weights", "100,1000", "--replay-weights", "100,1000"]
-    with pytest.raises(SystemExit):
-        study.parse_variant("bad")
-    with pytest.raises(SystemExit):
-        study.parse_variant("x:joint:--epochs 2")
+def test_quick_is_a_subset_of_the_full_study(tmp_path):
+    """Every --quick stage is a stage of the full study with the same arguments, so a full study
+    after a quick one trains only what is missing."""
+    full = Plan(settings("--runs-dir", str(tmp_path)))
+    quick = Plan(settings("--quick", "--runs-dir", str(tmp_path)))
+    assert 0 < len(quick.jobs) < len(full.jobs)
+    for key, job in quick.jobs.items():
+        assert job.argv(quick.s) == full.jobs[key].argv(full.s)
+
+
+def test_custom_domain_letters_are_orders(tmp_path, clean_registry):
+    (tmp_path / "domains.json").write_text(json.dumps([{"name": "office", "letter": "X",
+                                                        "transform": "scannet", "max_depth": 10.0}]))
+    s = settings("--data-root", str(tmp_path), "--orders", "NX,XN", "--protocol-arms", "",
+                 "--runs-dir", str(tmp_path / "runs"))
+    assert s.orders == ("NX", "XN") and s.letters == "NX"
+    assert sorted(j.letters for j in Plan(s).jobs.values() if j.group == "first" and j.seed == 0) == ["N", "X"]
+    with pytest.raises(SystemExit, match="--orders"):
+        settings("--orders", "NQ")
+
+
+def test_bad_options_are_one_error_line(tmp_path):
+    for argv, match in ((["--seeds", "0,0"], "distinct"), (["--seeds", "a"], "integers"),
+                        (["--arms", "authors"], "unknown 'authors'"), (["--lr", "0"], "--lr"),
+                        (["--orders", "N"], "at least two")):
+        with pytest.raises(SystemExit, match=match):
+            settings(*argv)
+    import torch
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="no CUDA device"):
+            settings("--preset", "cuda")
+
+
+def test_cuda_preset_is_the_papers_schedule(tmp_path, monkeypatch):
+    """Argument handling only (no GPU here): the stages get the paper's input size, encoder and
+    schedule on CUDA, one process at a time."""
+    import torch
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    s = settings("--preset", "cuda", "--runs-dir", str(tmp_path))
+    assert (s.device, s.jobs, s.scale, s.encoder, s.replay_size) == ("cuda", 1, 1.0, "resnet34", 500)
+    argv = Plan(s).jobs[str(tmp_path / "seed0" / "ours" / "NK.pth.tar")].argv(s)
+    value = lambda flag: argv[argv.index(flag) + 1]  # noqa: E731
+    assert (value("--device"), value("--epochs"), value("--scale"), value("--encoder")) == \
+        ("cuda", "20", "1", "resnet34")
+    assert s.data_root == "datasets/study_s100" and "--lr" in argv and value("--lr") == "0.0001"
 
 
 def test_interrupted_stage_is_resumed(tmp_path, monkeypatch):
-    """A run folder with last.pth.tar but no final checkpoint: the engine is called with --resume."""
-    plan = make_plan(tmp_path, orders="NK", strategies="ours", single_head=False)
-    job = plan.jobs["NK"]
-    job.prior.parent.mkdir(parents=True, exist_ok=True)
+    """A run folder with last.pth.tar but no checkpoint: the engine is called with --resume; then
+    the checkpoint is reused, and other settings are refused."""
+    s = settings("--quick", "--runs-dir", str(tmp_path))
+    plan = Plan(s)
+    job = plan.jobs[str(plan.stage("NKS", 2, "ours", 0))]
+    job.prior.parent.mkdir(parents=True)
     job.prior.write_bytes(b"prior")
     job.run_dir.mkdir(parents=True)
     (job.run_dir / "last.pth.tar").write_bytes(b"state")
     calls = []
 
-    def fake_main(default_order, description, argv):
+    def fake_main(letters, description, argv):
         calls.append(argv)
-        Path(job.out).write_bytes(b"final")
+        job.out.write_bytes(b"final")
         return str(job.out)
-    monkeypatch.setattr(study.lifelong, "main", fake_main)
-    assert study.train_job(job, plan.s) == "resumed"
-    assert calls and calls[0][-1] == "--resume"
+    monkeypatch.setattr(run.lifelong, "main", fake_main)
+    assert run.train(job, s) == "resumed"
+    assert calls[0][-1] == "--resume"
     record = json.loads((job.run_dir / "study_job.json").read_text())
     assert record["status"] == "done" and record["resumed"] is True
-    # now the checkpoint exists: it is reused, and other settings are refused
-    assert study.reuse_check(job, plan.s) is True
-    plan.s.epochs += 1
+    assert run.reuse(job, s) is True
+    s.epochs += 1
     with pytest.raises(SystemExit, match="other settings"):
-        study.reuse_check(job, plan.s)
+        run.reuse(job, s)
 
 
-# ------------------------------------------------------------------------------- a quick study
+# ------------------------------------------------------------------------------- a smoke study
 @pytest.fixture(scope="module")
-def quick_study(synthetic_root, tmp_path_factory):
+def smoke_study(tmp_path_factory):
+    """The smoke preset on N and a custom domain X (ScanNet-like files under another name)."""
     out = tmp_path_factory.mktemp("study")
-    argv = ["--quick", "--data-root", str(synthetic_root), "--runs-dir", str(out / "runs"),
-            "--report", str(out / "docs" / "RESULTS.md"), "--figures-dir", str(out / "docs" / "figures"),
-            "--orders", ORDERS, "--strategies", STRATEGIES, "--scale", "0.25", "--quiet"]
-    payload = study.main(argv)
-    return out, argv, payload
+    data = out / "data"
+    synthetic.generate(str(data), 12, 3, 0, 1, 4, "NS", 0.25, progress=False)
+    (data / "domains.json").write_text(json.dumps([{
+        "name": "office", "letter": "X", "train_csv": "scannet_train.csv", "test_csv": "scannet_test.csv",
+        "replay_csv": "replay_scannet.csv", "max_depth": 10.0, "source": "scannet", "transform": "scannet",
+        "resize": [240, 320], "rgb_to_depth_size": True}]))
+    argv = ["--preset", "smoke", "--data-root", str(data), "--runs-dir", str(out / "runs"),
+            "--orders", "NX", "--protocol-orders", "NX", "--report", str(out / "docs" / "RESULTS.md"),
+            "--figures-dir", str(out / "docs" / "figures"), "--jobs", "1", "--quiet"]
+    try:
+        result = cli.main(argv)
+        yield out, argv, result
+    finally:
+        domains.unregister_domain("X")
 
 
-def test_quick_study_writes_the_report(quick_study):
-    out, _, payload = quick_study
+def test_smoke_study_writes_every_section(smoke_study):
+    out, _, result = smoke_study
     text = (out / "docs" / "RESULTS.md").read_text()
     assert "synthetic stand-ins, not NYU-v2 / KITTI / ScanNet numbers" in text
-    for heading in ("## Summary", "## Setup", "## Do the single-domain models fit?",
-                    "## Final error, forgetting and backward transfer", "## Forgetting curves",
-                    "## Plasticity: the new domain right after learning it", "## Automatic domain selection",
-                    "## One head for all domains? (single-head baseline)",
-                    "## Qualitative: an old domain after the last stage",
-                    "## Honest comparison: ours against finetune and single-domain training",
-                    "## Domain x stage matrices", "### Order NKS", "### Order KNS"):
+    assert "python3 study.py --preset smoke" in text
+    for heading in ("## Targets", "## Setup", "## Do the single-domain models fit their domain?",
+                    "## Stability", "## Plasticity", "## Protocol", "## Head selection",
+                    "## One shared head", "## Appendix", "## Compute"):
         assert heading in text, heading
-    assert "Measured wall time of the study" in text
-    assert "python3 study.py --quick" in text
-    figures = out / "docs" / "figures"
-    for name in ("fit", "summary", "forgetting", "selection", "single_head", "qualitative"):
-        png = figures / f"study_{name}.png"
-        assert png.is_file() and png.read_bytes()[:4] == b"\x89PNG", name
-        assert f"figures/study_{name}.png" in text
-    # 3 single-domain models + 2 x 2 strategies x 2 later stages + joint + single head
-    assert payload["counts"]["trained"] == 3 + 8 + 2
-    assert payload["counts"]["missing"] == 0
-    # full matrices for every order and strategy, and summaries computed from them
-    for o in ORDERS.split(","):
-        for st in STRATEGIES.split(","):
-            m = payload["matrices"][f"{o}/{st}/rmse"]
-            assert [len(r) for r in m] == [1, 2, 3]
-            assert all(v is not None and math.isfinite(v) and v > 0 for r in m for v in r)
-            assert payload["summaries"][f"{o}/{st}/rmse"]["forgetting"] is not None
-    # the first stage is shared: the first column is the same for both strategies
-    assert payload["matrices"]["NKS/ours/rmse"][0] == payload["matrices"]["NKS/finetune/rmse"][0]
+    assert "office (X)" in text                      # the custom domain is reported by name
+    for name in ("fit", "stability", "protocol", "selection"):
+        png = out / "docs" / "figures" / f"study_{name}.png"
+        assert png.read_bytes()[:4] == b"\x89PNG" and f"figures/study_{name}.png" in text
+    # 2 seeds x (2 firsts + ours, finetune and reinit stages + joint + single head)
+    assert result["counts"]["trained"] == 14 and result["missing"] == 0
+    targets = {t[0]: t for t in result["targets"]}
+    assert any("single-head" in k for k in targets) and any("forgetting" in k for k in targets)
+    # every number of a comparison sentence has its interval beside it
+    for line in text.splitlines():
+        if line.startswith("- ") and ("not distinguishable" in line or "(95 % interval excludes 0)" in line):
+            assert "paired difference" in line and "[" in line, line
 
 
-def test_second_call_reuses_runs_and_evaluations(quick_study):
-    out, argv, _ = quick_study
+def test_smoke_study_numbers_come_from_the_evaluations(smoke_study):
+    out, argv, _ = smoke_study
+    s = config.resolve_settings(config.build_parser().parse_args(argv))
+    from study.results import Results
+    res = Results(Plan(s))
+    m = res.matrix("NX", "ours", 0, "abs_rel")
+    assert [len(r) for r in m] == [1, 2] and all(0 < v < 5 for r in m for v in r)
+    ev = json.loads((out / "runs" / "eval" / "seed0__ours__NX.test.json").read_text())
+    assert m[1][1] == ev["results"]["X"]["prior"]["abs_rel"]
+    summary = res.summary("NX", "ours", 0, "abs_rel")
+    assert summary["average_forgetting"] == pytest.approx(m[1][0] - m[0][0])
+    # the first stage is shared: the first column is the same for ours and finetune
+    assert res.matrix("NX", "finetune", 0, "abs_rel")[0] == m[0]
+
+
+def test_second_call_reuses_and_report_only_is_identical(smoke_study):
+    out, argv, _ = smoke_study
     runs = out / "runs"
-    ckpts = sorted(runs.glob("*.pth.tar"))
-    evals = sorted((runs / "eval").glob("*.json"))
-    assert len(ckpts) == 13 and len(evals) >= 13
-    before = {p: p.stat().st_mtime_ns for p in ckpts + evals}
-    payload = study.main(argv)
-    assert payload["counts"]["trained"] == 0 and payload["counts"]["resumed"] == 0
-    assert payload["counts"]["reused"] == 13 and payload["counts"]["evaluated"] == 0
-    assert {p: p.stat().st_mtime_ns for p in ckpts + evals} == before
-    # --report-only rebuilds the report from disk as well
-    study.main(argv + ["--report-only"])
-    assert {p: p.stat().st_mtime_ns for p in ckpts + evals} == before
-    assert "## Domain x stage matrices" in (out / "docs" / "RESULTS.md").read_text()
+    files = sorted(runs.rglob("*.pth.tar")) + sorted((runs / "eval").glob("*.json"))
+    before = {p: p.stat().st_mtime_ns for p in files}
+    result = cli.main(argv)
+    assert result["counts"]["trained"] == 0 and result["counts"]["reused"] == 14
+    assert {p: p.stat().st_mtime_ns for p in files} == before
+    text = (out / "docs" / "RESULTS.md").read_text()
+    cli.main(argv + ["--report-only"])
+    assert (out / "docs" / "RESULTS.md").read_text() == text
+    assert {p: p.stat().st_mtime_ns for p in files} == before
 
 
-def test_other_settings_are_refused(quick_study):
-    out, argv, _ = quick_study
+def test_other_settings_are_refused(smoke_study):
+    _, argv, _ = smoke_study
     with pytest.raises(SystemExit, match="other settings"):
-        study.main(argv + ["--seed", "1"])
+        cli.main(argv + ["--lr", "1e-3"])

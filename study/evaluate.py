@@ -1,0 +1,171 @@
+"""Numbers from checkpoints: test errors (domain prior and automatic selection) through the shared
+evaluation (``evaluation.evaluate_split`` on a float32 ``DepthPredictor``), the selection benchmark
+(``inference_cli``), and the constant-depth baseline of the fit table. Each result is cached as JSON
+under ``<runs>/eval`` and recomputed only when the settings or the checkpoint file change.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import Subset
+
+import lifelong
+from domains import get_domain
+from evaluation import DomainEvaluator, evaluate_split, make_loader, test_dataset
+from inference import DepthPredictor
+from loaders import get_dataset, get_loader
+
+from .run import read_json
+
+EVAL_BATCH = 16
+
+
+def write_json(path: Path, payload) -> None:
+    from safeio import atomic_write  # complete or not at all
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path, "w", encoding="utf-8") as f:
+        json.dump(payload, f, indent=1)
+        f.write("\n")
+
+
+def cache_path(s, ckpt: Path, kind: str = "test") -> Path:
+    rel = os.path.relpath(ckpt, s.runs_dir).replace(os.sep, "__").replace(".pth.tar", "")
+    return s.runs_dir / "eval" / f"{rel}.{kind}.json"
+
+
+def cached(s, ckpt: Path, settings: dict, kind: str = "test"):
+    """The cached result of ``ckpt`` if it is current (same settings, same checkpoint file)."""
+    out = read_json(cache_path(s, ckpt, kind))
+    if out and out.get("settings") == settings and ckpt.is_file() and \
+            out.get("checkpoint_mtime_ns") == ckpt.stat().st_mtime_ns:
+        return out
+    return None
+
+
+def checkpoint_domains(net) -> tuple[str, bool]:
+    """(the domains a checkpoint learned, in order; whether one head serves them all)."""
+    meta = net.meta
+    if meta.get("shared_head") or not meta.get("letters"):
+        return "".join(meta.get("trained_letters") or ""), True
+    return "".join(meta["letters"]), False
+
+
+@torch.no_grad()
+def evaluate_checkpoint(ckpt: Path, s) -> dict:
+    """Test errors of every learned domain with the domain prior and, for multi-head models with
+    prototypes, with the checkpoint's own head selection (its default selector)."""
+    settings = s.evaluation()
+    hit = cached(s, ckpt, settings)
+    if hit:
+        return hit
+    t0 = time.time()
+    predictor = DepthPredictor.from_checkpoint(ckpt, fast=False)  # float32, the network itself
+    letters, shared = checkpoint_domains(predictor.net)
+    select = not shared and predictor.num_domains > 1 and bool(predictor.prototypes)
+    results = {}
+    for c in letters:
+        ds = test_dataset(c, s.data_root, s.scale, s.eval_images)
+        loader = make_loader(ds, EVAL_BATCH, 0, torch.device("cpu"))
+        head = 0 if shared else letters.index(c)
+        r = evaluate_split(predictor, loader, head, get_domain(c), selection=select)
+        results[c] = {"prior": r["prior"], "selected": r["selected"], "head": head,
+                      "chosen": dict(zip(letters, r["chosen"])) if r["chosen"] else None}
+    out = {"checkpoint": str(ckpt), "checkpoint_mtime_ns": ckpt.stat().st_mtime_ns, "settings": settings,
+           "letters": letters, "shared_head": shared, "selector": predictor.selector if select else None,
+           "strategy": predictor.meta.get("strategy"), "seconds": round(time.time() - t0, 2),
+           "results": results}
+    write_json(cache_path(s, ckpt), out)
+    return out
+
+
+def selection_benchmark(ckpt: Path, s) -> dict:
+    """Every selector under every condition (test crop, full frame, flip, brighter, darker) on the
+    test images, through ``test_inference.py --selection-benchmark``: cached per checkpoint."""
+    settings = {"selection_images": s.selection_images, "scale": s.scale, "precision": "fp32"}
+    hit = cached(s, ckpt, settings, "selection")
+    if hit:
+        return hit
+    import contextlib
+    import io
+
+    import inference_cli
+    tmp = cache_path(s, ckpt, "selection_raw")
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    argv = ["--checkpoint", str(ckpt), "--data-root", str(s.data_root), "--replay-root", str(s.data_root),
+            "--selection-benchmark", "--no-fast", "--device", "cpu", "--workers", "0", "--quiet",
+            "--scale", f"{s.scale:g}", "--json", str(tmp)]
+    if s.selection_images:
+        argv += ["--max-images", str(s.selection_images)]
+    with contextlib.redirect_stdout(io.StringIO()):  # the table is in the JSON
+        raw = inference_cli.main(argv)
+    tmp.unlink(missing_ok=True)
+    out = {"checkpoint": str(ckpt), "checkpoint_mtime_ns": ckpt.stat().st_mtime_ns, "settings": settings,
+           "selectors": raw["selectors"], "conditions": raw["conditions"], "counts": raw["counts"],
+           "test_domains": raw["test_domains"]}
+    write_json(cache_path(s, ckpt, "selection"), out)
+    return out
+
+
+def _validation_rows(letter: str, s):
+    """(validation rows, training rows outside them) of a domain: the engine's own split."""
+    train = get_dataset(letter, "train", s.data_root, train=False, scale=s.scale)
+    replay = get_dataset(letter, "replay", s.data_root, train=False, scale=s.scale)
+    train_idx, val_idx = lifelong.split_validation(train, {r.image for r in replay.rows}, s.val_images, 0)
+    return Subset(train, val_idx), Subset(train, train_idx)
+
+
+@torch.no_grad()
+def constant_baselines(s, letters: str) -> dict:
+    """Validation errors of predicting one constant depth everywhere: the mean valid depth of (at most
+    100 of) the domain's training rows outside validation, which minimises a constant's squared
+    error. The "learned nothing" reference of the fit table."""
+    path = s.runs_dir / "eval" / "constant_baseline.json"
+    key = {"data_root": str(s.data_root), "scale": s.scale, "val_images": s.val_images, "letters": letters}
+    hit = read_json(path)
+    if hit and hit.get("key") == key:
+        return hit["results"]
+    results = {}
+    for c in letters:
+        spec = get_domain(c)
+        val, train = _validation_rows(c, s)
+        if len(val) == 0:
+            continue
+        total, count = 0.0, 0
+        for i in range(min(100, len(train))):
+            d = train[i]["depth"]
+            valid = (d > spec.min_depth) & (d < spec.max_depth)
+            total += float(d[valid].sum())
+            count += int(valid.sum())
+        const = total / max(count, 1)
+        ev = DomainEvaluator(spec, crop="default", cap=True, aggregate="image")
+        for batch in get_loader(val, batch_size=EVAL_BATCH, workers=0):
+            ev.add_batch(torch.full_like(batch["depth"], const), batch["depth"], batch.get("window"))
+        r = ev.result()
+        results[c] = {"constant_m": const, "abs_rel": r["abs_rel"], "rmse": r["rmse"],
+                      "delta1": r["delta1"], "count": r["count"]}
+    write_json(path, {"key": key, "results": results})
+    return results
+
+
+def read_log(run_dir: Path) -> list[dict]:
+    """The engine's per-epoch records (a partial last line of a killed run is skipped)."""
+    out = []
+    try:
+        with open(run_dir / "log.jsonl") as f:
+            for line in f:
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+    except FileNotFoundError:
+        pass
+    return out
+
+
+def validation_by_epoch(ckpt: Path) -> list[dict]:
+    """[{"epoch", "global_step", "val": {letter: metrics}}] of a stage's run folder."""
+    return [r for r in read_log(ckpt.with_suffix("").with_suffix("")) if r.get("val")]
