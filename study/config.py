@@ -114,8 +114,8 @@ class Settings:
 
 # Presets. ``full`` is the study behind docs/RESULTS.md: the three cyclic orders (each domain learned
 # first, second and third once), 3 seeds, sizes chosen so that the single-domain models fit their
-# domain (see the fit table) within ~2 h on 2 CPU cores; ``quick`` is its subset (order NKS, ours and
-# finetune: the same first stages and stages, so a later full run reuses them), ~30 min; ``cuda`` is
+# domain (see the fit table; S falls short) in 120 min on 2 CPU cores; ``quick`` is its subset (order NKS,
+# ours and finetune: the same stages, so a later full run reuses them), 38 min; ``cuda`` is
 # the paper's input size and schedule on a GPU; ``smoke`` is for the tests (meaningless numbers).
 # Measured on the synthetic data (rendered at scale 0.25, 800 training images per domain): after 5
 # epochs the single-domain models reach 46 % (N), 13 % (K) and 60 % (S) of a constant's validation
@@ -211,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter)
     p.add_argument("--preset", default="full", choices=list(PRESETS),
                    help="full: the study of docs/RESULTS.md (6 orders, 3 seeds); quick: order NKS and "
-                        "fewer arms (under ~30 min on 2 cores); cuda: the paper's input size and "
+                        "fewer arms (38 min measured on 2 cores, the full study 120 min); cuda: the paper's input size and "
                         "schedule on a GPU; smoke: a few steps, for tests")
     p.add_argument("--quick", action="store_const", const="quick", dest="preset",
                    help="same as --preset quick")
