@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from domains import parse_order
@@ -95,21 +95,10 @@ class Settings:
             out += "".join(c for c in o if c not in out)
         return out
 
-    def training(self) -> dict:
-        keys = ("data_root", "n_train", "scale", "first_epochs", "joint_epochs", "epochs", "lr", "lr_step",
-                "batch_size", "encoder", "val_images", "replay_size", "proto_images", "max_steps",
-                "device", "amp")
-        return {k: getattr(self, k) for k in keys}
-
     def evaluation(self) -> dict:
         """The evaluation conventions (ours: the domain's crop, capped, per-image mean, float32)."""
         return {"crop": "default", "cap": True, "aggregate": "image", "precision": "fp32",
                 "eval_images": self.eval_images, "scale": self.scale, "selector": "checkpoint default"}
-
-    def as_dict(self) -> dict:
-        d = asdict(self)
-        d["runs_dir"] = str(self.runs_dir)
-        return d
 
 
 # Presets. ``full`` is the study behind docs/RESULTS.md: the three cyclic orders (each domain learned
@@ -315,10 +304,6 @@ def check_settings(s: Settings) -> None:
         if not torch.cuda.is_available():
             raise CLIError("--device cuda: no CUDA device is available here (torch "
                            f"{torch.__version__}); use --preset full/quick on the CPU")
-
-
-def with_overrides(s: Settings, **changes) -> Settings:
-    return replace(s, **changes)
 
 
 def quote(argv) -> str:

@@ -5,7 +5,6 @@ under ``<runs>/eval`` and recomputed only when the settings or the checkpoint fi
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -13,23 +12,21 @@ from pathlib import Path
 import torch
 from torch.utils.data import Subset
 
+import evaluation
 import lifelong
 from domains import get_domain
 from evaluation import DomainEvaluator, evaluate_split, make_loader, test_dataset
 from inference import DepthPredictor
 from loaders import get_dataset, get_loader
 
-from .run import read_json
+from .run import read_json, read_jsonl
 
 EVAL_BATCH = 16
 
 
 def write_json(path: Path, payload) -> None:
-    from safeio import atomic_write  # complete or not at all
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path, "w", encoding="utf-8") as f:
-        json.dump(payload, f, indent=1)
-        f.write("\n")
+    evaluation.write_json(path, payload)  # complete or not at all
 
 
 def cache_path(s, ckpt: Path, kind: str = "test") -> Path:
@@ -151,21 +148,6 @@ def constant_baselines(s, letters: str) -> dict:
     return results
 
 
-def read_log(run_dir: Path) -> list[dict]:
-    """The engine's per-epoch records (a partial last line of a killed run is skipped)."""
-    out = []
-    try:
-        with open(run_dir / "log.jsonl") as f:
-            for line in f:
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue
-    except FileNotFoundError:
-        pass
-    return out
-
-
 def validation_by_epoch(ckpt: Path) -> list[dict]:
-    """[{"epoch", "global_step", "val": {letter: metrics}}] of a stage's run folder."""
-    return [r for r in read_log(ckpt.with_suffix("").with_suffix("")) if r.get("val")]
+    """[{"epoch", "global_step", "val": {letter: metrics}}] of a stage's run folder (the engine's log)."""
+    return [r for r in read_jsonl(ckpt.with_suffix("").with_suffix("") / "log.jsonl") if r.get("val")]

@@ -36,10 +36,6 @@ class Job:
     def run_dir(self) -> Path:
         return self.out.with_suffix("").with_suffix("")
 
-    @property
-    def from_scratch(self) -> bool:
-        return self.group in ("first", "joint", "shared")
-
     def argv(self, s: Settings) -> list[str]:
         """The engine's arguments (train_N/NK/NKS.py take the same)."""
         epochs = {"first": s.first_epochs, "later": s.epochs}.get(self.group, s.joint_epochs)

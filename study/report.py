@@ -2,7 +2,6 @@
 comparison (``stats``) shown beside them. No conclusion is written from a template."""
 from __future__ import annotations
 
-import json
 import os
 import platform
 import time
@@ -14,7 +13,7 @@ from models.hardware import capability_line
 from . import figures
 from .config import ARMS, SYNTHETIC_COMMAND, quote
 from .results import Results
-from .run import engine_command, read_json
+from .run import engine_command, read_json, read_jsonl
 from .stats import compare, interval, overlap, proportion_interval
 
 SYNTHETIC_NOTE = (
@@ -401,16 +400,13 @@ class Report:
         self.add("## Appendix: accuracy matrices (AbsRel, mean over seeds)", "",
                  "Row = after learning the domains up to that stage; column = the test domain.", "")
         for arm in self.plan.arms:
-            for order in self.plan.orders_of(arm)[:1] if arm not in s.arms else self.plan.orders_of(arm):
+            for order in self.plan.orders_of(arm):
+                per_seed = [res.matrix(order, arm, seed, "abs_rel") for seed in s.seeds]
                 rows = []
                 for k in range(1, len(order) + 1):
-                    cells = []
-                    for d in range(len(order)):
-                        vals = [res.matrix(order, arm, seed, "abs_rel")[k - 1][d] if d < k else None
-                                for seed in s.seeds]
-                        iv = interval(vals) if d < k else None
-                        cells.append("-" if iv is None else f"{iv.mean:.3f}")
-                    rows.append([f"after {order[:k]}"] + cells)
+                    cells = [interval([m[k - 1][d] for m in per_seed]) if d < k else None
+                             for d in range(len(order))]
+                    rows.append([f"after {order[:k]}"] + ["-" if iv is None else f"{iv.mean:.3f}" for iv in cells])
                 self.add(f"**{order}, {arm}**", "", *md_table([""] + list(order), rows))
 
     def timing(self):
@@ -427,12 +423,7 @@ class Report:
             wall += float(rec.get("seconds", 0))
             cpu += float(rec.get("cpu_seconds", 0))
             n += 1
-        inv = []
-        try:
-            with open(s.runs_dir / "study_invocations.jsonl") as f:
-                inv = [json.loads(line) for line in f if line.strip()]
-        except FileNotFoundError:
-            pass
+        inv = read_jsonl(s.runs_dir / "study_invocations.jsonl")
         total = sum(float(i.get("seconds", 0)) for i in inv if i.get("trained") or i.get("resumed"))
         self.add("## Compute", "",
                  f"Machine of the report: {platform.machine()}, {os.cpu_count()} CPU core(s), "

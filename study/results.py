@@ -11,17 +11,11 @@ from pathlib import Path
 
 from evaluation import lifelong_summary
 
-from .config import ARMS
 from .evaluate import cache_path, cached, validation_by_epoch
 from .plan import Plan
 from .run import read_json
 
 METRICS = ("abs_rel", "rmse")
-
-
-def _mean(values):
-    values = [v for v in values if v is not None]
-    return sum(values) / len(values) if values else None
 
 
 class Results:
@@ -174,6 +168,3 @@ class Results:
                 if n:
                     out[seed] = right / n
         return out
-
-    def arm_label(self, arm: str) -> str:
-        return ARMS[arm].text

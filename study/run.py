@@ -19,6 +19,22 @@ from options import CLIError
 from .plan import Job
 
 
+def read_jsonl(path) -> list[dict]:
+    """The records of a JSON-lines file (none when it is missing; a partial last line of a killed
+    writer is skipped)."""
+    out = []
+    try:
+        with open(path) as f:
+            for line in f:
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+    except FileNotFoundError:
+        pass
+    return out
+
+
 def read_json(path):
     try:
         with open(path) as f:
@@ -62,7 +78,7 @@ def engine_command(job: Job, s) -> str:
 def train(job: Job, s) -> str:
     """Train ``job`` with the engine in this process; 'trained' or 'resumed'. The run folder's
     ``study_job.json`` records the arguments, the status, wall and CPU seconds."""
-    from safeio import atomic_write
+    from evaluation import write_json
     argv = job.argv(s)
     record_path = job.run_dir / "study_job.json"
     record = read_json(record_path) or {}
@@ -83,9 +99,7 @@ def train(job: Job, s) -> str:
             "threads": torch.get_num_threads()}
 
     def write(status, seconds, cpu):
-        with atomic_write(record_path, "w", encoding="utf-8") as f:
-            json.dump(dict(base, status=status, seconds=round(seconds, 2), cpu_seconds=round(cpu, 2)), f,
-                      indent=1)
+        write_json(record_path, dict(base, status=status, seconds=round(seconds, 2), cpu_seconds=round(cpu, 2)))
     write("running", before, before_cpu)
     print(f"[study] {'resume' if resume else 'train'} {job.key}", flush=True)
     t0, c0 = time.time(), time.process_time()

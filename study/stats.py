@@ -23,10 +23,6 @@ class Interval:
     hi: float | None
     n: int
 
-    @property
-    def half(self) -> float | None:
-        return None if self.lo is None else (self.hi - self.lo) / 2
-
     def text(self, digits: int = 3, signed: bool = False, percent: bool = False) -> str:
         """'0.312 [0.301, 0.323]' (or '31.2 % [...]'); just the mean when there is one value."""
         scale, unit = (100.0, " %") if percent else (1.0, "")
