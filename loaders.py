@@ -36,8 +36,8 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
-import domains as dom
-from domains import DomainSpec, get_domain, load_domains_from_root
+from data import domains as dom
+from data.domains import DomainSpec, get_domain, load_domains_from_root
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -14,9 +14,9 @@ upsampling to the ground truth, optional caps and crops, per-image or per-pixel 
 ``--matrix`` evaluates every stage checkpoint of a learning order (N, NK, NKS, or NK_<strategy>
 ... as named by ``lifelong.run_name``) on every domain learned so far and reports, per metric, the
 domain x stage matrix, the final average, forgetting and backward transfer; the maths is the pure
-function :func:`evaluation.lifelong_summary`; the command itself is evaluate_cli.py.
+function :func:`evaluation.lifelong_summary`; the command itself is cli/test.py.
 """
-from evaluate_cli import main
+from cli.test import main
 
 if __name__ == "__main__":
     main()

@@ -14,7 +14,7 @@ prior (the same images, the same evaluation conventions as test.py); and the lat
 ``domain=None`` and ``with_uncertainty=False``: trunk, prototype selection and one head -- with the
 frames per second it implies. Everything is also written as JSON.
 
-Selectors (prototypes.py): ``lda`` (the default where the checkpoint stores its statistics, else
+Selectors (inference/prototypes.py): ``lda`` (the default where the checkpoint stores its statistics, else
 ``pooled``), ``pooled``, ``map`` and ``authors`` (the released code's rule, computed from replay
 rows under the training augmentation). ``--selection-benchmark`` scores every selector on every
 test image under several conditions (crop, whole frame, flipped, brighter, darker) instead.
@@ -23,7 +23,7 @@ Checkpoints written by the training scripts store prototypes. An authors' file h
 ``--replay-root DIR`` to compute them from that root's replay rows (the same rule as training:
 the replay CSV's images with the deterministic test transform, ``--proto-images`` per domain).
 """
-from inference_cli import main
+from cli.test_inference import main
 
 if __name__ == "__main__":
     main()

@@ -51,7 +51,7 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from inference import DepthPredictor  # noqa: E402
+from inference.predictor import DepthPredictor  # noqa: E402
 from models import LifelongDepthNet  # noqa: E402
 from models import hardware  # noqa: E402
 from models.fast import lowp_supported, prepare_input, resolve_precision  # noqa: E402
@@ -221,7 +221,7 @@ def random_prototypes(net, d, size, device, seed=0):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         feats = net.features(torch.randn(1, 3, *size, generator=g).to(device)).float().cpu()
-    from prototypes import pooled_descriptor
+    from inference.prototypes import pooled_descriptor
     pooled = pooled_descriptor(feats)
     return {"pooled": pooled + 0.1 * pooled.std() * torch.randn(d, pooled.shape[1], generator=g),
             "map": [feats[0] + 0.1 * torch.randn(feats.shape[1:], generator=g) for _ in range(d)]}
@@ -420,10 +420,10 @@ def fit_network(args):
 
 def accuracy(args):
     """Per domain: RMSE / delta1 / abs_rel of every accuracy variant vs the fp32 path."""
-    from evaluation import DomainEvaluator
-    from domains import get_domain, load_domains_from_root
+    from evaluation.evaluate import DomainEvaluator
+    from data.domains import get_domain, load_domains_from_root
     from loaders import get_dataset, get_loader
-    from prototypes import compute_prototypes
+    from inference.prototypes import compute_prototypes
     from models import load_checkpoint, save_checkpoint
     load_domains_from_root(args.data_root)
     if args.checkpoint:

@@ -43,11 +43,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-import stream as S  # noqa: E402
-import prediction as P  # noqa: E402
-from domains import get_domain  # noqa: E402
-from evaluation import write_json  # noqa: E402
-from options import CLIError, predictor_settings, resolve_device  # noqa: E402
+from inference import stream as S  # noqa: E402
+from inference import images as P  # noqa: E402
+from data.domains import get_domain  # noqa: E402
+from evaluation.evaluate import write_json  # noqa: E402
+from cli.options import CLIError, predictor_settings, resolve_device  # noqa: E402
 
 
 RULES = [("per-frame (raw)", dict(mode="raw", window=1))] + \

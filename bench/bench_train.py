@@ -79,7 +79,7 @@ def make_models(encoder, device, seed=0):
 # Ours: the product's Stage.train_step
 # ------------------------------------------------------------------------------------------------
 def import_lifelong():
-    import lifelong
+    from engine import lifelong
     return lifelong
 
 

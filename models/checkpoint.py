@@ -14,8 +14,8 @@ import re
 import numpy as np
 import torch
 
-from domains import BUILTIN
-from safeio import atomic_torch_save
+from data.domains import BUILTIN
+from data.safeio import atomic_torch_save
 
 from .net import LifelongDepthNet
 from .resnet import ENCODERS
@@ -26,7 +26,7 @@ __all__ = ["CheckpointError", "check_finite", "check_letters", "save_checkpoint"
 FORMAT = "lifelong-monodepth"
 VERSION = 1
 AUTHORS = "authors"
-# Letters of the released files' names: the built-in domains (domains.py owns the registry).
+# Letters of the released files' names: the built-in domains (data/domains.py owns the registry).
 LETTER_NAMES = {spec.letter: spec.name for spec in BUILTIN}
 NAME_LETTERS = {v: k for k, v in LETTER_NAMES.items()}
 _TASK_KEY = re.compile(r"^task(\d+)\.")

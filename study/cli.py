@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from options import CLIError
+from cli.options import CLIError
 
 from .config import SYNTHETIC_COMMAND, build_parser, resolve_settings
 from .evaluate import constant_baselines, evaluate_checkpoint, selection_benchmark
@@ -29,7 +29,7 @@ def ensure_data(s) -> None:
     if set(s.letters) - set("NKS"):
         raise CLIError(f"data root {str(root)!r} does not exist; custom domains ({s.letters}) need their "
                        f"own data root with domains.json and index CSVs")
-    import synthetic
+    from data import synthetic
     log(f"[study] {root} is missing: rendering it (python3 synthetic.py "
         f"{' '.join(SYNTHETIC_COMMAND(s))} --out {root})")
     synthetic.generate(str(root), s.n_train, s.n_test, 0, None, s.replay_size, "NKS", s.scale,

@@ -2,7 +2,7 @@
 
 A *cell* of the study is (order, arm, seed). An *arm* is a way of learning the later domains: a
 strategy of the engine plus, for the protocol comparison, engine options that switch on one (or
-all) of the authors' documented differences (``protocol.py``).
+all) of the authors' documented differences (``engine/protocol.py``).
 """
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from domains import parse_order
+from data.domains import parse_order
 from models.resnet import ENCODERS
-import options
-from options import CLIError, HelpFormatter, register_custom_domains
+from cli import options
+from cli.options import CLIError, HelpFormatter, register_custom_domains
 
 LIFELONG_STRATEGIES = ("ours", "finetune", "distill", "replay")
 
@@ -34,7 +34,7 @@ class Arm:
         return self.label or self.name
 
 
-# The built-in arms. The protocol arms switch on the authors' differences (protocol.py) that act on
+# The built-in arms. The protocol arms switch on the authors' differences (engine/protocol.py) that act on
 # training: all of them (``authors``: its data options and initialisation change the first stage
 # too, so it trains its own), or one at a time on top of ours.
 ARMS = {a.name: a for a in (

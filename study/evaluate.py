@@ -12,11 +12,11 @@ from pathlib import Path
 import torch
 from torch.utils.data import Subset
 
-import evaluation
-import lifelong
-from domains import get_domain
-from evaluation import DomainEvaluator, evaluate_split, make_loader, test_dataset
-from inference import DepthPredictor
+from evaluation import evaluate as evaluation
+from engine import lifelong
+from data.domains import get_domain
+from evaluation.evaluate import DomainEvaluator, evaluate_split, make_loader, test_dataset
+from inference.predictor import DepthPredictor
 from loaders import get_dataset, get_loader
 
 from .run import read_json, read_jsonl
@@ -89,7 +89,7 @@ def selection_benchmark(ckpt: Path, s) -> dict:
     import contextlib
     import io
 
-    import inference_cli
+    from cli import test_inference as inference_cli
     tmp = cache_path(s, ckpt, "selection_raw")
     tmp.parent.mkdir(parents=True, exist_ok=True)
     argv = ["--checkpoint", str(ckpt), "--data-root", str(s.data_root), "--replay-root", str(s.data_root),

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from domains import run_name
+from data.domains import run_name
 
 from .config import ARMS, Arm, Settings
 

@@ -7,7 +7,7 @@ import platform
 import time
 from pathlib import Path
 
-from domains import get_domain
+from data.domains import get_domain
 from models.hardware import capability_line
 
 from . import figures
@@ -127,7 +127,7 @@ class Report:
                  f"val seed 0, the same rows in every stage); the test split is used only for reported numbers.",
                  f"- Model: `{s.encoder}` from random weights (no ImageNet file offline), MFF, one depth + "
                  f"uncertainty head per domain; input scale {s.scale:g}.",
-                 f"- Training (engine `lifelong.py`, Adam lr {s.lr:g} halved every {s.lr_step} epochs, the "
+                 f"- Training (engine `engine/lifelong.py`, Adam lr {s.lr:g} halved every {s.lr_step} epochs, the "
                  f"paper's loss weights): single-domain first stages {s.first_epochs} epochs; joint and "
                  f"single-head models {s.joint_epochs} epochs over every domain's data; later stages {s.epochs} epochs on the new domain; batch "
                  f"{s.batch_size}; replay {s.replay_size} images per old domain; prototypes and lda "
@@ -445,7 +445,7 @@ def torch_version() -> str:
 
 
 def write_report(plan, args, counts: dict, t_start: float, log) -> dict:
-    from safeio import atomic_write
+    from data.safeio import atomic_write
     res = Results(plan)
     report_path, fig_dir = Path(args.report), Path(args.figures_dir)
     fig_dir.mkdir(parents=True, exist_ok=True)

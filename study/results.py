@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from evaluation import lifelong_summary
+from evaluation.evaluate import lifelong_summary
 
 from .evaluate import cache_path, cached, validation_by_epoch
 from .plan import Plan

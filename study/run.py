@@ -13,8 +13,8 @@ import time
 
 import torch
 
-import lifelong
-from options import CLIError
+from engine import lifelong
+from cli.options import CLIError
 
 from .plan import Job
 
@@ -78,7 +78,7 @@ def engine_command(job: Job, s) -> str:
 def train(job: Job, s) -> str:
     """Train ``job`` with the engine in this process; 'trained' or 'resumed'. The run folder's
     ``study_job.json`` records the arguments, the status, wall and CPU seconds."""
-    from evaluation import write_json
+    from evaluation.evaluate import write_json
     argv = job.argv(s)
     record_path = job.run_dir / "study_job.json"
     record = read_json(record_path) or {}

@@ -1,8 +1,8 @@
 """Fixtures shared by the test files."""
 import pytest
 
-import domains as dom
-import synthetic
+from data import domains as dom
+from data import synthetic
 from helpers import torch_threads
 
 

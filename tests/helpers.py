@@ -9,7 +9,7 @@ Everything here is small enough for CI on two CPU cores:
   case where nearest-prototype domain selection must be perfect even with an untrained network.
 * :func:`make_net` / :func:`make_checkpoint` / :func:`save_authors_checkpoint` build small networks
   (resnet18 by default) with well-behaved outputs (positive depth around a few metres), saved in the
-  project format (with the metadata ``lifelong.py`` writes) or as an authors' state_dict-only file.
+  project format (with the metadata ``engine/lifelong.py`` writes) or as an authors' state_dict-only file.
 * :func:`write_image` writes test images in any PIL mode (RGB, L, RGBA, P, I;16).
 * Raw dataset trees, the inputs of prepare_data.py (:func:`write_nyu_release`, :func:`write_kitti`,
   :func:`write_scannet`, :func:`write_nyu_h5`, :func:`write_nyu_mat`): tiny files in each real
@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from domains import CAMERAS, get_domain
+from data.domains import CAMERAS, get_domain
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -380,16 +380,16 @@ def make_net(heads=3, encoder="resnet18", seed=0, depth_bias=None):
 
 
 def input_sizes(letters, scale):
-    from domains import get_domain
+    from data.domains import get_domain
     from loaders import scaled
     return [[scaled(get_domain(c).input_size[0], scale), scaled(get_domain(c).input_size[1], scale)]
             for c in letters]
 
 
 def replay_prototypes(net, letters, data_root, scale, max_images=None):
-    """Prototypes of every domain from its replay rows (test transform), as lifelong.py stores them."""
+    """Prototypes of every domain from its replay rows (test transform), as engine/lifelong.py stores them."""
     from loaders import get_dataset, get_loader
-    from prototypes import compute_prototypes
+    from inference.prototypes import compute_prototypes
     loaders = [get_loader(get_dataset(c, "replay", str(data_root), train=False, scale=scale), batch_size=4)
                for c in letters]
     return compute_prototypes(net, loaders, "cpu", max_images=max_images)
@@ -397,12 +397,12 @@ def replay_prototypes(net, letters, data_root, scale, max_images=None):
 
 def make_checkpoint(path, letters="NKS", encoder="resnet18", scale=0.25, seed=0, net=None,
                     prototypes=None, data_root=None, strategy="ours"):
-    """Save a project-format checkpoint with the metadata lifelong.py writes; returns the net.
+    """Save a project-format checkpoint with the metadata engine/lifelong.py writes; returns the net.
 
     ``prototypes``: a prototype dict, or "replay" to compute them from ``data_root``'s replay rows,
     or None (no prototypes stored).
     """
-    from domains import get_domain
+    from data.domains import get_domain
     from models import save_checkpoint
     net = net if net is not None else make_net(len(letters), encoder, seed)
     if isinstance(prototypes, str) and prototypes == "replay":
@@ -431,7 +431,7 @@ def make_stage_checkpoints(runs_dir, order="NKS", encoder="resnet18", scale=0.25
     Stage k shares the trunk of stage k-1 and perturbs it slightly (so old domains' results change
     from stage to stage, like a real lifelong run). Returns the list of paths.
     """
-    from lifelong import run_name
+    from engine.lifelong import run_name
     runs_dir = Path(runs_dir)
     runs_dir.mkdir(parents=True, exist_ok=True)
     net = make_net(1, encoder, seed)
@@ -465,8 +465,8 @@ def direct_errors(net, letter, head, data_root, scale, crop="none", cap=False, a
     conventions (``crop`` may be "default" = the domain's own), then ``compute_errors`` per image
     (``aggregate="image"``: their mean) or on all valid pixels pooled (``"pixel"``).
     Returns (result dict with ``count``, list of per-image error dicts)."""
-    from domains import get_domain
-    from evaluation import resolve_cap, resolve_crop
+    from data.domains import get_domain
+    from evaluation.evaluate import resolve_cap, resolve_crop
     from losses import upsample_to
     from loaders import get_dataset
     from metrics import METRIC_NAMES, compute_errors, prepare_pair

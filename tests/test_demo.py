@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import demo as D
-import predict as P
-import prediction
+from cli import demo as D
+from cli import predict as P
+from inference import images as prediction
 from helpers import ROOT, make_checkpoint, make_data_root, torch_threads
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")

@@ -5,8 +5,8 @@ import json
 import pytest
 
 
-import domains as dom
-from domains import DomainSpec, get_domain, parse_order, register_domain
+from data import domains as dom
+from data.domains import DomainSpec, get_domain, parse_order, register_domain
 
 
 

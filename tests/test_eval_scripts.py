@@ -7,12 +7,12 @@ import sys
 import pytest
 import torch
 
-import evaluate_cli
-import evaluation
-import inference_cli
-import options
-import predict
-import quickstart
+from cli import test as evaluate_cli
+from evaluation import evaluate as evaluation
+from cli import test_inference as inference_cli
+from cli import options
+from cli import predict
+from cli import quickstart
 from helpers import (ROOT, direct_errors, make_checkpoint, make_data_root, make_net,
                      make_stage_checkpoints, save_authors_checkpoint)
 from loaders import get_dataset
@@ -277,7 +277,7 @@ def test_selection_with_stored_prototypes_matches_direct_selection(ckpt, data_ro
     # the confusion matrix equals nearest-prototype selection computed here from the stored
     # prototypes and the fp32 network's fused features of the same test images
     from models import load_checkpoint
-    from prototypes import select_domain
+    from inference.prototypes import select_domain
     ref_net = load_checkpoint(path)
     protos = ref_net.meta["prototypes"]
     for c in "NKS":
@@ -296,7 +296,7 @@ def test_selection_with_stored_prototypes_matches_direct_selection(ckpt, data_ro
 
 def test_measure_latency_resizes_and_counts():
     net = make_net(2)
-    from inference import DepthPredictor
+    from inference.predictor import DepthPredictor
     protos = {"pooled": torch.randn(2, 128), "map": [torch.randn(64, 8, 8), torch.randn(64, 8, 8)]}
     pred = DepthPredictor(net, protos)
     images = [torch.randn(3, 32, 48) for _ in range(2)]

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import export
-from inference import DepthPredictor
+from inference import export
+from inference.predictor import DepthPredictor
 from models import LifelongDepthNet, load_checkpoint, save_checkpoint
-from prototypes import pooled_descriptor
+from inference.prototypes import pooled_descriptor
 
 HEADS = 3
 ROOT = Path(__file__).resolve().parents[1]

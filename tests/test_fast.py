@@ -1,16 +1,16 @@
-"""Tests of the inference speed-ups (models/fast.py) and of DepthPredictor's fast path (inference.py)."""
+"""Tests of the inference speed-ups (models/fast.py) and of DepthPredictor's fast path (inference/predictor.py)."""
 import copy
 
 import pytest
 import torch
 from torch import nn
 
-from inference import DepthPredictor
+from inference.predictor import DepthPredictor
 from models import LifelongDepthNet, save_checkpoint
 from models.fast import (CastInputConv2d, FusedConv2d, TapSumConv2d, channels_last_batch,
                          count_batchnorms, count_fused, fuse_conv_bn, inference_copy, lowp_supported,
                          prepare_input, resolve_precision, to_channels_last)
-from prototypes import pooled_descriptor, pooled_descriptor_nhwc
+from inference.prototypes import pooled_descriptor, pooled_descriptor_nhwc
 
 HEADS = 3
 
@@ -335,7 +335,7 @@ def test_the_avx2_fixture_reproduces_the_crash(avx2_cpu):
 
 
 def test_no_native_bf16_decides_fp32_and_never_prepacks_bf16(net, avx2_cpu):
-    import lifelong
+    from engine import lifelong
     assert not avx2_cpu.bf16_native() and not lowp_supported(torch.bfloat16, "cpu")
     assert resolve_precision("auto", "cpu") == torch.float32
     x, protos = domain_batch(net, range(HEADS))
@@ -377,7 +377,7 @@ def test_native_bf16_needs_both_the_instructions_and_onednn(monkeypatch):
 
 AVX2_SCRIPT = r"""
 import json, torch, lifelong
-from inference import DepthPredictor
+from inference.predictor import DepthPredictor
 from models import LifelongDepthNet, hardware
 w = torch.zeros(8, 8, 3, 3, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
 try:

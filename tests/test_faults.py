@@ -15,11 +15,11 @@ import pytest
 import torch
 from PIL import Image
 
-import lifelong
-import safeio
-import evaluate_cli
-import predict
-import prediction
+from engine import lifelong
+from data import safeio
+from cli import test as evaluate_cli
+from cli import predict
+from inference import images as prediction
 from helpers import ROOT, make_checkpoint, make_data_root, make_net
 from models import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 
@@ -422,7 +422,7 @@ def test_index_csv_encoding_bom_and_header(tmp_path):
                                          ("depth_encoding", {"kind": "png", "scale": float("inf")}),
                                          ("max_depth", float("inf"))])
 def test_domain_fields_of_the_wrong_type(field, value):
-    from domains import domain_from_dict
+    from data.domains import domain_from_dict
     with pytest.raises(ValueError, match=field.split("_encoding")[0]):
         domain_from_dict({"name": "office", "letter": "X", field: value})
 

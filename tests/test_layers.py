@@ -13,19 +13,22 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Lower numbers are lower layers; a module may import its own layer and the ones below.
 LAYERS = {
-    0: ["safeio", "metrics", "losses", "protocol", "prototypes", "domains",
-        "models.hardware", "models.modules", "models.resnet", "models.runtimes"],
-    1: ["models.net", "models.checkpoint", "models", "models.fast", "loaders", "prepare_data", "synthetic"],
-    2: ["inference"],
-    3: ["options"],
-    4: ["evaluation", "lifelong", "replay", "prediction", "export"],
-    5: ["stream", "evaluate_cli", "inference_cli", "study", "study.stats", "study.config", "study.plan",
+    0: ["data.safeio", "metrics", "losses", "engine.protocol", "inference.prototypes", "data.domains",
+        "models.hardware", "models.modules", "models.resnet", "models.runtimes",
+        "data", "engine", "inference", "evaluation", "cli"],  # the packages' __init__ import nothing
+    1: ["models.net", "models.checkpoint", "models", "models.fast", "loaders", "data.prepare", "data.synthetic"],
+    2: ["inference.predictor"],
+    3: ["cli.options"],
+    4: ["evaluation.evaluate", "engine.lifelong", "inference.replay", "inference.images", "inference.export"],
+    5: ["inference.stream", "cli.test", "cli.test_inference", "study", "study.stats", "study.config", "study.plan",
         "study.run", "study.evaluate", "study.results", "study.figures", "study.report", "study.cli",
-        "study.__main__"],
-    6: ["demo"],
+        "study.__main__", "cli.quickstart", "cli.predict"],
+    6: ["cli.demo"],
 }
 # Entry scripts: the top; no project module imports them.
-SCRIPTS = ["test", "test_inference", "predict", "train_N", "train_NK", "train_NKS", "quickstart"]
+SCRIPTS = ["test", "test_inference", "predict", "train_N", "train_NK", "train_NKS", "quickstart", "demo",
+           "export", "prepare_data", "synthetic"]
+PACKAGES = ("models", "study", "data", "engine", "inference", "evaluation", "cli")
 # study.py is the entry script of the study/ package; `import study` is the package (a directory
 # package takes precedence over a module of the same name), which test_the_study_name_is_the_package pins.
 BENCH = sorted(p.stem for p in (ROOT / "bench").glob("*.py"))
@@ -48,13 +51,13 @@ def module_name(path: Path) -> str:
 
 
 def project_files():
-    files = sorted(ROOT.glob("*.py")) + sorted((ROOT / "models").glob("*.py")) + \
-        sorted((ROOT / "study").glob("*.py")) + sorted((ROOT / "bench").glob("*.py"))
+    files = sorted(ROOT.glob("*.py")) + [f for pkg in PACKAGES for f in sorted((ROOT / pkg).glob("*.py"))] + \
+        sorted((ROOT / "bench").glob("*.py"))
     return [f for f in files if f.name not in ("conftest.py", "study.py")]
 
 
 def package_of(path: Path) -> str:
-    return path.parent.name if path.parent.name in ("models", "study") else ""
+    return path.parent.name if path.parent.name in PACKAGES else ""
 
 
 def project_imports(path: Path, package: str):

@@ -1,6 +1,6 @@
 """One home for each fact and each rule (issue 16): the pooled selection rule lives in
-prototypes.py only (the ONNX graph of export.py runs that very code), --device/--amp are declared
-in options.py only, and an emulated bf16 training autocast is announced.
+inference/prototypes.py only (the ONNX graph of export.py runs that very code), --device/--amp are declared
+in cli/options.py only, and an emulated bf16 training autocast is announced.
 """
 import ast
 from pathlib import Path
@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-import lifelong
-from export import OnnxDepth
+from engine import lifelong
+from inference.export import OnnxDepth
 from models import hardware
 from models.runtimes import onnx_bytes
-from prototypes import pooled_descriptor, pooled_distances, select_domain
+from inference.prototypes import pooled_descriptor, pooled_distances, select_domain
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADS = 4
@@ -105,9 +105,9 @@ def declared_options(path: Path):
 def test_device_and_amp_are_declared_in_options_only():
     """Commands take them from options.add_device_argument / add_amp_argument (choices and
     default in one place). bench/ is left out: its scripts take a plain cpu/cuda device, no auto."""
-    files = sorted(ROOT.glob("*.py")) + sorted((ROOT / "models").glob("*.py")) + \
-        sorted((ROOT / "study").glob("*.py"))
-    found = [f"{p.relative_to(ROOT)}:{line} {opt}" for p in files if p.name != "options.py"
+    files = sorted(ROOT.glob("*.py")) + [f for pkg in ("models", "study", "data", "engine", "inference",
+                                                        "evaluation", "cli") for f in sorted((ROOT / pkg).glob("*.py"))]
+    found = [f"{p.relative_to(ROOT)}:{line} {opt}" for p in files if p != ROOT / "cli" / "cli/options.py"
              for line, opt in declared_options(p)]
     assert not found, f"declare these with options.add_device_argument / add_amp_argument: {found}"
-    assert sorted(opt for _, opt in declared_options(ROOT / "options.py")) == ["--amp", "--device"]
+    assert sorted(opt for _, opt in declared_options(ROOT / "cli" / "cli/options.py")) == ["--amp", "--device"]

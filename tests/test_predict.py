@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import predict as P
-import prediction
+from cli import predict as P
+from inference import images as prediction
 from helpers import (make_checkpoint, make_data_root, make_net, save_authors_checkpoint,
                      write_image)
 

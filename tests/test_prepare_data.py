@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import helpers as F
-import prepare_data as P
+from data import prepare as P
 from loaders import get_dataset
 
 

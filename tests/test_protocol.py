@@ -16,13 +16,13 @@ import pytest
 import torch
 from PIL import Image
 
-import evaluate_cli
-import options
+from cli import test as evaluate_cli
+from cli import options
 from helpers import make_data_root, make_net, save_authors_checkpoint, torch_threads
 
-import lifelong
+from engine import lifelong
 from metrics import ErrorAggregator
-from prototypes import authors_distances, compute_authors_prototypes, prototype_distances
+from inference.prototypes import authors_distances, compute_authors_prototypes, prototype_distances
 
 SCALE = 0.25
 
@@ -292,7 +292,7 @@ def test_lda_selector_discounts_a_direction_that_varies_within_each_domain():
     """Domain 0 at x ~ 0, domain 1 at x ~ 1 (spread 0.05); within each, y varies by +-10 (a
     nuisance such as brightness) and domain 1's mean sits 6 higher in y. The query (0.1, 5) is
     domain 0 by x, but nearer domain 1's mean in plain L2; the Mahalanobis distance gets it right."""
-    from prototypes import fit_lda, lda_distances
+    from inference.prototypes import fit_lda, lda_distances
     ys = torch.linspace(-10, 10, 21, dtype=torch.float64)
     xs = 0.05 * torch.randn(21, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     d0 = torch.stack([xs, ys], 1)

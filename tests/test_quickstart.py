@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-import quickstart as Q
+from cli import quickstart as Q
 from helpers import torch_threads
 
 

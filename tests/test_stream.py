@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import predict as P
-import prediction
-import stream as S
+from cli import predict as P
+from inference import images as prediction
+from inference import stream as S
 from helpers import CONSTANT_COLORS, make_checkpoint, make_data_root
 
 SEGMENTS = "NSN"   # constant-colour N and S frames: the tiny model's prototypes tell them apart

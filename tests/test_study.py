@@ -8,8 +8,8 @@ import math
 import pytest
 from scipy import stats as scipy_stats
 
-import domains
-import synthetic
+from data import domains
+from data import synthetic
 from study import cli, config, run, stats
 from study.plan import Plan
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import synthetic as syn
+from data import synthetic as syn
 
 SCALE = 0.25          # N/S depth 160x120, K 304x88, S colour 324x242
 N_TRAIN, N_TEST, REPLAY = 4, 3, 3
@@ -247,7 +247,7 @@ def test_domains_differ_in_appearance(data):
 
 
 def test_help_explains_every_option():
-    out = subprocess.run([sys.executable, os.path.join(os.path.dirname(syn.__file__), "synthetic.py"), "--help"],
+    out = subprocess.run([sys.executable, os.path.join(os.path.dirname(os.path.dirname(syn.__file__)), "synthetic.py"), "--help"],
                          capture_output=True, text=True, check=True).stdout
     for opt in ("--out", "--train", "--test", "--seed", "--workers", "--replay-size", "--render", "--scale"):
         assert opt in out

@@ -1,10 +1,10 @@
-"""The lifelong training engine (lifelong.py) on tiny synthetic data at reduced size."""
+"""The lifelong training engine (engine/lifelong.py) on tiny synthetic data at reduced size."""
 import json
 
 import pytest
 import torch
 
-import lifelong
+from engine import lifelong
 from loaders import get_dataset
 from models import load_checkpoint, read_checkpoint, save_checkpoint
 
@@ -183,7 +183,7 @@ def test_fourth_custom_domain_on_top_of_three(synthetic_root, tmp_path):
         assert net.meta["domains"][-1] == "office"
     finally:
         (synthetic_root / "domains.json").unlink()
-        import domains
+        from data import domains
         domains.unregister_domain("X")
 
 

@@ -401,7 +401,7 @@ def load_domains_from_root(data_root: str, register: bool = True) -> List[Domain
 
 def save_domains_file(specs: Sequence[DomainSpec], path: str) -> None:
     """Write specs as a JSON list that load_domains_file reads back."""
-    from safeio import atomic_write  # complete or not at all
+    from data.safeio import atomic_write  # complete or not at all
     with atomic_write(path, "w", encoding="utf-8") as f:
         json.dump([s.to_dict() for s in specs], f, indent=2)
 

@@ -34,21 +34,21 @@ import torch.nn as nn
 from torch.utils.data import DistributedSampler, Subset
 from tqdm import tqdm
 
-from domains import get_domain, load_domains_from_root, parse_order, run_name
-from evaluation import evaluate_domain
+from data.domains import get_domain, load_domains_from_root, parse_order, run_name
+from evaluation.evaluate import evaluate_domain
 from loaders import DatasetFormatError, get_dataset, get_loader, rendered_scale_hint, scaled
 from losses import distillation_loss, uncertainty_depth_loss
 from models import CheckpointError, LifelongDepthNet, read_checkpoint, save_checkpoint
 from models.checkpoint import _plain, atomic_save, check_finite, check_letters, infer_encoder
-from safeio import WriteError, atomic_write, clean_stale_temps
+from data.safeio import WriteError, atomic_write, clean_stale_temps
 from models.fast import inference_copy, lowp_supported, prepare_input
 from models.resnet import ENCODERS
-from options import add_amp_argument, add_device_argument, resolve_device
-from prototypes import compute_lda, compute_prototypes
-from protocol import DATA as PROTOCOL_DATA
-from protocol import TRAINING as PROTOCOL_TRAINING
-from protocol import add_protocol_argument
-from protocol import resolve as resolve_protocol
+from cli.options import add_amp_argument, add_device_argument, resolve_device
+from inference.prototypes import compute_lda, compute_prototypes
+from engine.protocol import DATA as PROTOCOL_DATA
+from engine.protocol import TRAINING as PROTOCOL_TRAINING
+from engine.protocol import add_protocol_argument
+from engine.protocol import resolve as resolve_protocol
 
 STRATEGIES = {
     # name: (distil old heads on new images, replay old buffers, help)

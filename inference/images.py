@@ -1,7 +1,7 @@
 """Depth for image files: reading them, the per-image predictor (domain choice, input size, upsampling
 to the original size) and writing the outputs (16-bit millimetre PNG, colour maps, PLY).
 
-Used by predict.py (the command), stream.py (videos and frame folders) and demo.py.
+Used by predict.py (the command), inference/stream.py (videos and frame folders) and demo.py.
 """
 from __future__ import annotations
 
@@ -14,14 +14,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from domains import CAMERAS, get_domain
+from data.domains import CAMERAS, get_domain
 from loaders import load_rgb
 from losses import upsample_to
-from options import (CLIError, HelpFormatter, add_checkpoint_arguments, add_runtime_arguments,
+from cli.options import (CLIError, HelpFormatter, add_checkpoint_arguments, add_runtime_arguments,
                      add_selector_arguments, check_checkpoint_path,
                      checkpoint_letters, default_scale, make_predictor, parse_letters, parse_size)
-from replay import replay_prototypes
-from safeio import atomic_write
+from inference.replay import replay_prototypes
+from data.safeio import atomic_write
 
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif")
@@ -247,7 +247,7 @@ class Predictor:
         ``"distances"`` ((D,) float32 tensor, or None).
 
         ``head`` forces a head for this image (else ``--domain``, else automatic). ``choose(raw_head,
-        distances) -> head`` replaces the per-image nearest-prototype rule (stream.py's smoothing).
+        distances) -> head`` replaces the per-image nearest-prototype rule (inference/stream.py's smoothing).
         The distances come from the first domain's input size, so they do not depend on the head
         chosen before; they are computed when the head is automatic or ``want_distances`` is set.
         """

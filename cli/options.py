@@ -16,14 +16,14 @@ from pathlib import Path
 
 import torch
 
-from domains import get_domain, load_domains_from_root, parse_order
-from inference import DepthPredictor
+from data.domains import get_domain, load_domains_from_root, parse_order
+from inference.predictor import DepthPredictor
 from models import CheckpointError
 from models.runtimes import BACKENDS, RuntimeUnavailable
-from prototypes import SELECTORS
-from protocol import EVALUATION as EVAL_OPTIONS
-from protocol import add_protocol_argument
-from protocol import resolve as resolve_protocol
+from inference.prototypes import SELECTORS
+from engine.protocol import EVALUATION as EVAL_OPTIONS
+from engine.protocol import add_protocol_argument
+from engine.protocol import resolve as resolve_protocol
 
 
 DEFAULT_CHECKPOINT = "runs/NKS.pth.tar"
@@ -240,7 +240,7 @@ def worker_count(args, device) -> int:
 
 def add_eval_arguments(p: argparse.ArgumentParser, g) -> None:
     """--protocol and the evaluation conventions (shared with test_inference.py). Their defaults
-    are None: check_args fills them from the protocol (protocol.py), explicit values win."""
+    are None: check_args fills them from the protocol (engine/protocol.py), explicit values win."""
     add_protocol_argument(p, g)
     g.add_argument("--crop", default=None, choices=list(CROP_CHOICES),
                    help="default = the domain's convention (Eigen for NYU, Garg for KITTI, none "
@@ -296,7 +296,7 @@ def parse_size(text: str, what="--size") -> tuple[int, int]:
 
 def check_eval_args(args) -> None:
     """The evaluation options of test.py / test_inference.py: the protocol's values filled in, sizes checked."""
-    # one place maps the protocol to the evaluation options (protocol.py); explicit options win
+    # one place maps the protocol to the evaluation options (engine/protocol.py); explicit options win
     resolve_protocol(args, EVAL_OPTIONS, "authors" if args.authors_eval else None)
     if args.exact:
         args.no_fast = True

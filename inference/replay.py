@@ -13,8 +13,8 @@ from tqdm import tqdm
 
 from loaders import DatasetFormatError, get_dataset, get_loader
 from models import load_checkpoint
-from options import CLIError
-from prototypes import AUTHORS_PROTO_IMAGES, LDA_PASSES, compute_authors_prototypes, compute_lda, compute_prototypes
+from cli.options import CLIError
+from inference.prototypes import AUTHORS_PROTO_IMAGES, LDA_PASSES, compute_authors_prototypes, compute_lda, compute_prototypes
 
 
 def _replay_loaders(letters, replay_root, scale, device, train, batch_size, workers, max_images,

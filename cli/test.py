@@ -11,12 +11,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from domains import get_domain
-from evaluation import (describe_predictor, describe_settings, evaluate_checkpoint, format_matrix,
+from data.domains import get_domain
+from evaluation.evaluate import (describe_predictor, describe_settings, evaluate_checkpoint, format_matrix,
                         lifelong_summary, stage_paths, write_json)
 from metrics import METRIC_NAMES, format_table
 from models import CheckpointError, read_checkpoint
-from options import (DEFAULT_CHECKPOINT, CLIError, HelpFormatter, add_eval_arguments, add_checkpoint_arguments, add_runtime_arguments,
+from cli.options import (DEFAULT_CHECKPOINT, CLIError, HelpFormatter, add_eval_arguments, add_checkpoint_arguments, add_runtime_arguments,
                      check_eval_args,
                      checkpoint_letters, check_checkpoint_path, eval_settings, parse_letters,
                      register_custom_domains, resolve_device)

@@ -21,13 +21,13 @@ import torch
 from torch.utils.data import Subset
 from tqdm import tqdm
 
-from domains import get_domain, run_name
+from data.domains import get_domain, run_name
 from losses import upsample_to
 from metrics import HIGHER_IS_BETTER, ErrorAggregator, prepare_pair
 from models.fast import autocast_context
-from options import (CLIError, check_checkpoint_path, checkpoint_letters, default_scale, eval_settings,
+from cli.options import (CLIError, check_checkpoint_path, checkpoint_letters, default_scale, eval_settings,
                      make_predictor, predictor_settings, worker_count)
-from safeio import WriteError, atomic_write, clean_stale_temps
+from data.safeio import WriteError, atomic_write, clean_stale_temps
 
 
 def resolve_cap(spec, cap: bool):

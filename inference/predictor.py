@@ -25,7 +25,7 @@ from models import load_checkpoint
 from models.fast import (autocast_context, inference_copy, lowp_supported, prepare_input,
                          resolve_precision, trace_module)
 from models.runtimes import BACKENDS, HeadPiece, TrunkPiece  # the pieces traced or exported
-from prototypes import SELECTORS, choose_selector, pooled_descriptor_nhwc, pooled_distances, prototype_distances
+from inference.prototypes import SELECTORS, choose_selector, pooled_descriptor_nhwc, pooled_distances, prototype_distances
 
 
 class DepthPredictor:

@@ -15,20 +15,20 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from domains import get_domain
-from evaluation import (check_learned, describe_predictor, describe_settings, evaluate_domains, test_dataset,
+from data.domains import get_domain
+from evaluation.evaluate import (check_learned, describe_predictor, describe_settings, evaluate_domains, test_dataset,
                         load_test_splits, write_json)
 from metrics import format_table
 from models import CheckpointError, load_checkpoint
 from models.fast import prepare_input
-from options import (CLIError, HelpFormatter, add_checkpoint_arguments, add_eval_arguments, add_runtime_arguments,
+from cli.options import (CLIError, HelpFormatter, add_checkpoint_arguments, add_eval_arguments, add_runtime_arguments,
                      add_selector_arguments,
                      check_checkpoint_path, check_eval_args, checkpoint_letters, default_scale, eval_settings,
                      make_predictor, parse_letters, parse_size, predictor_settings, register_custom_domains,
                      resolve_device, worker_count)
-from prototypes import DEFAULT_SELECTOR, SELECTORS, prototype_distances
-from protocol import resolve as resolve_protocol
-from replay import load_prototypes
+from inference.prototypes import DEFAULT_SELECTOR, SELECTORS, prototype_distances
+from engine.protocol import resolve as resolve_protocol
+from inference.replay import load_prototypes
 
 
 def _sync(device):

@@ -34,11 +34,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from evaluation import write_json
-from options import CLIError, predictor_settings
-from prediction import Predictor, collect_inputs, read_rgb, save_png16
-from prediction import build_parser as build_predictor_parser
-from safeio import atomic_write
+from evaluation.evaluate import write_json
+from cli.options import CLIError, predictor_settings
+from inference.images import Predictor, collect_inputs, read_rgb, save_png16
+from inference.images import build_parser as build_predictor_parser
+from data.safeio import atomic_write
 
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv")
 SMOOTHING_MODES = ("mean", "vote", "raw")
@@ -303,7 +303,7 @@ class Sink:
 def frame_label(model, index, head, raw_head, smoothing, vmax) -> str:
     """The text written on a frame: number, chosen domain and how, the per-frame choice where it
     differs, the colour range."""
-    from domains import get_domain
+    from data.domains import get_domain
     letter = model.letters[head]
     how = "given" if model.forced is not None else ("per-frame" if smoothing == "raw" else "smoothed")
     note = f", this frame alone: {model.letters[raw_head]}" if raw_head is not None and raw_head != head else ""
@@ -422,7 +422,7 @@ def smoother_from_args(args):
 
 def main_stream(args, device) -> int:
     """The stream path of ``predict.py``; returns the exit status."""
-    from domains import get_domain
+    from data.domains import get_domain
     target, out_dir = Path(args.input), Path(args.out)
     for opt, bad in (("--ply", args.ply), ("--recursive", args.recursive)):
         if bad:

@@ -1,0 +1,565 @@
+#!/usr/bin/env python3
+"""Write the index CSVs (train, test, replay) of a real dataset on disk.
+
+Rows are `image_path,depth_path` relative to --data-root (the loaders resolve them against it), so
+put or symlink the dataset inside the data root, e.g. `ln -s /data/nyu datasets/nyu`; a source
+outside the data root works too, its rows then start with `../`.
+
+  python prepare_data.py nyu     --src datasets/nyu_data           # data/nyu2_train, data/nyu2_test
+  python prepare_data.py kitti   --src datasets/kitti --raw datasets/kitti/raw
+  python prepare_data.py scannet --src datasets/scannet --test-scenes test_scenes.txt
+  python prepare_data.py nyu_h5  --src datasets/nyudepthv2          # train/ and val/ of .h5 files
+  python prepare_data.py nyu_mat --mat datasets/nyu_depth_v2_labeled.mat --splits splits.mat
+  python prepare_data.py generic --domain O --src datasets/office   # custom domain (domains.json)
+  python prepare_data.py replay  --domain N                         # (re)draw replay_nyu.csv
+
+Every file pair is checked (readable header, depth bit depth, equal sizes where required) and the
+skipped files are reported with the reason.  The replay CSV holds --replay-size random training
+rows (seeded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import random
+import re
+import sys
+from collections import OrderedDict
+from typing import Iterable, List, Optional, Sequence, Tuple
+
+from PIL import Image
+from tqdm import tqdm
+
+from data import domains as dom
+
+Pair = Tuple[str, str]   # absolute (or cwd-relative) image path, depth path (or .mat frame number)
+IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".ppm")
+SIXTEEN = ("I;16", "I;16B", "I;16L", "I")
+
+
+# ============================================================================ report
+class Report:
+    """Counts of written rows and skipped files with their reasons."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.skipped: "OrderedDict[str, List[str]]" = OrderedDict()
+        self.written: List[Tuple[str, int]] = []
+        self.notes: List[str] = []
+
+    def skip(self, path: str, reason: str) -> None:
+        self.skipped.setdefault(reason, []).append(path)
+
+    @property
+    def n_skipped(self) -> int:
+        return sum(len(v) for v in self.skipped.values())
+
+    def text(self, examples: int = 10) -> str:
+        """Human-readable summary; at most `examples` paths per reason."""
+        lines = [f"{self.name}: wrote " + ", ".join(f"{p} ({n} rows)" for p, n in self.written)]
+        lines += [f"note: {n}" for n in self.notes]
+        if not self.skipped:
+            lines.append("skipped: nothing")
+        for reason, paths in self.skipped.items():
+            lines.append(f"skipped {len(paths)}: {reason}")
+            lines += [f"    {p}" for p in paths[:examples]]
+            if len(paths) > examples:
+                lines.append(f"    ... and {len(paths) - examples} more")
+        return "\n".join(lines)
+
+    def write_full(self, path: str) -> None:
+        """Every skipped file, one `reason<TAB>path` per line."""
+        with open(path, "w", encoding="utf-8") as f:
+            for reason, paths in self.skipped.items():
+                f.writelines(f"{reason}\t{p}\n" for p in paths)
+
+
+# ============================================================================ helpers
+def natural_key(s: str):
+    """Sort '2.jpg' before '10.jpg'."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
+
+
+def rel_to_root(path: str, data_root: str) -> str:
+    """Path as written in a CSV: relative to the data root, forward slashes."""
+    return os.path.relpath(os.path.abspath(path), os.path.abspath(data_root)).replace(os.sep, "/")
+
+
+def read_csv_rows(path: str) -> List[List[str]]:
+    """Non-blank rows of an index CSV."""
+    with open(path, newline="", encoding="utf-8") as f:
+        return [r for r in csv.reader(f) if r and any(x.strip() for x in r)]
+
+
+def write_rows(path: str, rows: Iterable[Sequence[str]]) -> int:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    rows = list(rows)
+    from data.safeio import atomic_write  # an index CSV appears complete or not at all
+    with atomic_write(path, "w", encoding="utf-8") as f:
+        csv.writer(f, lineterminator="\n").writerows(rows)
+    return len(rows)
+
+
+def write_replay_csv(train_csv: str, out_csv: str, n: int = 500, seed: int = 0) -> int:
+    """Write `n` random rows (without replacement, seeded) of `train_csv` to `out_csv`, unchanged.
+
+    All rows (shuffled) if the training index has fewer than `n`.  Returns the number written.
+    """
+    if not os.path.isfile(train_csv):
+        raise FileNotFoundError(f"training index {train_csv!r} does not exist; write it first "
+                                f"(python prepare_data.py <dataset> --src ...)")
+    rows = read_csv_rows(train_csv)
+    if not rows:
+        raise ValueError(f"training index {train_csv!r} has no rows to draw a replay set from")
+    picks = random.Random(seed).sample(range(len(rows)), min(int(n), len(rows)))
+    return write_rows(out_csv, [rows[i] for i in picks])
+
+
+def check_pair(image: str, depth: str, bits: Optional[int], same_size: bool, verify: bool) -> Optional[str]:
+    """Reason to skip a pair, or None.  Reads headers only unless `verify` (full decode)."""
+    try:
+        with Image.open(image) as im:
+            if verify:
+                im.load()
+            isize = im.size
+    except Exception as e:  # noqa: BLE001 - any failure means "cannot be read"
+        return f"unreadable image ({type(e).__name__})"
+    try:
+        with Image.open(depth) as d:
+            if verify:
+                d.load()
+            dmode, dsize = d.mode, d.size
+    except Exception as e:  # noqa: BLE001
+        return f"unreadable depth ({type(e).__name__})"
+    if dmode not in ("L",) + SIXTEEN:
+        return f"depth is not a single-channel PNG (mode {dmode})"
+    if bits == 8 and dmode != "L":
+        return "depth is not 8-bit as expected"
+    if bits == 16 and dmode not in SIXTEEN:
+        return "depth is not 16-bit as expected"
+    if same_size and isize != dsize:
+        return "image and depth sizes differ"
+    return None
+
+
+def filter_pairs(pairs: List[Pair], report: Report, bits, same_size, check=True, verify=False, desc="") -> List[Pair]:
+    """Pairs that pass check_pair (with a progress bar); the others go to the report."""
+    if not check:
+        return pairs
+    keep = []
+    for img, dep in tqdm(pairs, desc=f"checking {desc}", unit="pair", leave=False, disable=None):
+        why = check_pair(img, dep, bits, same_size, verify)
+        if why:
+            report.skip(f"{img} | {dep}", why)
+        else:
+            keep.append((img, dep))
+    return keep
+
+
+def first_dir(*candidates: str) -> Optional[str]:
+    return next((c for c in candidates if os.path.isdir(c)), None)
+
+
+def _need_dir(path: Optional[str], what: str) -> str:
+    if path is None or not os.path.isdir(path):
+        raise SystemExit(f"error: {what}")
+    return path
+
+
+# ============================================================================ NYU CSV release
+def scan_nyu(src: str, report: Report) -> Tuple[List[Pair], List[Pair]]:
+    """data/nyu2_train/<scene>/<n>.jpg + <n>.png and data/nyu2_test/<id>_colors.png + _depth.png."""
+    train_dir = first_dir(os.path.join(src, "data", "nyu2_train"), os.path.join(src, "nyu2_train"))
+    test_dir = first_dir(os.path.join(src, "data", "nyu2_test"), os.path.join(src, "nyu2_test"))
+    if train_dir is None and test_dir is None:
+        raise SystemExit(f"error: no data/nyu2_train or data/nyu2_test under {src!r} (the NYU-v2 CSV release, "
+                         f"unzipped); for the sparse-to-dense .h5 layout use `prepare_data.py nyu_h5`")
+    train = []
+    if train_dir:
+        for scene in sorted(os.listdir(train_dir), key=natural_key):
+            sdir = os.path.join(train_dir, scene)
+            if os.path.isdir(sdir):
+                train += _pair_by_stem(sdir, report, image_ext=(".jpg", ".jpeg"), depth_ext=(".png",))
+    test = []
+    if test_dir:
+        names = set(os.listdir(test_dir))
+        for name in sorted(names, key=natural_key):
+            if name.endswith("_colors.png"):
+                dep = name[: -len("_colors.png")] + "_depth.png"
+                if dep in names:
+                    test.append((os.path.join(test_dir, name), os.path.join(test_dir, dep)))
+                else:
+                    report.skip(os.path.join(test_dir, name), "image without depth")
+            elif name.endswith("_depth.png") and name[: -len("_depth.png")] + "_colors.png" not in names:
+                report.skip(os.path.join(test_dir, name), "depth without image")
+    return train, test
+
+
+def _pair_by_stem(folder: str, report: Report, image_ext, depth_ext, depth_folder: Optional[str] = None,
+                  keep=lambda stem: True) -> List[Pair]:
+    """Pairs of files with the same stem: images in `folder`, depths in `depth_folder` (or the same)."""
+    depth_folder = depth_folder or folder
+    dfiles = {}
+    for n in os.listdir(depth_folder):
+        s, e = os.path.splitext(n)
+        if e.lower() in depth_ext:
+            dfiles[s] = n
+    pairs, used = [], set()
+    for n in sorted(os.listdir(folder), key=natural_key):
+        s, e = os.path.splitext(n)
+        if e.lower() not in image_ext or (folder == depth_folder and e.lower() in depth_ext):
+            continue
+        if not keep(s):
+            continue
+        if s in dfiles:
+            pairs.append((os.path.join(folder, n), os.path.join(depth_folder, dfiles[s])))
+            used.add(s)
+        else:
+            report.skip(os.path.join(folder, n), "image without depth")
+    for s, n in sorted(dfiles.items()):
+        if s not in used and keep(s):
+            report.skip(os.path.join(depth_folder, n), "depth without image")
+    return pairs
+
+
+# ============================================================================ KITTI
+KITTI_VAL_RE = re.compile(r"^(?P<drive>.+)_image_(?P<frame>\d+)_image_(?P<cam>\d+)\.png$")
+
+
+def kitti_gt_name(image_name: str) -> Optional[str]:
+    """val_selection_cropped image name -> ground-truth name (None if the name does not match)."""
+    m = KITTI_VAL_RE.match(image_name)
+    if not m:
+        return None
+    return f"{m['drive']}_groundtruth_depth_{m['frame']}_image_{m['cam']}.png"
+
+
+def scan_kitti(src: str, raw: Optional[str], report: Report) -> Tuple[List[Pair], List[Pair]]:
+    """train/<drive>/proj_depth/groundtruth/image_0X/<f>.png with <raw>/<date>/<drive>/image_0X/data/<f>.png;
+    val_selection_cropped/{image,groundtruth_depth}/ pairs for the test index."""
+    train_dir = first_dir(os.path.join(src, "train"))
+    val_dir = first_dir(os.path.join(src, "val_selection_cropped"), os.path.join(src, "val_selection"))
+    if train_dir is None and val_dir is None:
+        raise SystemExit(f"error: no train/ or val_selection_cropped/ under {src!r} (the KITTI depth benchmark)")
+    train = []
+    if train_dir:
+        raw = raw or first_dir(os.path.join(src, "raw"), os.path.join(src, "imgs"))
+        _need_dir(raw, f"KITTI raw images not found: pass --raw /path/to/kitti_raw (holding <date>/<drive>/"
+                       f"image_02/data/*.png); tried {os.path.join(src, 'raw')} and {os.path.join(src, 'imgs')}")
+        train = _kitti_train(train_dir, raw, report)
+    test = _kitti_val(val_dir, report) if val_dir else []
+    return train, test
+
+
+def _kitti_train(train_dir: str, raw: str, report: Report) -> List[Pair]:
+    pairs = []
+    for drive in sorted(os.listdir(train_dir)):
+        gt_root = os.path.join(train_dir, drive, "proj_depth", "groundtruth")
+        if not os.path.isdir(gt_root):
+            continue
+        for cam in sorted(os.listdir(gt_root)):
+            for name in sorted(os.listdir(os.path.join(gt_root, cam)), key=natural_key):
+                if not name.endswith(".png"):
+                    continue
+                dep = os.path.join(gt_root, cam, name)
+                img = os.path.join(raw, drive[:10], drive, cam, "data", name)
+                if os.path.isfile(img):
+                    pairs.append((img, dep))
+                else:
+                    report.skip(dep, "depth without raw image")
+    return pairs
+
+
+def _kitti_val(val_dir: str, report: Report) -> List[Pair]:
+    idir, ddir = os.path.join(val_dir, "image"), os.path.join(val_dir, "groundtruth_depth")
+    dnames = set(os.listdir(ddir)) if os.path.isdir(ddir) else set()
+    pairs, used = [], set()
+    for name in sorted(os.listdir(idir)) if os.path.isdir(idir) else []:
+        gt = kitti_gt_name(name)
+        if gt is None:
+            report.skip(os.path.join(idir, name), "name not <drive>_image_<frame>_image_<cam>.png")
+        elif gt in dnames:
+            pairs.append((os.path.join(idir, name), os.path.join(ddir, gt)))
+            used.add(gt)
+        else:
+            report.skip(os.path.join(idir, name), "image without depth")
+    for gt in sorted(dnames - used):
+        report.skip(os.path.join(ddir, gt), "depth without image")
+    return pairs
+
+
+# ============================================================================ ScanNet
+def find_scannet_scenes(src: str) -> List[str]:
+    """Scene folders (scene*/ with color/ and depth/) directly under src or one level deeper."""
+    found = []
+    for base in [src] + [os.path.join(src, d) for d in sorted(os.listdir(src))]:
+        if not os.path.isdir(base):
+            continue
+        for d in sorted(os.listdir(base)):
+            p = os.path.join(base, d)
+            if d.startswith("scene") and os.path.isdir(os.path.join(p, "color")) and os.path.isdir(os.path.join(p, "depth")):
+                found.append(p)
+    return found
+
+
+def split_scenes(scenes: List[str], test_scenes_file: Optional[str], fraction: float, seed: int,
+                 report: Report) -> Tuple[List[str], List[str]]:
+    """Test scenes from a file (names, one per line), from parent folders named *train*/*test*, or a
+    seeded random fraction of the scenes."""
+    if test_scenes_file:
+        with open(test_scenes_file, encoding="utf-8") as f:
+            names = {l.strip() for l in f if l.strip()}
+        report.notes.append(f"test scenes from {test_scenes_file} ({len(names)} names)")
+        missing = names - {os.path.basename(s) for s in scenes}
+        for m in sorted(missing):
+            report.skip(m, "test scene listed but not found")
+        return ([s for s in scenes if os.path.basename(s) not in names],
+                [s for s in scenes if os.path.basename(s) in names])
+    parents = {os.path.basename(os.path.dirname(s)).lower() for s in scenes}
+    if any("test" in p for p in parents) and any("train" in p for p in parents):
+        report.notes.append("split by parent folders (*train* / *test*)")
+        par = lambda s: os.path.basename(os.path.dirname(s)).lower()
+        return [s for s in scenes if "train" in par(s)], [s for s in scenes if "test" in par(s)]
+    k = int(round(len(scenes) * fraction))
+    k = min(max(k, 1 if len(scenes) > 1 and fraction > 0 else 0), max(len(scenes) - 1, 0))
+    test = set(random.Random(seed).sample(scenes, k))
+    report.notes.append(f"{k} of {len(scenes)} scenes drawn as test scenes (fraction {fraction}, seed {seed})")
+    return [s for s in scenes if s not in test], sorted(test)
+
+
+def scan_scannet(src, test_scenes, fraction, seed, stride, report) -> Tuple[List[Pair], List[Pair]]:
+    """scene*/color/<n>.jpg with scene*/depth/<n>.png, every `stride`-th frame number."""
+    scenes = find_scannet_scenes(src)
+    if not scenes:
+        raise SystemExit(f"error: no scene*/color + scene*/depth folders under {src!r} (exported ScanNet frames)")
+    train_s, test_s = split_scenes(scenes, test_scenes, fraction, seed, report)
+    keep = (lambda s: not s.isdigit() or int(s) % stride == 0) if stride > 1 else (lambda s: True)
+
+    def pairs(ss):
+        out = []
+        for s in ss:
+            out += _pair_by_stem(os.path.join(s, "color"), report, (".jpg", ".jpeg", ".png"), (".png",),
+                                 os.path.join(s, "depth"), keep)
+        return out
+    return pairs(train_s), pairs(test_s)
+
+
+# ============================================================================ NYU HDF5 / .mat / generic
+def scan_nyu_h5(src: str, report: Report, check: bool) -> Tuple[List[Pair], List[Pair]]:
+    """nyudepthv2/{train,val}/<scene>/*.h5 (val is the 654-image test set)."""
+    base = src if os.path.isdir(os.path.join(src, "train")) or os.path.isdir(os.path.join(src, "val")) \
+        else os.path.join(src, "nyudepthv2")
+    out = []
+    for split in ("train", "val"):
+        files = []
+        d = os.path.join(base, split)
+        for dirpath, _, names in os.walk(d):
+            files += [os.path.join(dirpath, n) for n in names if n.lower().endswith((".h5", ".hdf5"))]
+        files.sort(key=natural_key)
+        out.append([(f, f) for f in _check_h5(files, report, check, split)])
+    if not out[0] and not out[1]:
+        raise SystemExit(f"error: no .h5 files under {base}/train or {base}/val (sparse-to-dense nyudepthv2 layout)")
+    return out[0], out[1]
+
+
+def _check_h5(files: List[str], report: Report, check: bool, desc: str) -> List[str]:
+    if not check:
+        return files
+    import h5py
+
+    keep = []
+    for f in tqdm(files, desc=f"checking {desc}", unit="file", leave=False, disable=None):
+        try:
+            with h5py.File(f, "r") as h:
+                ok = "rgb" in h and "depth" in h
+        except Exception as e:  # noqa: BLE001
+            report.skip(f, f"unreadable HDF5 ({type(e).__name__})")
+            continue
+        if ok:
+            keep.append(f)
+        else:
+            report.skip(f, "HDF5 without 'rgb' and 'depth' datasets")
+    return keep
+
+
+def scan_nyu_mat(mat: str, splits: Optional[str]) -> Tuple[List[Pair], List[Pair]]:
+    """Rows `<mat>,<1-based frame>`; without a split file every frame goes to the test index."""
+    import loaders
+
+    if not os.path.isfile(mat):
+        raise SystemExit(f"error: .mat file {mat!r} does not exist")
+    n = loaders.mat_num_frames(mat)
+    if splits is None:
+        return [], [(mat, str(i)) for i in range(1, n + 1)]
+    return ([(mat, str(i)) for i in loaders.split_indices(n, "train", splits)],
+            [(mat, str(i)) for i in loaders.split_indices(n, "test", splits)])
+
+
+def scan_generic(src, rgb_dir, depth_dir, fraction, seed, report) -> Tuple[List[Pair], List[Pair]]:
+    """<src>/<rgb_dir>/<stem>.<img> with <src>/<depth_dir>/<stem>.png|.npy; seeded random test fraction."""
+    rd, dd = os.path.join(src, rgb_dir), os.path.join(src, depth_dir)
+    _need_dir(rd, f"no folder {rd!r} (colour images; see --rgb-dir)")
+    _need_dir(dd, f"no folder {dd!r} (depth maps; see --depth-dir)")
+    pairs = _pair_by_stem(rd, report, IMAGE_EXT, (".png", ".npy"), dd)
+    k = int(round(len(pairs) * fraction))
+    test_idx = set(random.Random(seed).sample(range(len(pairs)), k))
+    return ([p for i, p in enumerate(pairs) if i not in test_idx], [p for i, p in enumerate(pairs) if i in test_idx])
+
+
+# ============================================================================ writing
+def write_indexes(spec: dom.DomainSpec, train: List[Pair], test: List[Pair], args, report: Report) -> None:
+    """Write train/test CSVs (paths relative to the data root) and draw the replay CSV."""
+    root = args.data_root
+    os.makedirs(root, exist_ok=True)
+    names = {"train": args.train_csv or spec.train_csv, "test": args.test_csv or spec.test_csv,
+             "replay": args.replay_csv or spec.replay_csv}
+    outside = False
+    for split, pairs in (("train", train), ("test", test)):
+        if not pairs:
+            report.notes.append(f"no {split} pairs found: {names[split]} not written")
+            continue
+        rows = []
+        for img, dep in pairs:
+            r_img = rel_to_root(img, root)
+            r_dep = dep if dep.isdigit() else rel_to_root(dep, root)
+            outside |= r_img.startswith("../")
+            rows.append((r_img, r_dep))
+        path = os.path.join(root, names[split])
+        report.written.append((path, write_rows(path, rows)))
+    if outside:
+        report.notes.append(f"the source is outside the data root {root!r}: rows are relative to it via '../' "
+                            f"(move or symlink the data into {root} for portable indexes)")
+    if train and args.replay_size > 0:
+        path = os.path.join(root, names["replay"])
+        report.written.append((path, write_replay_csv(os.path.join(root, names["train"]), path,
+                                                      args.replay_size, args.seed)))
+
+
+def finish(report: Report, args) -> int:
+    """Print the report and write the full skip list next to the indexes."""
+    print(report.text())
+    if report.skipped:
+        path = os.path.join(args.data_root, f"prepare_{report.name}_skipped.txt")
+        report.write_full(path)
+        print(f"full list of skipped files: {path}")
+    return 0 if report.written else 1
+
+
+# ============================================================================ CLI
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="DATASET")
+
+    def common(sp, replay=True):
+        sp.add_argument("--data-root", default="datasets",
+                        help="folder the CSVs are written to; CSV paths are relative to it (default: datasets)")
+        sp.add_argument("--train-csv", help="training index file name (default: the domain's, e.g. nyu2_train.csv)")
+        sp.add_argument("--test-csv", help="test index file name (default: the domain's, e.g. nyu2_test.csv)")
+        sp.add_argument("--replay-csv", help="replay index file name (default: the domain's, e.g. replay_nyu.csv)")
+        if replay:
+            sp.add_argument("--replay-size", type=int, default=500,
+                            help="training rows drawn into the replay CSV; 0 = no replay CSV (default: 500)")
+        sp.add_argument("--seed", type=int, default=0, help="seed of every random draw (default: 0)")
+        sp.add_argument("--no-check", action="store_true",
+                        help="do not open the files (faster on huge trees; bad files then fail at load time)")
+        sp.add_argument("--verify", action="store_true",
+                        help="fully decode every file instead of reading headers only (slow, catches truncated files)")
+
+    s = sub.add_parser("nyu", help="NYU-v2 CSV release (data/nyu2_train, data/nyu2_test)")
+    s.add_argument("--src", required=True, help="folder holding data/nyu2_train and data/nyu2_test (or those two)")
+    common(s)
+    s = sub.add_parser("kitti", help="KITTI depth benchmark + KITTI raw images")
+    s.add_argument("--src", required=True,
+                   help="depth benchmark root holding train/<drive>/proj_depth/groundtruth and val_selection_cropped/")
+    s.add_argument("--raw", help="KITTI raw root holding <date>/<drive>/image_0X/data/*.png "
+                                 "(default: <src>/raw or <src>/imgs)")
+    common(s)
+    s = sub.add_parser("scannet", help="ScanNet exported frames (scene*/color/*.jpg, scene*/depth/*.png)")
+    s.add_argument("--src", required=True, help="folder holding scene* folders (directly or one level deeper)")
+    s.add_argument("--test-scenes", help="text file of test scene names, one per line (default: parent folders "
+                                         "named *train*/*test* if present, else a random --test-fraction)")
+    s.add_argument("--test-fraction", type=float, default=0.1,
+                   help="fraction of scenes drawn (seeded) as test scenes without --test-scenes (default: 0.1)")
+    s.add_argument("--stride", type=int, default=1,
+                   help="keep frames whose number is a multiple of this (the authors' test set used 12; default: 1)")
+    common(s)
+    s = sub.add_parser("nyu_h5", help="NYU-v2 sparse-to-dense HDF5 layout (train/ and val/ of .h5 files)")
+    s.add_argument("--src", required=True, help="the nyudepthv2 folder (or its parent)")
+    common(s)
+    s = sub.add_parser("nyu_mat", help="NYU-v2 official labeled file nyu_depth_v2_labeled.mat (v7.3)")
+    s.add_argument("--mat", required=True, help="path to nyu_depth_v2_labeled.mat")
+    s.add_argument("--splits", help="official splits.mat (testNdxs) or a .txt of 1-based test indices; "
+                                    "without it every frame goes to the test index")
+    common(s)
+    s = sub.add_parser("generic", help="a custom domain declared in <data-root>/domains.json")
+    s.add_argument("--domain", required=True, help="letter or name of the custom domain")
+    s.add_argument("--src", required=True, help="folder holding the colour and depth folders")
+    s.add_argument("--rgb-dir", default="rgb", help="colour folder under --src (default: rgb)")
+    s.add_argument("--depth-dir", default="depth", help="depth folder under --src, files matched by stem (default: depth)")
+    s.add_argument("--test-fraction", type=float, default=0.1, help="random (seeded) test fraction (default: 0.1)")
+    common(s)
+    s = sub.add_parser("replay", help="(re)draw a replay CSV from an existing training CSV")
+    s.add_argument("--domain", required=True, help="letter or name of the domain (gives the CSV names)")
+    s.add_argument("--data-root", default="datasets", help="folder of the CSVs (default: datasets)")
+    s.add_argument("--train-csv", help="training index to draw from (default: the domain's, under --data-root)")
+    s.add_argument("--out", help="replay CSV to write (default: the domain's, under --data-root)")
+    s.add_argument("--replay-size", type=int, default=500, help="rows to draw (default: 500)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the draw (default: 0)")
+    return p
+
+
+def run_replay(args) -> int:
+    dom.load_domains_from_root(args.data_root)
+    spec = dom.get_domain(args.domain)
+    train = args.train_csv or os.path.join(args.data_root, spec.train_csv)
+    out = args.out or os.path.join(args.data_root, spec.replay_csv)
+    n = write_replay_csv(train, out, args.replay_size, args.seed)
+    print(f"replay: wrote {out} ({n} rows drawn from {train}, seed {args.seed})")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.cmd == "replay":
+        return run_replay(args)
+    check, verify = not args.no_check, args.verify
+    report = Report(args.cmd)
+    if args.cmd == "nyu":
+        spec = dom.NYU
+        tr, te = scan_nyu(args.src, report)
+        tr = filter_pairs(tr, report, 8, True, check, verify, "nyu train")
+        te = filter_pairs(te, report, 16, True, check, verify, "nyu test")
+    elif args.cmd == "kitti":
+        spec = dom.KITTI
+        tr, te = scan_kitti(args.src, args.raw, report)
+        tr = filter_pairs(tr, report, 16, True, check, verify, "kitti train")
+        te = filter_pairs(te, report, 16, True, check, verify, "kitti test")
+    elif args.cmd == "scannet":
+        spec = dom.SCANNET
+        tr, te = scan_scannet(args.src, args.test_scenes, args.test_fraction, args.seed, args.stride, report)
+        tr = filter_pairs(tr, report, 16, False, check, verify, "scannet train")
+        te = filter_pairs(te, report, 16, False, check, verify, "scannet test")
+    elif args.cmd == "nyu_h5":
+        spec = dom.NYU
+        tr, te = scan_nyu_h5(args.src, report, check)
+    elif args.cmd == "nyu_mat":
+        spec = dom.NYU
+        tr, te = scan_nyu_mat(args.mat, args.splits)
+    else:  # generic
+        dom.load_domains_from_root(args.data_root)
+        spec = dom.get_domain(args.domain)
+        tr, te = scan_generic(args.src, args.rgb_dir, args.depth_dir, args.test_fraction, args.seed, report)
+        enc = spec.encoding("train")
+        bits = enc.get("bits") if enc.get("kind") == "png" else None
+        if enc.get("kind") == "png":
+            same = not spec.rgb_to_depth_size
+            tr = filter_pairs(tr, report, bits, same, check, verify, "train")
+            te = filter_pairs(te, report, bits, same, check, verify, "test")
+    write_indexes(spec, tr, te, args, report)
+    return finish(report, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

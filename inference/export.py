@@ -1,0 +1,476 @@
+"""Export a Lifelong-MonoDepth checkpoint as one self-contained TorchScript or ONNX file.
+
+    python export.py --checkpoint runs/NKS.pth.tar --out runs/NKS.ts                 # automatic domain
+    python export.py --checkpoint runs/NKS.pth.tar --out runs/NKS_K.ts --domain K    # fixed head
+    python export.py --checkpoint runs/NKS.pth.tar --out runs/NKS.ts --uncertainty
+    python export.py --checkpoint NKS.pth.tar --order NKS --domain 0 --out NKS_N.ts   # authors' file
+    python export.py --checkpoint runs/NKS.pth.tar --out runs/NKS_K.onnx --format onnx --domain K
+    python export.py --checkpoint runs/NKS.pth.tar --out runs/NKS.onnx --format onnx  # + selection
+
+The file needs only ``torch`` to run (no project code)::
+
+    m = torch.jit.load("runs/NKS.ts")
+    depth, domain = m(x)                 # x: (B,3,H,W) float32, ImageNet-normalized RGB in [0,1]
+    depth, domain, uncertainty = m(x)    # a model exported with --uncertainty
+
+``depth`` (B,1,H/2,W/2) float32 metres, ``domain`` (B,) int64 index of the head used (learning
+order), ``uncertainty`` (B,1,H/2,W/2) float32 log-variance. Automatic selection (no ``--domain``)
+uses the checkpoint's stored prototypes, packed into the file: the trunk runs once, each image goes
+to the head of its nearest prototype, and only that head runs (as in ``inference.DepthPredictor``).
+The domain names, input sizes, depth ranges and normalization travel in the file's ``meta.json``
+extra file (:func:`load_exported`). Any input size works (the trunk is traced with dynamic sizes).
+
+Precision: float32 by default (portable; BatchNorm folded into the convolutions, results equal to
+``DepthPredictor(fast=False)`` to ~1e-5). ``--precision bf16`` packs the bfloat16 fast path instead
+(fast only on CPUs/GPUs with native bf16).
+
+``--format onnx`` writes a float32 ONNX graph (opset 17; batch and image sizes dynamic) with the
+same inputs and outputs (``image`` -> ``depth``, ``domain``[, ``uncertainty``]) and the metadata
+as JSON in the model's ``lifelong_monodepth`` metadata entry. With ``--domain`` it holds the
+trunk and that head; without, the trunk, the pooled-prototype selection and every head (ONNX has
+no cheap per-image dispatch, so every head is computed and each image's chosen one returned: give
+``--domain`` for speed). Run it with ONNX Runtime (pinned in ``requirements.txt``)::
+
+    import json, onnxruntime as ort
+    session = ort.InferenceSession("runs/NKS.onnx")
+    meta = json.loads(session.get_modelmeta().custom_metadata_map["lifelong_monodepth"])
+    depth, domain = session.run(None, {"image": x})   # x: float32 numpy (B,3,H,W), normalized
+"""
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from models import CheckpointError, load_checkpoint
+from models.fast import inference_copy, resolve_precision, trace_module
+from cli.options import add_checkpoint_arguments
+from inference.prototypes import map_distance, pooled_descriptor, pooled_descriptor_nhwc, pooled_distances
+
+META_FILE = "meta.json"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+# ------------------------------------------------------------------------------------------------
+# Traced pieces
+# ------------------------------------------------------------------------------------------------
+class _Trunk(nn.Module):
+    """Input cast/layout + encoder + fusion of an inference copy."""
+
+    def __init__(self, net, dtype, channels_last):
+        super().__init__()
+        self.net, self.dtype, self.channels_last = net, dtype, channels_last
+
+    def forward(self, x):
+        x = x.to(self.dtype)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.net.features(x)
+
+
+class _HeadPart(nn.Module):
+    """One head: float32 depth, or (depth, uncertainty)."""
+
+    def __init__(self, head, with_uncertainty):
+        super().__init__()
+        self.head, self.with_uncertainty = head, with_uncertainty
+
+    def forward(self, feats):
+        depth, unc = self.head(feats, self.with_uncertainty)
+        if self.with_uncertainty:
+            return depth.float().contiguous(), unc.float().contiguous()
+        return depth.float().contiguous()
+
+
+# ------------------------------------------------------------------------------------------------
+# Scripted wrappers (control flow: selection and per-image dispatch)
+# ------------------------------------------------------------------------------------------------
+class _Selector(nn.Module):
+    """Nearest prototype (pooled: channel mean+std; map: mean feature map) or a fixed domain."""
+
+    maps: List[torch.Tensor]
+
+    def __init__(self, pooled: Optional[torch.Tensor], maps: List[torch.Tensor], selector: str,
+                 fixed: int):
+        super().__init__()
+        self.register_buffer("pooled", pooled.float() if pooled is not None else torch.zeros(0))
+        self.maps = [m.float() for m in maps]
+        self.use_map = selector == "map"
+        self.fixed = fixed
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        b = feats.shape[0]
+        if self.fixed >= 0:
+            return torch.full([b], self.fixed, dtype=torch.long, device=feats.device)
+        q = feats.float()
+        if self.use_map:
+            dists: List[torch.Tensor] = []
+            for proto in self.maps:
+                dists.append(map_distance(q, proto))
+            return torch.stack(dists, dim=1).argmin(dim=1)
+        return pooled_distances(pooled_descriptor_nhwc(q), self.pooled).argmin(dim=1)
+
+
+class ExportedDepth(nn.Module):
+    """image -> (depth, domain)."""
+
+    def __init__(self, trunk, heads, selector):
+        super().__init__()
+        self.trunk, self.heads, self.selector = trunk, nn.ModuleList(heads), selector
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        feats = self.trunk(x)
+        chosen = self.selector(feats)
+        b = feats.shape[0]
+        depth = torch.zeros([b, 1, feats.shape[2], feats.shape[3]], dtype=torch.float32,
+                            device=feats.device)
+        for i, head in enumerate(self.heads):
+            rows = (chosen == i).nonzero().flatten()
+            n = rows.numel()
+            if n == b:
+                depth = head(feats)
+            elif n > 0:
+                depth.index_copy_(0, rows, head(feats.index_select(0, rows)))
+        return depth, chosen
+
+
+class ExportedDepthUncertainty(nn.Module):
+    """image -> (depth, domain, uncertainty)."""
+
+    def __init__(self, trunk, heads, selector):
+        super().__init__()
+        self.trunk, self.heads, self.selector = trunk, nn.ModuleList(heads), selector
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        feats = self.trunk(x)
+        chosen = self.selector(feats)
+        b = feats.shape[0]
+        depth = torch.zeros([b, 1, feats.shape[2], feats.shape[3]], dtype=torch.float32,
+                            device=feats.device)
+        unc = torch.zeros_like(depth)
+        for i, head in enumerate(self.heads):
+            rows = (chosen == i).nonzero().flatten()
+            n = rows.numel()
+            if n == b:
+                depth, unc = head(feats)
+            elif n > 0:
+                d, u = head(feats.index_select(0, rows))
+                depth.index_copy_(0, rows, d)
+                unc.index_copy_(0, rows, u)
+        return depth, chosen, unc
+
+
+class OnnxDepth(nn.Module):
+    """The whole model as one traceable float32 function for ONNX: image -> depth, domain[, unc].
+
+    ``fixed`` >= 0: the trunk and that head. Otherwise the pooled-prototype rule of
+    ``DepthPredictor.select`` (prototypes.pooled_descriptor and pooled_distances) and every head,
+    each image's chosen one gathered.
+    """
+
+    def __init__(self, net, pooled: Optional[torch.Tensor], fixed: int, with_uncertainty: bool):
+        super().__init__()
+        self.net, self.fixed, self.with_uncertainty = net, int(fixed), bool(with_uncertainty)
+        self.register_buffer("pooled", pooled.float() if pooled is not None else torch.zeros(0))
+
+    def forward(self, x):
+        feats = self.net.features(x)
+        if self.fixed >= 0:
+            depth, unc = self.net.head_forward(feats, self.fixed, self.with_uncertainty)
+            domain = torch.zeros_like(depth[:, 0, 0, 0], dtype=torch.long) + self.fixed
+        else:
+            # pooled_descriptor, not the chunked _nhwc one: its chunk loop would be frozen by tracing
+            domain = pooled_distances(pooled_descriptor(feats), self.pooled).argmin(dim=1)
+            outs = [self.net.head_forward(feats, i, self.with_uncertainty)
+                    for i in range(self.net.num_domains)]
+            pick = lambda maps: torch.gather(  # noqa: E731  (B, D, 1, h, w) -> (B, 1, h, w)
+                maps, 1, domain[:, None, None, None, None].expand(-1, 1, -1, maps.shape[3],
+                                                                  maps.shape[4])).squeeze(1)
+            depth = pick(torch.stack([o[0] for o in outs], dim=1))
+            unc = pick(torch.stack([o[1] for o in outs], dim=1)) if self.with_uncertainty else None
+        return (depth, domain, unc) if self.with_uncertainty else (depth, domain)
+
+
+ONNX_META_KEY = "lifelong_monodepth"
+
+
+def export_onnx(net, out, prototypes=None, domain=None, with_uncertainty=False, selector="pooled",
+                example_size=None) -> dict:
+    """Write ``net`` as a float32 ONNX file (see the module's docstring); returns its metadata."""
+    from models.runtimes import onnx_bytes, require
+    onnx = require("onnx")
+    meta_in = dict(getattr(net, "meta", {}) or {})
+    n = net.num_domains
+    fixed = resolve_domain(domain, meta_in, n)
+    pooled = None
+    if fixed < 0:
+        if selector != "pooled":
+            raise ValueError("--format onnx selects with the pooled prototypes only: use --selector "
+                             "pooled, or fix the head with --domain")
+        pooled = (prototypes or {}).get("pooled")
+        if pooled is None:
+            raise ValueError("this checkpoint stores no domain prototypes, so the exported model cannot "
+                             "choose the domain itself: give --domain, or add prototypes (train with "
+                             "engine/lifelong.py, or compute them from replay data with test_inference.py "
+                             "--replay-root)")
+        if pooled.shape[0] != n:
+            raise ValueError(f"{pooled.shape[0]} prototypes for a {n}-head model")
+    fast = inference_copy(net, fuse_bn=True, channels_last=False)
+    h, w = example_size or (meta_in.get("input_sizes") or [[228, 304]])[0]
+    example = torch.randn(1, 3, int(h), int(w))
+    outputs = ["depth", "domain"] + (["uncertainty"] if with_uncertainty else [])
+    model = onnx.load_from_string(onnx_bytes(OnnxDepth(fast, pooled, fixed, with_uncertainty),
+                                             example, "image", outputs))
+    meta = {"format": "lifelong-monodepth-onnx", "version": 1,
+            "domains": list(meta_in.get("domains") or [f"domain{i}" for i in range(n)]),
+            "letters": meta_in.get("letters"), "input_sizes": meta_in.get("input_sizes"),
+            "depth_ranges": meta_in.get("depth_ranges"), "encoder": getattr(net, "encoder_name", None),
+            "selection": "fixed" if fixed >= 0 else "pooled (every head computed)",
+            "domain": fixed if fixed >= 0 else None, "with_uncertainty": bool(with_uncertainty),
+            "outputs": outputs, "precision": "float32", "fuse_bn": True, "mean": IMAGENET_MEAN,
+            "std": IMAGENET_STD,
+            "input": "image: float32 (B,3,H,W) RGB in [0,1] normalized with mean/std; outputs at H/2 x W/2",
+            "source": meta_in.get("path")}
+    onnx.helper.set_model_props(model, {ONNX_META_KEY: json.dumps(meta)})
+    out = os.fspath(out)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, out)
+    return meta
+
+
+def load_onnx(path, threads=None):
+    """(ONNX Runtime session, metadata dict) of a file written by :func:`export_onnx`."""
+    from models.runtimes import require
+    ort = require("onnxruntime")
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = int(threads)
+    session = ort.InferenceSession(os.fspath(path), opts, providers=["CPUExecutionProvider"])
+    return session, json.loads(session.get_modelmeta().custom_metadata_map.get(ONNX_META_KEY, "{}"))
+
+
+def relative_rms(a: torch.Tensor, ref: torch.Tensor) -> float:
+    """||a - ref|| / ||ref|| over all elements."""
+    return float((a.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-30))
+
+
+@torch.no_grad()
+def check_onnx(path, net, prototypes, size=None, batch=2, seed=0) -> dict:
+    """Run the ONNX file in ONNX Runtime against ``DepthPredictor(fast=False)`` on random inputs."""
+    from inference.predictor import DepthPredictor
+    session, meta = load_onnx(path)
+    h, w = size or (meta.get("input_sizes") or [[228, 304]])[0]
+    x = torch.randn(batch, 3, int(h), int(w), generator=torch.Generator().manual_seed(seed))
+    ref = DepthPredictor(net, prototypes, selector="pooled", fast=False).predict(
+        x, domain=meta["domain"], with_uncertainty=meta["with_uncertainty"])
+    out = [torch.from_numpy(o) for o in session.run(None, {"image": x.numpy()})]
+    res = {"rel_rms_depth": relative_rms(out[0], ref["depth"]),
+           "same_domains": bool(torch.equal(out[1], ref["domain"])), "domains": out[1].tolist()}
+    if meta["with_uncertainty"]:
+        res["rel_rms_uncertainty"] = relative_rms(out[2], ref["uncertainty"])
+    return res
+
+
+# ------------------------------------------------------------------------------------------------
+def resolve_domain(domain, meta: dict, num_domains: int) -> int:
+    """--domain as an index ("1") or a learned domain's letter/name ("K", "kitti") -> index."""
+    if domain is None:
+        return -1
+    text = str(domain).strip()
+    if text.lstrip("-").isdigit():
+        i = int(text)
+    else:
+        names = [str(n).lower() for n in meta.get("domains") or []]
+        letters = list(meta.get("letters") or "")
+        if text.lower() in names:
+            i = names.index(text.lower())
+        elif text.upper() in letters:
+            i = letters.index(text.upper())
+        else:
+            raise ValueError(f"--domain {domain!r}: not a head index nor one of this model's domains "
+                             f"{names or '(unnamed)'}{' / ' + ''.join(letters) if letters else ''}")
+    if not 0 <= i < num_domains:
+        raise ValueError(f"--domain {domain!r}: index out of range, this model has {num_domains} "
+                         f"head(s) (0..{num_domains - 1})")
+    return i
+
+
+def export_model(net, out, prototypes=None, domain=None, with_uncertainty=False, selector="pooled",
+                 precision="fp32", fuse_bn=True, channels_last=None, example_size=None,
+                 device="cpu", freeze=True) -> dict:
+    """Write ``net`` (+ prototypes) as a TorchScript file; returns the metadata written with it."""
+    meta_in = dict(getattr(net, "meta", {}) or {})
+    n = net.num_domains
+    fixed = resolve_domain(domain, meta_in, n)
+    if fixed < 0:
+        if not prototypes or (selector == "pooled" and prototypes.get("pooled") is None) or \
+                (selector == "map" and not prototypes.get("map")):
+            raise ValueError("this checkpoint stores no domain prototypes, so the exported model cannot "
+                             "choose the domain itself: give --domain, or add prototypes (train with "
+                             "engine/lifelong.py, or compute them from replay data with test_inference.py "
+                             "--replay-root)")
+        n_protos = len(prototypes["map"]) if selector == "map" else prototypes["pooled"].shape[0]
+        if n_protos != n:
+            raise ValueError(f"{n_protos} prototypes for a {n}-head model")
+    device = torch.device(device)
+    dtype = resolve_precision(precision, device)
+    if channels_last is None:
+        channels_last = dtype != torch.float32
+    fast = inference_copy(net, fuse_bn=fuse_bn, channels_last=channels_last,
+                          dtype=None if dtype == torch.float32 else dtype, device=device)
+    sizes = meta_in.get("input_sizes") or [[228, 304]]
+    h, w = example_size or sizes[0]
+    example = torch.randn(2, 3, int(h), int(w), device=device)
+    trunk = trace_module(_Trunk(fast, dtype, channels_last), example, freeze=False)
+    with torch.no_grad():
+        feats = trunk(example)
+    heads = [trace_module(_HeadPart(fast.head(i), with_uncertainty), feats, freeze=False)
+             for i in range(n)]
+    protos = prototypes or {}
+    sel = _Selector(protos.get("pooled") if fixed < 0 and selector == "pooled" else None,
+                    list(protos.get("map") or []) if fixed < 0 and selector == "map" else [],
+                    selector, fixed)
+    cls = ExportedDepthUncertainty if with_uncertainty else ExportedDepth
+    module = torch.jit.script(cls(trunk, heads, sel).eval())
+    if freeze:
+        module = torch.jit.freeze(module)
+    meta = {"format": "lifelong-monodepth-torchscript", "version": 1,
+            "domains": list(meta_in.get("domains") or [f"domain{i}" for i in range(n)]),
+            "letters": meta_in.get("letters"), "input_sizes": meta_in.get("input_sizes"),
+            "depth_ranges": meta_in.get("depth_ranges"), "encoder": getattr(net, "encoder_name", None),
+            "selection": "fixed" if fixed >= 0 else selector, "domain": fixed if fixed >= 0 else None,
+            "with_uncertainty": bool(with_uncertainty),
+            "outputs": ["depth", "domain"] + (["uncertainty"] if with_uncertainty else []),
+            "precision": str(dtype).replace("torch.", ""), "fuse_bn": bool(fuse_bn),
+            "channels_last": bool(channels_last), "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
+            "input": "float32 (B,3,H,W) RGB in [0,1] normalized with mean/std; outputs at H/2 x W/2",
+            "source": meta_in.get("path")}
+    out = os.fspath(out)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    torch.jit.save(module, out, _extra_files={META_FILE: json.dumps(meta)})
+    return meta
+
+
+def load_exported(path, map_location="cpu"):
+    """(TorchScript module, metadata dict) of a file written by :func:`export_model`."""
+    extra = {META_FILE: ""}
+    module = torch.jit.load(os.fspath(path), map_location=map_location, _extra_files=extra)
+    return module.eval(), json.loads(extra[META_FILE] or "{}")
+
+
+@torch.no_grad()
+def check_export(path, net, prototypes, meta, selector="pooled", size=None, batch=2, seed=0) -> dict:
+    """Compare the exported file with ``DepthPredictor(fast=False)`` on random inputs."""
+    from inference.predictor import DepthPredictor
+    module, _ = load_exported(path)
+    h, w = size or (meta.get("input_sizes") or [[228, 304]])[0]
+    x = torch.randn(batch, 3, int(h), int(w), generator=torch.Generator().manual_seed(seed))
+    pred = DepthPredictor(net, prototypes, selector=selector, fast=False)
+    ref = pred.predict(x, domain=meta["domain"], with_uncertainty=meta["with_uncertainty"])
+    out = module(x)
+    scale = ref["depth"].abs().max().clamp_min(1e-6)
+    res = {"max_rel_depth_error": float((out[0] - ref["depth"]).abs().max() / scale),
+           "same_domains": bool(torch.equal(out[1], ref["domain"])),
+           "domains": out[1].tolist()}
+    if meta["with_uncertainty"]:
+        res["max_uncertainty_error"] = float((out[2] - ref["uncertainty"]).abs().max())
+    return res
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description="Export a checkpoint as a single TorchScript or ONNX "
+                                            "file (image -> depth, domain[, uncertainty]).",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_checkpoint_arguments(p, "project or authors' checkpoint (.pth.tar)",
+                             "learning order of an authors' file (its name, e.g. NKS), naming its heads",
+                             default=None)
+    p.add_argument("--out", required=True, help="output file, e.g. runs/NKS.ts or runs/NKS.onnx")
+    p.add_argument("--format", choices=["torchscript", "onnx"], default="torchscript",
+                   help="TorchScript (needs only torch) or float32 ONNX (for ONNX Runtime, OpenVINO...; "
+                        "without --domain every head is computed)")
+    p.add_argument("--domain", default=None,
+                   help="fix the head: an index (0 = first learned) or a learned domain's letter/name; "
+                        "default: automatic selection with the stored prototypes")
+    p.add_argument("--uncertainty", action="store_true", help="also return the uncertainty (log-variance)")
+    p.add_argument("--selector", choices=["pooled", "map"], default="pooled",
+                   help="prototype form used for automatic selection")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16", "auto"], default="fp32",
+                   help="weights/activations in the file (auto: bf16 where this machine has native bf16); "
+                        "--format onnx is float32 only")
+    p.add_argument("--no-fuse", action="store_true", help="keep BatchNorm layers (no Conv+BN folding)")
+    p.add_argument("--size", default=None, help="example input HxW for tracing (default: the first "
+                                                "domain's input size); any size works at run time")
+    p.add_argument("--no-check", action="store_true",
+                   help="skip the comparison of the written file with the eager model")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        net = load_checkpoint(args.checkpoint, order=args.order)
+        size = None
+        if args.size:
+            size = tuple(int(v) for v in args.size.lower().split("x"))
+        protos = net.meta.get("prototypes")
+        if args.format == "onnx":
+            return _main_onnx(args, net, protos, size)
+        meta = export_model(net, args.out, protos, domain=args.domain, with_uncertainty=args.uncertainty,
+                            selector=args.selector, precision=args.precision, fuse_bn=not args.no_fuse,
+                            example_size=size)
+    except (CheckpointError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    what = (f"fixed head {meta['domain']} ({meta['domains'][meta['domain']]})" if meta["domain"] is not None
+            else f"automatic selection ({meta['selection']} prototypes)")
+    print(f"wrote {args.out} ({os.path.getsize(args.out) / 1e6:.1f} MB): {len(meta['domains'])} domain(s) "
+          f"{meta['domains']}, {what}, outputs {meta['outputs']}, {meta['precision']}")
+    if not args.no_check:
+        res = check_export(args.out, net, protos, meta, args.selector, size)
+        ok = res["same_domains"] and res["max_rel_depth_error"] < (1e-4 if meta["precision"] == "float32"
+                                                                  else 5e-2)
+        print(f"check vs DepthPredictor(fast=False): max relative depth error "
+              f"{res['max_rel_depth_error']:.2e}, same domains: {res['same_domains']} -> "
+              f"{'OK' if ok else 'MISMATCH'}")
+        if not ok:
+            return 1
+    return 0
+
+
+ONNX_TOLERANCE = 1e-5  # relative RMS of the float32 graph against eager float32
+
+
+def _main_onnx(args, net, protos, size) -> int:
+    from models.runtimes import RuntimeUnavailable
+    if args.precision not in ("fp32", "auto"):
+        raise ValueError(f"--format onnx writes float32 graphs (got --precision {args.precision})")
+    if args.no_fuse:
+        raise ValueError("--format onnx always folds BatchNorm (drop --no-fuse)")
+    try:
+        meta = export_onnx(net, args.out, protos, domain=args.domain, with_uncertainty=args.uncertainty,
+                           selector=args.selector, example_size=size)
+    except RuntimeUnavailable as e:
+        raise ValueError(str(e)) from None
+    what = (f"fixed head {meta['domain']} ({meta['domains'][meta['domain']]})" if meta["domain"] is not None
+            else "automatic selection (pooled prototypes; every head computed)")
+    print(f"wrote {args.out} ({os.path.getsize(args.out) / 1e6:.1f} MB, ONNX float32): "
+          f"{len(meta['domains'])} domain(s) {meta['domains']}, {what}, outputs {meta['outputs']}")
+    if not args.no_check:
+        res = check_onnx(args.out, net, protos, size)
+        ok = res["same_domains"] and res["rel_rms_depth"] <= ONNX_TOLERANCE
+        print(f"check in ONNX Runtime vs DepthPredictor(fast=False): relative RMS of depth "
+              f"{res['rel_rms_depth']:.2e} (tolerance {ONNX_TOLERANCE:g}), same domains: "
+              f"{res['same_domains']} -> {'OK' if ok else 'MISMATCH'}")
+        if not ok:
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
