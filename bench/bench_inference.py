@@ -254,8 +254,7 @@ def skip_reason(name, args) -> str | None:
         if args.device.type != "cpu":
             return f"{backend} rows run on a CPU only"
         if not runtime_available(backend):
-            return f"{backend} is not installed (pip install -r requirements-openvino.txt)" \
-                if backend == "openvino" else f"{backend} is not installed (pip install -r requirements.txt)"
+            return f"{backend} is not installed (pip install -r requirements.txt)"
     precision = opts.get("precision")
     if precision == "bf16" and not (lowp_supported(torch.bfloat16, args.device) or args.bf16):
         how = ("oneDNN emulates it" if hardware.bf16_kernels() else "oneDNN has no bf16 kernels here")

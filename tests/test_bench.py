@@ -56,10 +56,11 @@ def assert_rows_follow_capabilities(report, printed):
     for name, opts in B.VARIANTS.items():
         ran, skipped = name in res["rows"], res["skipped"].get(name)
         assert ran != bool(skipped), name
-        if opts.get("precision") == "bf16":
-            assert ran == bf16 and (bf16 or "no native bf16" in skipped), name
-        if opts.get("backend", "torch") != "torch" and not available(opts["backend"]):
+        backend = opts.get("backend", "torch")
+        if backend != "torch" and not available(backend):  # the runtime is asked first
             assert "not installed" in skipped, name
+        elif opts.get("precision") == "bf16":
+            assert ran == bf16 and (bf16 or "no native bf16" in skipped), name
         if skipped:
             assert f"Skipped: {name}: {skipped}" in printed
     assert machine["default_precision"] == ("bfloat16" if bf16 else "float32")
@@ -97,3 +98,42 @@ def test_training_benchmark_quick(synthetic_root, tmp_path):
     assert "| step |" in printed and "Data loader" in printed
     assert hardware.cpu_model() in report["markdown"] and "AVX512-BF16" in report["markdown"]
     assert ("ours bf16 autocast" in rows) == (hardware.bf16_native() and "ours bf16 autocast" not in report["skipped"])
+
+
+CPU_KINDS = {  # /proc/cpuinfo flags of the three kinds this project runs on (the relevant ones)
+    "zen3 (AVX2 only)": {"avx2", "fma"},
+    "zen4 (AVX512-BF16)": {"avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16"},
+    "sapphire rapids (AMX)": {"avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_bf16",
+                              "amx_tile", "amx_bf16", "amx_int8"},
+    "AMX without AVX512-BF16": {"avx2", "fma", "avx512f", "amx_tile", "amx_bf16"},
+}
+
+
+@pytest.mark.parametrize("kind", CPU_KINDS)
+@pytest.mark.parametrize("openvino", [True, False], ids=["openvino", "no-openvino"])
+def test_rows_follow_forced_capabilities(monkeypatch, kind, openvino):
+    """Each CPU kind's branch runs on every machine: its flags are forced (oneDNN accepts bf16
+    wherever AVX-512 is there), and so is OpenVINO's presence. Native bf16 (AVX512-BF16 or AMX)
+    runs the bf16 rows; an absent runtime skips its rows with the pip command, whatever the CPU."""
+    import argparse
+    import torch
+    flags = frozenset(CPU_KINDS[kind])
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(hardware, "bf16_kernels", lambda: "avx512f" in flags)
+    monkeypatch.setattr(B, "runtime_available", lambda name: openvino or name != "openvino")
+    native = "avx512_bf16" in flags or "amx_bf16" in flags
+    assert hardware.bf16_native() == native and hardware.lowp_supported(torch.bfloat16, "cpu") == native
+    caps = hardware.capabilities()
+    assert caps["amx"] == ("amx_tile" in flags) and caps["avx512_bf16"] == ("avx512_bf16" in flags)
+    line = hardware.capability_line()
+    assert f"AMX {'yes' if 'amx_tile' in flags else 'no'}" in line and ("bf16 native" in line) == native
+    args = argparse.Namespace(device=torch.device("cpu"), bf16=False, fp16=False)
+    for name, opts in B.VARIANTS.items():
+        reason = B.skip_reason(name, args)
+        if opts.get("backend") == "openvino" and not openvino:
+            assert reason == "openvino is not installed (pip install -r requirements.txt)", name
+        elif opts.get("precision") == "bf16":
+            assert (reason is None) == native, (name, reason)
+            assert native or "no native bf16" in reason
+        elif opts.get("precision") != "fp16":
+            assert reason is None, (name, reason)
