@@ -29,6 +29,7 @@ import math
 import os
 import random
 import re
+import warnings
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
@@ -62,27 +63,48 @@ class DatasetFormatError(ValueError):
 
 
 # ============================================================================ reading files
-def _open_image(path: str, what: str) -> Image.Image:
-    """The decoded image at ``path``; ``what`` ("image" or "depth") names it in the errors."""
+class ImageTooLarge(DatasetFormatError):
+    """An image whose header declares more pixels than the caller's limit (nothing was decoded)."""
+
+
+def _open_image(path: str, what: str, max_pixels: Optional[int] = None,
+                limit_name: str = "--max-pixels") -> Image.Image:
+    """The decoded image at ``path``; ``what`` ("image" or "depth") names it in the errors.
+
+    ``max_pixels``: refuse, from the header alone (``Image.open`` decodes nothing), an image with
+    more pixels: a small compressed file can declare a size whose decoding and processing needs
+    tens of gigabytes. ``limit_name`` is how the error names the limit (the command's option)."""
     try:
-        img = Image.open(path)
+        if not os.path.isfile(path) and os.path.exists(path):  # a FIFO or device would block or stream
+            raise DatasetFormatError(f"{path}: not a regular file")
+        with warnings.catch_warnings():  # with a limit of our own, PIL's bomb warning is noise
+            if max_pixels is not None:
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+        if max_pixels is not None and img.size[0] * img.size[1] > max_pixels:
+            w, h = img.size
+            img.close()
+            raise ImageTooLarge(f"{path}: {w}x{h} pixels ({w * h / 1e6:.1f} M) is above the limit of "
+                                f"{max_pixels / 1e6:g} M pixels ({limit_name}); shrink the image or raise "
+                                f"{limit_name} (predicting costs over 100 bytes of memory per pixel)")
         img.load()
     except FileNotFoundError:
         raise FileNotFoundError(f"{what} file not found: {path}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as e:
         noun = "image" if what == "image" else f"{what} image"
         raise DatasetFormatError(f"{path}: not a readable {noun} ({e})") from None
     return img
 
 
-def load_rgb(path: str, apply_exif: bool = False) -> Image.Image:
+def load_rgb(path: str, apply_exif: bool = False, max_pixels: Optional[int] = None,
+             limit_name: str = "--max-pixels") -> Image.Image:
     """Open an image file as 8-bit RGB.
 
     Grayscale is replicated to three channels, alpha is dropped, palettes are expanded and 16-bit
     images are reduced to 8 bits.  `apply_exif` rotates phone photos upright (off for datasets,
-    whose depth maps are aligned with the stored pixel grid).
+    whose depth maps are aligned with the stored pixel grid).  `max_pixels`: see `_open_image`.
     """
-    img = _open_image(path, "image")
+    img = _open_image(path, "image", max_pixels, limit_name)
     if apply_exif:
         img = ImageOps.exif_transpose(img)
     return _to_rgb(img)

@@ -8,13 +8,15 @@
 of ``--segment-length`` frames, each frame a test image of that domain drawn at random (the stored
 RGB files, as predict.py would read them), joined by ``--transition`` cross-faded frames (the first
 half labelled with the old domain, the rest with the new one). ``--streams`` such streams are drawn
-(seeds 0..n-1). Every distinct frame goes once through the stream path (``predict.Predictor.run``,
-selection at the first domain's input size) and its prototype distances are kept; each selection
+(seeds 0..n-1). Every distinct frame goes once through the stream path (``predict.Predictor.run``:
+inference/frames.py's selection on the whole frame) and its distances are kept; each selection
 rule (the per-frame rule, and :class:`stream.HeadSmoother` settings) is then replayed over the
 distance sequence, which is exactly what ``stream.run_stream`` does with them (the distances do not
 depend on the head chosen before). Reported per rule: frame accuracy, head switches against the
 true number, switches to a head that is not the frame's true domain, and the delay (frames after a domain change until the chosen head is
-the new domain's; "missed" if it never is within the segment).
+the new domain's; "missed" if it never is within the segment). "calibrated switch" rules get the
+checkpoint's out-of-domain thresholds (``HeadSmoother(thresholds=...)``, what predict.py uses where the
+checkpoint stores them). The cycle condition: streams of one frame per domain in turn (N, K, S, N, ...).
 
 **Throughput** (``--throughput``): ``--frames`` test frames of N and of K written as an mp4 each,
 then ``predict.py VIDEO`` (default smoothing, video + log written; the K video also with
@@ -53,7 +55,11 @@ from cli.options import CLIError, predictor_settings, resolve_device  # noqa: E4
 RULES = [("per-frame (raw)", dict(mode="raw", window=1))] + \
     [(f"vote, window {w}", dict(mode="vote", window=w)) for w in (3, 5)] + \
     [(f"mean, window {w}", dict(mode="mean", window=w, margin=0.0)) for w in (2, 3, 4, 6)] + \
-    [(f"mean, window {w}, margin 5 %", dict(mode="mean", window=w, margin=0.05)) for w in (3, 4, 6)]
+    [(f"mean, window {w}, margin 5 %", dict(mode="mean", window=w, margin=0.05)) for w in (3, 4, 6)] + \
+    [(f"mean, window {w}, calibrated switch", dict(mode="mean", window=w, margin=0.0, calibrated=True))
+     for w in (4, 6)]
+CYCLE = "NKS"  # the cycle condition: one frame per domain in turn (issue 26, item 21)
+CYCLE_FRAMES = 40
 
 
 def test_files(root: Path, letter: str) -> list[Path]:
@@ -111,12 +117,19 @@ def evaluate(heads, labels) -> dict:
             "wrong_switches": wrong, "delays": delays}
 
 
+def smoother(opts, thresholds):
+    """The HeadSmoother of a rule; "calibrated" rules get the checkpoint's out-of-domain thresholds."""
+    kw = {k: v for k, v in opts.items() if k != "calibrated"}
+    return S.HeadSmoother(**kw, thresholds=thresholds if opts.get("calibrated") else None)
+
+
 def selection_benchmark(model, root, args, log=print) -> dict:
-    files = {c: test_files(root, c) for c in dict.fromkeys(args.segments)}
+    files = {c: test_files(root, c) for c in dict.fromkeys(args.segments + CYCLE)}
     streams = [make_stream(files, args.segments, args.segment_length, args.transition, seed)
                for seed in range(args.streams)]
+    cycles = [make_stream(files, (CYCLE * CYCLE_FRAMES)[:CYCLE_FRAMES], 1, 0, seed) for seed in range(args.streams)]
     cache = {}
-    keys = list(dict.fromkeys(k for st in streams for k, _ in st))
+    keys = list(dict.fromkeys(k for st in streams + cycles for k, _ in st))
     t0 = time.perf_counter()
     for i, key in enumerate(keys):
         r = model.run(frame_image(key))
@@ -125,11 +138,24 @@ def selection_benchmark(model, root, args, log=print) -> dict:
             log(f"  {i + 1}/{len(keys)} distinct frames through the stream path")
     log(f"  {len(keys)} distinct frames in {time.perf_counter() - t0:.0f} s")
     letters = model.letters
+    thresholds = S.frame_thresholds(model)
+    rows = rule_rows(streams, cache, letters, thresholds)
+    raw_frame_acc = {c: float(np.mean([cache[(str(f),)][0] == letters.index(c) for f in files[c]
+                                       if (str(f),) in cache])) for c in files}
+    return {"rows": rows, "cycle_rows": rule_rows(cycles, cache, letters, thresholds),
+            "frames_per_stream": len(streams[0]), "distinct_frames": len(keys),
+            "calibrated": thresholds is not None, "raw_accuracy_per_domain_drawn": raw_frame_acc}
+
+
+def rule_rows(streams, cache, letters, thresholds) -> list:
+    """Every rule of RULES replayed over the streams' cached distances."""
     rows = []
     for name, opts in RULES:
+        if opts.get("calibrated") and thresholds is None:
+            continue
         per_stream = []
         for st in streams:
-            sm = S.HeadSmoother(**opts)
+            sm = smoother(opts, thresholds)
             heads = [sm(*cache[key]) for key, _ in st]
             per_stream.append(evaluate(heads, [letters.index(y) for _, y in st]))
         delays = [d for ev in per_stream for d in ev["delays"]]
@@ -144,16 +170,13 @@ def selection_benchmark(model, root, args, log=print) -> dict:
                      "max_delay": max(found) if found else None,
                      "missed": sum(d is None for d in delays),
                      "per_stream": per_stream})
-    raw_frame_acc = {c: float(np.mean([cache[(str(f),)][0] == letters.index(c) for f in files[c]
-                                       if (str(f),) in cache])) for c in files}
-    return {"rows": rows, "frames_per_stream": len(streams[0]), "distinct_frames": len(keys),
-            "raw_accuracy_per_domain_drawn": raw_frame_acc}
+    return rows
 
 
-def selection_table(result, default_opts) -> str:
+def selection_table(result, default_opts, key="rows") -> str:
     lines = ["| rule | frame accuracy | switches (true) | switches to a wrong head (streams with any) | "
              "delay mean / max (frames) | missed changes |", "|---|---:|---:|---:|---:|---:|"]
-    for r in result["rows"]:
+    for r in result[key]:
         star = " **(default)**" if r["options"] == default_opts else ""
         md = "-" if r["mean_delay"] is None else f"{r['mean_delay']:.2f} / {r['max_delay']}"
         lines.append(f"| {r['rule']}{star} | {100 * r['accuracy']:.1f} % | {r['switches']} ({r['true_switches']}) | "
@@ -270,6 +293,8 @@ def main(argv=None) -> int:
         raise CLIError(f"--segments {args.segments}: {''.join(bad)} not learned by {args.checkpoint} "
                          f"({model.letters})")
     default_opts = dict(mode="mean", window=S.DEFAULT_WINDOW, margin=S.DEFAULT_MARGIN)
+    if S.frame_thresholds(model) is not None:  # predict.py calibrates its smoother where it can
+        default_opts["calibrated"] = True
     print(f"selection: {args.streams} stream(s) {args.segments}, {args.segment_length} frames per segment, "
           f"{args.transition} transition frames", file=sys.stderr)
     sel = selection_benchmark(model, root, args, log=lambda m: print(m, file=sys.stderr))
@@ -282,6 +307,9 @@ def main(argv=None) -> int:
           f"{sel['frames_per_stream']} frames each ({args.segment_length} per segment, {args.transition} "
           f"transition frames), {args.checkpoint}:\n")
     print(selection_table(sel, default_opts))
+    print(f"\nThe cycle condition: {args.streams} stream(s) of {CYCLE_FRAMES} frames, one per domain in "
+          f"turn ({CYCLE}, {CYCLE}, ...; every frame is a true change):\n")
+    print(selection_table(sel, default_opts, "cycle_rows"))
     if args.throughput:
         work = Path(args.work)
         work.mkdir(parents=True, exist_ok=True)

@@ -205,6 +205,35 @@ def bench_step(args, scale, timer):
             "note": f"per step: {b} new-domain images + {b} replay images of each of 2 old domains"}
 
 
+def profile_steps(args, scale, top=12) -> str:
+    """Where one step's time goes: torch.profiler's operators by self CPU time (``--profile``), for
+    the engine's fp32 step and, where bf16 is native, the bf16 step; markdown."""
+    from torch.profiler import ProfilerActivity, profile
+    size = scaled_size(scale)
+    b = args.batch_size
+    batch = random_batch(b, size, args.device, 0)
+    replay = [random_batch(b, size, args.device, 1), random_batch(b, size, args.device, 2, sparse=True)]
+    texts = []
+    for name, opts in variants(args.device).items():
+        if name not in ("ours fp32", "ours bf16 autocast"):
+            continue
+        step = ours_step(make_stage(args.encoder, args.device, **opts), batch, replay)
+        for _ in range(max(1, args.warmup)):
+            step()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            step()
+        events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+        total = sum(e.self_cpu_time_total for e in events) or 1.0
+        lines = [f"**Profile of one step: {name}, scale {scale} ({size[0]}x{size[1]})** "
+                 f"({total / 1e6:.2f} s of operator self time)", "",
+                 "| operator | self s | share | calls |", "|---|---:|---:|---:|"]
+        for e in events[:top]:
+            lines.append(f"| `{e.key}` | {e.self_cpu_time_total / 1e6:.3f} | "
+                         f"{100 * e.self_cpu_time_total / total:.1f} % | {e.count} |")
+        texts.append("\n".join(lines))
+    return "\n\n".join(texts)
+
+
 def bench_loader(args):
     """Images/s of loaders.get_dataset(train transform) + get_loader for each domain and worker count."""
     from loaders import get_dataset, get_loader
@@ -272,9 +301,15 @@ def build_parser():
     p.add_argument("--warmup", type=int, default=1, help="untimed steps per variant first")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="a step's time on a CPU: wall time (default), or the process's CPU seconds "
+                        "(for a shared machine; they add up over threads)")
     p.add_argument("--encoder", default="resnet34")
     p.add_argument("--variants", choices=["all", "main"], default="all")
     p.add_argument("--no-step", action="store_true", help="skip the step timing")
+    p.add_argument("--profile", action="store_true",
+                   help="also profile one step (fp32, and bf16 where native) at the first scale: "
+                        "operators by self CPU time")
     p.add_argument("--loader", action="store_true", help="also time the data loader")
     p.add_argument("--data-root", default="datasets/synthetic", help="synthetic data for --loader")
     p.add_argument("--loader-domains", default="NKS")
@@ -295,7 +330,7 @@ def main(argv=None):
     args.device = torch.device(args.device)
     args.loader_domains = list(args.loader_domains)
     args.loader_workers = [int(v) for v in args.loader_workers.split(",")]
-    timer = Timer(args.device)
+    timer = Timer(args.device, args.clock)
     report = {"machine": machine_info(args.device),
               "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
               "args": {k: str(v) for k, v in vars(args).items()}, "steps": []}
@@ -311,6 +346,9 @@ def main(argv=None):
             report["steps"].append(res)
             texts.append(step_table(res))
             print("\n" + texts[-1], flush=True)
+    if args.profile:
+        texts.append(profile_steps(args, float(args.scales.split(",")[0])))
+        print("\n" + texts[-1], flush=True)
     if args.loader:
         report["loader"] = bench_loader(args)
         texts.append(loader_table(report["loader"], report["steps"]))

@@ -4,13 +4,20 @@
     python demo.py                                              # the quickstart model, http://127.0.0.1:7860
     python demo.py --checkpoint NKS.pth.tar --order NKS --replay-root datasets   # an authors' file
 
-Upload an image or click a bundled synthetic example, and see the colourised depth, the predicted
-uncertainty, the domain whose head was chosen and the distance from the image to every domain
+Upload an image or click a bundled synthetic example, and see the colourised depth, the width of
+each pixel's 90 % depth interval in metres (the calibrated uncertainty), the domain whose head was chosen and the distance from the image to every domain
 prototype (the chosen one highlighted); the "head" control forces another head. The checkpoint
 menu lists ``--checkpoint`` and the project checkpoints found under ``--runs-dir``.
 
-Everything is computed by inference/images.py: ``prediction.Predictor.run`` (selection at the first domain's
-input size, depth at the chosen head's) and ``prediction.save_colormap`` (the colour bars).
+Serving: loopback only unless ``--host`` comes with ``--allow-remote`` (there is no authentication;
+a warning is printed). Memory is bounded per request (``--max-pixels``, checked from the upload's
+header before any decoding; ``--max-upload-mb``) and in total (one request at a time, at most
+``--queue-size`` waiting, ``--max-models`` checkpoints loaded); result images are deleted once read
+and Gradio's cache is cleaned (files older than an hour, and at exit).
+
+Everything is computed by inference/images.py: ``prediction.Predictor.run`` (the frame pipeline of
+inference/frames.py: head choice on the whole frame, the out-of-domain verdict, depth at the chosen
+head's pixel scale) and ``prediction.save_colormap`` (the colour bars).
 """
 from __future__ import annotations
 
@@ -30,26 +37,63 @@ from PIL import Image  # noqa: E402
 
 from inference import images as P  # noqa: E402
 from inference import stream as S  # noqa: E402
+from evaluation.uncertainty import interval_summary, median_width  # noqa: E402
 from cli.options import CLIError, HelpFormatter, add_checkpoint_arguments, add_device_argument, resolve_device  # noqa: E402
 
 AUTO = "auto (nearest prototype)"
+DEMO_INTERVAL = 0.9  # the central coverage whose width the page shows
 DEFAULT_CHECKPOINT = "runs/quickstart/NKS.pth.tar"
+DEFAULT_MAX_MODELS = 2
+# Per request: the pixel cap (read from the header before decoding) and the upload size. Measured:
+# a 16 M-pixel request took the server from 0.7 to 3.4 GB (~170 bytes per pixel: prediction,
+# interval, colour maps, Gradio's copy), so 12.5 M (a 12 MP phone photo, 4032x3024, passes) keeps
+# a request under ~3 GB. In total: one request at a time (the queue's concurrency limit), at most
+# DEFAULT_QUEUE waiting, DEFAULT_MAX_MODELS models kept.
+DEFAULT_DEMO_MAX_PIXELS = 12_500_000
+DEFAULT_MAX_UPLOAD_MB = 50
+DEFAULT_QUEUE = 8
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+UPLOAD = "the uploaded image"
+
+
+class PageError(Exception):
+    """A message for the page's user (no server path, no traceback)."""
+
+
+def upload_image(image, max_pixels) -> Image.Image:
+    """The RGB image of an upload: a file path (read by prediction.read_rgb: the pixel cap from the
+    header, EXIF orientation, 16-bit PNGs scaled, not clipped) or an image object (the API's)."""
+    if isinstance(image, (str, os.PathLike)):
+        try:
+            return P.read_rgb(image, max_pixels)
+        except (ValueError, OSError) as e:  # DatasetFormatError / ImageTooLarge / unreadable
+            raise PageError(str(e).replace(os.fspath(image), UPLOAD)) from None
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    return Image.fromarray(np.asarray(image)).convert("RGB")
 
 
 # ----------------------------------------------------------------------------------------------
 # The model side (no Gradio here: unit-testable)
 # ----------------------------------------------------------------------------------------------
 class Models:
-    """Loaded ``prediction.Predictor`` per checkpoint path (loaded on first use, kept)."""
+    """Loaded ``prediction.Predictor`` per checkpoint path, loaded on first use; only the
+    ``--max-models`` most recently used stay in memory (a menu of many checkpoints must not load
+    them all)."""
 
     def __init__(self, args):
         self.args = args
-        self.cache = {}
+        self.cache = {}  # insertion order = least recently used first
         self.lock = threading.Lock()
+        self.limit = max(1, int(getattr(args, "max_models", DEFAULT_MAX_MODELS)))
 
     def get(self, checkpoint: str):
         with self.lock:
-            if checkpoint not in self.cache:
+            if checkpoint in self.cache:
+                self.cache[checkpoint] = self.cache.pop(checkpoint)  # now the most recent
+            else:
+                while len(self.cache) >= self.limit:
+                    self.cache.pop(next(iter(self.cache)))
                 argv = ["image.png", "--checkpoint", checkpoint, "--quiet", "--device", self.args.device]
                 if self.args.order and checkpoint == self.args.checkpoint:
                     argv += ["--order", self.args.order]
@@ -90,11 +134,11 @@ def distance_chart(letters, distances, chosen) -> Image.Image:
 
 
 def infer(models: Models, image, checkpoint: str, head_choice: str, workdir: Path) -> dict:
-    """Everything the page shows for one image: ``{"domain" (text), "depth", "uncertainty"
-    (colour-mapped PNG paths), "chart" (PIL or None), "head", "distances"}``."""
+    """Everything the page shows for one image: ``{"domain" (text), "depth", "uncertainty" (the
+    90 % interval width; colour-mapped PNG paths), "chart" (PIL or None), "head", "distances"}``."""
     from data.domains import get_domain
     model = models.get(checkpoint)
-    img = image.convert("RGB") if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image)).convert("RGB")
+    img = upload_image(image, getattr(models.args, "max_pixels", DEFAULT_DEMO_MAX_PIXELS))
     forced = None if head_choice in (None, AUTO) else head_choices(model).index(head_choice) - 1
     r = model.run(img, head=forced, want_distances=True)
     head = r["head"]
@@ -107,17 +151,32 @@ def infer(models: Models, image, checkpoint: str, head_choice: str, workdir: Pat
     if r["uncertainty"] is not None:
         fd, unc_png = tempfile.mkstemp(suffix="_uncertainty.png", dir=workdir)
         os.close(fd)
-        P.save_colormap(unc_png, r["uncertainty"], "uncertainty (log-variance)", "viridis")
+        lower, upper = model.interval(depth, r["uncertainty"], head, DEMO_INTERVAL)
+        P.save_colormap(unc_png, upper - lower, f"{DEMO_INTERVAL:.0%} interval width [m]", "viridis")
     letter = model.letters[head]
     how = "forced" if r["how"] == "given" else "nearest prototype"
     text = (f"{get_domain(letter).name} ({letter}), {how}; depth {float(depth.min()):.2f}-"
             f"{float(depth.max()):.2f} m")
     if r["how"] == "given" and r["raw_head"] is not None:
         text += f"; the nearest prototype is {model.letters[r['raw_head']]}"
+    if unc_png is not None:
+        text += interval_text(model, head, lower, upper)
+    if r.get("ood"):
+        text += "; OUT OF DOMAIN: no learned head fits this image, the depth is a guess"
+    if r.get("camera"):
+        text += f"; camera: {r['camera']['assumed']}"
     dists = None if r["distances"] is None else [float(v) for v in r["distances"]]
     chart = None if dists is None else distance_chart(model.letters, dists, head)
     return {"domain": text, "depth": depth_png, "uncertainty": unc_png, "chart": chart, "head": head,
-            "distances": dists}
+            "distances": dists, "out_of_domain": r.get("ood")}
+
+
+def interval_text(model, head, lower, upper) -> str:
+    """'; 90 % interval: median width X m (calibrated: Y % of validation pixels inside)'."""
+    s = interval_summary(model.predictor.meta, head, len(model.letters), DEMO_INTERVAL)
+    how = (f"calibrated: {s['validation_coverage']:.0%} of validation pixels inside"
+           if s["calibrated"] and s["validation_coverage"] is not None else "uncalibrated")
+    return f"; {DEMO_INTERVAL:.0%} interval: median width {median_width(lower, upper):.2f} m ({how})"
 
 
 def find_checkpoints(first: str, runs_dir: Path) -> list[str]:
@@ -141,21 +200,90 @@ def example_images(folder: Path) -> list[str]:
 # ----------------------------------------------------------------------------------------------
 # The page
 # ----------------------------------------------------------------------------------------------
+def page_result(out: dict) -> tuple:
+    """The page's outputs of one :func:`infer` result: the colour-mapped PNGs are read into memory
+    and their files deleted at once (Gradio keeps its own copy in its cache, which delete_cache
+    cleans), so the work folder does not grow with every request."""
+    shown = []
+    for key in ("depth", "uncertainty"):
+        path = out.get(key)
+        if path is None:
+            shown.append(None)
+            continue
+        try:
+            with Image.open(path) as im:
+                shown.append(im.convert("RGB"))
+        finally:
+            Path(path).unlink(missing_ok=True)
+    return out["domain"], shown[0], shown[1], out["chart"]
+
+
+def serve_request(models: Models, image, checkpoint: str, head_choice: str, workdir: Path) -> tuple:
+    """One page request: (text, depth image, uncertainty image, chart), or PageError with a message
+    for the user: no server path (an upload's temporary name is shown as "the uploaded image")."""
+    if image is None:
+        raise PageError("upload an image or click one of the examples first")
+    try:
+        return page_result(infer(models, image, checkpoint, head_choice, workdir))
+    except SystemExit as e:  # predict.py's CLIError: a user-facing message
+        raise PageError(str(e.code)) from None
+    finally:
+        for litter in workdir.glob("*.png"):  # an infer() stopped half way leaves no file either
+            litter.unlink(missing_ok=True)
+
+
+def upload_component(gr):
+    """gr.Image whose upload reaches the handler as the path of the uploaded file, undecoded:
+    Gradio's own preprocessing would decode any size (an 11000x11000 PNG of 118 KB costs 12 GB)
+    and answer a non-image with a message naming its temporary path."""
+    class UploadedImage(gr.Image):
+        def get_block_name(self):
+            return "image"  # the front end of gr.Image
+
+        def preprocess(self, payload):
+            if payload is None:
+                return None
+            if payload.path:
+                return str(payload.path)
+            raise gr.Error("send the image as a file upload")
+    return UploadedImage
+
+
+def check_host(args):
+    """A --host other than loopback serves the page (no authentication) to everyone who can reach
+    the port: only with --allow-remote, and then with a warning (returned)."""
+    import ipaddress
+    try:
+        loopback = args.host == "localhost" or ipaddress.ip_address(args.host).is_loopback
+    except ValueError:
+        loopback = False
+    if loopback:
+        return None
+    if not args.allow_remote:
+        raise CLIError(f"--host {args.host}: would serve the page beyond this machine, without "
+                       f"authentication; pass --allow-remote as well to do that on purpose")
+    return (f"warning: serving on {args.host}: anyone who can reach port {args.port} can use this page "
+            f"(no authentication) and this machine's CPU and memory, one request at a time")
+
+
 def build_app(args):
+    import atexit
+    import shutil
     import gradio as gr
     models = Models(args)
     first = models.get(args.checkpoint)  # fail now, with predict.py's message, if it cannot load
     workdir = Path(tempfile.mkdtemp(prefix="lm_demo_"))
+    atexit.register(shutil.rmtree, workdir, True)  # nothing of ours is left at exit
     checkpoints = find_checkpoints(args.checkpoint, Path(args.runs_dir))
 
     def run(image, checkpoint, head_choice):
-        if image is None:
-            raise gr.Error("upload an image or click one of the examples first")
         try:
-            out = infer(models, image, checkpoint, head_choice, workdir)
-        except SystemExit as e:  # predict.py's CLIError: a user-facing message
-            raise gr.Error(str(e.code)) from None
-        return out["domain"], out["depth"], out["uncertainty"], out["chart"]
+            return serve_request(models, image, checkpoint, head_choice, workdir)
+        except PageError as e:
+            raise gr.Error(str(e)) from None
+        except Exception as e:  # noqa: BLE001 - logged here; the page gets no server detail
+            print(f"demo: request failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+            raise gr.Error(f"the prediction failed ({type(e).__name__})") from None
 
     def on_checkpoint(checkpoint):
         try:
@@ -164,7 +292,8 @@ def build_app(args):
             raise gr.Error(str(e.code)) from None
         return gr.update(choices=head_choices(model), value=AUTO)
 
-    with gr.Blocks(title="Lifelong-MonoDepth", analytics_enabled=False) as app:
+    # Gradio's cache (uploads, shown images): files older than an hour go, checked hourly and at exit
+    with gr.Blocks(title="Lifelong-MonoDepth", analytics_enabled=False, delete_cache=(3600, 3600)) as app:
         gr.Markdown("# Lifelong-MonoDepth\nMetric depth from one image; the head (one per learned "
                     "domain) is chosen by the nearest domain prototype, or forced below. The bundled "
                     "examples and the quickstart model are **synthetic** stand-ins, not NYU-v2, KITTI "
@@ -173,7 +302,8 @@ def build_app(args):
             with gr.Column():
                 ckpt = gr.Dropdown(checkpoints, value=args.checkpoint, label="checkpoint", elem_id="checkpoint")
                 head = gr.Radio(head_choices(first), value=AUTO, label="head", elem_id="head")
-                image = gr.Image(type="pil", label="image", elem_id="input", sources=["upload", "clipboard"])
+                image = upload_component(gr)(type="filepath", image_mode=None, label="image", elem_id="input",
+                                             sources=["upload", "clipboard"])
                 button = gr.Button("Predict depth", variant="primary", elem_id="run")
                 examples = example_images(Path(args.examples))
                 if examples:
@@ -183,12 +313,14 @@ def build_app(args):
                 depth = gr.Image(type="filepath", label="depth (metres)", elem_id="depth", interactive=False)
                 chart = gr.Image(type="pil", label="distance to each domain prototype", elem_id="distances",
                                  interactive=False)
-                unc = gr.Image(type="filepath", label="uncertainty (log-variance)", elem_id="uncertainty",
+                unc = gr.Image(type="filepath", label="90 % interval width (metres): where the depth is least certain", elem_id="uncertainty",
                                interactive=False)
         outputs = [domain, depth, unc, chart]
         button.click(run, inputs=[image, ckpt, head], outputs=outputs)
         image.upload(run, inputs=[image, ckpt, head], outputs=outputs)
         ckpt.change(on_checkpoint, inputs=[ckpt], outputs=[head])
+    # one request at a time (memory is bounded per request by --max-pixels), a bounded queue
+    app.queue(default_concurrency_limit=1, max_size=args.queue_size)
     return app
 
 
@@ -205,8 +337,22 @@ def build_parser():
     p.add_argument("--examples", default="docs/examples",
                    help="folder of example images shown under the upload (relative: to the current "
                         "folder, else to this script's)")
-    p.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0: every interface)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to serve on; other than loopback (e.g. 0.0.0.0: every interface) only "
+                        "with --allow-remote")
+    p.add_argument("--allow-remote", action="store_true",
+                   help="allow a --host other than loopback: the page has no authentication, anyone "
+                        "who reaches the port can use it (a warning is printed)")
     p.add_argument("--port", type=int, default=7860, help="port to serve on")
+    p.add_argument("--max-pixels", type=P.parse_max_pixels, default=DEFAULT_DEMO_MAX_PIXELS,
+                   help="refuse uploads with more pixels than this, read from the file's header before "
+                        "decoding (a request needs about 170 bytes of memory per pixel)")
+    p.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB,
+                   help="refuse uploaded files larger than this many megabytes")
+    p.add_argument("--max-models", type=int, default=DEFAULT_MAX_MODELS,
+                   help="checkpoints of the menu kept loaded at once (the least recently used is dropped)")
+    p.add_argument("--queue-size", type=int, default=DEFAULT_QUEUE,
+                   help="requests waiting at most (one runs at a time); more are refused as 'queue full'")
     add_device_argument(p)
     return p
 
@@ -215,14 +361,21 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if not 0 < args.port < 65536:
         raise CLIError(f"--port must be 1..65535, got {args.port}")
+    for option, value in (("--max-models", args.max_models), ("--queue-size", args.queue_size),
+                          ("--max-upload-mb", args.max_upload_mb)):
+        if not value > 0:
+            raise CLIError(f"{option} must be positive, got {value}")
+    warning = check_host(args)
     try:
         import gradio  # noqa: F401
     except ImportError:
         raise CLIError("the demo needs Gradio: pip install -r requirements-demo.txt") from None
     app = build_app(args)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     print(f"serving {args.checkpoint} on http://{args.host}:{args.port} (Ctrl-C stops)", flush=True)
     app.launch(server_name=args.host, server_port=args.port, share=False, inbrowser=False,
-               show_error=True, quiet=True, footer_links=[])
+               show_error=True, quiet=True, footer_links=[], max_file_size=f"{int(args.max_upload_mb * 1e6)}b")
     return 0
 
 

@@ -19,7 +19,7 @@ import torch
 from data.domains import get_domain, load_domains_from_root, parse_order
 from inference.predictor import DepthPredictor
 from models import CheckpointError
-from models.runtimes import BACKENDS, RuntimeUnavailable
+from models.runtimes import AUTO, BACKENDS, RuntimeUnavailable
 from inference.prototypes import SELECTORS
 from engine.protocol import EVALUATION as EVAL_OPTIONS
 from engine.protocol import add_protocol_argument
@@ -62,6 +62,33 @@ class CLIError(SystemExit):
     def __init__(self, message: str):
         super().__init__(f"error: {message}")
         self.message = message
+
+
+def printable(text, keep: str = "\n\t") -> str:
+    """``text`` with control characters (terminal escape codes, newlines in a file name) shown
+    escaped; ``keep``: the ones left as they are (a message's own line breaks; "" for a file name)."""
+    return "".join(c if c in keep or (c.isprintable() and c != "\x1b") else repr(c)[1:-1]
+                   for c in str(text))
+
+
+def error_line(exc) -> str:
+    """An exception's message on one printable line. A DataLoader worker's error carries the worker's
+    traceback ("Caught X in DataLoader worker process 0. Original Traceback ..."): its last line
+    holds the original message."""
+    text = str(exc)
+    if "Original Traceback" in text:
+        text = text.strip().splitlines()[-1].split(": ", 1)[-1]
+    return printable(text, "")
+
+
+def run_command(body, argv=None):
+    """Run a command's ``body(argv)``: a data file or index row in the wrong format (or missing)
+    ends in one ``error:`` line naming the file, not a traceback."""
+    from loaders import DatasetFormatError
+    try:
+        return body(argv)
+    except (DatasetFormatError, FileNotFoundError) as e:
+        raise CLIError(error_line(e)) from None
 
 
 ORDER_HELP = "learning order naming the heads of an authors' file, e.g. NKS"
@@ -111,10 +138,11 @@ def add_runtime_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--precision", default="auto", choices=list(PRECISIONS),
                    help="numeric precision asked of DepthPredictor (auto = its own default); ignored "
                         "with a warning when the installed DepthPredictor has no such option")
-    g.add_argument("--backend", default="torch", choices=list(BACKENDS),
-                   help="what runs the network: PyTorch, or float32 ONNX graphs of the trunk and the "
-                        "chosen head in ONNX Runtime / OpenVINO (CPU; see bench/README.md for when "
-                        "that is faster)")
+    g.add_argument("--backend", default=AUTO, choices=[AUTO] + list(BACKENDS),
+                   help="what runs the network: auto (default) = the fastest measured for this CPU kind "
+                        "(OpenVINO bf16 on AMX CPUs, ONNX Runtime on AVX2-only ones, else PyTorch; "
+                        "PyTorch with --no-fast); torch; or ONNX graphs of the trunk and the chosen head "
+                        "in onnxruntime / openvino (CPU; bench/README.md has the figures per CPU kind)")
     g.add_argument("--predictor-option", action="append", default=[], metavar="KEY=VALUE",
                    help="extra keyword argument for DepthPredictor.from_checkpoint (repeatable; the "
                         "value is parsed as JSON when it can be, e.g. channels_last=false)")
@@ -141,8 +169,8 @@ def predictor_options(args) -> dict:
     precision = getattr(args, "precision", "auto")
     if precision != "auto":
         opts["precision"] = precision
-    backend = getattr(args, "backend", "torch")
-    if backend != "torch":
+    backend = getattr(args, "backend", AUTO)
+    if backend != AUTO:
         opts["backend"] = backend
     for item in getattr(args, "predictor_option", []) or []:
         if "=" not in item:

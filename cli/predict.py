@@ -12,19 +12,29 @@ For each image ``<name>`` it writes into ``--out``:
 * ``<name>_depth.npy``: float32 depth in metres at the original image size;
 * ``<name>_depth_color.png``: the depth colour-mapped, with a colour bar in metres;
 * ``<name>_uncertainty.png``: the predicted uncertainty (log-variance) colour-mapped, with its bar;
+* ``<name>_depth_lower90.png`` / ``_upper90.png`` (16-bit mm) and ``.npy`` (metres) with
+  ``--intervals 90``: the central 90 % interval of each pixel's depth (evaluation/uncertainty.py: a
+  Gaussian whose spread comes from the predicted log-variance, scaled by the checkpoint's per-domain
+  calibration); predictions.json gives the coverage that calibration achieved on validation rows;
 * ``<name>.ply`` with ``--ply``: a coloured point cloud (binary PLY, metres, camera frame: x right,
-  y down, z forward) from ``--intrinsics fx,fy,cx,cy`` at the original image size, or the chosen
-  domain's default camera scaled to the image size.
+  y down, z forward) with the frame camera the prediction used (below).
 
-The image is resized (bilinear) to the chosen domain's network input size (the checkpoint's
-``input_sizes``, or ``--size HxW``), run through ``inference.DepthPredictor`` (trunk, the chosen
-head only) and the depth is upsampled (bilinear, align_corners=True) to the original size. The
-domain is ``--domain``, or chosen automatically by the nearest stored domain prototype: the image is
-first run at the first domain's input size to choose, then predicted at the chosen domain's size.
+Each image goes through the frame pipeline (inference/frames.py), the same rule as the streams and
+the demo: the head is ``--domain``, or chosen on the whole frame (aspect ratio kept) by the
+checkpoint's frame statistics, which also say when no learned head fits ("OUT OF DOMAIN" in the
+message, ``out_of_domain`` in predictions.json; ``--domain`` still forces a head). The frame's camera
+is ``--intrinsics``, ``--fov``, the photo's EXIF 35 mm focal length, or else the chosen head's field of
+view is assumed (printed, and ``camera`` in the JSON); the frame is resampled so that its focal length
+matches the one the head learned (``--camera-mode rescale``: its own pixels, depth times the focal
+ratio), padded to the network's stride, run through the chosen head only, and the depth brought
+back to the original size. ``--size HxW`` instead squeezes every image to that input (the old rule).
 
-Grayscale, 16-bit, palette and alpha images are converted to RGB (``loaders.load_rgb``). A file
-that cannot be read is reported and skipped; the others are still processed, and the exit status
-is 1 if any failed.
+Grayscale, 16-bit, palette and alpha images are converted to RGB (``loaders.load_rgb``), phone
+photos turned upright by their EXIF orientation. An image with more than ``--max-pixels`` pixels
+(read from its header, before decoding) is refused. A file that cannot be read is reported and
+skipped; the others are still processed, and the exit status is 1 if any failed. Inputs whose
+names would give the same outputs (x.png, x.PNG, x.jpg; compared without case) get distinct names:
+the extension appended (x_png), then _2, _3 where that is taken.
 """
 from __future__ import annotations
 
@@ -39,10 +49,12 @@ from tqdm import tqdm
 from inference import stream  # video files and frame folders
 from data.domains import get_domain
 from evaluation.evaluate import write_json
-from cli.options import CLIError, predictor_settings, resolve_device
-from inference.images import (PNG16_MAX_M, Predictor, collect_inputs, intrinsics_for, output_stems, parse_intrinsics,
-                        read_rgb, save_colormap, save_png16, write_ply)
+from cli.options import CLIError, predictor_settings, printable, resolve_device
+from inference.images import (PNG16_MAX_M, Predictor, camera_hint, collect_inputs, intrinsics_for, make_out_dir,
+                              output_stems,
+                              parse_intrinsics, read_rgb, save_colormap, save_png16, write_ply)
 from data.safeio import atomic_write, clean_stale_temps
+from evaluation.uncertainty import calibration_note, interval_summary, median_width, parse_interval
 from inference.stream import build_parser  # predict.py's options, the stream group included
 
 
@@ -58,6 +70,58 @@ def clean_output_litter(out_dir: Path, stems) -> None:
     (out_dir / "predictions.json.tmp").unlink(missing_ok=True)
 
 
+def interval_level(args):
+    """--intervals as a central coverage in (0, 1), or None when not asked for."""
+    if args.intervals is None:
+        return None
+    try:
+        return parse_interval(args.intervals)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+
+
+def write_intervals(stem, depth, unc, head, model, level):
+    """``<stem>_depth_lower<P>`` / ``_upper<P>`` (.png 16-bit mm, .npy metres) of the central ``level``
+    interval with the head's calibration; returns (paths written, predictions.json's record)."""
+    if unc is None:
+        return [], None
+    lower, upper = model.interval(depth, unc, head, level)
+    tag = f"{round(100 * level, 6):g}"
+    paths = []
+    for name, values in (("lower", lower), ("upper", upper)):
+        png, npy = Path(f"{stem}_depth_{name}{tag}.png"), Path(f"{stem}_depth_{name}{tag}.npy")
+        save_png16(png, values)
+        with atomic_write(npy) as fh:
+            np.save(fh, values.astype(np.float32))
+        paths += [png, npy]
+    record = dict(interval_summary(model.predictor.meta, head, len(model.letters), level),
+                  median_width_m=median_width(lower, upper))
+    return paths, record
+
+
+def frame_verdict(r) -> str:
+    """The printed line's frame notes: the out-of-domain verdict and the camera assumed."""
+    text = "; OUT OF DOMAIN: no learned head fits this image, the depth is a guess" if r.get("ood") else ""
+    if r.get("camera"):
+        text += f"; camera: {r['camera']['assumed']}"
+    return text
+
+
+def frame_record(r) -> dict:
+    """predictions.json's frame fields: the verdict, the camera, the network input and depth scale."""
+    return {"out_of_domain": r.get("ood"), "camera": r.get("camera"), "input_size": r.get("input_size"),
+            "depth_scale": r.get("depth_scale")}
+
+
+def ply_intrinsics(r, letter, size, given):
+    """(fx, fy, cx, cy), source of the point cloud: the frame camera the prediction used, else
+    (--size, no camera handling) --intrinsics or the domain's default camera scaled."""
+    cam = r.get("camera")
+    if cam:
+        return (cam["fx"], cam["fy"], cam["cx"], cam["cy"]), cam["assumed"]
+    return intrinsics_for(letter, size[0], size[1], given)
+
+
 def main(argv=None) -> int:
     """Run predict.py; returns the exit status (0 = every image written, 1 = some failed)."""
     args = build_parser().parse_args(argv)
@@ -66,31 +130,36 @@ def main(argv=None) -> int:
         return stream.main_stream(args, resolve_device(args.device))
     if args.ply_stride < 1:
         raise CLIError(f"--ply-stride must be at least 1, got {args.ply_stride}")
+    level = interval_level(args)
     given_k = parse_intrinsics(args.intrinsics) if args.intrinsics else None
     device = resolve_device(args.device)
     target, out_dir = Path(args.input), Path(args.out)
     images, notes = collect_inputs(target, out_dir, args.recursive)
     for n in notes:
-        print(n, file=sys.stderr)
+        print(printable(n, ""), file=sys.stderr)
     if not images:
         raise CLIError(f"no image files found in {str(target)!r}")
+    make_out_dir(out_dir)  # before loading the model: a wrong --out fails at once
     model = Predictor(args, device)
+    note = calibration_note(model.predictor.meta, len(model.letters)) if level is not None else None
+    if note:
+        print(note, file=sys.stderr)
     stems = output_stems(images, target, out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     clean_output_litter(out_dir, stems.values())
     failed, done = [], []
     bar = tqdm(images, desc="predict", unit="img", disable=args.quiet, dynamic_ncols=True)
     for f in bar:
         try:
-            img = read_rgb(f)
+            img = read_rgb(f, args.max_pixels)
         except Exception as e:  # noqa: BLE001 - any unreadable file is reported, the rest go on
             msg = str(e) if str(f) in str(e) else f"{f}: {e}"
-            tqdm.write(f"skipping {msg}", file=sys.stderr)
+            tqdm.write(f"skipping {printable(msg, '')}", file=sys.stderr)
             failed.append({"file": str(f), "error": msg})
             continue
         try:
             t0 = time.perf_counter()
-            depth, unc, head, how = model(img)
+            r = model.run(img, camera=camera_hint(args, f))
+            depth, unc, head, how = r["depth"], r["uncertainty"], r["head"], r["how"]
             if not args.no_clamp:
                 lo, hi = model.ranges[head]
                 depth = np.clip(depth, lo, hi)
@@ -101,14 +170,18 @@ def main(argv=None) -> int:
             p = Path(f"{stem}_depth.png")
             saturated = int((depth > PNG16_MAX_M).sum())
             if saturated:
-                tqdm.write(f"warning: {f}: {saturated} pixel(s) beyond {PNG16_MAX_M} m saturate the 16-bit "
-                           f"millimetre PNG; {stem}_depth.npy keeps their values", file=sys.stderr)
+                tqdm.write(f"warning: {printable(f, '')}: {saturated} pixel(s) beyond {PNG16_MAX_M} m saturate the 16-bit "
+                           f"millimetre PNG; {printable(stem, '')}_depth.npy keeps their values", file=sys.stderr)
             save_png16(p, depth)
             written.append(p)
             p = Path(f"{stem}_depth.npy")
             with atomic_write(p) as fh:
                 np.save(fh, depth.astype(np.float32))
             written.append(p)
+            interval = None
+            if level is not None:
+                paths, interval = write_intervals(stem, depth, unc, head, model, level)
+                written += paths
             letter = model.letters[head]
             if not args.no_plots:
                 p = Path(f"{stem}_depth_color.png")
@@ -121,31 +194,34 @@ def main(argv=None) -> int:
                     written.append(p)
             ply_note = ""
             if args.ply:
-                k, source = intrinsics_for(letter, img.size[0], img.size[1], given_k)
+                k, source = ply_intrinsics(r, letter, img.size, given_k)
                 p = Path(f"{stem}.ply")
                 n = write_ply(p, depth, np.asarray(img), k, args.ply_stride)
                 written.append(p)
                 ply_note = f", {n} points ({source} intrinsics)"
         except Exception as e:  # noqa: BLE001 - one image's failure must not stop the folder
             msg = f"{f}: prediction failed ({type(e).__name__}: {e})"
-            tqdm.write(f"skipping {msg}", file=sys.stderr)
+            tqdm.write(f"skipping {printable(msg, '')}", file=sys.stderr)
             failed.append({"file": str(f), "error": msg})
             continue
         name = get_domain(letter).name
-        tqdm.write(f"{f}: {name} ({letter}, {how}), depth {float(depth.min()):.3f}-{float(depth.max()):.3f} m, "
-                   f"{img.size[0]}x{img.size[1]}, {seconds * 1000:.0f} ms{ply_note} -> {stem}_depth.png")
+        verdict = frame_verdict(r)
+        tqdm.write(f"{printable(f, '')}: {name} ({letter}, {how}), depth {float(depth.min()):.3f}-{float(depth.max()):.3f} m, "
+                   f"{img.size[0]}x{img.size[1]}, {seconds * 1000:.0f} ms{ply_note}{verdict} -> {printable(stem, '')}_depth.png")
         done.append({"file": str(f), "domain": name, "letter": letter, "chosen": how,
                      "depth_min": float(depth.min()), "depth_max": float(depth.max()),
-                     "size": [img.size[1], img.size[0]], "outputs": [str(w) for w in written]})
+                     "size": [img.size[1], img.size[0]], "outputs": [str(w) for w in written],
+                     **frame_record(r), **({"interval": interval} if interval else {})})
     bar.close()
     write_json(out_dir / "predictions.json", {"checkpoint": args.checkpoint,
                                                   "predictor": predictor_settings(model.predictor),
                                                   "images": done,
-                                                  "failed": failed})
-    print(f"{len(done)} of {len(images)} image(s) written to {out_dir}"
+                                                  "failed": failed,
+                                                  **({"uncertainty_note": note} if level is not None else {})})
+    print(f"{len(done)} of {len(images)} image(s) written to {printable(out_dir, '')}"
           + (f"; {len(failed)} failed:" if failed else ""))
     for item in failed:
-        print(f"  {item['error']}", file=sys.stderr)
+        print(f"  {printable(item['error'], '')}", file=sys.stderr)
     return 1 if failed else 0
 
 

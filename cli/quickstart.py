@@ -222,6 +222,30 @@ def fmt(v, spec=".4f"):
     return "-" if v is None else format(v, spec)
 
 
+def uncertainty_section(matrix: dict) -> list[str]:
+    """REPORT.md's uncertainty section: what the numbers mean, the final stage's table, AUSE and
+    coverage per stage (test.py --matrix --uncertainty), the reliability plots."""
+    tables = matrix["tables"]
+    if "uncertainty_final" not in tables:
+        return []
+    lines = ["## Uncertainty (test pixels, domain prior)", "",
+             "Each head's log-variance read as a Gaussian of the depth (evaluation/uncertainty.py): spread "
+             "= median predicted depth x sqrt(2) x exp(u/2), times the head's calibration scale fitted at the "
+             "end of each stage on the held-out validation rows (never the test split). AUSE/AURG: "
+             "sparsification (most uncertain pixels removed first) against the oracle and random removal; "
+             "ratio = AUSE / AUSE of random removal. Coverage: fraction of test pixels inside the central "
+             "interval.", "", "```", tables["uncertainty_final"], "```", ""]
+    for key in ("ause_rmse", "coverage90_raw", "coverage90_calibrated"):
+        if key in tables:
+            lines += ["```", tables[key], "```", ""]
+    calibrated = (matrix.get("uncertainty_matrix") or {}).get("coverage90_calibrated") or []
+    if not any(v is not None for row in calibrated for v in row):
+        lines += ["No calibration: this run held out no validation rows (--val-images 0), so every head "
+                  "keeps scale 1.", ""]
+    lines += [f"Reliability plots: {', '.join(f'`{p}`' for p in matrix.get('plots', []))}", ""]
+    return lines
+
+
 def write_report(out: Path, s: dict, args, clock: Clock, matrix: dict, infer: dict, data_state: str,
                  load_start, root: Path) -> dict:
     total = clock.total()
@@ -241,6 +265,7 @@ def write_report(out: Path, s: dict, args, clock: Clock, matrix: dict, infer: di
         "load_average_start": load_start, "load_average_end": load_average(),
         "timings": {"steps": clock.steps, "total": total},
         "matrix": matrix["matrix"], "summary": summary, "stage_labels": matrix["stage_labels"],
+        "uncertainty_matrix": matrix.get("uncertainty_matrix"),
         "selection_accuracy": sel["accuracy"], "selection_overall": sel["overall_accuracy"],
         "confusion": sel["confusion"],
         "with_prior": {c: {k: infer["prior"][c][k] for k in ("abs_rel", "rmse", "delta1", "count")} for c in infer["prior"]},
@@ -292,6 +317,7 @@ def write_report(out: Path, s: dict, args, clock: Clock, matrix: dict, infer: di
     for m in ("abs_rel", "rmse", "delta1"):
         if m in matrix["tables"]:
             lines += ["```", matrix["tables"][m], "```", ""]
+    lines += uncertainty_section(matrix)
     lines += ["## Head selection without the domain prior", "",
               "| test domain | selection accuracy | AbsRel (selected) | AbsRel (prior) | RMSE (selected) | RMSE (prior) |",
               "|---|---|---|---|---|---|"]
@@ -366,7 +392,8 @@ def main(argv=None) -> dict:
               "--batch-size", str(max(1, s["batch_size"]))]
     final = out / f"{ORDER}.pth.tar"
     matrix = step("evaluate matrix", evaluate_cli.main, ["--matrix", "--checkpoint", str(final), "--runs-dir", str(out),
-                                               "--json", str(out / "matrix.json")] + common)
+                                               "--json", str(out / "matrix.json"), "--uncertainty",
+                                               "--plots", str(out / "figures")] + common)
     infer = step("evaluate selection + latency", inference_cli.main,
                  ["--checkpoint", str(final), "--json", str(out / "inference.json"),
                   "--latency-runs", str(s["latency_runs"]), "--warmup", str(s["warmup"])] + common

@@ -7,6 +7,7 @@ and quickstart.py run the command in-process.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from tqdm import tqdm
@@ -15,7 +16,10 @@ from data.domains import get_domain
 from evaluation.evaluate import (describe_predictor, describe_settings, evaluate_checkpoint, format_matrix,
                         lifelong_summary, stage_paths, write_json)
 from metrics import METRIC_NAMES, format_table
-from models import CheckpointError, read_checkpoint
+from models import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+from evaluation.uncertainty import CALIBRATION_KEY, calibration_note, format_stage_table, save_reliability_plot
+from evaluation.uncertainty import format_tables as format_uncertainty_tables
+from cli.options import run_command
 from cli.options import (DEFAULT_CHECKPOINT, CLIError, HelpFormatter, add_eval_arguments, add_checkpoint_arguments, add_runtime_arguments,
                      check_eval_args,
                      checkpoint_letters, check_checkpoint_path, eval_settings, parse_letters,
@@ -65,6 +69,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder of the stage checkpoints (default: the folder of --checkpoint)")
     g.add_argument("--metric", default=DEFAULT_MATRIX_METRICS,
                    help=f"comma-separated metrics shown as matrices; any of {', '.join(METRIC_NAMES)}")
+    g = p.add_argument_group("uncertainty (evaluation/uncertainty.py)")
+    g.add_argument("--uncertainty", action="store_true",
+                   help="also measure each head's predicted uncertainty on the test pixels: "
+                        "sparsification AUSE/AURG (RMSE, AbsRel), Gaussian NLL, coverage of the central "
+                        "50/80/90/95 %% intervals, Spearman of spread and error; uncalibrated and with "
+                        "the checkpoint's calibration (with --matrix: per stage)")
+    g.add_argument("--calibrate-into", default=None, metavar="DIR",
+                   help="first fit the uncertainty calibration of the checkpoint (with --matrix: of "
+                        "every stage) on the validation rows its training held out of --data-root, "
+                        "write calibrated copies into DIR (the originals are not changed) and "
+                        "evaluate those; implies --uncertainty")
+    g.add_argument("--plots", default=None, metavar="DIR",
+                   help="with --uncertainty: write a reliability plot per domain (the final "
+                        "checkpoint's coverage against nominal coverage) as DIR/uncertainty_<domain>.png")
     g = p.add_argument_group("output")
     g.add_argument("--json", default=None,
                    help="write the results here (default: <checkpoint>.test.json, or "
@@ -78,15 +96,84 @@ def table_rows(results: dict):
     return [(f"{r['domain']} ({c})", r) for c, r in results.items()]
 
 
+def uncertainty_rows(results: dict):
+    return [(name, r["uncertainty"]) for name, r in table_rows(results)]
+
+
+def calibrate_copy(path, out_dir, args, device, order=None) -> Path:
+    """A copy of checkpoint ``path`` in ``out_dir`` with every head's uncertainty scale fitted on
+    the validation rows its training held out of ``--data-root`` (the stored training options
+    name them: --val-images, --val-seed, --scale); the original is never written."""
+    from engine import lifelong  # the validation split is the engine's (split_validation)
+    check_checkpoint_path(path)
+    out = Path(out_dir) / Path(path).name
+    if out.resolve() == Path(path).resolve():
+        raise CLIError(f"--calibrate-into {str(out_dir)!r} holds {str(path)!r} itself; choose another folder")
+    try:
+        net = load_checkpoint(path, order=order)
+    except CheckpointError as e:
+        raise CLIError(str(e)) from None
+    stored = net.meta.get("options")
+    if not isinstance(stored, dict) or "val_images" not in stored:
+        raise CLIError(f"{str(path)!r} stores no training options (an authors' or older file), so its "
+                       f"validation rows are unknown; --calibrate-into needs a checkpoint of this project")
+    opts = argparse.Namespace(**dict(stored, data_root=str(args.data_root), workers=0))
+    try:
+        data = [lifelong.DomainData(get_domain(c), opts) for c in opts.order]
+    except (OSError, ValueError) as e:
+        raise CLIError(f"--data-root {str(args.data_root)!r}: {e}") from None
+    record = lifelong.fit_uncertainty(net, data, opts, device)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(out, net, **{CALIBRATION_KEY: record})
+    fitted = ", ".join(f"{v['domain']} {v['scale']:.3f} ({v['images']} images)" for v in record["validation"])
+    print(f"calibrated {path} -> {out}: scales {fitted}")
+    return out
+
+
+def is_synthetic(data_root) -> bool:
+    """Whether ``data_root`` is a synthetic.py set (its meta.json says so)."""
+    try:
+        return bool(json.loads((Path(data_root) / "meta.json").read_text()).get("synthetic"))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def write_plots(folder, results: dict, model: str, data_root) -> list[str]:
+    """A reliability plot per domain of ``results`` (evaluate_checkpoint's, with uncertainty) of the
+    checkpoint that learned ``model`` (its letters); labelled synthetic when ``data_root`` is."""
+    data_note = " (synthetic data)" if is_synthetic(data_root) else ""
+    paths = []
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    for c, r in results.items():
+        curves = {("uncalibrated" if label == "raw" else f"calibrated (scale {v['scale']:.2f})"): v["reliability"]
+                  for label, v in r["uncertainty"]["calibration"].items()}
+        path = Path(folder) / f"uncertainty_{r['domain']}.png"
+        save_reliability_plot(path, f"{r['domain']} ({c}) test split, model {model}{data_note}", curves)
+        paths.append(str(path))
+    print(f"wrote {', '.join(paths)}")
+    return paths
+
+
 def run_single(args, device) -> dict:
     domains = parse_letters(args.domains, "--domains") if args.domains else None
     order = parse_letters(args.order, "--order") if args.order else None
-    out = evaluate_checkpoint(args.checkpoint, args, device, order=order, domains=domains)
+    out = evaluate_checkpoint(args.checkpoint, args, device, order=order, domains=domains,
+                              uncertainty=args.uncertainty)
     table = format_table(table_rows(out["results"]))
     out["table"] = table
     print(f"{args.checkpoint}: domain prior, {describe_settings(out['settings'], out['scale'])}; "
           f"predictor {describe_predictor(out['predictor'])}")
     print(table)
+    if args.uncertainty:
+        out["uncertainty_table"] = format_uncertainty_tables(uncertainty_rows(out["results"]))
+        note = calibration_note(out.get("uncertainty_calibration") and
+                                {CALIBRATION_KEY: out["uncertainty_calibration"]}, len(out["letters"]))
+        if note:
+            print(note)
+        print()
+        print(out["uncertainty_table"])
+        if args.plots:
+            out["plots"] = write_plots(args.plots, out["results"], out["letters"], args.data_root)
     json_path = args.json or f"{args.checkpoint}.test.json"
     write_json(json_path, out)
     print(f"wrote {json_path}")
@@ -133,7 +220,7 @@ def run_matrix(args, device) -> dict:
     for k, p in enumerate(paths, 1):
         sub_order = order[:k] if (args.order or authors[k - 1]) else None
         r = evaluate_checkpoint(p, args, device, order=sub_order, bar_desc=f"stage {order[:k]}",
-                                quiet=k > 1)
+                                quiet=k > 1, uncertainty=args.uncertainty)
         if r["letters"] != order[:k]:
             raise CLIError(f"{str(p)!r} learned {r['letters']}, expected the stage {order[:k]} of {order}")
         stages.append(r)
@@ -164,18 +251,85 @@ def run_matrix(args, device) -> dict:
     final_table = format_table(table_rows(stages[-1]["results"]))
     out["tables"]["final"] = final_table
     print(final_table)
+    if args.uncertainty:
+        uncertainty_matrices(out, stages, order, names, labels)
+        if args.plots:
+            out["plots"] = write_plots(args.plots, stages[-1]["results"], order, args.data_root)
     json_path = args.json or f"{paths[-1]}.matrix.json"
     write_json(json_path, out)
     print(f"wrote {json_path}")
     return out
 
 
+def _unc_value(result, key):
+    """One number of a domain's uncertainty result: ``ause_rmse``, ``aurg_rmse``, ``ause_abs_rel``,
+    ``spearman`` or ``coverage<level>_<raw|calibrated>`` (None where not calibrated)."""
+    u = result["uncertainty"]
+    if key == "spearman":
+        return u["spearman"]
+    if key.startswith("coverage"):
+        level, label = key[len("coverage"):].split("_")
+        c = u["calibration"].get(label)
+        return None if c is None else c["coverage"][level]
+    measure, metric = key.split("_", 1)
+    return u["sparsification"][metric][measure]
+
+
+UNCERTAINTY_MATRICES = ("ause_rmse", "aurg_rmse", "ause_abs_rel", "spearman", "coverage50_raw",
+                        "coverage50_calibrated", "coverage90_raw", "coverage90_calibrated")
+
+
+def uncertainty_matrices(out, stages, order, names, labels) -> None:
+    """Forgetting of uncertainty: AUSE (with forgetting, as the depth metrics) and coverage per
+    stage, printed and added to ``out`` (``uncertainty_matrix``, tables)."""
+    out["uncertainty_matrix"] = {}
+    for key in UNCERTAINTY_MATRICES:
+        matrix = [[_unc_value(stages[s]["results"][order[d]], key) for d in range(s + 1)]
+                  for s in range(len(order))]
+        out["uncertainty_matrix"][key] = matrix
+        if key.startswith("ause"):
+            text = format_matrix(names, labels, matrix, lifelong_summary(matrix, metric=key), key)
+        else:
+            text = format_stage_table(names, labels, matrix, f"{key} (after each stage)")
+        out["tables"][key] = text
+        print()
+        print(text)
+    out["tables"]["uncertainty_final"] = format_uncertainty_tables(uncertainty_rows(stages[-1]["results"]))
+    print()
+    print(f"uncertainty, final stage {labels[-1]}:")
+    print(out["tables"]["uncertainty_final"])
+
+
 def main(argv=None) -> dict:
+    """The command (data-format errors end in one ``error:`` line: ``options.run_command``)."""
+    return run_command(_main, argv)
+
+
+def _main(argv=None) -> dict:
     """Parse ``argv`` and evaluate; returns the result dict (also written as JSON)."""
     args = build_parser().parse_args(argv)
     check_eval_args(args)
     device = resolve_device(args.device)
     register_custom_domains(args.data_root)
+    if args.plots and not (args.uncertainty or args.calibrate_into):
+        raise CLIError("--plots draws the uncertainty's reliability; add --uncertainty")
+    if args.calibrate_into:
+        args.uncertainty = True
+        calibrate_stages(args, device)
     if args.matrix:
         return run_matrix(args, device)
     return run_single(args, device)
+
+
+def calibrate_stages(args, device) -> None:
+    """--calibrate-into: calibrated copies of the checkpoint (every stage with --matrix), which the
+    evaluation then reads instead of the originals."""
+    order = parse_letters(args.order, "--order") if args.order else None
+    if args.matrix:
+        runs_dir = Path(args.runs_dir) if args.runs_dir else Path(args.checkpoint).parent
+        letters = order_of(args.checkpoint, args)
+        copies = [calibrate_copy(p, args.calibrate_into, args, device)
+                  for p in stage_paths(letters, args.strategy, runs_dir)]
+        args.runs_dir, args.checkpoint = args.calibrate_into, str(copies[-1])
+        return
+    args.checkpoint = str(calibrate_copy(args.checkpoint, args.calibrate_into, args, device, order=order))

@@ -21,6 +21,7 @@ from evaluation.evaluate import (check_learned, describe_predictor, describe_set
 from metrics import format_table
 from models import CheckpointError, load_checkpoint
 from models.fast import prepare_input
+from cli.options import run_command
 from cli.options import (CLIError, HelpFormatter, add_checkpoint_arguments, add_eval_arguments, add_runtime_arguments,
                      add_selector_arguments,
                      check_checkpoint_path, check_eval_args, checkpoint_letters, default_scale, eval_settings,
@@ -99,7 +100,11 @@ def format_confusion(test_letters, head_letters, confusion) -> str:
 # brighter with less contrast, and darker with more contrast (colour in [0,1], contrast around the
 # image's mean grey, then brightness as a factor, clamped to [0,1]; both at the edge of the training
 # colour jitter, whose factors lie in [0.6, 1.4]).
-CONDITIONS = ("crop", "full", "flip", "bright", "dark")
+CONDITIONS = ("crop", "full", "flip", "bright", "dark", "raw", "raw0.5x", "raw2x")
+# raw*: the test file as it lies on disk (no domain transform, no domain knowledge), at its own, half
+# and twice its resolution; the other selectors see it as today's product rule did (squeezed to the
+# first domain's input size), the "frames" selector through inference/frames.py's selection input
+RAW_FACTORS = {"raw": 1.0, "raw0.5x": 0.5, "raw2x": 2.0}
 PHOTOMETRIC = {"bright": (1.4, 0.7), "dark": (0.6, 1.3)}  # (brightness, contrast) factors
 _MEAN = torch.tensor((0.485, 0.456, 0.406)).view(3, 1, 1)
 _STD = torch.tensor((0.229, 0.224, 0.225)).view(3, 1, 1)
@@ -115,6 +120,9 @@ def photometric(image: torch.Tensor, brightness: float, contrast: float) -> torc
 
 def condition_images(ds, condition: str):
     """The test images of a dataset under one benchmark condition (normalized (3,H,W) tensors)."""
+    if condition in RAW_FACTORS:
+        yield from raw_images(ds, RAW_FACTORS[condition])
+        return
     for i in range(len(ds)):
         image = ds[i]["image"]
         if condition == "flip":
@@ -122,6 +130,31 @@ def condition_images(ds, condition: str):
         elif condition in PHOTOMETRIC:
             image = photometric(image, *PHOTOMETRIC[condition])
         yield image
+
+
+def raw_images(ds, factor: float):
+    """The dataset's colour files as they lie on disk, resized by ``factor`` (normalized (3,H,W))."""
+    from PIL import Image
+
+    from inference.frames import to_tensor
+    from loaders import load_rgb
+    base = ds.dataset if hasattr(ds, "dataset") else ds  # a Subset of the first --max-images
+    for i in range(len(ds)):
+        img = load_rgb(base.rows[i].image)
+        if factor != 1.0:
+            img = img.resize((round(img.size[0] * factor), round(img.size[1] * factor)), Image.BILINEAR)
+        yield to_tensor(img)[0]
+
+
+def squeezed(image: torch.Tensor, size) -> torch.Tensor:
+    return F.interpolate(image[None], size=tuple(size), mode="bilinear", align_corners=False, antialias=True)[0]
+
+
+def frames_choice(predictor, image: torch.Tensor) -> int:
+    """The head the frame pipeline's selector (inference/frames.py) chooses for one image."""
+    from inference.frames import descriptor_of, frame_distances
+    stats = predictor.prototypes["frames"]
+    return int(frame_distances(descriptor_of(predictor.trunk_features, image[None], stats["area"]), stats)[1][0])
 
 
 def full_frame_scale(letter: str, scale: float) -> float:
@@ -156,6 +189,7 @@ def run_selection_benchmark(args, path, meta, letters, order, scale, device, wor
     prototypes, source = load_prototypes(args, path, meta, letters, scale, device, order, workers,
                                          need_authors=True, need_lda=True)
     selectors = [s for s in SELECTORS if s != "authors" or prototypes.get("authors")]
+    selectors += ["frames"] if prototypes.get("frames") else []  # inference/frames.py's, on frames
     predictor = make_predictor(path, args, device, order=order, prototypes=prototypes,
                                  selector=DEFAULT_SELECTOR)
     test_letters = parse_letters(args.domains, "--domains") if args.domains else letters
@@ -172,9 +206,11 @@ def run_selection_benchmark(args, path, meta, letters, order, scale, device, wor
             right = dict.fromkeys(selectors, 0)
             n = 0
             for image in condition_images(datasets[(c, cond == "full")], cond):
-                feats = predictor_features(predictor, image)
+                feats = predictor_features(predictor, squeezed(image, meta["input_sizes"][0])
+                                           if cond in RAW_FACTORS and meta.get("input_sizes") else image)
                 for sel in selectors:
-                    chosen = int(prototype_distances(feats, prototypes, sel).argmin(dim=1)[0])
+                    chosen = (frames_choice(predictor, image) if sel == "frames" else
+                              int(prototype_distances(feats, prototypes, sel).argmin(dim=1)[0]))
                     right[sel] += chosen == truth
                 n += 1
                 bar.update(1)
@@ -241,7 +277,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--selection-benchmark", action="store_true",
                    help="instead of the evaluation: selection accuracy of every selector on every test "
                         "image of every domain under several conditions (the test crop, the full frame, "
-                        "flipped, brighter/darker); prints a table (conditions x domains x selectors)")
+                        "flipped, brighter/darker, the raw file as on disk at 1x, 0.5x and 2x); prints a "
+                        "table (conditions x domains x selectors; 'frames' = predict.py's frame selector)")
+    g.add_argument("--add-frame-statistics", metavar="OUT", default=None,
+                   help="instead of the evaluation: write a copy of the checkpoint to OUT with the frame "
+                        "selector's statistics and out-of-domain thresholds computed from --data-root's "
+                        "replay rows (for a checkpoint trained before they were stored), then stop")
     g = p.add_argument_group("evaluation conventions (as in test.py)")
     add_eval_arguments(p, g)
     g.add_argument("--scale", type=float, default=None,
@@ -263,7 +304,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def write_frame_statistics(args, path, letters, order) -> dict:
+    """--add-frame-statistics OUT: inference.replay.add_frame_statistics, and a summary line."""
+    from inference.replay import add_frame_statistics
+    if str(args.add_frame_statistics) == str(path):
+        raise CLIError("--add-frame-statistics: give a new file name; the checkpoint itself is not overwritten")
+    stats = add_frame_statistics(path, args.add_frame_statistics, args.data_root, order=order,
+                                 max_images=args.proto_images, seed=args.seed, quiet=args.quiet)
+    print(f"wrote {args.add_frame_statistics}: frame statistics of {letters} from the replay rows of "
+          f"{args.data_root} (held-out accuracy {stats['calibration_accuracy']:.3f}; out-of-domain "
+          f"thresholds {', '.join(f'{t:.1f}' for t in stats['thresholds'])})")
+    return {"checkpoint": str(path), "out": str(args.add_frame_statistics),
+            "thresholds": stats["thresholds"], "calibration_accuracy": stats["calibration_accuracy"]}
+
+
 def main(argv=None) -> dict:
+    """The command (data-format errors end in one ``error:`` line: ``options.run_command``)."""
+    return run_command(_main, argv)
+
+
+def _main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
     check_eval_args(args)
     args.selector_given = args.selector is not None
@@ -288,6 +348,8 @@ def main(argv=None) -> dict:
     del net
     scale = args.scale if args.scale is not None else default_scale(meta)
     workers = worker_count(args, device)
+    if args.add_frame_statistics:
+        return write_frame_statistics(args, path, letters, order)
     if args.selection_benchmark:
         return run_selection_benchmark(args, path, meta, letters, order, scale, device, workers)
     if args.selector == "lda" and not args.replay_root and not (meta.get("prototypes") or {}).get("lda"):

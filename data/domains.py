@@ -38,7 +38,10 @@ JSON format of one custom domain (every field except `name` and `letter` is opti
                                      #   if false, sizes must match exactly (default false)
       "alt_roots": [],               # extra folders under data_root where relative CSV paths may
                                      #   live (default none)
-      "description": ""              # free text
+      "description": "",             # free text
+      "camera": null                 # [fx, fy, cx, cy, width, height] of the depth frames in pixels:
+                                     #   the camera the domain's head learns (predict.py resamples a
+                                     #   user's frame to its focal length; default: unknown)
     }
 
 `<data_root>/domains.json` holds a list of such objects (or {"domains": [...]}).
@@ -117,6 +120,16 @@ def normalize_encodings(enc) -> Dict[str, dict]:
     return out
 
 
+def _check_camera(cam) -> tuple:
+    """The ``camera`` field: [fx, fy, cx, cy, width, height] of the depth frames, in pixels."""
+    ok = isinstance(cam, (list, tuple)) and len(cam) == 6 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf") for v in cam)
+    if not ok or min(cam[0], cam[1], cam[4], cam[5]) <= 0:
+        raise ValueError(f"camera: expected [fx, fy, cx, cy, width, height] of the depth frames in pixels "
+                         f"(positive focal lengths and size), got {cam!r}")
+    return (float(cam[0]), float(cam[1]), float(cam[2]), float(cam[3]), int(cam[4]), int(cam[5]))
+
+
 @dataclass(frozen=True)
 class DomainSpec:
     """One domain: index files, depth units, network input size and augmentation recipe.
@@ -141,6 +154,7 @@ class DomainSpec:
     resize: Optional[Union[int, Tuple[int, int]]] = None
     rgb_to_depth_size: bool = False
     alt_roots: Tuple[str, ...] = ()
+    camera: Optional[Tuple[float, float, float, float, int, int]] = None  # fx, fy, cx, cy, width, height
 
     def __post_init__(self):
         self._check_types()
@@ -149,6 +163,8 @@ class DomainSpec:
         object.__setattr__(self, "input_size", tuple(int(v) for v in self.input_size))
         object.__setattr__(self, "depth_encoding", normalize_encodings(self.depth_encoding))
         object.__setattr__(self, "alt_roots", tuple(self.alt_roots))
+        if self.camera is not None:
+            object.__setattr__(self, "camera", _check_camera(self.camera))
         if isinstance(self.resize, (list, tuple)):
             object.__setattr__(self, "resize", tuple(int(v) for v in self.resize))
         self._validate()
@@ -215,6 +231,8 @@ class DomainSpec:
         d = dataclasses.asdict(self)
         d["input_size"] = list(self.input_size)
         d["alt_roots"] = list(self.alt_roots)
+        if self.camera is not None:
+            d["camera"] = list(self.camera)
         if isinstance(self.resize, tuple):
             d["resize"] = list(self.resize)
         return d
@@ -270,6 +288,7 @@ CAMERAS: Dict[str, Camera] = {
 }
 
 _REGISTRY: List[DomainSpec] = list(BUILTIN)
+_PROVISIONAL: set = set()  # names registered from a checkpoint's description (register_domain)
 
 
 # ----------------------------------------------------------------------------- registry
@@ -294,17 +313,27 @@ def get_domain(key) -> DomainSpec:
                      f"(custom domains come from <data_root>/{DOMAINS_JSON} or domains.load_domain_file)")
 
 
-def register_domain(spec: DomainSpec) -> DomainSpec:
-    """Add a domain.  Re-registering an identical spec is a no-op; a clash of letter or name is an error."""
+def register_domain(spec: DomainSpec, provisional: bool = False) -> DomainSpec:
+    """Add a domain.  Re-registering an identical spec is a no-op; a clash of letter or name is an error.
+
+    ``provisional``: the description a checkpoint carries (models/checkpoint.register_domains); a
+    later registration of the same name and letter (the user's domains.json, maybe edited since)
+    replaces it instead of clashing."""
     if not isinstance(spec, DomainSpec):
         raise TypeError(f"register_domain expects a DomainSpec, got {type(spec).__name__}")
-    for d in _REGISTRY:
+    for i, d in enumerate(_REGISTRY):
         if d == spec:
             return d
+        if d.letter == spec.letter and d.name == spec.name and d.name in _PROVISIONAL and not provisional:
+            _PROVISIONAL.discard(d.name)
+            _REGISTRY[i] = spec
+            return spec
         if d.letter == spec.letter or d.name == spec.name:
             raise ValueError(f"cannot register domain {spec.letter}/{spec.name}: letter or name already used "
                              f"by {d.letter}/{d.name}; known domains: {_known()}")
     _REGISTRY.append(spec)
+    if provisional:
+        _PROVISIONAL.add(spec.name)
     return spec
 
 
@@ -314,6 +343,7 @@ def unregister_domain(key) -> None:
     if spec in BUILTIN:
         raise ValueError(f"built-in domain {spec.letter}/{spec.name} cannot be removed")
     _REGISTRY.remove(spec)
+    _PROVISIONAL.discard(spec.name)
 
 
 def parse_order(order) -> List[DomainSpec]:

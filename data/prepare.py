@@ -27,6 +27,7 @@ import random
 import re
 import sys
 from collections import OrderedDict
+from pathlib import Path
 from typing import Iterable, List, Optional, Sequence, Tuple
 
 from PIL import Image
@@ -409,12 +410,24 @@ def scan_generic(src, rgb_dir, depth_dir, fraction, seed, report) -> Tuple[List[
 
 
 # ============================================================================ writing
+def spec_csv(spec: dom.DomainSpec, split: str) -> str:
+    """A split's index CSV name from the domain's description, which must be a relative name inside
+    the data root: a downloaded dataset's domains.json must not make this command write anywhere
+    else (an absolute path, or '../' out of the root). --train-csv etc. are the user's own choice."""
+    name = spec.csv_name(split)
+    parts = Path(name.replace("\\", "/")).parts
+    if os.path.isabs(name) or ".." in parts or not parts:
+        raise SystemExit(f"error: domain {spec.name!r}: {split}_csv {name!r}: expected a file name inside "
+                         f"the data root (no absolute path, no '..'); fix {dom.DOMAINS_JSON} or give "
+                         f"--{split}-csv")
+    return name
+
+
 def write_indexes(spec: dom.DomainSpec, train: List[Pair], test: List[Pair], args, report: Report) -> None:
     """Write train/test CSVs (paths relative to the data root) and draw the replay CSV."""
     root = args.data_root
     os.makedirs(root, exist_ok=True)
-    names = {"train": args.train_csv or spec.train_csv, "test": args.test_csv or spec.test_csv,
-             "replay": args.replay_csv or spec.replay_csv}
+    names = {split: getattr(args, f"{split}_csv") or spec_csv(spec, split) for split in ("train", "test", "replay")}
     outside = False
     for split, pairs in (("train", train), ("test", test)):
         if not pairs:
@@ -513,8 +526,8 @@ def build_parser() -> argparse.ArgumentParser:
 def run_replay(args) -> int:
     dom.load_domains_from_root(args.data_root)
     spec = dom.get_domain(args.domain)
-    train = args.train_csv or os.path.join(args.data_root, spec.train_csv)
-    out = args.out or os.path.join(args.data_root, spec.replay_csv)
+    train = args.train_csv or os.path.join(args.data_root, spec_csv(spec, "train"))
+    out = args.out or os.path.join(args.data_root, spec_csv(spec, "replay"))
     n = write_replay_csv(train, out, args.replay_size, args.seed)
     print(f"replay: wrote {out} ({n} rows drawn from {train}, seed {args.seed})")
     return 0

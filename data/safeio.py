@@ -11,6 +11,7 @@ A failed write (full disk, no permission) raises :class:`WriteError`, which name
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import socket
@@ -30,6 +31,20 @@ class WriteError(OSError):
     """A file could not be written (the message names it); nothing partial was left behind."""
 
 
+def _temp_prefix(folder: str, name: str) -> str:
+    """``.<name>.<host>-<pid>.`` with ``name`` shortened so that the whole temporary name (plus
+    mkstemp's 8 random characters and ``.tmp``) fits the file system's name limit: a legal
+    250-byte destination name must not fail because its temporary name is longer."""
+    tail = f".{_HOST}-{os.getpid()}."
+    try:
+        limit = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        limit = 255
+    budget = max(1, limit - len(os.fsencode(tail)) - 1 - 8 - len(".tmp"))
+    short = os.fsencode(name)[:budget].decode(errors="ignore") or "x"  # no split multi-byte character
+    return f".{short}{tail}"
+
+
 @contextlib.contextmanager
 def atomic_write(path, mode: str = "wb", encoding: str | None = None):
     """``with atomic_write(p, "w") as f: f.write(...)``: ``p`` appears complete or is left as it was."""
@@ -37,7 +52,7 @@ def atomic_write(path, mode: str = "wb", encoding: str | None = None):
     folder = os.path.dirname(os.path.abspath(path))
     try:
         os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.{_HOST}-{os.getpid()}.",
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=_temp_prefix(folder, os.path.basename(path)),
                                    suffix=".tmp")
     except OSError as exc:
         raise WriteError(f"cannot write {path}: {exc.strerror or exc}") from exc
@@ -115,3 +130,27 @@ def clean_stale_temps(folder) -> list[str]:
                 os.unlink(path)
                 removed.append(path)
     return removed
+
+
+def read_jsonl(path) -> list[dict]:
+    """The records of a JSON-lines file (none when it is missing; a partial last line of a killed
+    writer is skipped)."""
+    out = []
+    try:
+        with open(path) as f:
+            for line in f:
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+    except FileNotFoundError:
+        pass
+    return out
+
+
+def read_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None

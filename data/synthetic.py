@@ -1260,6 +1260,34 @@ def _render_street(cfg, seed, sp, drive, frame, rng, scale, split) -> dict:
             "camera": cam}
 
 
+# ============================================================================ an unlearned domain
+AERIAL_SIZE = (480, 480)     # (W, H) at scale 1: square frames, unlike every learned domain
+AERIAL_HFOV_DEG = 70.0
+AERIAL_CODE = 4              # enters the per-image seed (N, K, S are 1, 2, 3)
+
+
+def render_aerial(index: int, seed: int = 0, scale: float = 1.0) -> dict:
+    """A fourth synthetic domain that no head learns, of a different kind: a drone looking (nearly)
+    straight down on the K-like streets from 25-70 m. Returns image (uint8 HxWx3), depth_exact
+    (float32 metres, inf = sky), camera; for out-of-domain tests and bench/bench_frames.py."""
+    rng = _rng(seed, AERIAL_CODE, 0, 1, index)
+    scene, boxes, info = build_street(seed, 2, index // 10, 10)   # split 2: drives no K split uses
+    w, h = _scaled_size(AERIAL_SIZE, scale)
+    f = 0.5 * w / math.tan(math.radians(AERIAL_HFOV_DEG) / 2)
+    height = rng.uniform(25.0, 70.0)
+    cz = 5.0 + (index % 10) * info["step"] * 3 + rng.uniform(0, 20)
+    cam = Camera(f, f, (w - 1) / 2, (h - 1) / 2, w, h,
+                 camera_rotation(rng.uniform(-math.pi, math.pi), rng.uniform(1.25, 1.5), rng.uniform(-0.05, 0.05)),
+                 (info["lane"] + rng.uniform(-4, 4), height, cz))
+    near = boxes[(boxes[:, 5] > cz - 150) & (boxes[:, 2] < cz + 150)]
+    sph = np.asarray(scene.spheres, np.float64).reshape(-1, 5)
+    sub = Scene(scene.materials, scene.planes, [], [tuple(r) for r in sph[np.abs(sph[:, 2] - cz) < 150]],
+                scene.light)
+    rays, hits = cast(sub, cam, near)
+    image = develop(shade(sub, cam, rays, hits), rng, rng.uniform(0.42, 0.55), 0.1, 0.01, sub.light["tint"])
+    return {"image": image, "depth_exact": hits.t, "camera": cam}
+
+
 # ============================================================================ file layout
 KITTI_DATES = ("2011_09_26", "2011_09_28", "2011_09_29", "2011_09_30", "2011_10_03")
 TEST_SCENE_OFFSET = {"K": 9000, "S": 5000}   # test drives/scenes never share names with train ones
@@ -1518,12 +1546,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=float, default=1.0,
                    help="render at this fraction of the real sizes (intrinsics scaled), for quick tests; "
                         "1.0 = 640x480 (N, S depth), 1216x352 (K), 1296x968 (S colour)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into an --out whose index CSVs were not made by synthetic.py (a real "
+                        "dataset's); without it such a folder stops the command with an error")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
 
+def _made_by_us(out: str) -> bool:
+    """Whether ``out`` holds a meta.json that synthetic.py wrote (its files may be regenerated)."""
+    try:
+        with open(os.path.join(out, "meta.json"), encoding="utf-8") as fh:
+            meta = json.load(fh)
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("synthetic") is True and meta.get("generator") == "synthetic.py"
+
+
+def check_args(args) -> List[str]:
+    """One ``error:`` line naming the option for a value that cannot work; the domain letters."""
+    def fail(option, value, expected):
+        raise SystemExit(f"error: {option} {value!r}: expected {expected}")
+    for option, value in (("--train", args.train), ("--test", args.test), ("--replay-size", args.replay_size)):
+        if value < 0:
+            fail(option, value, "a count of at least 0")
+    if args.workers < 1:
+        fail("--workers", args.workers, "at least 1 worker process")
+    if not 0 < args.scale < math.inf:
+        fail("--scale", args.scale, "a positive fraction of the real sizes, e.g. 0.25")
+    try:
+        letters = _parse_domains(args.domains)
+    except ValueError as e:
+        raise SystemExit(f"error: --render {args.domains!r}: {e}") from None
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        fail("--out", args.out, "a folder (it is a file)")
+    clash = [name for L in letters for name in DOMAINS[L].csv.values()
+             if os.path.exists(os.path.join(args.out, name))]
+    if clash and not args.overwrite and not _made_by_us(args.out):
+        raise SystemExit(f"error: --out {args.out} holds {', '.join(clash)}, not made by synthetic.py (no "
+                         f"synthetic meta.json there: a real dataset?); its images, depth maps and CSVs "
+                         f"would be overwritten. Choose another --out (e.g. datasets/synthetic) or pass "
+                         f"--overwrite")
+    return letters
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    check_args(args)
     _tune_malloc()  # the command line owns its process; library callers keep their malloc settings
     meta = generate(args.out, args.train, args.test, args.seed, args.workers, args.replay_size, args.domains,
                     args.scale, progress=not args.quiet)

@@ -36,6 +36,8 @@ from tqdm import tqdm
 
 from data.domains import get_domain, load_domains_from_root, parse_order, run_name
 from evaluation.evaluate import evaluate_domain
+from evaluation.uncertainty import CALIBRATION_KEY, fit_calibration
+from models.fast import autocast_context
 from loaders import DatasetFormatError, get_dataset, get_loader, rendered_scale_hint, scaled
 from losses import distillation_loss, uncertainty_depth_loss
 from models import CheckpointError, LifelongDepthNet, read_checkpoint, save_checkpoint
@@ -43,7 +45,7 @@ from models.checkpoint import _plain, atomic_save, check_finite, check_letters, 
 from data.safeio import WriteError, atomic_write, clean_stale_temps
 from models.fast import inference_copy, lowp_supported, prepare_input
 from models.resnet import ENCODERS
-from cli.options import add_amp_argument, add_device_argument, resolve_device
+from cli.options import add_amp_argument, add_device_argument, printable, resolve_device
 from inference.prototypes import compute_lda, compute_prototypes
 from engine.protocol import DATA as PROTOCOL_DATA
 from engine.protocol import TRAINING as PROTOCOL_TRAINING
@@ -276,6 +278,11 @@ def check_values(args, specs) -> None:
             weights = [math.nan]
         if not all(0 <= w < math.inf for w in weights):
             _fail(option, text, "comma-separated finite weights >= 0, e.g. 10,100")
+    for s in specs:  # a size too small at scale 1 is the domain description's fault, not --scale's
+        if min(s.input_size) < 32:
+            raise SystemExit(f"error: domain {s.name!r}: input_size {list(s.input_size)} is below 32 pixels "
+                             f"(the encoder downsamples 32 times); fix its input_size in "
+                             f"{os.path.join(args.data_root, 'domains.json')}")
     smallest = min(min(scaled_size(s.input_size, args.scale)) for s in specs)
     if smallest < 32:  # the encoder downsamples 32 times
         _fail("--scale", args.scale, f"a factor that keeps inputs at least 32 pixels high; it makes "
@@ -290,7 +297,16 @@ def check_paths(opts) -> None:
 
     A fresh run (no --resume) whose --out or run folder holds an earlier run's files needs
     --overwrite; --out must be a file name whose run folder (the name without its suffix) differs.
+    A path the file system cannot hold (a name over its length limit) is an error line, not a traceback.
     """
+    try:
+        _check_paths(opts)
+    except OSError as exc:  # e.g. ENAMETOOLONG from a 300-byte --runs-dir name
+        raise SystemExit(f"error: --out {opts.out} (run folder {opts.run_dir}): {exc.strerror or exc}; "
+                         f"choose another --runs-dir or --out") from None
+
+
+def _check_paths(opts) -> None:
     out, run_dir = Path(opts.out), Path(opts.run_dir)
     if out == run_dir or out.is_dir():
         raise SystemExit(f"error: --out {opts.out}: expected a checkpoint file name such as "
@@ -581,12 +597,18 @@ def make_loader(dataset, sampler, opts, ctx: Dist, seed: int):
 def split_validation(train_set, replay_rows: set, n_val: int, seed: int):
     """Indices (train, validation) of a domain's training rows. Validation rows are drawn from the
     rows outside the replay buffer, with a fixed seed, so every stage validates on the same images
-    and none of them is ever trained on."""
-    candidates = [i for i, row in enumerate(train_set.rows) if row.image not in replay_rows]
+    and none of them is ever trained on: an image listed twice is one candidate, and every row of a
+    held-out image leaves the training rows."""
+    rows = train_set.rows
+    first = {}
+    for i, row in enumerate(rows):
+        if row.image not in replay_rows:
+            first.setdefault(row.image, i)
+    candidates = sorted(first.values())
     rng = np.random.default_rng(seed)
     val = sorted(rng.permutation(candidates)[:n_val].tolist()) if n_val > 0 else []
-    held = set(val)
-    return [i for i in range(len(train_set)) if i not in held], val
+    held = {rows[i].image for i in val}
+    return [i for i in range(len(train_set)) if rows[i].image not in held], val
 
 
 class DomainData:
@@ -597,6 +619,10 @@ class DomainData:
         root, scale = opts.data_root, opts.scale
         self.train_full = get_dataset(spec.letter, "train", root, train=True, scale=scale, **data_options(opts))
         self.replay_full = get_dataset(spec.letter, "replay", root, train=True, scale=scale, **data_options(opts))
+        if len(self.replay_full) == 0 and opts.replay_size > 0:
+            raise SystemExit(f"error: {self.replay_full.csv_file}: the replay index of {spec.name} has no rows; "
+                             f"draw it from the training rows with `python prepare_data.py replay --domain "
+                             f"{spec.letter} --data-root {root}`")
         replay_rows = {row.image for row in self.replay_full.rows}
         train_idx, val_idx = split_validation(self.train_full, replay_rows, opts.val_images,
                                               opts.val_seed)
@@ -610,6 +636,31 @@ class DomainData:
         ds = get_dataset(self.spec.letter, "replay", opts.data_root, train=False, scale=opts.scale,
                          **data_options(opts))
         return Subset(ds, range(min(opts.proto_images, len(ds))))
+
+
+def fit_uncertainty(net, data, opts, device, amp_dtype=None) -> dict:
+    """Every head's uncertainty scale fitted on its domain's validation rows (``DomainData.val``,
+    never the test split; evaluation.uncertainty), with the test-time conventions (the domain's
+    crop, depth caps): called at the end of every stage, and by test.py --calibrate-into."""
+    device = torch.device(device)
+
+    def forward(images, head):
+        with autocast_context(device, amp_dtype):
+            return net(images.to(device), domain=head)
+
+    def loaders(domains):
+        return [get_loader(d.val, batch_size=opts.batch_size, workers=0, device=device.type)
+                for d in domains if d.val is not None]
+    groups = [data] if getattr(opts, "shared_head", False) else [[d] for d in data]
+    heads = [{"domain": "+".join(d.spec.name for d in g), "loaders": loaders(g),
+              "rules": (g[0].spec.min_depth, max(d.spec.max_depth for d in g),
+                        g[0].spec.eval_crop if len(g) == 1 else "none")} for g in groups]
+    was_training = net.training
+    net.eval()
+    try:
+        return fit_calibration(forward, heads, note=f"fitted after learning {opts.order}")
+    finally:
+        net.train(was_training)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -715,6 +766,10 @@ def teacher_targets(teacher, image: torch.Tensor, heads: int) -> list:
         return [tuple(t.float() for t in teacher.head_forward(feats, j)) for j in range(heads)]
 
 
+class NoGroundTruth(ValueError):
+    """The first samples of a training set hold no valid depth at all."""
+
+
 def median_depth(dataset, max_samples: int = 32) -> float:
     """Median valid ground-truth depth (metres) over the first samples of a dataset, untransformed."""
     values = []
@@ -723,7 +778,7 @@ def median_depth(dataset, max_samples: int = 32) -> float:
         values.append(depth[depth > 0])
     values = np.concatenate(values) if values else np.zeros(0)
     if values.size == 0:
-        raise ValueError(f"no valid ground truth in the first {max_samples} samples of {dataset.csv_file}")
+        raise NoGroundTruth(f"no valid ground truth in the first {max_samples} samples of {dataset.csv_file}")
     return float(np.median(values))
 
 
@@ -845,7 +900,7 @@ class Stage:
         for head, sets in fresh.items():
             try:
                 depth = float(np.median([median_depth(ds) for ds in sets]))
-            except ValueError as err:
+            except NoGroundTruth as err:  # (an unreadable file is a DatasetFormatError of its own)
                 raise SystemExit(f"error: {err}: every depth is 0 (no ground truth); check the depth "
                                  f"files and the domain's depth_encoding") from None
             if set_bias:
@@ -864,7 +919,14 @@ class Stage:
             meta["domains"], meta["letters"] = [s.name for s in specs], self.opts.order
         meta["depth_ranges"] = [[s.min_depth, s.max_depth] for s in specs]
         meta["input_sizes"] = [list(scaled_size(s.input_size, self.opts.scale)) for s in specs]
+        meta["cameras"] = [c.as_dict() if c is not None else None for c in self.cameras(specs)]
         return meta
+
+    def cameras(self, specs):
+        """Per domain, the camera its head learns (inference/frames.py: the stored frames' camera
+        through the training transform's resize)."""
+        from inference.frames import trained_camera
+        return [trained_camera(s, self.opts.scale, self.opts.data_root) for s in specs]
 
     def samples_per_step(self) -> int:
         """Samples of the new domain in one optimiser step, over all processes and micro-batches."""
@@ -932,10 +994,14 @@ class Stage:
         self.say(f"resumed {path}: epoch {self.epoch + 1}, step {self.step_in_epoch}, "
                  f"{self.global_step} steps done")
 
-    def save_final(self, prototypes):
+    def uncertainty_calibration(self) -> dict:
+        return fit_uncertainty(self.net, self.data, self.opts, self.ctx.device, self.amp_dtype)
+
+    def save_final(self, prototypes, calibration=None):
         if self.ctx.main:
+            extra = {} if calibration is None else {CALIBRATION_KEY: calibration}
             try:
-                save_checkpoint(self.opts.out, self.net, prototypes=prototypes, **self.meta())
+                save_checkpoint(self.opts.out, self.net, prototypes=prototypes, **self.meta(), **extra)
             except CheckpointError as err:  # non-finite weights: never written
                 raise SystemExit(f"error: {err}") from None
 
@@ -1161,7 +1227,26 @@ class Stage:
         protos["lda"] = compute_lda(self.net, [get_loader(a, batch_size=self.opts.batch_size, workers=0,
                                                           device=self.ctx.device.type) for a in augmented],
                                     self.ctx.device)
+        protos["frames"] = self.frame_statistics()
         return protos
+
+    def frame_statistics(self):
+        """Selector statistics on whole frames and the out-of-domain thresholds (inference/replay.py);
+        None (with a note) when a domain has too few replay rows to hold some out."""
+        from cli.options import CLIError
+        from inference.predictor import DepthPredictor
+        from inference.replay import frame_statistics
+        mode = self.net.training
+        try:  # on the default inference path: the features a query gets (and 2-4x faster on a CPU)
+            return frame_statistics(DepthPredictor(self.net, device=self.ctx.device),
+                                    "".join(s.letter for s in self.specs), self.opts.data_root,
+                                    self.cameras(self.specs), max_images=self.opts.proto_images,
+                                    seed=self.opts.seed)
+        except CLIError as e:
+            self.say(f"no frame statistics stored ({e})")
+            return None
+        finally:
+            self.net.train(mode)
 
 
 def scaled_size(size, scale: float):
@@ -1191,12 +1276,6 @@ def protocol_note(opts) -> str:
     return f"; protocol {protocol}" + (f" ({', '.join(changed)})" if changed else "")
 
 
-def printable(text: str) -> str:
-    """A message with control characters (terminal escape codes in a file name) shown escaped."""
-    return "".join(c if c in "\n\t" or (c.isprintable() and c != "\x1b") else repr(c)[1:-1]
-                   for c in str(text))
-
-
 def main(default_order: str, description: str, argv=None) -> str:
     """Parse options and run one stage; returns the path of the final checkpoint.
 
@@ -1213,6 +1292,39 @@ def main(default_order: str, description: str, argv=None) -> str:
     except KeyboardInterrupt:  # outside the training loop (which saves its state itself)
         print("interrupted", file=sys.stderr)
         raise SystemExit(130) from None
+
+
+@contextmanager
+def run_folder_lock(run_dir: Path):
+    """Hold ``run_dir/.lock`` (an exclusive flock, released by the kernel when the process ends,
+    also on kill -9) for the whole stage: a second training into the same run folder stops at once
+    instead of interleaving its epochs into the same log.jsonl and replacing the other's model."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(run_dir / ".lock", "a+")
+    except OSError as exc:
+        raise SystemExit(f"error: cannot create the run folder {run_dir} ({exc.strerror or exc}); "
+                         f"choose another --runs-dir or --out") from None
+    try:
+        import fcntl
+    except ImportError:  # no flock on this platform: run unlocked, as before
+        fcntl = None
+    try:
+        if fcntl is not None:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                handle.seek(0)
+                holder = handle.read().strip() or "?"
+                raise SystemExit(f"error: {run_dir} is in use by another training (pid {holder}); wait "
+                                 f"for it to finish, or choose another --runs-dir / --out") from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"{os.getpid()}\n")
+            handle.flush()
+        yield
+    finally:
+        handle.close()
 
 
 def start_run_folder(opts) -> None:
@@ -1233,28 +1345,36 @@ def run_stage(default_order: str, description: str, argv=None) -> str:
     opts = resolve_options(build_parser(default_order, description).parse_args(argv), default_order)
     ctx = Dist(opts.device)
     try:
-        check_paths(opts)  # on every process, so that all of them stop
-        if ctx.main:
-            start_run_folder(opts)
-            if opts.pretrained is None and (len(opts.order) == 1 or opts.strategy == "joint"):
-                print("warning: no --pretrained ImageNet weights given; the encoder starts from "
-                      "random weights", file=sys.stderr)
-            if warning := amp_warning(opts.amp, ctx.device):
-                print(warning, file=sys.stderr)
-        stage = Stage(opts, ctx)
-        resume = Path(opts.run_dir) / "last.pth.tar" if opts.resume == "auto" else opts.resume
-        if resume is not None:
-            if not Path(resume).is_file():
-                raise SystemExit(f"error: nothing to resume: {resume} does not exist")
-            stage.load_resume(resume)
-        elif ctx.main and stage.log_path.is_file():
-            stage.log_path.unlink()  # a fresh run starts a fresh log (a resumed one appends)
-        stage.say(describe(opts, stage, ctx))
-        stage.train()
-        prototypes = stage.prototypes() if ctx.main else None
-        stage.save_final(prototypes)
-        ctx.barrier()
-        stage.say(f"wrote {opts.out}")
-        return opts.out
+        check_paths(opts)  # on every process, so that all of them stop; before the folder is made
+        with run_folder_lock(Path(opts.run_dir)) if ctx.main else nullcontext():
+            return _run_locked(opts, ctx)
     finally:
         ctx.close()
+
+
+def _run_locked(opts, ctx) -> str:
+    """The stage, with its run folder locked (run_stage)."""
+    check_paths(opts)  # again: another run may have finished between the first check and the lock
+    if ctx.main:
+        start_run_folder(opts)
+        if opts.pretrained is None and (len(opts.order) == 1 or opts.strategy == "joint"):
+            print("warning: no --pretrained ImageNet weights given; the encoder starts from "
+                  "random weights", file=sys.stderr)
+        if warning := amp_warning(opts.amp, ctx.device):
+            print(warning, file=sys.stderr)
+    stage = Stage(opts, ctx)
+    resume = Path(opts.run_dir) / "last.pth.tar" if opts.resume == "auto" else opts.resume
+    if resume is not None:
+        if not Path(resume).is_file():
+            raise SystemExit(f"error: nothing to resume: {resume} does not exist")
+        stage.load_resume(resume)
+    elif ctx.main and stage.log_path.is_file():
+        stage.log_path.unlink()  # a fresh run starts a fresh log (a resumed one appends)
+    stage.say(describe(opts, stage, ctx))
+    stage.train()
+    prototypes = stage.prototypes() if ctx.main else None
+    calibration = stage.uncertainty_calibration() if ctx.main else None
+    stage.save_final(prototypes, calibration)
+    ctx.barrier()
+    stage.say(f"wrote {opts.out}")
+    return opts.out

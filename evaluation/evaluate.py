@@ -28,6 +28,7 @@ from models.fast import autocast_context
 from cli.options import (CLIError, check_checkpoint_path, checkpoint_letters, default_scale, eval_settings,
                      make_predictor, predictor_settings, worker_count)
 from data.safeio import WriteError, atomic_write, clean_stale_temps
+from evaluation.uncertainty import CALIBRATION_KEY, UncertaintyEvaluator, calibration_scales
 
 
 def resolve_cap(spec, cap: bool):
@@ -124,7 +125,8 @@ def make_loader(ds, batch_size, workers, device):
 
 
 def evaluate_split(predictor, loader, head: int, spec, crop="default", cap=True, aggregate="image",
-                   selection=False, bar=None, rmse="pooled", pred_clamp=True, delta="lt") -> dict:
+                   selection=False, bar=None, rmse="pooled", pred_clamp=True, delta="lt",
+                   uncertainty_scales=None) -> dict:
     """Errors of one domain's test images.
 
     With the domain prior every image goes through head ``head``. With ``selection`` each image
@@ -132,36 +134,42 @@ def evaluate_split(predictor, loader, head: int, spec, crop="default", cap=True,
     scored separately; when every image of a batch chose ``head`` the prior's prediction is the
     same and is reused.
 
-    Returns ``{"prior": metrics, "selected": metrics or None, "chosen": [count per head] or None}``.
+    With ``uncertainty_scales`` ({label: calibration scale}) the prior's predicted uncertainty is
+    measured too (evaluation.uncertainty, on the same pixels as the depth metrics).
+
+    Returns ``{"prior": metrics, "selected": metrics or None, "chosen": [count per head] or None,
+    "uncertainty": UncertaintyEvaluator.result() or None}``.
     """
     rules = {"crop": crop, "cap": cap, "aggregate": aggregate, "rmse": rmse, "pred_clamp": pred_clamp,
              "delta": delta}
     prior = DomainEvaluator(spec, **rules)
     selected = DomainEvaluator(spec, **rules) if selection else None
     chosen_counts = [0] * predictor.num_domains if selection else None
+    unc = None if uncertainty_scales is None else UncertaintyEvaluator(
+        prior.min_depth, prior.max_depth, prior.crop, scales=uncertainty_scales)
     for batch in loader:
         images, gt = batch["image"], batch["depth"]
         try:
             if selection:
-                out = predictor.predict(images, domain=None, with_uncertainty=False)
+                out = predictor.predict(images, domain=None, with_uncertainty=unc is not None)
                 chosen = out["domain"].cpu()
                 for c in chosen.tolist():
                     chosen_counts[c] += 1
                 selected.add_batch(out["depth"], gt, batch.get("window"))
-                if bool((chosen == head).all()):
-                    prior_depth = out["depth"]
-                else:
-                    prior_depth = predictor.predict(images, domain=head, with_uncertainty=False)["depth"]
+                if not bool((chosen == head).all()):
+                    out = predictor.predict(images, domain=head, with_uncertainty=unc is not None)
             else:
-                prior_depth = predictor.predict(images, domain=head, with_uncertainty=False)["depth"]
+                out = predictor.predict(images, domain=head, with_uncertainty=unc is not None)
         except ValueError as e:  # e.g. no prototypes
             raise CLIError(str(e)) from None
-        prior.add_batch(prior_depth, gt, batch.get("window"))
+        prior.add_batch(out["depth"], gt, batch.get("window"))
+        if unc is not None:
+            unc.add_batch(out["depth"], out["uncertainty"], gt, batch.get("window"))
         if bar is not None:
             bar.update(images.shape[0])
     try:
         return {"prior": prior.result(), "selected": selected.result() if selection else None,
-                "chosen": chosen_counts}
+                "chosen": chosen_counts, "uncertainty": None if unc is None else unc.result()}
     except ValueError as e:
         raise CLIError(f"domain {spec.letter}: {e}") from None
 
@@ -303,28 +311,42 @@ def load_test_splits(subset: str, args, scale) -> dict:
             for c in subset}
 
 
+def uncertainty_scales_of(meta: dict, heads: int) -> list[dict]:
+    """Per head, the calibration scales to measure: {"raw": 1} and, where the checkpoint stores a
+    fitted one, {"calibrated": s}."""
+    record = (meta or {}).get(CALIBRATION_KEY) or {}
+    fitted = record.get("fitted") or [False] * heads
+    scales = calibration_scales(meta, heads)
+    return [dict({"raw": 1.0}, **({"calibrated": s} if ok else {})) for s, ok in zip(scales, fitted)]
+
+
 def evaluate_domains(predictor, letters: str, datasets: dict, args, device, selection: bool,
-                     desc: str) -> tuple[dict, float]:
+                     desc: str, uncertainty: bool = False) -> tuple[dict, float]:
     """Each domain's test split (``datasets``, see :func:`load_test_splits`) through its own head
     (``letters.index``), with the evaluation options of ``args``; (``{letter: evaluate_split's dict
-    + "head"}``, seconds)."""
+    + "head"}``, seconds). ``uncertainty``: also measure each head's uncertainty, uncalibrated and
+    with the checkpoint's calibration."""
     workers = worker_count(args, device)
     settings = eval_settings(args)
     bar = tqdm(total=sum(len(ds) for ds in datasets.values()), desc=desc, unit="img",
                disable=args.quiet, dynamic_ncols=True, leave=False)
     out = {}
     t0 = time.perf_counter()
+    scales = uncertainty_scales_of(predictor.meta, len(letters)) if uncertainty else None
     for c in datasets:
         head = letters.index(c)
         loader = make_loader(datasets[c], args.batch_size, workers, device)
-        r = evaluate_split(predictor, loader, head, get_domain(c), selection=selection, bar=bar, **settings)
+        r = evaluate_split(predictor, loader, head, get_domain(c), selection=selection, bar=bar,
+                           uncertainty_scales=scales[head] if scales else None, **settings)
         out[c] = dict(r, head=head)
     bar.close()
     return out, time.perf_counter() - t0
 
 
-def evaluate_checkpoint(path, args, device, order=None, domains=None, bar_desc="", quiet=False) -> dict:
-    """Evaluate one checkpoint with the domain prior; returns the JSON-ready result dict."""
+def evaluate_checkpoint(path, args, device, order=None, domains=None, bar_desc="", quiet=False,
+                        uncertainty=False) -> dict:
+    """Evaluate one checkpoint with the domain prior; returns the JSON-ready result dict
+    (``uncertainty``: each result also holds the uncertainty measures, see evaluate_split)."""
     check_checkpoint_path(path)
     predictor = make_predictor(path, args, device, order=order, quiet=quiet)
     meta = predictor.meta
@@ -334,8 +356,10 @@ def evaluate_checkpoint(path, args, device, order=None, domains=None, bar_desc="
     scale = args.scale if args.scale is not None else default_scale(meta)
     settings = eval_settings(args)
     runs, seconds = evaluate_domains(predictor, letters, load_test_splits(subset, args, scale), args, device,
-                                     False, bar_desc or f"test {Path(path).name}")
-    results = {c: dict(r["prior"], domain=get_domain(c).name, letter=c, head=r["head"]) for c, r in runs.items()}
+                                     False, bar_desc or f"test {Path(path).name}", uncertainty=uncertainty)
+    results = {c: dict(r["prior"], domain=get_domain(c).name, letter=c, head=r["head"],
+                       **({"uncertainty": r["uncertainty"]} if uncertainty else {}))
+               for c, r in runs.items()}
     return {
         "checkpoint": str(path), "letters": letters, "domains": [get_domain(c).name for c in letters],
         "format": meta.get("format"), "strategy": meta.get("strategy"), "scale": scale,
@@ -343,6 +367,7 @@ def evaluate_checkpoint(path, args, device, order=None, domains=None, bar_desc="
         "protocol": args.protocol, "scannet_resize": args.scannet_resize,
         "predictor": predictor_settings(predictor),
         "max_images": args.max_images, "seconds": seconds, "results": results,
+        **({"uncertainty_calibration": meta.get(CALIBRATION_KEY)} if uncertainty else {}),
     }
 
 

@@ -49,7 +49,8 @@ from torch import nn
 
 from models import CheckpointError, load_checkpoint
 from models.fast import inference_copy, resolve_precision, trace_module
-from cli.options import add_checkpoint_arguments
+from cli.options import CLIError, add_checkpoint_arguments, parse_size
+from data.safeio import WriteError, atomic_write
 from inference.prototypes import map_distance, pooled_descriptor, pooled_descriptor_nhwc, pooled_distances
 
 META_FILE = "meta.json"
@@ -238,9 +239,8 @@ def export_onnx(net, out, prototypes=None, domain=None, with_uncertainty=False, 
             "input": "image: float32 (B,3,H,W) RGB in [0,1] normalized with mean/std; outputs at H/2 x W/2",
             "source": meta_in.get("path")}
     onnx.helper.set_model_props(model, {ONNX_META_KEY: json.dumps(meta)})
-    out = os.fspath(out)
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, out)
+    with atomic_write(out) as f:  # a kill leaves the earlier file (or none), never a partial one
+        f.write(model.SerializeToString())  # (onnx.save wants the file's name; ours is a descriptor)
     return meta
 
 
@@ -351,9 +351,8 @@ def export_model(net, out, prototypes=None, domain=None, with_uncertainty=False,
             "channels_last": bool(channels_last), "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
             "input": "float32 (B,3,H,W) RGB in [0,1] normalized with mean/std; outputs at H/2 x W/2",
             "source": meta_in.get("path")}
-    out = os.fspath(out)
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    torch.jit.save(module, out, _extra_files={META_FILE: json.dumps(meta)})
+    with atomic_write(out) as f:  # a kill leaves the earlier file (or none), never a partial one
+        torch.jit.save(module, f, _extra_files={META_FILE: json.dumps(meta)})
     return meta
 
 
@@ -408,23 +407,41 @@ def build_parser():
                                                 "domain's input size); any size works at run time")
     p.add_argument("--no-check", action="store_true",
                    help="skip the comparison of the written file with the eager model")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --out file (never the --checkpoint itself); without it "
+                        "an existing file stops the export with an error")
     return p
+
+
+def check_out(out, checkpoint, overwrite: bool) -> None:
+    """Refuse an --out that is the checkpoint, a folder, below a file, or (without --overwrite) an
+    existing file: an export replaces only what an export made, when asked to."""
+    path = Path(out)
+    if checkpoint and path.exists() and Path(checkpoint).exists() and os.path.samefile(path, checkpoint):
+        raise CLIError(f"--out {out}: is the --checkpoint itself; the export would replace the trained "
+                       f"model. Choose another file name, e.g. {path.with_suffix('')}.ts")
+    if path.is_dir():
+        raise CLIError(f"--out {out}: is a folder; expected a file name, e.g. {path / 'model.ts'}")
+    parent = next((a for a in path.absolute().parents if a.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise CLIError(f"--out {out}: {parent} is a file, not a folder")
+    if path.exists() and not overwrite:
+        raise CLIError(f"--out {out}: exists; pass --overwrite to replace it, or choose another file name")
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    size = parse_size(args.size) if args.size else None
+    check_out(args.out, args.checkpoint, args.overwrite)
     try:
         net = load_checkpoint(args.checkpoint, order=args.order)
-        size = None
-        if args.size:
-            size = tuple(int(v) for v in args.size.lower().split("x"))
         protos = net.meta.get("prototypes")
         if args.format == "onnx":
             return _main_onnx(args, net, protos, size)
         meta = export_model(net, args.out, protos, domain=args.domain, with_uncertainty=args.uncertainty,
                             selector=args.selector, precision=args.precision, fuse_bn=not args.no_fuse,
                             example_size=size)
-    except (CheckpointError, ValueError) as e:
+    except (CheckpointError, ValueError, WriteError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     what = (f"fixed head {meta['domain']} ({meta['domains'][meta['domain']]})" if meta["domain"] is not None

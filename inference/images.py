@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +20,11 @@ from loaders import load_rgb
 from losses import upsample_to
 from cli.options import (CLIError, HelpFormatter, add_checkpoint_arguments, add_runtime_arguments,
                      add_selector_arguments, check_checkpoint_path,
-                     checkpoint_letters, default_scale, make_predictor, parse_letters, parse_size)
+                     checkpoint_letters, default_scale, make_predictor, parse_letters, parse_size,
+                     printable)
 from inference.replay import replay_prototypes
 from data.safeio import atomic_write
+from evaluation.uncertainty import add_interval_argument, calibration_scales, interval_maps
 
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif")
@@ -34,9 +37,29 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 
-def read_rgb(path) -> Image.Image:
-    """8-bit RGB PIL image of any readable file (loaders.load_rgb)."""
-    return load_rgb(str(path))
+# Images above this many pixels are refused from their header (--max-pixels): predicting,
+# upsampling and colour-mapping cost well over 100 bytes per pixel (measured: a 5000x5000 PNG
+# took predict.py to 3.9 GB), so 25 M pixels (a 24 MP camera's 6000x4000 passes) stay under
+# ~4 GB, where PIL's own guard (89 M pixels) would allow over 12 GB.
+DEFAULT_MAX_PIXELS = 25_000_000
+
+
+def read_rgb(path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """8-bit RGB PIL image of any readable file (loaders.load_rgb), turned upright by its EXIF
+    orientation (a phone photo is stored sideways with a rotation tag); more than ``max_pixels``
+    pixels (None: no limit) is refused from the header, before decoding."""
+    return load_rgb(str(path), apply_exif=True, max_pixels=max_pixels)
+
+
+def parse_max_pixels(text) -> int:
+    """--max-pixels: a positive pixel count, e.g. 25000000 or 25e6."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not 1 <= value < math.inf:
+        raise CLIError(f"--max-pixels {text!r}: expected a positive number of pixels, e.g. 25e6")
+    return int(value)
 
 
 def to_input(img: Image.Image, size) -> torch.Tensor:
@@ -83,6 +106,20 @@ def intrinsics_for(letter, width, height, given=None):
         return (fx * sx, fy * sy, cx * sx, cy * sy), f"{get_domain(letter).name} default"
     f = 0.5 * width / math.tan(math.radians(30.0))  # 60 degree horizontal field of view
     return (f, f, (width - 1) / 2.0, (height - 1) / 2.0), "generic 60-degree camera"
+
+
+def camera_hint(args, path=None):
+    """The frame camera the user gave (``--intrinsics``, ``--fov``), else ``path``'s EXIF 35 mm
+    focal length, as an ``inference.frames.CameraHint`` (empty: the chosen head's camera is assumed)."""
+    from inference.frames import CameraHint, exif_focal_35mm, parse_fov
+    if getattr(args, "intrinsics", None):
+        return CameraHint(intrinsics=parse_intrinsics(args.intrinsics))
+    if getattr(args, "fov", None) is not None:
+        try:
+            return CameraHint(fov_deg=parse_fov(args.fov))
+        except ValueError as e:
+            raise CLIError(str(e)) from None
+    return CameraHint(focal_35mm=exif_focal_35mm(path)) if path is not None else CameraHint()
 
 
 def write_ply(path, depth_m: np.ndarray, rgb: np.ndarray, intrinsics, stride=1) -> int:
@@ -160,6 +197,9 @@ def collect_inputs(target: Path, out_dir: Path, recursive: bool):
         return [target], []
     if not target.exists():
         raise CLIError(f"input {str(target)!r} does not exist (expected an image file or a folder of images)")
+    if not target.is_dir():  # a FIFO, socket or device: reading it could block or never end
+        raise CLIError(f"input {str(target)!r} is not a regular file nor a folder (expected an image file "
+                       f"or a folder of images)")
     files = sorted(target.rglob("*") if recursive else target.iterdir())
     images, notes = [], []
     out_abs, target_abs = out_dir.resolve(), target.resolve()
@@ -181,20 +221,54 @@ def collect_inputs(target: Path, out_dir: Path, recursive: bool):
     return images, notes
 
 
+def make_out_dir(out_dir: Path) -> None:
+    """Create --out, or one error line: a file of that name, a file or an unwritable folder above it."""
+    shown = printable(out_dir, "")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CLIError(f"--out {shown}: is a file; expected an output folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CLIError(f"--out {shown}: cannot create the output folder ({e.strerror or e})") from None
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise CLIError(f"--out {shown}: the folder is not writable")
+
+
 def output_stems(images, target: Path, out_dir: Path):
-    """Output path stem for each input; inputs sharing a stem get their extension appended."""
-    stems = {}
+    """Output path stem for each input, distinct from every other (compared without case, as a
+    case-insensitive file system would): a stem of its own is kept; inputs sharing one get their
+    extension appended (x.png -> x_png), then _2, _3 ... where that is taken too (x.PNG, or an
+    input named x_png.jpg)."""
     base = target if target.is_dir() else target.parent
+    wanted = {}
     for f in images:
         rel = f.relative_to(base) if target.is_dir() else Path(f.name)
-        stems[f] = out_dir / rel.parent / rel.stem
+        wanted[f] = out_dir / rel.parent / rel.stem
+    key = lambda s: str(s).lower()  # noqa: E731
     counts = {}
-    for s in stems.values():
-        counts[s] = counts.get(s, 0) + 1
-    for f, s in stems.items():
-        if counts[s] > 1:
-            stems[f] = s.with_name(f"{s.name}_{f.suffix.lstrip('.').lower()}")
+    for s in wanted.values():
+        counts[key(s)] = counts.get(key(s), 0) + 1
+    taken = {key(s) for s in wanted.values() if counts[key(s)] == 1}
+    stems = {}
+    for f, s in wanted.items():
+        if counts[key(s)] == 1:
+            stems[f] = s
+            continue
+        candidate, n = s.with_name(f"{s.name}_{f.suffix.lstrip('.').lower()}"), 2
+        first = candidate
+        while key(candidate) in taken:
+            candidate, n = first.with_name(f"{first.name}_{n}"), n + 1
+        taken.add(key(candidate))
+        stems[f] = candidate
     return stems
+
+
+def replay_frame_statistics(predictor, letters, replay_root) -> dict:
+    """The frame selector's statistics and out-of-domain thresholds from ``replay_root``'s replay
+    rows (inference.replay.frame_statistics) on the predictor's own path."""
+    from inference.frames import head_cameras
+    from inference.replay import frame_statistics
+    return frame_statistics(predictor, letters, replay_root, head_cameras(predictor.meta, letters, replay_root))
 
 
 class Predictor:
@@ -217,14 +291,17 @@ class Predictor:
                                f"(its domains, in order: {self.letters})")
             self.forced = self.letters.index(letter)
         elif args.replay_root:
-            self.predictor.prototypes = replay_prototypes(
-                path, self.letters, args.replay_root, default_scale(meta), device, order=order,
-                quiet=args.quiet)
+            protos = replay_prototypes(path, self.letters, args.replay_root, default_scale(meta), device,
+                                       order=order, quiet=args.quiet)
+            protos["frames"] = replay_frame_statistics(self.predictor, self.letters, args.replay_root)
+            self.predictor.prototypes = protos
         elif not meta.get("prototypes"):
             raise CLIError(f"checkpoint {str(path)!r} stores no domain prototypes, so the domain cannot be "
                            f"chosen automatically; give --domain (one of {', '.join(self.letters)}) or "
                            f"--replay-root DIR to compute prototypes from replay data")
         self.size = parse_size(args.size) if args.size else None
+        self.pipeline = self.predictor.frame_pipeline(getattr(args, "camera_mode", "resample"))
+        self.camera = camera_hint(args)
         sizes = meta.get("input_sizes")
         if sizes and len(sizes) == len(self.letters):
             self.sizes = [tuple(int(v) for v in s) for s in sizes]
@@ -235,42 +312,57 @@ class Predictor:
             self.ranges = [tuple(float(v) for v in r) for r in ranges]
         else:
             self.ranges = [(get_domain(c).min_depth, get_domain(c).max_depth) for c in self.letters]
+        self.interval_scales = calibration_scales(meta, len(self.letters))  # 1 where none is stored
+
+    def interval(self, depth: np.ndarray, uncertainty: np.ndarray, head: int, level: float):
+        """(lower, upper) metres of the central ``level`` interval around ``depth`` with head
+        ``head``'s uncertainty calibration (evaluation/uncertainty.py); ``depth`` is not changed."""
+        return interval_maps(depth, uncertainty, self.interval_scales[head], level)
 
     def __call__(self, img: Image.Image):
         """(depth (H,W) metres, uncertainty (H,W), head index, how chosen) at the image's size."""
         r = self.run(img)
         return r["depth"], r["uncertainty"], r["head"], r["how"]
 
-    def run(self, img: Image.Image, choose=None, head=None, want_distances=False) -> dict:
-        """One image: ``{"depth", "uncertainty"}`` (H,W) at the image's size, ``"head"`` (index),
-        ``"how"`` ("given" or "auto"), ``"raw_head"`` (the nearest prototype's head, or None) and
-        ``"distances"`` ((D,) float32 tensor, or None).
+    def run(self, img: Image.Image, choose=None, head=None, want_distances=False, camera=None) -> dict:
+        """One image through the frame pipeline (inference/frames.py): ``{"depth", "uncertainty"}``
+        (H,W) at the image's size, ``"head"`` (index), ``"how"`` ("given" or "auto"), ``"raw_head"``
+        (the nearest head on the frame, or None), ``"distances"`` ((D,) float32 tensor, or None),
+        ``"ood"`` (no head fits: True/False; None without calibrated statistics), ``"camera"`` (the
+        frame's camera and what was assumed), ``"input_size"`` and ``"depth_scale"``.
 
         ``head`` forces a head for this image (else ``--domain``, else automatic). ``choose(raw_head,
-        distances) -> head`` replaces the per-image nearest-prototype rule (inference/stream.py's smoothing).
-        The distances come from the first domain's input size, so they do not depend on the head
-        chosen before; they are computed when the head is automatic or ``want_distances`` is set.
+        distances) -> head`` replaces the per-image nearest-head rule (inference/stream.py's
+        smoothing). ``camera``: an ``inference.frames.CameraHint`` (default: ``--intrinsics`` /
+        ``--fov``). With ``--size`` the image is instead resized to that input (squeezed: the old
+        rule, kept for comparisons).
         """
-        W, H = img.size
         forced = head if head is not None else self.forced
+        if self.size is not None:
+            return self._run_sized(img, choose, forced, want_distances)
+        hint = camera if camera is not None else self.camera
+        return self.pipeline.run(img, head=forced, choose=choose, camera=hint, want_distances=want_distances)
+
+    def _run_sized(self, img, choose, forced, want_distances) -> dict:
+        """``--size HxW``: every image squeezed to that network input (no camera handling)."""
+        W, H = img.size
         out = raw = dists = None
-        size0 = self.size or self.sizes[0]
         if forced is None or (want_distances and self.predictor.prototypes):
-            out = self.predictor.predict(to_input(img, size0), domain=None, with_uncertainty=True)
+            out = self.predictor.predict(to_input(img, self.size), domain=None, with_uncertainty=True)
             raw, dists = int(out["domain"][0]), out["distances"][0].float().cpu()
         if forced is not None:
             chosen, how = int(forced), "given"
         else:
             chosen, how = (raw if choose is None else int(choose(raw, dists))), "auto"
-        size = self.size or self.sizes[chosen]
-        if out is None or chosen != raw or tuple(size) != tuple(size0):
-            out = self.predictor.predict(to_input(img, size), domain=chosen, with_uncertainty=True)
+        if out is None or chosen != raw:
+            out = self.predictor.predict(to_input(img, self.size), domain=chosen, with_uncertainty=True)
         depth = upsample_to(out["depth"].float(), (H, W))[0, 0].cpu().numpy().astype(np.float32)
         unc = out["uncertainty"]
         unc = (upsample_to(unc.float(), (H, W))[0, 0].cpu().numpy().astype(np.float32)
                if unc is not None else None)
         return {"depth": depth, "uncertainty": unc, "head": chosen, "how": how, "raw_head": raw,
-                "distances": dists}
+                "distances": dists, "ood": None, "camera": None, "input_size": list(self.size),
+                "depth_scale": 1.0}
 
     def clamp(self, depth: np.ndarray, head: int) -> np.ndarray:
         """``depth`` clipped to head ``head``'s domain depth range (the default of every output)."""
@@ -295,8 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
                               "lda where the checkpoint stores its statistics, else pooled",
                            "compute prototypes from this data root's replay rows (for files without them)")
     p.add_argument("--size", default=None,
-                   help="network input HxW for every image (default: the chosen domain's training "
-                        "input size from the checkpoint, e.g. 228x304 for NYU at scale 1)")
+                   help="squeeze every image to this network input HxW (the old rule, for comparisons; "
+                        "default: the whole frame, aspect kept, at the chosen head's learned pixel scale)")
     p.add_argument("--recursive", action="store_true", help="also images in subfolders (mirrored in --out)")
     p.add_argument("--max-depth", type=float, default=None,
                    help="upper end of the depth colour bar in metres (default: each image's maximum)")
@@ -308,11 +400,25 @@ def build_parser() -> argparse.ArgumentParser:
                         "for a stream: no depth video (the log, and --save-depth files, still)")
     p.add_argument("--ply", action="store_true", help="also write a coloured point cloud <name>.ply")
     p.add_argument("--intrinsics", default=None,
-                   help="fx,fy,cx,cy in pixels at the original image size for --ply (default: the "
-                        "domain's camera scaled to the image: " + ", ".join(
+                   help="fx,fy,cx,cy in pixels at the original image size: the frame is resampled to "
+                        "the chosen head's focal length, and --ply uses them (default: --fov, the EXIF "
+                        "focal length, else the chosen head's camera at the image's field of view; real "
+                        "sensors: " + ", ".join(
                             f"{get_domain(c).name} {','.join(f'{v:g}' for v in cam.intrinsics)} "
                             f"@{cam.frame_size[0]}x{cam.frame_size[1]}" for c, cam in CAMERAS.items()) + ")")
     p.add_argument("--ply-stride", type=int, default=1, help="keep every N-th pixel in x and y for --ply")
+    p.add_argument("--fov", default=None,
+                   help="horizontal field of view of the camera in degrees (instead of --intrinsics); "
+                        "without either, a photo's EXIF 35 mm focal length is used, else the chosen "
+                        "head's camera is assumed (printed and written to the JSON)")
+    p.add_argument("--camera-mode", default="resample", choices=("resample", "rescale"),
+                   help="resample: the frame is resized so that its focal length matches the head's "
+                        "(measured better, bench/bench_frames.py); rescale: the frame's own pixels, "
+                        "the depth multiplied by the focal-length ratio")
+    p.add_argument("--max-pixels", default=DEFAULT_MAX_PIXELS, type=parse_max_pixels,
+                   help="refuse images with more pixels than this, read from the file's header before "
+                        "decoding (memory grows by well over 100 bytes per pixel)")
+    add_interval_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_runtime_arguments(p)
     return p

@@ -5,7 +5,10 @@ Per batch: the shared trunk (encoder + fusion) once, the domain chosen by the ne
 prototype (or given as the domain prior), then only the chosen head's depth branch (and its
 uncertainty branch when asked). No other head is computed.
 
-By default (``fast=True``) this runs on an inference copy of the network (``models/fast.py``):
+Which library runs it is decided per machine (``backend="auto"``, the default): on CPUs with AMX
+OpenVINO's bfloat16 graphs, on AVX2-only CPUs ONNX Runtime's float32 ones (the trunk and the chosen
+head as ONNX graphs, ``models/runtimes.py``; selection stays here), elsewhere PyTorch as follows.
+In PyTorch (``fast=True``) this runs on an inference copy of the network (``models/fast.py``):
 BatchNorm folded into the convolutions, channels_last (NHWC) layout, on a CPU fused oneDNN kernels
 (Conv+ReLU(+add) in one call, weights pre-packed per input shape) and, where the device has native
 kernels for it, bfloat16 weights and activations (the heads' output convolutions stay float32). On
@@ -13,9 +16,9 @@ the project's 2-core AVX512-BF16 CPU that is 4.0-4.2x faster than the authors' f
 heads at 228x304 and 5.0x at 352x1216, with RMSE and delta1 within 0.04 % of float32 on the
 synthetic test sets (bench/README.md). ``fast=False`` (or ``precision="fp32"``,
 ``channels_last=False``, ``fuse_bn=False`` one by one) gives the plain float32 path on the
-network itself. ``backend="onnxruntime"`` (or ``"openvino"``) runs the trunk and the chosen head as
-float32 ONNX graphs in that runtime instead (``models/runtimes.py``; selection stays here); see
-bench/README.md for where that is faster.
+network itself (and PyTorch: those options exist only there). ``backend="torch"`` /
+``"onnxruntime"`` / ``"openvino"`` fixes the library; bench/README.md has the measurements per
+CPU kind.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ import torch
 from models import load_checkpoint
 from models.fast import (autocast_context, inference_copy, lowp_supported, prepare_input,
                          resolve_precision, trace_module)
-from models.runtimes import BACKENDS, HeadPiece, TrunkPiece  # the pieces traced or exported
+from models.runtimes import AUTO, BACKENDS, HeadPiece, TrunkPiece, choose_backend  # the pieces traced or exported
 from inference.prototypes import SELECTORS, choose_selector, pooled_descriptor_nhwc, pooled_distances, prototype_distances
 
 
@@ -51,8 +54,12 @@ class DepthPredictor:
       ``fuse_bn``).
     - ``jit``: TorchScript trace + freeze of the trunk and of each used head, built lazily on the
       first batch (~2-5 s once per head on a CPU; default off).
-    - ``backend``: ``"torch"`` (default), or ``"onnxruntime"`` / ``"openvino"`` (CPU only; OpenVINO
-      needs ``requirements-openvino.txt``): the trunk and each used head exported once to float32 ONNX
+    - ``backend``: ``"auto"`` (default): the fastest backend measured for this CPU kind at this
+      precision (``models.runtimes.choose_backend``: OpenVINO bf16 on AMX CPUs, ONNX Runtime on
+      AVX2-only ones, PyTorch elsewhere, on CUDA, when a runtime is absent, and whenever ``fast=False``
+      or a PyTorch-only option above is set; ``options["backend_choice"]`` says why).
+      ``"torch"``, or ``"onnxruntime"`` / ``"openvino"`` (CPU only; OpenVINO
+      pinned in ``requirements.txt``): the trunk and each used head exported once to float32 ONNX
       (BN folded; ~3 s for the trunk on 2 cores) and run by that runtime; selection and the
       outputs are the same tensors as above. ``precision`` then is the runtime's: float32 for
       ONNX Runtime; OpenVINO's inference precision (``auto``: bf16 where the CPU has native bf16).
@@ -64,13 +71,18 @@ class DepthPredictor:
 
     def __init__(self, net, prototypes=None, selector: str | None = None, device="cpu", *,
                  fast: bool = True, precision=None, channels_last=None, fuse_bn=None,
-                 cast_weights: bool = True, jit=None, fused_kernels=None, backend: str = "torch"):
+                 cast_weights: bool = True, jit=None, fused_kernels=None, backend: str = AUTO):
         selector = choose_selector(prototypes, selector)  # None: lda where stored, else pooled
         if selector not in SELECTORS:
             raise ValueError(f"unknown selector {selector!r}; choose one of {SELECTORS}")
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+        if backend not in (AUTO,) + BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; choose one of {(AUTO,) + BACKENDS}")
         self.device = torch.device(device)
+        self.backend_choice = "asked for"
+        if backend == AUTO:
+            torch_options = {"channels_last": channels_last, "fuse_bn": fuse_bn, "jit": jit,
+                             "fused_kernels": fused_kernels, "cast_weights": None if cast_weights else False}
+            backend, self.backend_choice = auto_backend(self.device, fast, precision, torch_options)
         self.backend = backend
         if backend != "torch":
             self._init_runtime(net, prototypes, selector, precision)
@@ -127,7 +139,7 @@ class DepthPredictor:
     @property
     def options(self) -> dict:
         """The effective speed settings (for logs and benchmark tables)."""
-        return {"backend": self.backend, "fast": self.fast,
+        return {"backend": self.backend, "backend_choice": self.backend_choice, "fast": self.fast,
                 "precision": str(self.dtype).replace("torch.", ""),
                 "cast_weights": self.cast_weights, "channels_last": self.channels_last,
                 "fuse_bn": self.fuse_bn, "fused_kernels": self.fused_kernels, "jit": self.jit}
@@ -237,6 +249,41 @@ class DepthPredictor:
             depth, unc = self._heads(feats, chosen, with_uncertainty)
         return {"depth": depth, "uncertainty": unc, "domain": chosen, "distances": distances}
 
+    # ---- whole frames (inference/frames.py: one rule for predict.py, streams, the demo) -------
+    @torch.no_grad()
+    def trunk_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Fused features of a normalised (B,3,H,W) batch, prepared as :meth:`predict` prepares it."""
+        x = prepare_input(images, self.device, self.channels_last, self._input_dtype)
+        with self._autocast():
+            return self.features(x)
+
+    @torch.no_grad()
+    def run_heads(self, feats: torch.Tensor, chosen: torch.Tensor, with_uncertainty: bool = False):
+        """(depth, uncertainty or None), float32, of each image's head ``chosen`` (B,) on ``feats``."""
+        chosen = torch.as_tensor(chosen, device=self.device).long().expand(feats.shape[0])
+        self._check_chosen(chosen)
+        with self._autocast():
+            return self._heads(feats, chosen, with_uncertainty)
+
+    def frame_pipeline(self, mode: str = "resample"):
+        """The :class:`inference.frames.FramePipeline` of this predictor (cameras from its meta)."""
+        from inference.frames import FramePipeline, head_cameras
+        key = ("frames", mode)
+        if getattr(self, "_frames", None) is None or self._frames[0] != key:
+            letters = self.meta.get("letters") or self.domain_names
+            self._frames = (key, FramePipeline(self, head_cameras(self.meta, list(letters)), mode,
+                                               tiles=self.meta.get("input_sizes")))
+        return self._frames[1]
+
+    def predict_image(self, image, domain=None, camera=None, with_uncertainty: bool = True,
+                      mode: str = "resample") -> dict:
+        """Depth in metres for one whole frame (PIL image or (H,W,3) uint8 array) at its own size:
+        head ``domain`` (index; None = chosen on the frame), ``camera`` an
+        ``inference.frames.CameraHint`` (None: the chosen head's camera is assumed). Returns
+        ``FramePipeline.run``'s dict (depth, uncertainty, head, ood, camera, ...)."""
+        return self.frame_pipeline(mode).run(image, head=domain, camera=camera,
+                                             with_uncertainty=with_uncertainty)
+
     def _check_chosen(self, chosen):
         if chosen.numel() and (chosen.min() < 0 or chosen.max() >= self.num_domains):
             raise IndexError(f"domain index out of range for a {self.num_domains}-domain model")
@@ -259,6 +306,17 @@ class DepthPredictor:
             if with_uncertainty:
                 unc[rows] = u_out.float()
         return depth, unc
+
+
+def auto_backend(device, fast: bool, precision, torch_options: dict) -> tuple[str, str]:
+    """(backend, why) of ``backend="auto"``: PyTorch where its own path was asked for (``fast=False``
+    or one of its options set: those exist only there), else the fastest backend measured for this
+    CPU kind and the precision (``models.runtimes.choose_backend``; PyTorch if that runtime is absent)."""
+    asked = sorted(k for k, v in torch_options.items() if v is not None)
+    if not fast or asked:
+        return "torch", "PyTorch options asked for (" + (", ".join(asked) or "fast=False") + ")"
+    dtype = resolve_precision("auto" if precision is None else precision, device)
+    return choose_backend(dtype, device)
 
 
 def _f32(t: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,7 @@ test_inference.py and predict.py (through ``prediction.Predictor``).
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch.utils.data import Subset
 from tqdm import tqdm
@@ -124,3 +125,79 @@ def load_prototypes(args, path, meta, letters, scale, device, order, workers, ne
                                        workers=workers, quiet=args.quiet)
         source += f"; lda from training-augmented replay rows of {root}"
     return protos, source
+
+
+@torch.no_grad()
+def frame_statistics(net, letters: str, data_root, cameras=None, max_images=100, holdout=5, seed=0,
+                     progress=None) -> dict:
+    """The ``frames`` selector statistics and out-of-domain thresholds of ``net`` (a network, or a
+    DepthPredictor: then its own path, the features queries get; frames.py):
+    each domain's replay files *as they lie on disk* (no domain transform), with the variants a
+    user feeds (mirrored, half resolution, a crop of another aspect ratio, the training colour
+    jitter; ``frames.frame_variants``), through the selection input. Every ``holdout``-th replay
+    image (and its variants) is held out of the fit and calibrates the thresholds."""
+    from PIL import Image
+
+    from inference.frames import SELECT_AREA, descriptor_of, fit_frame_statistics, frame_variants, to_tensor
+    from loaders import build_transform, load_rgb
+    if hasattr(net, "trunk_features"):
+        features, net = net.trunk_features, net.net
+    else:
+        device = next(net.parameters()).device
+        features = lambda x: net.features(x.to(device))  # noqa: E731 - the frames arrive on the CPU
+    was_training = net.training
+    net.eval()
+    cam0 = (cameras or [None])[0]
+    area = cam0.width * cam0.height if cam0 is not None else SELECT_AREA
+    rng = np.random.default_rng(seed)
+    fit, cal = [], []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for c in letters:
+            try:
+                ds = get_dataset(c, "replay", str(data_root), train=False)
+            except (FileNotFoundError, DatasetFormatError, ValueError) as e:
+                raise CLIError(f"--replay-root: {e}") from None
+            jitter = build_transform(c, train=True)  # the training colour jitter (loaders.JointTransform)
+            mine = ([], [])
+            for i, row in enumerate(ds.rows[:max_images]):
+                img = load_rgb(row.image)
+                frames = [to_tensor(v) for v in frame_variants(img, rng)]
+                raw = torch.from_numpy(np.asarray(img, np.float32) / 255.0).permute(2, 0, 1)
+                frames.append(to_tensor(Image.fromarray(
+                    (jitter._jitter(jitter._lighting(raw)).clamp(0, 1).permute(1, 2, 0).numpy() * 255
+                     ).round().astype(np.uint8))))
+                descs = [descriptor_of(features, x, area).double().cpu() for x in frames]
+                mine[int(i % holdout == holdout - 1)].extend(descs)
+                if progress is not None:
+                    progress.update(1)
+            if not mine[0] or not mine[1]:
+                raise CLIError(f"--replay-root: domain {c} needs at least {holdout} replay rows for the "
+                               f"frame statistics (held-out calibration), found {len(ds.rows)}")
+            fit.append(torch.cat(mine[0]))
+            cal.append(torch.cat(mine[1]))
+    net.train(was_training)
+    return fit_frame_statistics(fit, cal, area)
+
+
+def add_frame_statistics(checkpoint, out, data_root, order=None, max_images=100, seed=0, quiet=False) -> dict:
+    """Write a copy of ``checkpoint`` to ``out`` with the ``frames`` selector statistics (computed
+    from ``data_root``'s replay rows on the default inference path) and the per-domain ``cameras``: for a checkpoint trained
+    before they existed, instead of retraining. Returns the statistics."""
+    from inference.frames import head_cameras
+    from inference.predictor import DepthPredictor
+    from models import save_checkpoint
+    net = load_checkpoint(checkpoint, order=order)
+    letters = net.meta.get("letters") or order
+    cameras = head_cameras(net.meta, list(letters), data_root)
+    bar = tqdm(total=len(letters) * max_images, desc="frame statistics", unit="img", disable=quiet,
+               dynamic_ncols=True, leave=False)
+    # the product's own (fast) path computes the query features, so it computes these too
+    stats = frame_statistics(DepthPredictor(net), letters, data_root, cameras, max_images=max_images, seed=seed,
+                             progress=bar)
+    bar.close()
+    protos = dict(net.meta.get("prototypes") or {})
+    protos["frames"] = stats
+    save_checkpoint(out, net, prototypes=protos,
+                    cameras=[c.as_dict() if c is not None else None for c in cameras])
+    return stats

@@ -5,9 +5,11 @@
     python predict.py drive.mp4 --checkpoint runs/quickstart/NKS.pth.tar --out out/
     python predict.py frames/ --stream --fps 10 --save-depth --out out/
 
-Frames are processed in order, each through ``prediction.Predictor.run`` (selection at the first
-domain's input size, depth at the chosen head's input size, upsampled to the frame). The head is
-chosen online by :class:`HeadSmoother` from every frame's prototype distances. Written into
+Frames are processed in order, each through ``prediction.Predictor.run`` (inference/frames.py's
+frame pipeline: selection on the whole frame, depth at the chosen head's learned pixel scale, at the
+frame's size). The head is chosen online by :class:`HeadSmoother` from every frame's distances,
+with the checkpoint's calibrated thresholds where it stores them; the log and the summary say
+which frames no head fits. Written into
 ``--out`` for an input ``<name>``:
 
 * ``<name>_depth.mp4``: each frame beside its colourised depth, the chosen domain written on top;
@@ -35,14 +37,19 @@ import torch
 from tqdm import tqdm
 
 from evaluation.evaluate import write_json
-from cli.options import CLIError, predictor_settings
-from inference.images import Predictor, collect_inputs, read_rgb, save_png16
+from cli.options import CLIError, error_line, predictor_settings
+from inference.images import DEFAULT_MAX_PIXELS, Predictor, collect_inputs, make_out_dir, read_rgb, save_png16
 from inference.images import build_parser as build_predictor_parser
 from data.safeio import atomic_write
+from evaluation.uncertainty import calibration_note, interval_summary, median_width, parse_interval
 
-VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv")
+VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv",
+                    ".ts", ".mts", ".m2ts", ".3gp", ".3g2", ".ogv")  # transport streams, camcorders, phones
 SMOOTHING_MODES = ("mean", "vote", "raw")
 DEFAULT_WINDOW = 4
+DECISIVE_RATIO = 2.0  # HeadSmoother._decisive. bench/bench_stream.py, quickstart model: thresholds alone
+# follow 149 of 195 changes of the N,K,S cycle; with ratio 3: 175, ratio 2: 176, 0 wrong switches and
+# the NKSN streams still at 15 switches (15 true), 0 wrong, delay <= 2 frames
 DEFAULT_MARGIN = 0.0  # measured with bench/bench_stream.py: 5 % halves the wrong switches but delays N<->S changes up to 6 frames
 DEPTH_CMAP = "magma_r"  # predict.py's depth colour map
 LABEL_HEIGHT = 22
@@ -60,9 +67,18 @@ class HeadSmoother:
     by more than ``margin`` (relative; the hysteresis). ``mode="vote"``: the head with most per-frame
     nearest-prototype votes in the window, switched to only with a strict majority. ``mode="raw"``
     (or ``window=1`` with no margin): the per-frame rule, the nearest prototype of each frame.
+
+    ``thresholds`` (per head; the checkpoint's calibrated out-of-domain thresholds of the ``frames``
+    selector, frames.py): a frame that the current head's threshold rejects while its nearest head's
+    accepts is decisive evidence of a new domain, and the head switches on that frame (the history
+    restarts there). Smoothing is for ambiguous frames; a stream whose frames truly alternate between
+    domains (a folder of unrelated photos, N, K, S, N, ...) then gets each frame's own head instead
+    of a lagging average that switches just as often and is mostly wrong (measured in
+    bench/bench_stream.py, condition "cycle").
     """
 
-    def __init__(self, window: int = DEFAULT_WINDOW, mode: str = "mean", margin: float = DEFAULT_MARGIN):
+    def __init__(self, window: int = DEFAULT_WINDOW, mode: str = "mean", margin: float = DEFAULT_MARGIN,
+                 thresholds=None):
         if mode not in SMOOTHING_MODES:
             raise ValueError(f"unknown smoothing mode {mode!r}; choose one of {SMOOTHING_MODES}")
         if window < 1:
@@ -70,8 +86,13 @@ class HeadSmoother:
         if margin < 0:
             raise ValueError(f"the smoothing margin must be >= 0, got {margin}")
         self.window, self.mode, self.margin = int(window), mode, float(margin)
+        self.calibrate(thresholds)
         self.history = deque(maxlen=self.window)
         self.current = None
+
+    def calibrate(self, thresholds) -> None:
+        """Use these per-head thresholds (None: none) for the decisive switch (class docstring)."""
+        self.thresholds = None if thresholds is None else np.asarray(thresholds, np.float64)
 
     def reset(self) -> None:
         self.history.clear()
@@ -84,6 +105,22 @@ class HeadSmoother:
         if self.mode == "raw":
             self.current = raw
             return raw
+        if self._decisive(d, raw):
+            self.history.clear()
+            self.current = raw
+        return self._smoothed(d, raw)
+
+    def _decisive(self, d, raw) -> bool:
+        """The current head's calibrated threshold rejects this frame and the nearest head's accepts
+        it, or the current head is DECISIVE_RATIO times farther than the nearest (calibrated
+        statistics only: their distances are squared Mahalanobis, on one scale for every head)."""
+        t = self.thresholds
+        if t is None or self.current is None or raw == self.current or t.size != d.size:
+            return False
+        rejected = d[self.current] > t[self.current] and d[raw] <= t[raw]
+        return bool(rejected or (d[raw] > 0 and d[self.current] >= DECISIVE_RATIO * d[raw]))
+
+    def _smoothed(self, d, raw) -> int:
         if self.mode == "vote":
             self.history.append(raw)
             votes = np.bincount(np.asarray(self.history), minlength=d.size)
@@ -122,11 +159,11 @@ def folder_frames(folder: Path, out_dir: Path) -> list:
     return sorted(images, key=_natural_key)
 
 
-def iter_folder(files):
-    """(name, RGB uint8 array) of each frame file."""
+def iter_folder(files, max_pixels=DEFAULT_MAX_PIXELS):
+    """(name, RGB uint8 array) of each frame file (upright by EXIF; over ``max_pixels``: refused)."""
     for f in files:
         try:
-            yield f.stem, np.asarray(read_rgb(f))
+            yield f.stem, np.asarray(read_rgb(f, max_pixels))
         except Exception as e:  # noqa: BLE001 - a stream stops at an unreadable frame, saying which
             raise CLIError(f"frame {str(f)!r}: {e}") from None
 
@@ -300,13 +337,15 @@ class Sink:
             raise self.error
 
 
-def frame_label(model, index, head, raw_head, smoothing, vmax) -> str:
+def frame_label(model, index, head, raw_head, smoothing, vmax, ood=None) -> str:
     """The text written on a frame: number, chosen domain and how, the per-frame choice where it
     differs, the colour range."""
     from data.domains import get_domain
     letter = model.letters[head]
     how = "given" if model.forced is not None else ("per-frame" if smoothing == "raw" else "smoothed")
     note = f", this frame alone: {model.letters[raw_head]}" if raw_head is not None and raw_head != head else ""
+    if ood:
+        note += ", OUT OF DOMAIN"
     return f"frame {index}: {get_domain(letter).name} head ({letter}, {how}{note}), depth 0-{vmax:g} m"
 
 
@@ -314,15 +353,19 @@ def frame_label(model, index, head, raw_head, smoothing, vmax) -> str:
 # The loop
 # ----------------------------------------------------------------------------------------------
 def run_stream(model, frames, *, smoother=None, sink=None, clamp=True, max_depth=None,
-               threaded=True, max_frames=None, on_frame=None) -> list[dict]:
+               threaded=True, max_frames=None, on_frame=None, interval=0.9, records=None) -> list[dict]:
     """Run ``model`` (a ``prediction.Predictor``) over ``frames`` ((name, RGB array) in order).
 
     ``smoother``: a :class:`HeadSmoother` (None: the per-frame rule). Returns one record per frame:
-    ``{"frame", "name", "raw_head", "head", "distances", "latency_ms", "depth_min", "depth_max"}``.
+    ``{"frame", "name", "raw_head", "head", "distances", "latency_ms", "ood", "depth_min", "depth_max"}``
+    (``ood``: no learned head fits the frame, frames.py's verdict; None without calibrated statistics),
+    and ``"interval_width_m"``: the frame's median width of its central ``interval`` interval
+    (calibrated, evaluation/uncertainty.py; None without an uncertainty map). ``records``: a list
+    the records are appended to as they come (so that a stream stopped half way keeps them).
     """
     from PIL import Image
     source = Prefetch(frames) if threaded else frames
-    records = []
+    records = [] if records is None else records
     smoothing = "raw" if smoother is None else smoother.mode
     try:
         for index, (name, rgb) in enumerate(source):
@@ -336,13 +379,15 @@ def run_stream(model, frames, *, smoother=None, sink=None, clamp=True, max_depth
             latency = (time.perf_counter() - t0) * 1000.0
             dists = None if r["distances"] is None else [float(v) for v in r["distances"]]
             rec = {"frame": index, "name": name, "raw_head": r["raw_head"], "head": head,
-                   "distances": dists, "latency_ms": latency,
-                   "depth_min": float(depth.min()), "depth_max": float(depth.max())}
+                   "distances": dists, "latency_ms": latency, "ood": r.get("ood"),
+                   "depth_min": float(depth.min()), "depth_max": float(depth.max()),
+                   "interval": interval, "interval_width_m": None if r["uncertainty"] is None else
+                   median_width(*model.interval(depth, r["uncertainty"], head, interval))}
             records.append(rec)
             if sink is not None:
                 vmax = float(max_depth) if max_depth else float(model.ranges[head][1])
                 sink.put({"name": name, "rgb": rgb, "depth": depth, "vmax": vmax,
-                          "text": frame_label(model, index, head, r["raw_head"], smoothing, vmax)})
+                          "text": frame_label(model, index, head, r["raw_head"], smoothing, vmax, r.get("ood"))})
             if on_frame is not None:
                 on_frame(rec)
     finally:
@@ -351,24 +396,52 @@ def run_stream(model, frames, *, smoother=None, sink=None, clamp=True, max_depth
     return records
 
 
+def stream_stopped(stop, records, log, letters, sink) -> SystemExit:
+    """What ends a stream stopped half way (a frame that cannot be read, Ctrl-C, a failed write),
+    after the frames done are logged: one ``error:`` line saying so (exit 1), or for Ctrl-C a line
+    and exit status 130, no traceback. The video of those frames stays as its .part file."""
+    if records:
+        write_log(log, records, letters)
+    part = sink._partial() if sink.video_path is not None else None
+    done = (f"{len(records)} frame(s) done" + (f", logged in {log}" if records else "")
+            + (f"; the video of those frames: {part}" if part is not None and part.exists() else ""))
+    if isinstance(stop, KeyboardInterrupt):
+        print(f"interrupted: {done}", file=sys.stderr)
+        return SystemExit(130)
+    text = stop.code if isinstance(stop, SystemExit) else error_line(stop)
+    if isinstance(stop, SystemExit) and not isinstance(text, str):
+        return stop
+    text = str(text)
+    return CLIError(f"{text[len('error: '):] if text.startswith('error: ') else text}; {done}")
+
+
 def count_switches(heads) -> int:
     return int(sum(1 for a, b in zip(heads, heads[1:]) if a != b))
 
 
+def interval_tag(records) -> str:
+    """The coverage (percent) of the records' interval widths, for the log's column name."""
+    level = records[0].get("interval") if records else None
+    return f"{round(100 * (level or 0.9), 6):g}"
+
+
 def write_log(path, records, letters) -> None:
-    """One CSV row per frame: frame, name, raw and chosen head (letters), switch, latency, distances."""
+    """One CSV row per frame: frame, name, raw and chosen head (letters), switch, latency, depth range,
+    out-of-domain verdict, median interval width (metres, at the records' coverage), distances."""
     tmp = Path(path).with_name(Path(path).name + ".tmp")
     with open(tmp, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["frame", "name", "raw_head", "head", "switched", "latency_ms", "depth_min", "depth_max"]
-                   + [f"dist_{c}" for c in letters])
+        w.writerow(["frame", "name", "raw_head", "head", "switched", "latency_ms", "depth_min", "depth_max",
+                    "out_of_domain", f"median_interval{interval_tag(records)}_m"] + [f"dist_{c}" for c in letters])
         prev = None
         for r in records:
             raw = "" if r["raw_head"] is None else letters[r["raw_head"]]
             dists = r["distances"] or [""] * len(letters)
             w.writerow([r["frame"], r["name"], raw, letters[r["head"]],
                         int(prev is not None and r["head"] != prev), f"{r['latency_ms']:.2f}",
-                        f"{r['depth_min']:.4f}", f"{r['depth_max']:.4f}"]
+                        f"{r['depth_min']:.4f}", f"{r['depth_max']:.4f}",
+                        "" if r.get("ood") is None else int(r["ood"]),
+                        "" if r.get("interval_width_m") is None else f"{r['interval_width_m']:.4f}"]
                        + [d if d == "" else f"{d:.5f}" for d in dists])
             prev = r["head"]
     tmp.replace(path)
@@ -420,6 +493,22 @@ def smoother_from_args(args):
     return HeadSmoother(window=args.window, mode=args.smoothing, margin=args.switch_margin)
 
 
+def frame_thresholds(model):
+    """Per head, the out-of-domain threshold of ``model``'s frames statistics (None without them)."""
+    stats = (model.predictor.prototypes or {}).get("frames")
+    return None if not stats else stats["thresholds"]
+
+
+def stream_interval(model, records, level) -> dict:
+    """The stream JSON's interval summary: coverage, median over frames of the per-frame median
+    width, and per head the calibration scale and the coverage it achieved on validation rows."""
+    widths = [r["interval_width_m"] for r in records if r.get("interval_width_m") is not None]
+    return {"coverage": level, "median_width_m": float(np.median(widths)) if widths else None,
+            "note": calibration_note(model.predictor.meta, len(model.letters)),
+            "heads": {c: interval_summary(model.predictor.meta, i, len(model.letters), level)
+                      for i, c in enumerate(model.letters)}}
+
+
 def main_stream(args, device) -> int:
     """The stream path of ``predict.py``; returns the exit status."""
     from data.domains import get_domain
@@ -439,7 +528,7 @@ def main_stream(args, device) -> int:
         raise CLIError(f"input {str(target)!r} does not exist (expected a video file or a folder of frames)")
     if target.is_dir():
         files = folder_frames(target, out_dir)
-        frames, fps, reader = iter_folder(files), 10.0, None
+        frames, fps, reader = iter_folder(files, args.max_pixels), 10.0, None
     elif is_video(target):
         reader, fps = open_video(target)
         frames = iter_video(reader)
@@ -447,8 +536,14 @@ def main_stream(args, device) -> int:
         raise CLIError(f"{str(target)!r} is not a video file ({', '.join(VIDEO_EXTENSIONS)}); "
                          "--stream takes a folder of frames")
     fps = args.fps or fps or 10.0
+    try:
+        level = parse_interval(args.intervals) if args.intervals is not None else 0.9
+    except ValueError as e:
+        raise CLIError(str(e)) from None
     model = Predictor(args, device)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if smoother is not None:
+        smoother.calibrate(frame_thresholds(model))
+    make_out_dir(out_dir)  # a file named --out, or a file above it: one error line
     stem = target.name if target.is_dir() else target.stem
     video = None if args.no_plots else out_dir / f"{stem}_depth.mp4"
     depth_dir = out_dir / f"{stem}_depth" if args.save_depth else None
@@ -461,21 +556,29 @@ def main_stream(args, device) -> int:
     def progress(r):
         bar.set_postfix_str(f"{model.letters[r['head']]} {r['latency_ms']:.0f} ms", refresh=False)
         bar.update(1)
-    complete = False
+    complete, records, stop = False, [], None
     try:
-        records = run_stream(model, frames, smoother=smoother, sink=sink, clamp=not args.no_clamp,
-                             max_depth=args.max_depth, threaded=not args.no_threads,
-                             max_frames=args.max_frames, on_frame=progress)
+        run_stream(model, frames, smoother=smoother, sink=sink, clamp=not args.no_clamp,
+                   max_depth=args.max_depth, threaded=not args.no_threads,
+                   max_frames=args.max_frames, on_frame=progress, interval=level, records=records)
         complete = True
+    except (KeyboardInterrupt, SystemExit, OSError, ValueError) as e:  # Ctrl-C, a bad frame, a write
+        stop = e
     finally:
         bar.close()
-        sink.close(complete)
-        if reader is not None:
-            reader.close()
+        try:
+            sink.close(complete)
+        except (OSError, ValueError) as e:  # the writer thread's error
+            stop = stop or e
+        finally:
+            if reader is not None:
+                reader.close()
     seconds = time.perf_counter() - t0
+    log = out_dir / f"{stem}_frames.csv"
+    if stop is not None:
+        raise stream_stopped(stop, records, log, model.letters, sink)
     if not records:
         raise CLIError(f"{str(target)!r} holds no frame")
-    log = out_dir / f"{stem}_frames.csv"
     write_log(log, records, model.letters)
     heads = [r["head"] for r in records]
     raw = [r["raw_head"] for r in records if r["raw_head"] is not None]
@@ -486,7 +589,10 @@ def main_stream(args, device) -> int:
                "switches": count_switches(heads), "raw_switches": count_switches(raw) if raw else None,
                "frames_per_s": len(records) / seconds, "seconds": seconds,
                "median_latency_ms": float(np.median([r["latency_ms"] for r in records])),
+               "interval": stream_interval(model, records, level),
                "frames_per_head": {get_domain(c).name: heads.count(i) for i, c in enumerate(model.letters)},
+               "out_of_domain_frames": (None if all(r["ood"] is None for r in records)
+                                        else sum(bool(r["ood"]) for r in records)),
                "predictor": predictor_settings(model.predictor),
                "outputs": {"video": None if video is None else str(video), "log": str(log),
                            "depth": None if depth_dir is None else str(depth_dir)}}

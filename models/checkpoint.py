@@ -8,20 +8,23 @@ Two on-disk formats are read:
   "lifelong-monodepth"``, ``"version": 1`` (see docs/DESIGN.md).
 """
 import argparse
+import dataclasses
 import os
 import re
 
 import numpy as np
 import torch
 
+from data import domains as dom
 from data.domains import BUILTIN
 from data.safeio import atomic_torch_save
 
 from .net import LifelongDepthNet
 from .resnet import ENCODERS
 
-__all__ = ["CheckpointError", "check_finite", "check_letters", "save_checkpoint", "read_checkpoint",
-           "load_checkpoint", "infer_encoder", "order_names", "FORMAT", "VERSION"]
+__all__ = ["CheckpointError", "check_finite", "check_letters", "check_meta", "save_checkpoint",
+           "read_checkpoint", "load_checkpoint", "infer_encoder", "order_names", "register_domains",
+           "domain_specs", "FORMAT", "VERSION"]
 
 FORMAT = "lifelong-monodepth"
 VERSION = 1
@@ -30,6 +33,7 @@ AUTHORS = "authors"
 LETTER_NAMES = {spec.letter: spec.name for spec in BUILTIN}
 NAME_LETTERS = {v: k for k, v in LETTER_NAMES.items()}
 _TASK_KEY = re.compile(r"^task(\d+)\.")
+SPEC_FIELDS = {f.name for f in dataclasses.fields(dom.DomainSpec)}  # read generically: new fields travel
 
 
 class CheckpointError(ValueError):
@@ -74,12 +78,95 @@ def save_checkpoint(path, net, **meta):
     letters = info.get("letters") or order_names(domains)[1]
     if letters:
         info["letters"] = letters
+    info["domain_specs"] = domain_specs(domains, info.get("domain_specs"))
     state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
     check_finite(state, path)
     payload = dict(info, domains=domains, encoder=net.encoder_name, format=FORMAT, version=VERSION,
                    state_dict=state)
     atomic_save(payload, os.fspath(path))
     return path
+
+
+def domain_specs(names, stored=None) -> list:
+    """Each domain's full description (every DomainSpec field, as plain data) in learning order, so
+    that a custom domain (domains.json) travels with the model: the registered spec, else the one
+    the file was loaded with (``stored``), else None (a name nothing describes)."""
+    known = {d.get("name"): d for d in (stored or []) if isinstance(d, dict)}
+    out = []
+    for name in names:
+        try:
+            out.append(dom.get_domain(name).to_dict())
+        except ValueError:
+            out.append(known.get(name))
+    return out
+
+
+def register_domains(meta: dict, path) -> list:
+    """Register the custom domains a checkpoint describes (``meta["domain_specs"]``); returns the
+    specs. Called wherever a checkpoint is loaded, so predict.py, the stream path, the demo, test.py
+    and export.py know a domain the model learned from a domains.json they never saw. A domain
+    already registered under the same name and letter is kept (the user's description wins);
+    fields this code does not know (a newer file) are ignored, missing ones get their defaults (an
+    older file)."""
+    specs = []
+    for i, d in enumerate(meta.get("domain_specs") or []):
+        if not isinstance(d, dict) or d.get("name") in LETTER_NAMES.values():
+            continue  # a built-in domain: this code's own description is the one to use
+        fields = {k: v for k, v in d.items() if k in SPEC_FIELDS}
+        try:
+            current = dom.get_domain(fields.get("name", ""))
+        except ValueError:
+            current = None
+        if current is not None and current.letter == str(fields.get("letter", "")).upper():
+            specs.append(current)
+            continue
+        try:
+            spec = dom.domain_from_dict(fields, f"domain_specs[{i}]")
+            specs.append(dom.register_domain(spec, provisional=True))
+        except ValueError as e:
+            raise CheckpointError(f"checkpoint {os.fspath(path)!r}: its domain description {e}") from None
+    return specs
+
+
+def check_meta(meta: dict, n: int, path) -> None:
+    """The metadata a tool relies on must fit the ``n``-head model: one input size (>= 32 pixels,
+    the encoder downsamples 32 times) and one depth range (0 <= min < max) per head, prototypes
+    for every head. A damaged or crafted file fails here with the entry named, not later."""
+    where = f"checkpoint {os.fspath(path)!r}"
+    for key, check, expected in (
+            ("input_sizes", lambda v: len(v) == 2 and all(_number(x) and x >= 32 and x == int(x) for x in v),
+             "[H, W] integers of at least 32 pixels"),
+            ("depth_ranges", lambda v: len(v) == 2 and all(_number(x) for x in v) and 0 <= v[0] < v[1],
+             "[min, max] metres with 0 <= min < max")):
+        values = meta.get(key)
+        if values is None:
+            continue
+        if not isinstance(values, (list, tuple)) or len(values) != n:
+            held = len(values) if isinstance(values, (list, tuple)) else repr(values)
+            raise CheckpointError(f"{where}: '{key}' holds {held} entries for {n} head(s)")
+        for i, v in enumerate(values):
+            if not (isinstance(v, (list, tuple)) and check(v)):
+                raise CheckpointError(f"{where}: '{key}'[{i}] is {v!r}; expected {expected}")
+    for kind, value in (meta.get("prototypes") or {}).items():
+        count = _rows(value)
+        if count is not None and count != n:
+            raise CheckpointError(f"{where}: its '{kind}' prototypes describe {count} domain(s), the model "
+                                  f"has {n} head(s); recompute them (test_inference.py --replay-root)")
+
+
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x)
+
+
+def _rows(value):
+    """How many domains a stored prototype entry describes (None: not a per-domain entry)."""
+    if torch.is_tensor(value):
+        return int(value.shape[0]) if value.dim() else None
+    if isinstance(value, (list, tuple)):
+        return len(value)
+    if isinstance(value, dict) and torch.is_tensor(value.get("means")):
+        return int(value["means"].shape[0])
+    return None
 
 
 def _plain(obj):
@@ -120,11 +207,18 @@ def read_checkpoint(path, map_location="cpu"):
                               f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
                               ) from exc
     state, meta = _split(obj, path)
+    stripped = {k[len("module."):] if k.startswith("module.") else k for k in state}
+    if len(stripped) != len(state):  # one weight stored twice: which one is meant is unknown
+        twice = sorted(k for k in stripped if k in state and f"module.{k}" in state)
+        raise CheckpointError(f"checkpoint {path!r}: {len(twice)} weight(s) stored both with and without "
+                              f"the 'module.' prefix {_preview(twice)}; the file was edited or merged, "
+                              f"keep one copy of each")
     state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
     meta.setdefault("format", AUTHORS)
     if meta["format"] == FORMAT and int(meta.get("version", VERSION)) > VERSION:
         raise CheckpointError(f"checkpoint {path!r}: format version {meta['version']} is newer "
                               f"than this code (version {VERSION})")
+    register_domains(meta, path)  # every reader (tools, tests, the engine) knows the model's domains
     return state, meta
 
 
@@ -249,6 +343,7 @@ def load_checkpoint(path, order=None, map_location="cpu", encoder=None):
     state, meta = read_checkpoint(path, map_location)
     path = os.fspath(path)
     n = _head_count(state, path)
+    check_meta(meta, n, path)
     names, letters = _domains(meta, order, n, path)  # cheap checks before building the net
     name = encoder or meta.get("encoder") or infer_encoder(state)
     try:

@@ -25,8 +25,8 @@ import platform
 
 import torch
 
-__all__ = ["cpu_model", "cpu_flags", "bf16_kernels", "bf16_native", "fp16_native", "lowp_supported",
-           "lowp_kernels", "capabilities", "capability_line", "ISA_LIMIT_VARS"]
+__all__ = ["cpu_model", "cpu_flags", "bf16_kernels", "bf16_native", "amx_bf16", "avx512", "fp16_native",
+           "lowp_supported", "lowp_kernels", "capabilities", "capability_line", "cpu_kind", "ISA_LIMIT_VARS"]
 
 # oneDNN's (and its older name's) limit on the instruction set it dispatches to
 ISA_LIMIT_VARS = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
@@ -92,6 +92,29 @@ def bf16_native() -> bool:
     """Whether bfloat16 convolutions are native (AVX512-BF16 or AMX-BF16) *and* oneDNN runs them."""
     isa = _has("avx512_bf16", "_is_avx512_bf16_supported") or _has("amx_bf16", "_is_amx_tile_supported")
     return isa and bf16_kernels()
+
+
+def amx_bf16() -> bool:
+    """Whether the CPU has AMX tiles with bf16 (Sapphire Rapids and later Xeons): there bf16 matrix
+    products run on the tile units, which the runtimes' fused graphs keep busier than PyTorch's
+    per-op calls do (``models.runtimes.choose_backend``)."""
+    return _has("amx_bf16", "_is_amx_tile_supported") and _has("amx_tile", "_is_amx_tile_supported")
+
+
+def avx512() -> bool:
+    """Whether the CPU has AVX-512 (foundation)."""
+    return _has("avx512f", "_is_avx512_supported")
+
+
+def cpu_kind() -> str:
+    """The CPU class the speed decisions tell apart: ``"amx"`` (AMX-BF16 and native bf16),
+    ``"avx512_bf16"`` (native bf16 without AMX, e.g. AMD Zen 4), ``"avx512"`` (AVX-512 without
+    native bf16, e.g. Skylake-SP), ``"avx2"`` (e.g. AMD Zen 3) or ``"other"``."""
+    if bf16_native():
+        return "amx" if amx_bf16() else "avx512_bf16"
+    if avx512():
+        return "avx512"
+    return "avx2" if _has("avx2", "_is_avx2_supported") else "other"
 
 
 @functools.lru_cache(maxsize=None)

@@ -12,9 +12,10 @@ dynamic batch and image sizes. Two graph kinds:
   pooled-prototype selection inside the graph and every head computed (ONNX has no cheap per-image
   dispatch), the chosen one gathered per image.
 
-Neither runtime is needed by the default (PyTorch) path; a missing one raises
-:class:`RuntimeUnavailable` with the pip command (onnx and onnxruntime are in
-``requirements.txt`` because the tests use them; OpenVINO in ``requirements-openvino.txt``).
+:func:`choose_backend` is ``DepthPredictor``'s default (``backend="auto"``): the runtime that
+measured fastest on this CPU kind, PyTorch where none did or where it is not installed. Asked for
+explicitly, a missing runtime raises :class:`RuntimeUnavailable` with the pip command (onnx and onnxruntime are in
+``requirements.txt``, OpenVINO too: the tests and the benchmarks use all three).
 """
 from __future__ import annotations
 
@@ -26,15 +27,17 @@ import warnings
 import torch
 from torch import nn
 
-__all__ = ["BACKENDS", "RuntimeUnavailable", "available", "require", "onnx_bytes", "TrunkPiece",
-           "HeadPiece", "session", "OPSET"]
+__all__ = ["BACKENDS", "AUTO", "BACKEND_ENV", "RuntimeUnavailable", "available", "require", "onnx_bytes",
+           "TrunkPiece", "HeadPiece", "session", "choose_backend", "OPSET"]
 
 BACKENDS = ("torch", "onnxruntime", "openvino")
+AUTO = "auto"  # DepthPredictor's default: choose_backend decides
+# pins the automatic choice for a process (e.g. =torch to switch the runtimes off)
+BACKEND_ENV = "LIFELONG_MONODEPTH_BACKEND"
 OPSET = 17
 _PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino", "onnx": "onnx"}
-# where each is pinned: the tests need onnx and onnxruntime; OpenVINO is an extra
-_REQUIREMENTS = {"onnxruntime": "requirements.txt", "onnx": "requirements.txt",
-                 "openvino": "requirements-openvino.txt"}
+# where each is pinned (all in the default install: the tests use every one)
+_REQUIREMENTS = {"onnxruntime": "requirements.txt", "onnx": "requirements.txt", "openvino": "requirements.txt"}
 
 
 class RuntimeUnavailable(ImportError):
@@ -161,3 +164,34 @@ def session(backend: str, model: bytes, threads: int | None = None, precision: s
     if backend == "openvino":
         return _OpenVinoSession(model, threads, precision)
     raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+
+
+# The fastest backend per CPU kind (models.hardware.cpu_kind) and compute dtype, from interleaved
+# runs of the same function on each kind (bench/README.md): AMX: OpenVINO bf16 1.47x PyTorch's bf16
+# path; AVX512-BF16 without AMX (Zen 4): PyTorch's fused bf16 kernels lead; AVX2 only (Zen 3):
+# ONNX Runtime's float32 1.12-1.24x PyTorch's fused float32. AVX-512 without bf16 was not measured:
+# PyTorch's fused float32 stays (on Zen 4 it ran 99 ms against ONNX Runtime's 128 ms in float32).
+_FASTEST = {("amx", "bfloat16"): "openvino", ("avx2", "float32"): "onnxruntime"}
+
+
+def choose_backend(dtype: torch.dtype, device="cpu", kind: str | None = None) -> tuple[str, str]:
+    """(backend, why): the fastest backend computing ``dtype`` on ``device`` here, decided from the
+    CPU's kind (``kind``: that of this machine unless given) and which runtimes are installed;
+    PyTorch wherever no runtime measured faster or the runtime is absent. ``LIFELONG_MONODEPTH_BACKEND``
+    (``torch``, ``onnxruntime``, ``openvino``) overrides the choice."""
+    from . import hardware
+    forced = os.environ.get(BACKEND_ENV, "").strip().lower()
+    if forced and forced != AUTO:
+        if forced not in BACKENDS:
+            raise ValueError(f"{BACKEND_ENV}={forced!r}: expected one of {(AUTO,) + BACKENDS}")
+        return forced, f"{BACKEND_ENV}={forced}"
+    if torch.device(device).type != "cpu":
+        return "torch", f"{torch.device(device).type}: the runtimes run on a CPU only"
+    kind = kind or hardware.cpu_kind()
+    name = str(dtype).replace("torch.", "")
+    best = _FASTEST.get((kind, name))
+    if best is None:
+        return "torch", f"{kind} CPU, {name}: no runtime measured faster than PyTorch"
+    if not available(best):
+        return "torch", f"{kind} CPU, {name}: {best} measured faster but is not installed"
+    return best, f"{kind} CPU, {name}: {best} measured fastest"

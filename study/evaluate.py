@@ -19,7 +19,7 @@ from evaluation.evaluate import DomainEvaluator, evaluate_split, make_loader, te
 from inference.predictor import DepthPredictor
 from loaders import get_dataset, get_loader
 
-from .run import read_json, read_jsonl
+from data.safeio import read_json, read_jsonl
 
 EVAL_BATCH = 16
 

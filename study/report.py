@@ -13,7 +13,8 @@ from models.hardware import capability_line
 from . import figures
 from .config import ARMS, SYNTHETIC_COMMAND, quote
 from .results import Results
-from .run import engine_command, read_json, read_jsonl
+from data.safeio import read_json, read_jsonl
+from .run import engine_command
 from .stats import compare, interval, overlap, proportion_interval
 
 SYNTHETIC_NOTE = (

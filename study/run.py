@@ -7,7 +7,6 @@ folder with ``last.pth.tar`` but no checkpoint was interrupted: it continues wit
 """
 from __future__ import annotations
 
-import json
 import shlex
 import time
 
@@ -16,31 +15,8 @@ import torch
 from engine import lifelong
 from cli.options import CLIError
 
+from data.safeio import read_json
 from .plan import Job
-
-
-def read_jsonl(path) -> list[dict]:
-    """The records of a JSON-lines file (none when it is missing; a partial last line of a killed
-    writer is skipped)."""
-    out = []
-    try:
-        with open(path) as f:
-            for line in f:
-                try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue
-    except FileNotFoundError:
-        pass
-    return out
-
-
-def read_json(path):
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
 
 
 def relevant_argv(argv: list[str]) -> list[str]:

@@ -1,5 +1,15 @@
 """Fixtures shared by the test files."""
+import os
+
 import pytest
+
+from models.runtimes import BACKEND_ENV
+
+# DepthPredictor's default backend depends on the CPU kind (OpenVINO on AMX, ONNX Runtime on
+# AVX2-only CPUs): the suite pins PyTorch, so that the same tests check the same path on every
+# machine (and subprocesses inherit it); tests/test_backend.py tests the choice itself with forced
+# capabilities. LIFELONG_MONODEPTH_BACKEND=auto runs the suite on this machine's own choice.
+os.environ.setdefault(BACKEND_ENV, "torch")
 
 from data import domains as dom
 from data import synthetic

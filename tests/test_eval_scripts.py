@@ -230,7 +230,7 @@ def test_help_texts_explain_every_option():
 # ------------------------------------------------------------------------------- fast-path options
 def test_predictor_options_pass_known_keys_and_drop_unknown_ones():
     class Args:
-        no_fast, precision, backend, predictor_option = True, "auto", "torch", ["channels_last=false", "nope=1"]
+        no_fast, precision, backend, predictor_option = True, "auto", "auto", ["channels_last=false", "nope=1"]
 
     opts = options.predictor_options(Args)
     assert opts == {"fast": False, "channels_last": False, "nope": 1}

@@ -376,7 +376,8 @@ def test_native_bf16_needs_both_the_instructions_and_onednn(monkeypatch):
 
 
 AVX2_SCRIPT = r"""
-import json, torch, lifelong
+import json, torch
+from engine import lifelong
 from inference.predictor import DepthPredictor
 from models import LifelongDepthNet, hardware
 w = torch.zeros(8, 8, 3, 3, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)

@@ -16,10 +16,10 @@ ROOT = Path(__file__).resolve().parents[1]
 # Lower numbers are lower layers; a module may import its own layer and the ones below.
 LAYERS = {
     0: ["data.safeio", "metrics", "losses", "engine.protocol", "inference.prototypes", "data.domains",
-        "models.hardware", "models.modules", "models.resnet", "models.runtimes",
+        "models.hardware", "models.modules", "models.resnet", "models.runtimes", "evaluation.uncertainty",
         "data", "engine", "inference", "evaluation", "cli"],  # the packages' __init__ import nothing
     1: ["models.net", "models.checkpoint", "models", "models.fast", "loaders", "data.prepare", "data.synthetic"],
-    2: ["inference.predictor"],
+    2: ["inference.predictor", "inference.frames"],
     3: ["cli.options"],
     4: ["evaluation.evaluate", "engine.lifelong", "inference.replay", "inference.images", "inference.export"],
     5: ["inference.stream", "cli.test", "cli.test_inference", "study", "study.stats", "study.config", "study.plan",

@@ -89,7 +89,9 @@ def test_ply_matches_depth_and_intrinsics(folder_run, ckpt):
     h, w = depth.shape
     assert len(pts) == h * w
     np.testing.assert_allclose(pts["z"], depth.ravel(), rtol=1e-6)
-    (fx, fy, cx, cy), _ = prediction.intrinsics_for(item["letter"], w, h)
+    cam = item["camera"]  # the camera the prediction assumed (frames.resolve_camera), as written
+    fx, fy, cx, cy = cam["fx"], cam["fy"], cam["cx"], cam["cy"]
+    assert "assumed the head's camera" in cam["assumed"]
     v, u = 5, 7
     k = v * w + u
     assert pts["x"][k] == pytest.approx((u - cx) * depth[v, u] / fx, rel=1e-5)

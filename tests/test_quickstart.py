@@ -28,6 +28,7 @@ def test_tiny_quickstart_end_to_end(tmp_path, capsys):
     assert len(saved["summary"]["rmse"]["forgetting"]) == 2
     assert set(saved["timings"]["steps"]) >= {"data", "train N", "train NK", "train NKS"}
     assert saved["latency"]["overall_median_ms"] > 0
+    assert "## Uncertainty" in text and [len(r) for r in saved["uncertainty_matrix"]["ause_rmse"]] == [1, 2, 3]
     assert "quickstart finished" in printed
 
     # a second run reuses the data; a set rendered too small for the settings is refused

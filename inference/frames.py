@@ -1,0 +1,442 @@
+"""The frame pipeline: a whole camera frame in, depth in metres at the frame's own size out.
+
+One rule, used by predict.py, the streams (inference/stream.py), the demo and
+``DepthPredictor.predict_image``:
+
+1. **Head choice** (unless a head is given): the whole frame, aspect ratio kept, resized to the
+   selector's pixel area (stored with the statistics: the first head's training frame); the pooled
+   descriptor of its fused features is scored by the ``frames`` statistics, an LDA fitted on replay
+   *files as they lie on disk* preprocessed exactly like a query (``inference.replay.frame_statistics``,
+   with the mirrored, half-size, cropped and colour-jittered variants users feed), so a query and
+   the statistics see the same preprocessing whatever the frame's size and aspect ratio. A
+   smallest distance above the chosen head's threshold (calibrated on held-out replay frames) is
+   the out-of-domain verdict ("none of my heads fits"). A checkpoint without these statistics
+   keeps its stored selector on the frame squeezed to the first domain's input size (what its
+   prototypes were computed from), without a verdict.
+2. **The camera.** Each head learned one camera: the focal length in pixels of its training frames
+   at the resolution it was trained at (``trained_camera``, through the domain's own training
+   transform; stored per domain in the checkpoint as ``cameras``). The frame's own camera is
+   ``--intrinsics``, a field of view, a photo's EXIF 35 mm focal length, or, without any, the
+   assumption that the frame has the chosen head's field of view (``resolve_camera``).
+3. **Depth.** The frame is resampled (aspect kept, never squeezed) so that its focal length matches
+   the head's (``mode="resample"``, the default; ``"rescale"`` keeps the frame's pixels and
+   multiplies the depth by the focal ratio: measured worse, bench/bench_frames.py), capped at
+   ``MAX_PIXELS`` (then the rest of the focal ratio goes into the depth). Up to the head's training
+   input size it runs in one pass; a larger input runs in overlapping tiles of that size, blended
+   (``FramePipeline.depth``: the network's channel attention pools over its whole input). Inputs
+   are not padded to the stride: measured on the quickstart's NK stage model (8 frames each),
+   replicate padding raised AbsRel (K whole frames 0.554 against 0.415 unpadded, N 0.314 against
+   0.302), and whole K frames in one pass (0.415) were worse than tiles (0.341); the network takes any
+   size, as in training (240 and 114 are no multiples of 32 either). The depth is brought to the
+   frame's size.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from data.domains import CAMERAS, get_domain
+from inference.prototypes import LDA_SHRINK, fit_lda, lda_distances, pooled_descriptor
+from loaders import IMAGENET_MEAN, IMAGENET_STD, build_transform, get_dataset
+from losses import upsample_to
+
+MAX_PIXELS = 2_400_000  # larger network inputs are downscaled (the focal ratio goes into the depth)
+TILE_SLACK = 1.0        # FramePipeline.tile_size
+MIN_SIDE = 32           # smaller inputs are upscaled (aspect kept): ResNet's output stride
+SELECT_AREA = 160 * 120  # the selection input's pixel area when the statistics store none
+MODES = ("resample", "rescale")
+SENSOR_DIAGONAL_35MM = math.hypot(36.0, 24.0)  # mm: what a "35 mm equivalent" focal length refers to
+
+
+# ----------------------------------------------------------------------------------------------
+# Cameras
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Camera:
+    """A pinhole camera at one image size (pixels)."""
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+    width: int
+    height: int
+
+    def resized(self, width: int, height: int) -> "Camera":
+        sx, sy = width / self.width, height / self.height
+        return Camera(self.fx * sx, self.fy * sy, self.cx * sx, self.cy * sy, int(width), int(height))
+
+    @property
+    def hfov_deg(self) -> float:
+        return math.degrees(2.0 * math.atan(0.5 * self.width / self.fx))
+
+    def as_dict(self) -> dict:
+        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d) -> "Camera":
+        return cls(float(d["fx"]), float(d["fy"]), float(d["cx"]), float(d["cy"]), int(d["width"]),
+                   int(d["height"]))
+
+
+def source_camera(spec, data_root=None) -> Camera | None:
+    """The camera of a domain's depth frames as they lie on disk: a synthetic set's meta.json
+    (rendered at its own scale), a custom domain's ``camera`` field (domains.json), else the
+    built-in sensor (domains.CAMERAS) at the size of the files stored there; None when nothing says."""
+    spec = get_domain(spec)
+    if data_root:
+        try:
+            with open(os.path.join(data_root, "meta.json"), encoding="utf-8") as f:
+                d = json.load(f)["domains"][spec.name]
+            k, (h, w) = d["intrinsics"], d["depth_size"]
+            return Camera(float(k["fx"]), float(k["fy"]), float(k["cx"]), float(k["cy"]), int(w), int(h))
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    if getattr(spec, "camera", None):
+        fx, fy, cx, cy, w, h = spec.camera
+        return Camera(fx, fy, cx, cy, int(w), int(h))
+    if spec.letter in CAMERAS:
+        cam = CAMERAS[spec.letter]
+        cam = Camera(*cam.intrinsics, *cam.frame_size)
+        size = stored_frame_size(spec, data_root) if data_root else None
+        return cam.resized(*size) if size else cam  # the sensor, at the resolution the files have
+    return None
+
+
+def stored_frame_size(spec, data_root):
+    """(W, H) of the first replay (else training) depth map under ``data_root``, or None."""
+    for split in ("replay", "train"):
+        try:
+            rows = get_dataset(spec, split, str(data_root), check_files=False).rows
+            with Image.open(rows[0].depth) as im:
+                return im.size
+        except Exception:  # noqa: BLE001 - no readable file: the registry's own size stands
+            continue
+    return None
+
+
+def trained_camera(spec, scale: float = 1.0, data_root=None) -> Camera | None:
+    """The camera a domain's head learned: its on-disk frame camera through the resize step of the
+    domain's training transform at ``scale`` (loaders.build_transform, so the rule is the
+    transform's own: NYU/ScanNet frames are resized, KITTI's are cropped at their own pixel scale)."""
+    cam = source_camera(spec, data_root)
+    if cam is None:
+        return None
+    tf = build_transform(spec, train=False, scale=scale)
+    image = Image.new("RGB", (cam.width, cam.height))
+    image, _ = tf._resize(image, Image.new("F", (cam.width, cam.height)))
+    return cam.resized(*image.size)
+
+
+def head_cameras(meta: dict, letters, data_root=None) -> list:
+    """Per head, the camera it learned: the checkpoint's ``cameras``, else (older checkpoints)
+    derived from the training options' data root (else ``data_root``) and scale, else the
+    registry's sensor."""
+    stored = meta.get("cameras")
+    if stored and len(stored) == len(letters):
+        return [Camera.from_dict(c) if c else None for c in stored]
+    options = meta.get("options") if isinstance(meta.get("options"), dict) else {}
+    scale = float(options.get("scale", 1.0) or 1.0)
+    root = options.get("data_root") or data_root
+    out = []
+    for c in letters:
+        try:
+            out.append(trained_camera(c, scale, root))
+        except ValueError:  # a custom domain that is not registered here
+            out.append(None)
+    return out
+
+
+def generic_camera(width: int, height: int, hfov_deg: float = 60.0) -> Camera:
+    f = 0.5 * width / math.tan(math.radians(hfov_deg) / 2.0)
+    return Camera(f, f, (width - 1) / 2.0, (height - 1) / 2.0, int(width), int(height))
+
+
+@dataclass(frozen=True)
+class CameraHint:
+    """What the user says about a frame's camera (at most one is used, in this order)."""
+    intrinsics: tuple | None = None   # fx, fy, cx, cy in pixels at the frame's size
+    fov_deg: float | None = None      # horizontal field of view
+    focal_35mm: float | None = None   # EXIF FocalLengthIn35mmFilm
+
+    def any(self) -> bool:
+        return self.intrinsics is not None or self.fov_deg is not None or self.focal_35mm is not None
+
+
+def parse_fov(text) -> float:
+    try:
+        v = float(text)
+    except (TypeError, ValueError):
+        v = float("nan")
+    if not 1.0 <= v <= 179.0:
+        raise ValueError(f"--fov {text!r}: expected the horizontal field of view in degrees (1-179)")
+    return v
+
+
+def exif_focal_35mm(path) -> float | None:
+    """A photo's 35 mm equivalent focal length (EXIF FocalLengthIn35mmFilm), or None."""
+    try:
+        with Image.open(path) as im:
+            value = im.getexif().get_ifd(0x8769).get(0xA405)
+        value = float(value) if value else None
+    except Exception:  # noqa: BLE001 - no EXIF is the usual case, a broken one is no camera information
+        return None
+    return value if value and value > 0 else None
+
+
+def resolve_camera(hint: CameraHint | None, width: int, height: int, head_cam: Camera | None):
+    """(camera of the frame at its size, what was assumed: a sentence)."""
+    hint = hint or CameraHint()
+    if hint.intrinsics is not None:
+        fx, fy, cx, cy = hint.intrinsics
+        return Camera(fx, fy, cx, cy, width, height), "given intrinsics"
+    if hint.fov_deg is not None:
+        cam = generic_camera(width, height, hint.fov_deg)
+        return cam, f"given horizontal field of view {hint.fov_deg:g} deg"
+    if hint.focal_35mm is not None:
+        f = hint.focal_35mm * math.hypot(width, height) / SENSOR_DIAGONAL_35MM
+        return (Camera(f, f, (width - 1) / 2.0, (height - 1) / 2.0, width, height),
+                f"EXIF 35 mm equivalent focal length {hint.focal_35mm:g} mm")
+    if head_cam is None:
+        return generic_camera(width, height), "no camera information: assumed a 60 deg horizontal field of view"
+    s = width / head_cam.width  # the head's horizontal field of view, centred vertically
+    cam = Camera(head_cam.fx * s, head_cam.fy * s, head_cam.cx * s,
+                 head_cam.cy * s + (height - head_cam.height * s) / 2.0, width, height)
+    return cam, (f"no camera information: assumed the head's camera, horizontal field of view "
+                 f"{head_cam.hfov_deg:.1f} deg")
+
+
+# ----------------------------------------------------------------------------------------------
+# Geometry of one run
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Plan:
+    """How a frame goes through a head: the network input (content) size, the factor the depth is
+    multiplied by (the focal length fed over the head's; 1 when the frame was resampled to match)."""
+    height: int
+    width: int
+    depth_scale: float
+
+
+def plan_frame(width: int, height: int, frame_cam: Camera, head_cam: Camera | None,
+               mode: str = "resample", max_pixels: int = MAX_PIXELS) -> Plan:
+    if mode not in MODES:
+        raise ValueError(f"unknown camera mode {mode!r}; choose one of {MODES}")
+    target = frame_cam.fx if head_cam is None else head_cam.fx
+    r = target / frame_cam.fx if mode == "resample" else 1.0
+    r = min(r, math.sqrt(max_pixels / (width * height)))          # never beyond the pixel cap
+    r = max(r, MIN_SIDE / min(width, height))                      # never below a usable size
+    w, h = max(1, round(width * r)), max(1, round(height * r))
+    fed = frame_cam.fx * w / width
+    return Plan(h, w, fed / target)
+
+
+def to_tensor(img) -> torch.Tensor:
+    """(1,3,H,W) ImageNet-normalised float32 of a PIL image or an (H,W,3) uint8 array."""
+    a = np.asarray(img, dtype=np.float32) / 255.0
+    x = torch.from_numpy(a).permute(2, 0, 1)[None]
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def resized(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    if tuple(x.shape[-2:]) == (h, w):
+        return x
+    return F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+
+
+def selection_size(width: int, height: int, area: float) -> tuple:
+    """(h, w) of the selection input: the frame's aspect ratio at ``area`` pixels."""
+    r = math.sqrt(area / (width * height))
+    return max(MIN_SIDE, round(height * r)), max(MIN_SIDE, round(width * r))
+
+
+@torch.no_grad()
+def descriptor_of(features_fn, x: torch.Tensor, area: float) -> torch.Tensor:
+    """The selection descriptor (pooled channel means and stds) of a normalised frame ``x``
+    (1,3,H,W) through ``features_fn``."""
+    h, w = selection_size(x.shape[-1], x.shape[-2], area)
+    return pooled_descriptor(features_fn(resized(x, h, w)).float())
+
+
+def tile_starts(length: int, tile: int) -> list:
+    """Evenly spread starts of tiles of ``tile`` covering ``length`` (each overlap at least 1/4 tile)."""
+    if length <= tile:
+        return [0]
+    n = math.ceil((length - tile) / (0.75 * tile)) + 1
+    return [round(i * (length - tile) / (n - 1)) for i in range(n)]
+
+
+def tent(n: int) -> torch.Tensor:
+    """Blending weights along one tile side: highest in the middle, small but positive at the edges."""
+    i = torch.arange(n, dtype=torch.float32)
+    return torch.minimum(i + 1, n - i) / ((n + 1) / 2)
+
+
+# ----------------------------------------------------------------------------------------------
+# Selector statistics on frames and the out-of-domain threshold
+# ----------------------------------------------------------------------------------------------
+OOD_QUANTILE = 0.99   # of the held-out in-domain frames' distances ...
+OOD_MARGIN = 1.5      # ... times this margin is a head's out-of-domain threshold
+
+
+def frame_variants(img: Image.Image, rng: np.random.Generator):
+    """The frames a user may feed for one replay image: as is, mirrored, at half resolution, and a
+    random crop (60-100 % of each side, so other aspect ratios); the selection input normalises the
+    resolution, so 2x needs no variant of its own."""
+    w, h = img.size
+    yield img
+    yield img.transpose(Image.FLIP_LEFT_RIGHT)
+    yield img.resize((max(8, w // 2), max(8, h // 2)), Image.BILINEAR)
+    cw, ch = int(w * rng.uniform(0.6, 1.0)), int(h * rng.uniform(0.6, 1.0))
+    x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+    yield img.crop((x0, y0, x0 + cw, y0 + ch))
+
+
+def fit_frame_statistics(fit, calibrate, area, shrink=None) -> dict:
+    """The ``frames`` selector statistics: an LDA (prototypes.fit_lda) of per-domain descriptor
+    lists ``fit`` (each (n_d, 2C)), and per head an out-of-domain threshold from the held-out
+    descriptors ``calibrate``: the OOD_QUANTILE of the smallest distance of held-out frames the
+    head was chosen for, times OOD_MARGIN."""
+    stats = fit_lda(fit, LDA_SHRINK if shrink is None else shrink)
+    cal = torch.cat(calibrate).float()
+    d = lda_distances(cal, stats)
+    best, chosen = d.min(dim=1)
+    thresholds = []
+    for k in range(len(fit)):
+        mine = best[chosen == k]
+        ref = mine if mine.numel() else best
+        thresholds.append(float(torch.quantile(ref.double(), OOD_QUANTILE)) * OOD_MARGIN)
+    truth = torch.cat([torch.full((c.shape[0],), k) for k, c in enumerate(calibrate)])
+    stats.update({"area": float(area), "thresholds": thresholds, "quantile": OOD_QUANTILE,
+                  "margin": OOD_MARGIN, "calibration_counts": [int(c.shape[0]) for c in calibrate],
+                  "calibration_accuracy": float((chosen == truth).float().mean())})
+    return stats
+
+
+def frame_distances(desc: torch.Tensor, stats: dict):
+    """(distances (B,D), nearest head (B,), out of domain (B,) bool) of selection descriptors."""
+    d = lda_distances(desc, stats)
+    best, chosen = d.min(dim=1)
+    thr = torch.tensor(stats["thresholds"], dtype=best.dtype)
+    return d, chosen, best > thr[chosen]
+
+
+# ----------------------------------------------------------------------------------------------
+# The pipeline
+# ----------------------------------------------------------------------------------------------
+class FramePipeline:
+    """Whole frames through a DepthPredictor: head choice on the frame, the camera, depth at the
+    frame's size. ``cameras``: per head, the camera it learned (``head_cameras``); ``tiles``: per
+    head, the input size it was trained at ((h, w), the checkpoint's ``input_sizes``; None: one pass)."""
+
+    def __init__(self, predictor, cameras, mode: str = "resample", max_pixels: int = MAX_PIXELS, tiles=None):
+        if mode not in MODES:
+            raise ValueError(f"unknown camera mode {mode!r}; choose one of {MODES}")
+        self.predictor, self.cameras, self.mode, self.max_pixels = predictor, list(cameras), mode, max_pixels
+        self.tiles = [tuple(int(v) for v in t) for t in tiles] if tiles else None
+
+    @property
+    def stats(self):
+        return (self.predictor.prototypes or {}).get("frames")
+
+    def select(self, x: torch.Tensor) -> dict:
+        """Head choice for a normalised frame: ``{"raw_head", "distances", "ood", "features",
+        "size"}`` (features of the selection input, kept for reuse when the depth run has the same
+        input)."""
+        p = self.predictor
+        stats = self.stats
+        if not stats:  # an older checkpoint: its prototypes came from the first domain's input
+            # crops, so the frame is scored as it was then (squeezed to that size), with no verdict
+            sizes = p.meta.get("input_sizes") or [selection_size(x.shape[-1], x.shape[-2], SELECT_AREA)]
+            h, w = (int(v) for v in sizes[0])
+            chosen, dists = p.select(p.trunk_features(resized(x, h, w)))
+            return {"raw_head": int(chosen[0]), "distances": dists[0].float().cpu(), "ood": None,
+                    "features": None, "size": None}
+        h, w = selection_size(x.shape[-1], x.shape[-2], stats["area"])
+        feats = p.trunk_features(resized(x, h, w))
+        dists, chosen, ood = frame_distances(pooled_descriptor(feats.float()), stats)
+        return {"raw_head": int(chosen[0]), "distances": dists[0].float().cpu(), "ood": bool(ood[0]),
+                "features": feats, "size": (h, w)}
+
+    def depth(self, x: torch.Tensor, head: int, with_uncertainty: bool, feats=None):
+        """(depth, uncertainty or None) (1,1,h',w') covering the network input ``x`` (1,3,h,w)
+        through head ``head``. Up to the head's training input size in one pass (``feats``: its
+        features when already computed); a larger input in overlapping tiles of that size,
+        blended: the fused features' channel attention pools over the whole input, so a head sees
+        the extent of image it was trained on (the quickstart's NK stage model, 8 K frames: whole
+        608x176 frames in one pass gave AbsRel 0.415 against 0.341 in 240x160 tiles)."""
+        p = self.predictor
+        h, w = x.shape[-2:]
+        th, tw = self.tile_size(head, h, w)
+        if (th, tw) == (h, w):
+            feats = feats if feats is not None else p.trunk_features(x)
+            return p.run_heads(feats, torch.tensor([head]), with_uncertainty)  # at half resolution
+        boxes = [(y, x0) for y in tile_starts(h, th) for x0 in tile_starts(w, tw)]
+        batch = torch.cat([x[..., y:y + th, x0:x0 + tw] for y, x0 in boxes])
+        d, u = p.run_heads(p.trunk_features(batch), torch.full((len(boxes),), head), with_uncertainty)
+        weight = tent(th)[:, None] * tent(tw)[None, :]
+        outs = [upsample_to(d, (th, tw))] + ([upsample_to(u, (th, tw))] if u is not None else [])
+        blended = []
+        for o in outs:
+            acc, norm = torch.zeros(1, 1, h, w), torch.zeros(1, 1, h, w)
+            for k, (y, x0) in enumerate(boxes):
+                acc[..., y:y + th, x0:x0 + tw] += o[k].cpu() * weight
+                norm[..., y:y + th, x0:x0 + tw] += weight
+            blended.append(acc / norm)
+        return blended[0], (blended[1] if u is not None else None)
+
+    def tile_size(self, head: int, h: int, w: int) -> tuple:
+        """(tile h, tile w) of an h x w input through head ``head``: a side up to TILE_SLACK times
+        the head's training input is kept whole, a longer one is cut into tiles of the training
+        size. Measured on the quickstart model (bench/bench_frames.py, 20 frames per domain): a
+        slack of 1.25 (K's 176 rows whole instead of two 160-row tiles, N's 160x120 frame in one
+        pass instead of four 152x114 tiles) raised K's AbsRel from 0.338 to 0.475 and N's from
+        0.451 to 0.464, for 2.5x less latency on N; accuracy first, so 1.0."""
+        if not self.tiles:
+            return h, w
+        th, tw = self.tiles[head]
+        return (h if h <= TILE_SLACK * th else th), (w if w <= TILE_SLACK * tw else tw)
+
+    def run(self, img, head=None, choose=None, camera: CameraHint | None = None,
+            want_distances: bool = False, with_uncertainty: bool = True) -> dict:
+        """One frame (PIL image or (H,W,3) uint8). Returns ``{"depth", "uncertainty"}`` (H,W)
+        float32 at the frame's size, ``"head"``, ``"how"`` ("given"/"auto"), ``"raw_head"``,
+        ``"distances"``, ``"ood"`` (True/False, None without calibrated statistics),
+        ``"camera"`` (the frame's camera, a dict with ``"assumed"``), ``"input_size"`` [h, w],
+        ``"tiles"`` (network passes) and ``"depth_scale"``. ``choose(raw_head, distances) -> head``
+        replaces the nearest-head rule (the streams' smoothing)."""
+        x = to_tensor(img)
+        H, W = x.shape[-2:]
+        sel = None
+        if head is None or (want_distances and self.predictor.prototypes):
+            sel = self.select(x)
+        if head is not None:
+            chosen, how = int(head), "given"
+        else:
+            raw = sel["raw_head"]
+            chosen, how = (raw if choose is None else int(choose(raw, sel["distances"]))), "auto"
+        frame_cam, assumed = resolve_camera(camera, W, H, self.cameras[chosen])
+        plan = plan_frame(W, H, frame_cam, self.cameras[chosen], self.mode, self.max_pixels)
+        reuse = sel["features"] if sel is not None and sel["size"] == (plan.height, plan.width) else None
+        depth, unc = self.depth(resized(x, plan.height, plan.width), chosen, with_uncertainty, reuse)
+        th, tw = self.tile_size(chosen, plan.height, plan.width)
+        out = {"depth": (upsample_to(depth, (H, W))[0, 0] * plan.depth_scale).cpu().numpy().astype(np.float32),
+               "uncertainty": None, "head": chosen, "how": how,
+               "raw_head": None if sel is None else sel["raw_head"],
+               "distances": None if sel is None else sel["distances"],
+               "ood": None if sel is None else sel["ood"],
+               "camera": {**frame_cam.as_dict(), "assumed": assumed},
+               "input_size": [plan.height, plan.width],
+               "tiles": len(tile_starts(plan.height, th)) * len(tile_starts(plan.width, tw)),
+               "depth_scale": float(plan.depth_scale)}
+        if unc is not None:
+            out["uncertainty"] = upsample_to(unc, (H, W))[0, 0].cpu().numpy().astype(np.float32)
+        return out

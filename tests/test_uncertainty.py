@@ -1,0 +1,314 @@
+"""The uncertainty head measured and calibrated (evaluation/uncertainty.py) and shown (predict.py
+--intervals, the stream log, the demo): each formula against a small hand-computed case, the
+calibration fitted on validation rows only, stored in the checkpoint, changing no depth value."""
+import csv
+import json
+import math
+from statistics import NormalDist
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from evaluation import uncertainty as U
+from losses import uncertainty_depth_loss
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+# ------------------------------------------------------------------------------ the formulas
+def test_the_loss_is_a_gaussian_likelihood_of_variance_two_exp_u():
+    """loss = 4 * (NLL of N(p/m, 2 exp(u)) - log(2 pi)/2) - 2 log 2, pixel by pixel (module docstring)."""
+    p = torch.tensor([1.0, 3.0, 2.5, 7.0]).view(1, 1, 2, 2)
+    d = torch.tensor([2.0, 2.0, 4.0, 6.0]).view(1, 1, 2, 2)
+    u = torch.tensor([-1.0, 0.0, 0.5, -2.0]).view(1, 1, 2, 2)
+    m = 2.0  # torch's lower median of (2, 2, 4, 6)
+    loss = float(uncertainty_depth_loss(p, u, d))
+    r = ((d - p) / m).flatten().numpy()
+    sigma = np.sqrt(2.0 * np.exp(u.flatten().numpy()))
+    nll = U.gaussian_nll(r, sigma)
+    assert loss == pytest.approx(4.0 * (nll - 0.5 * math.log(2 * math.pi)) - 2.0 * math.log(2.0), rel=1e-6)
+
+
+def test_spread_is_median_depth_times_sqrt2_exp_half_u():
+    depth = np.array([[2.0, 4.0], [6.0, 0.0]])  # 0 is not a depth: the median is of 2, 4, 6
+    u = np.array([[0.0, 2 * math.log(2.0)], [0.0, 0.0]])
+    s = U.spread(depth, u)
+    assert s[0, 0] == pytest.approx(4.0 * math.sqrt(2.0))
+    assert s[0, 1] == pytest.approx(4.0 * math.sqrt(2.0) * 2.0)
+    assert U.spread(depth, u, scale=1.5)[0, 0] == pytest.approx(1.5 * 4.0 * math.sqrt(2.0))
+    # an (untrained) map without positive depth: the median is floored, the spread stays positive
+    assert U.spread(-depth, u)[0, 0] == pytest.approx(U.MEDIAN_FLOOR * math.sqrt(2.0))
+
+
+def test_interval_of_a_central_coverage():
+    assert U.z_value(0.9) == pytest.approx(1.6448536, abs=1e-6)
+    assert U.z_value(0.5) == pytest.approx(0.6744898, abs=1e-6)
+    lo, hi = U.interval(np.array([1.0, 10.0]), np.array([2.0, 1.0]), 0.9)
+    assert lo.tolist() == pytest.approx([0.0, 10.0 - 1.6448536])  # clipped at 0 m
+    assert hi.tolist() == pytest.approx([1.0 + 2 * 1.6448536, 10.0 + 1.6448536])
+    with pytest.raises(ValueError, match="coverage"):
+        U.z_value(1.0)
+
+
+def test_nll_and_coverage_hand_computed():
+    nll = U.gaussian_nll([0.0, 2.0], [1.0, 2.0])
+    assert nll == pytest.approx(0.5 * math.log(2 * math.pi) + (math.log(2.0) + 0.5) / 2)
+    err, sigma = [0.1, 0.5, -1.0, 2.0], [1.0] * 4
+    assert U.coverage(err, sigma, 0.5) == 0.5   # |err| <= 0.674: 0.1, 0.5
+    assert U.coverage(err, sigma, 0.9) == 0.75  # |err| <= 1.645: also -1.0
+
+
+def test_sparsification_ause_aurg_hand_computed():
+    pred, gt = np.ones(4), np.array([2.0, 1.0, 1.5, 1.0])
+    sigma = np.array([0.1, 0.2, 0.3, 0.4])  # the most uncertain pixels are the good ones
+    c = U.sparsification(pred, gt, sigma, "rmse", steps=2)
+    full = math.sqrt(1.25 / 4)
+    assert c["uncertainty"].tolist() == pytest.approx([full, math.sqrt(0.5)])  # kept: pixels 0, 1
+    assert c["oracle"].tolist() == pytest.approx([full, 0.0])                  # kept: pixels 1, 3
+    assert c["random"].tolist() == pytest.approx([full, full])
+    a = U.ause_aurg(c)
+    assert a["ause"] == pytest.approx((full + math.sqrt(0.5)) / 2 - full / 2)
+    assert a["aurg"] == pytest.approx(full - (full + math.sqrt(0.5)) / 2)
+    assert a["aurg"] < 0 and a["ratio"] == pytest.approx(a["ause"] / (full / 2))
+    rel = U.sparsification(pred, gt, sigma, "abs_rel", steps=2)
+    assert rel["uncertainty"].tolist() == pytest.approx([(0.5 + 1 / 3) / 4, 0.25])
+    good = U.ause_aurg(U.sparsification(pred, gt, np.array([0.4, 0.1, 0.3, 0.2]), "rmse", steps=2))
+    assert good["ause"] == pytest.approx(0.0) and good["ratio"] == pytest.approx(0.0)
+
+
+def test_spearman_hand_computed_with_ties():
+    assert U.spearman([1, 2, 3, 4], [10, 20, 40, 30]) == pytest.approx(0.8)
+    assert U.spearman([1, 1, 2], [1, 2, 3]) == pytest.approx(math.sqrt(3) / 2)
+
+
+def test_fit_scale_minimises_the_largest_coverage_miss():
+    # |err| / sigma = 1, 2, 3, 4 and the 50 % level alone: exact where the median of a is covered
+    s = U.fit_scale([1.0, -2.0, 3.0, 4.0], np.ones(4), levels=(0.5,))
+    assert s == pytest.approx(2.5 / U.z_value(0.5))
+    # errors spread exactly as N(0, (2 sigma)^2): the fitted scale is 2 and every level is met
+    q = (np.arange(20000) + 0.5) / 20000
+    sigma = np.linspace(0.5, 3.0, q.size)
+    err = 2.0 * sigma * np.array([NormalDist().inv_cdf(v) for v in q])
+    s = U.fit_scale(err, sigma)
+    assert s == pytest.approx(2.0, rel=2e-3)
+    for level in U.LEVELS:
+        assert U.coverage(err, s * sigma, level) == pytest.approx(level, abs=2e-3)
+
+
+def test_evaluator_pools_pixels_and_averages_image_curves():
+    rng = np.random.default_rng(0)
+    images = [(rng.uniform(1, 5, 50), rng.uniform(1, 5, 50), rng.uniform(0.2, 2, 50)) for _ in range(2)]
+    ev = U.UncertaintyEvaluator(scales={"raw": 1.0, "calibrated": 1.7}, steps=5)
+    for p, g, s in images:
+        ev.add_pixels(p, g, s)
+    r = ev.result()
+    err = np.concatenate([g - p for p, g, _ in images])
+    sig = np.concatenate([s for _, _, s in images])
+    for label, k in (("raw", 1.0), ("calibrated", 1.7)):
+        assert r["calibration"][label]["nll"] == pytest.approx(U.gaussian_nll(err, k * sig))
+        assert r["calibration"][label]["coverage"]["90"] == pytest.approx(U.coverage(err, k * sig, 0.9))
+    curves = [U.sparsification(p, g, s, "rmse", 5)["uncertainty"] for p, g, s in images]
+    assert r["sparsification"]["rmse"]["curves"]["uncertainty"] == pytest.approx(np.mean(curves, axis=0).tolist())
+    assert r["spearman"] == pytest.approx(U.spearman(sig, np.abs(err)))
+    assert (r["images"], r["pixels"]) == (2, 100)
+
+
+def test_a_degenerate_head_keeps_scale_one_instead_of_stopping_the_stage():
+    batch = {"image": torch.zeros(1, 3, 4, 4), "depth": torch.full((1, 1, 4, 4), 2.0)}
+    exact = lambda images, head: (torch.full((1, 1, 2, 2), 2.0), torch.zeros(1, 1, 2, 2))  # noqa: E731
+    record = U.fit_calibration(exact, [{"domain": "nyu", "loaders": [[batch]], "rules": (None, None, "none")},
+                                       {"domain": "kitti", "loaders": [], "rules": (None, None, "none")}])
+    assert record["scales"] == [1.0, 1.0] and record["fitted"] == [False, False]
+    assert "zero" in record["validation"][0]["not_fitted"] and record["validation"][1]["images"] == 0
+    assert "no validation rows for nyu, kitti" in U.calibration_note({U.CALIBRATION_KEY: record}, 2)
+
+
+def test_old_checkpoints_read_as_scale_one_with_a_note():
+    assert U.calibration_scales({}, 3) == [1.0, 1.0, 1.0]
+    assert "no uncertainty calibration" in U.calibration_note({}, 3)
+    meta = {U.CALIBRATION_KEY: {"scales": [2.0, 3.0], "fitted": [True, True],
+                                "validation": [{"domain": "nyu"}, {"domain": "kitti"}]}}
+    assert U.calibration_scales(meta, 2) == [2.0, 3.0] and U.calibration_note(meta, 2) is None
+
+
+# ------------------------------------------------------------------------------ fitted at each stage
+def stage_options(root, runs, *extra):
+    return ["--data-root", str(root), "--runs-dir", str(runs), "--scale", "0.25", "--batch-size", "2",
+            "--workers", "0", "--val-images", "2", "--proto-images", "2", "--replay-size", "4",
+            "--encoder", "resnet18", "--max-steps", "1", "--quiet", *extra]
+
+
+@pytest.fixture(scope="module")
+def stages(synthetic_root, tmp_path_factory):
+    """N, then NK (one step each); the image paths every calibration fit read, per stage and head."""
+    from engine import lifelong
+    runs, seen = tmp_path_factory.mktemp("runs"), []
+    real = lifelong.fit_calibration
+
+    def spy(forward, heads, note=""):
+        seen.append([[p for loader in h["loaders"] for b in loader for p in b["path"]] for h in heads])
+        return real(forward, heads, note)
+    lifelong.fit_calibration = spy
+    try:
+        paths = [lifelong.main(order, "", stage_options(synthetic_root, runs, "--order", order))
+                 for order in ("N", "NK")]
+    finally:
+        lifelong.fit_calibration = real
+    return runs, paths, seen
+
+
+def rows_of(root, letter, split):
+    from loaders import get_dataset
+    return [r.image for r in get_dataset(letter, split, str(root), scale=0.25).rows]
+
+
+def test_every_stage_refits_every_head_on_its_validation_rows_only(stages, synthetic_root):
+    from engine.lifelong import split_validation
+    from loaders import get_dataset
+    from models import read_checkpoint
+    _, paths, seen = stages
+    assert [len(s) for s in seen] == [1, 2]  # stage N: one head; stage NK: both heads again
+    for k, letter in enumerate("NK"):
+        train = get_dataset(letter, "train", str(synthetic_root), scale=0.25)
+        _, val = split_validation(train, set(rows_of(synthetic_root, letter, "replay")), 2, 0)
+        expected = sorted(str(synthetic_root / train.rows[i].image) for i in val)
+        for stage in seen[k:]:
+            used = sorted(stage[k])
+            assert [p.split("/")[-1] for p in used] == [p.split("/")[-1] for p in expected]
+            names = {p.split("/")[-1] for p in used}
+            assert not names & {p.split("/")[-1] for p in rows_of(synthetic_root, letter, "test")}
+    _, meta = read_checkpoint(paths[1])
+    record = meta[U.CALIBRATION_KEY]
+    assert record["fitted"] == [True, True] and [v["images"] for v in record["validation"]] == [2, 2]
+    assert all(s > 0 and math.isfinite(s) for s in record["scales"])
+    after = record["validation"][0]["coverage_after"]["90"]
+    assert 0.0 <= after <= 1.0 and "NK" in record["note"]
+
+
+# ------------------------------------------------------------------------------ the commands
+@pytest.fixture(scope="module")
+def old_and_calibrated(stages, synthetic_root, tmp_path_factory):
+    """The NK model saved without a calibration (an older checkpoint), and test.py --calibrate-into's
+    calibrated copy of it, with the copy's test.py --uncertainty result."""
+    from cli import test as evaluate_cli
+    from models import load_checkpoint, save_checkpoint
+    _, paths, _ = stages
+    folder = tmp_path_factory.mktemp("old")
+    net = load_checkpoint(paths[1])
+    net.meta.pop(U.CALIBRATION_KEY)
+    old = folder / "NK.pth.tar"
+    save_checkpoint(old, net)
+    into = tmp_path_factory.mktemp("calibrated")
+    out = evaluate_cli.main(["--checkpoint", str(old), "--data-root", str(synthetic_root), "--calibrate-into",
+                             str(into), "--max-images", "2", "--batch-size", "2", "--quiet", "--no-fast",
+                             "--backend", "torch", "--plots", str(into / "plots"), "--json", str(into / "r.json")])
+    return old, into / "NK.pth.tar", out, paths[1]
+
+
+def test_calibrate_into_fits_the_same_validation_rows_and_keeps_every_weight(old_and_calibrated):
+    from models import read_checkpoint
+    old, copy, out, trained = old_and_calibrated
+    (old_state, old_meta), (new_state, new_meta) = read_checkpoint(old), read_checkpoint(copy)
+    assert U.CALIBRATION_KEY not in old_meta  # the original is not written
+    assert old_state.keys() == new_state.keys() and all(torch.equal(old_state[k], new_state[k]) for k in old_state)
+    engine_scales = read_checkpoint(trained)[1][U.CALIBRATION_KEY]["scales"]
+    assert new_meta[U.CALIBRATION_KEY]["scales"] == pytest.approx(engine_scales, rel=1e-4)
+    for c, head in (("N", 0), ("K", 1)):
+        u = out["results"][c]["uncertainty"]
+        assert u["calibration"]["raw"]["scale"] == 1.0
+        assert u["calibration"]["calibrated"]["scale"] == pytest.approx(engine_scales[head])
+        assert 0.0 <= u["calibration"]["calibrated"]["coverage"]["90"] <= 1.0
+        assert u["sparsification"]["rmse"]["aurg"] == pytest.approx(
+            u["sparsification"]["rmse"]["areas"]["random"] - u["sparsification"]["rmse"]["areas"]["uncertainty"])
+    assert sorted(p.split("/")[-1] for p in out["plots"]) == ["uncertainty_kitti.png", "uncertainty_nyu.png"]
+
+
+def test_calibration_changes_no_depth_metric(old_and_calibrated, synthetic_root, tmp_path):
+    from cli import test as evaluate_cli
+    old, _, calibrated, _ = old_and_calibrated
+    before = evaluate_cli.main(["--checkpoint", str(old), "--data-root", str(synthetic_root), "--max-images", "2",
+                                "--batch-size", "2", "--quiet", "--no-fast", "--backend", "torch",
+                                "--json", str(tmp_path / "b.json")])
+    for c in "NK":
+        for m in ("abs_rel", "rmse", "delta1"):
+            assert calibrated["results"][c][m] == before["results"][c][m]
+
+
+def test_old_checkpoint_is_refused_by_calibrate_into_without_options(tmp_path, synthetic_root):
+    from cli import test as evaluate_cli
+    from helpers import make_checkpoint
+    path = tmp_path / "N.pth.tar"
+    make_checkpoint(path, "N")  # options without the validation settings
+    with pytest.raises(SystemExit, match="validation rows are unknown"):
+        evaluate_cli.main(["--checkpoint", str(path), "--data-root", str(synthetic_root),
+                           "--calibrate-into", str(tmp_path / "c"), "--quiet"])
+
+
+def predict(ckpt, image, out, *extra):
+    from cli import predict as P
+    assert P.main([str(image), "--checkpoint", str(ckpt), "--out", str(out), "--domain", "K", "--quiet",
+                   "--no-plots", "--no-fast", "--backend", "torch", *extra]) == 0
+    return json.loads((out / "predictions.json").read_text())["images"][0]
+
+
+def test_intervals_in_metres_and_calibration_changes_no_depth(old_and_calibrated, tmp_path, capsys):
+    from helpers import write_image
+    old, copy, _, _ = old_and_calibrated
+    image = write_image(tmp_path / "frame.png", (96, 64), seed=3)
+    a = predict(old, image, tmp_path / "a", "--intervals", "90")
+    assert "no uncertainty calibration" in capsys.readouterr().err
+    b = predict(copy, image, tmp_path / "b", "--intervals", "90")
+    depth_a, depth_b = (np.load(tmp_path / d / "frame_depth.npy") for d in "ab")
+    assert np.array_equal(depth_a, depth_b)  # the calibration never touches a depth value
+    lo_a, hi_a, lo_b, hi_b = (np.load(tmp_path / d / f"frame_depth_{e}90.npy") for d in "ab" for e in ("lower", "upper"))
+    assert a["interval"]["calibrated"] is False and a["interval"]["scale"] == 1.0
+    scale = b["interval"]["scale"]
+    assert b["interval"]["calibrated"] is True and scale != 1.0
+    assert b["interval"]["validation_coverage"] is not None and b["interval"]["validation_images"] == 2
+    unclipped = lo_a > 0
+    assert np.all(lo_a <= depth_a) and np.all(hi_a >= depth_a)
+    np.testing.assert_allclose((hi_b - depth_b)[unclipped], scale * (hi_a - depth_a)[unclipped], rtol=1e-4)
+    png = np.asarray(Image.open(tmp_path / "b" / "frame_depth_upper90.png"))
+    assert png.dtype == np.uint16 and np.abs(png / 1000.0 - hi_b).max() <= 0.0005 + 1e-6
+    assert b["interval"]["median_width_m"] == pytest.approx(float(np.median(hi_b - lo_b)), rel=1e-5)
+
+
+def test_intervals_option_is_checked():
+    from cli import predict as P
+    with pytest.raises(SystemExit, match="--intervals '100'"):
+        P.main(["x.png", "--intervals", "100"])
+
+
+def test_stream_log_gives_each_frames_median_interval_width(old_and_calibrated, tmp_path):
+    from helpers import write_image
+    _, copy, _, _ = old_and_calibrated
+    frames = tmp_path / "frames"
+    for i in range(2):
+        write_image(frames / f"f{i}.png", (96, 64), seed=i)
+    from cli import predict as P
+    assert P.main([str(frames), "--stream", "--checkpoint", str(copy), "--out", str(tmp_path / "o"), "--quiet",
+                   "--no-plots", "--domain", "N", "--no-fast", "--backend", "torch", "--intervals", "80"]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "o" / "frames_frames.csv")))
+    widths = [float(r["median_interval80_m"]) for r in rows]
+    assert len(widths) == 2 and all(w > 0 for w in widths)
+    summary = json.loads((tmp_path / "o" / "frames_stream.json").read_text())["interval"]
+    assert summary["coverage"] == 0.8 and summary["heads"]["N"]["calibrated"] is True
+    assert summary["median_width_m"] == pytest.approx(float(np.median(widths)), abs=1e-4)
+
+
+def test_matrix_gains_ause_and_coverage_per_stage(stages, synthetic_root, tmp_path):
+    from cli import test as evaluate_cli
+    runs, paths, _ = stages
+    out = evaluate_cli.main(["--matrix", "--checkpoint", str(paths[1]), "--data-root", str(synthetic_root),
+                             "--uncertainty", "--max-images", "2", "--batch-size", "2", "--quiet", "--no-fast",
+                             "--backend", "torch", "--json", str(tmp_path / "m.json")])
+    m = out["uncertainty_matrix"]
+    assert [len(r) for r in m["ause_rmse"]] == [1, 2] and [len(r) for r in m["coverage90_calibrated"]] == [1, 2]
+    for s, stage in enumerate(out["stage_results"]):
+        for d, c in enumerate("NK"[:s + 1]):
+            u = stage["results"][c]["uncertainty"]
+            assert m["ause_rmse"][s][d] == u["sparsification"]["rmse"]["ause"]
+            assert m["coverage90_raw"][s][d] == u["calibration"]["raw"]["coverage"]["90"]
+    assert "forgetting" in out["tables"]["ause_rmse"] and "after NK" in out["tables"]["coverage90_calibrated"]
