@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import os
 from pathlib import Path
 
@@ -188,7 +189,13 @@ def save_colormap(path, values: np.ndarray, label: str, cmap: str, vmin=None, vm
 
 
 # What predict.py writes per image; such files in the output folder are never taken as inputs.
-OUTPUT_SUFFIXES = ("_depth.png", "_depth_color.png", "_uncertainty.png")
+OUTPUT_SUFFIXES = ("_depth.png", "_depth_color.png", "_uncertainty.png", "_depth_lower<P>.png", "_depth_upper<P>.png")
+_OUTPUT_NAME = re.compile(r".*(_depth|_depth_color|_uncertainty|_depth_(lower|upper)\d+(\.\d+)?)\.png$")
+
+
+def is_output_name(name: str) -> bool:
+    """Whether ``name`` is how predict.py names its outputs (``--intervals`` ones included)."""
+    return bool(_OUTPUT_NAME.match(name))
 
 
 def collect_inputs(target: Path, out_dir: Path, recursive: bool):
@@ -210,7 +217,7 @@ def collect_inputs(target: Path, out_dir: Path, recursive: bool):
         in_out = out_abs == f.parent.resolve() or out_abs in f.resolve().parents
         if out_inside and in_out:
             continue  # our own outputs, in a folder of their own inside the input folder
-        if f.name.endswith(OUTPUT_SUFFIXES):  # a predict.py output (or a dataset's depth map), not a photo
+        if is_output_name(f.name):  # a predict.py output (or a dataset's depth map), not a photo
             if not in_out:
                 notes.append(f"skipping {f}: named like a depth output ({', '.join(OUTPUT_SUFFIXES)})")
             continue

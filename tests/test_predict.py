@@ -157,3 +157,14 @@ def test_out_folder_equal_to_or_inside_the_input_folder(ckpt, tmp_path):
                            "--no-plots", "--quiet"]) == 0
             done = json.loads((out / "predictions.json").read_text())["images"]
             assert sorted(Path(i["file"]).name for i in done) == ["a.png", "b.jpg"]
+
+
+def test_a_second_run_on_the_output_folder_skips_every_output_interval_maps_included(tmp_path):
+    """predict.py's own outputs (the --intervals maps too) are never taken for photos."""
+    for name in ("room.png", "room_depth.png", "room_depth_color.png", "room_uncertainty.png",
+                 "room_depth_lower90.png", "room_depth_upper97.5.png", "room_depth_lower90.npy"):
+        Image.new("RGB", (8, 6)).save(tmp_path / name, format="PNG")
+    images, notes = prediction.collect_inputs(tmp_path, tmp_path / "elsewhere", recursive=False)
+    assert [p.name for p in images] == ["room.png"]
+    assert sum("named like a depth output" in n for n in notes) == 5
+    assert any("room_depth_lower90.npy" in n and "not an image file name" in n for n in notes)
