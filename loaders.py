@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from data import domains as dom
 from data.domains import DomainSpec, get_domain, load_domains_from_root
+from data.errors import InputError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -58,7 +59,7 @@ H5_EXT = (".h5", ".hdf5")
 MAT_EXT = (".mat",)
 
 
-class DatasetFormatError(ValueError):
+class DatasetFormatError(InputError):
     """A data file or index row is not in the expected format (message says what was expected)."""
 
 

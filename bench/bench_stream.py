@@ -48,7 +48,7 @@ from PIL import Image  # noqa: E402
 from inference import stream as S  # noqa: E402
 from inference import images as P  # noqa: E402
 from data.domains import get_domain  # noqa: E402
-from evaluation.evaluate import write_json  # noqa: E402
+from data.safeio import write_json  # noqa: E402
 from cli.options import CLIError, predictor_settings, resolve_device  # noqa: E402
 
 

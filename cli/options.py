@@ -17,12 +17,14 @@ from pathlib import Path
 import torch
 
 from data.domains import get_domain, load_domains_from_root, parse_order
+from data.errors import InputError
+from data.safeio import WriteError
 from inference.predictor import DepthPredictor
 from models import CheckpointError
 from models.runtimes import AUTO, BACKENDS, RuntimeUnavailable
 from inference.prototypes import SELECTORS
 from engine.protocol import EVALUATION as EVAL_OPTIONS
-from engine.protocol import add_protocol_argument
+from engine.protocol import PROTOCOLS
 from engine.protocol import resolve as resolve_protocol
 
 
@@ -81,13 +83,18 @@ def error_line(exc) -> str:
     return printable(text, "")
 
 
+# What the library raises for a user's input (data.errors.InputError: a setting, a data file or
+# row, a checkpoint), a file it cannot write, a missing file, a runtime that is not installed.
+USER_ERRORS = (InputError, WriteError, FileNotFoundError, RuntimeUnavailable)
+
+
 def run_command(body, argv=None):
-    """Run a command's ``body(argv)``: a data file or index row in the wrong format (or missing)
-    ends in one ``error:`` line naming the file, not a traceback."""
-    from loaders import DatasetFormatError
+    """Run a command's ``body(argv)``: the library's user errors (:data:`USER_ERRORS`: a data file or
+    index row in the wrong format or missing, a bad setting or checkpoint, a full disk) end in one
+    ``error:`` line naming the file, not a traceback."""
     try:
         return body(argv)
-    except (DatasetFormatError, FileNotFoundError) as e:
+    except USER_ERRORS as e:
         raise CLIError(error_line(e)) from None
 
 
@@ -264,6 +271,15 @@ def worker_count(args, device) -> int:
     if args.workers is not None:
         return max(0, args.workers)
     return 2 if device.type == "cuda" else 0
+
+
+def add_protocol_argument(parser: argparse.ArgumentParser, group=None) -> None:
+    """--protocol (engine/protocol.py maps it to the individual options)."""
+    (group or parser).add_argument(
+        "--protocol", default="ours", choices=list(PROTOCOLS),
+        help="ours: this project's procedure; authors: the released code's, quirks included (every "
+             "difference is also an option of its own, and an option given explicitly wins; see "
+             "README 'Where this implementation differs')")
 
 
 def add_eval_arguments(p: argparse.ArgumentParser, g) -> None:

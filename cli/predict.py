@@ -48,7 +48,7 @@ from tqdm import tqdm
 
 from inference import stream  # video files and frame folders
 from data.domains import get_domain
-from evaluation.evaluate import write_json
+from data.safeio import write_json
 from cli.options import CLIError, predictor_settings, printable, resolve_device
 from inference.images import (PNG16_MAX_M, Predictor, camera_hint, collect_inputs, intrinsics_for, make_out_dir,
                               output_stems,

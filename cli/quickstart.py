@@ -41,7 +41,7 @@ from tqdm import tqdm  # noqa: E402
 
 from cli import test as evaluate_cli  # noqa: E402
 from cli import test_inference as inference_cli  # noqa: E402
-from evaluation.evaluate import write_json  # noqa: E402
+from data.safeio import write_json  # noqa: E402
 from models.hardware import capability_line  # noqa: E402
 from models.resnet import ENCODERS  # noqa: E402
 from cli.options import add_amp_argument, add_device_argument  # noqa: E402

@@ -14,12 +14,13 @@ from tqdm import tqdm
 
 from data.domains import get_domain
 from evaluation.evaluate import (describe_predictor, describe_settings, evaluate_checkpoint, format_matrix,
-                        lifelong_summary, stage_paths, write_json)
+                        lifelong_summary, stage_paths)
 from metrics import METRIC_NAMES, format_table
 from models import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from evaluation.uncertainty import CALIBRATION_KEY, calibration_note, format_stage_table, save_reliability_plot
 from evaluation.uncertainty import format_tables as format_uncertainty_tables
 from cli.options import run_command
+from data.safeio import write_json
 from cli.options import (DEFAULT_CHECKPOINT, CLIError, HelpFormatter, add_eval_arguments, add_checkpoint_arguments, add_runtime_arguments,
                      check_eval_args,
                      checkpoint_letters, check_checkpoint_path, eval_settings, parse_letters,

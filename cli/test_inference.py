@@ -17,11 +17,12 @@ from tqdm import tqdm
 
 from data.domains import get_domain
 from evaluation.evaluate import (check_learned, describe_predictor, describe_settings, evaluate_domains, test_dataset,
-                        load_test_splits, write_json)
+                        load_test_splits)
 from metrics import format_table
 from models import CheckpointError, load_checkpoint
 from models.fast import prepare_input
 from cli.options import run_command
+from data.safeio import write_json
 from cli.options import (CLIError, HelpFormatter, add_checkpoint_arguments, add_eval_arguments, add_runtime_arguments,
                      add_selector_arguments,
                      check_checkpoint_path, check_eval_args, checkpoint_letters, default_scale, eval_settings,

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import socket
 import tempfile
 import time
 
-__all__ = ["WriteError", "atomic_write", "atomic_torch_save", "clean_stale_temps"]
+__all__ = ["WriteError", "atomic_write", "atomic_torch_save", "clean_stale_temps", "read_json", "read_jsonl",
+           "round_floats", "write_json"]
 
 _HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname())[:40] or "host"
 # .<name>.<host>-<pid>.<random>.tmp (ours) and .<name>.<random>.tmp (before the pid was recorded)
@@ -154,3 +156,29 @@ def read_json(path):
             return json.load(f)
     except (FileNotFoundError, json.JSONDecodeError):
         return None
+
+
+def round_floats(obj, digits=6):
+    """``obj`` with every finite float rounded to ``digits`` (the project's JSON files)."""
+    if isinstance(obj, float):
+        return obj if not math.isfinite(obj) else round(obj, digits)
+    if isinstance(obj, dict):
+        return {k: round_floats(v, digits) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [round_floats(v, digits) for v in obj]
+    return obj
+
+
+def write_json(path, payload) -> None:
+    """``payload`` as indented JSON, floats rounded, complete or not at all (a failed write, e.g. a
+    full disk, raises :class:`WriteError` naming the path); the temp files of killed earlier writes
+    in that folder (made if missing) go first."""
+    folder = os.path.dirname(os.fspath(path)) or "."
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        raise WriteError(f"cannot write {os.fspath(path)}: {exc.strerror or exc}") from exc
+    clean_stale_temps(folder)
+    with atomic_write(path, "w", encoding="utf-8") as f:
+        json.dump(round_floats(payload), f, indent=2)
+        f.write("\n")

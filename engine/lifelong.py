@@ -45,11 +45,10 @@ from models.checkpoint import _plain, atomic_save, check_finite, check_letters, 
 from data.safeio import WriteError, atomic_write, clean_stale_temps
 from models.fast import inference_copy, lowp_supported, prepare_input
 from models.resnet import ENCODERS
-from cli.options import add_amp_argument, add_device_argument, printable, resolve_device
+from cli.options import add_amp_argument, add_device_argument, add_protocol_argument, printable, resolve_device
 from inference.prototypes import compute_lda, compute_prototypes
 from engine.protocol import DATA as PROTOCOL_DATA
 from engine.protocol import TRAINING as PROTOCOL_TRAINING
-from engine.protocol import add_protocol_argument
 from engine.protocol import resolve as resolve_protocol
 
 STRATEGIES = {

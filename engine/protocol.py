@@ -7,11 +7,9 @@ over the protocol's value, so ``--protocol authors --drop-last`` is the authors'
 only the last batch dropped. README "Where this implementation differs" lists what each does and
 what it changes.
 
-Options and their values under each protocol (the key is the argparse ``dest``):
+Options and their values under each protocol (the key is the option's attribute name):
 """
 from __future__ import annotations
-
-import argparse
 
 PROTOCOLS = ("ours", "authors")
 
@@ -54,17 +52,9 @@ ALL = {**TRAINING, **DATA, **EVALUATION, **SELECTION}
 __doc__ += "\n".join(f"- ``{k}``: ours {v[0]!r}, authors {v[1]!r} ({v[2]})" for k, v in ALL.items())
 
 
-def add_protocol_argument(parser: argparse.ArgumentParser, group=None) -> None:
-    (group or parser).add_argument(
-        "--protocol", default="ours", choices=list(PROTOCOLS),
-        help="ours: this project's procedure; authors: the released code's, quirks included (every "
-             "difference is also an option of its own, and an option given explicitly wins; see "
-             "README 'Where this implementation differs')")
-
-
-def resolve(args: argparse.Namespace, keys, protocol: str | None = None) -> argparse.Namespace:
-    """Fill every option of ``keys`` left at None (not given) with the value of ``protocol``
-    (default: ``args.protocol``). ``scannet_resize_eval`` fills ``args.scannet_resize``."""
+def resolve(args, keys, protocol: str | None = None):
+    """Fill every option of ``keys`` of ``args`` (parsed options or a settings dataclass) left at
+    None (not given) with the value of ``protocol`` (default: ``args.protocol``). ``scannet_resize_eval`` fills ``args.scannet_resize``."""
     protocol = protocol or getattr(args, "protocol", None) or "ours"
     column = PROTOCOLS.index(protocol)
     for key in keys:

@@ -8,12 +8,10 @@ It also owns a checkpoint's evaluation through the product's inference path: a d
 (:func:`test_dataset`), one split through ``DepthPredictor`` (:func:`evaluate_split`), every learned
 domain of a checkpoint (:func:`evaluate_checkpoint`), the stage files of a learning order
 (:func:`stage_paths`), the lifelong maths (:func:`lifelong_summary`: forgetting, BWT), their text
-tables and the JSON result files (:func:`write_json`).
+tables (JSON files: ``data.safeio.write_json``).
 """
 from __future__ import annotations
 
-import json
-import math
 import time
 from pathlib import Path
 
@@ -27,7 +25,6 @@ from metrics import HIGHER_IS_BETTER, ErrorAggregator, prepare_pair
 from models.fast import autocast_context
 from cli.options import (CLIError, check_checkpoint_path, checkpoint_letters, default_scale, eval_settings,
                      make_predictor, predictor_settings, worker_count)
-from data.safeio import WriteError, atomic_write, clean_stale_temps
 from evaluation.uncertainty import CALIBRATION_KEY, UncertaintyEvaluator, calibration_scales
 
 
@@ -172,28 +169,6 @@ def evaluate_split(predictor, loader, head: int, spec, crop="default", cap=True,
                 "chosen": chosen_counts, "uncertainty": None if unc is None else unc.result()}
     except ValueError as e:
         raise CLIError(f"domain {spec.letter}: {e}") from None
-
-
-def round_floats(obj, digits=6):
-    if isinstance(obj, float):
-        return obj if not math.isfinite(obj) else round(obj, digits)
-    if isinstance(obj, dict):
-        return {k: round_floats(v, digits) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [round_floats(v, digits) for v in obj]
-    return obj
-
-
-def write_json(path, payload) -> None:
-    # complete or not at all, a failed write (full disk) named in one error line (safeio); the
-    # temp files of killed earlier writes in that folder go first
-    clean_stale_temps(Path(path).parent)
-    try:
-        with atomic_write(path, "w", encoding="utf-8") as f:
-            json.dump(round_floats(payload), f, indent=2)
-            f.write("\n")
-    except WriteError as e:
-        raise CLIError(str(e)) from None
 
 
 def describe_predictor(options: dict) -> str:

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from evaluation.evaluate import write_json
+from data.safeio import write_json
 from cli.options import CLIError, error_line, predictor_settings
 from inference.images import DEFAULT_MAX_PIXELS, Predictor, collect_inputs, make_out_dir, read_rgb, save_png16
 from inference.images import build_parser as build_predictor_parser

@@ -18,6 +18,7 @@ import torch
 from data import domains as dom
 from data.domains import BUILTIN
 from data.safeio import atomic_torch_save
+from data.errors import InputError
 
 from .net import LifelongDepthNet
 from .resnet import ENCODERS
@@ -36,7 +37,7 @@ _TASK_KEY = re.compile(r"^task(\d+)\.")
 SPEC_FIELDS = {f.name for f in dataclasses.fields(dom.DomainSpec)}  # read generically: new fields travel
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint file is missing, unreadable or does not fit the network."""
 
 

@@ -12,21 +12,15 @@ from pathlib import Path
 import torch
 from torch.utils.data import Subset
 
-from evaluation import evaluate as evaluation
 from engine import lifelong
 from data.domains import get_domain
 from evaluation.evaluate import DomainEvaluator, evaluate_split, make_loader, test_dataset
 from inference.predictor import DepthPredictor
 from loaders import get_dataset, get_loader
 
-from data.safeio import read_json, read_jsonl
+from data.safeio import read_json, read_jsonl, write_json
 
 EVAL_BATCH = 16
-
-
-def write_json(path: Path, payload) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    evaluation.write_json(path, payload)  # complete or not at all
 
 
 def cache_path(s, ckpt: Path, kind: str = "test") -> Path:

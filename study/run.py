@@ -54,7 +54,7 @@ def engine_command(job: Job, s) -> str:
 def train(job: Job, s) -> str:
     """Train ``job`` with the engine in this process; 'trained' or 'resumed'. The run folder's
     ``study_job.json`` records the arguments, the status, wall and CPU seconds."""
-    from evaluation.evaluate import write_json
+    from data.safeio import write_json
     argv = job.argv(s)
     record_path = job.run_dir / "study_job.json"
     record = read_json(record_path) or {}

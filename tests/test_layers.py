@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Lower numbers are lower layers; a module may import its own layer and the ones below.
 LAYERS = {
-    0: ["data.safeio", "metrics", "losses", "engine.protocol", "inference.prototypes", "data.domains",
+    0: ["data.errors", "data.safeio", "metrics", "losses", "engine.protocol", "inference.prototypes", "data.domains",
         "models.hardware", "models.modules", "models.resnet", "models.runtimes", "evaluation.uncertainty",
         "data", "engine", "inference", "evaluation", "cli"],  # the packages' __init__ import nothing
     1: ["models.net", "models.checkpoint", "models", "models.fast", "loaders", "data.prepare", "data.synthetic"],
