@@ -6,7 +6,7 @@
 For each domain, the first ``--frames`` test files *as they lie on disk* (no domain transform: N
 320x240, K 608x176, S colour 648x484 on the quickstart's synthetic data) go through
 ``inference.images.Predictor.run`` (what predict.py, the streams and the demo call), with the
-camera hint predict.py builds (``camera_hint``: here no EXIF, so the chosen head's camera is
+camera hint predict.py builds (``Predictor.camera_of``: here no EXIF, so the chosen head's camera is
 assumed), and the written depth's rule (clamped to the head's range) is scored against the ground
 truth with the domain's evaluation conventions (``evaluation.DomainEvaluator``: caps, Eigen/Garg
 crop on the whole frame, per-image means). Conditions:
@@ -48,7 +48,9 @@ from data.safeio import write_json  # noqa: E402
 from inference import images as P  # noqa: E402
 from inference.frames import CameraHint, source_camera  # noqa: E402
 from loaders import get_dataset  # noqa: E402
-from cli.options import default_scale, predictor_settings, resolve_device  # noqa: E402
+from cli.options import resolve_device  # noqa: E402
+from inference.predictor import predictor_settings  # noqa: E402
+from models.checkpoint import default_scale  # noqa: E402
 
 CONDITIONS = ("1x", "flipped", "0.5x", "2x")
 
@@ -167,7 +169,7 @@ def domain_benchmark(model, letter, root, args, log=print) -> dict:
     rescale = model.predictor.frame_pipeline("rescale")
     for (path, gt), window in zip(rows, windows):
         img = P.read_rgb(path)
-        hint = P.camera_hint(model.args, path)
+        hint = model.camera_of(path)
         t0 = time.perf_counter()
         r = model.run(img, head=d, camera=hint)
         lat.append(time.perf_counter() - t0)
@@ -317,9 +319,7 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
     ckpt = with_statistics(Path(args.checkpoint), root, work, log)
-    pargs = P.build_parser().parse_args([str(root), "--checkpoint", str(ckpt), "--quiet"])
-    model = P.Predictor(pargs, resolve_device("auto"))
-    model.args = pargs
+    model = P.Predictor(ckpt, P.ImageOptions(quiet=True), device=resolve_device("auto"))
     result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": cpu_name(),
               "torch": torch.__version__, "threads": torch.get_num_threads(), "checkpoint": str(args.checkpoint),
               "statistics_checkpoint": str(ckpt), "predictor": predictor_settings(model.predictor),

@@ -49,7 +49,9 @@ from inference import stream as S  # noqa: E402
 from inference import images as P  # noqa: E402
 from data.domains import get_domain  # noqa: E402
 from data.safeio import write_json  # noqa: E402
-from cli.options import CLIError, predictor_settings, resolve_device  # noqa: E402
+from cli import predict as predict_cli  # noqa: E402
+from cli.options import CLIError, resolve_device  # noqa: E402
+from inference.predictor import predictor_settings  # noqa: E402
 
 
 RULES = [("per-frame (raw)", dict(mode="raw", window=1))] + \
@@ -219,7 +221,7 @@ def throughput_benchmark(args, root, work: Path, log=print) -> list[dict]:
             argv = [str(video), "--checkpoint", str(args.checkpoint), "--out", str(out), "--quiet"]
             argv += ([] if threads else ["--no-threads"]) + ([] if forced is None else ["--domain", forced])
             with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
-                S.main_stream(S.build_parser().parse_args(argv), resolve_device("auto"))
+                predict_cli.main(argv)
             runs[(letter, forced, threads)].append(json.loads((out / f"{video.stem}_stream.json").read_text()))
     rows = []
     for (letter, forced, threads), items in runs.items():
@@ -286,8 +288,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     root = Path(args.data_root)
-    pargs = P.build_parser().parse_args([str(root), "--checkpoint", str(args.checkpoint), "--quiet"])
-    model = P.Predictor(pargs, resolve_device("auto"))
+    model = P.Predictor(args.checkpoint, P.ImageOptions(quiet=True), device=resolve_device("auto"))
     bad = [c for c in args.segments if c not in model.letters]
     if bad:
         raise CLIError(f"--segments {args.segments}: {''.join(bad)} not learned by {args.checkpoint} "

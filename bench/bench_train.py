@@ -4,8 +4,8 @@
     python bench/bench_train.py --loader --data-root datasets/synthetic          # + data loader speed
     python bench/bench_train.py --quick                                          # smoke test
 
-One step of ``ours`` is timed through the product's code: ``lifelong.Stage.train_step`` (hence
-``Stage.micro_batch`` and ``lifelong.StageLoss``) on a stage object holding a 3-head student, the
+One step of ``ours`` is timed through the product's code: ``engine.stage.Stage.train_step`` (hence
+``Stage.micro_batch`` and ``engine.stage.StageLoss``) on a stage object holding a 3-head student, the
 frozen 2-head teacher (evaluated under ``no_grad``), Adam, the paper's weights (10, 100), batch 4 of
 the new domain plus one replay batch of 4 per old domain, each through its own head.
 
@@ -16,7 +16,7 @@ batch, and each replay batch goes through the whole student (every head), of whi
 outputs are used.
 
 Variants of ours: fp32 with the teacher a plain frozen copy (the engine before its teacher became
-an inference copy); fp32 (the engine's teacher, ``lifelong.make_teacher``: BN folded, fused CPU
+an inference copy); fp32 (the engine's teacher, ``engine.model.make_teacher``: BN folded, fused CPU
 kernels); channels_last; bf16 autocast (``--amp bf16``, teacher weights cast to bf16 once);
 bf16 + channels_last. Steps are
 interleaved round by round; medians of ``--repeats`` rounds after ``--warmup`` steps. Inputs are
@@ -78,36 +78,33 @@ def make_models(encoder, device, seed=0):
 # ------------------------------------------------------------------------------------------------
 # Ours: the product's Stage.train_step
 # ------------------------------------------------------------------------------------------------
-def import_lifelong():
-    from engine import lifelong
-    return lifelong
-
-
 def make_stage(encoder, device, amp_dtype=None, channels_last=False, plain_teacher=False, seed=0):
-    """A lifelong.Stage with only what train_step needs (no data, no checkpoints); its teacher is
-    the engine's (``lifelong.make_teacher``) unless ``plain_teacher`` (a frozen fp32 deep copy, as
-    the engine had it before)."""
-    L = import_lifelong()
+    """An engine.stage.Stage with only what train_step needs (no data, no checkpoints); its teacher
+    is the engine's (``engine.model.make_teacher``) unless ``plain_teacher`` (a frozen fp32 deep copy,
+    as the engine had it before)."""
+    from engine.model import make_teacher
+    from engine.options import StageOptions
+    from engine.processes import Dist, StopSignals
+    from engine.stage import Stage, StageLoss
     student, prior = make_models(encoder, device, seed)
     if plain_teacher:
         teacher = copy.deepcopy(prior).eval().requires_grad_(False)
     else:
-        teacher = L.make_teacher(prior, device, amp_dtype)
+        teacher = make_teacher(prior, device, amp_dtype)
     if channels_last:
         to_channels_last(student)
-    stage = L.Stage.__new__(L.Stage)
-    stage.ctx = L.Dist(torch.device(device).type)
+    stage = Stage.__new__(Stage)
+    stage.ctx = Dist(torch.device(device).type)
     stage.net, stage.teacher, stage.new_head = student, teacher, 2
     stage.distill_w, stage.replay_w, stage.replay_heads = list(WEIGHTS), list(WEIGHTS), [0, 1]
     stage.amp_dtype = amp_dtype
     stage.scaler = torch.amp.GradScaler(torch.device(device).type, enabled=False)
-    if hasattr(L, "StopSignals"):  # train_step shields its optimiser step from Ctrl-C
-        stage.signals = L.StopSignals()
+    stage.signals = StopSignals()  # train_step shields its optimiser step from Ctrl-C
     # the step counters and the non-finite-loss policy train_step keeps and reads
     stage.epoch = stage.step_in_epoch = stage.global_step = stage.skipped_steps = 0
     stage.batch_files, stage.bn_snapshot = [], None
-    stage.opts = argparse.Namespace(on_nonfinite="stop")
-    stage.loss = stage.step_module = L.StageLoss(student, 2, stage.distill_w, stage.replay_w,
+    stage.opts = StageOptions(on_nonfinite="stop")
+    stage.loss = stage.step_module = StageLoss(student, 2, stage.distill_w, stage.replay_w,
                                                  stage.replay_heads)
     trainable = [p for p in student.parameters() if p.requires_grad]
     stage.optim = torch.optim.Adam(trainable, lr=1e-4, weight_decay=1e-4)
@@ -159,7 +156,8 @@ PLAIN_TEACHER = "ours fp32, plain frozen teacher"
 def engine_default(device) -> str | None:
     """The variant that is the engine's default (``--amp auto``) on ``device``; None where that
     default (float16 on a CUDA GPU without bf16) is not among the variants."""
-    dtype = import_lifelong().amp_settings("auto", torch.device(device))[0]
+    from engine.processes import amp_settings
+    dtype = amp_settings("auto", torch.device(device))[0]
     return {None: "ours fp32", torch.bfloat16: "ours bf16 autocast"}.get(dtype)
 
 

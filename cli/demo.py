@@ -15,13 +15,14 @@ header before any decoding; ``--max-upload-mb``) and in total (one request at a 
 ``--queue-size`` waiting, ``--max-models`` checkpoints loaded); result images are deleted once read
 and Gradio's cache is cleaned (files older than an hour, and at exit).
 
-Everything is computed by inference/images.py: ``prediction.Predictor.run`` (the frame pipeline of
+Everything is computed by inference/images.py: ``Predictor.run`` (the frame pipeline of
 inference/frames.py: head choice on the whole frame, the out-of-domain verdict, depth at the chosen
-head's pixel scale) and ``prediction.save_colormap`` (the colour bars).
+head's pixel scale) and ``save_colormap`` (the colour bars).
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import io
 import os
 import sys
@@ -38,7 +39,8 @@ from PIL import Image  # noqa: E402
 from inference import images as P  # noqa: E402
 from inference import stream as S  # noqa: E402
 from evaluation.uncertainty import interval_summary, median_width  # noqa: E402
-from cli.options import CLIError, HelpFormatter, add_checkpoint_arguments, add_device_argument, resolve_device  # noqa: E402
+from cli.options import (CLIError, HelpFormatter, add_checkpoint_arguments, add_device_argument,  # noqa: E402
+                         checked_type, parse_letters, resolve_device, run_command)
 
 AUTO = "auto (nearest prototype)"
 DEMO_INTERVAL = 0.9  # the central coverage whose width the page shows
@@ -61,7 +63,7 @@ class PageError(Exception):
 
 
 def upload_image(image, max_pixels) -> Image.Image:
-    """The RGB image of an upload: a file path (read by prediction.read_rgb: the pixel cap from the
+    """The RGB image of an upload: a file path (read by inference.images.read_rgb: the pixel cap from the
     header, EXIF orientation, 16-bit PNGs scaled, not clipped) or an image object (the API's)."""
     if isinstance(image, (str, os.PathLike)):
         try:
@@ -77,7 +79,7 @@ def upload_image(image, max_pixels) -> Image.Image:
 # The model side (no Gradio here: unit-testable)
 # ----------------------------------------------------------------------------------------------
 class Models:
-    """Loaded ``prediction.Predictor`` per checkpoint path, loaded on first use; only the
+    """Loaded ``inference.images.Predictor`` per checkpoint path, loaded on first use; only the
     ``--max-models`` most recently used stay in memory (a menu of many checkpoints must not load
     them all)."""
 
@@ -94,14 +96,16 @@ class Models:
             else:
                 while len(self.cache) >= self.limit:
                     self.cache.pop(next(iter(self.cache)))
-                argv = ["image.png", "--checkpoint", checkpoint, "--quiet", "--device", self.args.device]
-                if self.args.order and checkpoint == self.args.checkpoint:
-                    argv += ["--order", self.args.order]
-                if self.args.replay_root and checkpoint == self.args.checkpoint:
-                    argv += ["--replay-root", self.args.replay_root]
-                pargs = P.build_parser().parse_args(argv)
-                self.cache[checkpoint] = P.Predictor(pargs, resolve_device(self.args.device))
+                # what the library refuses is one error line, predict.py's (shown on the page)
+                self.cache[checkpoint] = run_command(self.load, checkpoint)
             return self.cache[checkpoint]
+
+    def load(self, checkpoint: str):
+        """The Predictor of ``checkpoint``; --order and --replay-root are --checkpoint's only."""
+        first = checkpoint == self.args.checkpoint
+        order = parse_letters(self.args.order, "--order") if self.args.order and first else None
+        options = P.ImageOptions(replay_root=self.args.replay_root if first else None, quiet=True)
+        return P.Predictor(checkpoint, options, device=resolve_device(self.args.device), order=order)
 
 
 def head_choices(model) -> list[str]:
@@ -344,7 +348,7 @@ def build_parser():
                    help="allow a --host other than loopback: the page has no authentication, anyone "
                         "who reaches the port can use it (a warning is printed)")
     p.add_argument("--port", type=int, default=7860, help="port to serve on")
-    p.add_argument("--max-pixels", type=P.parse_max_pixels, default=DEFAULT_DEMO_MAX_PIXELS,
+    p.add_argument("--max-pixels", type=checked_type(P.parse_max_pixels), default=DEFAULT_DEMO_MAX_PIXELS,
                    help="refuse uploads with more pixels than this, read from the file's header before "
                         "decoding (a request needs about 170 bytes of memory per pixel)")
     p.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB,
@@ -367,7 +371,7 @@ def main(argv=None) -> int:
             raise CLIError(f"{option} must be positive, got {value}")
     warning = check_host(args)
     try:
-        import gradio  # noqa: F401
+        importlib.import_module("gradio")  # installed? (before a model is loaded for nothing)
     except ImportError:
         raise CLIError("the demo needs Gradio: pip install -r requirements-demo.txt") from None
     app = build_app(args)

@@ -38,6 +38,8 @@ the extension appended (x_png), then _2, _3 where that is taken.
 """
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import math
 import sys
 import time
@@ -46,16 +48,19 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from inference import stream  # video files and frame folders
+from cli import stream  # video files and frame folders
+from cli.options import (CLIError, HelpFormatter, add_checkpoint_arguments, add_runtime_arguments,
+                         add_selector_arguments, checked_type, help_of, parse_letters, parse_size, printable,
+                         resolve_device, run_command, runtime_options)
 from data.domains import get_domain
 from data.safeio import write_json
-from cli.options import CLIError, predictor_settings, printable, resolve_device
-from inference.images import (PNG16_MAX_M, Predictor, camera_hint, collect_inputs, intrinsics_for, make_out_dir,
-                              output_stems,
-                              parse_intrinsics, read_rgb, save_colormap, save_png16, write_ply)
+from inference.predictor import predictor_settings
+from inference.images import (PNG16_MAX_M, ImageOptions, Predictor, collect_inputs, intrinsics_for, make_out_dir,
+                              output_stems, parse_intrinsics, parse_max_pixels, read_rgb, save_colormap, save_png16,
+                              write_ply)
 from data.safeio import atomic_write, clean_stale_temps
-from evaluation.uncertainty import calibration_note, interval_summary, median_width, parse_interval
-from inference.stream import build_parser  # predict.py's options, the stream group included
+from evaluation.uncertainty import (add_interval_argument, calibration_note, interval_summary, median_width,
+                                    parse_interval)
 
 
 def check_max_depth(value) -> None:
@@ -123,11 +128,18 @@ def ply_intrinsics(r, letter, size, given):
 
 
 def main(argv=None) -> int:
-    """Run predict.py; returns the exit status (0 = every image written, 1 = some failed)."""
+    """Run predict.py; returns the exit status (0 = every image written, 1 = some failed). What the
+    library refuses (a checkpoint, a setting, an input) is one ``error:`` line (exit status 1)."""
+    return run_command(predict_command, argv)
+
+
+def predict_command(argv) -> int:
+    """predict.py itself; :func:`main` turns what the library refuses into one error line."""
     args = build_parser().parse_args(argv)
     check_max_depth(args.max_depth)
-    if stream.is_stream_input(args):  # a video file or --stream folder: inference/stream.py's path
-        return stream.main_stream(args, resolve_device(args.device))
+    if stream.is_stream_input(args):  # a video file or --stream folder: cli/stream.py's path
+        device = resolve_device(args.device)
+        return stream.main_stream(args, lambda: predictor_of(args, device))
     if args.ply_stride < 1:
         raise CLIError(f"--ply-stride must be at least 1, got {args.ply_stride}")
     level = interval_level(args)
@@ -140,7 +152,7 @@ def main(argv=None) -> int:
     if not images:
         raise CLIError(f"no image files found in {str(target)!r}")
     make_out_dir(out_dir)  # before loading the model: a wrong --out fails at once
-    model = Predictor(args, device)
+    model = predictor_of(args, device)
     note = calibration_note(model.predictor.meta, len(model.letters)) if level is not None else None
     if note:
         print(note, file=sys.stderr)
@@ -158,7 +170,7 @@ def main(argv=None) -> int:
             continue
         try:
             t0 = time.perf_counter()
-            r = model.run(img, camera=camera_hint(args, f))
+            r = model.run(img, camera=model.camera_of(f))
             depth, unc, head, how = r["depth"], r["uncertainty"], r["head"], r["how"]
             if not args.no_clamp:
                 lo, hi = model.ranges[head]
@@ -223,6 +235,61 @@ def main(argv=None) -> int:
     for item in failed:
         print(f"  {printable(item['error'], '')}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def image_options(args) -> ImageOptions:
+    """The Predictor settings of predict.py's options (--size parsed here: one error line)."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(ImageOptions)}
+    return ImageOptions(**dict(values, size=parse_size(args.size) if args.size else None))
+
+
+def predictor_of(args, device) -> Predictor:
+    """The Predictor of predict.py's options: checkpoint, --order, the image and runtime options."""
+    options = image_options(args)
+    return Predictor(args.checkpoint, options, device=device, runtime=runtime_options(args),
+                     order=parse_letters(args.order, "--order") if args.order else None)
+
+
+def add_image_argument(p, flag: str, **kwargs) -> None:
+    """An option holding the ImageOptions field of its name: the field's default and help text."""
+    spec = next(f for f in dataclasses.fields(ImageOptions) if f.name == flag[2:].replace("-", "_"))
+    p.add_argument(flag, default=spec.default, help=spec.metadata["help"], **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """predict.py's options: the images' (ImageOptions' fields among them), the runtime and the
+    stream group (cli/stream.py)."""
+    p = argparse.ArgumentParser(
+        description="Metric depth for an image or a folder of images: 16-bit millimetre PNG, float32 "
+                    ".npy in metres, colour-mapped depth and uncertainty PNGs, optional PLY point cloud.",
+        formatter_class=HelpFormatter)
+    p.add_argument("input", help="an image file, or a folder of images (png, jpg, bmp, tif, webp, ...), "
+                                 "or a video file (depth video + per-frame log; see the streams options)")
+    add_checkpoint_arguments(p, "checkpoint (project format; an authors' file needs --order)")
+    p.add_argument("--out", default="predictions", help="output folder (created)")
+    add_image_argument(p, "--domain")
+    add_selector_arguments(p, help_of(ImageOptions, "selector"), help_of(ImageOptions, "replay_root"))
+    add_image_argument(p, "--size")
+    p.add_argument("--recursive", action="store_true", help="also images in subfolders (mirrored in --out)")
+    p.add_argument("--max-depth", type=float, default=None,
+                   help="upper end of the depth colour bar in metres (default: each image's maximum)")
+    p.add_argument("--no-clamp", action="store_true",
+                   help="keep raw network depth; by default depth is clamped to the domain's range "
+                        "(e.g. 1e-3..10 m for NYU)")
+    p.add_argument("--no-plots", action="store_true",
+                   help="skip the colour-mapped PNGs (faster; the 16-bit PNG and .npy are still written); "
+                        "for a stream: no depth video (the log, and --save-depth files, still)")
+    p.add_argument("--ply", action="store_true", help="also write a coloured point cloud <name>.ply")
+    add_image_argument(p, "--intrinsics")
+    p.add_argument("--ply-stride", type=int, default=1, help="keep every N-th pixel in x and y for --ply")
+    add_image_argument(p, "--fov")
+    add_image_argument(p, "--camera-mode", choices=("resample", "rescale"))
+    add_image_argument(p, "--max-pixels", type=checked_type(parse_max_pixels))
+    add_interval_argument(p)
+    add_image_argument(p, "--quiet", action="store_true")
+    add_runtime_arguments(p)
+    stream.add_stream_arguments(p)
+    return p
 
 
 if __name__ == "__main__":

@@ -8,8 +8,8 @@ Steps (an overall progress bar, plus each script's own bars):
 1. generate the synthetic N-, K-, S-like stand-in domains with synthetic.py into ``--data-root``
    (default datasets/synthetic) unless a suitable set is already there (meta.json: all three
    domains, rendered at a scale >= the training scale, enough images);
-2. learn N, then K, then S with the training engine (lifelong.main, as train_N.py / train_NK.py /
-   train_NKS.py do) at CPU settings, checkpoints into ``--out`` (default runs/quickstart);
+2. learn N, then K, then S with the training engine (engine.run.train_stage, as train_N.py /
+   train_NK.py / train_NKS.py do) at CPU settings, checkpoints into ``--out`` (default runs/quickstart);
 3. evaluate every stage on every domain learned so far (test.py --matrix): the domain x stage
    matrix with forgetting and backward transfer;
 4. evaluate without the domain prior (test_inference.py): selection accuracy per domain, metrics
@@ -42,9 +42,13 @@ from tqdm import tqdm  # noqa: E402
 from cli import test as evaluate_cli  # noqa: E402
 from cli import test_inference as inference_cli  # noqa: E402
 from data.safeio import write_json  # noqa: E402
+from evaluation.evaluate import EvalOptions  # noqa: E402
+from evaluation.matrix import DEFAULT_MATRIX_METRICS, evaluate_matrix  # noqa: E402
+from evaluation.selection import SelectionOptions, evaluate_selection  # noqa: E402
 from models.hardware import capability_line  # noqa: E402
 from models.resnet import ENCODERS  # noqa: E402
-from cli.options import add_amp_argument, add_device_argument  # noqa: E402
+from cli.options import add_amp_argument, add_device_argument, help_of, parse_size, resolve_device  # noqa: E402
+from engine.options import StageOptions  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository root
 
@@ -60,7 +64,6 @@ TINY = dict(encoder="resnet18", scale=0.25, data_scale=0.25, n_train=6, n_test=2
             eval_images=2, latency_runs=2, warmup=1, latency_size=None, workers=0,
             data_root="datasets/synthetic_tiny", out="runs/quickstart_tiny")
 ORDER = "NKS"
-ENTRY = {1: "train_N.py", 2: "train_NK.py", 3: "train_NKS.py"}
 
 
 def cpu_seconds() -> float:
@@ -115,25 +118,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="optimiser steps of the N, K and S stages, comma-separated (default 96,48,48; "
                         "--tiny 1,1,1)")
     p.add_argument("--scale", type=float, default=None,
-                   help="input size factor for training and evaluation (default 0.5: 114x152 NYU/ScanNet, "
-                        "160x240 KITTI; --tiny 0.25)")
+                   help=help_of(StageOptions, "scale") + "; of training and evaluation (default 0.5: 114x152 "
+                        "NYU/ScanNet, 160x240 KITTI; --tiny 0.25)")
     p.add_argument("--encoder", default=None, choices=sorted(ENCODERS),
-                   help="encoder (default resnet34, the paper's; --tiny resnet18)")
+                   help=help_of(StageOptions, "encoder") + " (default resnet34, the paper's; --tiny resnet18)")
     p.add_argument("--batch-size", type=int, default=None, help="images per step (default 8; --tiny 2)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's choice, one per core)")
     p.add_argument("--pretrained", default=None,
-                   help="local torchvision ImageNet weights for the encoder, e.g. resnet34-b627a593.pth "
-                        "(default: random initialisation; nothing is downloaded)")
+                   help=help_of(StageOptions, "pretrained") + " (nothing is downloaded)")
     p.add_argument("--latency-size", default=None,
                    help="HxW at which the per-image latency is measured (default 228x304, the paper's NYU "
                         "input size; --tiny: each domain's test input size)")
-    add_device_argument(p, help="where to train and evaluate; auto takes CUDA when available")
-    add_amp_argument(p)
+    add_device_argument(p, help=help_of(StageOptions, "device"))
+    add_amp_argument(p, help=help_of(StageOptions, "amp"))
     p.add_argument("--keep-resume", action="store_true",
                    help="keep each finished stage's resume state <out>/<stage>/last.pth.tar (deleted by "
                         "default: weights + optimiser, ~260 MB each)")
-    p.add_argument("--seed", type=int, default=0, help="seed of data generation and training")
+    p.add_argument("--seed", type=int, default=0,
+                   help=help_of(StageOptions, "seed") + "; also of the synthetic data")
     return p
 
 
@@ -192,30 +195,51 @@ def make_data(root: Path, s: dict, args, say) -> str:
 
 
 def train_stage(k: int, s: dict, args, out: Path, root: Path) -> str:
-    from engine import lifelong
+    """Stage ``k`` of ORDER at the quickstart's settings (what train_N/NK/NKS.py would run)."""
+    from cli import train
     letters = ORDER[:k]
-    argv = ["--data-root", str(root), "--runs-dir", str(out), "--scale", str(s["scale"]),
-            "--epochs", "1000", "--max-steps", str(s["steps"][k - 1]), "--batch-size", str(s["batch_size"]),
-            "--lr", str(s["lr"]), "--val-images", str(s["val_images"]), "--proto-images", str(s["proto_images"]),
-            "--replay-size", str(s["replay_size"]), "--workers", str(s["workers"]), "--device", args.device,
-            "--amp", args.amp, "--seed", str(args.seed),
-            "--overwrite"]  # a quickstart run retrains its stages (the engine refuses that without it)
-    argv += ["--order", letters] + (["--encoder", s["encoder"]] if k == 1 else [])
-    if args.pretrained and k == 1:
-        argv += ["--pretrained", args.pretrained]
-    doc = f"quickstart stage {letters} (as {ENTRY[k]})"
-    path = lifelong.main(default_order=letters, description=doc, argv=argv)
-    resume = Path(path).with_suffix("").with_suffix("") / "last.pth.tar"
+    options = StageOptions(
+        order=letters, data_root=str(root), runs_dir=str(out), scale=s["scale"], epochs=1000,
+        max_steps=s["steps"][k - 1], batch_size=s["batch_size"], lr=s["lr"], val_images=s["val_images"],
+        proto_images=s["proto_images"], replay_size=s["replay_size"], workers=s["workers"],
+        device=args.device, amp=args.amp, seed=args.seed,
+        overwrite=True)  # a quickstart run retrains its stages (the engine refuses that without it)
+    if k == 1:
+        options.encoder, options.pretrained = s["encoder"], args.pretrained or None
+    path = Path(train.run(options))  # errors: one error line, as train_N/NK/NKS.py print them
+    resume = path.with_suffix("").with_suffix("") / "last.pth.tar"
     if not args.keep_resume and resume.is_file():
         resume.unlink()  # the stage finished: its resume state (weights + Adam, ~260 MB) is not needed
-    return path
+    return str(path)
 
 
 def training_precision(amp: str, device) -> str:
     """What the engine's ``--amp`` resolves to on ``device``: "fp32", "bf16" or "fp16"."""
-    from engine import lifelong
-    dtype = lifelong.amp_settings(amp, torch.device(device))[0]
+    from engine.processes import amp_settings
+    dtype = amp_settings(amp, torch.device(device))[0]
     return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
+
+def eval_options(s: dict, root: Path) -> EvalOptions:
+    """The evaluation settings of both evaluation steps: the first test images, the stage batch."""
+    return EvalOptions(data_root=str(root), max_images=s["eval_images"], batch_size=max(1, s["batch_size"]))
+
+
+def evaluate_stages(s: dict, args, out: Path, root: Path) -> dict:
+    """Every stage on every domain learned so far, with uncertainty (what test.py --matrix
+    --uncertainty prints and writes: matrix.json, the reliability plots in figures/)."""
+    matrix = evaluate_matrix(ORDER, eval_options(s, root), resolve_device(args.device), out, uncertainty=True)
+    return evaluate_cli.finish_matrix(matrix, DEFAULT_MATRIX_METRICS, out / "matrix.json", out / "figures", root)
+
+
+def evaluate_heads(s: dict, args, out: Path, root: Path) -> dict:
+    """The final model without the domain prior: selection, both tables and the latency (what
+    test_inference.py prints and writes: inference.json)."""
+    size = parse_size(s["latency_size"], "--latency-size") if s["latency_size"] else None
+    selection = SelectionOptions(latency_runs=s["latency_runs"], warmup=s["warmup"], latency_size=size)
+    result = evaluate_selection(out / f"{ORDER}.pth.tar", eval_options(s, root), selection,
+                                resolve_device(args.device))
+    return inference_cli.finish_selection(result, out / "inference.json", size)
 
 
 def fmt(v, spec=".4f"):
@@ -388,16 +412,8 @@ def main(argv=None) -> dict:
     data_state = step("data", make_data, root, s, args, say)
     for k in range(1, len(ORDER) + 1):
         step(f"train {ORDER[:k]}", train_stage, k, s, args, out, root)
-    common = ["--data-root", str(root), "--max-images", str(s["eval_images"]), "--device", args.device,
-              "--batch-size", str(max(1, s["batch_size"]))]
-    final = out / f"{ORDER}.pth.tar"
-    matrix = step("evaluate matrix", evaluate_cli.main, ["--matrix", "--checkpoint", str(final), "--runs-dir", str(out),
-                                               "--json", str(out / "matrix.json"), "--uncertainty",
-                                               "--plots", str(out / "figures")] + common)
-    infer = step("evaluate selection + latency", inference_cli.main,
-                 ["--checkpoint", str(final), "--json", str(out / "inference.json"),
-                  "--latency-runs", str(s["latency_runs"]), "--warmup", str(s["warmup"])] + common
-                 + (["--latency-size", s["latency_size"]] if s["latency_size"] else []))
+    matrix = step("evaluate matrix", evaluate_stages, s, args, out, root)
+    infer = step("evaluate selection + latency", evaluate_heads, s, args, out, root)
     bar.set_postfix_str("report")
     report = write_report(out, s, args, clock, matrix, infer, data_state, load_start, root)
     bar.update(1)

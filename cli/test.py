@@ -7,26 +7,21 @@ and quickstart.py run the command in-process.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from tqdm import tqdm
-
 from data.domains import get_domain
-from evaluation.evaluate import (describe_predictor, describe_settings, evaluate_checkpoint, format_matrix,
-                        lifelong_summary, stage_paths)
+from evaluation.evaluate import describe_predictor, describe_settings, evaluate_checkpoint, stage_paths
+from evaluation.matrix import DEFAULT_MATRIX_METRICS, evaluate_matrix, table_rows, uncertainty_rows
 from metrics import METRIC_NAMES, format_table
-from models import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
-from evaluation.uncertainty import CALIBRATION_KEY, calibration_note, format_stage_table, save_reliability_plot
+from models import load_checkpoint, read_checkpoint, save_checkpoint
+from models.checkpoint import check_checkpoint_path, checkpoint_letters
+from evaluation.uncertainty import CALIBRATION_KEY, calibration_note, reliability_plots
 from evaluation.uncertainty import format_tables as format_uncertainty_tables
 from cli.options import run_command
 from data.safeio import write_json
-from cli.options import (DEFAULT_CHECKPOINT, CLIError, HelpFormatter, add_eval_arguments, add_checkpoint_arguments, add_runtime_arguments,
-                     check_eval_args,
-                     checkpoint_letters, check_checkpoint_path, eval_settings, parse_letters,
-                     register_custom_domains, resolve_device)
-
-DEFAULT_MATRIX_METRICS = "abs_rel,rmse,delta1"
+from cli.options import (DEFAULT_CHECKPOINT, CLIError, HelpFormatter, add_eval_arguments, add_checkpoint_arguments,
+                         add_runtime_arguments, eval_options, parse_letters, register_custom_domains,
+                         resolve_device, runtime_options)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(ours: N, NK, NKS; X: N, NK_X, NKS_X)")
     g.add_argument("--runs-dir", default=None,
                    help="folder of the stage checkpoints (default: the folder of --checkpoint)")
-    g.add_argument("--metric", default=DEFAULT_MATRIX_METRICS,
+    g.add_argument("--metric", default=",".join(DEFAULT_MATRIX_METRICS),
                    help=f"comma-separated metrics shown as matrices; any of {', '.join(METRIC_NAMES)}")
     g = p.add_argument_group("uncertainty (evaluation/uncertainty.py)")
     g.add_argument("--uncertainty", action="store_true",
@@ -93,37 +88,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def table_rows(results: dict):
-    return [(f"{r['domain']} ({c})", r) for c, r in results.items()]
-
-
-def uncertainty_rows(results: dict):
-    return [(name, r["uncertainty"]) for name, r in table_rows(results)]
-
-
 def calibrate_copy(path, out_dir, args, device, order=None) -> Path:
     """A copy of checkpoint ``path`` in ``out_dir`` with every head's uncertainty scale fitted on
     the validation rows its training held out of ``--data-root`` (the stored training options
     name them: --val-images, --val-seed, --scale); the original is never written."""
-    from engine import lifelong  # the validation split is the engine's (split_validation)
+    from engine.sampling import DomainData  # the validation split is the engine's (split_validation)
+    from engine.stage import fit_uncertainty
     check_checkpoint_path(path)
     out = Path(out_dir) / Path(path).name
     if out.resolve() == Path(path).resolve():
         raise CLIError(f"--calibrate-into {str(out_dir)!r} holds {str(path)!r} itself; choose another folder")
-    try:
-        net = load_checkpoint(path, order=order)
-    except CheckpointError as e:
-        raise CLIError(str(e)) from None
+    net = load_checkpoint(path, order=order)
     stored = net.meta.get("options")
     if not isinstance(stored, dict) or "val_images" not in stored:
         raise CLIError(f"{str(path)!r} stores no training options (an authors' or older file), so its "
                        f"validation rows are unknown; --calibrate-into needs a checkpoint of this project")
     opts = argparse.Namespace(**dict(stored, data_root=str(args.data_root), workers=0))
     try:
-        data = [lifelong.DomainData(get_domain(c), opts) for c in opts.order]
+        data = [DomainData(get_domain(c), opts) for c in opts.order]
     except (OSError, ValueError) as e:
         raise CLIError(f"--data-root {str(args.data_root)!r}: {e}") from None
-    record = lifelong.fit_uncertainty(net, data, opts, device)
+    record = fit_uncertainty(net, data, opts, device)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out, net, **{CALIBRATION_KEY: record})
     fitted = ", ".join(f"{v['domain']} {v['scale']:.3f} ({v['images']} images)" for v in record["validation"])
@@ -131,35 +116,18 @@ def calibrate_copy(path, out_dir, args, device, order=None) -> Path:
     return out
 
 
-def is_synthetic(data_root) -> bool:
-    """Whether ``data_root`` is a synthetic.py set (its meta.json says so)."""
-    try:
-        return bool(json.loads((Path(data_root) / "meta.json").read_text()).get("synthetic"))
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
 def write_plots(folder, results: dict, model: str, data_root) -> list[str]:
-    """A reliability plot per domain of ``results`` (evaluate_checkpoint's, with uncertainty) of the
-    checkpoint that learned ``model`` (its letters); labelled synthetic when ``data_root`` is."""
-    data_note = " (synthetic data)" if is_synthetic(data_root) else ""
-    paths = []
-    Path(folder).mkdir(parents=True, exist_ok=True)
-    for c, r in results.items():
-        curves = {("uncalibrated" if label == "raw" else f"calibrated (scale {v['scale']:.2f})"): v["reliability"]
-                  for label, v in r["uncertainty"]["calibration"].items()}
-        path = Path(folder) / f"uncertainty_{r['domain']}.png"
-        save_reliability_plot(path, f"{r['domain']} ({c}) test split, model {model}{data_note}", curves)
-        paths.append(str(path))
+    """evaluation.uncertainty.reliability_plots, and a line naming the files."""
+    paths = reliability_plots(folder, results, model, data_root)
     print(f"wrote {', '.join(paths)}")
     return paths
 
 
-def run_single(args, device) -> dict:
+def run_single(args, options, device) -> dict:
     domains = parse_letters(args.domains, "--domains") if args.domains else None
     order = parse_letters(args.order, "--order") if args.order else None
-    out = evaluate_checkpoint(args.checkpoint, args, device, order=order, domains=domains,
-                              uncertainty=args.uncertainty)
+    out = evaluate_checkpoint(args.checkpoint, options, device, runtime=runtime_options(args), order=order,
+                              domains=domains, uncertainty=args.uncertainty)
     table = format_table(table_rows(out["results"]))
     out["table"] = table
     print(f"{args.checkpoint}: domain prior, {describe_settings(out['settings'], out['scale'])}; "
@@ -174,7 +142,7 @@ def run_single(args, device) -> dict:
         print()
         print(out["uncertainty_table"])
         if args.plots:
-            out["plots"] = write_plots(args.plots, out["results"], out["letters"], args.data_root)
+            out["plots"] = write_plots(args.plots, out["results"], out["letters"], options.data_root)
     json_path = args.json or f"{args.checkpoint}.test.json"
     write_json(json_path, out)
     print(f"wrote {json_path}")
@@ -185,120 +153,56 @@ def order_of(path, args) -> str:
     """Learning order for --matrix: --order, else the checkpoint's own letters."""
     if args.order:
         return parse_letters(args.order, "--order")
-    check_checkpoint_path(path)
-    try:
-        _, meta = read_checkpoint(path)
-    except CheckpointError as e:
-        raise CLIError(str(e)) from None
+    _, meta = read_checkpoint(check_checkpoint_path(path))
     return checkpoint_letters(meta, path)
 
 
-def run_matrix(args, device) -> dict:
-    metrics = [m.strip() for m in args.metric.split(",") if m.strip()]
+def matrix_metrics(text: str) -> list[str]:
+    """--metric 'abs_rel,rmse' -> the metric names, each one of metrics.METRIC_NAMES."""
+    metrics = [m.strip() for m in text.split(",") if m.strip()]
     bad = [m for m in metrics if m not in METRIC_NAMES]
     if bad or not metrics:
-        raise CLIError(f"--metric {args.metric!r}: unknown {', '.join(bad) or 'empty'}; "
+        raise CLIError(f"--metric {text!r}: unknown {', '.join(bad) or 'empty'}; "
                        f"choose from {', '.join(METRIC_NAMES)}")
+    return metrics
+
+
+def run_matrix(args, options, device) -> dict:
+    metrics = matrix_metrics(args.metric)
     runs_dir = Path(args.runs_dir) if args.runs_dir else Path(args.checkpoint).parent
     order = order_of(args.checkpoint, args)
     if args.domains:
         raise CLIError("--domains does not apply to --matrix (every learned domain is evaluated)")
-    paths = stage_paths(order, args.strategy, runs_dir)
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
-        raise CLIError(f"--matrix needs every stage checkpoint of order {order} (strategy "
-                       f"{args.strategy}) in {str(runs_dir)!r}; missing: {', '.join(missing)}")
-    authors = []
-    for p in paths:
-        try:
-            _, meta = read_checkpoint(p)
-        except CheckpointError as e:
-            raise CLIError(str(e)) from None
-        authors.append(not meta.get("letters") and meta.get("format") == "authors")
-    stages = []
-    outer = tqdm(total=len(paths), desc=f"matrix {order}", unit="stage", disable=args.quiet,
-                 dynamic_ncols=True, position=0)
-    for k, p in enumerate(paths, 1):
-        sub_order = order[:k] if (args.order or authors[k - 1]) else None
-        r = evaluate_checkpoint(p, args, device, order=sub_order, bar_desc=f"stage {order[:k]}",
-                                quiet=k > 1, uncertainty=args.uncertainty)
-        if r["letters"] != order[:k]:
-            raise CLIError(f"{str(p)!r} learned {r['letters']}, expected the stage {order[:k]} of {order}")
-        stages.append(r)
-        outer.update(1)
-    outer.close()
-    names = [f"{get_domain(c).name} ({c})" for c in order]
-    labels = [order[:k] for k in range(1, len(order) + 1)]
-    out = {"order": order, "strategy": args.strategy, "runs_dir": str(runs_dir),
-           "stages": [str(p) for p in paths], "stage_labels": labels,
-           "domains": [get_domain(c).name for c in order], "scale": stages[-1]["scale"],
-           "settings": eval_settings(args), "device": str(device), "max_images": args.max_images,
-           "matrix": {}, "summary": {}, "stage_results": stages, "tables": {}}
-    out["predictor"] = stages[-1]["predictor"]
-    print(f"lifelong matrix of {order} ({args.strategy}), domain prior, "
+    out = evaluate_matrix(order, options, device, runs_dir, strategy=args.strategy, runtime=runtime_options(args),
+                          metrics=metrics, named_order=bool(args.order), uncertainty=args.uncertainty)
+    return finish_matrix(out, metrics, args.json or f"{out['stages'][-1]}.matrix.json", args.plots,
+                         options.data_root)
+
+
+def finish_matrix(out: dict, metrics, json_path, plots=None, data_root=None) -> dict:
+    """test.py --matrix's output of evaluation.matrix.evaluate_matrix's ``out``: the tables printed,
+    the reliability plots into ``plots`` (with uncertainty), ``out`` written to ``json_path``."""
+    tables, labels = out["tables"], out["stage_labels"]
+    print(f"lifelong matrix of {out['order']} ({out['strategy']}), domain prior, "
           f"{describe_settings(out['settings'], out['scale'])}; predictor {describe_predictor(out['predictor'])}")
-    for m in metrics + [x for x in ("abs_rel", "rmse") if x not in metrics]:
-        matrix = [[stages[s]["results"][order[d]][m] for d in range(s + 1)] for s in range(len(order))]
-        summary = lifelong_summary(matrix, metric=m)
-        out["matrix"][m] = matrix
-        out["summary"][m] = summary
-        text = format_matrix(names, labels, matrix, summary, m)
-        out["tables"][m] = text
-        if m in metrics:
-            print()
-            print(text)
+    for m in metrics:
+        print()
+        print(tables[m])
     print()
     print(f"final stage {labels[-1]}:")
-    final_table = format_table(table_rows(stages[-1]["results"]))
-    out["tables"]["final"] = final_table
-    print(final_table)
-    if args.uncertainty:
-        uncertainty_matrices(out, stages, order, names, labels)
-        if args.plots:
-            out["plots"] = write_plots(args.plots, stages[-1]["results"], order, args.data_root)
-    json_path = args.json or f"{paths[-1]}.matrix.json"
+    print(tables["final"])
+    if "uncertainty_matrix" in out:
+        for key in out["uncertainty_matrix"]:
+            print()
+            print(tables[key])
+        print()
+        print(f"uncertainty, final stage {labels[-1]}:")
+        print(tables["uncertainty_final"])
+        if plots:
+            out["plots"] = write_plots(plots, out["stage_results"][-1]["results"], out["order"], data_root)
     write_json(json_path, out)
     print(f"wrote {json_path}")
     return out
-
-
-def _unc_value(result, key):
-    """One number of a domain's uncertainty result: ``ause_rmse``, ``aurg_rmse``, ``ause_abs_rel``,
-    ``spearman`` or ``coverage<level>_<raw|calibrated>`` (None where not calibrated)."""
-    u = result["uncertainty"]
-    if key == "spearman":
-        return u["spearman"]
-    if key.startswith("coverage"):
-        level, label = key[len("coverage"):].split("_")
-        c = u["calibration"].get(label)
-        return None if c is None else c["coverage"][level]
-    measure, metric = key.split("_", 1)
-    return u["sparsification"][metric][measure]
-
-
-UNCERTAINTY_MATRICES = ("ause_rmse", "aurg_rmse", "ause_abs_rel", "spearman", "coverage50_raw",
-                        "coverage50_calibrated", "coverage90_raw", "coverage90_calibrated")
-
-
-def uncertainty_matrices(out, stages, order, names, labels) -> None:
-    """Forgetting of uncertainty: AUSE (with forgetting, as the depth metrics) and coverage per
-    stage, printed and added to ``out`` (``uncertainty_matrix``, tables)."""
-    out["uncertainty_matrix"] = {}
-    for key in UNCERTAINTY_MATRICES:
-        matrix = [[_unc_value(stages[s]["results"][order[d]], key) for d in range(s + 1)]
-                  for s in range(len(order))]
-        out["uncertainty_matrix"][key] = matrix
-        if key.startswith("ause"):
-            text = format_matrix(names, labels, matrix, lifelong_summary(matrix, metric=key), key)
-        else:
-            text = format_stage_table(names, labels, matrix, f"{key} (after each stage)")
-        out["tables"][key] = text
-        print()
-        print(text)
-    out["tables"]["uncertainty_final"] = format_uncertainty_tables(uncertainty_rows(stages[-1]["results"]))
-    print()
-    print(f"uncertainty, final stage {labels[-1]}:")
-    print(out["tables"]["uncertainty_final"])
 
 
 def main(argv=None) -> dict:
@@ -309,7 +213,7 @@ def main(argv=None) -> dict:
 def _main(argv=None) -> dict:
     """Parse ``argv`` and evaluate; returns the result dict (also written as JSON)."""
     args = build_parser().parse_args(argv)
-    check_eval_args(args)
+    options = eval_options(args)
     device = resolve_device(args.device)
     register_custom_domains(args.data_root)
     if args.plots and not (args.uncertainty or args.calibrate_into):
@@ -318,8 +222,8 @@ def _main(argv=None) -> dict:
         args.uncertainty = True
         calibrate_stages(args, device)
     if args.matrix:
-        return run_matrix(args, device)
-    return run_single(args, device)
+        return run_matrix(args, options, device)
+    return run_single(args, options, device)
 
 
 def calibrate_stages(args, device) -> None:

@@ -8,8 +8,13 @@ bug; it is a ``ValueError`` for callers that catch those.
 """
 from __future__ import annotations
 
-__all__ = ["InputError"]
+__all__ = ["InputError", "RuntimeUnavailable"]
 
 
 class InputError(ValueError):
     """A setting, file or row the library refuses; the message says what was expected."""
+
+
+class RuntimeUnavailable(ImportError):
+    """A runtime (onnxruntime, openvino, or the onnx package) is not installed
+    (``models.runtimes``)."""

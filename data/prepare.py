@@ -1,39 +1,30 @@
-#!/usr/bin/env python3
-"""Write the index CSVs (train, test, replay) of a real dataset on disk.
+"""Index CSVs (train, test, replay) of a real dataset on disk: the library behind prepare_data.py.
 
-Rows are `image_path,depth_path` relative to --data-root (the loaders resolve them against it), so
-put or symlink the dataset inside the data root, e.g. `ln -s /data/nyu datasets/nyu`; a source
-outside the data root works too, its rows then start with `../`.
-
-  python prepare_data.py nyu     --src datasets/nyu_data           # data/nyu2_train, data/nyu2_test
-  python prepare_data.py kitti   --src datasets/kitti --raw datasets/kitti/raw
-  python prepare_data.py scannet --src datasets/scannet --test-scenes test_scenes.txt
-  python prepare_data.py nyu_h5  --src datasets/nyudepthv2          # train/ and val/ of .h5 files
-  python prepare_data.py nyu_mat --mat datasets/nyu_depth_v2_labeled.mat --splits splits.mat
-  python prepare_data.py generic --domain O --src datasets/office   # custom domain (domains.json)
-  python prepare_data.py replay  --domain N                         # (re)draw replay_nyu.csv
-
-Every file pair is checked (readable header, depth bit depth, equal sizes where required) and the
-skipped files are reported with the reason.  The replay CSV holds --replay-size random training
-rows (seeded).
+A source (:class:`NyuSource`, :class:`KittiSource`, :class:`ScanNetSource`, :class:`NyuH5Source`,
+:class:`NyuMatSource`, :class:`GenericSource`; :data:`SOURCES` by command name) finds the file
+pairs of one layout; :func:`prepare` checks every pair, writes the CSVs as :class:`IndexOptions`
+say and returns a :class:`Report` of the rows written and the files skipped with their reasons.
+:func:`draw_replay` (re)draws a replay CSV. Rows are `image_path,depth_path` relative to the data
+root. A dataset this cannot index raises :class:`data.errors.InputError`. The settings' help texts
+(field metadata) are the command's option help (cli/prepare_data.py).
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import os
 import random
 import re
-import sys
 from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import ClassVar, Iterable, List, Optional, Sequence, Tuple
 
 from PIL import Image
 from tqdm import tqdm
 
 from data import domains as dom
+from data.errors import InputError
 
 Pair = Tuple[str, str]   # absolute (or cwd-relative) image path, depth path (or .mat frame number)
 IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".ppm")
@@ -49,6 +40,7 @@ class Report:
         self.skipped: "OrderedDict[str, List[str]]" = OrderedDict()
         self.written: List[Tuple[str, int]] = []
         self.notes: List[str] = []
+        self.skip_list: Optional[str] = None   # the file of every skipped path (prepare writes it)
 
     def skip(self, path: str, reason: str) -> None:
         self.skipped.setdefault(reason, []).append(path)
@@ -113,7 +105,7 @@ def write_replay_csv(train_csv: str, out_csv: str, n: int = 500, seed: int = 0) 
                                 f"(python prepare_data.py <dataset> --src ...)")
     rows = read_csv_rows(train_csv)
     if not rows:
-        raise ValueError(f"training index {train_csv!r} has no rows to draw a replay set from")
+        raise InputError(f"training index {train_csv!r} has no rows to draw a replay set from")
     picks = random.Random(seed).sample(range(len(rows)), min(int(n), len(rows)))
     return write_rows(out_csv, [rows[i] for i in picks])
 
@@ -165,7 +157,7 @@ def first_dir(*candidates: str) -> Optional[str]:
 
 def _need_dir(path: Optional[str], what: str) -> str:
     if path is None or not os.path.isdir(path):
-        raise SystemExit(f"error: {what}")
+        raise InputError(what)
     return path
 
 
@@ -175,7 +167,7 @@ def scan_nyu(src: str, report: Report) -> Tuple[List[Pair], List[Pair]]:
     train_dir = first_dir(os.path.join(src, "data", "nyu2_train"), os.path.join(src, "nyu2_train"))
     test_dir = first_dir(os.path.join(src, "data", "nyu2_test"), os.path.join(src, "nyu2_test"))
     if train_dir is None and test_dir is None:
-        raise SystemExit(f"error: no data/nyu2_train or data/nyu2_test under {src!r} (the NYU-v2 CSV release, "
+        raise InputError(f"no data/nyu2_train or data/nyu2_test under {src!r} (the NYU-v2 CSV release, "
                          f"unzipped); for the sparse-to-dense .h5 layout use `prepare_data.py nyu_h5`")
     train = []
     if train_dir:
@@ -243,7 +235,7 @@ def scan_kitti(src: str, raw: Optional[str], report: Report) -> Tuple[List[Pair]
     train_dir = first_dir(os.path.join(src, "train"))
     val_dir = first_dir(os.path.join(src, "val_selection_cropped"), os.path.join(src, "val_selection"))
     if train_dir is None and val_dir is None:
-        raise SystemExit(f"error: no train/ or val_selection_cropped/ under {src!r} (the KITTI depth benchmark)")
+        raise InputError(f"no train/ or val_selection_cropped/ under {src!r} (the KITTI depth benchmark)")
     train = []
     if train_dir:
         raw = raw or first_dir(os.path.join(src, "raw"), os.path.join(src, "imgs"))
@@ -334,7 +326,7 @@ def scan_scannet(src, test_scenes, fraction, seed, stride, report) -> Tuple[List
     """scene*/color/<n>.jpg with scene*/depth/<n>.png, every `stride`-th frame number."""
     scenes = find_scannet_scenes(src)
     if not scenes:
-        raise SystemExit(f"error: no scene*/color + scene*/depth folders under {src!r} (exported ScanNet frames)")
+        raise InputError(f"no scene*/color + scene*/depth folders under {src!r} (exported ScanNet frames)")
     train_s, test_s = split_scenes(scenes, test_scenes, fraction, seed, report)
     keep = (lambda s: not s.isdigit() or int(s) % stride == 0) if stride > 1 else (lambda s: True)
 
@@ -361,7 +353,7 @@ def scan_nyu_h5(src: str, report: Report, check: bool) -> Tuple[List[Pair], List
         files.sort(key=natural_key)
         out.append([(f, f) for f in _check_h5(files, report, check, split)])
     if not out[0] and not out[1]:
-        raise SystemExit(f"error: no .h5 files under {base}/train or {base}/val (sparse-to-dense nyudepthv2 layout)")
+        raise InputError(f"no .h5 files under {base}/train or {base}/val (sparse-to-dense nyudepthv2 layout)")
     return out[0], out[1]
 
 
@@ -390,7 +382,7 @@ def scan_nyu_mat(mat: str, splits: Optional[str]) -> Tuple[List[Pair], List[Pair
     import loaders
 
     if not os.path.isfile(mat):
-        raise SystemExit(f"error: .mat file {mat!r} does not exist")
+        raise InputError(f".mat file {mat!r} does not exist")
     n = loaders.mat_num_frames(mat)
     if splits is None:
         return [], [(mat, str(i)) for i in range(1, n + 1)]
@@ -417,17 +409,158 @@ def spec_csv(spec: dom.DomainSpec, split: str) -> str:
     name = spec.csv_name(split)
     parts = Path(name.replace("\\", "/")).parts
     if os.path.isabs(name) or ".." in parts or not parts:
-        raise SystemExit(f"error: domain {spec.name!r}: {split}_csv {name!r}: expected a file name inside "
+        raise InputError(f"domain {spec.name!r}: {split}_csv {name!r}: expected a file name inside "
                          f"the data root (no absolute path, no '..'); fix {dom.DOMAINS_JSON} or give "
                          f"--{split}-csv")
     return name
 
 
-def write_indexes(spec: dom.DomainSpec, train: List[Pair], test: List[Pair], args, report: Report) -> None:
+def custom_domain(data_root: str, key: str) -> dom.DomainSpec:
+    """A domain by letter or name, custom ones read from <data_root>/domains.json."""
+    try:
+        dom.load_domains_from_root(data_root)
+        return dom.get_domain(key)
+    except ValueError as e:  # a malformed domains.json, an unknown domain
+        raise InputError(str(e)) from None
+
+
+def _option(help: str, default=None):
+    """A settings field; ``help`` is the command's option help (cli/prepare_data.py builds it)."""
+    return field(default=default, metadata={"help": help})
+
+
+def _required(help: str):
+    return field(metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class IndexOptions:
+    """Where and how the index CSVs of any source are written."""
+    data_root: str = _option("folder the CSVs are written to; CSV paths are relative to it (default: datasets)",
+                               "datasets")
+    train_csv: Optional[str] = _option("training index file name (default: the domain's, e.g. nyu2_train.csv)")
+    test_csv: Optional[str] = _option("test index file name (default: the domain's, e.g. nyu2_test.csv)")
+    replay_csv: Optional[str] = _option("replay index file name (default: the domain's, e.g. replay_nyu.csv)")
+    replay_size: int = _option("training rows drawn into the replay CSV; 0 = no replay CSV (default: 500)", 500)
+    seed: int = _option("seed of every random draw (default: 0)", 0)
+    check: bool = _option("do not open the files (faster on huge trees; bad files then fail at load time)",
+                            True)   # the help is the one of --no-check (check=False)
+    verify: bool = _option("fully decode every file instead of reading headers only (slow, catches "
+                             "truncated files)", False)
+
+    def csv_name(self, spec: dom.DomainSpec, split: str) -> str:
+        """The split's file name: the one given, else the domain's."""
+        return getattr(self, f"{split}_csv") or spec_csv(spec, split)
+
+
+Scan = Tuple[dom.DomainSpec, List[Pair], List[Pair]]   # the domain, its train and test pairs
+
+
+def _checked(spec: dom.DomainSpec, train: List[Pair], test: List[Pair], report: Report, options: IndexOptions,
+             bits: Tuple[Optional[int], Optional[int]], same_size: bool, desc: str = "") -> Scan:
+    """The pairs that pass check_pair (the others go to the report); ``bits``: of the train and
+    test depth maps (None: either)."""
+    prefix = f"{desc} " if desc else ""
+    keep = [filter_pairs(pairs, report, b, same_size, options.check, options.verify, prefix + split)
+            for pairs, b, split in ((train, bits[0], "train"), (test, bits[1], "test"))]
+    return spec, keep[0], keep[1]
+
+
+@dataclass(frozen=True)
+class NyuSource:
+    name: ClassVar[str] = "nyu"
+    summary: ClassVar[str] = "NYU-v2 CSV release (data/nyu2_train, data/nyu2_test)"
+    src: str = _required("folder holding data/nyu2_train and data/nyu2_test (or those two)")
+
+    def scan(self, report: Report, options: IndexOptions) -> Scan:
+        train, test = scan_nyu(self.src, report)
+        return _checked(dom.NYU, train, test, report, options, (8, 16), True, "nyu")
+
+
+@dataclass(frozen=True)
+class KittiSource:
+    name: ClassVar[str] = "kitti"
+    summary: ClassVar[str] = "KITTI depth benchmark + KITTI raw images"
+    src: str = _required("depth benchmark root holding train/<drive>/proj_depth/groundtruth and "
+                         "val_selection_cropped/")
+    raw: Optional[str] = _option("KITTI raw root holding <date>/<drive>/image_0X/data/*.png "
+                                   "(default: <src>/raw or <src>/imgs)")
+
+    def scan(self, report: Report, options: IndexOptions) -> Scan:
+        train, test = scan_kitti(self.src, self.raw, report)
+        return _checked(dom.KITTI, train, test, report, options, (16, 16), True, "kitti")
+
+
+@dataclass(frozen=True)
+class ScanNetSource:
+    name: ClassVar[str] = "scannet"
+    summary: ClassVar[str] = "ScanNet exported frames (scene*/color/*.jpg, scene*/depth/*.png)"
+    src: str = _required("folder holding scene* folders (directly or one level deeper)")
+    test_scenes: Optional[str] = _option("text file of test scene names, one per line (default: parent folders "
+                                           "named *train*/*test* if present, else a random --test-fraction)")
+    test_fraction: float = _option("fraction of scenes drawn (seeded) as test scenes without --test-scenes "
+                                     "(default: 0.1)", 0.1)
+    stride: int = _option("keep frames whose number is a multiple of this (the authors' test set used 12; "
+                            "default: 1)", 1)
+
+    def scan(self, report: Report, options: IndexOptions) -> Scan:
+        train, test = scan_scannet(self.src, self.test_scenes, self.test_fraction, options.seed, self.stride,
+                                   report)
+        return _checked(dom.SCANNET, train, test, report, options, (16, 16), False, "scannet")
+
+
+@dataclass(frozen=True)
+class NyuH5Source:
+    name: ClassVar[str] = "nyu_h5"
+    summary: ClassVar[str] = "NYU-v2 sparse-to-dense HDF5 layout (train/ and val/ of .h5 files)"
+    src: str = _required("the nyudepthv2 folder (or its parent)")
+
+    def scan(self, report: Report, options: IndexOptions) -> Scan:
+        return (dom.NYU,) + scan_nyu_h5(self.src, report, options.check)
+
+
+@dataclass(frozen=True)
+class NyuMatSource:
+    name: ClassVar[str] = "nyu_mat"
+    summary: ClassVar[str] = "NYU-v2 official labeled file nyu_depth_v2_labeled.mat (v7.3)"
+    mat: str = _required("path to nyu_depth_v2_labeled.mat")
+    splits: Optional[str] = _option("official splits.mat (testNdxs) or a .txt of 1-based test indices; "
+                                      "without it every frame goes to the test index")
+
+    def scan(self, report: Report, options: IndexOptions) -> Scan:
+        return (dom.NYU,) + scan_nyu_mat(self.mat, self.splits)
+
+
+@dataclass(frozen=True)
+class GenericSource:
+    name: ClassVar[str] = "generic"
+    summary: ClassVar[str] = "a custom domain declared in <data-root>/domains.json"
+    domain: str = _required("letter or name of the custom domain")
+    src: str = _required("folder holding the colour and depth folders")
+    rgb_dir: str = _option("colour folder under --src (default: rgb)", "rgb")
+    depth_dir: str = _option("depth folder under --src, files matched by stem (default: depth)", "depth")
+    test_fraction: float = _option("random (seeded) test fraction (default: 0.1)", 0.1)
+
+    def scan(self, report: Report, options: IndexOptions) -> Scan:
+        spec = custom_domain(options.data_root, self.domain)
+        train, test = scan_generic(self.src, self.rgb_dir, self.depth_dir, self.test_fraction, options.seed, report)
+        encoding = spec.encoding("train")
+        if encoding.get("kind") != "png":   # .npy depth: nothing to check in a header
+            return spec, train, test
+        bits = encoding.get("bits")
+        return _checked(spec, train, test, report, options, (bits, bits), not spec.rgb_to_depth_size)
+
+
+SOURCES = {cls.name: cls for cls in (NyuSource, KittiSource, ScanNetSource, NyuH5Source, NyuMatSource,
+                                     GenericSource)}
+
+
+def write_indexes(spec: dom.DomainSpec, train: List[Pair], test: List[Pair], options: IndexOptions,
+                  report: Report) -> None:
     """Write train/test CSVs (paths relative to the data root) and draw the replay CSV."""
-    root = args.data_root
+    root = options.data_root
     os.makedirs(root, exist_ok=True)
-    names = {split: getattr(args, f"{split}_csv") or spec_csv(spec, split) for split in ("train", "test", "replay")}
+    names = {split: options.csv_name(spec, split) for split in ("train", "test", "replay")}
     outside = False
     for split, pairs in (("train", train), ("test", test)):
         if not pairs:
@@ -444,135 +577,37 @@ def write_indexes(spec: dom.DomainSpec, train: List[Pair], test: List[Pair], arg
     if outside:
         report.notes.append(f"the source is outside the data root {root!r}: rows are relative to it via '../' "
                             f"(move or symlink the data into {root} for portable indexes)")
-    if train and args.replay_size > 0:
+    if train and options.replay_size > 0:
         path = os.path.join(root, names["replay"])
         report.written.append((path, write_replay_csv(os.path.join(root, names["train"]), path,
-                                                      args.replay_size, args.seed)))
+                                                      options.replay_size, options.seed)))
 
 
-def finish(report: Report, args) -> int:
-    """Print the report and write the full skip list next to the indexes."""
-    print(report.text())
+def prepare(source, options: IndexOptions = IndexOptions()) -> Report:
+    """Index ``source`` (one of :data:`SOURCES`' classes) into ``options.data_root``; the full skip
+    list goes next to the indexes (``report.skip_list``, None when nothing was skipped)."""
+    report = Report(source.name)
+    write_indexes(*source.scan(report, options), options, report)
     if report.skipped:
-        path = os.path.join(args.data_root, f"prepare_{report.name}_skipped.txt")
-        report.write_full(path)
-        print(f"full list of skipped files: {path}")
-    return 0 if report.written else 1
+        report.skip_list = os.path.join(options.data_root, f"prepare_{report.name}_skipped.txt")
+        report.write_full(report.skip_list)
+    return report
 
 
-# ============================================================================ CLI
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="cmd", required=True, metavar="DATASET")
-
-    def common(sp, replay=True):
-        sp.add_argument("--data-root", default="datasets",
-                        help="folder the CSVs are written to; CSV paths are relative to it (default: datasets)")
-        sp.add_argument("--train-csv", help="training index file name (default: the domain's, e.g. nyu2_train.csv)")
-        sp.add_argument("--test-csv", help="test index file name (default: the domain's, e.g. nyu2_test.csv)")
-        sp.add_argument("--replay-csv", help="replay index file name (default: the domain's, e.g. replay_nyu.csv)")
-        if replay:
-            sp.add_argument("--replay-size", type=int, default=500,
-                            help="training rows drawn into the replay CSV; 0 = no replay CSV (default: 500)")
-        sp.add_argument("--seed", type=int, default=0, help="seed of every random draw (default: 0)")
-        sp.add_argument("--no-check", action="store_true",
-                        help="do not open the files (faster on huge trees; bad files then fail at load time)")
-        sp.add_argument("--verify", action="store_true",
-                        help="fully decode every file instead of reading headers only (slow, catches truncated files)")
-
-    s = sub.add_parser("nyu", help="NYU-v2 CSV release (data/nyu2_train, data/nyu2_test)")
-    s.add_argument("--src", required=True, help="folder holding data/nyu2_train and data/nyu2_test (or those two)")
-    common(s)
-    s = sub.add_parser("kitti", help="KITTI depth benchmark + KITTI raw images")
-    s.add_argument("--src", required=True,
-                   help="depth benchmark root holding train/<drive>/proj_depth/groundtruth and val_selection_cropped/")
-    s.add_argument("--raw", help="KITTI raw root holding <date>/<drive>/image_0X/data/*.png "
-                                 "(default: <src>/raw or <src>/imgs)")
-    common(s)
-    s = sub.add_parser("scannet", help="ScanNet exported frames (scene*/color/*.jpg, scene*/depth/*.png)")
-    s.add_argument("--src", required=True, help="folder holding scene* folders (directly or one level deeper)")
-    s.add_argument("--test-scenes", help="text file of test scene names, one per line (default: parent folders "
-                                         "named *train*/*test* if present, else a random --test-fraction)")
-    s.add_argument("--test-fraction", type=float, default=0.1,
-                   help="fraction of scenes drawn (seeded) as test scenes without --test-scenes (default: 0.1)")
-    s.add_argument("--stride", type=int, default=1,
-                   help="keep frames whose number is a multiple of this (the authors' test set used 12; default: 1)")
-    common(s)
-    s = sub.add_parser("nyu_h5", help="NYU-v2 sparse-to-dense HDF5 layout (train/ and val/ of .h5 files)")
-    s.add_argument("--src", required=True, help="the nyudepthv2 folder (or its parent)")
-    common(s)
-    s = sub.add_parser("nyu_mat", help="NYU-v2 official labeled file nyu_depth_v2_labeled.mat (v7.3)")
-    s.add_argument("--mat", required=True, help="path to nyu_depth_v2_labeled.mat")
-    s.add_argument("--splits", help="official splits.mat (testNdxs) or a .txt of 1-based test indices; "
-                                    "without it every frame goes to the test index")
-    common(s)
-    s = sub.add_parser("generic", help="a custom domain declared in <data-root>/domains.json")
-    s.add_argument("--domain", required=True, help="letter or name of the custom domain")
-    s.add_argument("--src", required=True, help="folder holding the colour and depth folders")
-    s.add_argument("--rgb-dir", default="rgb", help="colour folder under --src (default: rgb)")
-    s.add_argument("--depth-dir", default="depth", help="depth folder under --src, files matched by stem (default: depth)")
-    s.add_argument("--test-fraction", type=float, default=0.1, help="random (seeded) test fraction (default: 0.1)")
-    common(s)
-    s = sub.add_parser("replay", help="(re)draw a replay CSV from an existing training CSV")
-    s.add_argument("--domain", required=True, help="letter or name of the domain (gives the CSV names)")
-    s.add_argument("--data-root", default="datasets", help="folder of the CSVs (default: datasets)")
-    s.add_argument("--train-csv", help="training index to draw from (default: the domain's, under --data-root)")
-    s.add_argument("--out", help="replay CSV to write (default: the domain's, under --data-root)")
-    s.add_argument("--replay-size", type=int, default=500, help="rows to draw (default: 500)")
-    s.add_argument("--seed", type=int, default=0, help="seed of the draw (default: 0)")
-    return p
+@dataclass(frozen=True)
+class ReplaySettings:
+    """A replay CSV (re)drawn from an existing training CSV."""
+    domain: str = _required("letter or name of the domain (gives the CSV names)")
+    data_root: str = _option("folder of the CSVs (default: datasets)", "datasets")
+    train_csv: Optional[str] = _option("training index to draw from (default: the domain's, under --data-root)")
+    out: Optional[str] = _option("replay CSV to write (default: the domain's, under --data-root)")
+    replay_size: int = _option("rows to draw (default: 500)", 500)
+    seed: int = _option("seed of the draw (default: 0)", 0)
 
 
-def run_replay(args) -> int:
-    dom.load_domains_from_root(args.data_root)
-    spec = dom.get_domain(args.domain)
-    train = args.train_csv or os.path.join(args.data_root, spec_csv(spec, "train"))
-    out = args.out or os.path.join(args.data_root, spec_csv(spec, "replay"))
-    n = write_replay_csv(train, out, args.replay_size, args.seed)
-    print(f"replay: wrote {out} ({n} rows drawn from {train}, seed {args.seed})")
-    return 0
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.cmd == "replay":
-        return run_replay(args)
-    check, verify = not args.no_check, args.verify
-    report = Report(args.cmd)
-    if args.cmd == "nyu":
-        spec = dom.NYU
-        tr, te = scan_nyu(args.src, report)
-        tr = filter_pairs(tr, report, 8, True, check, verify, "nyu train")
-        te = filter_pairs(te, report, 16, True, check, verify, "nyu test")
-    elif args.cmd == "kitti":
-        spec = dom.KITTI
-        tr, te = scan_kitti(args.src, args.raw, report)
-        tr = filter_pairs(tr, report, 16, True, check, verify, "kitti train")
-        te = filter_pairs(te, report, 16, True, check, verify, "kitti test")
-    elif args.cmd == "scannet":
-        spec = dom.SCANNET
-        tr, te = scan_scannet(args.src, args.test_scenes, args.test_fraction, args.seed, args.stride, report)
-        tr = filter_pairs(tr, report, 16, False, check, verify, "scannet train")
-        te = filter_pairs(te, report, 16, False, check, verify, "scannet test")
-    elif args.cmd == "nyu_h5":
-        spec = dom.NYU
-        tr, te = scan_nyu_h5(args.src, report, check)
-    elif args.cmd == "nyu_mat":
-        spec = dom.NYU
-        tr, te = scan_nyu_mat(args.mat, args.splits)
-    else:  # generic
-        dom.load_domains_from_root(args.data_root)
-        spec = dom.get_domain(args.domain)
-        tr, te = scan_generic(args.src, args.rgb_dir, args.depth_dir, args.test_fraction, args.seed, report)
-        enc = spec.encoding("train")
-        bits = enc.get("bits") if enc.get("kind") == "png" else None
-        if enc.get("kind") == "png":
-            same = not spec.rgb_to_depth_size
-            tr = filter_pairs(tr, report, bits, same, check, verify, "train")
-            te = filter_pairs(te, report, bits, same, check, verify, "test")
-    write_indexes(spec, tr, te, args, report)
-    return finish(report, args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def draw_replay(settings: ReplaySettings) -> Tuple[str, int, str]:
+    """Draw the replay CSV; returns (the CSV written, its row count, the training CSV drawn from)."""
+    spec = custom_domain(settings.data_root, settings.domain)
+    train = settings.train_csv or os.path.join(settings.data_root, spec_csv(spec, "train"))
+    out = settings.out or os.path.join(settings.data_root, spec_csv(spec, "replay"))
+    return out, write_replay_csv(train, out, settings.replay_size, settings.seed), train

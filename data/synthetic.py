@@ -1,7 +1,6 @@
-#!/usr/bin/env python3
 """Synthetic N-, K- and S-like stand-in domains, written in the real datasets' on-disk formats.
 
-The real NYU-v2, KITTI and ScanNet cannot be downloaded everywhere, so this script renders
+The real NYU-v2, KITTI and ScanNet cannot be downloaded everywhere, so this module renders
 procedural scenes with an exact, vectorized numpy ray caster (axis-aligned planes, boxes and
 spheres) and writes them exactly like the real releases (see docs/DESIGN.md and
 shared/reference/formats.md), so that loaders.py reads them with the real formats' rules.
@@ -18,19 +17,18 @@ Domains (per-scene randomness: sizes, object counts, colours, textures, lights):
   K  "kitti"    streets seen from 1.65 m; sparse LiDAR-like GT (scan lines), sky without GT; 1216x352.
   S  "scannet"  small cool-lit rooms up to ~6 m; noisy depth with holes; colour JPEG 1296x968.
 
-Python API:
+Python API (the command is cli/synthetic.py, `python synthetic.py`):
   generate(out, n_train=300, n_test=100, seed=0, workers=None, replay_size=500, domains="NKS",
            scale=1.0, progress=True) -> meta dict (also written to <out>/meta.json)
+  check_settings(n_train, n_test, replay_size, workers, scale, domains) -> domain letters
+  check_out(out, letters, overwrite=False): refuses to write over a real dataset
   render_sample(domain, split, index, seed=0, scale=1.0) -> dict with the arrays of one sample
+Settings that cannot work raise data.errors.InputError (the message names the command's option).
 """
-import argparse
 import csv
-import json
 import math
 import os
-import random
 import struct
-import sys
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -42,7 +40,9 @@ import numpy as np
 from PIL import Image
 
 from data.domains import CAMERAS, get_domain
+from data.errors import InputError
 from data.prepare import write_replay_csv
+from data.safeio import read_json, write_json
 
 GENERATOR_VERSION = "1.0"
 EPS = 1e-4                 # minimum ray parameter of a hit (metres of depth)
@@ -1412,7 +1412,7 @@ def _domain_meta(cfg: DomainConfig, scale: float, counts: dict, measured: dict) 
             "frames_per_scene": dict(cfg.frames_per_scene), "measured": measured}
 
 
-def _tune_malloc() -> None:
+def tune_malloc() -> None:
     """Keep freed large numpy buffers in the heap (glibc) instead of returning them to the OS:
     every image allocates the same big arrays again, and the page faults of fresh mappings
     otherwise cost ~15 % of the run in system time. Inherited by forked workers."""
@@ -1438,10 +1438,9 @@ def generate(out: str, n_train: int = 300, n_test: int = 100, seed: int = 0, wor
 
     Files are byte-identical for the same (seed, counts, scale) whatever the worker count, since
     each sample is seeded from (seed, domain, split, index); meta.json holds timings and differs.
+    Settings that cannot work raise :class:`InputError` before anything is written (check_settings).
     """
-    letters = _parse_domains(domains)
-    if n_train < 0 or n_test < 0 or not scale > 0:
-        raise ValueError("counts must be >= 0 and scale > 0")
+    letters = check_settings(n_train, n_test, replay_size, workers, scale, domains)
     t0 = time.time()
     tasks = [(out, L, sp, i, seed, scale) for L in letters for sp, n in (("train", n_train), ("test", n_test))
              for i in range(n)]
@@ -1465,9 +1464,7 @@ def generate(out: str, n_train: int = 300, n_test: int = 100, seed: int = 0, wor
     meta["workers"] = workers or default_workers()
     meta["generation_seconds"] = round(time.time() - t0, 2)
     meta["generated_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    with open(os.path.join(out, "meta.json"), "w", encoding="utf-8") as fh:
-        json.dump(meta, fh, indent=2)
-        fh.write("\n")
+    write_json(os.path.join(out, "meta.json"), meta)
     return meta
 
 
@@ -1508,102 +1505,43 @@ def _run_tasks(tasks, workers: int, progress: bool) -> List[dict]:
     return results
 
 
-# ============================================================================ CLI
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults shown, epilog kept as written."""
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description="Generate synthetic NYU-, KITTI- and ScanNet-like stand-in domains (procedural, ray-cast, "
-                    "exact depth) in the real datasets' file layouts and formats, with their index CSVs, "
-                    "replay CSVs and meta.json.",
-        epilog="Output (paths relative to --out):\n"
-               "  N  data/nyu2_train/<scene>/<n>.jpg|png (8-bit depth, m = v/255*10), "
-               "data/nyu2_test/<i>_colors|depth.png (16-bit mm)\n"
-               "  K  raw/<date>/<drive>/image_02/data/<frame>.png + "
-               "train/<drive>/proj_depth/groundtruth/image_02/<frame>.png,\n"
-               "     val_selection_cropped/{image,groundtruth_depth}/... (16-bit, m = v/256, 0 = none)\n"
-               "  S  scans/scene<id>_00/color/<n>.jpg (1296x968) + depth/<n>.png (640x480, 16-bit mm, 0 = hole)\n"
-               "  CSVs nyu2_train/test, kitti_train_sparse, kitti_val_select, scannet_train/test, "
-               "replay_<domain>; meta.json",
-        formatter_class=_HelpFormatter)
-    p.add_argument("--out", default="datasets/synthetic",
-                   help="output root (the --data-root of the other scripts); CSV paths are relative to it")
-    p.add_argument("--train", type=int, default=300, help="training samples per domain")
-    p.add_argument("--test", type=int, default=100, help="test samples per domain")
-    p.add_argument("--seed", type=int, default=0,
-                   help="base seed; each sample is seeded from (seed, domain, split, index), so the same seed "
-                        "gives byte-identical files whatever --workers is")
-    p.add_argument("--workers", type=int, default=default_workers(),
-                   help="parallel worker processes, one per CPU available to this process by default")
-    p.add_argument("--replay-size", type=int, default=500,
-                   help="rows of each replay_<domain>.csv: min(this, --train) rows drawn at random (seeded) "
-                        "from the domain's training CSV")
-    p.add_argument("--render", "--domains", dest="domains", metavar="LETTERS", default="NKS",
-                   help="which domains to generate: letters N (nyu), K (kitti), S (scannet), or names, e.g. NK "
-                        "or nyu,scannet (--domains: the old, deprecated spelling)")
-    p.add_argument("--scale", type=float, default=1.0,
-                   help="render at this fraction of the real sizes (intrinsics scaled), for quick tests; "
-                        "1.0 = 640x480 (N, S depth), 1216x352 (K), 1296x968 (S colour)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="write into an --out whose index CSVs were not made by synthetic.py (a real "
-                        "dataset's); without it such a folder stops the command with an error")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    return p
+# ============================================================================ settings
+def check_settings(n_train: int, n_test: int, replay_size: int, workers: Optional[int], scale: float,
+                   domains: str) -> List[str]:
+    """The domain letters of ``domains``; an :class:`InputError` naming the command's option for a
+    value that cannot work (``workers`` None: one per CPU)."""
+    def fail(option, value, expected):
+        raise InputError(f"{option} {value!r}: expected {expected}")
+    for option, value in (("--train", n_train), ("--test", n_test), ("--replay-size", replay_size)):
+        if value < 0:
+            fail(option, value, "a count of at least 0")
+    if workers is not None and workers < 1:
+        fail("--workers", workers, "at least 1 worker process")
+    if not 0 < scale < math.inf:
+        fail("--scale", scale, "a positive fraction of the real sizes, e.g. 0.25")
+    try:
+        return _parse_domains(domains)
+    except ValueError as e:
+        raise InputError(f"--render {domains!r}: {e}") from None
 
 
 def _made_by_us(out: str) -> bool:
     """Whether ``out`` holds a meta.json that synthetic.py wrote (its files may be regenerated)."""
     try:
-        with open(os.path.join(out, "meta.json"), encoding="utf-8") as fh:
-            meta = json.load(fh)
-    except (OSError, ValueError):
+        meta = read_json(os.path.join(out, "meta.json"))
+    except OSError:   # unreadable (a folder named meta.json, no permission): not ours
         return False
     return isinstance(meta, dict) and meta.get("synthetic") is True and meta.get("generator") == "synthetic.py"
 
 
-def check_args(args) -> List[str]:
-    """One ``error:`` line naming the option for a value that cannot work; the domain letters."""
-    def fail(option, value, expected):
-        raise SystemExit(f"error: {option} {value!r}: expected {expected}")
-    for option, value in (("--train", args.train), ("--test", args.test), ("--replay-size", args.replay_size)):
-        if value < 0:
-            fail(option, value, "a count of at least 0")
-    if args.workers < 1:
-        fail("--workers", args.workers, "at least 1 worker process")
-    if not 0 < args.scale < math.inf:
-        fail("--scale", args.scale, "a positive fraction of the real sizes, e.g. 0.25")
-    try:
-        letters = _parse_domains(args.domains)
-    except ValueError as e:
-        raise SystemExit(f"error: --render {args.domains!r}: {e}") from None
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        fail("--out", args.out, "a folder (it is a file)")
-    clash = [name for L in letters for name in DOMAINS[L].csv.values()
-             if os.path.exists(os.path.join(args.out, name))]
-    if clash and not args.overwrite and not _made_by_us(args.out):
-        raise SystemExit(f"error: --out {args.out} holds {', '.join(clash)}, not made by synthetic.py (no "
+def check_out(out: str, letters: Sequence[str], overwrite: bool = False) -> None:
+    """An :class:`InputError` unless ``out`` can take the domains' files: a folder (or nothing yet)
+    whose index CSVs, if any, synthetic.py wrote (a real dataset's are kept unless ``overwrite``)."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise InputError(f"--out {out!r}: expected a folder (it is a file)")
+    clash = [name for L in letters for name in DOMAINS[L].csv.values() if os.path.exists(os.path.join(out, name))]
+    if clash and not overwrite and not _made_by_us(out):
+        raise InputError(f"--out {out} holds {', '.join(clash)}, not made by synthetic.py (no "
                          f"synthetic meta.json there: a real dataset?); its images, depth maps and CSVs "
                          f"would be overwritten. Choose another --out (e.g. datasets/synthetic) or pass "
                          f"--overwrite")
-    return letters
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    check_args(args)
-    _tune_malloc()  # the command line owns its process; library callers keep their malloc settings
-    meta = generate(args.out, args.train, args.test, args.seed, args.workers, args.replay_size, args.domains,
-                    args.scale, progress=not args.quiet)
-    for name, d in meta["domains"].items():
-        m = d["measured"]
-        print(f"{name:8s} train {d['counts']['train']:5d}  test {d['counts']['test']:5d}  "
-              f"depth {m['train']['depth_min']}..{m['train']['depth_max']} m  "
-              f"valid {m['train']['valid_fraction']:.3f} (train) / {m['test']['valid_fraction'] or 0:.3f} (test)")
-    print(f"wrote {args.out} in {meta['generation_seconds']:.1f} s")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -8,11 +8,14 @@ It also owns a checkpoint's evaluation through the product's inference path: a d
 (:func:`test_dataset`), one split through ``DepthPredictor`` (:func:`evaluate_split`), every learned
 domain of a checkpoint (:func:`evaluate_checkpoint`), the stage files of a learning order
 (:func:`stage_paths`), the lifelong maths (:func:`lifelong_summary`: forgetting, BWT), their text
-tables (JSON files: ``data.safeio.write_json``).
+tables (JSON files: ``data.safeio.write_json``). The data options and scoring rules of a run are
+one :class:`EvalOptions`; a user's bad setting or data is an ``InputError``.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -20,12 +23,93 @@ from torch.utils.data import Subset
 from tqdm import tqdm
 
 from data.domains import get_domain, run_name
+from data.errors import InputError
+from engine.protocol import EVALUATION as PROTOCOL_EVALUATION
+from engine.protocol import resolve as resolve_protocol
+from inference.predictor import DepthPredictor, build_predictor, predictor_settings
 from losses import upsample_to
 from metrics import HIGHER_IS_BETTER, ErrorAggregator, prepare_pair
+from models.checkpoint import check_checkpoint_path, checkpoint_letters, default_scale
 from models.fast import autocast_context
-from cli.options import (CLIError, check_checkpoint_path, checkpoint_letters, default_scale, eval_settings,
-                     make_predictor, predictor_settings, worker_count)
 from evaluation.uncertainty import CALIBRATION_KEY, UncertaintyEvaluator, calibration_scales
+
+
+CROP_CHOICES = ("default", "none", "eigen", "garg")
+
+
+FULL_FRAME_CHOICES = ("none", "all", "kitti")
+
+
+def _help(text: str) -> dict:
+    return {"help": text}
+
+
+@dataclass
+class EvalOptions:
+    """A checkpoint evaluation's data options and scoring rules. The rules left at None are the
+    protocol's (``engine/protocol.py``; :meth:`resolved` fills them, explicit values win)."""
+    data_root: str = "datasets"
+    scale: float | None = None  # None: the checkpoint's training scale
+    max_images: int | None = None  # None: every test image
+    full_frame: str | None = field(default=None, metadata=_help(
+        "evaluate on whole (resized) test frames instead of the network-input crop: all (the value "
+        "when given alone) or kitti (KITTI only, as the authors' test loaders; NYU and ScanNet keep "
+        "their centre crops); default none (authors protocol: kitti); use --batch-size 1 if frame "
+        "sizes differ"))
+    scannet_resize: str | None = field(default=None, metadata=_help(
+        "ScanNet colour: twice = to the depth size, then to the input recipe's size (ours); once = "
+        "straight to the recipe's size (the authors'); default twice (authors protocol: once)"))
+    batch_size: int = 8
+    workers: int | None = None  # None: 2 on CUDA, 0 on a CPU
+    crop: str | None = field(default=None, metadata=_help(
+        "default = the domain's convention (Eigen for NYU, Garg for KITTI, none for ScanNet); "
+        "none/eigen/garg force one for every domain (authors protocol: none)"))
+    cap: bool | None = field(default=None, metadata=_help(
+        "cap ground truth and prediction to the domain's depth range (NYU/ScanNet 1e-3..10 m, KITTI "
+        "1e-3..80 m); default on (authors protocol: off)"))
+    aggregate: str | None = field(default=None, metadata=_help(
+        "image: mean of per-image errors (the field's standard); pixel: every valid pixel of the set "
+        "weighted equally (the authors' way); default image (authors protocol: pixel)"))
+    rmse: str | None = field(default=None, metadata=_help(
+        "with --aggregate pixel: pooled = sqrt of the mean squared error of all pixels; weighted = "
+        "each image's RMSE weighted by its valid pixels (the authors'); default pooled (authors "
+        "protocol: weighted)"))
+    pred_clamp: bool | None = field(default=None, metadata=_help(
+        "clamp predictions to >= 1e-6 m before every metric; --no-pred-clamp as the authors (a "
+        "negative prediction then passes the delta tests and makes the log metrics NaN); default on "
+        "(authors protocol: off)"))
+    delta: str | None = field(default=None, metadata=_help(
+        "delta test max(p/g, g/p) < 1.25^k (lt) or <= (le, the authors'); default lt (authors "
+        "protocol: le)"))
+    protocol: str = "ours"
+    quiet: bool = False  # no progress bars
+
+    def resolved(self, protocol: str | None = None) -> "EvalOptions":
+        """A copy with every rule left at None set to ``protocol``'s value (default: its own
+        protocol), its sizes checked (InputError)."""
+        out = dataclasses.replace(self)
+        resolve_protocol(out, [k for k in PROTOCOL_EVALUATION if k != "exact"], protocol or self.protocol)
+        if out.batch_size < 1:
+            raise InputError(f"--batch-size must be at least 1, got {out.batch_size}")
+        if out.max_images is not None and out.max_images < 1:
+            raise InputError(f"--max-images must be at least 1, got {out.max_images}")
+        if out.scale is not None and not out.scale > 0:
+            raise InputError(f"--scale must be positive, got {out.scale}")
+        return out
+
+    def rules(self) -> dict:
+        """The scoring rules (DomainEvaluator's keywords), as the results' ``settings``."""
+        return {"crop": self.crop, "cap": bool(self.cap), "aggregate": self.aggregate, "rmse": self.rmse,
+                "pred_clamp": bool(self.pred_clamp), "delta": self.delta}
+
+    def worker_count(self, device) -> int:
+        if self.workers is not None:
+            return max(0, self.workers)
+        return 2 if torch.device(device).type == "cuda" else 0
+
+    def scale_of(self, meta: dict) -> float:
+        """The input scale for a checkpoint: this one's, else the checkpoint's training scale."""
+        return self.scale if self.scale is not None else default_scale(meta)
 
 
 def resolve_cap(spec, cap: bool):
@@ -108,9 +192,9 @@ def test_dataset(letter, data_root, scale, max_images=None, full_frame=False, sc
                          **({"full_frame": True} if full_frame else {}),
                          **({"scannet_resize": scannet_resize} if scannet_resize != "twice" else {}))
     except (FileNotFoundError, DatasetFormatError, ValueError) as e:
-        raise CLIError(str(e)) from None
+        raise InputError(str(e)) from None
     if len(ds) == 0:
-        raise CLIError(f"the test index of domain {letter} under {str(data_root)!r} lists no image")
+        raise InputError(f"the test index of domain {letter} under {str(data_root)!r} lists no image")
     if max_images is not None and max_images < len(ds):
         ds = Subset(ds, range(max(1, max_images)))
     return ds
@@ -158,7 +242,7 @@ def evaluate_split(predictor, loader, head: int, spec, crop="default", cap=True,
             else:
                 out = predictor.predict(images, domain=head, with_uncertainty=unc is not None)
         except ValueError as e:  # e.g. no prototypes
-            raise CLIError(str(e)) from None
+            raise InputError(str(e)) from None
         prior.add_batch(out["depth"], gt, batch.get("window"))
         if unc is not None:
             unc.add_batch(out["depth"], out["uncertainty"], gt, batch.get("window"))
@@ -168,7 +252,7 @@ def evaluate_split(predictor, loader, head: int, spec, crop="default", cap=True,
         return {"prior": prior.result(), "selected": selected.result() if selection else None,
                 "chosen": chosen_counts, "uncertainty": None if unc is None else unc.result()}
     except ValueError as e:
-        raise CLIError(f"domain {spec.letter}: {e}") from None
+        raise InputError(f"domain {spec.letter}: {e}") from None
 
 
 def describe_predictor(options: dict) -> str:
@@ -276,13 +360,14 @@ def check_learned(subset: str, letters: str, path) -> None:
     """Every domain of ``subset`` (--domains) is one the checkpoint learned."""
     missing = [c for c in subset if c not in letters]
     if missing:
-        raise CLIError(f"--domains: {', '.join(missing)} not learned by {str(path)!r} "
-                       f"(its domains, in order: {letters})")
+        raise InputError(f"--domains: {', '.join(missing)} not learned by {str(path)!r} "
+                         f"(its domains, in order: {letters})")
 
 
-def load_test_splits(subset: str, args, scale) -> dict:
-    """{letter: test split} of every domain of ``subset``, with the data options of ``args``."""
-    return {c: test_dataset(c, args.data_root, scale, args.max_images, args.full_frame, args.scannet_resize)
+def load_test_splits(subset: str, options: EvalOptions, scale) -> dict:
+    """{letter: test split} of every domain of ``subset``, with the data options of ``options``."""
+    return {c: test_dataset(c, options.data_root, scale, options.max_images, options.full_frame,
+                            options.scannet_resize)
             for c in subset}
 
 
@@ -295,53 +380,64 @@ def uncertainty_scales_of(meta: dict, heads: int) -> list[dict]:
     return [dict({"raw": 1.0}, **({"calibrated": s} if ok else {})) for s, ok in zip(scales, fitted)]
 
 
-def evaluate_domains(predictor, letters: str, datasets: dict, args, device, selection: bool,
-                     desc: str, uncertainty: bool = False) -> tuple[dict, float]:
-    """Each domain's test split (``datasets``, see :func:`load_test_splits`) through its own head
-    (``letters.index``), with the evaluation options of ``args``; (``{letter: evaluate_split's dict
-    + "head"}``, seconds). ``uncertainty``: also measure each head's uncertainty, uncalibrated and
-    with the checkpoint's calibration."""
-    workers = worker_count(args, device)
-    settings = eval_settings(args)
+def evaluate_domains(predictor, datasets: dict, options: EvalOptions, device, heads: dict,
+                     selection: bool = False, desc: str = "", uncertainty: bool = False) -> tuple[dict, float]:
+    """Each domain's test split (``datasets``, see :func:`load_test_splits`) through its head
+    (``heads[letter]``), scored by ``options``' rules; (``{letter: evaluate_split's dict + "head"}``,
+    seconds). ``selection``: also through the heads chosen by the nearest prototype.
+    ``uncertainty``: also measure each head's uncertainty, uncalibrated and with the checkpoint's
+    calibration."""
+    workers = options.worker_count(device)
+    rules = options.rules()
     bar = tqdm(total=sum(len(ds) for ds in datasets.values()), desc=desc, unit="img",
-               disable=args.quiet, dynamic_ncols=True, leave=False)
+               disable=options.quiet, dynamic_ncols=True, leave=False)
     out = {}
     t0 = time.perf_counter()
-    scales = uncertainty_scales_of(predictor.meta, len(letters)) if uncertainty else None
+    scales = uncertainty_scales_of(predictor.meta, predictor.num_domains) if uncertainty else None
     for c in datasets:
-        head = letters.index(c)
-        loader = make_loader(datasets[c], args.batch_size, workers, device)
+        head = heads[c]
+        loader = make_loader(datasets[c], options.batch_size, workers, torch.device(device))
         r = evaluate_split(predictor, loader, head, get_domain(c), selection=selection, bar=bar,
-                           uncertainty_scales=scales[head] if scales else None, **settings)
+                           uncertainty_scales=scales[head] if scales else None, **rules)
         out[c] = dict(r, head=head)
     bar.close()
     return out, time.perf_counter() - t0
 
 
-def evaluate_checkpoint(path, args, device, order=None, domains=None, bar_desc="", quiet=False,
-                        uncertainty=False) -> dict:
-    """Evaluate one checkpoint with the domain prior; returns the JSON-ready result dict
-    (``uncertainty``: each result also holds the uncertainty measures, see evaluate_split)."""
-    check_checkpoint_path(path)
-    predictor = make_predictor(path, args, device, order=order, quiet=quiet)
+def open_predictor(source, runtime=None, device="cpu", order=None, **keywords) -> tuple[DepthPredictor, str]:
+    """(a DepthPredictor, the checkpoint path it came from): ``source`` is one already (loaded once
+    by the caller), or a checkpoint path loaded here with ``runtime`` (inference.predictor)."""
+    if isinstance(source, DepthPredictor):
+        return source, str(source.meta.get("path"))
+    return build_predictor(check_checkpoint_path(source), runtime, device, order=order, **keywords), str(source)
+
+
+def evaluate_checkpoint(source, options: EvalOptions, device, runtime=None, order=None, domains=None,
+                        bar_desc="", uncertainty=False) -> dict:
+    """Evaluate one checkpoint with the domain prior: ``source`` a loaded DepthPredictor, or a
+    checkpoint path (loaded once, with ``runtime``: RuntimeOptions; ``order``: an authors' file's
+    heads); ``domains``: the letters to evaluate (default: all learned). Returns the JSON-ready result
+    dict (``uncertainty``: each result also holds the uncertainty measures, see evaluate_split)."""
+    options = options.resolved()
+    predictor, path = open_predictor(source, runtime, device, order)
     meta = predictor.meta
     letters = checkpoint_letters(meta, path)
     subset = letters if domains is None else domains
     check_learned(subset, letters, path)
-    scale = args.scale if args.scale is not None else default_scale(meta)
-    settings = eval_settings(args)
-    runs, seconds = evaluate_domains(predictor, letters, load_test_splits(subset, args, scale), args, device,
-                                     False, bar_desc or f"test {Path(path).name}", uncertainty=uncertainty)
+    scale = options.scale_of(meta)
+    runs, seconds = evaluate_domains(predictor, load_test_splits(subset, options, scale), options, device,
+                                     {c: letters.index(c) for c in subset},
+                                     desc=bar_desc or f"test {Path(path).name}", uncertainty=uncertainty)
     results = {c: dict(r["prior"], domain=get_domain(c).name, letter=c, head=r["head"],
                        **({"uncertainty": r["uncertainty"]} if uncertainty else {}))
                for c, r in runs.items()}
     return {
-        "checkpoint": str(path), "letters": letters, "domains": [get_domain(c).name for c in letters],
+        "checkpoint": path, "letters": letters, "domains": [get_domain(c).name for c in letters],
         "format": meta.get("format"), "strategy": meta.get("strategy"), "scale": scale,
-        "device": str(device), "settings": settings, "full_frame": args.full_frame,
-        "protocol": args.protocol, "scannet_resize": args.scannet_resize,
+        "device": str(device), "settings": options.rules(), "full_frame": options.full_frame,
+        "protocol": options.protocol, "scannet_resize": options.scannet_resize,
         "predictor": predictor_settings(predictor),
-        "max_images": args.max_images, "seconds": seconds, "results": results,
+        "max_images": options.max_images, "seconds": seconds, "results": results,
         **({"uncertainty_calibration": meta.get(CALIBRATION_KEY)} if uncertainty else {}),
     }
 

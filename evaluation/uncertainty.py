@@ -430,6 +430,34 @@ def save_reliability_plot(path, domain: str, curves: dict) -> None:
 # --------------------------------------------------------------------------------------------------
 # Tables
 # --------------------------------------------------------------------------------------------------
+
+def is_synthetic(data_root) -> bool:
+    """Whether ``data_root`` is a synthetic.py set (its meta.json says so)."""
+    import json
+    from pathlib import Path
+    try:
+        return bool(json.loads((Path(data_root) / "meta.json").read_text()).get("synthetic"))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def reliability_plots(folder, results: dict, model: str, data_root) -> list[str]:
+    """A reliability plot per domain of ``results`` (evaluate_checkpoint's, with uncertainty) of the
+    checkpoint that learned ``model`` (its letters), as ``folder/uncertainty_<domain>.png``;
+    labelled synthetic when ``data_root`` is. Returns the paths written."""
+    from pathlib import Path
+    data_note = " (synthetic data)" if is_synthetic(data_root) else ""
+    paths = []
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    for c, r in results.items():
+        curves = {("uncalibrated" if label == "raw" else f"calibrated (scale {v['scale']:.2f})"): v["reliability"]
+                  for label, v in r["uncertainty"]["calibration"].items()}
+        path = Path(folder) / f"uncertainty_{r['domain']}.png"
+        save_reliability_plot(path, f"{r['domain']} ({c}) test split, model {model}{data_note}", curves)
+        paths.append(str(path))
+    return paths
+
+
 def _cell(v, spec=".4f"):
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
 

@@ -35,22 +35,25 @@ no cheap per-image dispatch, so every head is computed and each image's chosen o
     session = ort.InferenceSession("runs/NKS.onnx")
     meta = json.loads(session.get_modelmeta().custom_metadata_map["lifelong_monodepth"])
     depth, domain = session.run(None, {"image": x})   # x: float32 numpy (B,3,H,W), normalized
+
+From Python (the command: cli/export.py)::
+
+    net = load_checkpoint("runs/NKS.pth.tar")
+    meta = export_net(net, "runs/NKS_K.ts", domain="K")
+    assert verify_export("runs/NKS_K.ts", net, meta)["ok"]
 """
 
-import argparse
 import json
 import os
-import sys
 from pathlib import Path
 from typing import List, Optional, Tuple
 
 import torch
 from torch import nn
 
-from models import CheckpointError, load_checkpoint
+from data.errors import InputError
 from models.fast import inference_copy, resolve_precision, trace_module
-from cli.options import CLIError, add_checkpoint_arguments, parse_size
-from data.safeio import WriteError, atomic_write
+from data.safeio import atomic_write
 from inference.prototypes import map_distance, pooled_descriptor, pooled_descriptor_nhwc, pooled_distances
 
 META_FILE = "meta.json"
@@ -218,7 +221,7 @@ def export_onnx(net, out, prototypes=None, domain=None, with_uncertainty=False, 
         if pooled is None:
             raise ValueError("this checkpoint stores no domain prototypes, so the exported model cannot "
                              "choose the domain itself: give --domain, or add prototypes (train with "
-                             "engine/lifelong.py, or compute them from replay data with test_inference.py "
+                             "train_N/NK/NKS.py, or compute them from replay data with test_inference.py "
                              "--replay-root)")
         if pooled.shape[0] != n:
             raise ValueError(f"{pooled.shape[0]} prototypes for a {n}-head model")
@@ -313,7 +316,7 @@ def export_model(net, out, prototypes=None, domain=None, with_uncertainty=False,
                 (selector == "map" and not prototypes.get("map")):
             raise ValueError("this checkpoint stores no domain prototypes, so the exported model cannot "
                              "choose the domain itself: give --domain, or add prototypes (train with "
-                             "engine/lifelong.py, or compute them from replay data with test_inference.py "
+                             "train_N/NK/NKS.py, or compute them from replay data with test_inference.py "
                              "--replay-root)")
         n_protos = len(prototypes["map"]) if selector == "map" else prototypes["pooled"].shape[0]
         if n_protos != n:
@@ -382,112 +385,59 @@ def check_export(path, net, prototypes, meta, selector="pooled", size=None, batc
     return res
 
 
-def build_parser():
-    p = argparse.ArgumentParser(description="Export a checkpoint as a single TorchScript or ONNX "
-                                            "file (image -> depth, domain[, uncertainty]).",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_checkpoint_arguments(p, "project or authors' checkpoint (.pth.tar)",
-                             "learning order of an authors' file (its name, e.g. NKS), naming its heads",
-                             default=None)
-    p.add_argument("--out", required=True, help="output file, e.g. runs/NKS.ts or runs/NKS.onnx")
-    p.add_argument("--format", choices=["torchscript", "onnx"], default="torchscript",
-                   help="TorchScript (needs only torch) or float32 ONNX (for ONNX Runtime, OpenVINO...; "
-                        "without --domain every head is computed)")
-    p.add_argument("--domain", default=None,
-                   help="fix the head: an index (0 = first learned) or a learned domain's letter/name; "
-                        "default: automatic selection with the stored prototypes")
-    p.add_argument("--uncertainty", action="store_true", help="also return the uncertainty (log-variance)")
-    p.add_argument("--selector", choices=["pooled", "map"], default="pooled",
-                   help="prototype form used for automatic selection")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16", "auto"], default="fp32",
-                   help="weights/activations in the file (auto: bf16 where this machine has native bf16); "
-                        "--format onnx is float32 only")
-    p.add_argument("--no-fuse", action="store_true", help="keep BatchNorm layers (no Conv+BN folding)")
-    p.add_argument("--size", default=None, help="example input HxW for tracing (default: the first "
-                                                "domain's input size); any size works at run time")
-    p.add_argument("--no-check", action="store_true",
-                   help="skip the comparison of the written file with the eager model")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an existing --out file (never the --checkpoint itself); without it "
-                        "an existing file stops the export with an error")
-    return p
-
-
 def check_out(out, checkpoint, overwrite: bool) -> None:
     """Refuse an --out that is the checkpoint, a folder, below a file, or (without --overwrite) an
-    existing file: an export replaces only what an export made, when asked to."""
+    existing file (InputError): an export replaces only what an export made, when asked to."""
     path = Path(out)
     if checkpoint and path.exists() and Path(checkpoint).exists() and os.path.samefile(path, checkpoint):
-        raise CLIError(f"--out {out}: is the --checkpoint itself; the export would replace the trained "
-                       f"model. Choose another file name, e.g. {path.with_suffix('')}.ts")
+        raise InputError(f"--out {out}: is the --checkpoint itself; the export would replace the trained "
+                         f"model. Choose another file name, e.g. {path.with_suffix('')}.ts")
     if path.is_dir():
-        raise CLIError(f"--out {out}: is a folder; expected a file name, e.g. {path / 'model.ts'}")
+        raise InputError(f"--out {out}: is a folder; expected a file name, e.g. {path / 'model.ts'}")
     parent = next((a for a in path.absolute().parents if a.exists()), None)
     if parent is not None and not parent.is_dir():
-        raise CLIError(f"--out {out}: {parent} is a file, not a folder")
+        raise InputError(f"--out {out}: {parent} is a file, not a folder")
     if path.exists() and not overwrite:
-        raise CLIError(f"--out {out}: exists; pass --overwrite to replace it, or choose another file name")
+        raise InputError(f"--out {out}: exists; pass --overwrite to replace it, or choose another file name")
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    size = parse_size(args.size) if args.size else None
-    check_out(args.out, args.checkpoint, args.overwrite)
-    try:
-        net = load_checkpoint(args.checkpoint, order=args.order)
-        protos = net.meta.get("prototypes")
-        if args.format == "onnx":
-            return _main_onnx(args, net, protos, size)
-        meta = export_model(net, args.out, protos, domain=args.domain, with_uncertainty=args.uncertainty,
-                            selector=args.selector, precision=args.precision, fuse_bn=not args.no_fuse,
-                            example_size=size)
-    except (CheckpointError, ValueError, WriteError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    what = (f"fixed head {meta['domain']} ({meta['domains'][meta['domain']]})" if meta["domain"] is not None
-            else f"automatic selection ({meta['selection']} prototypes)")
-    print(f"wrote {args.out} ({os.path.getsize(args.out) / 1e6:.1f} MB): {len(meta['domains'])} domain(s) "
-          f"{meta['domains']}, {what}, outputs {meta['outputs']}, {meta['precision']}")
-    if not args.no_check:
-        res = check_export(args.out, net, protos, meta, args.selector, size)
-        ok = res["same_domains"] and res["max_rel_depth_error"] < (1e-4 if meta["precision"] == "float32"
-                                                                  else 5e-2)
-        print(f"check vs DepthPredictor(fast=False): max relative depth error "
-              f"{res['max_rel_depth_error']:.2e}, same domains: {res['same_domains']} -> "
-              f"{'OK' if ok else 'MISMATCH'}")
-        if not ok:
-            return 1
-    return 0
-
-
+FORMATS = ("torchscript", "onnx")
 ONNX_TOLERANCE = 1e-5  # relative RMS of the float32 graph against eager float32
 
 
-def _main_onnx(args, net, protos, size) -> int:
+def export_net(net, out, *, format: str = "torchscript", domain=None, with_uncertainty: bool = False,
+               selector: str = "pooled", precision: str = "fp32", fuse_bn: bool = True,
+               example_size=None) -> dict:
+    """Write a loaded checkpoint's ``net`` (its stored prototypes packed in for automatic selection)
+    as one TorchScript (:func:`export_model`) or float32 ONNX (:func:`export_onnx`) file; returns the
+    metadata written with it. ValueError for a setting the format cannot hold (ONNX is float32 with
+    BatchNorm folded) or a missing runtime."""
+    protos = net.meta.get("prototypes")
+    if format == "torchscript":
+        return export_model(net, out, protos, domain=domain, with_uncertainty=with_uncertainty,
+                            selector=selector, precision=precision, fuse_bn=fuse_bn, example_size=example_size)
+    if format != "onnx":
+        raise ValueError(f"--format {format!r}: expected one of {', '.join(FORMATS)}")
     from models.runtimes import RuntimeUnavailable
-    if args.precision not in ("fp32", "auto"):
-        raise ValueError(f"--format onnx writes float32 graphs (got --precision {args.precision})")
-    if args.no_fuse:
+    if precision not in ("fp32", "auto"):
+        raise ValueError(f"--format onnx writes float32 graphs (got --precision {precision})")
+    if not fuse_bn:
         raise ValueError("--format onnx always folds BatchNorm (drop --no-fuse)")
     try:
-        meta = export_onnx(net, args.out, protos, domain=args.domain, with_uncertainty=args.uncertainty,
-                           selector=args.selector, example_size=size)
+        return export_onnx(net, out, protos, domain=domain, with_uncertainty=with_uncertainty,
+                           selector=selector, example_size=example_size)
     except RuntimeUnavailable as e:
         raise ValueError(str(e)) from None
-    what = (f"fixed head {meta['domain']} ({meta['domains'][meta['domain']]})" if meta["domain"] is not None
-            else "automatic selection (pooled prototypes; every head computed)")
-    print(f"wrote {args.out} ({os.path.getsize(args.out) / 1e6:.1f} MB, ONNX float32): "
-          f"{len(meta['domains'])} domain(s) {meta['domains']}, {what}, outputs {meta['outputs']}")
-    if not args.no_check:
-        res = check_onnx(args.out, net, protos, size)
-        ok = res["same_domains"] and res["rel_rms_depth"] <= ONNX_TOLERANCE
-        print(f"check in ONNX Runtime vs DepthPredictor(fast=False): relative RMS of depth "
-              f"{res['rel_rms_depth']:.2e} (tolerance {ONNX_TOLERANCE:g}), same domains: "
-              f"{res['same_domains']} -> {'OK' if ok else 'MISMATCH'}")
-        if not ok:
-            return 1
-    return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def verify_export(out, net, meta, *, selector: str = "pooled", size=None) -> dict:
+    """The file written by :func:`export_net` against ``DepthPredictor(fast=False)`` on random
+    inputs (:func:`check_export`, or :func:`check_onnx` in ONNX Runtime), with ``"ok"``: the same
+    domains and the depth within the format's tolerance."""
+    protos = net.meta.get("prototypes")
+    if meta["format"] == "lifelong-monodepth-onnx":
+        res = check_onnx(out, net, protos, size)
+        return dict(res, ok=res["same_domains"] and res["rel_rms_depth"] <= ONNX_TOLERANCE)
+    res = check_export(out, net, protos, meta, selector, size)
+    tolerance = 1e-4 if meta["precision"] == "float32" else 5e-2
+    return dict(res, ok=res["same_domains"] and res["max_rel_depth_error"] < tolerance)

@@ -1,14 +1,17 @@
 """Depth for image files: reading them, the per-image predictor (domain choice, input size, upsampling
 to the original size) and writing the outputs (16-bit millimetre PNG, colour maps, PLY).
 
-Used by predict.py (the command), inference/stream.py (videos and frame folders) and demo.py.
+Used by predict.py (the command, cli/predict.py), inference/stream.py (videos and frame folders) and
+demo.py. Settings come as keywords (:class:`ImageOptions`, ``RuntimeOptions``); what the library
+refuses is an ``InputError`` (a ``CheckpointError`` for the checkpoint), its message naming the
+option of predict.py that the setting comes from.
 """
 from __future__ import annotations
 
-import argparse
 import math
 import re
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,13 +22,12 @@ from PIL import Image
 from data.domains import CAMERAS, get_domain
 from loaders import load_rgb
 from losses import upsample_to
-from cli.options import (CLIError, HelpFormatter, add_checkpoint_arguments, add_runtime_arguments,
-                     add_selector_arguments, check_checkpoint_path,
-                     checkpoint_letters, default_scale, make_predictor, parse_letters, parse_size,
-                     printable)
+from data.errors import InputError
+from models.checkpoint import check_checkpoint_path, checkpoint_letters, default_scale
+from inference.predictor import DepthPredictor, RuntimeOptions, build_predictor
 from inference.replay import replay_prototypes
 from data.safeio import atomic_write
-from evaluation.uncertainty import add_interval_argument, calibration_scales, interval_maps
+from evaluation.uncertainty import calibration_scales, interval_maps
 
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif")
@@ -59,7 +61,7 @@ def parse_max_pixels(text) -> int:
     except (TypeError, ValueError):
         value = math.nan
     if not 1 <= value < math.inf:
-        raise CLIError(f"--max-pixels {text!r}: expected a positive number of pixels, e.g. 25e6")
+        raise InputError(f"--max-pixels {text!r}: expected a positive number of pixels, e.g. 25e6")
     return int(value)
 
 
@@ -88,12 +90,13 @@ def save_png16(path, depth_m: np.ndarray) -> None:
 
 
 def parse_intrinsics(text):
+    """--intrinsics: "fx,fy,cx,cy" (or those four numbers) -> a tuple of floats."""
     try:
-        values = [float(v) for v in str(text).split(",")]
-    except ValueError:
+        values = [float(v) for v in (str(text).split(",") if isinstance(text, str) else text)]
+    except (TypeError, ValueError):
         values = []
     if len(values) != 4 or values[0] <= 0 or values[1] <= 0:
-        raise CLIError(f"--intrinsics {text!r}: expected fx,fy,cx,cy (pixels, positive focal lengths)")
+        raise InputError(f"--intrinsics {text!r}: expected fx,fy,cx,cy (pixels, positive focal lengths)")
     return tuple(values)
 
 
@@ -109,17 +112,18 @@ def intrinsics_for(letter, width, height, given=None):
     return (f, f, (width - 1) / 2.0, (height - 1) / 2.0), "generic 60-degree camera"
 
 
-def camera_hint(args, path=None):
-    """The frame camera the user gave (``--intrinsics``, ``--fov``), else ``path``'s EXIF 35 mm
-    focal length, as an ``inference.frames.CameraHint`` (empty: the chosen head's camera is assumed)."""
+def camera_hint(options, path=None):
+    """The frame camera the user gave (``options.intrinsics``, ``options.fov``: an
+    :class:`ImageOptions`), else ``path``'s EXIF 35 mm focal length, as an
+    ``inference.frames.CameraHint`` (empty: the chosen head's camera is assumed)."""
     from inference.frames import CameraHint, exif_focal_35mm, parse_fov
-    if getattr(args, "intrinsics", None):
-        return CameraHint(intrinsics=parse_intrinsics(args.intrinsics))
-    if getattr(args, "fov", None) is not None:
+    if getattr(options, "intrinsics", None):
+        return CameraHint(intrinsics=parse_intrinsics(options.intrinsics))
+    if getattr(options, "fov", None) is not None:
         try:
-            return CameraHint(fov_deg=parse_fov(args.fov))
+            return CameraHint(fov_deg=parse_fov(options.fov))
         except ValueError as e:
-            raise CLIError(str(e)) from None
+            raise InputError(str(e)) from None
     return CameraHint(focal_35mm=exif_focal_35mm(path)) if path is not None else CameraHint()
 
 
@@ -203,10 +207,10 @@ def collect_inputs(target: Path, out_dir: Path, recursive: bool):
     if target.is_file():
         return [target], []
     if not target.exists():
-        raise CLIError(f"input {str(target)!r} does not exist (expected an image file or a folder of images)")
+        raise InputError(f"input {str(target)!r} does not exist (expected an image file or a folder of images)")
     if not target.is_dir():  # a FIFO, socket or device: reading it could block or never end
-        raise CLIError(f"input {str(target)!r} is not a regular file nor a folder (expected an image file "
-                       f"or a folder of images)")
+        raise InputError(f"input {str(target)!r} is not a regular file nor a folder (expected an image file "
+                         f"or a folder of images)")
     files = sorted(target.rglob("*") if recursive else target.iterdir())
     images, notes = [], []
     out_abs, target_abs = out_dir.resolve(), target.resolve()
@@ -230,15 +234,15 @@ def collect_inputs(target: Path, out_dir: Path, recursive: bool):
 
 def make_out_dir(out_dir: Path) -> None:
     """Create --out, or one error line: a file of that name, a file or an unwritable folder above it."""
-    shown = printable(out_dir, "")
+    shown = str(out_dir)  # shown escaped by the command's error line (cli.errors.error_line)
     if out_dir.exists() and not out_dir.is_dir():
-        raise CLIError(f"--out {shown}: is a file; expected an output folder")
+        raise InputError(f"--out {shown}: is a file; expected an output folder")
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise CLIError(f"--out {shown}: cannot create the output folder ({e.strerror or e})") from None
+        raise InputError(f"--out {shown}: cannot create the output folder ({e.strerror or e})") from None
     if not os.access(out_dir, os.W_OK | os.X_OK):
-        raise CLIError(f"--out {shown}: the folder is not writable")
+        raise InputError(f"--out {shown}: the folder is not writable")
 
 
 def output_stems(images, target: Path, out_dir: Path):
@@ -278,48 +282,124 @@ def replay_frame_statistics(predictor, letters, replay_root) -> dict:
     return frame_statistics(predictor, letters, replay_root, head_cameras(predictor.meta, letters, replay_root))
 
 
-class Predictor:
-    """Chooses the domain and input size per image and runs DepthPredictor."""
+@dataclass
+class ImageOptions:
+    """How :class:`Predictor` chooses the head, the network input and the camera of each image.
 
-    def __init__(self, args, device):
-        path = check_checkpoint_path(args.checkpoint)
-        order = parse_letters(args.order, "--order") if args.order else None
-        self.forced = None
-        self.predictor = make_predictor(path, args, device, order=order, selector=args.selector)
+    The fields are predict.py's options of the same names (their help texts live here; cli/predict.py
+    declares the options from them). ``size`` is the parsed (H, W); ``intrinsics`` "fx,fy,cx,cy" or
+    four numbers and ``fov`` degrees are checked when a Predictor is built.
+    """
+    domain: str | None = field(default=None, metadata={"help": (
+        "use this learned domain's head (letter or name, e.g. N or nyu); default: chosen per image by "
+        "the nearest domain prototype")})
+    selector: str | None = field(default=None, metadata={"help": (
+        "prototype distance for automatic selection (see test_inference.py); default: lda where the "
+        "checkpoint stores its statistics, else pooled")})
+    replay_root: str | None = field(default=None, metadata={"help": (
+        "compute prototypes from this data root's replay rows (for files without them)")})
+    size: tuple[int, int] | None = field(default=None, metadata={"help": (
+        "squeeze every image to this network input HxW (the old rule, for comparisons; default: the "
+        "whole frame, aspect kept, at the chosen head's learned pixel scale)")})
+    intrinsics: str | tuple | None = field(default=None, metadata={"help": (
+        "fx,fy,cx,cy in pixels at the original image size: the frame is resampled to the chosen head's "
+        "focal length, and --ply uses them (default: --fov, the EXIF focal length, else the chosen "
+        "head's camera at the image's field of view; real sensors: " + ", ".join(
+            f"{get_domain(c).name} {','.join(f'{v:g}' for v in cam.intrinsics)} "
+            f"@{cam.frame_size[0]}x{cam.frame_size[1]}" for c, cam in CAMERAS.items()) + ")")})
+    fov: float | str | None = field(default=None, metadata={"help": (
+        "horizontal field of view of the camera in degrees (instead of --intrinsics); without either, "
+        "a photo's EXIF 35 mm focal length is used, else the chosen head's camera is assumed (printed "
+        "and written to the JSON)")})
+    camera_mode: str = field(default="resample", metadata={"help": (
+        "resample: the frame is resized so that its focal length matches the head's (measured better, "
+        "bench/bench_frames.py); rescale: the frame's own pixels, the depth multiplied by the "
+        "focal-length ratio")})
+    max_pixels: int | None = field(default=DEFAULT_MAX_PIXELS, metadata={"help": (
+        "refuse images with more pixels than this, read from the file's header before decoding "
+        "(memory grows by well over 100 bytes per pixel)")})
+    quiet: bool = field(default=False, metadata={"help": "no progress bar"})
+
+
+def model_path(predictor: DepthPredictor) -> str:
+    """The checkpoint a loaded predictor came from (load_checkpoint stores it), for messages."""
+    return str(predictor.meta.get("path") or "the loaded model")
+
+
+class Predictor:
+    """Chooses the domain and input size per image and runs DepthPredictor.
+
+    ``source``: a checkpoint path (loaded here, run as ``runtime`` asks, ``order`` naming the heads
+    of an authors' file, with ``options.selector``) or an already built DepthPredictor, used as it
+    is (so a caller that holds one loads the checkpoint once); ``options.replay_root`` then sets its
+    prototypes. Raises InputError (CheckpointError for the checkpoint) with the message of the
+    predict.py option at fault, RuntimeUnavailable for a backend that is not installed.
+    """
+
+    def __init__(self, source, options: ImageOptions | None = None, *, device="cpu",
+                 runtime: RuntimeOptions | None = None, order=None):
+        self.options = options = options or ImageOptions()
+        if isinstance(source, DepthPredictor):
+            self.predictor, self.checkpoint = source, model_path(source)
+        else:
+            path = check_checkpoint_path(source)
+            self.checkpoint = os.fspath(source)  # as given: predictions.json and the stream JSON name it
+            self.predictor = build_predictor(path, runtime, device, order=order, selector=options.selector)
+        path = Path(self.checkpoint)
         meta = self.predictor.meta
         self.letters = checkpoint_letters(meta, path)
-        if args.domain is not None:
-            try:
-                letter = get_domain(args.domain).letter
-            except ValueError as e:
-                raise CLIError(f"--domain: {e}") from None
-            if letter not in self.letters:
-                raise CLIError(f"--domain {args.domain}: not learned by {str(path)!r} "
-                               f"(its domains, in order: {self.letters})")
-            self.forced = self.letters.index(letter)
-        elif args.replay_root:
-            protos = replay_prototypes(path, self.letters, args.replay_root, default_scale(meta), device,
-                                       order=order, quiet=args.quiet)
-            protos["frames"] = replay_frame_statistics(self.predictor, self.letters, args.replay_root)
-            self.predictor.prototypes = protos
-        elif not meta.get("prototypes"):
-            raise CLIError(f"checkpoint {str(path)!r} stores no domain prototypes, so the domain cannot be "
-                           f"chosen automatically; give --domain (one of {', '.join(self.letters)}) or "
-                           f"--replay-root DIR to compute prototypes from replay data")
-        self.size = parse_size(args.size) if args.size else None
-        self.pipeline = self.predictor.frame_pipeline(getattr(args, "camera_mode", "resample"))
-        self.camera = camera_hint(args)
+        self.forced = self._forced_head(options.domain, path)
+        if self.forced is None and options.replay_root:
+            self._replay_prototypes(options.replay_root, options.quiet)
+        elif self.forced is None and not meta.get("prototypes"):
+            raise InputError(f"checkpoint {str(path)!r} stores no domain prototypes, so the domain cannot be "
+                             f"chosen automatically; give --domain (one of {', '.join(self.letters)}) or "
+                             f"--replay-root DIR to compute prototypes from replay data")
+        self.size = tuple(int(v) for v in options.size) if options.size else None
+        self.pipeline = self.predictor.frame_pipeline(options.camera_mode)
+        self.camera = camera_hint(options)
+        self.sizes, self.ranges = self._head_sizes_and_ranges(meta)
+        self.interval_scales = calibration_scales(meta, len(self.letters))  # 1 where none is stored
+
+    def _forced_head(self, domain, path):
+        """The head index of ``domain`` (--domain), or None: chosen per image."""
+        if domain is None:
+            return None
+        try:
+            letter = get_domain(domain).letter
+        except ValueError as e:
+            raise InputError(f"--domain: {e}") from None
+        if letter not in self.letters:
+            raise InputError(f"--domain {domain}: not learned by {str(path)!r} "
+                             f"(its domains, in order: {self.letters})")
+        return self.letters.index(letter)
+
+    def _replay_prototypes(self, replay_root, quiet) -> None:
+        """The prototypes and frame statistics of ``replay_root``'s replay rows, on this predictor."""
+        protos = replay_prototypes(self.predictor.net, self.letters, replay_root,
+                                   default_scale(self.predictor.meta), self.predictor.device, quiet=quiet)
+        protos["frames"] = replay_frame_statistics(self.predictor, self.letters, replay_root)
+        self.predictor.prototypes = protos
+
+    def _head_sizes_and_ranges(self, meta):
+        """Per head, the input size (H, W) and the depth range (metres): the checkpoint's, else its
+        domain's defaults."""
         sizes = meta.get("input_sizes")
         if sizes and len(sizes) == len(self.letters):
-            self.sizes = [tuple(int(v) for v in s) for s in sizes]
+            sizes = [tuple(int(v) for v in s) for s in sizes]
         else:
-            self.sizes = [tuple(get_domain(c).input_size) for c in self.letters]
+            sizes = [tuple(get_domain(c).input_size) for c in self.letters]
         ranges = meta.get("depth_ranges")
         if ranges and len(ranges) == len(self.letters):
-            self.ranges = [tuple(float(v) for v in r) for r in ranges]
+            ranges = [tuple(float(v) for v in r) for r in ranges]
         else:
-            self.ranges = [(get_domain(c).min_depth, get_domain(c).max_depth) for c in self.letters]
-        self.interval_scales = calibration_scales(meta, len(self.letters))  # 1 where none is stored
+            ranges = [(get_domain(c).min_depth, get_domain(c).max_depth) for c in self.letters]
+        return sizes, ranges
+
+    def camera_of(self, path):
+        """The ``inference.frames.CameraHint`` of the image file ``path``: the camera given
+        (``intrinsics``, ``fov``), else its EXIF focal length (:func:`camera_hint`)."""
+        return camera_hint(self.options, path)
 
     def interval(self, depth: np.ndarray, uncertainty: np.ndarray, head: int, level: float):
         """(lower, upper) metres of the central ``level`` interval around ``depth`` with head
@@ -376,56 +456,3 @@ class Predictor:
         lo, hi = self.ranges[head]
         return np.clip(depth, lo, hi)
 
-
-def build_parser() -> argparse.ArgumentParser:
-    """predict.py's options but the stream group (predict.py adds it): what :class:`Predictor` reads."""
-    p = argparse.ArgumentParser(
-        description="Metric depth for an image or a folder of images: 16-bit millimetre PNG, float32 "
-                    ".npy in metres, colour-mapped depth and uncertainty PNGs, optional PLY point cloud.",
-        formatter_class=HelpFormatter)
-    p.add_argument("input", help="an image file, or a folder of images (png, jpg, bmp, tif, webp, ...), "
-                                 "or a video file (depth video + per-frame log; see the streams options)")
-    add_checkpoint_arguments(p, "checkpoint (project format; an authors' file needs --order)")
-    p.add_argument("--out", default="predictions", help="output folder (created)")
-    p.add_argument("--domain", default=None,
-                   help="use this learned domain's head (letter or name, e.g. N or nyu); default: "
-                        "chosen per image by the nearest domain prototype")
-    add_selector_arguments(p, "prototype distance for automatic selection (see test_inference.py); default: "
-                              "lda where the checkpoint stores its statistics, else pooled",
-                           "compute prototypes from this data root's replay rows (for files without them)")
-    p.add_argument("--size", default=None,
-                   help="squeeze every image to this network input HxW (the old rule, for comparisons; "
-                        "default: the whole frame, aspect kept, at the chosen head's learned pixel scale)")
-    p.add_argument("--recursive", action="store_true", help="also images in subfolders (mirrored in --out)")
-    p.add_argument("--max-depth", type=float, default=None,
-                   help="upper end of the depth colour bar in metres (default: each image's maximum)")
-    p.add_argument("--no-clamp", action="store_true",
-                   help="keep raw network depth; by default depth is clamped to the domain's range "
-                        "(e.g. 1e-3..10 m for NYU)")
-    p.add_argument("--no-plots", action="store_true",
-                   help="skip the colour-mapped PNGs (faster; the 16-bit PNG and .npy are still written); "
-                        "for a stream: no depth video (the log, and --save-depth files, still)")
-    p.add_argument("--ply", action="store_true", help="also write a coloured point cloud <name>.ply")
-    p.add_argument("--intrinsics", default=None,
-                   help="fx,fy,cx,cy in pixels at the original image size: the frame is resampled to "
-                        "the chosen head's focal length, and --ply uses them (default: --fov, the EXIF "
-                        "focal length, else the chosen head's camera at the image's field of view; real "
-                        "sensors: " + ", ".join(
-                            f"{get_domain(c).name} {','.join(f'{v:g}' for v in cam.intrinsics)} "
-                            f"@{cam.frame_size[0]}x{cam.frame_size[1]}" for c, cam in CAMERAS.items()) + ")")
-    p.add_argument("--ply-stride", type=int, default=1, help="keep every N-th pixel in x and y for --ply")
-    p.add_argument("--fov", default=None,
-                   help="horizontal field of view of the camera in degrees (instead of --intrinsics); "
-                        "without either, a photo's EXIF 35 mm focal length is used, else the chosen "
-                        "head's camera is assumed (printed and written to the JSON)")
-    p.add_argument("--camera-mode", default="resample", choices=("resample", "rescale"),
-                   help="resample: the frame is resized so that its focal length matches the head's "
-                        "(measured better, bench/bench_frames.py); rescale: the frame's own pixels, "
-                        "the depth multiplied by the focal-length ratio")
-    p.add_argument("--max-pixels", default=DEFAULT_MAX_PIXELS, type=parse_max_pixels,
-                   help="refuse images with more pixels than this, read from the file's header before "
-                        "decoding (memory grows by well over 100 bytes per pixel)")
-    add_interval_argument(p)
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    add_runtime_arguments(p)
-    return p

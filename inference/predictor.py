@@ -22,9 +22,13 @@ CPU kind.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 
+from data.errors import InputError
 from models import load_checkpoint
+from models.checkpoint import check_checkpoint_path
 from models.fast import (autocast_context, inference_copy, lowp_supported, prepare_input,
                          resolve_precision, trace_module)
 from models.runtimes import AUTO, BACKENDS, HeadPiece, TrunkPiece, choose_backend  # the pieces traced or exported
@@ -306,6 +310,64 @@ class DepthPredictor:
             if with_uncertainty:
                 unc[rows] = u_out.float()
         return depth, unc
+
+
+# DepthPredictor's keyword options (``extra`` of RuntimeOptions may set any of them).
+PREDICTOR_KEYWORDS = ("fast", "precision", "channels_last", "fuse_bn", "cast_weights", "jit", "fused_kernels",
+                      "backend")
+
+
+@dataclass
+class RuntimeOptions:
+    """How a DepthPredictor runs: the speed/precision trade-off asked for. Only what differs from
+    the defaults is passed on (:meth:`keywords`), so DepthPredictor's own defaults (the fast path)
+    apply otherwise."""
+    fast: bool = field(default=True, metadata={"help": (
+        "use DepthPredictor's plain float32 path, without the speed-ups it applies by default (BN "
+        "folded into convs, channels_last, fused oneDNN kernels on a CPU, bf16 where the device has "
+        "native kernels: metrics within ~0.1 %% of float32); for exact numbers")})
+    precision: str = field(default="auto", metadata={"help": (
+        "numeric precision asked of DepthPredictor (auto = its own default)")})
+    backend: str = field(default=AUTO, metadata={"help": (
+        "what runs the network: auto (default) = the fastest measured for this CPU kind (OpenVINO "
+        "bf16 on AMX CPUs, ONNX Runtime on AVX2-only ones, else PyTorch; PyTorch with --no-fast); "
+        "torch; or ONNX graphs of the trunk and the chosen head in onnxruntime / openvino (CPU; "
+        "bench/README.md has the figures per CPU kind)")})
+    extra: dict = field(default_factory=dict, metadata={"help": (
+        "extra keyword argument for DepthPredictor.from_checkpoint (repeatable; the value is parsed "
+        "as JSON when it can be, e.g. channels_last=false)")})
+
+    def keywords(self) -> dict:
+        """DepthPredictor's keyword arguments for these settings; InputError for a key it has not."""
+        unknown = sorted(k for k in self.extra if k not in PREDICTOR_KEYWORDS)
+        if unknown:
+            raise InputError(f"DepthPredictor has no option {', '.join(unknown)}; its options are "
+                             f"{', '.join(PREDICTOR_KEYWORDS)}")
+        asked = {"fast": False} if not self.fast else {}
+        if self.precision != "auto":
+            asked["precision"] = self.precision
+        if self.backend != AUTO:
+            asked["backend"] = self.backend
+        return dict(asked, **self.extra)
+
+
+def build_predictor(source, runtime: RuntimeOptions | None = None, device="cpu", *, order=None,
+                    prototypes=None, selector=None) -> DepthPredictor:
+    """A DepthPredictor of ``source`` (a checkpoint path, loaded here, or a loaded network) run as
+    ``runtime`` asks; ``prototypes`` None: the checkpoint's own. Raises CheckpointError (a missing
+    or bad file), RuntimeUnavailable (a backend not installed), InputError (an unknown option)."""
+    keywords = (runtime or RuntimeOptions()).keywords()
+    net = source
+    if not isinstance(source, torch.nn.Module):
+        net = load_checkpoint(check_checkpoint_path(source), order=order)
+    return DepthPredictor(net, prototypes if prototypes is not None else net.meta.get("prototypes"),
+                          selector=selector, device=device, **keywords)
+
+
+def predictor_settings(predictor) -> dict:
+    """The predictor's effective speed settings (fast path, precision, ...) when it reports them."""
+    options = getattr(predictor, "options", None)
+    return dict(options) if isinstance(options, dict) else {"fast": False, "precision": "float32"}
 
 
 def auto_backend(device, fast: bool, precision, torch_options: dict) -> tuple[str, str]:

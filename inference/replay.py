@@ -2,8 +2,9 @@
 
 For checkpoints that store none (an authors' file) or when another selector's statistics are asked
 for: ``prototypes.compute_prototypes`` / ``compute_authors_prototypes`` / ``compute_lda`` over
-``get_dataset(letter, "replay", root)`` on a plain float32 copy of the network. Used by
-test_inference.py and predict.py (through ``prediction.Predictor``).
+``get_dataset(letter, "replay", root)`` on the plain float32 network (the caller's, loaded once:
+a DepthPredictor's ``net``). Used by the selection evaluation (evaluation/selection.py) and
+predict.py (through ``inference.images.Predictor``). Bad replay data is an InputError.
 """
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ import torch
 from torch.utils.data import Subset
 from tqdm import tqdm
 
+from data.errors import InputError
 from loaders import DatasetFormatError, get_dataset, get_loader
 from models import load_checkpoint
-from cli.options import CLIError
 from inference.prototypes import AUTHORS_PROTO_IMAGES, LDA_PASSES, compute_authors_prototypes, compute_lda, compute_prototypes
 
 
@@ -26,24 +27,24 @@ def _replay_loaders(letters, replay_root, scale, device, train, batch_size, work
         try:
             ds = get_dataset(c, "replay", str(replay_root), train=train, scale=scale, **(data_options or {}))
         except (FileNotFoundError, DatasetFormatError, ValueError) as e:
-            raise CLIError(f"--replay-root: {e}") from None
+            raise InputError(f"--replay-root: {e}") from None
         if len(ds) == 0:
-            raise CLIError(f"--replay-root: the replay index of domain {c} under {str(replay_root)!r} is empty")
+            raise InputError(f"--replay-root: the replay index of domain {c} under {str(replay_root)!r} is empty")
         total += min(len(ds), max_images)
         loaders.append(get_loader(ds, batch_size=batch_size, workers=workers, device=device.type,
                                   shuffle=train))
     return loaders, total
 
 
-def replay_prototypes(checkpoint, letters: str, replay_root, scale, device, order=None,
-                      proto_images=200, batch_size=8, workers=0, quiet=False) -> dict:
+def replay_prototypes(net, letters: str, replay_root, scale, device, proto_images=200, batch_size=8,
+                      workers=0, quiet=False) -> dict:
     """Prototypes of every learned domain from ``replay_root``'s replay rows.
 
     ``prototypes.compute_prototypes`` over ``get_dataset(letter, "replay", replay_root, train=False)``
-    for each head in learning order, on a plain float32 copy of the network (so the prototypes do
+    for each head in learning order, on ``net``, the plain float32 network (so the prototypes do
     not depend on the predictor's fast-path settings).
     """
-    net = load_checkpoint(checkpoint, order=order).to(device)
+    net = net.to(device)
     loaders, total = _replay_loaders(letters, replay_root, scale, device, False, batch_size, workers,
                                      proto_images)
     bar = tqdm(total=total, desc="prototypes", unit="img", disable=quiet, dynamic_ncols=True, leave=False)
@@ -52,12 +53,12 @@ def replay_prototypes(checkpoint, letters: str, replay_root, scale, device, orde
     return protos
 
 
-def authors_prototypes(checkpoint, letters: str, replay_root, scale, device, order=None, seed=0,
-                       data_options=None, workers=0, quiet=False) -> list:
+def authors_prototypes(net, letters: str, replay_root, scale, device, seed=0, data_options=None, workers=0,
+                       quiet=False) -> list:
     """The authors' selector's prototypes (``prototypes.compute_authors_prototypes``): up to 500
     replay images per domain through the *training* transform (shuffled, augmented, seeded by
-    ``seed``), one image per batch as theirs, on a plain float32 copy of the network."""
-    net = load_checkpoint(checkpoint, order=order).to(device)
+    ``seed``), one image per batch as theirs, on ``net`` (plain float32)."""
+    net = net.to(device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         loaders, total = _replay_loaders(letters, replay_root, scale, device, True, 1, workers,
@@ -67,16 +68,16 @@ def authors_prototypes(checkpoint, letters: str, replay_root, scale, device, ord
         try:
             maps = compute_authors_prototypes(net, loaders, device, progress=bar)
         except ValueError as e:
-            raise CLIError(f"--replay-root: {e}") from None
+            raise InputError(f"--replay-root: {e}") from None
         bar.close()
     return maps
 
 
-def lda_prototypes(checkpoint, letters: str, replay_root, scale, device, order=None, seed=0,
-                   proto_images=200, batch_size=8, workers=0, quiet=False) -> dict:
+def lda_prototypes(net, letters: str, replay_root, scale, device, seed=0, proto_images=200, batch_size=8,
+                   workers=0, quiet=False) -> dict:
     """The lda selector's statistics (``prototypes.compute_lda``) from ``replay_root``'s replay
-    rows under the training transform, augmentations seeded by ``seed``; plain float32 network."""
-    net = load_checkpoint(checkpoint, order=order).to(device)
+    rows under the training transform, augmentations seeded by ``seed``; ``net`` plain float32."""
+    net = net.to(device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         loaders, total = _replay_loaders(letters, replay_root, scale, device, True, batch_size, workers,
@@ -95,34 +96,33 @@ def get_loader_subset(loader, n):
     return get_loader(Subset(ds, range(min(n, len(ds)))), batch_size=loader.batch_size)
 
 
-def load_prototypes(args, path, meta, letters, scale, device, order, workers, need_authors,
-                    need_lda=False) -> tuple:
-    """(prototypes dict, where they came from): the checkpoint's, or computed from --replay-root;
-    plus the authors' selector's ("authors") when ``need_authors`` (from --replay-root, else
-    --data-root), and the lda selector's when ``need_lda`` and the checkpoint has none."""
-    if args.replay_root:
-        protos = replay_prototypes(path, letters, args.replay_root, scale, device, order=order,
-                                   proto_images=args.proto_images, batch_size=args.batch_size,
-                                   workers=workers, quiet=args.quiet)
-        source = f"replay rows of {args.replay_root}"
+def load_prototypes(net, letters, scale, device, *, data_root, replay_root=None, proto_images=200,
+                    batch_size=8, workers=0, seed=0, data_options=None, need_authors=False,
+                    need_lda=False, quiet=False) -> tuple:
+    """(prototypes dict, where they came from) of the loaded ``net``: the checkpoint's, or computed
+    from ``replay_root``'s replay rows; plus the authors' selector's ("authors") when
+    ``need_authors`` (from ``replay_root``, else ``data_root``; ``data_options``: the training
+    transform's ScanNet resize and NYU rotation), and the lda selector's when ``need_lda`` and the
+    checkpoint has none (or ``replay_root`` is given)."""
+    meta = net.meta
+    if replay_root:
+        protos = replay_prototypes(net, letters, replay_root, scale, device, proto_images=proto_images,
+                                   batch_size=batch_size, workers=workers, quiet=quiet)
+        source = f"replay rows of {replay_root}"
     elif meta.get("prototypes") or need_authors or need_lda:
         protos, source = dict(meta.get("prototypes") or {}), "checkpoint"
     else:
-        raise CLIError(f"checkpoint {str(path)!r} stores no domain prototypes (an authors' file, or a "
-                       f"run saved without them); compute them from replay data with --replay-root DIR "
-                       f"(a data root with replay_<domain>.csv, e.g. --replay-root {args.data_root})")
+        raise InputError(f"checkpoint {str(meta.get('path'))!r} stores no domain prototypes (an authors' file, "
+                         f"or a run saved without them); compute them from replay data with --replay-root DIR "
+                         f"(a data root with replay_<domain>.csv, e.g. --replay-root {data_root})")
+    root = replay_root or data_root
     if need_authors:
-        root = args.replay_root or args.data_root
-        options = {"scannet_resize": args.scannet_resize, "nyu_rotation": args.nyu_rotation}
-        protos["authors"] = authors_prototypes(path, letters, root, scale, device, order=order,
-                                               seed=args.seed, data_options=options, workers=workers,
-                                               quiet=args.quiet)
+        protos["authors"] = authors_prototypes(net, letters, root, scale, device, seed=seed,
+                                               data_options=data_options, workers=workers, quiet=quiet)
         source += f"; authors' from training-augmented replay rows of {root}"
-    if need_lda and (args.replay_root or not protos.get("lda")):
-        root = args.replay_root or args.data_root
-        protos["lda"] = lda_prototypes(path, letters, root, scale, device, order=order, seed=args.seed,
-                                       proto_images=args.proto_images, batch_size=args.batch_size,
-                                       workers=workers, quiet=args.quiet)
+    if need_lda and (replay_root or not protos.get("lda")):
+        protos["lda"] = lda_prototypes(net, letters, root, scale, device, seed=seed, proto_images=proto_images,
+                                       batch_size=batch_size, workers=workers, quiet=quiet)
         source += f"; lda from training-augmented replay rows of {root}"
     return protos, source
 
@@ -157,7 +157,7 @@ def frame_statistics(net, letters: str, data_root, cameras=None, max_images=100,
             try:
                 ds = get_dataset(c, "replay", str(data_root), train=False)
             except (FileNotFoundError, DatasetFormatError, ValueError) as e:
-                raise CLIError(f"--replay-root: {e}") from None
+                raise InputError(f"--replay-root: {e}") from None
             jitter = build_transform(c, train=True)  # the training colour jitter (loaders.JointTransform)
             mine = ([], [])
             for i, row in enumerate(ds.rows[:max_images]):
@@ -172,7 +172,7 @@ def frame_statistics(net, letters: str, data_root, cameras=None, max_images=100,
                 if progress is not None:
                     progress.update(1)
             if not mine[0] or not mine[1]:
-                raise CLIError(f"--replay-root: domain {c} needs at least {holdout} replay rows for the "
+                raise InputError(f"--replay-root: domain {c} needs at least {holdout} replay rows for the "
                                f"frame statistics (held-out calibration), found {len(ds.rows)}")
             fit.append(torch.cat(mine[0]))
             cal.append(torch.cat(mine[1]))
@@ -181,13 +181,14 @@ def frame_statistics(net, letters: str, data_root, cameras=None, max_images=100,
 
 
 def add_frame_statistics(checkpoint, out, data_root, order=None, max_images=100, seed=0, quiet=False) -> dict:
-    """Write a copy of ``checkpoint`` to ``out`` with the ``frames`` selector statistics (computed
-    from ``data_root``'s replay rows on the default inference path) and the per-domain ``cameras``: for a checkpoint trained
-    before they existed, instead of retraining. Returns the statistics."""
+    """Write a copy of ``checkpoint`` (a path, or a network loaded from one) to ``out`` with the
+    ``frames`` selector statistics (computed from ``data_root``'s replay rows on the default
+    inference path) and the per-domain ``cameras``: for a checkpoint trained before they existed,
+    instead of retraining. Returns the statistics."""
     from inference.frames import head_cameras
     from inference.predictor import DepthPredictor
     from models import save_checkpoint
-    net = load_checkpoint(checkpoint, order=order)
+    net = checkpoint if isinstance(checkpoint, torch.nn.Module) else load_checkpoint(checkpoint, order=order)
     letters = net.meta.get("letters") or order
     cameras = head_cameras(net.meta, list(letters), data_root)
     bar = tqdm(total=len(letters) * max_images, desc="frame statistics", unit="img", disable=quiet,

@@ -1,11 +1,18 @@
 """Depth for video streams: frame sources, online head selection that does not flicker, the writer.
 
-``predict.py`` hands a video file (or a folder of frames with ``--stream``) to :func:`main_stream`:
+``predict.py`` (its stream options: cli/stream.py) hands a video file, or a folder of frames with
+``--stream``, to :func:`open_stream` and :func:`write_stream`:
 
     python predict.py drive.mp4 --checkpoint runs/quickstart/NKS.pth.tar --out out/
     python predict.py frames/ --stream --fps 10 --save-depth --out out/
 
-Frames are processed in order, each through ``prediction.Predictor.run`` (inference/frames.py's
+The same from Python, settings as keywords (:class:`StreamOptions`)::
+
+    model = Predictor("runs/quickstart/NKS.pth.tar")
+    with open_stream(Path("drive.mp4"), Path("out")) as source:
+        summary = write_stream(model, source, Path("out"), StreamOptions(save_depth=True))
+
+Frames are processed in order, each through ``inference.images.Predictor.run`` (inference/frames.py's
 frame pipeline: selection on the whole frame, depth at the chosen head's learned pixel scale, at the
 frame's size). The head is chosen online by :class:`HeadSmoother` from every frame's distances,
 with the checkpoint's calibrated thresholds where it stores them; the log and the summary say
@@ -18,7 +25,9 @@ which frames no head fits. Written into
 * ``<name>_depth/<frame>_depth.png`` (16-bit mm) and ``.npy`` (metres) with ``--save-depth``.
 
 Decoding runs in a reader thread and colourising/encoding in a writer thread, so they overlap with
-the network (``--no-threads`` runs them in the main thread, for comparison).
+the network (``--no-threads`` runs them in the main thread, for comparison). A stream stopped half
+way (a frame that cannot be read, Ctrl-C, a failed write) keeps the log of the frames done and
+ends in :class:`StreamStopped`. What the library refuses is an ``InputError``.
 """
 from __future__ import annotations
 
@@ -30,18 +39,18 @@ import sys
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
+from data.errors import InputError
 from data.safeio import write_json
-from cli.options import CLIError, error_line, predictor_settings
-from inference.images import DEFAULT_MAX_PIXELS, Predictor, collect_inputs, make_out_dir, read_rgb, save_png16
-from inference.images import build_parser as build_predictor_parser
+from inference.predictor import predictor_settings
+from inference.images import DEFAULT_MAX_PIXELS, collect_inputs, make_out_dir, read_rgb, save_png16
 from data.safeio import atomic_write
-from evaluation.uncertainty import calibration_note, interval_summary, median_width, parse_interval
+from evaluation.uncertainty import calibration_note, interval_summary, median_width
 
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv",
                     ".ts", ".mts", ".m2ts", ".3gp", ".3g2", ".ogv")  # transport streams, camcorders, phones
@@ -155,7 +164,7 @@ def folder_frames(folder: Path, out_dir: Path) -> list:
     for n in notes:
         print(n, file=sys.stderr)
     if not images:
-        raise CLIError(f"no image files found in {str(folder)!r}")
+        raise InputError(f"no image files found in {str(folder)!r}")
     return sorted(images, key=_natural_key)
 
 
@@ -165,7 +174,7 @@ def iter_folder(files, max_pixels=DEFAULT_MAX_PIXELS):
         try:
             yield f.stem, np.asarray(read_rgb(f, max_pixels))
         except Exception as e:  # noqa: BLE001 - a stream stops at an unreadable frame, saying which
-            raise CLIError(f"frame {str(f)!r}: {e}") from None
+            raise InputError(f"frame {str(f)!r}: {e}") from None
 
 
 def open_video(path):
@@ -175,7 +184,7 @@ def open_video(path):
         reader = iio.get_reader(str(path), format="FFMPEG")
         fps = float(reader.get_meta_data().get("fps") or 0.0)
     except Exception as e:  # noqa: BLE001 - imageio/ffmpeg raise several types for a bad file
-        raise CLIError(f"video {str(path)!r} cannot be read ({type(e).__name__}: "
+        raise InputError(f"video {str(path)!r} cannot be read ({type(e).__name__}: "
                          f"{str(e).strip().splitlines()[0] if str(e).strip() else 'no detail'})") from None
     return reader, fps
 
@@ -354,7 +363,7 @@ def frame_label(model, index, head, raw_head, smoothing, vmax, ood=None) -> str:
 # ----------------------------------------------------------------------------------------------
 def run_stream(model, frames, *, smoother=None, sink=None, clamp=True, max_depth=None,
                threaded=True, max_frames=None, on_frame=None, interval=0.9, records=None) -> list[dict]:
-    """Run ``model`` (a ``prediction.Predictor``) over ``frames`` ((name, RGB array) in order).
+    """Run ``model`` (an ``inference.images.Predictor``) over ``frames`` ((name, RGB array) in order).
 
     ``smoother``: a :class:`HeadSmoother` (None: the per-frame rule). Returns one record per frame:
     ``{"frame", "name", "raw_head", "head", "distances", "latency_ms", "ood", "depth_min", "depth_max"}``
@@ -396,23 +405,25 @@ def run_stream(model, frames, *, smoother=None, sink=None, clamp=True, max_depth
     return records
 
 
-def stream_stopped(stop, records, log, letters, sink) -> SystemExit:
-    """What ends a stream stopped half way (a frame that cannot be read, Ctrl-C, a failed write),
-    after the frames done are logged: one ``error:`` line saying so (exit 1), or for Ctrl-C a line
-    and exit status 130, no traceback. The video of those frames stays as its .part file."""
+class StreamStopped(Exception):
+    """A stream stopped half way (a frame that cannot be read, Ctrl-C, a failed write), after the
+    frames done were logged: ``cause`` is what stopped it, ``done`` says how far it got ("N
+    frame(s) done, logged in X; the video of those frames: Y.part.mp4")."""
+
+    def __init__(self, cause: BaseException, done: str):
+        super().__init__(f"{cause}; {done}")
+        self.cause, self.done = cause, done
+
+
+def stream_stopped(stop, records, log, letters, sink) -> StreamStopped:
+    """What ends a stream stopped half way by ``stop``, after the frames done are logged. The video
+    of those frames stays as its .part file."""
     if records:
         write_log(log, records, letters)
     part = sink._partial() if sink.video_path is not None else None
     done = (f"{len(records)} frame(s) done" + (f", logged in {log}" if records else "")
             + (f"; the video of those frames: {part}" if part is not None and part.exists() else ""))
-    if isinstance(stop, KeyboardInterrupt):
-        print(f"interrupted: {done}", file=sys.stderr)
-        return SystemExit(130)
-    text = stop.code if isinstance(stop, SystemExit) else error_line(stop)
-    if isinstance(stop, SystemExit) and not isinstance(text, str):
-        return stop
-    text = str(text)
-    return CLIError(f"{text[len('error: '):] if text.startswith('error: ') else text}; {done}")
+    return StreamStopped(stop, done)
 
 
 def count_switches(heads) -> int:
@@ -448,49 +459,88 @@ def write_log(path, records, letters) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# The command (predict.py's options plus these)
+# A stream from a file or folder to its outputs
 # ----------------------------------------------------------------------------------------------
-def build_parser():
-    """predict.py's options: the predictor's (prediction.build_parser) and the stream group."""
-    p = build_predictor_parser()
-    add_stream_arguments(p)
-    return p
+@dataclass
+class StreamOptions:
+    """How :func:`write_stream` chooses the heads and what it writes (predict.py's stream options).
+
+    ``smoothing``: a :class:`HeadSmoother` mode ("raw": each frame's nearest prototype) over
+    ``window`` frames with hysteresis ``margin``; ``video``: write the depth video, at ``fps``
+    frames/s (None: the input video's, else 10); ``save_depth``: each frame's depth files;
+    ``max_frames``: stop after that many; ``threads``: decode and write in threads of their own;
+    ``clamp``: depth clipped to the head's range; ``max_depth``: top of the video's colour range
+    (None: the head's range); ``interval``: the coverage whose median width is logged per frame.
+    Checked when made (InputError).
+    """
+    smoothing: str = "mean"
+    window: int = DEFAULT_WINDOW
+    margin: float = DEFAULT_MARGIN
+    video: bool = True
+    save_depth: bool = False
+    fps: float | None = None
+    max_frames: int | None = None
+    threads: bool = True
+    clamp: bool = True
+    max_depth: float | None = None
+    interval: float = 0.9
+
+    def __post_init__(self):
+        if self.max_frames is not None and self.max_frames < 1:
+            raise InputError(f"--max-frames must be at least 1, got {self.max_frames}")
+        if self.fps is not None and not self.fps > 0:
+            raise InputError(f"--fps must be positive, got {self.fps}")
+        self.smoother()  # the smoothing settings are checked now, before a model is loaded
+
+    def smoother(self):
+        """A fresh :class:`HeadSmoother` of these settings; None for the per-frame rule."""
+        if self.smoothing == "raw":
+            return None
+        try:
+            return HeadSmoother(window=self.window, mode=self.smoothing, margin=self.margin)
+        except ValueError as e:
+            raise InputError(str(e)) from None
 
 
-def add_stream_arguments(p) -> None:
-    g = p.add_argument_group("streams (a video file, or a folder of frames with --stream)")
-    g.add_argument("--stream", action="store_true",
-                   help="treat a folder of images as the frames of one stream, in natural name order "
-                        "(frame2 before frame10); video files (" + ", ".join(VIDEO_EXTENSIONS) +
-                        ") are always streams")
-    g.add_argument("--window", type=int, default=DEFAULT_WINDOW,
-                   help="frames over which the head choice is smoothed")
-    g.add_argument("--smoothing", default="mean", choices=[m for m in SMOOTHING_MODES if m != "raw"],
-                   help="mean: prototype distances (each frame's divided by its minimum) averaged over "
-                        "the window, switching only when another head is nearer by --switch-margin; "
-                        "vote: the majority of per-frame nearest prototypes in the window")
-    g.add_argument("--switch-margin", type=float, default=DEFAULT_MARGIN,
-                   help="hysteresis of --smoothing mean: another head must be this much nearer "
-                        "(relative, 0.05 = 5%%) than the current one to take over")
-    g.add_argument("--no-smoothing", action="store_true",
-                   help="the raw per-frame rule: each frame's nearest prototype")
-    g.add_argument("--save-depth", action="store_true",
-                   help="also write <name>_depth/<frame>_depth.png (16-bit mm) and .npy (metres) per frame")
-    g.add_argument("--fps", type=float, default=None,
-                   help="frame rate of the written video (default: the input video's, 10 for frames)")
-    g.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
-    g.add_argument("--no-threads", action="store_true",
-                   help="decode and write in the main thread (for timing comparisons)")
+@dataclass
+class StreamSource:
+    """One stream's frames: ``frames`` yields (name, RGB uint8 array) in order, ``fps`` is the
+    input's frame rate (0: unknown), ``reader`` the open video file (closed by :meth:`close`)."""
+    path: Path
+    frames: object
+    fps: float
+    reader: object = None
+
+    @property
+    def stem(self) -> str:
+        """What the outputs are named after: the folder's name, the video's stem."""
+        return self.path.name if self.path.is_dir() else self.path.stem
+
+    def close(self) -> None:
+        if self.reader is not None:
+            self.reader.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
-def is_stream_input(args) -> bool:
-    return is_video(args.input) or bool(getattr(args, "stream", False))
-
-
-def smoother_from_args(args):
-    if args.no_smoothing or args.domain is not None:
-        return None
-    return HeadSmoother(window=args.window, mode=args.smoothing, margin=args.switch_margin)
+def open_stream(target, out_dir, max_pixels=DEFAULT_MAX_PIXELS) -> StreamSource:
+    """The frames of a video file, or of a folder of frames in natural order (images over
+    ``max_pixels`` refused; ``out_dir``'s own outputs left out); InputError when ``target`` is
+    neither or cannot be read."""
+    target = Path(target)
+    if not target.exists():
+        raise InputError(f"input {str(target)!r} does not exist (expected a video file or a folder of frames)")
+    if target.is_dir():
+        return StreamSource(target, iter_folder(folder_frames(target, Path(out_dir)), max_pixels), 10.0)
+    if not is_video(target):
+        raise InputError(f"{str(target)!r} is not a video file ({', '.join(VIDEO_EXTENSIONS)}); "
+                         "--stream takes a folder of frames")
+    reader, fps = open_video(target)
+    return StreamSource(target, iter_video(reader), fps, reader)
 
 
 def frame_thresholds(model):
@@ -509,95 +559,81 @@ def stream_interval(model, records, level) -> dict:
                       for i, c in enumerate(model.letters)}}
 
 
-def main_stream(args, device) -> int:
-    """The stream path of ``predict.py``; returns the exit status."""
-    from data.domains import get_domain
-    target, out_dir = Path(args.input), Path(args.out)
-    for opt, bad in (("--ply", args.ply), ("--recursive", args.recursive)):
-        if bad:
-            raise CLIError(f"{opt} does not apply to a stream (a video file or --stream)")
-    if args.max_frames is not None and args.max_frames < 1:
-        raise CLIError(f"--max-frames must be at least 1, got {args.max_frames}")
-    if args.fps is not None and not args.fps > 0:
-        raise CLIError(f"--fps must be positive, got {args.fps}")
-    try:
-        smoother = smoother_from_args(args)
-    except ValueError as e:
-        raise CLIError(str(e)) from None
-    if not target.exists():
-        raise CLIError(f"input {str(target)!r} does not exist (expected a video file or a folder of frames)")
-    if target.is_dir():
-        files = folder_frames(target, out_dir)
-        frames, fps, reader = iter_folder(files, args.max_pixels), 10.0, None
-    elif is_video(target):
-        reader, fps = open_video(target)
-        frames = iter_video(reader)
-    else:
-        raise CLIError(f"{str(target)!r} is not a video file ({', '.join(VIDEO_EXTENSIONS)}); "
-                         "--stream takes a folder of frames")
-    fps = args.fps or fps or 10.0
-    try:
-        level = parse_interval(args.intervals) if args.intervals is not None else 0.9
-    except ValueError as e:
-        raise CLIError(str(e)) from None
-    model = Predictor(args, device)
-    if smoother is not None:
-        smoother.calibrate(frame_thresholds(model))
-    make_out_dir(out_dir)  # a file named --out, or a file above it: one error line
-    stem = target.name if target.is_dir() else target.stem
-    video = None if args.no_plots else out_dir / f"{stem}_depth.mp4"
-    depth_dir = out_dir / f"{stem}_depth" if args.save_depth else None
+def stream_outputs(out_dir: Path, stem: str, options: StreamOptions) -> dict:
+    """The paths a stream writes: ``video`` (None without), ``log``, ``depth`` (the per-frame depth
+    folder, created; None without --save-depth)."""
+    depth_dir = out_dir / f"{stem}_depth" if options.save_depth else None
     if depth_dir is not None:
         depth_dir.mkdir(parents=True, exist_ok=True)
-    sink = Sink(video, fps, depth_dir, threaded=not args.no_threads)
-    t0 = time.perf_counter()
-    bar = tqdm(desc="stream", unit="frame", total=args.max_frames, disable=args.quiet, dynamic_ncols=True)
+    return {"video": out_dir / f"{stem}_depth.mp4" if options.video else None,
+            "log": out_dir / f"{stem}_frames.csv", "depth": depth_dir}
 
-    def progress(r):
-        bar.set_postfix_str(f"{model.letters[r['head']]} {r['latency_ms']:.0f} ms", refresh=False)
-        bar.update(1)
+
+def run_into_sink(model, source, sink, smoother, options, on_frame):
+    """:func:`run_stream` into ``sink``, which is closed whatever happens: (the records of the frames
+    done, what stopped the stream half way or None)."""
     complete, records, stop = False, [], None
     try:
-        run_stream(model, frames, smoother=smoother, sink=sink, clamp=not args.no_clamp,
-                   max_depth=args.max_depth, threaded=not args.no_threads,
-                   max_frames=args.max_frames, on_frame=progress, interval=level, records=records)
+        run_stream(model, source.frames, smoother=smoother, sink=sink, clamp=options.clamp,
+                   max_depth=options.max_depth, threaded=options.threads, max_frames=options.max_frames,
+                   on_frame=on_frame, interval=options.interval, records=records)
         complete = True
-    except (KeyboardInterrupt, SystemExit, OSError, ValueError) as e:  # Ctrl-C, a bad frame, a write
+    except (KeyboardInterrupt, OSError, ValueError) as e:  # Ctrl-C, a bad frame, a failed write
         stop = e
     finally:
-        bar.close()
         try:
             sink.close(complete)
         except (OSError, ValueError) as e:  # the writer thread's error
             stop = stop or e
-        finally:
-            if reader is not None:
-                reader.close()
+    return records, stop
+
+
+def write_stream(model, source: StreamSource, out_dir, options: StreamOptions | None = None, *,
+                 on_frame=None) -> dict:
+    """``source``'s frames through ``model`` (an ``inference.images.Predictor``; its head choice
+    smoothed unless it forces one) into ``out_dir`` (created): the depth video, the per-frame log,
+    the depth files asked for and ``<name>_stream.json``, whose summary is returned.
+    ``on_frame(record)`` is called after each frame (a progress bar). A stream stopped half way
+    raises :class:`StreamStopped` once the frames done are logged."""
+    options = options or StreamOptions()
+    smoother = options.smoother() if model.forced is None else None
+    if smoother is not None:
+        smoother.calibrate(frame_thresholds(model))
+    out_dir = Path(out_dir)
+    make_out_dir(out_dir)  # a file named --out, or a file above it: one error line
+    outputs = stream_outputs(out_dir, source.stem, options)
+    fps = options.fps or source.fps or 10.0
+    sink = Sink(outputs["video"], fps, outputs["depth"], threaded=options.threads)
+    t0 = time.perf_counter()
+    records, stop = run_into_sink(model, source, sink, smoother, options, on_frame)
     seconds = time.perf_counter() - t0
-    log = out_dir / f"{stem}_frames.csv"
     if stop is not None:
-        raise stream_stopped(stop, records, log, model.letters, sink)
+        raise stream_stopped(stop, records, outputs["log"], model.letters, sink) from stop
     if not records:
-        raise CLIError(f"{str(target)!r} holds no frame")
-    write_log(log, records, model.letters)
+        raise InputError(f"{str(source.path)!r} holds no frame")
+    write_log(outputs["log"], records, model.letters)
+    summary = stream_summary(model, records, source=source, fps=fps, smoother=smoother, options=options,
+                             seconds=seconds, outputs=outputs)
+    write_json(out_dir / f"{source.stem}_stream.json", summary)
+    return summary
+
+
+def stream_summary(model, records, *, source, fps, smoother, options, seconds, outputs) -> dict:
+    """The stream JSON: the input, the settings (``fps``: the video's frame rate), the switches,
+    frames/s, the interval widths, frames per head, out-of-domain frames and the outputs."""
+    from data.domains import get_domain
     heads = [r["head"] for r in records]
     raw = [r["raw_head"] for r in records if r["raw_head"] is not None]
-    summary = {"input": str(target), "checkpoint": args.checkpoint, "frames": len(records),
-               "fps_out": fps, "smoothing": None if smoother is None else
-               {"mode": smoother.mode, "window": smoother.window, "margin": smoother.margin},
-               "domain": args.domain, "threads": not args.no_threads,
-               "switches": count_switches(heads), "raw_switches": count_switches(raw) if raw else None,
-               "frames_per_s": len(records) / seconds, "seconds": seconds,
-               "median_latency_ms": float(np.median([r["latency_ms"] for r in records])),
-               "interval": stream_interval(model, records, level),
-               "frames_per_head": {get_domain(c).name: heads.count(i) for i, c in enumerate(model.letters)},
-               "out_of_domain_frames": (None if all(r["ood"] is None for r in records)
-                                        else sum(bool(r["ood"]) for r in records)),
-               "predictor": predictor_settings(model.predictor),
-               "outputs": {"video": None if video is None else str(video), "log": str(log),
-                           "depth": None if depth_dir is None else str(depth_dir)}}
-    write_json(out_dir / f"{stem}_stream.json", summary)
-    print(f"{len(records)} frame(s), {summary['frames_per_s']:.1f} frames/s, {summary['switches']} head "
-          f"switch(es) (per-frame rule: {summary['raw_switches']}) -> "
-          f"{video if video is not None else log}")
-    return 0
+    return {"input": str(source.path), "checkpoint": model.checkpoint, "frames": len(records),
+            "fps_out": fps, "smoothing": None if smoother is None else
+            {"mode": smoother.mode, "window": smoother.window, "margin": smoother.margin},
+            "domain": model.options.domain, "threads": options.threads,
+            "switches": count_switches(heads), "raw_switches": count_switches(raw) if raw else None,
+            "frames_per_s": len(records) / seconds, "seconds": seconds,
+            "median_latency_ms": float(np.median([r["latency_ms"] for r in records])),
+            "interval": stream_interval(model, records, options.interval),
+            "frames_per_head": {get_domain(c).name: heads.count(i) for i, c in enumerate(model.letters)},
+            "out_of_domain_frames": (None if all(r["ood"] is None for r in records)
+                                     else sum(bool(r["ood"]) for r in records)),
+            "predictor": predictor_settings(model.predictor),
+            "outputs": {key: None if path is None else str(path) for key, path in outputs.items()}}

@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import os
 import re
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,7 +24,7 @@ from data.errors import InputError
 from .net import LifelongDepthNet
 from .resnet import ENCODERS
 
-__all__ = ["CheckpointError", "check_finite", "check_letters", "check_meta", "save_checkpoint",
+__all__ = ["CheckpointError", "check_checkpoint_path", "checkpoint_letters", "default_scale", "check_finite", "check_letters", "check_meta", "save_checkpoint",
            "read_checkpoint", "load_checkpoint", "infer_encoder", "order_names", "register_domains",
            "domain_specs", "FORMAT", "VERSION"]
 
@@ -361,3 +362,43 @@ def load_checkpoint(path, order=None, map_location="cpu", encoder=None):
     if letters:
         net.meta["letters"] = letters
     return net.eval()
+
+
+# ----- what a loaded checkpoint says about itself ------------------------------------------
+def check_checkpoint_path(path, what="checkpoint") -> Path:
+    """``path`` as a Path when it is a file, else CheckpointError saying how to make one."""
+    path = Path(path)
+    if not path.is_file():
+        hint = ("train one with train_N.py / train_NK.py / train_NKS.py (or run quickstart.py), "
+                "or give --checkpoint PATH")
+        raise CheckpointError(f"{what} {str(path)!r} not found; {hint}")
+    return path
+
+
+def checkpoint_letters(meta: dict, path) -> str:
+    """The learning order of a loaded checkpoint as domain letters (one per head); CheckpointError
+    when the file does not say (an authors' file loaded without ``order``)."""
+    letters = meta.get("letters")
+    if letters:
+        return "".join(letters)
+    names = meta.get("domains") or []
+    if meta.get("format", "authors") == "authors" or not names or \
+            all(str(n).startswith("domain") for n in names):
+        stem = Path(path).name.split(".")[0].split("_")[0]
+        example = stem if stem.isalpha() and stem.isupper() else "NKS"
+        raise CheckpointError(f"checkpoint {str(path)!r} does not say which domain each head belongs to (an "
+                              f"authors' state_dict-only file); name the heads in learning order with "
+                              f"--order, e.g. --order {example}")
+    try:
+        return "".join(dom.get_domain(n).letter for n in names)
+    except ValueError as e:
+        raise CheckpointError(f"checkpoint {str(path)!r}: {e}") from None
+
+
+def default_scale(meta: dict) -> float:
+    """The checkpoint's training scale (options.scale of the project format), else 1.0."""
+    options = meta.get("options") or {}
+    try:
+        return float(options.get("scale", 1.0)) if isinstance(options, dict) else 1.0
+    except (TypeError, ValueError):
+        return 1.0

@@ -27,6 +27,8 @@ import warnings
 import torch
 from torch import nn
 
+from data.errors import RuntimeUnavailable  # noqa: F401 (raised here, imported from here by callers)
+
 __all__ = ["BACKENDS", "AUTO", "BACKEND_ENV", "RuntimeUnavailable", "available", "require", "onnx_bytes",
            "TrunkPiece", "HeadPiece", "session", "choose_backend", "OPSET"]
 
@@ -38,10 +40,6 @@ OPSET = 17
 _PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino", "onnx": "onnx"}
 # where each is pinned (all in the default install: the tests use every one)
 _REQUIREMENTS = {"onnxruntime": "requirements.txt", "onnx": "requirements.txt", "openvino": "requirements.txt"}
-
-
-class RuntimeUnavailable(ImportError):
-    """A runtime (or the onnx package) is not installed."""
 
 
 def available(name: str) -> bool:

@@ -1,7 +1,8 @@
 """Numbers from checkpoints: test errors (domain prior and automatic selection) through the shared
-evaluation (``evaluation.evaluate_split`` on a float32 ``DepthPredictor``), the selection benchmark
-(``inference_cli``), and the constant-depth baseline of the fit table. Each result is cached as JSON
-under ``<runs>/eval`` and recomputed only when the settings or the checkpoint file change.
+evaluation (``evaluation.evaluate.evaluate_domains`` on a float32 ``DepthPredictor``), the selection
+benchmark (``evaluation.selection.selection_benchmark``), and the constant-depth baseline of the fit
+table. Each result is cached as JSON under ``<runs>/eval`` and recomputed only when the settings or
+the checkpoint file change.
 """
 from __future__ import annotations
 
@@ -12,15 +13,17 @@ from pathlib import Path
 import torch
 from torch.utils.data import Subset
 
-from engine import lifelong
+from engine.sampling import split_validation
 from data.domains import get_domain
-from evaluation.evaluate import DomainEvaluator, evaluate_split, make_loader, test_dataset
-from inference.predictor import DepthPredictor
+from evaluation.evaluate import DomainEvaluator, EvalOptions, evaluate_domains, load_test_splits
+from evaluation.selection import SelectionOptions, selection_benchmark
+from inference.predictor import RuntimeOptions, build_predictor
 from loaders import get_dataset, get_loader
 
 from data.safeio import read_json, read_jsonl, write_json
 
 EVAL_BATCH = 16
+FLOAT32 = RuntimeOptions(fast=False)  # the study's numbers come from the network itself, in float32
 
 
 def cache_path(s, ckpt: Path, kind: str = "test") -> Path:
@@ -46,25 +49,25 @@ def checkpoint_domains(net) -> tuple[str, bool]:
 
 
 @torch.no_grad()
-def evaluate_checkpoint(ckpt: Path, s) -> dict:
+def study_results(ckpt: Path, s) -> dict:
     """Test errors of every learned domain with the domain prior and, for multi-head models with
-    prototypes, with the checkpoint's own head selection (its default selector)."""
+    prototypes, with the checkpoint's own head selection (its default selector). A single-head
+    model (``shared_head``) answers every domain with head 0."""
     settings = s.evaluation()
     hit = cached(s, ckpt, settings)
     if hit:
         return hit
     t0 = time.time()
-    predictor = DepthPredictor.from_checkpoint(ckpt, fast=False)  # float32, the network itself
+    predictor = build_predictor(ckpt, FLOAT32)
     letters, shared = checkpoint_domains(predictor.net)
     select = not shared and predictor.num_domains > 1 and bool(predictor.prototypes)
-    results = {}
-    for c in letters:
-        ds = test_dataset(c, s.data_root, s.scale, s.eval_images)
-        loader = make_loader(ds, EVAL_BATCH, 0, torch.device("cpu"))
-        head = 0 if shared else letters.index(c)
-        r = evaluate_split(predictor, loader, head, get_domain(c), selection=select)
-        results[c] = {"prior": r["prior"], "selected": r["selected"], "head": head,
-                      "chosen": dict(zip(letters, r["chosen"])) if r["chosen"] else None}
+    options = EvalOptions(data_root=str(s.data_root), scale=s.scale, max_images=s.eval_images,
+                          batch_size=EVAL_BATCH, workers=0, quiet=True).resolved()
+    runs, _ = evaluate_domains(predictor, load_test_splits(letters, options, s.scale), options, "cpu",
+                               {c: 0 if shared else letters.index(c) for c in letters}, selection=select)
+    results = {c: {"prior": r["prior"], "selected": r["selected"], "head": r["head"],
+                   "chosen": dict(zip(letters, r["chosen"])) if r["chosen"] else None}
+               for c, r in runs.items()}
     out = {"checkpoint": str(ckpt), "checkpoint_mtime_ns": ckpt.stat().st_mtime_ns, "settings": settings,
            "letters": letters, "shared_head": shared, "selector": predictor.selector if select else None,
            "strategy": predictor.meta.get("strategy"), "seconds": round(time.time() - t0, 2),
@@ -73,27 +76,17 @@ def evaluate_checkpoint(ckpt: Path, s) -> dict:
     return out
 
 
-def selection_benchmark(ckpt: Path, s) -> dict:
-    """Every selector under every condition (test crop, full frame, flip, brighter, darker) on the
-    test images, through ``test_inference.py --selection-benchmark``: cached per checkpoint."""
+def study_selection(ckpt: Path, s) -> dict:
+    """Every selector under every condition (test crop, full frame, flip, brighter, darker, raw
+    files) on the test images, prototypes from the data root's replay rows, float32: cached per
+    checkpoint."""
     settings = {"selection_images": s.selection_images, "scale": s.scale, "precision": "fp32"}
     hit = cached(s, ckpt, settings, "selection")
     if hit:
         return hit
-    import contextlib
-    import io
-
-    from cli import test_inference as inference_cli
-    tmp = cache_path(s, ckpt, "selection_raw")
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    argv = ["--checkpoint", str(ckpt), "--data-root", str(s.data_root), "--replay-root", str(s.data_root),
-            "--selection-benchmark", "--no-fast", "--device", "cpu", "--workers", "0", "--quiet",
-            "--scale", f"{s.scale:g}", "--json", str(tmp)]
-    if s.selection_images:
-        argv += ["--max-images", str(s.selection_images)]
-    with contextlib.redirect_stdout(io.StringIO()):  # the table is in the JSON
-        raw = inference_cli.main(argv)
-    tmp.unlink(missing_ok=True)
+    options = EvalOptions(data_root=str(s.data_root), scale=s.scale, max_images=s.selection_images or None,
+                          workers=0, quiet=True)
+    raw = selection_benchmark(ckpt, options, SelectionOptions(replay_root=str(s.data_root)), "cpu", FLOAT32)
     out = {"checkpoint": str(ckpt), "checkpoint_mtime_ns": ckpt.stat().st_mtime_ns, "settings": settings,
            "selectors": raw["selectors"], "conditions": raw["conditions"], "counts": raw["counts"],
            "test_domains": raw["test_domains"]}
@@ -105,7 +98,7 @@ def _validation_rows(letter: str, s):
     """(validation rows, training rows outside them) of a domain: the engine's own split."""
     train = get_dataset(letter, "train", s.data_root, train=False, scale=s.scale)
     replay = get_dataset(letter, "replay", s.data_root, train=False, scale=s.scale)
-    train_idx, val_idx = lifelong.split_validation(train, {r.image for r in replay.rows}, s.val_images, 0)
+    train_idx, val_idx = split_validation(train, {r.image for r in replay.rows}, s.val_images, 0)
     return Subset(train, val_idx), Subset(train, train_idx)
 
 

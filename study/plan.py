@@ -4,7 +4,7 @@ Layout under ``--runs-dir`` (one folder per seed, one per arm)::
 
     seed0/first/N.pth.tar                 single-domain model of N (first stage of every arm that
                                           shares it; the plasticity reference)
-    seed0/ours/NK.pth.tar, NKS.pth.tar    later stages of an arm (engine names: lifelong.run_name)
+    seed0/ours/NK.pth.tar, NKS.pth.tar    later stages of an arm (engine names: data.domains.run_name)
     seed0/finetune/NK_finetune.pth.tar
     seed0/authors/N.pth.tar, NK.pth.tar   an arm with its own first stage
     seed0/joint/NKS_joint.pth.tar, NKS_joint_shared.pth.tar
@@ -16,8 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from data.domains import run_name
+from engine.options import StageOptions, as_argv
 
 from .config import ARMS, Arm, Settings
+
+# the engine options a stage's record (Job.argv) names, in the order of existing study folders
+RECORDED = ("order", "strategy", "out", "runs_dir", "data_root", "scale", "epochs", "lr", "lr_step", "batch_size",
+            "encoder", "seed", "val_images", "replay_size", "proto_images", "workers", "device", "amp",
+            "max_steps", "prior", "shared_head", "quiet")
 
 
 @dataclass
@@ -36,25 +42,22 @@ class Job:
     def run_dir(self) -> Path:
         return self.out.with_suffix("").with_suffix("")
 
-    def argv(self, s: Settings) -> list[str]:
-        """The engine's arguments (train_N/NK/NKS.py take the same)."""
+    def options(self, s: Settings, resume: bool = False) -> StageOptions:
+        """The engine's settings of this stage (``resume``: continue its interrupted run)."""
         epochs = {"first": s.first_epochs, "later": s.epochs}.get(self.group, s.joint_epochs)
-        argv = ["--order", self.letters, "--strategy", self.strategy, "--out", str(self.out),
-                "--runs-dir", str(self.out.parent), "--data-root", str(s.data_root),
-                "--scale", f"{s.scale:g}", "--epochs", str(epochs), "--lr", f"{s.lr:g}",
-                "--lr-step", str(s.lr_step), "--batch-size", str(s.batch_size), "--encoder", s.encoder,
-                "--seed", str(self.seed), "--val-images", str(s.val_images),
-                "--replay-size", str(s.replay_size), "--proto-images", str(s.proto_images),
-                "--workers", str(s.workers), "--device", s.device, "--amp", s.amp]
-        if s.max_steps is not None:
-            argv += ["--max-steps", str(s.max_steps)]
-        if self.prior is not None:
-            argv += ["--prior", str(self.prior)]
-        if self.group == "shared":
-            argv += ["--shared-head"]
-        if s.quiet:
-            argv += ["--quiet"]
-        return argv + list(self.extra)
+        return StageOptions(
+            order=self.letters, strategy=self.strategy, out=str(self.out), runs_dir=str(self.out.parent),
+            data_root=str(s.data_root), scale=s.scale, epochs=epochs, lr=s.lr, lr_step=s.lr_step,
+            batch_size=s.batch_size, encoder=s.encoder, seed=self.seed, val_images=s.val_images,
+            replay_size=s.replay_size, proto_images=s.proto_images, workers=s.workers, device=s.device,
+            amp=s.amp, max_steps=s.max_steps, prior=None if self.prior is None else str(self.prior),
+            shared_head=self.group == "shared", quiet=s.quiet, resume="auto" if resume else None,
+            **dict(self.extra))
+
+    def argv(self, s: Settings) -> list[str]:
+        """The stage as the arguments of train_N/NK/NKS.py: the record in study_job.json that a
+        resumed study compares (its order and spelling are those of existing study folders)."""
+        return as_argv(self.options(s), RECORDED + tuple(k for k, _ in self.extra))
 
 
 class Plan:

@@ -128,7 +128,7 @@ class Report:
                  f"val seed 0, the same rows in every stage); the test split is used only for reported numbers.",
                  f"- Model: `{s.encoder}` from random weights (no ImageNet file offline), MFF, one depth + "
                  f"uncertainty head per domain; input scale {s.scale:g}.",
-                 f"- Training (engine `engine/lifelong.py`, Adam lr {s.lr:g} halved every {s.lr_step} epochs, the "
+                 f"- Training (engine `engine/`, Adam lr {s.lr:g} halved every {s.lr_step} epochs, the "
                  f"paper's loss weights): single-domain first stages {s.first_epochs} epochs; joint and "
                  f"single-head models {s.joint_epochs} epochs over every domain's data; later stages {s.epochs} epochs on the new domain; batch "
                  f"{s.batch_size}; replay {s.replay_size} images per old domain; prototypes and lda "

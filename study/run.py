@@ -1,9 +1,11 @@
-"""Training the plan's stages with the engine: resumable, checked against recorded settings, and
-``--jobs`` stages at a time in spawned processes (each stage after its prior).
+"""Training the plan's stages with the engine (``engine.run.train_stage``): resumable, checked
+against recorded settings, and ``--jobs`` stages at a time in spawned processes (each stage after
+its prior).
 
 A stage whose checkpoint exists is reused when its recorded engine arguments (``study_job.json`` in
-its run folder) are the ones the plan asks for, and the study stops with an error otherwise. A run
-folder with ``last.pth.tar`` but no checkpoint was interrupted: it continues with ``--resume``.
+its run folder: ``Job.argv``, the stage's settings as a command line) are the ones the plan asks
+for, and the study stops with an InputError otherwise. A run folder with ``last.pth.tar`` but no
+checkpoint was interrupted: it continues with ``resume``.
 """
 from __future__ import annotations
 
@@ -12,10 +14,9 @@ import time
 
 import torch
 
-from engine import lifelong
-from cli.options import CLIError
-
-from data.safeio import read_json
+from data.errors import InputError
+from data.safeio import read_json, write_json
+from engine.run import train_stage
 from .plan import Job
 
 
@@ -39,9 +40,9 @@ def reuse(job: Job, s) -> bool:
     record = read_json(job.run_dir / "study_job.json") or {}
     wanted = relevant_argv(job.argv(s))
     if record and record.get("relevant_argv") != wanted:
-        raise CLIError(f"{job.out} exists but was trained with other settings:\n  recorded: "
-                       f"{' '.join(record.get('relevant_argv') or [])}\n  now:      {' '.join(wanted)}\n"
-                       f"use another --runs-dir (or delete that run) to train with the new settings")
+        raise InputError(f"{job.out} exists but was trained with other settings:\n  recorded: "
+                        f"{' '.join(record.get('relevant_argv') or [])}\n  now:      {' '.join(wanted)}\n"
+                        f"use another --runs-dir (or delete that run) to train with the new settings")
     return True
 
 
@@ -54,17 +55,16 @@ def engine_command(job: Job, s) -> str:
 def train(job: Job, s) -> str:
     """Train ``job`` with the engine in this process; 'trained' or 'resumed'. The run folder's
     ``study_job.json`` records the arguments, the status, wall and CPU seconds."""
-    from data.safeio import write_json
     argv = job.argv(s)
     record_path = job.run_dir / "study_job.json"
     record = read_json(record_path) or {}
     wanted = relevant_argv(argv)
     if job.prior is not None and not job.prior.is_file():
-        raise CLIError(f"{job.key}: its prior {job.prior} is missing")
+        raise InputError(f"{job.key}: its prior {job.prior} is missing")
     resume = (job.run_dir / "last.pth.tar").is_file()
     if resume and record and record.get("relevant_argv") != wanted:
-        raise CLIError(f"{job.run_dir} holds an interrupted run with other settings; delete it or use "
-                       f"another --runs-dir")
+        raise InputError(f"{job.run_dir} holds an interrupted run with other settings; delete it or use "
+                        f"another --runs-dir")
     job.run_dir.mkdir(parents=True, exist_ok=True)
     if not resume:  # a fresh start: forget the log of a run that died before its first epoch ended
         (job.run_dir / "log.jsonl").unlink(missing_ok=True)
@@ -81,13 +81,13 @@ def train(job: Job, s) -> str:
     t0, c0 = time.time(), time.process_time()
     status = "interrupted"
     try:
-        lifelong.main(job.letters, f"study stage {job.key}", argv + (["--resume"] if resume else []))
+        train_stage(job.options(s, resume=resume))
         status = "done"
-    except SystemExit as e:
-        if e.code not in (0, None):
-            status = "interrupted" if e.code in (130, 143) else "failed"  # SIGINT / SIGTERM
-            raise
-        status = "done"
+    except KeyboardInterrupt:  # SIGINT / SIGTERM (StageInterrupted): "interrupted", resume state saved
+        raise
+    except Exception:
+        status = "failed"
+        raise
     finally:
         write(status, before + time.time() - t0, before_cpu + time.process_time() - c0)
     return "resumed" if resume else "trained"
@@ -99,9 +99,9 @@ def _init_worker(threads: int) -> None:
 
 def _train_and_evaluate(job: Job, s):
     """Pool task: train one stage, then evaluate it in the same worker (evaluations run in parallel)."""
-    from .evaluate import evaluate_checkpoint
+    from .evaluate import study_results
     status = train(job, s)
-    evaluate_checkpoint(job.out, s)
+    study_results(job.out, s)
     return status
 
 
@@ -140,7 +140,7 @@ def run_jobs(jobs: list[Job], s, log) -> dict:
                     log(f"[study] stage {started}/{len(todo)}: {job.key}")
                     running[pool.submit(_train_and_evaluate, job, s)] = job
                 if not running:
-                    raise CLIError(f"cannot schedule {', '.join(j.key for j in pending)}: their priors failed")
+                    raise InputError(f"cannot schedule {', '.join(j.key for j in pending)}: their priors failed")
                 done, _ = wait(list(running), return_when=FIRST_COMPLETED)
                 for fut in done:
                     job = running.pop(fut)

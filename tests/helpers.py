@@ -9,7 +9,7 @@ Everything here is small enough for CI on two CPU cores:
   case where nearest-prototype domain selection must be perfect even with an untrained network.
 * :func:`make_net` / :func:`make_checkpoint` / :func:`save_authors_checkpoint` build small networks
   (resnet18 by default) with well-behaved outputs (positive depth around a few metres), saved in the
-  project format (with the metadata ``engine/lifelong.py`` writes) or as an authors' state_dict-only file.
+  project format (with the metadata ``engine/stage.py`` writes) or as an authors' state_dict-only file.
 * :func:`write_image` writes test images in any PIL mode (RGB, L, RGBA, P, I;16).
 * Raw dataset trees, the inputs of prepare_data.py (:func:`write_nyu_release`, :func:`write_kitti`,
   :func:`write_scannet`, :func:`write_nyu_h5`, :func:`write_nyu_mat`): tiny files in each real
@@ -387,7 +387,7 @@ def input_sizes(letters, scale):
 
 
 def replay_prototypes(net, letters, data_root, scale, max_images=None):
-    """Prototypes of every domain from its replay rows (test transform), as engine/lifelong.py stores them."""
+    """Prototypes of every domain from its replay rows (test transform), as engine/stage.py stores them."""
     from loaders import get_dataset, get_loader
     from inference.prototypes import compute_prototypes
     loaders = [get_loader(get_dataset(c, "replay", str(data_root), train=False, scale=scale), batch_size=4)
@@ -397,7 +397,7 @@ def replay_prototypes(net, letters, data_root, scale, max_images=None):
 
 def make_checkpoint(path, letters="NKS", encoder="resnet18", scale=0.25, seed=0, net=None,
                     prototypes=None, data_root=None, strategy="ours"):
-    """Save a project-format checkpoint with the metadata engine/lifelong.py writes; returns the net.
+    """Save a project-format checkpoint with the metadata engine/stage.py writes; returns the net.
 
     ``prototypes``: a prototype dict, or "replay" to compute them from ``data_root``'s replay rows,
     or None (no prototypes stored).
@@ -426,12 +426,12 @@ def save_authors_checkpoint(path, net, module_prefix=False):
 
 def make_stage_checkpoints(runs_dir, order="NKS", encoder="resnet18", scale=0.25, strategy="ours",
                            seed=0, data_root=None, prototypes=None):
-    """Checkpoints of every stage of ``order`` named as lifelong.run_name names them.
+    """Checkpoints of every stage of ``order`` named as data.domains.run_name names them.
 
     Stage k shares the trunk of stage k-1 and perturbs it slightly (so old domains' results change
     from stage to stage, like a real lifelong run). Returns the list of paths.
     """
-    from engine.lifelong import run_name
+    from data.domains import run_name
     runs_dir = Path(runs_dir)
     runs_dir.mkdir(parents=True, exist_ok=True)
     net = make_net(1, encoder, seed)

@@ -153,9 +153,9 @@ def test_the_default_predictor_runs_the_chosen_runtime(kind, backend, dtype, rel
 
 def test_the_command_line_default_is_auto():
     import argparse
-    from cli.options import add_runtime_arguments, predictor_options
+    from cli.options import add_runtime_arguments, runtime_options
     p = argparse.ArgumentParser()
     add_runtime_arguments(p)
     args = p.parse_args([])
-    assert args.backend == "auto" and "backend" not in predictor_options(args)
-    assert predictor_options(p.parse_args(["--backend", "torch"]))["backend"] == "torch"
+    assert args.backend == "auto" and "backend" not in runtime_options(args).keywords()
+    assert runtime_options(p.parse_args(["--backend", "torch"])).keywords()["backend"] == "torch"

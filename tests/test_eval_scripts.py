@@ -228,18 +228,22 @@ def test_help_texts_explain_every_option():
 
 
 # ------------------------------------------------------------------------------- fast-path options
-def test_predictor_options_pass_known_keys_and_drop_unknown_ones():
-    class Args:
-        no_fast, precision, backend, predictor_option = True, "auto", "auto", ["channels_last=false", "nope=1"]
+def test_runtime_options_pass_known_keys_and_refuse_unknown_ones():
+    from data.errors import InputError
 
-    opts = options.predictor_options(Args)
-    assert opts == {"fast": False, "channels_last": False, "nope": 1}
-    assert options._known_options(opts) == ({"fast": False, "channels_last": False}, ["nope"])
+    class Args:
+        no_fast, precision, backend, predictor_option = True, "auto", "auto", ["channels_last=false"]
+
+    runtime = options.runtime_options(Args)
+    assert runtime.keywords() == {"fast": False, "channels_last": False}
+    Args.predictor_option = ["channels_last=false", "nope=1"]
+    with pytest.raises(InputError, match="no option nope; its options are fast, precision"):
+        options.runtime_options(Args).keywords()  # a library error, not SystemExit
     Args.no_fast, Args.precision, Args.predictor_option = False, "bf16", []
-    assert options.predictor_options(Args) == {"precision": "bf16"}
+    assert options.runtime_options(Args).keywords() == {"precision": "bf16"}
     with pytest.raises(SystemExit, match="KEY=VALUE"):
         Args.predictor_option = ["novalue"]
-        options.predictor_options(Args)
+        options.runtime_options(Args)
 
 
 # ------------------------------------------------------------------------------- without the prior
@@ -295,12 +299,13 @@ def test_selection_with_stored_prototypes_matches_direct_selection(ckpt, data_ro
 
 
 def test_measure_latency_resizes_and_counts():
+    from evaluation.selection import measure_latency
     net = make_net(2)
     from inference.predictor import DepthPredictor
     protos = {"pooled": torch.randn(2, 128), "map": [torch.randn(64, 8, 8), torch.randn(64, 8, 8)]}
     pred = DepthPredictor(net, protos)
     images = [torch.randn(3, 32, 48) for _ in range(2)]
-    r = TI.measure_latency(pred, images, warmup=1, runs=3, size=(40, 56))
+    r = measure_latency(pred, images, warmup=1, runs=3, size=(40, 56))
     assert r["size"] == [40, 56] and r["runs"] == 3 and r["min_ms"] <= r["median_ms"] <= r["p90_ms"]
     assert options.parse_size("228x304") == (228, 304)
     with pytest.raises(SystemExit):

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from cli import export as export_cli
 from inference import export
 from inference.predictor import DepthPredictor
 from models import LifelongDepthNet, load_checkpoint, save_checkpoint
@@ -47,7 +48,7 @@ def checkpoint(tmp_path_factory):
 
 def test_automatic_selection_matches_eager(checkpoint, tmp_path):
     out = tmp_path / "NKS.ts"
-    assert export.main(["--checkpoint", str(checkpoint), "--out", str(out)]) == 0
+    assert export_cli.main(["--checkpoint", str(checkpoint), "--out", str(out)]) == 0
     module = torch.jit.load(str(out))  # plain torch: no project code needed to run it
     net = load_checkpoint(checkpoint)
     eager = DepthPredictor(net, net.meta["prototypes"], fast=False)
@@ -74,7 +75,7 @@ def test_automatic_selection_matches_eager(checkpoint, tmp_path):
 
 def test_fixed_domain_with_uncertainty(checkpoint, tmp_path):
     out = tmp_path / "NKS_K.ts"
-    assert export.main(["--checkpoint", str(checkpoint), "--out", str(out), "--domain", "K",
+    assert export_cli.main(["--checkpoint", str(checkpoint), "--out", str(out), "--domain", "K",
                         "--uncertainty", "--no-check"]) == 0
     module, meta = export.load_exported(out)
     assert meta["domain"] == 1 and meta["outputs"] == ["depth", "domain", "uncertainty"]
@@ -102,7 +103,7 @@ def test_map_selector_and_errors(checkpoint, tmp_path, capsys):
     with pytest.raises(ValueError, match="no domain prototypes"):
         export.export_model(net, tmp_path / "none.ts", None)
     assert not (tmp_path / "none.ts").exists()
-    assert export.main(["--checkpoint", str(checkpoint), "--out", str(tmp_path / "x.ts"),
+    assert export_cli.main(["--checkpoint", str(checkpoint), "--out", str(tmp_path / "x.ts"),
                         "--domain", "7"]) == 2
     assert "out of range" in capsys.readouterr().err
 
@@ -122,7 +123,7 @@ def run_onnx(path, x):
 
 def test_onnx_automatic_selection_matches_eager(checkpoint, tmp_path, capsys):
     out = tmp_path / "NKS.onnx"
-    assert export.main(["--checkpoint", str(checkpoint), "--out", str(out), "--format", "onnx"]) == 0
+    assert export_cli.main(["--checkpoint", str(checkpoint), "--out", str(out), "--format", "onnx"]) == 0
     assert "-> OK" in capsys.readouterr().out  # the CLI's own check ran in ONNX Runtime
     net = load_checkpoint(checkpoint)
     order = [2, 0, 1, 0]
@@ -138,7 +139,7 @@ def test_onnx_automatic_selection_matches_eager(checkpoint, tmp_path, capsys):
 
 def test_onnx_one_head_with_uncertainty(checkpoint, tmp_path):
     out = tmp_path / "NKS_S.onnx"
-    assert export.main(["--checkpoint", str(checkpoint), "--out", str(out), "--format", "onnx",
+    assert export_cli.main(["--checkpoint", str(checkpoint), "--out", str(out), "--format", "onnx",
                         "--domain", "scannet", "--uncertainty", "--no-check"]) == 0
     net = load_checkpoint(checkpoint)
     x = batch_for([0, 1], 64, 96)
@@ -151,9 +152,9 @@ def test_onnx_one_head_with_uncertainty(checkpoint, tmp_path):
 
 def test_onnx_refusals(checkpoint, tmp_path, capsys):
     base = ["--checkpoint", str(checkpoint), "--format", "onnx"]
-    assert export.main(base + ["--out", str(tmp_path / "a.onnx"), "--precision", "bf16"]) == 2
+    assert export_cli.main(base + ["--out", str(tmp_path / "a.onnx"), "--precision", "bf16"]) == 2
     assert "float32" in capsys.readouterr().err
-    assert export.main(base + ["--out", str(tmp_path / "b.onnx"), "--selector", "map"]) == 2
+    assert export_cli.main(base + ["--out", str(tmp_path / "b.onnx"), "--selector", "map"]) == 2
     assert "pooled" in capsys.readouterr().err
     assert not (tmp_path / "a.onnx").exists() and not (tmp_path / "b.onnx").exists()
 

@@ -335,7 +335,7 @@ def test_the_avx2_fixture_reproduces_the_crash(avx2_cpu):
 
 
 def test_no_native_bf16_decides_fp32_and_never_prepacks_bf16(net, avx2_cpu):
-    from engine import lifelong
+    from engine import model as engine_model
     assert not avx2_cpu.bf16_native() and not lowp_supported(torch.bfloat16, "cpu")
     assert resolve_precision("auto", "cpu") == torch.float32
     x, protos = domain_batch(net, range(HEADS))
@@ -352,9 +352,9 @@ def test_no_native_bf16_decides_fp32_and_never_prepacks_bf16(net, avx2_cpu):
     assert forced.dtype == torch.bfloat16
     assert_rel_close(forced.predict(x)["depth"], ref["depth"], 2e-2)
     # the training engine's teacher under --amp bf16 stays float32 (fused) where bf16 is emulated
-    teacher = lifelong.make_teacher(net, "cpu", torch.bfloat16)
+    teacher = engine_model.make_teacher(net, "cpu", torch.bfloat16)
     assert teacher.E.conv1.weight.dtype == torch.float32
-    got = lifelong.teacher_targets(teacher, x, HEADS)
+    got = engine_model.teacher_targets(teacher, x, HEADS)
     with torch.no_grad():
         want = net(x)
     for (d, _), (t_d, _) in zip(want, got):
@@ -377,7 +377,7 @@ def test_native_bf16_needs_both_the_instructions_and_onednn(monkeypatch):
 
 AVX2_SCRIPT = r"""
 import json, torch
-from engine import lifelong
+from engine import model as engine_model
 from inference.predictor import DepthPredictor
 from models import LifelongDepthNet, hardware
 w = torch.zeros(8, 8, 3, 3, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
@@ -391,8 +391,8 @@ net = LifelongDepthNet("resnet18", num_domains=2).eval()
 x = torch.randn(1, 3, 48, 64)
 pred = DepthPredictor(net)
 depth = pred.predict(x, domain=1)["depth"]
-teacher = lifelong.make_teacher(net, "cpu", torch.bfloat16)
-targets = lifelong.teacher_targets(teacher, x, 2)
+teacher = engine_model.make_teacher(net, "cpu", torch.bfloat16)
+targets = engine_model.teacher_targets(teacher, x, 2)
 print(json.dumps({"limited": limited, "bf16_kernels": hardware.bf16_kernels(),
                   "precision": pred.options["precision"], "finite": bool(torch.isfinite(depth).all()),
                   "teacher_dtype": str(teacher.E.conv1.weight.dtype), "line": hardware.capability_line()}))

@@ -15,7 +15,9 @@ import pytest
 import torch
 from PIL import Image
 
-from engine import lifelong
+from engine import stage as engine_stage
+from engine import sampling
+from cli import train as train_cli
 from data import safeio
 from cli import test as evaluate_cli
 from cli import predict
@@ -38,9 +40,9 @@ def options(root, runs, *extra):
 
 
 def run_error(order, argv) -> str:
-    """The SystemExit message of a failing lifelong.main run (any other exception fails the test)."""
+    """The SystemExit message of a failing train_cli.main run (any other exception fails the test)."""
     with pytest.raises(SystemExit) as stop:
-        lifelong.main(order, "", argv)
+        train_cli.main(order, "", argv)
     assert isinstance(stop.value.code, str), stop.value.code
     return stop.value.code
 
@@ -123,7 +125,7 @@ def test_earlier_run_is_kept_without_overwrite(root, tmp_path):
         p.write_bytes(b"partial")
     old = os.path.getmtime(litter[1]) - 2 * safeio.LEGACY_AGE_S
     os.utime(litter[1], (old, old))
-    out = lifelong.main("N", "", options(root, tmp_path, "--max-steps", "1", "--overwrite"))
+    out = train_cli.main("N", "", options(root, tmp_path, "--max-steps", "1", "--overwrite"))
     assert not any(p.exists() for p in litter) and live.exists()
     state = torch.load(run_dir / "last.pth.tar", weights_only=True)
     assert state["global_step"] == 1
@@ -158,13 +160,13 @@ def assert_identical(a, b):
 @pytest.fixture(scope="module")
 def uninterrupted(root, tmp_path_factory):
     runs = tmp_path_factory.mktemp("full")
-    return lifelong.main("N", "", options(root, runs, "--epochs", "2"))
+    return train_cli.main("N", "", options(root, runs, "--epochs", "2"))
 
 
 def interrupt_in_forward(monkeypatch, call, action):
     """Run ``action`` inside the loss of the ``call``-th micro-batch (1-based): after the forward
     pass of the network, so BatchNorm statistics are already updated."""
-    original = lifelong.uncertainty_depth_loss
+    original = engine_stage.uncertainty_depth_loss
     calls = {"n": 0}
 
     def loss(*args):
@@ -173,8 +175,8 @@ def interrupt_in_forward(monkeypatch, call, action):
             action()
         return original(*args)
 
-    monkeypatch.setattr(lifelong, "uncertainty_depth_loss", loss)
-    return lambda: monkeypatch.setattr(lifelong, "uncertainty_depth_loss", original)
+    monkeypatch.setattr(engine_stage, "uncertainty_depth_loss", loss)
+    return lambda: monkeypatch.setattr(engine_stage, "uncertainty_depth_loss", original)
 
 
 def raise_interrupt():
@@ -197,24 +199,24 @@ def test_resume_after_an_interrupt_anywhere_is_exact(root, tmp_path, monkeypatch
                                                      call, action, steps_saved):
     restore = interrupt_in_forward(monkeypatch, call, action)
     with pytest.raises(SystemExit) as stop:
-        lifelong.main("N", "", options(root, tmp_path, "--epochs", "2"))
+        train_cli.main("N", "", options(root, tmp_path, "--epochs", "2"))
     assert stop.value.code == 130
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     state = torch.load(tmp_path / "N" / "last.pth.tar", weights_only=True)
     assert state["global_step"] == steps_saved and state["interrupted"]
     restore()
-    resumed = lifelong.main("N", "", options(root, tmp_path, "--epochs", "2", "--resume"))
+    resumed = train_cli.main("N", "", options(root, tmp_path, "--epochs", "2", "--resume"))
     assert_identical(uninterrupted, resumed)
 
 
 def test_interrupt_while_computing_prototypes_resumes_to_them(root, tmp_path, monkeypatch, uninterrupted):
-    original = lifelong.compute_prototypes
-    monkeypatch.setattr(lifelong, "compute_prototypes", lambda *a, **k: raise_interrupt())
+    original = engine_stage.compute_prototypes
+    monkeypatch.setattr(engine_stage, "compute_prototypes", lambda *a, **k: raise_interrupt())
     with pytest.raises(SystemExit) as stop:
-        lifelong.main("N", "", options(root, tmp_path, "--epochs", "2"))
+        train_cli.main("N", "", options(root, tmp_path, "--epochs", "2"))
     assert stop.value.code == 130
-    monkeypatch.setattr(lifelong, "compute_prototypes", original)
-    assert_identical(uninterrupted, lifelong.main("N", "", options(root, tmp_path, "--epochs", "2",
+    monkeypatch.setattr(engine_stage, "compute_prototypes", original)
+    assert_identical(uninterrupted, train_cli.main("N", "", options(root, tmp_path, "--epochs", "2",
                                                                    "--resume")))
 
 
@@ -243,7 +245,7 @@ def test_sigterm_saves_the_state_like_ctrl_c(root, tmp_path):
 def test_unreadable_sample_mid_epoch_saves_the_state(tmp_path):
     data = make_data_root(tmp_path / "data", letters="N", n_train=36, n_test=1, n_replay=4)
     # the first 32 rows are read before training (median depth); break a later one in step >= 2
-    order = list(lifelong.StepSampler(list(range(36)), batch_size=4, seed=0))
+    order = list(sampling.StepSampler(list(range(36)), batch_size=4, seed=0))
     position = next(p for p, i in enumerate(order) if i >= 32 and p >= 4)
     rows = (data / "nyu2_train.csv").read_text().splitlines()
     bad = data / rows[order[position]].split(",")[0]
@@ -256,7 +258,7 @@ def test_unreadable_sample_mid_epoch_saves_the_state(tmp_path):
 
 # ---- 9. non-finite loss, weights and ground truth -----------------------------------------------------
 def nan_loss_at(monkeypatch, call):
-    original = lifelong.uncertainty_depth_loss
+    original = engine_stage.uncertainty_depth_loss
     calls = {"n": 0}
 
     def loss(*args):
@@ -264,7 +266,7 @@ def nan_loss_at(monkeypatch, call):
         value = original(*args)
         return value * float("nan") if calls["n"] == call else value
 
-    monkeypatch.setattr(lifelong, "uncertainty_depth_loss", loss)
+    monkeypatch.setattr(engine_stage, "uncertainty_depth_loss", loss)
 
 
 def test_nan_loss_stops_naming_step_and_files(root, tmp_path, monkeypatch):
@@ -279,7 +281,7 @@ def test_nan_loss_stops_naming_step_and_files(root, tmp_path, monkeypatch):
 
 def test_nan_loss_can_be_skipped(root, tmp_path, monkeypatch):
     nan_loss_at(monkeypatch, 2)
-    out = lifelong.main("N", "", options(root, tmp_path, "--epochs", "2", "--on-nonfinite", "skip"))
+    out = train_cli.main("N", "", options(root, tmp_path, "--epochs", "2", "--on-nonfinite", "skip"))
     net = load_checkpoint(out)  # loads: every weight finite
     assert net.num_domains == 1
     assert torch.load(tmp_path / "N" / "last.pth.tar", weights_only=True)["skipped_steps"] == 1
@@ -334,8 +336,9 @@ def test_useless_option_values_are_refused(root, tmp_path, order, flags, word):
 
 
 def test_order_by_names(root):
-    args = lifelong.build_parser("NK", "").parse_args(options(root, "runs", "--order", "nyu,kitti"))
-    assert lifelong.resolve_options(args, "NK").order == "NK"
+    args = train_cli.build_parser("NK", "").parse_args(options(root, "runs", "--order", "nyu,kitti"))
+    from engine.options import resolve_options
+    assert resolve_options(train_cli.stage_options(args, "NK")).order == "NK"
 
 
 def test_predict_max_depth_must_be_positive():
@@ -369,7 +372,7 @@ def test_escape_codes_are_shown_escaped(tmp_path):
 
 def test_help_has_no_empty_or_repeated_defaults(capsys):
     with pytest.raises(SystemExit):
-        lifelong.build_parser("NK", "").parse_args(["--help"])
+        train_cli.build_parser("NK", "").parse_args(["--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "(default: None)" not in text and "(default NK) (default" not in text
     assert "--overwrite" in text and "--on-nonfinite" in text

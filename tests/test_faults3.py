@@ -7,8 +7,6 @@ import json
 import os
 import re
 import struct
-import subprocess
-import sys
 import zlib
 from pathlib import Path
 
@@ -17,13 +15,14 @@ import pytest
 import torch
 from PIL import Image
 
+from cli import export as export_cli
 from cli import predict
 from data import domains as dom
 from data import safeio
-from helpers import ROOT, make_checkpoint, make_net, torch_threads
+from helpers import make_checkpoint
 from inference import export
 from inference import images as prediction
-from models import CheckpointError, load_checkpoint, read_checkpoint
+from models import CheckpointError, load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -67,14 +66,14 @@ def test_export_refuses_to_replace_the_checkpoint_or_an_existing_file(ckpt, tmp_
     model.write_bytes(ckpt.read_bytes())
     before = model.read_bytes()
     for extra in ([], ["--overwrite"]):  # never the checkpoint, --overwrite or not
-        msg = error_of(export.main, ["--checkpoint", str(model), "--out", str(model), "--domain", "0", *extra])
+        msg = error_of(export_cli.main, ["--checkpoint", str(model), "--out", str(model), "--domain", "0", *extra])
         assert "--checkpoint itself" in msg
     assert model.read_bytes() == before
     other = tmp_path / "old.ts"
     other.write_bytes(b"an earlier export")
-    msg = error_of(export.main, ["--checkpoint", str(model), "--out", str(other), "--domain", "0"])
+    msg = error_of(export_cli.main, ["--checkpoint", str(model), "--out", str(other), "--domain", "0"])
     assert "--overwrite" in msg and other.read_bytes() == b"an earlier export"
-    assert export.main(["--checkpoint", str(model), "--out", str(other), "--domain", "0", "--overwrite",
+    assert export_cli.main(["--checkpoint", str(model), "--out", str(other), "--domain", "0", "--overwrite",
                         "--no-check", "--size", "64x64"]) == 0
     module, meta = export.load_exported(other)
     assert meta["domain"] == 0
@@ -94,7 +93,7 @@ def test_export_killed_mid_write_keeps_the_earlier_file(ckpt, tmp_path, monkeypa
 
     monkeypatch.setattr(torch.jit, "save", killed)
     with pytest.raises(KeyboardInterrupt):
-        export.main(["--checkpoint", str(ckpt), "--out", str(out), "--domain", "0", "--overwrite",
+        export_cli.main(["--checkpoint", str(ckpt), "--out", str(out), "--domain", "0", "--overwrite",
                      "--no-check", "--size", "64x64"])
     assert out.read_bytes() == b"an earlier good export" and os.listdir(tmp_path) == ["N.ts"]
 
@@ -108,7 +107,7 @@ def test_export_option_errors_are_one_line(ckpt, tmp_path):
                         (["--out", str(tmp_path / "afile" / "m.ts")], "is a file"),
                         (["--out", str(tmp_path / "m.ts"), "--size", "0x0"], "--size"),
                         (["--out", str(tmp_path / "m.ts"), "--size", "abc"], "--size")):
-        assert word in error_of(export.main, base + extra)
+        assert word in error_of(export_cli.main, base + extra)
     assert not (tmp_path / "m.ts").exists()
 
 
@@ -363,28 +362,28 @@ def train_options(root, runs, *extra):
 
 def test_a_run_folder_in_use_is_refused(root, tmp_path):
     import fcntl
-    from engine import lifelong
+    from cli import train as train_cli
     run_dir = tmp_path / "N"
     run_dir.mkdir()
     with open(run_dir / ".lock", "a+") as other:  # another training holds the folder
         fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
         other.write("4242\n")
         other.flush()
-        msg = error_of(lifelong.main, "N", "", train_options(root, tmp_path))
+        msg = error_of(train_cli.main, "N", "", train_options(root, tmp_path))
     assert "in use by another training" in msg and "4242" in msg
     assert not (run_dir / "log.jsonl").exists() and not (tmp_path / "N.pth.tar").exists()
 
 
 # ---- item 11: a run folder name too long for the file system -----------------------------------
 def test_too_long_runs_dir_is_one_line(root, tmp_path):
-    from engine import lifelong
-    msg = error_of(lifelong.main, "N", "", train_options(root, tmp_path / ("r" * 300)))
+    from cli import train as train_cli
+    msg = error_of(train_cli.main, "N", "", train_options(root, tmp_path / ("r" * 300)))
     assert "r" * 40 in msg
 
 
 # ---- item 3: synthetic.py never overwrites a real dataset ---------------------------------------
 def test_synthetic_refuses_a_real_dataset_folder(tmp_path):
-    from data import synthetic
+    from cli import synthetic
     real = tmp_path / "datasets"
     real.mkdir()
     (real / "nyu2_train.csv").write_text("data/nyu2_train/a/1.jpg,data/nyu2_train/a/1.png\n")
@@ -398,7 +397,7 @@ def test_synthetic_refuses_a_real_dataset_folder(tmp_path):
 @pytest.mark.parametrize("option,value", [("--scale", "0"), ("--train", "-1"), ("--replay-size", "-3"),
                                           ("--render", "Q"), ("--workers", "0")])
 def test_synthetic_option_errors_are_one_line(tmp_path, option, value):
-    from data import synthetic
+    from cli import synthetic
     argv = ["--out", str(tmp_path / "s"), "--train", "1", "--test", "1", "--render", "N", "--scale", "0.05",
             "--workers", "1", "--quiet"]
     i = argv.index(option) if option in argv else len(argv)
@@ -410,7 +409,7 @@ def test_synthetic_option_errors_are_one_line(tmp_path, option, value):
 # ---- item 4: prepare_data.py writes index CSVs only inside the data root ----------------------
 @pytest.mark.parametrize("name", ["/ABS/evil.csv", "../evil.csv", "sub/../../evil.csv"])
 def test_prepare_data_keeps_csvs_inside_the_data_root(tmp_path, clean_registry, name):
-    from data import prepare
+    from cli import prepare_data as prepare
     from helpers import write_image
     root = tmp_path / "root"
     src = tmp_path / "src"
@@ -513,17 +512,17 @@ def copy_root(root, tmp_path):
 
 
 def test_unreadable_training_file_is_not_called_missing_ground_truth(root, tmp_path):
-    from engine import lifelong
+    from cli import train as train_cli
     data = copy_root(root, tmp_path)
     first = (data / dom.NYU.train_csv).read_text().splitlines()[0].split(",")[1]  # a depth file
     (data / first).write_bytes(b"broken")
-    msg = error_of(lifelong.main, "N", "", train_options(data, tmp_path / "runs"))
+    msg = error_of(train_cli.main, "N", "", train_options(data, tmp_path / "runs"))
     assert Path(first).name in msg and "no ground truth" not in msg
 
 
 def test_a_file_listed_twice_is_never_both_validated_and_trained():
     from types import SimpleNamespace
-    from engine.lifelong import split_validation
+    from engine.sampling import split_validation
 
     class Rows(list):  # the part of a training dataset split_validation reads
         @property
@@ -539,15 +538,15 @@ def test_a_file_listed_twice_is_never_both_validated_and_trained():
 
 
 def test_empty_replay_csv_is_named(root, tmp_path):
-    from engine import lifelong
+    from cli import train as train_cli
     data = copy_root(root, tmp_path)
     (data / dom.NYU.replay_csv).write_text("")
-    msg = error_of(lifelong.main, "N", "", train_options(data, tmp_path / "runs"))
+    msg = error_of(train_cli.main, "N", "", train_options(data, tmp_path / "runs"))
     assert dom.NYU.replay_csv in msg and "--replay-size" not in msg
 
 
 def test_too_small_input_size_is_blamed_on_the_domain(root, tmp_path, clean_registry):
-    from engine import lifelong
+    from cli import train as train_cli
     data = copy_root(root, tmp_path)
     for suffix in ("train", "test"):
         (data / f"tiny_{suffix}.csv").write_text((data / dom.NYU.train_csv).read_text())
@@ -556,13 +555,13 @@ def test_too_small_input_size_is_blamed_on_the_domain(root, tmp_path, clean_regi
                                                     "depth_encoding": dom.NYU.encoding("train")}]))
     argv = train_options(data, tmp_path / "runs", "--order", "T")
     argv[argv.index("--scale") + 1] = "1"
-    msg = error_of(lifelong.main, "T", "", argv)
+    msg = error_of(train_cli.main, "T", "", argv)
     assert "input_size" in msg and "domains.json" in msg and "--scale" not in msg
 
 
 def test_training_into_a_long_legal_name_saves_its_model(root, tmp_path):
     """The stage's final save used to fail after the whole run: its temporary name was too long."""
-    from engine import lifelong
+    from cli import train as train_cli
     out = tmp_path / ("n" * 240 + ".pth.tar")  # 248 bytes: legal
-    assert lifelong.main("N", "", train_options(root, tmp_path, "--out", str(out))) == str(out)
+    assert train_cli.main("N", "", train_options(root, tmp_path, "--out", str(out))) == str(out)
     assert load_checkpoint(out).num_domains == 1

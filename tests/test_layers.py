@@ -17,14 +17,17 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS = {
     0: ["data.errors", "data.safeio", "metrics", "losses", "engine.protocol", "inference.prototypes", "data.domains",
         "models.hardware", "models.modules", "models.resnet", "models.runtimes", "evaluation.uncertainty",
-        "data", "engine", "inference", "evaluation", "cli"],  # the packages' __init__ import nothing
-    1: ["models.net", "models.checkpoint", "models", "models.fast", "loaders", "data.prepare", "data.synthetic"],
-    2: ["inference.predictor", "inference.frames"],
-    3: ["cli.options"],
-    4: ["evaluation.evaluate", "engine.lifelong", "inference.replay", "inference.images", "inference.export"],
-    5: ["inference.stream", "cli.test", "cli.test_inference", "study", "study.stats", "study.config", "study.plan",
-        "study.run", "study.evaluate", "study.results", "study.figures", "study.report", "study.cli",
-        "study.__main__", "cli.quickstart", "cli.predict"],
+        "data", "engine", "inference", "evaluation", "cli",  # the packages' __init__ import nothing
+        "cli.errors"],
+    1: ["models.net", "models.checkpoint", "models", "models.fast", "loaders", "data.prepare", "data.synthetic",
+        "engine.options", "engine.processes", "engine.sampling", "engine.model"],
+    2: ["inference.predictor", "inference.frames", "inference.export"],
+    3: ["evaluation.evaluate", "inference.replay", "inference.images", "inference.stream"],
+    4: ["cli.options", "engine.stage", "engine.run", "evaluation.matrix", "evaluation.selection"],
+    5: ["cli.test", "cli.test_inference", "cli.train", "cli.prepare_data", "cli.synthetic",
+        "study", "study.stats", "study.config", "study.plan", "study.run", "study.evaluate", "study.results",
+        "study.figures", "study.report", "study.cli", "study.__main__", "cli.quickstart", "cli.predict",
+        "cli.stream", "cli.export"],
     6: ["cli.demo"],
 }
 # Entry scripts: the top; no project module imports them.

@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from engine import lifelong
+from engine import processes
+from cli import train as train_cli
 from inference.export import OnnxDepth
 from models import hardware
 from models.runtimes import onnx_bytes
@@ -74,13 +75,13 @@ def test_pooled_distances_equal_cdist(b, d):
 def test_emulated_bf16_training_is_announced(monkeypatch):
     cpu = torch.device("cpu")
     monkeypatch.setattr(hardware, "bf16_native", lambda: False)
-    line = lifelong.amp_warning("bf16", cpu)
+    line = processes.amp_warning("bf16", cpu)
     assert line.startswith("warning: ") and "\n" not in line
     assert "no native bf16" in line and "emulated" in line and "slower than float32" in line
-    assert [lifelong.amp_warning(a, cpu) for a in ("auto", "off", "fp16")] == [None] * 3
-    assert lifelong.amp_warning("bf16", torch.device("cuda")) is None  # a GPU: no CPU probe
+    assert [processes.amp_warning(a, cpu) for a in ("auto", "off", "fp16")] == [None] * 3
+    assert processes.amp_warning("bf16", torch.device("cuda")) is None  # a GPU: no CPU probe
     monkeypatch.setattr(hardware, "bf16_native", lambda: True)
-    assert lifelong.amp_warning("bf16", cpu) is None
+    assert processes.amp_warning("bf16", cpu) is None
 
 
 def test_a_stage_prints_the_bf16_warning_at_start(monkeypatch, tmp_path, capsys):
@@ -89,9 +90,9 @@ def test_a_stage_prints_the_bf16_warning_at_start(monkeypatch, tmp_path, capsys)
     argv = ["--data-root", str(tmp_path / "missing"), "--runs-dir", str(tmp_path / "runs"),
             "--device", "cpu", "--amp", "bf16"]
     with pytest.raises(SystemExit, match="does not exist"):
-        lifelong.main("N", "test", argv)
+        train_cli.main("N", "test", argv)
     warned = [line for line in capsys.readouterr().err.splitlines() if "no native bf16" in line]
-    assert len(warned) == 1 and warned[0] == lifelong.amp_warning("bf16", torch.device("cpu"))
+    assert len(warned) == 1 and warned[0] == processes.amp_warning("bf16", torch.device("cpu"))
 
 
 def declared_options(path: Path):

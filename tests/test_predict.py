@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from cli import predict as P
+from data.errors import InputError
 from inference import images as prediction
 from helpers import (make_checkpoint, make_data_root, make_net, save_authors_checkpoint,
                      write_image)
@@ -118,7 +119,7 @@ def test_png16_and_intrinsics_helpers():
     k, _ = prediction.intrinsics_for("K", 1216, 352)
     assert k == pytest.approx((721.5, 721.5, 596.5, 149.9))
     assert prediction.intrinsics_for("S", 640, 480, given=(1, 2, 3, 4)) == ((1, 2, 3, 4), "given")
-    with pytest.raises(SystemExit):
+    with pytest.raises(InputError, match="--intrinsics"):
         prediction.parse_intrinsics("1,2,3")
 
 

@@ -3,11 +3,14 @@
 import csv
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 import helpers as F
+from cli import prepare_data as prepare_cli
 from data import prepare as P
 from loaders import get_dataset
 
@@ -29,7 +32,7 @@ def test_nyu(tmp_path, capsys):
     (tr / "9.png").write_bytes((tr / "1.png").read_bytes())
     F.write_rgb(str(tr / "10.jpg"), F.rgb_pattern(F.NYU_HW, 0))
     F.write_png16(str(tr / "10.png"), np.ones(F.NYU_HW))                          # 16-bit in the 8-bit set
-    assert P.main(["nyu", "--src", str(src), "--data-root", str(root), "--replay-size", "3", "--seed", "1"]) == 0
+    assert prepare_cli.main(["nyu", "--src", str(src), "--data-root", str(root), "--replay-size", "3", "--seed", "1"]) == 0
     train = rows(root / "nyu2_train.csv")
     assert train == [("nyu/" + a, "nyu/" + b) for a, b, _ in out["train"]]
     assert rows(root / "nyu2_test.csv") == [("nyu/" + a, "nyu/" + b) for a, b, _ in out["test"]]
@@ -52,8 +55,8 @@ def test_kitti(tmp_path, capsys):
     extra = "2011_09_26_drive_0001_sync_image_0000000099_image_03.png"
     F.write_rgb(str(val / "image" / extra), F.rgb_pattern(F.KITTI_HW, 0))        # no ground truth for it
     with pytest.raises(SystemExit, match="--raw"):
-        P.main(["kitti", "--src", str(src), "--data-root", str(root)])
-    assert P.main(["kitti", "--src", str(src), "--raw", str(src / "raw_data"), "--data-root", str(root)]) == 0
+        prepare_cli.main(["kitti", "--src", str(src), "--data-root", str(root)])
+    assert prepare_cli.main(["kitti", "--src", str(src), "--raw", str(src / "raw_data"), "--data-root", str(root)]) == 0
     train = rows(root / "kitti_train_sparse.csv")
     assert train == [("kitti/" + a, "kitti/" + b) for a, b, _ in out["train"][1:]]
     test = rows(root / "kitti_val_select.csv")
@@ -76,7 +79,7 @@ def test_scannet(tmp_path, capsys):
     F.write_scannet(str(src), csvs=False, frames=(0, 5, 12))
     os.remove(src / "scene0001_00/depth/12.png")
     (tmp_path / "test_scenes.txt").write_text("scene0002_00\nscene9999_00\n")
-    assert P.main(["scannet", "--src", str(src), "--data-root", str(root), "--stride", "12",
+    assert prepare_cli.main(["scannet", "--src", str(src), "--data-root", str(root), "--stride", "12",
                    "--test-scenes", str(tmp_path / "test_scenes.txt")]) == 0
     train, test = rows(root / "scannet_train.csv"), rows(root / "scannet_test.csv")
     assert test == [(f"scannet/scene0002_00/color/{n}.jpg", f"scannet/scene0002_00/depth/{n}.png") for n in (0, 12)]
@@ -87,16 +90,16 @@ def test_scannet(tmp_path, capsys):
     item = get_dataset("S", "test", str(root), scale=0.25)[0]
     assert item["image"].shape == (3, 58, 76)
     # seeded fraction: same seed, same split
-    P.main(["scannet", "--src", str(src), "--data-root", str(root), "--test-fraction", "0.34", "--seed", "4"])
+    prepare_cli.main(["scannet", "--src", str(src), "--data-root", str(root), "--test-fraction", "0.34", "--seed", "4"])
     first = rows(root / "scannet_test.csv")
-    P.main(["scannet", "--src", str(src), "--data-root", str(root), "--test-fraction", "0.34", "--seed", "4"])
+    prepare_cli.main(["scannet", "--src", str(src), "--data-root", str(root), "--test-fraction", "0.34", "--seed", "4"])
     assert rows(root / "scannet_test.csv") == first and len({a.split("/")[1] for a, _ in first}) == 1
 
 
 def test_nyu_h5_outside_root(tmp_path, capsys):
     F.write_nyu_h5(str(tmp_path / "src"))
     root = tmp_path / "datasets"
-    assert P.main(["nyu_h5", "--src", str(tmp_path / "src/nyudepthv2"), "--data-root", str(root)]) == 0
+    assert prepare_cli.main(["nyu_h5", "--src", str(tmp_path / "src/nyudepthv2"), "--data-root", str(root)]) == 0
     test = rows(root / "nyu2_test.csv")
     assert test[0] == ("../src/nyudepthv2/val/office_0001/00001.h5",) * 2
     assert "outside the data root" in capsys.readouterr().out
@@ -107,7 +110,7 @@ def test_nyu_mat(tmp_path):
     root = tmp_path / "datasets"
     F.write_nyu_mat(str(root / "nyu_depth_v2_labeled.mat"), n=4)
     (tmp_path / "split.txt").write_text("1 4")
-    assert P.main(["nyu_mat", "--mat", str(root / "nyu_depth_v2_labeled.mat"), "--splits", str(tmp_path / "split.txt"),
+    assert prepare_cli.main(["nyu_mat", "--mat", str(root / "nyu_depth_v2_labeled.mat"), "--splits", str(tmp_path / "split.txt"),
                    "--data-root", str(root), "--replay-size", "1"]) == 0
     assert rows(root / "nyu2_test.csv") == [("nyu_depth_v2_labeled.mat", "1"), ("nyu_depth_v2_labeled.mat", "4")]
     assert len(rows(root / "nyu2_train.csv")) == 2 and len(rows(root / "replay_nyu.csv")) == 1
@@ -121,7 +124,7 @@ def test_generic(tmp_path, clean_registry):
     for i in range(5):
         F.write_rgb(str(root / f"office/rgb/{i}.jpg"), F.rgb_pattern((40, 56), i))
         F.write_png16(str(root / f"office/depth/{i}.png"), F.dense_values((40, 56), 100, 5000, i))
-    assert P.main(["generic", "--domain", "O", "--src", str(root / "office"), "--data-root", str(root),
+    assert prepare_cli.main(["generic", "--domain", "O", "--src", str(root / "office"), "--data-root", str(root),
                    "--test-fraction", "0.4"]) == 0
     assert len(rows(root / "office_train.csv")) == 3 and len(rows(root / "office_test.csv")) == 2
     assert get_dataset("O", "test", str(root))[0]["depth"].shape == (1, 32, 48)
@@ -142,7 +145,7 @@ def test_write_replay_csv(tmp_path):
 
 def test_replay_subcommand(tmp_path, capsys):
     F.write_csv(str(tmp_path / "kitti_train_sparse.csv"), [(f"{i}.png", f"{i}d.png") for i in range(10)])
-    assert P.main(["replay", "--domain", "kitti", "--data-root", str(tmp_path), "--replay-size", "4"]) == 0
+    assert prepare_cli.main(["replay", "--domain", "kitti", "--data-root", str(tmp_path), "--replay-size", "4"]) == 0
     assert len(rows(tmp_path / "replay_kitti.csv")) == 4
     assert "replay_kitti.csv" in capsys.readouterr().out
 
@@ -150,11 +153,25 @@ def test_replay_subcommand(tmp_path, capsys):
 def test_help_lists_every_option(capsys):
     for cmd in ("nyu", "kitti", "scannet", "nyu_h5", "nyu_mat", "generic", "replay"):
         with pytest.raises(SystemExit) as e:
-            P.main([cmd, "--help"])
+            prepare_cli.main([cmd, "--help"])
         assert e.value.code == 0
         assert "--data-root" in capsys.readouterr().out
 
 
 def test_missing_src(tmp_path):
     with pytest.raises(SystemExit, match="nyu2_train"):
-        P.main(["nyu", "--src", str(tmp_path), "--data-root", str(tmp_path / "d")])
+        prepare_cli.main(["nyu", "--src", str(tmp_path), "--data-root", str(tmp_path / "d")])
+
+
+def test_library_raises_input_error_the_command_one_error_line(tmp_path):
+    from data.errors import InputError
+    with pytest.raises(InputError, match="no data/nyu2_train") as stop:
+        P.prepare(P.NyuSource(src=str(tmp_path)), P.IndexOptions(data_root=str(tmp_path / "d")))
+    assert not str(stop.value).startswith("error:")
+    with pytest.raises(InputError, match="unknown domain 'Q'"):
+        P.draw_replay(P.ReplaySettings(domain="Q", data_root=str(tmp_path)))
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(P.__file__))), "prepare_data.py")
+    done = subprocess.run([sys.executable, script, "nyu", "--src", str(tmp_path), "--data-root",
+                           str(tmp_path / "d")], capture_output=True, text=True)
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.startswith("error: no data/nyu2_train") and done.stderr.count("\n") == 1, done.stderr

@@ -20,7 +20,12 @@ from cli import test as evaluate_cli
 from cli import options
 from helpers import make_data_root, make_net, save_authors_checkpoint, torch_threads
 
-from engine import lifelong
+from engine import model as engine_model
+from engine import stage as engine_stage
+from engine import processes
+from engine.options import resolve_options
+from models import LifelongDepthNet
+from cli import train as train_cli
 from metrics import ErrorAggregator
 from inference.prototypes import authors_distances, compute_authors_prototypes, prototype_distances
 
@@ -34,8 +39,8 @@ def root(tmp_path_factory):
 
 
 def _opts(default_order, argv):
-    parser = lifelong.build_parser(default_order, "test")
-    return lifelong.resolve_options(parser.parse_args(argv), default_order)
+    parser = train_cli.build_parser(default_order, "test")
+    return resolve_options(train_cli.stage_options(parser.parse_args(argv), default_order))
 
 
 def _common(root, runs):
@@ -50,11 +55,11 @@ def test_authors_protocol_reinitialises_old_heads_at_an_nk_stage(root, tmp_path)
     the student copies E and MFF from the prior and builds EVERY head anew (Uncertainty_depth:
     fresh convolutions, BatchNorm running_mean 0 / running_var 1); the teacher keeps the old heads."""
     with torch_threads(1):
-        lifelong.main("N", "first", _common(root, tmp_path) + ["--max-steps", "1"])
+        train_cli.main("N", "first", _common(root, tmp_path) + ["--max-steps", "1"])
         prior = torch.load(tmp_path / "N.pth.tar", map_location="cpu", weights_only=False)["state_dict"]
-        ctx = lifelong.Dist("cpu")
+        ctx = processes.Dist("cpu")
         for protocol in ("authors", "ours"):
-            stage = lifelong.Stage(_opts("NK", _common(root, tmp_path) + ["--protocol", protocol]), ctx)
+            stage = engine_stage.Stage(_opts("NK", _common(root, tmp_path) + ["--protocol", protocol]), ctx)
             sd = stage.net.state_dict()
             trunk = [k for k in prior if k.startswith(("E.", "MFF."))]
             assert all(torch.equal(sd[k], prior[k]) for k in trunk)  # E and MFF copied either way
@@ -67,10 +72,10 @@ def test_authors_protocol_reinitialises_old_heads_at_an_nk_stage(root, tmp_path)
                 assert torch.equal(bn.running_var, torch.ones_like(bn.running_var))
                 # the teacher still gives the prior's head-0 outputs
                 x = torch.randn(1, 3, 64, 96)
-                prior_net = lifelong.LifelongDepthNet("resnet18", 1)
+                prior_net = LifelongDepthNet("resnet18", 1)
                 prior_net.load_state_dict(prior)
                 want = prior_net.eval()(x, domain=0)[0]
-                got = lifelong.teacher_targets(stage.teacher, x, 1)[0][0]
+                got = engine_model.teacher_targets(stage.teacher, x, 1)[0][0]
                 assert torch.allclose(got, want, rtol=1e-4, atol=1e-4)
             else:
                 assert all(same)  # ours keeps the prior's head
@@ -95,7 +100,7 @@ def test_bn_all_heads_moves_every_heads_statistics_like_the_whole_network_forwar
         results = {}
         for flag in (True, False):
             student = copy.deepcopy(net)
-            loss = lifelong.StageLoss(student, new_head=2, distill_w=[], replay_w=[10.0, 100.0],
+            loss = engine_stage.StageLoss(student, new_head=2, distill_w=[], replay_w=[10.0, 100.0],
                                       replay_heads=[0, 1], bn_all_heads=flag)
             terms = loss(image, depth, None, replay)
             terms["total"].backward()
@@ -137,7 +142,7 @@ def test_authors_replay_stops_and_the_second_distillation_weight_drops(root, tmp
         # batches (4 + a partial 2), so the third step of each epoch has no replay
         opts = _opts("NKS", _common(root, tmp_path) + ["--order", "NKS", "--protocol", "authors",
                                                        "--max-steps", "6", "--epochs", "2"])
-        stage = lifelong.Stage(opts, lifelong.Dist("cpu"))
+        stage = engine_stage.Stage(opts, processes.Dist("cpu"))
         (tmp_path / "NKS").mkdir()  # the run folder main() makes
         seen = []
 
@@ -205,16 +210,19 @@ def test_pixel_weighted_rmse_and_delta_rule_of_the_authors_on_hand_computed_arra
 def test_protocol_authors_sets_the_authors_evaluation_in_test_py():
     T = evaluate_cli
     args = T.build_parser().parse_args(["--protocol", "authors"])
-    options.check_eval_args(args)
-    assert options.eval_settings(args) == {"crop": "none", "cap": False, "aggregate": "pixel",
-                                     "rmse": "weighted", "pred_clamp": False, "delta": "le"}
-    assert (args.full_frame, args.scannet_resize, args.no_fast) == ("kitti", "once", True)
+    settings = options.eval_options(args)
+    assert settings.rules() == {"crop": "none", "cap": False, "aggregate": "pixel",
+                                "rmse": "weighted", "pred_clamp": False, "delta": "le"}
+    assert (settings.full_frame, settings.scannet_resize, args.no_fast) == ("kitti", "once", True)
     args = T.build_parser().parse_args(["--protocol", "authors", "--delta", "lt"])  # explicit wins
-    options.check_eval_args(args)
-    assert args.delta == "lt" and args.rmse == "weighted"
-    args = T.build_parser().parse_args([])
-    options.check_eval_args(args)
-    assert options.eval_settings(args)["delta"] == "lt" and args.full_frame == "none"
+    settings = options.eval_options(args)
+    assert settings.delta == "lt" and settings.rmse == "weighted"
+    settings = options.eval_options(T.build_parser().parse_args([]))
+    assert settings.rules()["delta"] == "lt" and settings.full_frame == "none"
+    # the dataclass alone, no argparse: the same protocol rule
+    from evaluation.evaluate import EvalOptions
+    assert EvalOptions(protocol="authors").resolved().rules() == options.eval_options(
+        T.build_parser().parse_args(["--protocol", "authors"])).rules()
 
 
 # ------------------------------------------------------------------------ 6. ScanNet single resize

@@ -176,8 +176,7 @@ def test_frame_folder_in_natural_order_without_threads(ckpt, tmp_path):
 
 
 def test_threads_give_the_same_results(ckpt):
-    args = P.build_parser().parse_args(["x.mp4", "--checkpoint", str(ckpt)])
-    model = prediction.Predictor(args, "cpu")
+    model = prediction.Predictor(ckpt, device="cpu")
     frames = [(str(i), rgb) for i, (_, rgb) in enumerate(stream_frames())]
     a = S.run_stream(model, iter(frames), smoother=S.HeadSmoother(), threaded=True)
     b = S.run_stream(model, iter(frames), smoother=S.HeadSmoother(), threaded=False)

@@ -10,7 +10,8 @@ from scipy import stats as scipy_stats
 
 from data import domains
 from data import synthetic
-from study import cli, config, run, stats
+from data.errors import InputError
+from study import cli, run, stats
 from study.plan import Plan
 
 
@@ -53,7 +54,7 @@ def test_wilson_interval():
 
 # ------------------------------------------------------------------------------- the plan
 def settings(*argv):
-    return config.resolve_settings(config.build_parser().parse_args(list(argv)))
+    return cli.settings_of(cli.build_parser().parse_args(list(argv)))
 
 
 def test_full_plan_chains_every_stage_to_its_prior(tmp_path):
@@ -139,18 +140,18 @@ def test_interrupted_stage_is_resumed(tmp_path, monkeypatch):
     (job.run_dir / "last.pth.tar").write_bytes(b"state")
     calls = []
 
-    def fake_main(letters, description, argv):
-        calls.append(argv)
+    def fake_train_stage(options):
+        calls.append(options)
         job.out.write_bytes(b"final")
-        return str(job.out)
-    monkeypatch.setattr(run.lifelong, "main", fake_main)
+        return job.out
+    monkeypatch.setattr(run, "train_stage", fake_train_stage)
     assert run.train(job, s) == "resumed"
-    assert calls[0][-1] == "--resume"
+    assert calls[0].resume == "auto"
     record = json.loads((job.run_dir / "study_job.json").read_text())
     assert record["status"] == "done" and record["resumed"] is True
     assert run.reuse(job, s) is True
     s.epochs += 1
-    with pytest.raises(SystemExit, match="other settings"):
+    with pytest.raises(InputError, match="other settings"):
         run.reuse(job, s)
 
 
@@ -200,7 +201,7 @@ def test_smoke_study_writes_every_section(smoke_study):
 
 def test_smoke_study_numbers_come_from_the_evaluations(smoke_study):
     out, argv, _ = smoke_study
-    s = config.resolve_settings(config.build_parser().parse_args(argv))
+    s = cli.settings_of(cli.build_parser().parse_args(argv))
     from study.results import Results
     res = Results(Plan(s))
     m = res.matrix("NX", "ours", 0, "abs_rel")

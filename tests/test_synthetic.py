@@ -251,3 +251,20 @@ def test_help_explains_every_option():
                          capture_output=True, text=True, check=True).stdout
     for opt in ("--out", "--train", "--test", "--seed", "--workers", "--replay-size", "--render", "--scale"):
         assert opt in out
+
+
+def test_bad_settings_raise_input_error_the_command_one_error_line(tmp_path):
+    from cli import synthetic as synthetic_cli
+    from data.errors import InputError
+    out = tmp_path / "s"
+    with pytest.raises(InputError, match="--scale 0: expected a positive fraction"):
+        syn.generate(str(out), n_train=1, n_test=1, scale=0, progress=False)
+    with pytest.raises(InputError, match="--render 'Q'"):
+        syn.check_settings(1, 1, 1, None, 0.25, "Q")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InputError, match="expected a folder"):
+        syn.check_out(str(tmp_path / "file"), ["N"])
+    with pytest.raises(SystemExit) as stop:     # CLIError: printed as this one line, exit status 1
+        synthetic_cli.main(["--out", str(out), "--train", "-1", "--quiet"])
+    assert stop.value.code == "error: --train -1: expected a count of at least 0"
+    assert not out.exists()

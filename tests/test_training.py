@@ -1,10 +1,14 @@
-"""The lifelong training engine (engine/lifelong.py) on tiny synthetic data at reduced size."""
+"""The lifelong training engine (engine/, through cli/train.py) on tiny synthetic data at reduced size."""
 import json
 
 import pytest
 import torch
 
-from engine import lifelong
+from engine import model as engine_model
+from engine import stage as engine_stage
+from engine import processes
+from engine import sampling
+from cli import train as train_cli
 from loaders import get_dataset
 from models import load_checkpoint, read_checkpoint, save_checkpoint
 
@@ -30,9 +34,9 @@ def head0_depth(path, images):
 def stage_runs(synthetic_root, tmp_path_factory):
     """N trained for a few epochs, then K learned with `ours` and with `finetune` (same seed, steps)."""
     runs = tmp_path_factory.mktemp("runs")
-    first = lifelong.main("N", "", options(synthetic_root, runs, "--epochs", "6"))
-    ours = lifelong.main("NK", "", options(synthetic_root, runs, "--epochs", "3"))
-    finetune = lifelong.main("NK", "", options(synthetic_root, runs, "--epochs", "3",
+    first = train_cli.main("N", "", options(synthetic_root, runs, "--epochs", "6"))
+    ours = train_cli.main("NK", "", options(synthetic_root, runs, "--epochs", "3"))
+    finetune = train_cli.main("NK", "", options(synthetic_root, runs, "--epochs", "3",
                                                "--strategy", "finetune"))
     return runs, first, ours, finetune
 
@@ -77,15 +81,15 @@ def test_finetune_leaves_old_head_weights_untouched(stage_runs):
 
 def interrupt_at(monkeypatch, step):
     """Make the engine raise KeyboardInterrupt (Ctrl-C) when it is about to take ``step``."""
-    original_step = lifelong.Stage.train_step
+    original_step = engine_stage.Stage.train_step
 
     def interrupted(self, micro):
         if self.global_step == step:
             raise KeyboardInterrupt
         return original_step(self, micro)
 
-    monkeypatch.setattr(lifelong.Stage, "train_step", interrupted)
-    return lambda: monkeypatch.setattr(lifelong.Stage, "train_step", original_step)
+    monkeypatch.setattr(engine_stage.Stage, "train_step", interrupted)
+    return lambda: monkeypatch.setattr(engine_stage.Stage, "train_step", original_step)
 
 
 def assert_same_weights(path_a, path_b):
@@ -96,17 +100,17 @@ def assert_same_weights(path_a, path_b):
 
 def test_resume_continues_where_it_stopped(synthetic_root, tmp_path, monkeypatch):
     """Ctrl-C at step 5 leaves a resumable state; resuming ends with the uninterrupted run's weights."""
-    full = lifelong.main("N", "", options(synthetic_root, tmp_path / "a", "--epochs", "2"))
+    full = train_cli.main("N", "", options(synthetic_root, tmp_path / "a", "--epochs", "2"))
     restore = interrupt_at(monkeypatch, 5)
     with pytest.raises(SystemExit) as stop:
-        lifelong.main("N", "", options(synthetic_root, tmp_path / "b", "--epochs", "2"))
+        train_cli.main("N", "", options(synthetic_root, tmp_path / "b", "--epochs", "2"))
     assert stop.value.code == 130
     state = torch.load(tmp_path / "b" / "N" / "last.pth.tar", weights_only=False)
     assert (state["global_step"], state["epoch"], state["step_in_epoch"]) == (5, 1, 2)
     assert state["interrupted"] and not (tmp_path / "b" / "N.pth.tar").exists()
 
     restore()
-    resumed = lifelong.main("N", "", options(synthetic_root, tmp_path / "b", "--epochs", "2", "--resume"))
+    resumed = train_cli.main("N", "", options(synthetic_root, tmp_path / "b", "--epochs", "2", "--resume"))
     assert_same_weights(full, resumed)
     log = [json.loads(line) for line in (tmp_path / "b" / "N" / "log.jsonl").read_text().splitlines()]
     assert log[-1]["global_step"] == 6
@@ -120,12 +124,12 @@ def test_resume_of_a_later_stage_continues_the_replay_stream(stage_runs, synthet
     for d in ("a", "b"):
         (tmp_path / d).mkdir()
         shutil.copy(first, tmp_path / d / "N.pth.tar")
-    full = lifelong.main("NK", "", options(synthetic_root, tmp_path / "a", "--epochs", "2"))
+    full = train_cli.main("NK", "", options(synthetic_root, tmp_path / "a", "--epochs", "2"))
     restore = interrupt_at(monkeypatch, 4)  # 3 steps per epoch, 2 per replay epoch: mid-replay-epoch
     with pytest.raises(SystemExit):
-        lifelong.main("NK", "", options(synthetic_root, tmp_path / "b", "--epochs", "2"))
+        train_cli.main("NK", "", options(synthetic_root, tmp_path / "b", "--epochs", "2"))
     restore()
-    resumed = lifelong.main("NK", "", options(synthetic_root, tmp_path / "b", "--epochs", "2", "--resume"))
+    resumed = train_cli.main("NK", "", options(synthetic_root, tmp_path / "b", "--epochs", "2", "--resume"))
     assert_same_weights(full, resumed)
     log = [json.loads(line) for line in (tmp_path / "b" / "NK" / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2]  # the interrupted epoch is logged once, when finished
@@ -134,7 +138,7 @@ def test_resume_of_a_later_stage_continues_the_replay_stream(stage_runs, synthet
 # ---- error paths -----------------------------------------------------------------------------------
 def run_error(root, runs, script_order, *extra):
     with pytest.raises(SystemExit) as err:
-        lifelong.main(script_order, "", options(root, runs, "--max-steps", "1", *extra))
+        train_cli.main(script_order, "", options(root, runs, "--max-steps", "1", *extra))
     return str(err.value)
 
 
@@ -160,7 +164,7 @@ def test_authors_checkpoint_needs_the_order(stage_runs, synthetic_root, tmp_path
     torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, tmp_path / "N.pth.tar")
     msg = run_error(synthetic_root, tmp_path, "NK")
     assert "no metadata" in msg and "--order" in msg
-    out = lifelong.main("NK", "", options(synthetic_root, tmp_path, "--max-steps", "1", "--order", "NK",
+    out = train_cli.main("NK", "", options(synthetic_root, tmp_path, "--max-steps", "1", "--order", "NK",
                                           "--val-images", "0"))
     assert load_checkpoint(out).meta["letters"] == "NK"
 
@@ -176,7 +180,7 @@ def test_fourth_custom_domain_on_top_of_three(synthetic_root, tmp_path):
         for order in ("N", "NK", "NKS", "NKSX"):
             script = {1: "N", 2: "NK"}.get(len(order), "NKS")
             flag = "--domain" if len(order) == 1 else "--order"
-            out = lifelong.main(script, "", options(synthetic_root, runs, "--max-steps", "1",
+            out = train_cli.main(script, "", options(synthetic_root, runs, "--max-steps", "1",
                                                     "--val-images", "0", flag, order))
         net = load_checkpoint(out)
         assert net.num_domains == 4 and net.meta["letters"] == "NKSX"
@@ -188,10 +192,10 @@ def test_fourth_custom_domain_on_top_of_three(synthetic_root, tmp_path):
 
 
 def test_joint_and_shared_head_baselines(synthetic_root, tmp_path):
-    joint = load_checkpoint(lifelong.main("NK", "", options(synthetic_root, tmp_path, "--max-steps", "1",
+    joint = load_checkpoint(train_cli.main("NK", "", options(synthetic_root, tmp_path, "--max-steps", "1",
                                                             "--strategy", "joint")))
     assert joint.num_domains == 2 and joint.meta["strategy"] == "joint"
-    shared = lifelong.main("NK", "", options(synthetic_root, tmp_path, "--max-steps", "1",
+    shared = train_cli.main("NK", "", options(synthetic_root, tmp_path, "--max-steps", "1",
                                              "--strategy", "joint", "--shared-head"))
     net = load_checkpoint(shared)
     assert net.num_domains == 1 and net.meta["trained_letters"] == "NK"
@@ -200,22 +204,22 @@ def test_joint_and_shared_head_baselines(synthetic_root, tmp_path):
 def test_step_sampler_emulates_processes():
     """One process with accum=2 sees, micro-batch for micro-batch, what two processes see."""
     data = list(range(40))
-    one = list(lifelong.StepSampler(data, batch_size=3, world=1, rank=0, accum=2, seed=1))
-    ranks = [list(lifelong.StepSampler(data, batch_size=3, world=2, rank=r, accum=1, seed=1)) for r in (0, 1)]
+    one = list(sampling.StepSampler(data, batch_size=3, world=1, rank=0, accum=2, seed=1))
+    ranks = [list(sampling.StepSampler(data, batch_size=3, world=2, rank=r, accum=1, seed=1)) for r in (0, 1)]
     steps = len(ranks[0]) // 3
     expected = [i for s in range(steps) for r in ranks for i in r[3 * s:3 * s + 3]]
     assert one == expected and sorted(one) == sorted(set(one))
-    resumed = lifelong.StepSampler(data, batch_size=3, world=1, rank=0, accum=2, seed=1)
+    resumed = sampling.StepSampler(data, batch_size=3, world=1, rank=0, accum=2, seed=1)
     resumed.start_step = 2
     assert list(resumed) == one[12:]
 
 
 def test_amp_auto_is_fp32_on_a_cpu():
     cpu = torch.device("cpu")
-    assert lifelong.amp_settings("auto", cpu) == (None, False)
-    assert lifelong.amp_settings("off", cpu) == (None, False)
-    assert lifelong.amp_settings("bf16", cpu) == (torch.bfloat16, False)
-    assert lifelong.amp_settings("fp16", cpu) == (torch.float16, False)  # no loss scaling on a CPU
+    assert processes.amp_settings("auto", cpu) == (None, False)
+    assert processes.amp_settings("off", cpu) == (None, False)
+    assert processes.amp_settings("bf16", cpu) == (torch.bfloat16, False)
+    assert processes.amp_settings("fp16", cpu) == (torch.float16, False)  # no loss scaling on a CPU
 
 
 @pytest.mark.parametrize("amp_dtype,rel", [(None, 1e-4), (torch.bfloat16, 5e-2)])
@@ -228,12 +232,12 @@ def test_teacher_targets_match_the_frozen_prior(amp_dtype, rel):
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.running_mean.uniform_(-0.2, 0.2)
                 m.running_var.uniform_(0.5, 1.5)
-    teacher = lifelong.make_teacher(prior, "cpu", amp_dtype)
+    teacher = engine_model.make_teacher(prior, "cpu", amp_dtype)
     assert not any(p.requires_grad for p in teacher.parameters())
     images = torch.randn(2, 3, 48, 64)
     with torch.no_grad():
         want = prior(images)[:2]
-    got = lifelong.teacher_targets(teacher, images, 2)
+    got = engine_model.teacher_targets(teacher, images, 2)
     for (d, u), (t_d, t_u) in zip(want, got):
         for a, b in ((t_d, d), (t_u, u)):
             assert a.dtype == torch.float32 and a.shape == b.shape and not a.requires_grad

@@ -143,19 +143,20 @@ def stage_options(root, runs, *extra):
 @pytest.fixture(scope="module")
 def stages(synthetic_root, tmp_path_factory):
     """N, then NK (one step each); the image paths every calibration fit read, per stage and head."""
-    from engine import lifelong
+    from engine import stage as engine_stage
+    from cli import train as train_cli
     runs, seen = tmp_path_factory.mktemp("runs"), []
-    real = lifelong.fit_calibration
+    real = engine_stage.fit_calibration
 
     def spy(forward, heads, note=""):
         seen.append([[p for loader in h["loaders"] for b in loader for p in b["path"]] for h in heads])
         return real(forward, heads, note)
-    lifelong.fit_calibration = spy
+    engine_stage.fit_calibration = spy
     try:
-        paths = [lifelong.main(order, "", stage_options(synthetic_root, runs, "--order", order))
+        paths = [train_cli.main(order, "", stage_options(synthetic_root, runs, "--order", order))
                  for order in ("N", "NK")]
     finally:
-        lifelong.fit_calibration = real
+        engine_stage.fit_calibration = real
     return runs, paths, seen
 
 
@@ -165,7 +166,7 @@ def rows_of(root, letter, split):
 
 
 def test_every_stage_refits_every_head_on_its_validation_rows_only(stages, synthetic_root):
-    from engine.lifelong import split_validation
+    from engine.sampling import split_validation
     from loaders import get_dataset
     from models import read_checkpoint
     _, paths, seen = stages
