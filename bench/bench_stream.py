@@ -50,7 +50,8 @@ from inference import images as P  # noqa: E402
 from data.domains import get_domain  # noqa: E402
 from data.safeio import write_json  # noqa: E402
 from cli import predict as predict_cli  # noqa: E402
-from cli.options import CLIError, resolve_device  # noqa: E402
+from cli.errors import CLIError  # noqa: E402
+from cli.options import resolve_device  # noqa: E402
 from inference.predictor import predictor_settings  # noqa: E402
 
 

@@ -11,12 +11,20 @@ no-ops, F.upsample = F.interpolate, DataLoader workers 0, and the KITTI test loa
 Lighting noise switched off (a bug of theirs that makes evaluation random; the project does not
 reproduce it). Run from any folder: it builds ./datasets with links to DATA_ROOT (kitti -> DATA_ROOT).
 """
-import contextlib, io, json, os, sys, ast
-import torch, torch.nn as nn, torch.nn.functional as F
+import argparse, contextlib, io, json, os, sys, ast
+
+_parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+_parser.add_argument("checkpoint", help="an authors'-format three-domain checkpoint (N, K, S heads)")
+_parser.add_argument("data_root", help="the data root whose index CSVs and images the authors' loaders read")
+_parser.add_argument("out_json", help="where the authors' metrics per domain are written (JSON)")
+_parser.add_argument("encoder", nargs="?", default="resnet34", help="the checkpoint's encoder (default resnet34)")
+_cli = _parser.parse_args()
+
+import torch, torch.nn as nn, torch.nn.functional as F  # noqa: E402 (after --help, which needs no torch)
 
 UP = os.path.abspath(os.environ.get("UPSTREAM", "../shared/reference/upstream"))
-ckpt, data_root, out_path = (os.path.abspath(a) for a in sys.argv[1:4])
-encoder = sys.argv[4] if len(sys.argv) > 4 else "resnet34"
+ckpt, data_root, out_path = (os.path.abspath(a) for a in (_cli.checkpoint, _cli.data_root, _cli.out_json))
+encoder = _cli.encoder
 work = os.path.join(os.path.dirname(out_path), "upstream_work")
 os.makedirs(os.path.join(work, "datasets"), exist_ok=True)
 for name in os.listdir(data_root):

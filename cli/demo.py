@@ -39,8 +39,9 @@ from PIL import Image  # noqa: E402
 from inference import images as P  # noqa: E402
 from inference import stream as S  # noqa: E402
 from evaluation.uncertainty import interval_summary, median_width  # noqa: E402
-from cli.options import (CLIError, HelpFormatter, add_checkpoint_arguments, add_device_argument,  # noqa: E402
-                         checked_type, parse_letters, resolve_device, run_command)
+from cli.errors import CLIError, run_command  # noqa: E402
+from cli.options import (HelpFormatter, add_checkpoint_arguments, add_device_argument, checked_type,  # noqa: E402
+                         parse_letters, resolve_device)
 
 AUTO = "auto (nearest prototype)"
 DEMO_INTERVAL = 0.9  # the central coverage whose width the page shows

@@ -12,7 +12,8 @@ import argparse
 import os
 import sys
 
-from cli.options import add_checkpoint_arguments, parse_size, run_command
+from cli.errors import run_command
+from cli.options import add_checkpoint_arguments, parse_size
 from data.safeio import WriteError
 from inference.export import FORMATS, ONNX_TOLERANCE, check_out, export_net, verify_export
 from models import CheckpointError, load_checkpoint
@@ -99,7 +100,7 @@ def export_command(argv) -> int:
 
 
 def main(argv=None) -> int:
-    """Run export.py: the refusals of --out are one ``error:`` line (cli.options.run_command)."""
+    """Run export.py: the refusals of --out are one ``error:`` line (cli.errors.run_command)."""
     return run_command(export_command, argv)
 
 

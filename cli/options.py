@@ -20,7 +20,7 @@ from data.errors import InputError
 from evaluation.evaluate import CROP_CHOICES, FULL_FRAME_CHOICES, EvalOptions
 from inference.predictor import RuntimeOptions
 from models.runtimes import AUTO, BACKENDS
-from cli.errors import USER_ERRORS, CLIError, error_line, printable, run_command  # noqa: F401 (the commands' one import)
+from cli.errors import CLIError
 from engine.options import AMP_MODES, DEVICES, StageOptions
 from engine.processes import resolve_device as engine_device
 from inference.prototypes import SELECTORS

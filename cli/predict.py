@@ -49,9 +49,10 @@ import numpy as np
 from tqdm import tqdm
 
 from cli import stream  # video files and frame folders
-from cli.options import (CLIError, HelpFormatter, add_checkpoint_arguments, add_runtime_arguments,
-                         add_selector_arguments, checked_type, help_of, parse_letters, parse_size, printable,
-                         resolve_device, run_command, runtime_options)
+from cli.errors import CLIError, printable, run_command
+from cli.options import (HelpFormatter, add_checkpoint_arguments, add_runtime_arguments,
+                         add_selector_arguments, checked_type, help_of, parse_letters, parse_size,
+                         resolve_device, runtime_options)
 from data.domains import get_domain
 from data.safeio import write_json
 from inference.predictor import predictor_settings

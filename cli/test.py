@@ -17,11 +17,11 @@ from models import load_checkpoint, read_checkpoint, save_checkpoint
 from models.checkpoint import check_checkpoint_path, checkpoint_letters
 from evaluation.uncertainty import CALIBRATION_KEY, calibration_note, reliability_plots
 from evaluation.uncertainty import format_tables as format_uncertainty_tables
-from cli.options import run_command
 from data.safeio import write_json
-from cli.options import (DEFAULT_CHECKPOINT, CLIError, HelpFormatter, add_eval_arguments, add_checkpoint_arguments,
-                         add_runtime_arguments, eval_options, parse_letters, register_custom_domains,
-                         resolve_device, runtime_options)
+from cli.errors import CLIError, run_command
+from cli.options import (DEFAULT_CHECKPOINT, HelpFormatter, add_eval_arguments,
+                         add_checkpoint_arguments, add_runtime_arguments, eval_options, parse_letters,
+                         register_custom_domains, resolve_device, runtime_options)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -206,7 +206,7 @@ def finish_matrix(out: dict, metrics, json_path, plots=None, data_root=None) -> 
 
 
 def main(argv=None) -> dict:
-    """The command (data-format errors end in one ``error:`` line: ``options.run_command``)."""
+    """The command (data-format errors end in one ``error:`` line: ``cli.errors.run_command``)."""
     return run_command(_main, argv)
 
 

@@ -17,9 +17,11 @@ from evaluation.selection import SelectionOptions, evaluate_selection, selection
 from inference.prototypes import DEFAULT_SELECTOR
 from models import load_checkpoint
 from models.checkpoint import check_checkpoint_path, checkpoint_letters
-from cli.options import (CLIError, HelpFormatter, add_checkpoint_arguments, add_eval_arguments, add_runtime_arguments,
-                         add_selector_arguments, eval_options, help_of, parse_letters, parse_size,
-                         register_custom_domains, resolve_device, run_command, runtime_options)
+from cli.errors import CLIError, run_command
+from cli.options import (HelpFormatter, add_checkpoint_arguments, add_eval_arguments,
+                         add_runtime_arguments, add_selector_arguments, eval_options, help_of,
+                         parse_letters, parse_size, register_custom_domains, resolve_device,
+                         runtime_options)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -107,7 +109,7 @@ def selection_options(args) -> SelectionOptions:
 
 
 def main(argv=None) -> dict:
-    """The command (data-format errors end in one ``error:`` line: ``options.run_command``)."""
+    """The command (data-format errors end in one ``error:`` line: ``cli.errors.run_command``)."""
     return run_command(_main, argv)
 
 

@@ -11,8 +11,8 @@ import argparse
 import dataclasses
 import sys
 
-from cli.options import (USER_ERRORS, CLIError, HelpFormatter, add_amp_argument, add_device_argument,
-                         add_protocol_argument, printable)
+from cli.errors import CLIError, printable, USER_ERRORS
+from cli.options import HelpFormatter, add_amp_argument, add_device_argument, add_protocol_argument
 from data.errors import InputError
 from engine.options import StageOptions, flag, option_fields, order_specs
 from engine.processes import StageInterrupted

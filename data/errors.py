@@ -2,7 +2,7 @@
 
 Library code (models, data, the engine, evaluation, inference) raises ordinary exceptions; the
 command lines (``cli/``) alone turn them into one ``error:`` line and an exit status
-(``cli.options.run_command``). A user's input the library cannot work with (an option value, a
+(``cli.errors.run_command``). A user's input the library cannot work with (an option value, a
 data file or index row, a checkpoint) is an :class:`InputError`, so that a caller can tell it from a
 bug; it is a ``ValueError`` for callers that catch those.
 """

@@ -134,10 +134,10 @@ class DepthPredictor:
     @classmethod
     def from_checkpoint(cls, path, order=None, device="cpu", selector=None, prototypes=None,
                         **options):
-        """Load ``path`` (project or authors' file); ``options`` are the speed keywords above."""
-        net = load_checkpoint(path, order=order)
-        return cls(net, prototypes if prototypes is not None else net.meta.get("prototypes"),
-                   selector=selector, device=device, **options)
+        """Load ``path`` (project or authors' file); ``options`` are the speed keywords above
+        (:func:`build_predictor` with ``RuntimeOptions(extra=options)``)."""
+        return build_predictor(path, RuntimeOptions(extra=options), device, order=order,
+                               prototypes=prototypes, selector=selector)
 
     # ---- configuration -----------------------------------------------------------------------
     @property

@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 
 from cli import options
-from cli.options import USER_ERRORS, CLIError, HelpFormatter, help_of, printable
+from cli.errors import CLIError, printable, USER_ERRORS
+from cli.options import HelpFormatter, help_of
 from data.errors import InputError
 from engine.options import StageOptions
 from engine.processes import StageInterrupted

@@ -158,8 +158,9 @@ def test_the_root_holds_the_card_and_entry_scripts_only():
 
 
 def test_every_entry_script_answers_help():
-    """`python <script> --help` of every root script, run as a user runs it (one interpreter for all)."""
-    names = sorted(ENTRY_SCRIPTS)
+    """`python <script> --help` of every root script and benchmark, run as a user runs it (one
+    interpreter for all)."""
+    names = sorted(ENTRY_SCRIPTS) + sorted(str(p.relative_to(ROOT)) for p in (ROOT / "bench").glob("*.py"))
     driver = (
         "import contextlib, io, json, runpy, sys\n"
         "out = {}\n"
