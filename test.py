@@ -8,13 +8,13 @@
 Every learned domain (or the subset given by --domains) is evaluated on its test split
 (``get_dataset(letter, "test", data_root, train=False, scale)``) with the head of that domain,
 taken from the checkpoint's learning order. Predictions come from the product's inference path
-(``inference.DepthPredictor``) and are scored by ``evaluation.DomainEvaluator`` (bilinear
+(``inference.predictor.DepthPredictor``) and are scored by ``evaluation.evaluate.DomainEvaluator`` (bilinear
 upsampling to the ground truth, optional caps and crops, per-image or per-pixel averaging).
 
 ``--matrix`` evaluates every stage checkpoint of a learning order (N, NK, NKS, or NK_<strategy>
-... as named by ``lifelong.run_name``) on every domain learned so far and reports, per metric, the
+... as named by ``data.domains.run_name``) on every domain learned so far and reports, per metric, the
 domain x stage matrix, the final average, forgetting and backward transfer; the maths is the pure
-function :func:`evaluation.lifelong_summary`; the command itself is cli/test.py.
+function :func:`evaluation.evaluate.lifelong_summary`; the command itself is cli/test.py.
 """
 from cli.test import main
 

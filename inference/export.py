@@ -16,7 +16,7 @@ The file needs only ``torch`` to run (no project code)::
 ``depth`` (B,1,H/2,W/2) float32 metres, ``domain`` (B,) int64 index of the head used (learning
 order), ``uncertainty`` (B,1,H/2,W/2) float32 log-variance. Automatic selection (no ``--domain``)
 uses the checkpoint's stored prototypes, packed into the file: the trunk runs once, each image goes
-to the head of its nearest prototype, and only that head runs (as in ``inference.DepthPredictor``).
+to the head of its nearest prototype, and only that head runs (as in ``inference.predictor.DepthPredictor``).
 The domain names, input sizes, depth ranges and normalization travel in the file's ``meta.json``
 extra file (:func:`load_exported`). Any input size works (the trunk is traced with dynamic sizes).
 

@@ -190,7 +190,7 @@ def compute_lda(net, loaders, device="cpu", passes=LDA_PASSES, shrink=LDA_SHRINK
     for loader in loaders:
         descs = []
         for k in range(passes):
-            if hasattr(loader.dataset, "epoch"):  # lifelong.SeededSamples: new augmentations per pass
+            if hasattr(loader.dataset, "epoch"):  # engine.sampling.SeededSamples: new augmentations per pass
                 loader.dataset.epoch = k
             descs += [pooled_descriptor(net.features(batch["image"].to(device))).double().cpu()
                       for batch in loader]

@@ -5,7 +5,7 @@ Everything here works on a *copy* of a network, or on tensors, never on the trai
 * :func:`fuse_conv_bn` folds every eval-mode BatchNorm into the convolution before it (the BN
   becomes ``nn.Identity`` under the same attribute name), so ``features``/``head_forward``/``forward``
   of the copy run unchanged with fewer kernels and one less pass over every activation.
-* :func:`inference_copy` builds the copy used by :class:`inference.DepthPredictor`: frozen, eval
+* :func:`inference_copy` builds the copy used by :class:`inference.predictor.DepthPredictor`: frozen, eval
   mode, BN folded, channels_last, and optionally cast to bfloat16/float16 ("cast" mode: weights are
   converted once, instead of autocast converting every weight on every call). The last convolution
   of every head branch (64 -> 1 channel, ~0.2 % of the FLOPs) stays float32, so depth and

@@ -7,7 +7,7 @@ dynamic batch and image sizes. Two graph kinds:
 
 * a *piece*: the trunk (image -> fused features) or one head (features -> depth[, uncertainty]),
   so that a runtime runs the trunk, selection happens in PyTorch on its features, and only the
-  chosen head runs (what :class:`inference.DepthPredictor` does with ``backend=``);
+  chosen head runs (what :class:`inference.predictor.DepthPredictor` does with ``backend=``);
 * a *whole model* (export.py): image -> depth, domain[, uncertainty], with the head fixed, or with
   pooled-prototype selection inside the graph and every head computed (ONNX has no cheap per-image
   dispatch), the chosen one gathered per image.

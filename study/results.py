@@ -2,7 +2,7 @@
 
 Conventions: ``matrix[k][d]`` is the test error of domain ``order[d]`` after stage ``k`` (domain
 prior, the study's evaluation conventions); summaries (final average, forgetting, BWT) are
-``evaluation.lifelong_summary``'s. Per-seed values are dicts ``{seed: value}``: ``stats`` turns them
+``evaluation.evaluate.lifelong_summary``'s. Per-seed values are dicts ``{seed: value}``: ``stats`` turns them
 into intervals and paired comparisons.
 """
 from __future__ import annotations
