@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import os
 import random
@@ -40,6 +39,7 @@ from torch.utils.data import DataLoader, Dataset
 from data import domains as dom
 from data.domains import DomainSpec, get_domain, load_domains_from_root
 from data.errors import InputError
+from data.safeio import read_json
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -692,9 +692,8 @@ class DepthDataset(Dataset):
 def rendered_scale_hint(data_root: str, scale: float) -> str:
     """A hint when ``data_root`` is a synthetic set rendered smaller than the requested input scale."""
     try:
-        with open(os.path.join(data_root, "meta.json")) as f:
-            rendered = float(json.load(f).get("scale", 1.0))
-    except (OSError, ValueError, TypeError, AttributeError):
+        rendered = float(read_json(os.path.join(data_root, "meta.json")).get("scale", 1.0))
+    except (ValueError, TypeError, AttributeError):  # no meta.json (None), or not a synthetic set's
         return ""
     if rendered + 1e-9 >= scale:
         return ""

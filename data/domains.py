@@ -51,11 +51,12 @@ Depth value 0 always means "no ground truth".
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+from data.safeio import read_json, write_json
 
 TRANSFORMS = ("nyu", "kitti", "scannet")
 SOURCES = ("nyu_csv", "nyu_h5", "nyu_mat", "kitti", "scannet", "generic_png")
@@ -387,19 +388,9 @@ def domain_from_dict(d: dict, where: str = "domain") -> DomainSpec:
         raise ValueError(f"{where} (domain {name!r}): {e}") from None
 
 
-def _read_json(path: str):
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"domain file {path!r} does not exist")
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-
-
 def load_domains_file(path: str, register: bool = True) -> List[DomainSpec]:
     """Read a JSON list of domains (or {"domains": [...]}, or one object) and register them."""
-    data = _read_json(path)
+    data = read_json(path, required=True, what="domain file")
     if isinstance(data, dict) and "domains" in data:
         data = data["domains"]
     items = data if isinstance(data, list) else [data]
@@ -415,7 +406,7 @@ def load_domains_file(path: str, register: bool = True) -> List[DomainSpec]:
 
 def load_domain_file(path: str, register: bool = True) -> DomainSpec:
     """Read a JSON file describing one custom domain (format: module docstring) and register it."""
-    data = _read_json(path)
+    data = read_json(path, required=True, what="domain file")
     if isinstance(data, list) or (isinstance(data, dict) and "domains" in data):
         raise ValueError(f"{path}: holds a list of domains; use load_domains_file for it")
     return load_domains_file(path, register)[0]
@@ -431,9 +422,7 @@ def load_domains_from_root(data_root: str, register: bool = True) -> List[Domain
 
 def save_domains_file(specs: Sequence[DomainSpec], path: str) -> None:
     """Write specs as a JSON list that load_domains_file reads back."""
-    from data.safeio import atomic_write  # complete or not at all
-    with atomic_write(path, "w", encoding="utf-8") as f:
-        json.dump([s.to_dict() for s in specs], f, indent=2)
+    write_json(path, [s.to_dict() for s in specs], round_digits=None)
 
 
 def run_name(letters: str, strategy: str) -> str:

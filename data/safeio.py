@@ -18,6 +18,7 @@ import re
 import socket
 import tempfile
 import time
+from typing import Optional
 
 __all__ = ["WriteError", "atomic_write", "atomic_torch_save", "clean_stale_temps", "read_json", "read_jsonl",
            "round_floats", "write_json"]
@@ -150,11 +151,21 @@ def read_jsonl(path) -> list[dict]:
     return out
 
 
-def read_json(path):
+def read_json(path, *, required: bool = False, what: str = "file"):
+    """The JSON value in ``path``. Not ``required`` (a cache, a record that may not exist yet, an
+    optional meta.json): None when the file is missing or not valid JSON (a killed writer's).
+    ``required``: FileNotFoundError naming the ``what`` and the path, or ValueError with the path,
+    line and column of the fault."""
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             return json.load(f)
-    except (FileNotFoundError, json.JSONDecodeError):
+    except FileNotFoundError:
+        if required:
+            raise FileNotFoundError(f"{what} {os.fspath(path)!r} does not exist") from None
+        return None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        if required:
+            raise ValueError(f"{os.fspath(path)}: not valid JSON ({e})") from None
         return None
 
 
@@ -169,8 +180,9 @@ def round_floats(obj, digits=6):
     return obj
 
 
-def write_json(path, payload) -> None:
-    """``payload`` as indented JSON, floats rounded, complete or not at all (a failed write, e.g. a
+def write_json(path, payload, *, round_digits: Optional[int] = 6) -> None:
+    """``payload`` as indented JSON, floats rounded to ``round_digits`` (None: as they are, for a
+    record such as a run's options, where an lr of 1e-7 must stay 1e-7), complete or not at all (a failed write, e.g. a
     full disk, raises :class:`WriteError` naming the path); the temp files of killed earlier writes
     in that folder (made if missing) go first."""
     folder = os.path.dirname(os.fspath(path)) or "."
@@ -180,5 +192,5 @@ def write_json(path, payload) -> None:
         raise WriteError(f"cannot write {os.fspath(path)}: {exc.strerror or exc}") from exc
     clean_stale_temps(folder)
     with atomic_write(path, "w", encoding="utf-8") as f:
-        json.dump(round_floats(payload), f, indent=2)
+        json.dump(payload if round_digits is None else round_floats(payload, round_digits), f, indent=2)
         f.write("\n")

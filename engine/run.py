@@ -8,14 +8,13 @@ signal saves its resume state and raises :class:`engine.processes.StageInterrupt
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from data.errors import InputError
-from data.safeio import atomic_write, clean_stale_temps
+from data.safeio import clean_stale_temps, write_json
 from engine.options import StageOptions, check_paths, resolve_options
 from engine.processes import Dist, amp_warning
 from engine.stage import Stage, describe
@@ -77,10 +76,7 @@ def start_run_folder(opts: StageOptions) -> None:
     if opts.resume is None and opts.overwrite:  # starting over: the earlier run's state goes
         for name in ("last.pth.tar", "log.jsonl"):
             (run_dir / name).unlink(missing_ok=True)
-    # every option as given, floats unrounded (safeio.write_json rounds: a record of the run needs
-    # an lr of 1e-7 as it was)
-    with atomic_write(run_dir / "options.json", "w") as f:
-        json.dump(dataclasses.asdict(opts), f, indent=2)
+    write_json(run_dir / "options.json", dataclasses.asdict(opts), round_digits=None)  # every option as given
 
 
 def _run_locked(opts: StageOptions, ctx: Dist) -> Path:

@@ -32,7 +32,6 @@ One rule, used by predict.py, the streams (inference/stream.py), the demo and
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import asdict, dataclass
@@ -43,6 +42,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from data.domains import CAMERAS, get_domain
+from data.safeio import read_json
 from inference.prototypes import LDA_SHRINK, fit_lda, lda_distances, pooled_descriptor
 from loaders import IMAGENET_MEAN, IMAGENET_STD, build_transform, get_dataset
 from losses import upsample_to
@@ -92,11 +92,10 @@ def source_camera(spec, data_root=None) -> Camera | None:
     spec = get_domain(spec)
     if data_root:
         try:
-            with open(os.path.join(data_root, "meta.json"), encoding="utf-8") as f:
-                d = json.load(f)["domains"][spec.name]
+            d = read_json(os.path.join(data_root, "meta.json"))["domains"][spec.name]
             k, (h, w) = d["intrinsics"], d["depth_size"]
             return Camera(float(k["fx"]), float(k["fy"]), float(k["cx"]), float(k["cy"]), int(w), int(h))
-        except (OSError, ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError):  # no meta.json (None), or no camera of this domain
             pass
     if getattr(spec, "camera", None):
         fx, fy, cx, cy, w, h = spec.camera

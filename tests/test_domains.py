@@ -89,6 +89,16 @@ def test_json_round_trip(tmp_path, clean_registry):
     assert loaded == spec and get_domain("office") == spec
 
 
+def test_saved_domains_keep_their_numbers_exactly(tmp_path, clean_registry):
+    """domains.json is a record, not a report: a KITTI-style depth scale of 1/256 m per unit
+    (0.00390625) must not come back rounded to the report files' six digits."""
+    spec = DomainSpec("street", "T", "street_train.csv", "street_test.csv", "replay_street.csv", depth_encoding={"kind": "png", "scale": 1 / 256, "bits": 16}, max_depth=80.0)
+    path = tmp_path / "domains.json"
+    dom.save_domains_file([spec], str(path))
+    loaded = dom.load_domains_file(str(path), register=False)
+    assert loaded == [spec] and loaded[0].encoding("test")["scale"] == 0.00390625
+
+
 def test_json_defaults(tmp_path, clean_registry):
     path = tmp_path / "d.json"
     path.write_text(json.dumps({"name": "lab", "letter": "l"}))

@@ -27,7 +27,7 @@ def tiny(root, runs, **extra) -> StageOptions:
 
 
 def test_train_stage_runs_without_argv_and_returns_the_checkpoint(root, tmp_path):
-    options = tiny(root, tmp_path)
+    options = tiny(root, tmp_path, lr=1.2345678e-7)
     out = train_stage(options)
     assert out == tmp_path / "N.pth.tar" and out.is_file()
     assert options.out is None and options.run_dir is None  # the caller's settings stay as given
@@ -36,6 +36,7 @@ def test_train_stage_runs_without_argv_and_returns_the_checkpoint(root, tmp_path
     recorded = json.loads((tmp_path / "N" / "options.json").read_text())
     assert set(recorded) == {f.name for f in dataclasses.fields(StageOptions)}  # every option, resolved
     assert recorded["run_dir"] == str(tmp_path / "N") and recorded["batch_size"] == 4
+    assert recorded["lr"] == 1.2345678e-7  # the record of a run is not rounded like the reports
 
 
 def test_every_field_is_an_option_with_help():
