@@ -138,9 +138,9 @@ class Report:
                  "- Evaluation: test split" + (f" (first {s.eval_images} images)" if s.eval_images else "")
                  + ", domain prior, per-image averaging, predictions capped to the domain's range, the "
                  "domain's own crop, float32 network (`DepthPredictor(fast=False)`, "
-                 "`evaluation.evaluate_split`). Forgetting of an old domain = final error - best earlier "
+                 "`evaluation.evaluate.evaluate_split`). Forgetting of an old domain = final error - best earlier "
                  "error (positive = forgot); BWT = mean over old domains of (error right after learning it "
-                 "- final error) (positive = improved): `evaluation.lifelong_summary`.",
+                 "- final error) (positive = improved): `evaluation.evaluate.lifelong_summary`.",
                  f"- Orders: {', '.join(s.orders)}; arms on every order: {', '.join(s.arms)}; protocol arms "
                  f"on {', '.join(s.protocol_orders)}: {', '.join(s.protocol_arms) or 'none'}"
                  + ("; joint model on all domains" if s.joint or s.single_head else "")
