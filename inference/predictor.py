@@ -327,7 +327,9 @@ class RuntimeOptions:
         "folded into convs, channels_last, fused oneDNN kernels on a CPU, bf16 where the device has "
         "native kernels: metrics within ~0.1 %% of float32); for exact numbers")})
     precision: str = field(default="auto", metadata={"help": (
-        "numeric precision asked of DepthPredictor (auto = its own default)")})
+        "numeric precision of the network. auto: bfloat16 where the device runs it natively (CPUs with "
+        "AVX512-BF16 or AMX, CUDA GPUs with bf16), float16 on older CUDA GPUs, else float32 (AVX2-only "
+        "CPUs); float32 with --no-fast")})
     backend: str = field(default=AUTO, metadata={"help": (
         "what runs the network: auto (default) = the fastest measured for this CPU kind (OpenVINO "
         "bf16 on AMX CPUs, ONNX Runtime on AVX2-only ones, else PyTorch; PyTorch with --no-fast); "
