@@ -329,7 +329,8 @@ class RuntimeOptions:
     precision: str = field(default="auto", metadata={"help": (
         "numeric precision of the network. auto: bfloat16 where the device runs it natively (CPUs with "
         "AVX512-BF16 or AMX, CUDA GPUs with bf16), float16 on older CUDA GPUs, else float32 (AVX2-only "
-        "CPUs); float32 with --no-fast")})
+        "CPUs); float32 with --no-fast. ONNX Runtime runs float32 whatever is asked, OpenVINO bf16 or "
+        "float32 (fp16 runs as float32)")})
     backend: str = field(default=AUTO, metadata={"help": (
         "what runs the network: auto (default) = the fastest measured for this CPU kind (OpenVINO "
         "bf16 on AMX CPUs, ONNX Runtime on AVX2-only ones, else PyTorch; PyTorch with --no-fast); "
