@@ -36,10 +36,10 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
-from data import domains as dom
-from data.domains import DomainSpec, get_domain, load_domains_from_root
-from data.errors import InputError
-from data.safeio import read_json
+from base import domains as dom
+from base.domains import DomainSpec, get_domain, load_domains_from_root
+from base.errors import InputError
+from base.safeio import read_json
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

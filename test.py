@@ -12,7 +12,7 @@ taken from the checkpoint's learning order. Predictions come from the product's 
 upsampling to the ground truth, optional caps and crops, per-image or per-pixel averaging).
 
 ``--matrix`` evaluates every stage checkpoint of a learning order (N, NK, NKS, or NK_<strategy>
-... as named by ``data.domains.run_name``) on every domain learned so far and reports, per metric, the
+... as named by ``base.domains.run_name``) on every domain learned so far and reports, per metric, the
 domain x stage matrix, the final average, forgetting and backward transfer; the maths is the pure
 function :func:`evaluation.evaluate.lifelong_summary`; the command itself is cli/test.py.
 """

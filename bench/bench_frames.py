@@ -42,9 +42,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from data.domains import get_domain  # noqa: E402
+from base.domains import get_domain  # noqa: E402
 from evaluation.evaluate import DomainEvaluator, evaluate_split, make_loader, test_dataset  # noqa: E402
-from data.safeio import write_json  # noqa: E402
+from base.safeio import write_json  # noqa: E402
 from inference import images as P  # noqa: E402
 from inference.frames import CameraHint, source_camera  # noqa: E402
 from loaders import get_dataset  # noqa: E402

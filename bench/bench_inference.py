@@ -436,7 +436,7 @@ def fit_network(args):
 def accuracy(args):
     """Per domain: RMSE / delta1 / abs_rel of every accuracy variant vs the fp32 path."""
     from evaluation.evaluate import DomainEvaluator
-    from data.domains import get_domain, load_domains_from_root
+    from base.domains import get_domain, load_domains_from_root
     from loaders import get_dataset, get_loader
     from inference.prototypes import compute_prototypes
     from models import load_checkpoint, save_checkpoint

@@ -47,8 +47,8 @@ from PIL import Image  # noqa: E402
 
 from inference import stream as S  # noqa: E402
 from inference import images as P  # noqa: E402
-from data.domains import get_domain  # noqa: E402
-from data.safeio import write_json  # noqa: E402
+from base.domains import get_domain  # noqa: E402
+from base.safeio import write_json  # noqa: E402
 from cli import predict as predict_cli  # noqa: E402
 from cli.errors import CLIError  # noqa: E402
 from cli.options import resolve_device  # noqa: E402

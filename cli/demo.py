@@ -38,7 +38,7 @@ from PIL import Image  # noqa: E402
 
 from inference import images as P  # noqa: E402
 from inference import stream as S  # noqa: E402
-from evaluation.uncertainty import interval_summary, median_width  # noqa: E402
+from base.uncertainty import interval_summary, median_width  # noqa: E402
 from cli.errors import CLIError, run_command  # noqa: E402
 from cli.options import (HelpFormatter, add_checkpoint_arguments, add_device_argument, checked_type,  # noqa: E402
                          parse_letters, resolve_device)
@@ -110,7 +110,7 @@ class Models:
 
 
 def head_choices(model) -> list[str]:
-    from data.domains import get_domain
+    from base.domains import get_domain
     return [AUTO] + [f"{get_domain(c).name} ({c})" for c in model.letters]
 
 
@@ -119,7 +119,7 @@ def distance_chart(letters, distances, chosen) -> Image.Image:
     import matplotlib
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
-    from data.domains import get_domain
+    from base.domains import get_domain
     names = [f"{get_domain(c).name} ({c})" for c in letters]
     fig, ax = plt.subplots(figsize=(4.2, 0.45 * len(letters) + 0.9), dpi=100)
     try:
@@ -141,7 +141,7 @@ def distance_chart(letters, distances, chosen) -> Image.Image:
 def infer(models: Models, image, checkpoint: str, head_choice: str, workdir: Path) -> dict:
     """Everything the page shows for one image: ``{"domain" (text), "depth", "uncertainty" (the
     90 % interval width; colour-mapped PNG paths), "chart" (PIL or None), "head", "distances"}``."""
-    from data.domains import get_domain
+    from base.domains import get_domain
     model = models.get(checkpoint)
     img = upload_image(image, getattr(models.args, "max_pixels", DEFAULT_DEMO_MAX_PIXELS))
     forced = None if head_choice in (None, AUTO) else head_choices(model).index(head_choice) - 1

@@ -6,8 +6,8 @@ The library raises ordinary exceptions (:data:`USER_ERRORS`); :func:`run_command
 """
 from __future__ import annotations
 
-from data.errors import InputError, RuntimeUnavailable
-from data.safeio import WriteError
+from base.errors import InputError, RuntimeUnavailable
+from base.safeio import WriteError
 
 __all__ = ["CLIError", "USER_ERRORS", "error_line", "printable", "run_command"]
 
@@ -37,7 +37,7 @@ def error_line(exc) -> str:
     return printable(text, "")
 
 
-# What the library raises for a user's input (data.errors.InputError: a setting, a data file or
+# What the library raises for a user's input (base.errors.InputError: a setting, a data file or
 # row, a checkpoint), a file it cannot write, a missing file, a runtime that is not installed.
 USER_ERRORS = (InputError, WriteError, FileNotFoundError, RuntimeUnavailable)
 

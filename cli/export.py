@@ -14,7 +14,7 @@ import sys
 
 from cli.errors import run_command
 from cli.options import add_checkpoint_arguments, parse_size
-from data.safeio import WriteError
+from base.safeio import WriteError
 from inference.export import FORMATS, ONNX_TOLERANCE, check_out, export_net, verify_export
 from models import CheckpointError, load_checkpoint
 

@@ -12,11 +12,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 
 import torch
 
-from data.domains import load_domains_from_root, parse_order
-from data.errors import InputError
+from base.domains import load_domains_from_root, parse_order
+from base.errors import InputError
 from evaluation.evaluate import CROP_CHOICES, FULL_FRAME_CHOICES, EvalOptions
 from inference.predictor import RuntimeOptions
 from models.runtimes import AUTO, BACKENDS
@@ -24,8 +25,8 @@ from cli.errors import CLIError
 from engine.options import AMP_MODES, DEVICES, StageOptions
 from engine.processes import resolve_device as engine_device
 from inference.prototypes import SELECTORS
-from engine.protocol import PROTOCOLS
-from engine.protocol import value as protocol_value
+from base.protocol import PROTOCOLS
+from base.protocol import value as protocol_value
 
 
 DEFAULT_CHECKPOINT = "runs/NKS.pth.tar"
@@ -139,7 +140,7 @@ def parse_letters(text: str, what: str) -> str:
 
 
 def add_protocol_argument(parser: argparse.ArgumentParser, group=None) -> None:
-    """--protocol (engine/protocol.py maps it to the individual options)."""
+    """--protocol (base/protocol.py maps it to the individual options)."""
     (group or parser).add_argument(
         "--protocol", default="ours", choices=list(PROTOCOLS),
         help="ours: this project's procedure; authors: the released code's, quirks included (every "
@@ -149,7 +150,7 @@ def add_protocol_argument(parser: argparse.ArgumentParser, group=None) -> None:
 
 def add_eval_arguments(p: argparse.ArgumentParser, g) -> None:
     """--protocol and the evaluation conventions (shared with test_inference.py). Their defaults
-    are None: eval_options fills them from the protocol (engine/protocol.py), explicit values win."""
+    are None: eval_options fills them from the protocol (base/protocol.py), explicit values win."""
     add_protocol_argument(p, g)
     g.add_argument("--crop", default=None, choices=list(CROP_CHOICES), help=help_of(EvalOptions, "crop"))
     g.add_argument("--cap", action=argparse.BooleanOptionalAction, default=None,
@@ -202,3 +203,26 @@ def checked_type(parse):
             raise CLIError(str(e)) from None
     checked.__name__ = parse.__name__
     return checked
+
+
+def parse_interval(text) -> float:
+    """--intervals PERCENT -> a coverage in (0, 1), or ValueError with the expected form."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not 0.0 < value < 100.0:
+        raise ValueError(f"--intervals {text!r}: expected a central coverage in percent, between 0 and "
+                         f"100 exclusive, e.g. 90")
+    return value / 100.0
+
+
+def add_interval_argument(p) -> None:
+    """predict.py's --intervals (the predictor's option parser)."""
+    p.add_argument("--intervals", default=None, metavar="PERCENT",
+                   help="also write the central PERCENT %% interval of every pixel's depth as "
+                        "<name>_depth_lower<P>/_upper<P> (.png 16-bit mm and .npy metres), from the "
+                        "predicted uncertainty with the checkpoint's per-domain calibration (scale 1, "
+                        "with a note, for checkpoints without one); predictions.json states the coverage "
+                        "the calibration achieved on validation rows. Streams log each frame's median "
+                        "interval width at this coverage (default 90)")

@@ -53,15 +53,15 @@ from cli.errors import CLIError, printable, run_command
 from cli.options import (HelpFormatter, add_checkpoint_arguments, add_runtime_arguments,
                          add_selector_arguments, checked_type, help_of, parse_letters, parse_size,
                          resolve_device, runtime_options)
-from data.domains import get_domain
-from data.safeio import write_json
+from base.domains import get_domain
+from base.safeio import write_json
 from inference.predictor import predictor_settings
 from inference.images import (PNG16_MAX_M, ImageOptions, Predictor, collect_inputs, intrinsics_for, make_out_dir,
                               output_stems, parse_intrinsics, parse_max_pixels, read_rgb, save_colormap, save_png16,
                               write_ply)
-from data.safeio import atomic_write, clean_stale_temps
-from evaluation.uncertainty import (add_interval_argument, calibration_note, interval_summary, median_width,
-                                    parse_interval)
+from base.safeio import atomic_write, clean_stale_temps
+from base.uncertainty import calibration_note, interval_summary, median_width
+from cli.options import add_interval_argument, parse_interval
 
 
 def check_max_depth(value) -> None:

@@ -41,7 +41,7 @@ from tqdm import tqdm  # noqa: E402
 
 from cli import test as evaluate_cli  # noqa: E402
 from cli import test_inference as inference_cli  # noqa: E402
-from data.safeio import write_json  # noqa: E402
+from base.safeio import write_json  # noqa: E402
 from evaluation.evaluate import EvalOptions  # noqa: E402
 from evaluation.matrix import DEFAULT_MATRIX_METRICS, evaluate_matrix  # noqa: E402
 from evaluation.selection import SelectionOptions, evaluate_selection  # noqa: E402
@@ -373,7 +373,7 @@ def write_report(out: Path, s: dict, args, clock: Clock, matrix: dict, infer: di
               "Reproduce: `python quickstart.py" + (" --tiny" if args.tiny else "") + "`; evaluate again with "
               f"`python test.py --matrix --checkpoint {matrix['stages'][-1]} --data-root {root}` and "
               f"`python test_inference.py --checkpoint {matrix['stages'][-1]} --data-root {root}`.", ""]
-    from data.safeio import atomic_write  # REPORT.md appears complete or not at all
+    from base.safeio import atomic_write  # REPORT.md appears complete or not at all
     with atomic_write(out / "REPORT.md", "w", encoding="utf-8") as f:
         f.write("\n".join(lines))
     write_json(out / "report.json", report)

@@ -13,7 +13,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from cli.errors import CLIError, error_line
-from evaluation.uncertainty import parse_interval
+from cli.options import parse_interval
 from inference.stream import (DEFAULT_MARGIN, DEFAULT_WINDOW, SMOOTHING_MODES, VIDEO_EXTENSIONS, StreamOptions,
                               StreamStopped, is_video, open_stream, write_stream)
 

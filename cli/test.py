@@ -9,15 +9,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from data.domains import get_domain
+from base.domains import get_domain
 from evaluation.evaluate import describe_predictor, describe_settings, evaluate_checkpoint, stage_paths
 from evaluation.matrix import DEFAULT_MATRIX_METRICS, evaluate_matrix, table_rows, uncertainty_rows
 from metrics import METRIC_NAMES, format_table
 from models import load_checkpoint, read_checkpoint, save_checkpoint
 from models.checkpoint import check_checkpoint_path, checkpoint_letters
-from evaluation.uncertainty import CALIBRATION_KEY, calibration_note, reliability_plots
+from base.uncertainty import CALIBRATION_KEY, calibration_note
+from evaluation.uncertainty import reliability_plots
 from evaluation.uncertainty import format_tables as format_uncertainty_tables
-from data.safeio import write_json
+from base.safeio import write_json
 from cli.errors import CLIError, run_command
 from cli.options import (DEFAULT_CHECKPOINT, HelpFormatter, add_eval_arguments,
                          add_checkpoint_arguments, add_runtime_arguments, eval_options, parse_letters,

@@ -11,7 +11,7 @@ import argparse
 
 import torch
 
-from data.safeio import write_json
+from base.safeio import write_json
 from evaluation.evaluate import describe_predictor, describe_settings
 from evaluation.selection import SelectionOptions, evaluate_selection, selection_benchmark
 from inference.prototypes import DEFAULT_SELECTOR

@@ -13,7 +13,7 @@ import sys
 
 from cli.errors import CLIError, printable, USER_ERRORS
 from cli.options import HelpFormatter, add_amp_argument, add_device_argument, add_protocol_argument
-from data.errors import InputError
+from base.errors import InputError
 from engine.options import StageOptions, flag, option_fields, order_specs
 from engine.processes import StageInterrupted
 from engine.run import train_stage

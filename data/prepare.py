@@ -5,7 +5,7 @@ A source (:class:`NyuSource`, :class:`KittiSource`, :class:`ScanNetSource`, :cla
 pairs of one layout; :func:`prepare` checks every pair, writes the CSVs as :class:`IndexOptions`
 say and returns a :class:`Report` of the rows written and the files skipped with their reasons.
 :func:`draw_replay` (re)draws a replay CSV. Rows are `image_path,depth_path` relative to the data
-root. A dataset this cannot index raises :class:`data.errors.InputError`. The settings' help texts
+root. A dataset this cannot index raises :class:`base.errors.InputError`. The settings' help texts
 (field metadata) are the command's option help (cli/prepare_data.py).
 """
 
@@ -23,8 +23,8 @@ from typing import ClassVar, Iterable, List, Optional, Sequence, Tuple
 from PIL import Image
 from tqdm import tqdm
 
-from data import domains as dom
-from data.errors import InputError
+from base import domains as dom
+from base.errors import InputError
 
 Pair = Tuple[str, str]   # absolute (or cwd-relative) image path, depth path (or .mat frame number)
 IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".ppm")
@@ -89,7 +89,7 @@ def read_csv_rows(path: str) -> List[List[str]]:
 def write_rows(path: str, rows: Iterable[Sequence[str]]) -> int:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     rows = list(rows)
-    from data.safeio import atomic_write  # an index CSV appears complete or not at all
+    from base.safeio import atomic_write  # an index CSV appears complete or not at all
     with atomic_write(path, "w", encoding="utf-8") as f:
         csv.writer(f, lineterminator="\n").writerows(rows)
     return len(rows)

@@ -23,7 +23,7 @@ Python API (the command is cli/synthetic.py, `python synthetic.py`):
   check_settings(n_train, n_test, replay_size, workers, scale, domains) -> domain letters
   check_out(out, letters, overwrite=False): refuses to write over a real dataset
   render_sample(domain, split, index, seed=0, scale=1.0) -> dict with the arrays of one sample
-Settings that cannot work raise data.errors.InputError (the message names the command's option).
+Settings that cannot work raise base.errors.InputError (the message names the command's option).
 """
 import csv
 import math
@@ -39,10 +39,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-from data.domains import CAMERAS, get_domain
-from data.errors import InputError
+from base.domains import CAMERAS, get_domain
+from base.errors import InputError
 from data.prepare import write_replay_csv
-from data.safeio import read_json, write_json
+from base.safeio import read_json, write_json
 
 GENERATOR_VERSION = "1.0"
 EPS = 1e-4                 # minimum ray parameter of a hit (metres of depth)
@@ -68,7 +68,7 @@ class DomainConfig:
 
 
 def _config(letter: str, code: int, depth_range, frames_per_scene) -> DomainConfig:
-    """A built-in domain's synthetic config: its sensor (domains.CAMERAS) and CSV names (data/domains.py)."""
+    """A built-in domain's synthetic config: its sensor (domains.CAMERAS) and CSV names (base/domains.py)."""
     cam, spec = CAMERAS[letter], get_domain(letter)
     return DomainConfig(spec.name, letter, code, cam.frame_size, cam.intrinsics, cam.color_size, depth_range,
                         frames_per_scene,
@@ -1381,7 +1381,7 @@ def _work(task) -> dict:
 
 # ============================================================================ CSVs, replay, meta
 def _write_csv(path: str, rows: Sequence[Tuple[str, str]]) -> None:
-    from data.safeio import atomic_write  # an index CSV appears complete or not at all
+    from base.safeio import atomic_write  # an index CSV appears complete or not at all
     with atomic_write(path, "w", encoding="utf-8") as fh:
         w = csv.writer(fh, lineterminator="\n")
         w.writerows(rows)

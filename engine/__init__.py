@@ -16,6 +16,6 @@ Modules: ``options`` (``StageOptions``, the settings of a stage, their resolutio
 ``processes`` (device, torchrun ranks, stop signals, seeds, mixed precision), ``sampling``
 (samplers, replay streams, validation rows, a domain's datasets), ``model`` (prior, student,
 teacher, fresh heads), ``stage`` (the loss terms and the training loop), ``run`` (the run folder
-and ``train_stage``, the entry of train_N.py / train_NK.py / train_NKS.py through cli/train.py),
-and ``protocol`` (the one map from ``--protocol ours|authors`` to the individual options).
+and ``train_stage``, the entry of train_N.py / train_NK.py / train_NKS.py through cli/train.py).
+The one map from ``--protocol ours|authors`` to the individual options is ``base.protocol``.
 """

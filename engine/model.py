@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data.errors import InputError
+from base.errors import InputError
 from engine.options import STRATEGIES
 from engine.processes import amp_settings
 from models import CheckpointError, LifelongDepthNet, read_checkpoint

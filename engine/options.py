@@ -5,7 +5,7 @@ default, and in ``metadata`` its help text, its help group and its choices, from
 builds the argparse parser. :func:`resolve_options` fills the values that depend on others (order
 letters, batch size, --out, the run folder, --prior, the protocol's options) and refuses values that
 cannot give a useful run (:func:`check_values`); :func:`check_paths` refuses to overwrite what the
-run did not make. Both raise :class:`data.errors.InputError` naming the option.
+run did not make. Both raise :class:`base.errors.InputError` naming the option.
 """
 from __future__ import annotations
 
@@ -15,14 +15,14 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data.domains import load_domains_from_root, parse_order, run_name
-from data.errors import InputError
+from base.domains import load_domains_from_root, parse_order, run_name
+from base.errors import InputError
 from loaders import rendered_scale_hint, scaled
 from models.resnet import ENCODERS
-from engine.protocol import DATA as PROTOCOL_DATA
-from engine.protocol import PROTOCOLS
-from engine.protocol import TRAINING as PROTOCOL_TRAINING
-from engine.protocol import resolve as resolve_protocol
+from base.protocol import DATA as PROTOCOL_DATA
+from base.protocol import PROTOCOLS
+from base.protocol import TRAINING as PROTOCOL_TRAINING
+from base.protocol import resolve as resolve_protocol
 
 STRATEGIES = {
     # name: (distil old heads on new images, replay old buffers, help)
@@ -137,7 +137,7 @@ class StageOptions:
                                choices=("stop", "skip"))
     quiet: bool = option(False, "no progress bars", RUN)
     # ---- protocol: defaults None are filled from --protocol by resolve_options; an explicit value wins
-    protocol: str = option("ours", "the training procedure, ours or authors: engine/protocol.py maps it to the options below",
+    protocol: str = option("ours", "the training procedure, ours or authors: base/protocol.py maps it to the options below",
                            PROTOCOL, choices=PROTOCOLS, declared="cli.options.add_protocol_argument")
     reinit_old_heads: bool | None = option(
         None, "re-initialise every old head at the start of a later stage, as upstream's "

@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
-from data.errors import InputError
+from base.errors import InputError
 from models.fast import lowp_supported
 
 

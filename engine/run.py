@@ -2,7 +2,7 @@
 
 The run folder (``<out without .pth.tar>/``: options.json, log.jsonl, the resume state last.pth.tar)
 is locked for the whole stage, so that a second training into it stops at once. Every user error
-(an option, the data, a checkpoint) is an :class:`data.errors.InputError`; a stage stopped by a
+(an option, the data, a checkpoint) is an :class:`base.errors.InputError`; a stage stopped by a
 signal saves its resume state and raises :class:`engine.processes.StageInterrupted`.
 """
 from __future__ import annotations
@@ -13,8 +13,8 @@ import sys
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
-from data.errors import InputError
-from data.safeio import clean_stale_temps, write_json
+from base.errors import InputError
+from base.safeio import clean_stale_temps, write_json
 from engine.options import StageOptions, check_paths, resolve_options
 from engine.processes import Dist, amp_warning
 from engine.stage import Stage, describe

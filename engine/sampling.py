@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch.utils.data import DistributedSampler, Subset
 
-from data.errors import InputError
+from base.errors import InputError
 from engine.options import data_options, drop_last
 from loaders import get_dataset, get_loader
 

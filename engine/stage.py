@@ -18,17 +18,18 @@ import torch.nn as nn
 from torch.utils.data import Subset
 from tqdm import tqdm
 
-from data.domains import get_domain
-from data.errors import InputError
+from base.domains import get_domain
+from base.errors import InputError
 from engine.model import NoGroundTruth, build_model, init_depth_bias, median_depth, teacher_targets
 from engine.options import STRATEGIES, drop_last, parse_weights, scaled_size
 from engine.processes import Dist, StageInterrupted, StopSignals, amp_settings, seed_everything
-from engine.protocol import DATA as PROTOCOL_DATA
-from engine.protocol import TRAINING as PROTOCOL_TRAINING
+from base.protocol import DATA as PROTOCOL_DATA
+from base.protocol import TRAINING as PROTOCOL_TRAINING
 from engine.sampling import (CyclingLoader, DomainData, EpochReplayLoader, SeededSamples, StepSampler,
                              loader_message, make_loader)
 from evaluation.evaluate import evaluate_domain
-from evaluation.uncertainty import CALIBRATION_KEY, fit_calibration
+from base.uncertainty import CALIBRATION_KEY
+from evaluation.uncertainty import fit_calibration
 from inference.prototypes import compute_lda, compute_prototypes
 from loaders import DatasetFormatError, get_loader
 from losses import distillation_loss, uncertainty_depth_loss
@@ -502,7 +503,7 @@ class Stage:
     def frame_statistics(self):
         """Selector statistics on whole frames and the out-of-domain thresholds (inference/replay.py);
         None (with a note) when a domain has too few replay rows to hold some out."""
-        from data.errors import InputError
+        from base.errors import InputError
         from inference.predictor import DepthPredictor
         from inference.replay import frame_statistics
         mode = self.net.training

@@ -8,7 +8,7 @@ It also owns a checkpoint's evaluation through the product's inference path: a d
 (:func:`test_dataset`), one split through ``DepthPredictor`` (:func:`evaluate_split`), every learned
 domain of a checkpoint (:func:`evaluate_checkpoint`), the stage files of a learning order
 (:func:`stage_paths`), the lifelong maths (:func:`lifelong_summary`: forgetting, BWT), their text
-tables (JSON files: ``data.safeio.write_json``). The data options and scoring rules of a run are
+tables (JSON files: ``base.safeio.write_json``). The data options and scoring rules of a run are
 one :class:`EvalOptions`; a user's bad setting or data is an ``InputError``.
 """
 from __future__ import annotations
@@ -22,16 +22,17 @@ import torch
 from torch.utils.data import Subset
 from tqdm import tqdm
 
-from data.domains import get_domain, run_name
-from data.errors import InputError
-from engine.protocol import EVALUATION as PROTOCOL_EVALUATION
-from engine.protocol import resolve as resolve_protocol
+from base.domains import get_domain, run_name
+from base.errors import InputError
+from base.protocol import EVALUATION as PROTOCOL_EVALUATION
+from base.protocol import resolve as resolve_protocol
 from inference.predictor import DepthPredictor, build_predictor, predictor_settings
 from losses import upsample_to
 from metrics import HIGHER_IS_BETTER, ErrorAggregator, prepare_pair
 from models.checkpoint import check_checkpoint_path, checkpoint_letters, default_scale
 from models.fast import autocast_context
-from evaluation.uncertainty import CALIBRATION_KEY, UncertaintyEvaluator, calibration_scales
+from base.uncertainty import CALIBRATION_KEY, calibration_scales
+from evaluation.uncertainty import UncertaintyEvaluator
 
 
 CROP_CHOICES = ("default", "none", "eigen", "garg")
@@ -47,7 +48,7 @@ def _help(text: str) -> dict:
 @dataclass
 class EvalOptions:
     """A checkpoint evaluation's data options and scoring rules. The rules left at None are the
-    protocol's (``engine/protocol.py``; :meth:`resolved` fills them, explicit values win)."""
+    protocol's (``base/protocol.py``; :meth:`resolved` fills them, explicit values win)."""
     data_root: str = "datasets"
     scale: float | None = None  # None: the checkpoint's training scale
     max_images: int | None = None  # None: every test image

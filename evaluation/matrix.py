@@ -9,8 +9,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from data.domains import get_domain
-from data.errors import InputError
+from base.domains import get_domain
+from base.errors import InputError
 from evaluation.evaluate import EvalOptions, evaluate_checkpoint, format_matrix, lifelong_summary, stage_paths
 from evaluation.uncertainty import format_stage_table
 from evaluation.uncertainty import format_tables as format_uncertainty_tables

@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from data.domains import get_domain
-from data.errors import InputError
-from engine.protocol import resolve as resolve_protocol
+from base.domains import get_domain
+from base.errors import InputError
+from base.protocol import resolve as resolve_protocol
 from evaluation.evaluate import EvalOptions, check_learned, evaluate_domains, load_test_splits, test_dataset
 from inference.predictor import build_predictor, predictor_settings
 from inference.prototypes import DEFAULT_SELECTOR, SELECTORS, prototype_distances

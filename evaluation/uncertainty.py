@@ -1,199 +1,21 @@
-"""What a head's predicted log-variance means, how good it is, and its per-domain calibration.
-
-**The predictive distribution is a Gaussian in depth.** The training loss
-(:func:`losses.uncertainty_depth_loss`) is, per valid pixel, with ``p`` the predicted depth, ``u``
-the predicted "log-variance", ``d`` the ground truth and ``m`` the batch's median ground truth,
-
-    exp(-u) * (p/m - d/m)**2 + 2*u  =  4 * [ r**2 / (2 v) + log(v) / 2 ]  - 2 log 2,
-    with  r = (d - p) / m  and  v = 2 * exp(u).
-
-The bracket is the negative log-likelihood of a Gaussian of variance ``v`` (up to a constant), so
-training is maximum likelihood of ``d/m ~ N(p/m, 2 exp(u))``: a *squared* residual means a Gaussian
-(an absolute one, ``|r|``, would mean a Laplace). The minimiser is ``exp(u) = r**2 / 2``, not
-``r**2``: ``u`` is the log of *half* the variance, which is why a raw ``exp(u)`` is not the variance.
-In metres the spread of a pixel is therefore
-
-    sigma = s * m * sqrt(2) * exp(u / 2),
-
-where at test time ``m`` (the ground truth's median, unknown there) is taken as the median of the
-image's own predicted depth, and ``s`` is the per-domain calibration scale (1 when uncalibrated).
-A central interval of coverage ``c`` is ``p +- z * sigma`` with ``z = Phi^-1((1 + c) / 2)`` (the
-lower end clipped at 0 m: depth is positive).
-
-Each formula is one pure function here: :func:`spread`, :func:`z_value`, :func:`interval`,
-:func:`gaussian_nll`, :func:`coverage`, :func:`sparsification`, :func:`ause_aurg`, :func:`spearman`
-and the calibration fit :func:`fit_scale`. :class:`UncertaintyEvaluator` accumulates them over a
-test split; :func:`fit_calibration` fits one scale per head on validation rows (the training engine
-calls it at the end of every stage; the result is stored in the checkpoint under
-:data:`CALIBRATION_KEY`, read back by :func:`calibration_scales`).
-
-A calibration scale multiplies the spread only: it never changes a depth value, nor the order of the
-pixels by uncertainty (so AUSE, AURG and Spearman are the same before and after).
+"""A split's uncertainty measures (:class:`UncertaintyEvaluator`), the per-head calibration fit
+(:func:`fit_calibration`), reliability plots and the text tables. What a log-variance means, and each
+formula, is :mod:`base.uncertainty`.
 """
 from __future__ import annotations
 
 import math
-from statistics import NormalDist
 
 import numpy as np
 import torch
-from scipy.stats import rankdata
 
-from data.safeio import atomic_write
+from base.safeio import atomic_write
+from base.uncertainty import (LEVELS, RELIABILITY_LEVELS, SPARSIFICATION_STEPS, ause_aurg, coverage, fit_scale,
+                              gaussian_nll, sparsification, spearman, valid_pixels, z_value)
 from losses import upsample_to
-from metrics import prepare_pair
 
-__all__ = ["CALIBRATION_KEY", "LEVELS", "SPARSIFICATION_STEPS", "spread", "z_value", "interval",
-           "gaussian_nll", "coverage", "sparsification", "ause_aurg", "spearman", "fit_scale",
-           "valid_pixels", "UncertaintyEvaluator", "fit_calibration", "calibration_scales",
-           "calibration_note", "save_reliability_plot", "interval_maps", "median_width", "parse_interval",
-           "add_interval_argument", "interval_summary", "format_tables", "format_stage_table"]
-
-#: Checkpoint metadata key of the calibration (one scale per head and how it was fitted).
-CALIBRATION_KEY = "uncertainty_calibration"
-#: Central coverages reported (and fitted: the calibration minimises the largest miss over them).
-LEVELS = (0.5, 0.8, 0.9, 0.95)
-#: Reliability-plot coverages.
-RELIABILITY_LEVELS = tuple(round(0.05 * k, 2) for k in range(1, 20))
-#: Smallest median depth (metres) of :func:`spread`: a map without positive depth (an untrained head)
-#: gets a tiny but positive spread instead of 0 (which would make every NLL infinite).
-MEDIAN_FLOOR = 1e-3
-#: Sparsification removes 0, 1/K, ..., (K-1)/K of the pixels (K = this).
-SPARSIFICATION_STEPS = 20
-
-
-# --------------------------------------------------------------------------------------------------
-# The formulas (numpy arrays of valid pixels)
-# --------------------------------------------------------------------------------------------------
-def spread(depth, logvar, scale: float = 1.0) -> np.ndarray:
-    """sigma in metres of every pixel of ONE image: ``scale * median(depth) * sqrt(2) * exp(u/2)``.
-
-    ``depth`` and ``logvar`` are that image's whole maps (the median is over its finite positive
-    predicted depths, the test-time stand-in for the training loss's ground-truth median)."""
-    depth = np.asarray(depth, dtype=np.float64)
-    good = depth[np.isfinite(depth) & (depth > 0)]
-    m = max(float(np.median(good)) if good.size else 0.0, MEDIAN_FLOOR)
-    return scale * m * math.sqrt(2.0) * np.exp(0.5 * np.asarray(logvar, dtype=np.float64))
-
-
-def z_value(level: float) -> float:
-    """Half-width of the central ``level`` interval of a standard Gaussian (0.9 -> 1.6449)."""
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"a central coverage must lie in (0, 1), got {level!r}")
-    return NormalDist().inv_cdf(0.5 + 0.5 * level)
-
-
-def interval(depth, sigma, level: float) -> tuple[np.ndarray, np.ndarray]:
-    """(lower, upper) depth of the central ``level`` interval, lower clipped at 0 m."""
-    half = z_value(level) * np.asarray(sigma, dtype=np.float64)
-    depth = np.asarray(depth, dtype=np.float64)
-    return np.maximum(depth - half, 0.0), depth + half
-
-
-def gaussian_nll(err, sigma) -> float:
-    """Mean negative log-likelihood (nats, density per metre) of errors ``err = d - p`` under
-    N(0, sigma**2): mean of ``log(2 pi sigma**2) / 2 + err**2 / (2 sigma**2)``."""
-    err, sigma = np.asarray(err, dtype=np.float64), np.asarray(sigma, dtype=np.float64)
-    return float(np.mean(0.5 * np.log(2.0 * math.pi * sigma ** 2) + err ** 2 / (2.0 * sigma ** 2)))
-
-
-def coverage(err, sigma, level: float) -> float:
-    """Fraction of pixels whose ground truth lies inside the central ``level`` interval."""
-    err, sigma = np.asarray(err, dtype=np.float64), np.asarray(sigma, dtype=np.float64)
-    return float(np.mean(np.abs(err) <= z_value(level) * sigma))
-
-
-def _kept_metric(order: np.ndarray, pred, gt, metric: str, steps: int) -> np.ndarray:
-    """The metric of the pixels left after removing the first floor(k/steps * n) of ``order``."""
-    diff = (pred - gt)[order]
-    per_pixel = np.abs(diff) / gt[order] if metric == "abs_rel" else diff ** 2
-    tail_sums = np.cumsum(per_pixel[::-1])[::-1]  # tail_sums[i] = sum of per_pixel[i:]
-    n = per_pixel.size
-    start = (np.arange(steps) * n) // steps
-    means = tail_sums[start] / (n - start)
-    return np.sqrt(means) if metric == "rmse" else means
-
-
-def sparsification(pred, gt, sigma, metric: str = "rmse", steps: int = SPARSIFICATION_STEPS) -> dict:
-    """Sparsification curves of ONE image's valid pixels for ``metric`` ("abs_rel" or "rmse").
-
-    Entry k of each curve is the metric of the pixels left after removing the fraction k/steps:
-    ``uncertainty`` removes the largest sigma first, ``oracle`` the largest error first (|p-d|/d
-    for AbsRel, (p-d)**2 for RMSE), ``random`` is the expectation of random removal, which leaves
-    the mean error (AbsRel) or mean squared error (RMSE) of all pixels unchanged: a flat line."""
-    if metric not in ("abs_rel", "rmse"):
-        raise ValueError(f"sparsification metric must be 'abs_rel' or 'rmse', got {metric!r}")
-    pred, gt, sigma = (np.asarray(a, dtype=np.float64).ravel() for a in (pred, gt, sigma))
-    if pred.size == 0:
-        raise ValueError("sparsification needs at least one valid pixel")
-    error = np.abs(pred - gt) / gt if metric == "abs_rel" else (pred - gt) ** 2
-    by_unc = np.argsort(-sigma, kind="stable")
-    by_err = np.argsort(-error, kind="stable")
-    unc = _kept_metric(by_unc, pred, gt, metric, steps)
-    oracle = _kept_metric(by_err, pred, gt, metric, steps)
-    return {"fractions": np.arange(steps) / steps, "uncertainty": unc, "oracle": oracle,
-            "random": np.full(steps, unc[0])}
-
-
-def ause_aurg(curves: dict) -> dict:
-    """Areas of sparsification curves (each the mean of its K entries: width 1/K per step).
-
-    ``ause`` = area(uncertainty) - area(oracle) (0 = as good as knowing the errors);
-    ``aurg`` = area(random) - area(uncertainty) (> 0 = better than removing pixels at random);
-    ``random_ause`` = area(random) - area(oracle), the AUSE of random removal, and ``ratio`` =
-    ause / random_ause (1 = no better than random, 0 = oracle)."""
-    area = {k: float(np.mean(curves[k])) for k in ("uncertainty", "oracle", "random")}
-    gap = area["random"] - area["oracle"]
-    ause = area["uncertainty"] - area["oracle"]
-    return {"ause": ause, "aurg": area["random"] - area["uncertainty"], "random_ause": gap,
-            "ratio": ause / gap if gap > 0 else math.nan, "areas": area}
-
-
-def spearman(a, b) -> float:
-    """Spearman rank correlation (Pearson correlation of average ranks; ties share their rank)."""
-    ra, rb = rankdata(np.asarray(a).ravel()), rankdata(np.asarray(b).ravel())
-    ra, rb = ra - ra.mean(), rb - rb.mean()
-    denom = math.sqrt(float(np.sum(ra ** 2)) * float(np.sum(rb ** 2)))
-    return float(np.sum(ra * rb)) / denom if denom > 0 else math.nan
-
-
-def fit_scale(err, sigma, levels=LEVELS, grid: int = 512) -> float:
-    """The one scale ``s`` of sigma that minimises the largest coverage miss over ``levels``:
-    ``max_l |coverage(err, s * sigma, l) - l|``.
-
-    Coverage at level l is the fraction of ``a = |err| / sigma`` at most ``s * z_l``; the scale
-    that makes level l exact is ``quantile_l(a) / z_l``. The optimum lies between the smallest and
-    the largest of those, searched on a ``grid`` of log-spaced scales plus the exact ones (ties: the
-    scale closest to the geometric middle)."""
-    a = np.sort(np.abs(np.asarray(err, dtype=np.float64)) / np.asarray(sigma, dtype=np.float64))
-    if a.size == 0:
-        raise ValueError("fit_scale needs at least one pixel")
-    z = np.array([z_value(level) for level in levels])
-    exact = np.array([np.quantile(a, level) for level in levels]) / z
-    lo, hi = float(exact.min()), float(exact.max())
-    if not lo > 0:
-        raise ValueError("fit_scale: the errors are (almost all) zero; no spread to calibrate")
-    candidates = np.unique(np.concatenate([np.geomspace(lo, hi, grid) if hi > lo else [lo], exact]))
-    covered = np.searchsorted(a, candidates[:, None] * z[None, :], side="right") / a.size
-    worst = np.max(np.abs(covered - np.asarray(levels)[None, :]), axis=1)
-    best = np.flatnonzero(worst <= worst.min() + 1e-12)
-    middle = math.sqrt(lo * hi)
-    return float(candidates[best[np.argmin(np.abs(np.log(candidates[best] / middle)))]])
-
-
-# --------------------------------------------------------------------------------------------------
-# A split's pixels and their accumulation
-# --------------------------------------------------------------------------------------------------
-def valid_pixels(depth, logvar, gt, min_depth=None, max_depth=None, crop="none", window=None):
-    """(pred, gt, sigma at scale 1) of ONE image's evaluated pixels, as flat float64 arrays.
-
-    ``depth``, ``logvar``, ``gt``: (H, W) at the ground-truth size. The spread is computed from the
-    whole predicted map (its median); the pixels are those metrics.prepare_pair keeps (caps, crop),
-    with the prediction clipped to the cap as the depth metrics clip it."""
-    sigma = spread(depth, logvar)
-    p, g = prepare_pair(depth, gt, min_depth, max_depth, crop, window)
-    keep = g > 0
-    return p[keep], g[keep], sigma[keep]
+__all__ = ["UncertaintyEvaluator", "fit_calibration", "save_reliability_plot", "reliability_plots",
+           "format_tables", "format_stage_table"]
 
 
 def _batch_maps(depth, logvar, gt):
@@ -282,9 +104,6 @@ class UncertaintyEvaluator:
                 "calibration": calibration}
 
 
-# --------------------------------------------------------------------------------------------------
-# Calibration: fitted on validation rows, stored in the checkpoint
-# --------------------------------------------------------------------------------------------------
 @torch.no_grad()
 def fit_calibration(forward, heads: list, note: str = "") -> dict:
     """One scale per head, fitted (:func:`fit_scale`) on validation rows.
@@ -332,76 +151,6 @@ def fit_calibration(forward, heads: list, note: str = "") -> dict:
             "validation": per_head, "note": note}
 
 
-def interval_maps(depth, logvar, scale: float, level: float) -> tuple[np.ndarray, np.ndarray]:
-    """(lower, upper) float32 depth maps in metres of ONE image's central ``level`` interval, with
-    the head's calibration ``scale``; ``depth`` (the map as written) is their centre, unchanged."""
-    lower, upper = interval(depth, spread(depth, logvar, scale), level)
-    return lower.astype(np.float32), upper.astype(np.float32)
-
-
-def median_width(lower, upper) -> float:
-    """Median interval width in metres (the stream log's per-frame figure)."""
-    return float(np.median(np.asarray(upper, dtype=np.float64) - np.asarray(lower, dtype=np.float64)))
-
-
-def parse_interval(text) -> float:
-    """--intervals PERCENT -> a coverage in (0, 1), or ValueError with the expected form."""
-    try:
-        value = float(text)
-    except (TypeError, ValueError):
-        value = math.nan
-    if not 0.0 < value < 100.0:
-        raise ValueError(f"--intervals {text!r}: expected a central coverage in percent, between 0 and "
-                         f"100 exclusive, e.g. 90")
-    return value / 100.0
-
-
-def add_interval_argument(p) -> None:
-    """predict.py's --intervals (the predictor's option parser)."""
-    p.add_argument("--intervals", default=None, metavar="PERCENT",
-                   help="also write the central PERCENT %% interval of every pixel's depth as "
-                        "<name>_depth_lower<P>/_upper<P> (.png 16-bit mm and .npy metres), from the "
-                        "predicted uncertainty with the checkpoint's per-domain calibration (scale 1, "
-                        "with a note, for checkpoints without one); predictions.json states the coverage "
-                        "the calibration achieved on validation rows. Streams log each frame's median "
-                        "interval width at this coverage (default 90)")
-
-
-def interval_summary(meta: dict, head: int, heads: int, level: float) -> dict:
-    """What predictions.json says about an interval of head ``head``: the scale, whether it was
-    fitted, and the coverage it achieved on the validation rows at ``level`` (None if not stored)."""
-    record = (meta or {}).get(CALIBRATION_KEY) or {}
-    scales = calibration_scales(meta, heads)
-    fitted = bool((record.get("fitted") or [False] * heads)[head]) if scales == record.get("scales") else False
-    validation = (record.get("validation") or [{}] * heads)[head] if fitted else {}
-    key = f"{round(100 * level, 6):g}"
-    return {"coverage": level, "scale": scales[head], "calibrated": fitted,
-            "validation_coverage": (validation.get("coverage_after") or {}).get(key),
-            "validation_images": validation.get("images")}
-
-
-def calibration_scales(meta: dict, heads: int) -> list[float]:
-    """The stored per-head scales, or 1 for every head of a checkpoint that has none."""
-    record = (meta or {}).get(CALIBRATION_KEY)
-    if not record or len(record.get("scales") or []) != heads:
-        return [1.0] * heads
-    return [float(s) for s in record["scales"]]
-
-
-def calibration_note(meta: dict, heads: int) -> str | None:
-    """A one-line note when the scales are not (all) fitted, else None."""
-    record = (meta or {}).get(CALIBRATION_KEY)
-    if not record:
-        return ("note: this checkpoint stores no uncertainty calibration (made before it existed): "
-                "intervals use scale 1 (uncalibrated); fit one with test.py --calibrate OUT")
-    if len(record.get("scales") or []) != heads:
-        return f"note: the stored uncertainty calibration does not fit {heads} head(s): scale 1 (uncalibrated)"
-    missing = [d["domain"] for d, ok in zip(record.get("validation", []), record.get("fitted", [])) if not ok]
-    if missing:
-        return f"note: no validation rows for {', '.join(missing)}: scale 1 (uncalibrated) there"
-    return None
-
-
 def save_reliability_plot(path, domain: str, curves: dict) -> None:
     """Observed against nominal coverage, one line per label of ``curves`` ({label: [[level,
     observed], ...]}), written atomically."""
@@ -426,10 +175,6 @@ def save_reliability_plot(path, domain: str, curves: dict) -> None:
     finally:
         plt.close(fig)
 
-
-# --------------------------------------------------------------------------------------------------
-# Tables
-# --------------------------------------------------------------------------------------------------
 
 def is_synthetic(data_root) -> bool:
     """Whether ``data_root`` is a synthetic.py set (its meta.json says so)."""

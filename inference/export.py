@@ -51,9 +51,9 @@ from typing import List, Optional, Tuple
 import torch
 from torch import nn
 
-from data.errors import InputError
+from base.errors import InputError
 from models.fast import inference_copy, resolve_precision, trace_module
-from data.safeio import atomic_write
+from base.safeio import atomic_write
 from inference.prototypes import map_distance, pooled_descriptor, pooled_descriptor_nhwc, pooled_distances
 
 META_FILE = "meta.json"

@@ -41,8 +41,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from data.domains import CAMERAS, get_domain
-from data.safeio import read_json
+from base.domains import CAMERAS, get_domain
+from base.safeio import read_json
 from inference.prototypes import LDA_SHRINK, fit_lda, lda_distances, pooled_descriptor
 from loaders import IMAGENET_MEAN, IMAGENET_STD, build_transform, get_dataset
 from losses import upsample_to

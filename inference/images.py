@@ -19,15 +19,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from data.domains import CAMERAS, get_domain
+from base.domains import CAMERAS, get_domain
 from loaders import load_rgb
 from losses import upsample_to
-from data.errors import InputError
+from base.errors import InputError
 from models.checkpoint import check_checkpoint_path, checkpoint_letters, default_scale
 from inference.predictor import DepthPredictor, RuntimeOptions, build_predictor
 from inference.replay import replay_prototypes
-from data.safeio import atomic_write
-from evaluation.uncertainty import calibration_scales, interval_maps
+from base.safeio import atomic_write
+from base.uncertainty import calibration_scales, interval_maps
 
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif")

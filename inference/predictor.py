@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from data.errors import InputError
+from base.errors import InputError
 from models import load_checkpoint
 from models.checkpoint import check_checkpoint_path
 from models.fast import (autocast_context, inference_copy, lowp_supported, prepare_input,

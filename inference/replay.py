@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import Subset
 from tqdm import tqdm
 
-from data.errors import InputError
+from base.errors import InputError
 from loaders import DatasetFormatError, get_dataset, get_loader
 from models import load_checkpoint
 from inference.prototypes import AUTHORS_PROTO_IMAGES, LDA_PASSES, compute_authors_prototypes, compute_lda, compute_prototypes

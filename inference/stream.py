@@ -45,12 +45,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data.errors import InputError
-from data.safeio import write_json
+from base.errors import InputError
+from base.safeio import write_json
 from inference.predictor import predictor_settings
 from inference.images import DEFAULT_MAX_PIXELS, collect_inputs, make_out_dir, read_rgb, save_png16
-from data.safeio import atomic_write
-from evaluation.uncertainty import calibration_note, interval_summary, median_width
+from base.safeio import atomic_write
+from base.uncertainty import calibration_note, interval_summary, median_width
 
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv",
                     ".ts", ".mts", ".m2ts", ".3gp", ".3g2", ".ogv")  # transport streams, camcorders, phones
@@ -349,7 +349,7 @@ class Sink:
 def frame_label(model, index, head, raw_head, smoothing, vmax, ood=None) -> str:
     """The text written on a frame: number, chosen domain and how, the per-frame choice where it
     differs, the colour range."""
-    from data.domains import get_domain
+    from base.domains import get_domain
     letter = model.letters[head]
     how = "given" if model.forced is not None else ("per-frame" if smoothing == "raw" else "smoothed")
     note = f", this frame alone: {model.letters[raw_head]}" if raw_head is not None and raw_head != head else ""
@@ -621,7 +621,7 @@ def write_stream(model, source: StreamSource, out_dir, options: StreamOptions | 
 def stream_summary(model, records, *, source, fps, smoother, options, seconds, outputs) -> dict:
     """The stream JSON: the input, the settings (``fps``: the video's frame rate), the switches,
     frames/s, the interval widths, frames per head, out-of-domain frames and the outputs."""
-    from data.domains import get_domain
+    from base.domains import get_domain
     heads = [r["head"] for r in records]
     raw = [r["raw_head"] for r in records if r["raw_head"] is not None]
     return {"input": str(source.path), "checkpoint": model.checkpoint, "frames": len(records),

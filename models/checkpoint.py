@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data import domains as dom
-from data.domains import BUILTIN
-from data.safeio import atomic_torch_save
-from data.errors import InputError
+from base import domains as dom
+from base.domains import BUILTIN
+from base.safeio import atomic_torch_save
+from base.errors import InputError
 
 from .net import LifelongDepthNet
 from .resnet import ENCODERS
@@ -31,7 +31,7 @@ __all__ = ["CheckpointError", "check_checkpoint_path", "checkpoint_letters", "de
 FORMAT = "lifelong-monodepth"
 VERSION = 1
 AUTHORS = "authors"
-# Letters of the released files' names: the built-in domains (data/domains.py owns the registry).
+# Letters of the released files' names: the built-in domains (base/domains.py owns the registry).
 LETTER_NAMES = {spec.letter: spec.name for spec in BUILTIN}
 NAME_LETTERS = {v: k for k, v in LETTER_NAMES.items()}
 _TASK_KEY = re.compile(r"^task(\d+)\.")

@@ -27,7 +27,7 @@ import warnings
 import torch
 from torch import nn
 
-from data.errors import RuntimeUnavailable  # noqa: F401 (raised here, imported from here by callers)
+from base.errors import RuntimeUnavailable  # noqa: F401 (raised here, imported from here by callers)
 
 __all__ = ["BACKENDS", "AUTO", "BACKEND_ENV", "RuntimeUnavailable", "available", "require", "onnx_bytes",
            "TrunkPiece", "HeadPiece", "session", "choose_backend", "OPSET"]

@@ -14,7 +14,7 @@ import torch
 from cli import options
 from cli.errors import CLIError, printable, USER_ERRORS
 from cli.options import HelpFormatter, help_of
-from data.errors import InputError
+from base.errors import InputError
 from engine.options import StageOptions
 from engine.processes import StageInterrupted
 from models.resnet import ENCODERS

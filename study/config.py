@@ -2,7 +2,7 @@
 
 A *cell* of the study is (order, arm, seed). An *arm* is a way of learning the later domains: a
 strategy of the engine plus, for the protocol comparison, engine options that switch on one (or
-all) of the authors' documented differences (``engine/protocol.py``).
+all) of the authors' documented differences (``base/protocol.py``).
 """
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from data.domains import load_domains_from_root, parse_order
-from data.errors import InputError
+from base.domains import load_domains_from_root, parse_order
+from base.errors import InputError
 from engine.options import StageOptions, as_argv
 
 LIFELONG_STRATEGIES = ("ours", "finetune", "distill", "replay")
@@ -37,7 +37,7 @@ class Arm:
         return " ".join(as_argv(StageOptions(**dict(self.extra)), [k for k, _ in self.extra]))
 
 
-# The built-in arms. The protocol arms switch on the authors' differences (engine/protocol.py) that act on
+# The built-in arms. The protocol arms switch on the authors' differences (base/protocol.py) that act on
 # training: all of them (``authors``: its data options and initialisation change the first stage
 # too, so it trains its own), or one at a time on top of ours.
 ARMS = {a.name: a for a in (

@@ -14,13 +14,13 @@ import torch
 from torch.utils.data import Subset
 
 from engine.sampling import split_validation
-from data.domains import get_domain
+from base.domains import get_domain
 from evaluation.evaluate import DomainEvaluator, EvalOptions, evaluate_domains, load_test_splits
 from evaluation.selection import SelectionOptions, selection_benchmark
 from inference.predictor import RuntimeOptions, build_predictor
 from loaders import get_dataset, get_loader
 
-from data.safeio import read_json, read_jsonl, write_json
+from base.safeio import read_json, read_jsonl, write_json
 
 EVAL_BATCH = 16
 FLOAT32 = RuntimeOptions(fast=False)  # the study's numbers come from the network itself, in float32

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.domains import get_domain
+from base.domains import get_domain
 
 from .evaluate import validation_by_epoch
 from .stats import interval

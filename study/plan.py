@@ -4,7 +4,7 @@ Layout under ``--runs-dir`` (one folder per seed, one per arm)::
 
     seed0/first/N.pth.tar                 single-domain model of N (first stage of every arm that
                                           shares it; the plasticity reference)
-    seed0/ours/NK.pth.tar, NKS.pth.tar    later stages of an arm (engine names: data.domains.run_name)
+    seed0/ours/NK.pth.tar, NKS.pth.tar    later stages of an arm (engine names: base.domains.run_name)
     seed0/finetune/NK_finetune.pth.tar
     seed0/authors/N.pth.tar, NK.pth.tar   an arm with its own first stage
     seed0/joint/NKS_joint.pth.tar, NKS_joint_shared.pth.tar
@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from data.domains import run_name
+from base.domains import run_name
 from engine.options import StageOptions, as_argv
 
 from .config import ARMS, Arm, Settings

@@ -7,13 +7,13 @@ import platform
 import time
 from pathlib import Path
 
-from data.domains import get_domain
+from base.domains import get_domain
 from models.hardware import capability_line
 
 from . import figures
 from .config import ARMS, SYNTHETIC_COMMAND, quote
 from .results import Results
-from data.safeio import read_json, read_jsonl
+from base.safeio import read_json, read_jsonl
 from .run import engine_command
 from .stats import compare, interval, overlap, proportion_interval
 
@@ -446,7 +446,7 @@ def torch_version() -> str:
 
 
 def write_report(plan, args, counts: dict, t_start: float, log) -> dict:
-    from data.safeio import atomic_write
+    from base.safeio import atomic_write
     res = Results(plan)
     report_path, fig_dir = Path(args.report), Path(args.figures_dir)
     fig_dir.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ from evaluation.evaluate import lifelong_summary
 
 from .evaluate import cache_path, cached, validation_by_epoch
 from .plan import Plan
-from data.safeio import read_json
+from base.safeio import read_json
 
 METRICS = ("abs_rel", "rmse")
 

@@ -14,8 +14,8 @@ import time
 
 import torch
 
-from data.errors import InputError
-from data.safeio import read_json, write_json
+from base.errors import InputError
+from base.safeio import read_json, write_json
 from engine.run import train_stage
 from .plan import Job
 

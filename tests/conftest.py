@@ -11,7 +11,7 @@ from models.runtimes import BACKEND_ENV
 # capabilities. LIFELONG_MONODEPTH_BACKEND=auto runs the suite on this machine's own choice.
 os.environ.setdefault(BACKEND_ENV, "torch")
 
-from data import domains as dom
+from base import domains as dom
 from data import synthetic
 from helpers import torch_threads
 

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from data.domains import CAMERAS, get_domain
+from base.domains import CAMERAS, get_domain
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -380,7 +380,7 @@ def make_net(heads=3, encoder="resnet18", seed=0, depth_bias=None):
 
 
 def input_sizes(letters, scale):
-    from data.domains import get_domain
+    from base.domains import get_domain
     from loaders import scaled
     return [[scaled(get_domain(c).input_size[0], scale), scaled(get_domain(c).input_size[1], scale)]
             for c in letters]
@@ -402,7 +402,7 @@ def make_checkpoint(path, letters="NKS", encoder="resnet18", scale=0.25, seed=0,
     ``prototypes``: a prototype dict, or "replay" to compute them from ``data_root``'s replay rows,
     or None (no prototypes stored).
     """
-    from data.domains import get_domain
+    from base.domains import get_domain
     from models import save_checkpoint
     net = net if net is not None else make_net(len(letters), encoder, seed)
     if isinstance(prototypes, str) and prototypes == "replay":
@@ -426,12 +426,12 @@ def save_authors_checkpoint(path, net, module_prefix=False):
 
 def make_stage_checkpoints(runs_dir, order="NKS", encoder="resnet18", scale=0.25, strategy="ours",
                            seed=0, data_root=None, prototypes=None):
-    """Checkpoints of every stage of ``order`` named as data.domains.run_name names them.
+    """Checkpoints of every stage of ``order`` named as base.domains.run_name names them.
 
     Stage k shares the trunk of stage k-1 and perturbs it slightly (so old domains' results change
     from stage to stage, like a real lifelong run). Returns the list of paths.
     """
-    from data.domains import run_name
+    from base.domains import run_name
     runs_dir = Path(runs_dir)
     runs_dir.mkdir(parents=True, exist_ok=True)
     net = make_net(1, encoder, seed)
@@ -465,7 +465,7 @@ def direct_errors(net, letter, head, data_root, scale, crop="none", cap=False, a
     conventions (``crop`` may be "default" = the domain's own), then ``compute_errors`` per image
     (``aggregate="image"``: their mean) or on all valid pixels pooled (``"pixel"``).
     Returns (result dict with ``count``, list of per-image error dicts)."""
-    from data.domains import get_domain
+    from base.domains import get_domain
     from evaluation.evaluate import resolve_cap, resolve_crop
     from losses import upsample_to
     from loaders import get_dataset

@@ -5,8 +5,8 @@ import json
 import pytest
 
 
-from data import domains as dom
-from data.domains import DomainSpec, get_domain, parse_order, register_domain
+from base import domains as dom
+from base.domains import DomainSpec, get_domain, parse_order, register_domain
 
 
 

@@ -4,7 +4,7 @@ import pytest
 
 from cli import test as evaluate_cli
 from cli import test_inference as inference_cli
-from data.errors import InputError
+from base.errors import InputError
 from evaluation.evaluate import EvalOptions, evaluate_checkpoint
 from evaluation.selection import SelectionOptions, evaluate_selection
 from helpers import make_checkpoint, make_data_root, make_net, save_authors_checkpoint

@@ -229,7 +229,7 @@ def test_help_texts_explain_every_option():
 
 # ------------------------------------------------------------------------------- fast-path options
 def test_runtime_options_pass_known_keys_and_refuse_unknown_ones():
-    from data.errors import InputError
+    from base.errors import InputError
 
     class Args:
         no_fast, precision, backend, predictor_option = True, "auto", "auto", ["channels_last=false"]

@@ -18,7 +18,7 @@ from PIL import Image
 from engine import stage as engine_stage
 from engine import sampling
 from cli import train as train_cli
-from data import safeio
+from base import safeio
 from cli import test as evaluate_cli
 from cli import predict
 from inference import images as prediction
@@ -428,7 +428,7 @@ def test_index_csv_encoding_bom_and_header(tmp_path):
                                          ("depth_encoding", {"kind": "png", "scale": float("inf")}),
                                          ("max_depth", float("inf"))])
 def test_domain_fields_of_the_wrong_type(field, value):
-    from data.domains import domain_from_dict
+    from base.domains import domain_from_dict
     with pytest.raises(ValueError, match=field.split("_encoding")[0]):
         domain_from_dict({"name": "office", "letter": "X", field: value})
 

@@ -17,8 +17,8 @@ from PIL import Image
 
 from cli import export as export_cli
 from cli import predict
-from data import domains as dom
-from data import safeio
+from base import domains as dom
+from base import safeio
 from helpers import make_checkpoint
 from inference import export
 from inference import images as prediction

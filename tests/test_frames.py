@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from data import synthetic
-from data.domains import get_domain
+from base.domains import get_domain
 from inference import frames as FR
 from inference import images as P
 from inference.predictor import DepthPredictor
@@ -267,7 +267,7 @@ def test_selection_benchmark_has_raw_frame_conditions_and_the_frames_selector(se
 
 
 def test_a_custom_domain_camera_from_its_json(clean_registry):
-    from data.domains import domain_from_dict, register_domain
+    from base.domains import domain_from_dict, register_domain
     spec = register_domain(domain_from_dict({"name": "office", "letter": "O", "input_size": [228, 304],
                                              "camera": [500, 510, 320, 240, 640, 480]}))
     cam = FR.trained_camera(spec, scale=0.5)  # the "nyu" recipe covers the 152x114 crop, aspect kept

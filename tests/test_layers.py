@@ -15,12 +15,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Lower numbers are lower layers; a module may import its own layer and the ones below.
 LAYERS = {
-    0: ["data.errors", "data.safeio", "metrics", "losses", "engine.protocol", "inference.prototypes", "data.domains",
-        "models.hardware", "models.modules", "models.resnet", "models.runtimes", "evaluation.uncertainty",
+    0: ["base", "base.errors", "base.safeio", "base.protocol", "base.domains", "base.uncertainty", "metrics", "losses",
+        "inference.prototypes", "models.hardware", "models.modules", "models.resnet", "models.runtimes",
         "data", "engine", "inference", "evaluation", "cli",  # the packages' __init__ import nothing
         "cli.errors"],
     1: ["models.net", "models.checkpoint", "models", "models.fast", "loaders", "data.prepare", "data.synthetic",
-        "engine.options", "engine.processes", "engine.sampling", "engine.model"],
+        "engine.options", "engine.processes", "engine.sampling", "engine.model", "evaluation.uncertainty"],
     2: ["inference.predictor", "inference.frames", "inference.export"],
     3: ["evaluation.evaluate", "inference.replay", "inference.images", "inference.stream"],
     4: ["cli.options", "engine.stage", "engine.run", "evaluation.matrix", "evaluation.selection"],
@@ -33,7 +33,7 @@ LAYERS = {
 # Entry scripts: the top; no project module imports them.
 SCRIPTS = ["test", "test_inference", "predict", "train_N", "train_NK", "train_NKS", "quickstart", "demo",
            "export", "prepare_data", "synthetic"]
-PACKAGES = ("models", "study", "data", "engine", "inference", "evaluation", "cli")
+PACKAGES = ("base", "models", "study", "data", "engine", "inference", "evaluation", "cli")
 # study.py is the entry script of the study/ package; `import study` is the package (a directory
 # package takes precedence over a module of the same name), which test_the_study_name_is_the_package pins.
 BENCH = sorted(p.stem for p in (ROOT / "bench").glob("*.py"))
@@ -140,7 +140,7 @@ def test_the_study_name_is_the_package():
 # The design card: the core files a paper's reader looks for, with their real content, and the entry scripts.
 CARD_CORE = {"loaders.py", "losses.py", "metrics.py"}
 ENTRY_SCRIPTS = {f"{s}.py" for s in SCRIPTS} | {"study.py"}
-ROOT_DIRS = {"models", "data", "engine", "inference", "evaluation", "cli", "study", "bench", "docs", "tests",
+ROOT_DIRS = {"base", "models", "data", "engine", "inference", "evaluation", "cli", "study", "bench", "docs", "tests",
              "datasets", "runs"}
 
 

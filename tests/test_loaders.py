@@ -11,7 +11,7 @@ from PIL import Image
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-from data import domains as dom
+from base import domains as dom
 import helpers as F
 import loaders as L
 from loaders import DatasetFormatError, get_dataset, get_loader

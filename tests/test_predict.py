@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from cli import predict as P
-from data.errors import InputError
+from base.errors import InputError
 from inference import images as prediction
 from helpers import (make_checkpoint, make_data_root, make_net, save_authors_checkpoint,
                      write_image)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cli import demo as D
-from data.errors import InputError
+from base.errors import InputError
 from helpers import make_checkpoint, make_data_root, make_net, save_authors_checkpoint, write_image
 from inference import export
 from inference.images import ImageOptions, Predictor, read_rgb

@@ -164,7 +164,7 @@ def test_missing_src(tmp_path):
 
 
 def test_library_raises_input_error_the_command_one_error_line(tmp_path):
-    from data.errors import InputError
+    from base.errors import InputError
     with pytest.raises(InputError, match="no data/nyu2_train") as stop:
         P.prepare(P.NyuSource(src=str(tmp_path)), P.IndexOptions(data_root=str(tmp_path / "d")))
     assert not str(stop.value).startswith("error:")

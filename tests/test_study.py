@@ -8,9 +8,9 @@ import math
 import pytest
 from scipy import stats as scipy_stats
 
-from data import domains
+from base import domains
 from data import synthetic
-from data.errors import InputError
+from base.errors import InputError
 from study import cli, run, stats
 from study.plan import Plan
 

@@ -255,7 +255,7 @@ def test_help_explains_every_option():
 
 def test_bad_settings_raise_input_error_the_command_one_error_line(tmp_path):
     from cli import synthetic as synthetic_cli
-    from data.errors import InputError
+    from base.errors import InputError
     out = tmp_path / "s"
     with pytest.raises(InputError, match="--scale 0: expected a positive fraction"):
         syn.generate(str(out), n_train=1, n_test=1, scale=0, progress=False)

@@ -7,7 +7,7 @@ import signal
 import pytest
 
 from cli import train as train_cli
-from data.errors import InputError
+from base.errors import InputError
 from engine import stage as engine_stage
 from engine.options import StageOptions, as_argv, option_fields, resolve_options
 from engine.processes import StageInterrupted

@@ -187,7 +187,7 @@ def test_fourth_custom_domain_on_top_of_three(synthetic_root, tmp_path):
         assert net.meta["domains"][-1] == "office"
     finally:
         (synthetic_root / "domains.json").unlink()
-        from data import domains
+        from base import domains
         domains.unregister_domain("X")
 
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from evaluation import uncertainty as U
+from base import uncertainty as U
+from evaluation import uncertainty as EU
 from losses import uncertainty_depth_loss
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -100,7 +101,7 @@ def test_fit_scale_minimises_the_largest_coverage_miss():
 def test_evaluator_pools_pixels_and_averages_image_curves():
     rng = np.random.default_rng(0)
     images = [(rng.uniform(1, 5, 50), rng.uniform(1, 5, 50), rng.uniform(0.2, 2, 50)) for _ in range(2)]
-    ev = U.UncertaintyEvaluator(scales={"raw": 1.0, "calibrated": 1.7}, steps=5)
+    ev = EU.UncertaintyEvaluator(scales={"raw": 1.0, "calibrated": 1.7}, steps=5)
     for p, g, s in images:
         ev.add_pixels(p, g, s)
     r = ev.result()
@@ -118,7 +119,7 @@ def test_evaluator_pools_pixels_and_averages_image_curves():
 def test_a_degenerate_head_keeps_scale_one_instead_of_stopping_the_stage():
     batch = {"image": torch.zeros(1, 3, 4, 4), "depth": torch.full((1, 1, 4, 4), 2.0)}
     exact = lambda images, head: (torch.full((1, 1, 2, 2), 2.0), torch.zeros(1, 1, 2, 2))  # noqa: E731
-    record = U.fit_calibration(exact, [{"domain": "nyu", "loaders": [[batch]], "rules": (None, None, "none")},
+    record = EU.fit_calibration(exact, [{"domain": "nyu", "loaders": [[batch]], "rules": (None, None, "none")},
                                        {"domain": "kitti", "loaders": [], "rules": (None, None, "none")}])
     assert record["scales"] == [1.0, 1.0] and record["fitted"] == [False, False]
     assert "zero" in record["validation"][0]["not_fitted"] and record["validation"][1]["images"] == 0

@@ -56,7 +56,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
-from data.safeio import read_json, write_json
+from base.safeio import read_json, write_json
 
 TRANSFORMS = ("nyu", "kitti", "scannet")
 SOURCES = ("nyu_csv", "nyu_h5", "nyu_mat", "kitti", "scannet", "generic_png")
