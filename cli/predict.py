@@ -100,7 +100,7 @@ def write_intervals(stem, depth, unc, head, model, level):
         with atomic_write(npy) as fh:
             np.save(fh, values.astype(np.float32))
         paths += [png, npy]
-    record = dict(interval_summary(model.predictor.meta, head, len(model.letters), level),
+    record = dict(interval_summary(model.predictor.meta, head, len(model.letters), level, model.interval_path),
                   median_width_m=median_width(lower, upper))
     return paths, record
 

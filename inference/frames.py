@@ -43,6 +43,7 @@ from PIL import Image
 
 from base.domains import CAMERAS, get_domain
 from base.safeio import read_json
+from inference.ood import fit_ood, ood_descriptor, ood_scores, ood_verdict
 from inference.prototypes import LDA_SHRINK, fit_lda, lda_distances, pooled_descriptor
 from loaders import IMAGENET_MEAN, IMAGENET_STD, build_transform, get_dataset
 from losses import upsample_to
@@ -258,11 +259,14 @@ def selection_size(width: int, height: int, area: float) -> tuple:
 
 
 @torch.no_grad()
-def descriptor_of(features_fn, x: torch.Tensor, area: float) -> torch.Tensor:
+def descriptor_of(features_fn, x: torch.Tensor, area: float, net=None):
     """The selection descriptor (pooled channel means and stds) of a normalised frame ``x``
-    (1,3,H,W) through ``features_fn``."""
+    (1,3,H,W) through ``features_fn``; with ``net`` (the plain network), (that, the out-of-domain
+    descriptor: inference/ood.py)."""
     h, w = selection_size(x.shape[-1], x.shape[-2], area)
-    return pooled_descriptor(features_fn(resized(x, h, w)).float())
+    small = resized(x, h, w)
+    desc = pooled_descriptor(features_fn(small).float())
+    return desc if net is None else (desc, ood_descriptor(net, small, desc))
 
 
 def tile_starts(length: int, tile: int) -> list:
@@ -299,11 +303,12 @@ def frame_variants(img: Image.Image, rng: np.random.Generator):
     yield img.crop((x0, y0, x0 + cw, y0 + ch))
 
 
-def fit_frame_statistics(fit, calibrate, area, shrink=None) -> dict:
+def fit_frame_statistics(fit, calibrate, area, shrink=None, ood=None) -> dict:
     """The ``frames`` selector statistics: an LDA (prototypes.fit_lda) of per-domain descriptor
     lists ``fit`` (each (n_d, 2C)), and per head an out-of-domain threshold from the held-out
     descriptors ``calibrate``: the OOD_QUANTILE of the smallest distance of held-out frames the
-    head was chosen for, times OOD_MARGIN."""
+    head was chosen for, times OOD_MARGIN. ``ood``: (fit, calibrate) lists of out-of-domain
+    descriptors, for the verdict stored as ``"ood"`` (inference/ood.py)."""
     stats = fit_lda(fit, LDA_SHRINK if shrink is None else shrink)
     cal = torch.cat(calibrate).float()
     d = lda_distances(cal, stats)
@@ -317,11 +322,15 @@ def fit_frame_statistics(fit, calibrate, area, shrink=None) -> dict:
     stats.update({"area": float(area), "thresholds": thresholds, "quantile": OOD_QUANTILE,
                   "margin": OOD_MARGIN, "calibration_counts": [int(c.shape[0]) for c in calibrate],
                   "calibration_accuracy": float((chosen == truth).float().mean())})
+    if ood is not None:  # the verdict (inference/ood.py); the LDA thresholds stay for older readers
+        stats["ood"] = fit_ood(*ood)
     return stats
 
 
 def frame_distances(desc: torch.Tensor, stats: dict):
-    """(distances (B,D), nearest head (B,), out of domain (B,) bool) of selection descriptors."""
+    """(distances (B,D), nearest head (B,), out of domain (B,) bool) of selection descriptors: the
+    nearest LDA distance above the chosen head's threshold (the verdict of checkpoints without the
+    ``"ood"`` statistics; FramePipeline.select replaces it by inference/ood.py's where stored)."""
     d = lda_distances(desc, stats)
     best, chosen = d.min(dim=1)
     thr = torch.tensor(stats["thresholds"], dtype=best.dtype)
@@ -361,8 +370,14 @@ class FramePipeline:
                     "features": None, "size": None}
         h, w = selection_size(x.shape[-1], x.shape[-2], stats["area"])
         feats = p.trunk_features(resized(x, h, w))
-        dists, chosen, ood = frame_distances(pooled_descriptor(feats.float()), stats)
+        desc = pooled_descriptor(feats.float())
+        dists, chosen, ood = frame_distances(desc, stats)
+        score = None
+        if stats.get("ood"):  # the per-head verdict on the out-of-domain descriptor (inference/ood.py)
+            score = ood_scores(ood_descriptor(p.net, resized(x, h, w), desc), stats["ood"])
+            ood = ood_verdict(score, stats["ood"])
         return {"raw_head": int(chosen[0]), "distances": dists[0].float().cpu(), "ood": bool(ood[0]),
+                "ood_score": None if score is None else float(score[0]),
                 "features": feats, "size": (h, w)}
 
     def depth(self, x: torch.Tensor, head: int, with_uncertainty: bool, feats=None):
@@ -432,6 +447,7 @@ class FramePipeline:
                "raw_head": None if sel is None else sel["raw_head"],
                "distances": None if sel is None else sel["distances"],
                "ood": None if sel is None else sel["ood"],
+               "ood_score": None if sel is None else sel.get("ood_score"),
                "camera": {**frame_cam.as_dict(), "assumed": assumed},
                "input_size": [plan.height, plan.width],
                "tiles": len(tile_starts(plan.height, th)) * len(tile_starts(plan.width, tw)),
