@@ -8,9 +8,11 @@ One rule, used by predict.py, the streams (inference/stream.py), the demo and
    descriptor of its fused features is scored by the ``frames`` statistics, an LDA fitted on replay
    *files as they lie on disk* preprocessed exactly like a query (``inference.replay.frame_statistics``,
    with the mirrored, half-size, cropped and colour-jittered variants users feed), so a query and
-   the statistics see the same preprocessing whatever the frame's size and aspect ratio. A
-   smallest distance above the chosen head's threshold (calibrated on held-out replay frames) is
-   the out-of-domain verdict ("none of my heads fits"). A checkpoint without these statistics
+   the statistics see the same preprocessing whatever the frame's size and aspect ratio. The
+   out-of-domain verdict ("none of my heads fits") is inference/ood.py's where the statistics store
+   it: a per-head Mahalanobis score of the selection input's fused and early encoder features,
+   normalised on held-out replay frames, above a fixed threshold (older statistics: the smallest
+   LDA distance above the chosen head's threshold, calibrated on held-out replay frames). A checkpoint without these statistics
    keeps its stored selector on the frame squeezed to the first domain's input size (what its
    prototypes were computed from), without a verdict.
 2. **The camera.** Each head learned one camera: the focal length in pixels of its training frames

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from base.errors import InputError
@@ -280,13 +281,25 @@ class DepthPredictor:
         return self._frames[1]
 
     def predict_image(self, image, domain=None, camera=None, with_uncertainty: bool = True,
-                      mode: str = "resample") -> dict:
+                      mode: str = "resample", interval: float | None = None) -> dict:
         """Depth in metres for one whole frame (PIL image or (H,W,3) uint8 array) at its own size:
         head ``domain`` (index; None = chosen on the frame), ``camera`` an
         ``inference.frames.CameraHint`` (None: the chosen head's camera is assumed). Returns
-        ``FramePipeline.run``'s dict (depth, uncertainty, head, ood, camera, ...)."""
-        return self.frame_pipeline(mode).run(image, head=domain, camera=camera,
-                                             with_uncertainty=with_uncertainty)
+        ``FramePipeline.run``'s dict (depth, uncertainty, head, ood, ood_score, camera, ...);
+        ``interval`` (a central coverage, e.g. 0.9): also ``"interval"``: ``{"lower", "upper"}`` maps
+        in metres (around the depth clamped to the head's range, as predict.py writes it) under the
+        head's calibration, with ``base.uncertainty.interval_summary``'s fields (the coverage
+        measured on whole frames, ``"meaning"``)."""
+        out = self.frame_pipeline(mode).run(image, head=domain, camera=camera,
+                                            with_uncertainty=with_uncertainty or interval is not None)
+        if interval is not None:
+            from base.uncertainty import head_calibration, interval_maps, interval_summary
+            heads, h = self.num_domains, out["head"]
+            lo, hi = (self.meta.get("depth_ranges") or [[0.0, float("inf")]] * heads)[h]
+            lower, upper = interval_maps(np.clip(out["depth"], lo, hi), out["uncertainty"],
+                                         head_calibration(self.meta, h, heads), interval)
+            out["interval"] = {"lower": lower, "upper": upper, **interval_summary(self.meta, h, heads, interval)}
+        return out
 
     def _check_chosen(self, chosen):
         if chosen.numel() and (chosen.min() < 0 or chosen.max() >= self.num_domains):

@@ -68,6 +68,11 @@ def test_the_verdict_is_stored_in_the_checkpoint_and_used_on_frames(frames_check
     for i in range(3):
         r = predictor.predict_image(render_aerial(i, seed=5, scale=0.25)["image"])
         assert r["ood_score"] is not None and r["ood"] == (r["ood_score"] > stats["threshold"])
+    # the API gives the verdict and the interval with what it means
+    r = predictor.predict_image(render_aerial(0, seed=5, scale=0.25)["image"], interval=0.9)
+    iv = r["interval"]
+    assert iv["lower"].shape == r["depth"].shape and np.all(iv["upper"] >= iv["lower"])
+    assert "central 90 % interval in metres" in iv["meaning"] and iv["coverage"] == 0.9
 
 
 def test_exports_carry_the_verdict_and_the_calibration(frames_checkpoint, tmp_path):
