@@ -74,9 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "the checkpoint's calibration (with --matrix: per stage)")
     g.add_argument("--calibrate-into", default=None, metavar="DIR",
                    help="first fit the uncertainty calibration of the checkpoint (with --matrix: of "
-                        "every stage) on the validation rows its training held out of --data-root, "
-                        "write calibrated copies into DIR (the originals are not changed) and "
-                        "evaluate those; implies --uncertainty")
+                        "every stage, in learning order) on whole frames through the frame pipeline: the "
+                        "head each stage learned on the validation rows its training held out of "
+                        "--data-root, older heads kept from the stage that learned them; write calibrated "
+                        "copies into DIR (the originals are not changed) and evaluate those; implies "
+                        "--uncertainty")
     g.add_argument("--plots", default=None, metavar="DIR",
                    help="with --uncertainty: write a reliability plot per domain (the final "
                         "checkpoint's coverage against nominal coverage) as DIR/uncertainty_<domain>.png")

@@ -32,7 +32,8 @@ import torch
 OOD_SHRINK = 0.1      # per-head covariance shrinkage towards tr(S)/p I
 OOD_QUANTILE = 0.99   # of a head's held-out replay frames' distances: the score's unit
 OOD_MARGIN = 1.25     # score above this (in units of that quantile) = out of domain
-SCORE = "per-head Mahalanobis distance of the pooled fused features / its 99th percentile on held-out replay frames, min over heads"
+SCORE = ("per-head Mahalanobis distance of the pooled fused + encoder layer1 features / its 99th percentile "
+         "on held-out replay frames, min over heads")
 
 __all__ = ["OOD_SHRINK", "OOD_QUANTILE", "OOD_MARGIN", "SCORE", "DESCRIPTOR", "early_descriptor", "ood_descriptor",
            "fit_ood", "head_distances", "ood_scores", "ood_verdict", "ood_record"]
