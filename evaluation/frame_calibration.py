@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from base.domains import get_domain
-from base.uncertainty import CALIBRATION_KEY, LEVELS, head_calibration
+from base.uncertainty import CALIBRATION_KEY, head_calibration
 from engine.sampling import split_validation
 from evaluation.uncertainty import (DEFAULT_METHOD, MEASURED_LEVELS, fit_head_calibration, fit_method,
                                     frame_coverage, frame_pixels)
@@ -150,4 +150,3 @@ def measure_frames(pipeline, record: dict, letters: str, data_root, n: int | Non
     return out
 
 
-__all__ += ["LEVELS"]
