@@ -385,20 +385,29 @@ def check_export(path, net, prototypes, meta, selector="pooled", size=None, batc
     return res
 
 
-def check_out(out, checkpoint, overwrite: bool) -> None:
+SUFFIXES = {"torchscript": (".ts", ".pt", ".pth", ".jit", ".torchscript"), "onnx": (".onnx",)}
+
+
+def check_out(out, checkpoint, overwrite: bool, format: str | None = None) -> None:
     """Refuse an --out that is the checkpoint, a folder, below a file, or (without --overwrite) an
-    existing file (InputError): an export replaces only what an export made, when asked to."""
+    existing file (InputError, base.safeio.check_write): an export replaces only what an export made,
+    when asked to. ``format``: a name ending in the other format's suffix (ONNX into .ts, TorchScript
+    into .onnx) is refused too. The temp files of killed earlier exports in that folder are removed."""
+    from base.safeio import check_write, clean_stale_temps, protect
     path = Path(out)
+    if checkpoint:
+        protect(checkpoint, "the --checkpoint")
     if checkpoint and path.exists() and Path(checkpoint).exists() and os.path.samefile(path, checkpoint):
         raise InputError(f"--out {out}: is the --checkpoint itself; the export would replace the trained "
                          f"model. Choose another file name, e.g. {path.with_suffix('')}.ts")
-    if path.is_dir():
-        raise InputError(f"--out {out}: is a folder; expected a file name, e.g. {path / 'model.ts'}")
-    parent = next((a for a in path.absolute().parents if a.exists()), None)
-    if parent is not None and not parent.is_dir():
-        raise InputError(f"--out {out}: {parent} is a file, not a folder")
-    if path.exists() and not overwrite:
-        raise InputError(f"--out {out}: exists; pass --overwrite to replace it, or choose another file name")
+    if format is not None:
+        suffix = path.suffix.lower()
+        other = next((f for f, s in SUFFIXES.items() if f != format and suffix in s), None)
+        if other is not None:
+            raise InputError(f"--out {out}: a {suffix} name is for --format {other}, but --format {format} "
+                             f"was asked; name it {path.with_suffix(SUFFIXES[format][0])}")
+    check_write(path, option="--out", overwrite=overwrite)
+    clean_stale_temps(path.absolute().parent)
 
 
 FORMATS = ("torchscript", "onnx")
@@ -412,6 +421,9 @@ def export_net(net, out, *, format: str = "torchscript", domain=None, with_uncer
     as one TorchScript (:func:`export_model`) or float32 ONNX (:func:`export_onnx`) file; returns the
     metadata written with it. ValueError for a setting the format cannot hold (ONNX is float32 with
     BatchNorm folded) or a missing runtime."""
+    # the write guard (base.safeio.check_write): never the checkpoint, a folder, or the other
+    # format's suffix; a library caller replaces an existing file (export.py asks first)
+    check_out(out, net.meta.get("path"), overwrite=True, format=format if format in FORMATS else None)
     protos = net.meta.get("prototypes")
     if format == "torchscript":
         return export_model(net, out, protos, domain=domain, with_uncertainty=with_uncertainty,

@@ -51,7 +51,10 @@ def read_rgb(path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
     """8-bit RGB PIL image of any readable file (loaders.load_rgb), turned upright by its EXIF
     orientation (a phone photo is stored sideways with a rotation tag); more than ``max_pixels``
     pixels (None: no limit) is refused from the header, before decoding."""
-    return load_rgb(str(path), apply_exif=True, max_pixels=max_pixels)
+    from base.safeio import protect
+    img = load_rgb(str(path), apply_exif=True, max_pixels=max_pixels)
+    protect(path, "an input image")  # no output of this process may replace it
+    return img
 
 
 def parse_max_pixels(text) -> int:
@@ -234,9 +237,11 @@ def collect_inputs(target: Path, out_dir: Path, recursive: bool):
 
 def make_out_dir(out_dir: Path) -> None:
     """Create --out, or one error line: a file of that name, a file or an unwritable folder above it."""
+    from base.safeio import check_folder
     shown = str(out_dir)  # shown escaped by the command's error line (cli.errors.error_line)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"--out {shown}: is a file; expected an output folder")
+    check_folder(out_dir, "--out")  # the write guard's rule for folders
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:

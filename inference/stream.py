@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from base.errors import InputError
-from base.safeio import write_json
+from base.safeio import WriteError, hold_lock, write_json
 from inference.predictor import predictor_settings
 from inference.images import DEFAULT_MAX_PIXELS, collect_inputs, make_out_dir, read_rgb, save_png16
 from base.safeio import atomic_write
@@ -187,6 +187,16 @@ def open_video(path):
         raise InputError(f"video {str(path)!r} cannot be read ({type(e).__name__}: "
                          f"{str(e).strip().splitlines()[0] if str(e).strip() else 'no detail'})") from None
     return reader, fps
+
+
+def check_frame_size(reader, path, max_pixels) -> None:
+    """A video whose frames are over ``max_pixels`` (--max-pixels, the limit of every image input)
+    is refused from its header, before a frame is decoded (a 12000x12000 frame is 432 MB as RGB)."""
+    size = reader.get_meta_data().get("size") if max_pixels is not None else None
+    if size and size[0] * size[1] > max_pixels:
+        raise InputError(f"video {str(path)!r}: its {size[0]}x{size[1]} frames ({size[0] * size[1] / 1e6:.1f} M "
+                         f"pixels) are over --max-pixels {max_pixels / 1e6:g} M; shrink the video or raise "
+                         f"--max-pixels")
 
 
 def iter_video(reader):
@@ -419,7 +429,13 @@ def stream_stopped(stop, records, log, letters, sink) -> StreamStopped:
     """What ends a stream stopped half way by ``stop``, after the frames done are logged. The video
     of those frames stays as its .part file."""
     if records:
-        write_log(log, records, letters)
+        try:
+            write_log(log, records, letters)
+        except WriteError as e:  # the disk that stopped the stream takes no log either: say so, once
+            part = sink._partial() if sink.video_path is not None else None
+            return StreamStopped(stop, f"{len(records)} frame(s) done, not logged ({e})"
+                                 + (f"; the video of those frames: {part}" if part is not None and part.exists()
+                                    else ""))
     part = sink._partial() if sink.video_path is not None else None
     done = (f"{len(records)} frame(s) done" + (f", logged in {log}" if records else "")
             + (f"; the video of those frames: {part}" if part is not None and part.exists() else ""))
@@ -439,8 +455,7 @@ def interval_tag(records) -> str:
 def write_log(path, records, letters) -> None:
     """One CSV row per frame: frame, name, raw and chosen head (letters), switch, latency, depth range,
     out-of-domain verdict, median interval width (metres, at the records' coverage), distances."""
-    tmp = Path(path).with_name(Path(path).name + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_write(path, "w") as f:  # complete or absent (a full disk leaves no .tmp)
         w = csv.writer(f)
         w.writerow(["frame", "name", "raw_head", "head", "switched", "latency_ms", "depth_min", "depth_max",
                     "out_of_domain", f"median_interval{interval_tag(records)}_m"] + [f"dist_{c}" for c in letters])
@@ -455,7 +470,6 @@ def write_log(path, records, letters) -> None:
                         "" if r.get("interval_width_m") is None else f"{r['interval_width_m']:.4f}"]
                        + [d if d == "" else f"{d:.5f}" for d in dists])
             prev = r["head"]
-    tmp.replace(path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -539,7 +553,14 @@ def open_stream(target, out_dir, max_pixels=DEFAULT_MAX_PIXELS) -> StreamSource:
     if not is_video(target):
         raise InputError(f"{str(target)!r} is not a video file ({', '.join(VIDEO_EXTENSIONS)}); "
                          "--stream takes a folder of frames")
+    from base.safeio import protect
+    protect(target, "the input video")
     reader, fps = open_video(target)
+    try:
+        check_frame_size(reader, target, max_pixels)
+    except InputError:
+        reader.close()
+        raise
     return StreamSource(target, iter_video(reader), fps, reader)
 
 
@@ -601,6 +622,14 @@ def write_stream(model, source: StreamSource, out_dir, options: StreamOptions | 
         smoother.calibrate(frame_thresholds(model))
     out_dir = Path(out_dir)
     make_out_dir(out_dir)  # a file named --out, or a file above it: one error line
+    # two streams of the same file name into one folder would mix their videos and logs
+    with hold_lock(out_dir / f".{source.stem}.stream.lock",
+                   f"--out {out_dir}: the outputs of {source.stem} ({source.stem}_frames.csv ...)"):
+        return _write_stream(model, source, out_dir, options, smoother, on_frame)
+
+
+def _write_stream(model, source, out_dir: Path, options, smoother, on_frame) -> dict:
+    """write_stream with its outputs' lock held."""
     outputs = stream_outputs(out_dir, source.stem, options)
     fps = options.fps or source.fps or 10.0
     sink = Sink(outputs["video"], fps, outputs["depth"], threaded=options.threads)

@@ -18,7 +18,7 @@ import torch
 
 from base import domains as dom
 from base.domains import BUILTIN
-from base.safeio import atomic_torch_save
+from base.safeio import atomic_torch_save, protect
 from base.errors import InputError
 
 from .net import LifelongDepthNet
@@ -201,6 +201,7 @@ def read_checkpoint(path, map_location="cpu"):
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path!r}: no such file")
+    protect(path, "the checkpoint")  # no write of this process may replace the model it reads
     try:
         # weights_only: the released files come from the internet; ours hold only plain data.
         obj = torch.load(path, map_location=map_location, weights_only=True)
