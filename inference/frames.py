@@ -49,7 +49,7 @@ from losses import upsample_to
 
 MAX_PIXELS = 2_400_000  # larger network inputs are downscaled (the focal ratio goes into the depth)
 TILE_SLACK = 1.0        # FramePipeline.tile_size
-MIN_SIDE = 32           # smaller inputs are upscaled (aspect kept): ResNet's output stride
+MIN_SIDE = 32           # a shorter side is padded up to this (ResNet's output stride); never upscaled
 SELECT_AREA = 160 * 120  # the selection input's pixel area when the statistics store none
 MODES = ("resample", "rescale")
 SENSOR_DIAGONAL_35MM = math.hypot(36.0, 24.0)  # mm: what a "35 mm equivalent" focal length refers to
@@ -217,10 +217,15 @@ def resolve_camera(hint: CameraHint | None, width: int, height: int, head_cam: C
 @dataclass(frozen=True)
 class Plan:
     """How a frame goes through a head: the network input (content) size, the factor the depth is
-    multiplied by (the focal length fed over the head's; 1 when the frame was resampled to match)."""
+    multiplied by (the focal length fed over the head's; 1 when the frame was resampled to match),
+    and the padded size the network sees (a side shorter than MIN_SIDE padded up to it)."""
     height: int
     width: int
     depth_scale: float
+
+    @property
+    def padded(self) -> tuple:
+        return max(self.height, MIN_SIDE), max(self.width, MIN_SIDE)
 
 
 def plan_frame(width: int, height: int, frame_cam: Camera, head_cam: Camera | None,
@@ -229,20 +234,33 @@ def plan_frame(width: int, height: int, frame_cam: Camera, head_cam: Camera | No
         raise ValueError(f"unknown camera mode {mode!r}; choose one of {MODES}")
     target = frame_cam.fx if head_cam is None else head_cam.fx
     r = target / frame_cam.fx if mode == "resample" else 1.0
-    r = min(r, math.sqrt(max_pixels / (width * height)))          # never beyond the pixel cap
-    r = max(r, MIN_SIDE / min(width, height))                      # never below a usable size
+    r = bound_scale(width, height, r, max_pixels)
     w, h = max(1, round(width * r)), max(1, round(height * r))
     fed = frame_cam.fx * w / width
     return Plan(h, w, fed / target)
 
 
+def bound_scale(width: int, height: int, r: float, max_pixels: int) -> float:
+    """The one bound on what the network sees: the resize factor ``r`` of a ``width`` x ``height``
+    frame lowered until the input, with a side shorter than MIN_SIDE padded up to MIN_SIDE (the
+    floor is met by padding, never by upscaling, so it overrides neither the focal match nor the
+    cap), holds at most ``max_pixels`` pixels. Tiles of it run in batches of at most ``max_pixels``
+    pixels (FramePipeline.depth)."""
+    r = min(r, math.sqrt(max_pixels / (width * height)))          # never beyond the pixel cap
+    for _ in range(4):                                             # ... padding included
+        h, w = max(MIN_SIDE, round(height * r)), max(MIN_SIDE, round(width * r))
+        if h * w <= max_pixels:
+            break
+        r *= 0.999 * max_pixels / (h * w)
+    return r
+
+
 def to_tensor(img) -> torch.Tensor:
     """(1,3,H,W) ImageNet-normalised float32 of a PIL image or an (H,W,3) uint8 array."""
-    a = np.asarray(img, dtype=np.float32) / 255.0
-    x = torch.from_numpy(a).permute(2, 0, 1)[None]
+    x = torch.from_numpy(np.asarray(img, dtype=np.float32)).permute(2, 0, 1)[None]  # one float copy ...
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return (x - mean) / std
+    return x.div_(255.0).sub_(mean).div_(std)  # ... normalised in place
 
 
 def resized(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -254,7 +272,10 @@ def resized(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
 def selection_size(width: int, height: int, area: float) -> tuple:
     """(h, w) of the selection input: the frame's aspect ratio at ``area`` pixels."""
     r = math.sqrt(area / (width * height))
-    return max(MIN_SIDE, round(height * r)), max(MIN_SIDE, round(width * r))
+    h, w = max(MIN_SIDE, round(height * r)), max(MIN_SIDE, round(width * r))
+    if h * w > 2 * area:  # the floor of a thin frame: its long side squeezed, not its pixels multiplied
+        h, w = (h, max(MIN_SIDE, int(2 * area // h))) if w > h else (max(MIN_SIDE, int(2 * area // w)), w)
+    return h, w
 
 
 @torch.no_grad()
@@ -379,18 +400,22 @@ class FramePipeline:
             feats = feats if feats is not None else p.trunk_features(x)
             return p.run_heads(feats, torch.tensor([head]), with_uncertainty)  # at half resolution
         boxes = [(y, x0) for y in tile_starts(h, th) for x0 in tile_starts(w, tw)]
-        batch = torch.cat([x[..., y:y + th, x0:x0 + tw] for y, x0 in boxes])
-        d, u = p.run_heads(p.trunk_features(batch), torch.full((len(boxes),), head), with_uncertainty)
         weight = tent(th)[:, None] * tent(tw)[None, :]
-        outs = [upsample_to(d, (th, tw))] + ([upsample_to(u, (th, tw))] if u is not None else [])
-        blended = []
-        for o in outs:
-            acc, norm = torch.zeros(1, 1, h, w), torch.zeros(1, 1, h, w)
-            for k, (y, x0) in enumerate(boxes):
-                acc[..., y:y + th, x0:x0 + tw] += o[k].cpu() * weight
+        acc = [torch.zeros(1, 1, h, w), torch.zeros(1, 1, h, w) if with_uncertainty else None]
+        norm = torch.zeros(1, 1, h, w)
+        per_batch = max(1, self.max_pixels // (th * tw))  # tiles in batches within the pixel cap
+        u = None
+        for start in range(0, len(boxes), per_batch):
+            part = boxes[start:start + per_batch]
+            batch = torch.cat([x[..., y:y + th, x0:x0 + tw] for y, x0 in part])
+            d, u = p.run_heads(p.trunk_features(batch), torch.full((len(part),), head), with_uncertainty)
+            outs = [upsample_to(d, (th, tw)), upsample_to(u, (th, tw)) if u is not None else None]
+            for k, (y, x0) in enumerate(part):
                 norm[..., y:y + th, x0:x0 + tw] += weight
-            blended.append(acc / norm)
-        return blended[0], (blended[1] if u is not None else None)
+                for a, o in zip(acc, outs):
+                    if a is not None and o is not None:
+                        a[..., y:y + th, x0:x0 + tw] += o[k].cpu() * weight
+        return acc[0] / norm, (acc[1] / norm if u is not None else None)
 
     def tile_size(self, head: int, h: int, w: int) -> tuple:
         """(tile h, tile w) of an h x w input through head ``head``: a side up to TILE_SLACK times
@@ -424,9 +449,17 @@ class FramePipeline:
             chosen, how = (raw if choose is None else int(choose(raw, sel["distances"]))), "auto"
         frame_cam, assumed = resolve_camera(camera, W, H, self.cameras[chosen])
         plan = plan_frame(W, H, frame_cam, self.cameras[chosen], self.mode, self.max_pixels)
-        reuse = sel["features"] if sel is not None and sel["size"] == (plan.height, plan.width) else None
-        depth, unc = self.depth(resized(x, plan.height, plan.width), chosen, with_uncertainty, reuse)
-        th, tw = self.tile_size(chosen, plan.height, plan.width)
+        ph, pw = plan.padded
+        reuse = sel["features"] if sel is not None and sel["size"] == (ph, pw) == (plan.height, plan.width) else None
+        net_in = resized(x, plan.height, plan.width)
+        del x
+        if (ph, pw) != (plan.height, plan.width):  # a side under MIN_SIDE: padded, then cropped away
+            net_in = F.pad(net_in, (0, pw - plan.width, 0, ph - plan.height), mode="replicate")
+        depth, unc = self.depth(net_in, chosen, with_uncertainty, reuse)
+        if (ph, pw) != (plan.height, plan.width):
+            depth = upsample_to(depth, (ph, pw))[..., :plan.height, :plan.width]
+            unc = None if unc is None else upsample_to(unc, (ph, pw))[..., :plan.height, :plan.width]
+        th, tw = self.tile_size(chosen, ph, pw)
         out = {"depth": (upsample_to(depth, (H, W))[0, 0] * plan.depth_scale).cpu().numpy().astype(np.float32),
                "uncertainty": None, "head": chosen, "how": how,
                "raw_head": None if sel is None else sel["raw_head"],
@@ -434,7 +467,7 @@ class FramePipeline:
                "ood": None if sel is None else sel["ood"],
                "camera": {**frame_cam.as_dict(), "assumed": assumed},
                "input_size": [plan.height, plan.width],
-               "tiles": len(tile_starts(plan.height, th)) * len(tile_starts(plan.width, tw)),
+               "tiles": len(tile_starts(ph, th)) * len(tile_starts(pw, tw)),
                "depth_scale": float(plan.depth_scale)}
         if unc is not None:
             out["uncertainty"] = upsample_to(unc, (H, W))[0, 0].cpu().numpy().astype(np.float32)
