@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from base.errors import InputError
@@ -281,12 +282,34 @@ class DepthPredictor:
 
     def predict_image(self, image, domain=None, camera=None, with_uncertainty: bool = True,
                       mode: str = "resample") -> dict:
-        """Depth in metres for one whole frame (PIL image or (H,W,3) uint8 array) at its own size:
-        head ``domain`` (index; None = chosen on the frame), ``camera`` an
-        ``inference.frames.CameraHint`` (None: the chosen head's camera is assumed). Returns
-        ``FramePipeline.run``'s dict (depth, uncertainty, head, ood, camera, ...)."""
-        return self.frame_pipeline(mode).run(image, head=domain, camera=camera,
+        """Depth in metres for one whole frame at its own size: a PIL image (any mode) or an array
+        ((H,W) grey, (H,W,3) RGB, (H,W,4) RGBA; uint8, uint16 over its full range, floats in [0, 1]
+        or else [0, 255]: ``loaders.rgb_array``'s rules, an InputError otherwise). ``domain``: the
+        head, as an index (0 = first learned), a letter ("N") or a name ("nyu"); None = chosen on
+        the frame. ``camera`` an ``inference.frames.CameraHint`` (None: the chosen head's camera is
+        assumed). Returns ``FramePipeline.run``'s dict (depth, uncertainty, head, ood, camera, ...)."""
+        from loaders import rgb_array
+        head = self.head_index(domain)
+        return self.frame_pipeline(mode).run(rgb_array(image, "predict_image"), head=head, camera=camera,
                                              with_uncertainty=with_uncertainty)
+
+    def head_index(self, domain):
+        """The head index of ``domain``: None, an index, a letter or a name of this model's domains;
+        one InputError naming the heads it has otherwise."""
+        if domain is None:
+            return None
+        letters = list(self.meta.get("letters") or [])
+        names = self.domain_names
+        heads = ", ".join(f"{i} = {letters[i]} ({n})" if i < len(letters) else f"{i} = {n}"
+                          for i, n in enumerate(names))
+        if isinstance(domain, str):
+            key = domain.strip()
+            for i, n in enumerate(names):
+                if key.lower() == str(n).lower() or (i < len(letters) and key.upper() == letters[i]):
+                    return i
+        elif isinstance(domain, (int, np.integer)) and not isinstance(domain, bool) and 0 <= domain < self.num_domains:
+            return int(domain)
+        raise InputError(f"domain {domain!r}: this model has no such head; its heads are {heads}")
 
     def _check_chosen(self, chosen):
         if chosen.numel() and (chosen.min() < 0 or chosen.max() >= self.num_domains):
