@@ -132,6 +132,10 @@ class StageOptions:
     overwrite: bool = option(False, "replace an existing --out checkpoint and start the run folder over (its "
                                     "log.jsonl and resume state); without it such a run stops with an error",
                              RUN)
+    allow_changes: bool = option(False, "with --resume: continue although --scale, --data-root, --encoder, "
+                                        "--batch-size or --lr differ from the interrupted run's (each change "
+                                        "is printed); without it such a resume stops with an error, since the "
+                                        "checkpoint would describe only the last settings", RUN)
     on_nonfinite: str = option("stop", "a NaN/inf loss or gradient: stop (save the state before that step "
                                        "and name the batch's files) or skip the batch's update and go on", RUN,
                                choices=("stop", "skip"))
@@ -236,7 +240,10 @@ def order_specs(opts) -> list:
 def resolve_options(options: StageOptions) -> StageOptions:
     """A copy of ``options`` with the defaults that depend on other options filled in (order
     letters, batch size, --out, the run folder, --prior, the protocol's options), its values checked."""
+    if not isinstance(options, StageOptions):
+        raise InputError(f"train_stage takes a StageOptions, got {type(options).__name__}")
     opts = dataclasses.replace(options)
+    check_types(opts)  # before anything else looks at a value (and before the run folder exists)
     specs = order_specs(opts)
     if opts.shared_head and opts.strategy != "joint":
         raise InputError("--shared-head is a joint-training baseline; use it with --strategy joint")
@@ -253,6 +260,30 @@ def resolve_options(options: StageOptions) -> StageOptions:
     check_values(opts, specs)
     resolve_protocol(opts, list(PROTOCOL_TRAINING) + list(PROTOCOL_DATA))
     return opts
+
+
+def check_types(opts) -> None:
+    """Each setting of the declared type (as the command line's parser would give it), an
+    InputError naming the option otherwise; a path (pathlib.Path, os.PathLike) where a str is
+    declared becomes its str (a data root, --out, a checkpoint)."""
+    import os
+    for f in dataclasses.fields(opts):
+        value, declared = getattr(opts, f.name), str(f.type)
+        kinds = {k.strip() for k in declared.split("|")}
+        if value is None and "None" in kinds:
+            continue
+        if "str" in kinds and isinstance(value, os.PathLike):
+            setattr(opts, f.name, os.fspath(value))
+            continue
+        ok = (("str" in kinds and isinstance(value, str))
+              or ("bool" in kinds and isinstance(value, bool))
+              or ("int" in kinds and isinstance(value, int) and not isinstance(value, bool))
+              or ("float" in kinds and isinstance(value, (int, float)) and not isinstance(value, bool)))
+        if not ok and kinds - {"str", "bool", "int", "float", "None"}:
+            continue  # a type this check does not know: left to the later checks
+        if not ok:
+            raise InputError(f"--{f.name.replace('_', '-')} {value!r}: expected {declared.replace(' | None', '')} "
+                             f"(StageOptions.{f.name}), got {type(value).__name__}")
 
 
 def _fail(option: str, value, expected: str):

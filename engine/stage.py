@@ -247,6 +247,13 @@ class Stage:
         if letters != self.opts.order or strategy != self.opts.strategy:
             raise InputError(f"{path} is a run of order {letters} strategy "
                              f"{strategy}, not {self.opts.order} {self.opts.strategy}")
+        changes = resume_changes(saved.get("options"), self.opts)
+        if changes and not self.opts.allow_changes:
+            raise InputError(f"--resume {path}: the run was started with other options ({'; '.join(changes)}); "
+                             f"resume with the run's options, pass --allow-changes to continue with these, "
+                             f"or --overwrite to start over")
+        for change in changes:
+            self.say(f"resuming with a changed option: {change}")
         try:
             check_finite(state["state_dict"], path)
             self.net.load_state_dict(state["state_dict"])
@@ -539,3 +546,26 @@ def protocol_note(opts) -> str:
     if protocol == "ours" and not changed:
         return ""
     return f"; protocol {protocol}" + (f" ({', '.join(changed)})" if changed else "")
+
+
+# The options a resumed run must keep (or change with --allow-changes): what the checkpoint records
+# of the run (input sizes, cameras, the data) and what its optimiser state was computed with.
+RESUME_KEPT = ("scale", "data_root", "encoder", "batch_size", "lr")
+
+
+def resume_changes(saved, opts) -> list[str]:
+    """``"--scale 0.5 -> 0.25"`` for each of RESUME_KEPT that differs between the interrupted run's
+    recorded options ``saved`` (a dict; None: an older resume state, nothing to compare) and ``opts``."""
+    import os
+    if not isinstance(saved, dict):
+        return []
+    out = []
+    for key in RESUME_KEPT:
+        if key not in saved:
+            continue
+        old, new = saved[key], getattr(opts, key)
+        same = (os.path.realpath(str(old)) == os.path.realpath(str(new))) if key == "data_root" and old and new \
+            else old == new
+        if not same:
+            out.append(f"--{key.replace('_', '-')} {old} -> {new}")
+    return out
