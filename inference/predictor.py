@@ -30,6 +30,7 @@ import torch
 from base.errors import InputError
 from models import load_checkpoint
 from models.checkpoint import check_checkpoint_path
+from models.fast import PRECISIONS
 from models.fast import (autocast_context, inference_copy, lowp_supported, prepare_input,
                          resolve_precision, trace_module)
 from models.runtimes import AUTO, BACKENDS, HeadPiece, TrunkPiece, choose_backend  # the pieces traced or exported
@@ -374,7 +375,16 @@ class RuntimeOptions:
             asked["precision"] = self.precision
         if self.backend != AUTO:
             asked["backend"] = self.backend
-        return dict(asked, **self.extra)
+        merged = dict(asked, **self.extra)
+        choices = {"precision": PRECISIONS, "backend": (AUTO,) + tuple(BACKENDS)}
+        for key, value in merged.items():  # each value checked here: one line, not a traceback later
+            if value is None:  # the default
+                continue
+            if key in choices and value not in choices[key]:
+                raise InputError(f"{key}={value!r}: expected one of {', '.join(choices[key])}")
+            if key not in choices and not isinstance(value, bool):
+                raise InputError(f"{key}={value!r}: expected true or false")
+        return merged
 
 
 def build_predictor(source, runtime: RuntimeOptions | None = None, device="cpu", *, order=None,

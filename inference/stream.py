@@ -32,6 +32,7 @@ ends in :class:`StreamStopped`. What the library refuses is an ``InputError``.
 from __future__ import annotations
 
 import csv
+import math
 import functools
 import queue
 import re
@@ -92,8 +93,8 @@ class HeadSmoother:
             raise ValueError(f"unknown smoothing mode {mode!r}; choose one of {SMOOTHING_MODES}")
         if window < 1:
             raise ValueError(f"the smoothing window must be at least 1 frame, got {window}")
-        if margin < 0:
-            raise ValueError(f"the smoothing margin must be >= 0, got {margin}")
+        if not 0 <= margin < math.inf:  # NaN too: a NaN margin never switches
+            raise ValueError(f"--switch-margin must be a finite number >= 0, got {margin}")
         self.window, self.mode, self.margin = int(window), mode, float(margin)
         self.calibrate(thresholds)
         self.history = deque(maxlen=self.window)
@@ -177,11 +178,33 @@ def iter_folder(files, max_pixels=DEFAULT_MAX_PIXELS):
             raise InputError(f"frame {str(f)!r}: {e}") from None
 
 
+class VideoReader:
+    """The RGB frames of a video file through imageio-ffmpeg's own reader, which lets ffmpeg probe
+    the container: imageio's FFMPEG format refuses names it does not list (.ts, .mts, .m2ts, .m4v,
+    .flv, .3gp, .3g2, .ogv), although ffmpeg reads them all. ``get_meta_data()`` (fps, size) is read
+    from the header before any frame is decoded."""
+
+    def __init__(self, path):
+        import imageio_ffmpeg
+        self._frames = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
+        self._meta = next(self._frames)
+
+    def get_meta_data(self) -> dict:
+        return self._meta
+
+    def __iter__(self):
+        w, h = self._meta["size"]
+        for raw in self._frames:
+            yield np.frombuffer(raw, np.uint8).reshape(h, w, 3)
+
+    def close(self) -> None:
+        self._frames.close()
+
+
 def open_video(path):
-    """(imageio reader, frames per second) of a video file; a clear error when it cannot be read."""
-    import imageio.v2 as iio
+    """(reader, frames per second) of a video file; a clear error when it cannot be read."""
     try:
-        reader = iio.get_reader(str(path), format="FFMPEG")
+        reader = VideoReader(path)
         fps = float(reader.get_meta_data().get("fps") or 0.0)
     except Exception as e:  # noqa: BLE001 - imageio/ffmpeg raise several types for a bad file
         raise InputError(f"video {str(path)!r} cannot be read ({type(e).__name__}: "
@@ -502,8 +525,8 @@ class StreamOptions:
     def __post_init__(self):
         if self.max_frames is not None and self.max_frames < 1:
             raise InputError(f"--max-frames must be at least 1, got {self.max_frames}")
-        if self.fps is not None and not self.fps > 0:
-            raise InputError(f"--fps must be positive, got {self.fps}")
+        if self.fps is not None and not 0 < self.fps < math.inf:
+            raise InputError(f"--fps must be a positive, finite frame rate, got {self.fps}")
         self.smoother()  # the smoothing settings are checked now, before a model is loaded
 
     def smoother(self):
