@@ -95,8 +95,12 @@ class Models:
             if checkpoint in self.cache:
                 self.cache[checkpoint] = self.cache.pop(checkpoint)  # now the most recent
             else:
+                evicted = False
                 while len(self.cache) >= self.limit:
                     self.cache.pop(next(iter(self.cache)))
+                    evicted = True
+                if evicted:
+                    release_memory()  # the evicted model's memory goes back to the system
                 # what the library refuses is one error line, predict.py's (shown on the page)
                 self.cache[checkpoint] = run_command(self.load, checkpoint)
             return self.cache[checkpoint]
@@ -107,6 +111,84 @@ class Models:
         order = parse_letters(self.args.order, "--order") if self.args.order and first else None
         options = P.ImageOptions(replay_root=self.args.replay_root if first else None, quiet=True)
         return P.Predictor(checkpoint, options, device=resolve_device(self.args.device), order=order)
+
+
+def release_memory() -> None:
+    """Collect what an evicted model left (reference cycles) and return the freed heap to the
+    system (glibc keeps freed memory in its arenas: malloc_trim gives it back)."""
+    import gc
+    gc.collect()
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: the allocator's own policy
+
+
+BODY_LIMIT = 1_000_000  # bytes of a request body outside the upload route (Gradio's JSON calls)
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over ``limit`` bytes on any route but the upload (which
+    Gradio bounds by ``max_file_size``) is answered 413 without being read into memory."""
+
+    def __init__(self, app, limit: int = BODY_LIMIT):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope.get("type") != "http" or "upload" in scope.get("path", ""):
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        try:
+            declared = int(headers.get(b"content-length", b"0"))
+        except ValueError:
+            declared = 0
+        if declared > self.limit:
+            return await self._refuse(send)
+        seen = 0
+
+        async def limited():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise BodyTooLarge
+            return message
+        try:
+            return await self.app(scope, limited, send)
+        except BodyTooLarge:
+            return await self._refuse(send)
+
+    async def _refuse(self, send):
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": b"request body too large"})
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+def check_port(host: str, port: int) -> None:
+    """CLIError (one line) when ``port`` on ``host`` is taken, before a model is loaded."""
+    import socket
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family) as s:
+            s.bind((host, port))
+    except OSError as e:
+        raise CLIError(f"--port {port}: cannot serve on {host}:{port} ({e.strerror or e}; another server "
+                       f"uses it?); choose another --port") from None
+
+
+def on_sigterm(workdir: Path):
+    """SIGTERM (a service manager's stop) ends like Ctrl-C: the exit handlers run and remove the
+    work folder with the users' uploads and results."""
+    import signal
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+    signal.signal(signal.SIGTERM, stop)
 
 
 def head_choices(model) -> list[str]:
@@ -271,14 +353,24 @@ def check_host(args):
             f"(no authentication) and this machine's CPU and memory, one request at a time")
 
 
-def build_app(args):
+def make_workdir() -> Path:
+    """The demo's work folder (results; Gradio's uploads too, unless GRADIO_TEMP_DIR is set), removed
+    at exit, also after SIGTERM."""
     import atexit
     import shutil
+    workdir = Path(tempfile.mkdtemp(prefix="lm_demo_"))
+    atexit.register(shutil.rmtree, workdir, True)  # nothing of ours is left at exit
+    if "GRADIO_TEMP_DIR" not in os.environ:  # read by Gradio at import: the uploads go with the folder
+        os.environ["GRADIO_TEMP_DIR"] = str(workdir / "uploads")
+    on_sigterm(workdir)
+    return workdir
+
+
+def build_app(args, workdir: Path | None = None):
     import gradio as gr
     models = Models(args)
     first = models.get(args.checkpoint)  # fail now, with predict.py's message, if it cannot load
-    workdir = Path(tempfile.mkdtemp(prefix="lm_demo_"))
-    atexit.register(shutil.rmtree, workdir, True)  # nothing of ours is left at exit
+    workdir = workdir or make_workdir()
     checkpoints = find_checkpoints(args.checkpoint, Path(args.runs_dir))
 
     def run(image, checkpoint, head_choice):
@@ -371,16 +463,23 @@ def main(argv=None) -> int:
         if not value > 0:
             raise CLIError(f"{option} must be positive, got {value}")
     warning = check_host(args)
+    check_port(args.host, args.port)
+    workdir = make_workdir()  # before Gradio is imported: it reads GRADIO_TEMP_DIR then
     try:
         importlib.import_module("gradio")  # installed? (before a model is loaded for nothing)
     except ImportError:
         raise CLIError("the demo needs Gradio: pip install -r requirements-demo.txt") from None
-    app = build_app(args)
+    app = build_app(args, workdir)
     if warning:
         print(warning, file=sys.stderr, flush=True)
     print(f"serving {args.checkpoint} on http://{args.host}:{args.port} (Ctrl-C stops)", flush=True)
-    app.launch(server_name=args.host, server_port=args.port, share=False, inbrowser=False,
-               show_error=True, quiet=True, footer_links=[], max_file_size=f"{int(args.max_upload_mb * 1e6)}b")
+    from starlette.middleware import Middleware
+    try:
+        app.launch(server_name=args.host, server_port=args.port, share=False, inbrowser=False,
+                   show_error=True, quiet=True, footer_links=[], max_file_size=f"{int(args.max_upload_mb * 1e6)}b",
+                   app_kwargs={"middleware": [Middleware(BodyLimit)]})
+    except OSError as e:  # the port taken between the check and the launch
+        raise CLIError(f"--port {args.port}: cannot serve on {args.host}:{args.port} ({e})") from None
     return 0
 
 
