@@ -226,7 +226,11 @@ def infer(models: Models, image, checkpoint: str, head_choice: str, workdir: Pat
     from base.domains import get_domain
     model = models.get(checkpoint)
     img = upload_image(image, getattr(models.args, "max_pixels", DEFAULT_DEMO_MAX_PIXELS))
-    forced = None if head_choice in (None, AUTO) else head_choices(model).index(head_choice) - 1
+    choices = head_choices(model)
+    if head_choice not in (None, AUTO) and head_choice not in choices:  # a head of the checkpoint shown before
+        raise PageError(f"{checkpoint} has no head {head_choice}; its heads are {', '.join(choices[1:])} "
+                        f"(or {AUTO})")
+    forced = None if head_choice in (None, AUTO) else choices.index(head_choice) - 1
     r = model.run(img, head=forced, want_distances=True)
     head = r["head"]
     depth = model.clamp(r["depth"], head)

@@ -122,3 +122,13 @@ def test_sigterm_removes_the_work_folder_and_the_uploads(ckpt, tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_a_head_the_chosen_checkpoint_lacks_is_named_on_the_page(ckpt, tmp_path):
+    from cli import demo
+    models = demo.Models(Namespace(checkpoint=str(ckpt), order=None, replay_root=None, device="cpu", max_models=2))
+    image = tmp_path / "a.png"
+    from helpers import write_image
+    write_image(image, (24, 32))
+    with pytest.raises(demo.PageError, match=r"has no head kitti \(K\); its heads are nyu \(N\)"):
+        demo.serve_request(models, str(image), str(ckpt), "kitti (K)", tmp_path / "work")
