@@ -28,7 +28,10 @@ One rule, used by predict.py, the streams (inference/stream.py), the demo and
    replicate padding raised AbsRel (K whole frames 0.554 against 0.415 unpadded, N 0.314 against
    0.302), and whole K frames in one pass (0.415) were worse than tiles (0.341); the network takes any
    size, as in training (240 and 114 are no multiples of 32 either). The depth is brought to the
-   frame's size.
+   frame's size. One bound holds whatever the frame (``bound_scale``): a side shorter than
+   ``MIN_SIDE`` is padded up to it (replicate, cropped away after; only such thin frames are
+   padded), never upscaled, so the floor overrides neither the focal match nor the cap, and the
+   padded input, and every batch of tiles, holds at most ``MAX_PIXELS`` pixels.
 """
 from __future__ import annotations
 
