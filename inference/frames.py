@@ -47,7 +47,8 @@ from PIL import Image
 from base.domains import CAMERAS, get_domain
 from base.safeio import read_json
 from inference.prototypes import LDA_SHRINK, fit_lda, lda_distances, pooled_descriptor
-from loaders import IMAGENET_MEAN, IMAGENET_STD, build_transform, get_dataset
+from base.images import image_tensor
+from loaders import build_transform, get_dataset
 from losses import upsample_to
 
 MAX_PIXELS = 2_400_000  # larger network inputs are downscaled (the focal ratio goes into the depth)
@@ -260,10 +261,7 @@ def bound_scale(width: int, height: int, r: float, max_pixels: int) -> float:
 
 def to_tensor(img) -> torch.Tensor:
     """(1,3,H,W) ImageNet-normalised float32 of a PIL image or an (H,W,3) uint8 array."""
-    x = torch.from_numpy(np.asarray(img, dtype=np.float32)).permute(2, 0, 1)[None]  # one float copy ...
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return x.div_(255.0).sub_(mean).div_(std)  # ... normalised in place
+    return image_tensor(img)
 
 
 def resized(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
