@@ -145,10 +145,10 @@ def check_folder(path, option: str = "--out") -> None:
 
 
 @contextlib.contextmanager
-def hold_lock(path, what: str):
+def hold_lock(path, busy: str):
     """Hold an exclusive lock on the file ``path`` (created; an flock, released by the kernel when the
-    process ends, also on kill -9) while the block runs; InputError naming ``what`` and the holder's
-    pid when another process holds it."""
+    process ends, also on kill -9) while the block runs; InputError ``busy`` (its ``{pid}`` filled with
+    the holder's) when another process holds it."""
     from base.errors import InputError
     try:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -166,7 +166,7 @@ def hold_lock(path, what: str):
             except OSError:
                 handle.seek(0)
                 holder = handle.read().strip() or "?"
-                raise InputError(f"{what} is in use by another process (pid {holder})") from None
+                raise InputError(busy.format(pid=holder)) from None
             handle.seek(0)
             handle.truncate()
             handle.write(f"{os.getpid()}\n")

@@ -647,7 +647,8 @@ def write_stream(model, source: StreamSource, out_dir, options: StreamOptions | 
     make_out_dir(out_dir)  # a file named --out, or a file above it: one error line
     # two streams of the same file name into one folder would mix their videos and logs
     with hold_lock(out_dir / f".{source.stem}.stream.lock",
-                   f"--out {out_dir}: the outputs of {source.stem} ({source.stem}_frames.csv ...)"):
+                   f"--out {out_dir}: another stream (pid {{pid}}) is writing {source.stem}_frames.csv and the "
+                   f"other outputs of a {source.stem!r} there; wait for it, or choose another --out"):
         return _write_stream(model, source, out_dir, options, smoother, on_frame)
 
 

@@ -295,7 +295,7 @@ def test_two_streams_of_the_same_name_into_one_folder_do_not_mix(tmp_path):
     from inference import stream
     out = tmp_path / "out"
     source = stream.StreamSource(tmp_path / "a" / "clip.mp4", iter([]), 10.0)
-    with safeio.hold_lock(out / ".clip.stream.lock", "another stream"):
+    with safeio.hold_lock(out / ".clip.stream.lock", "another stream (pid {pid})"):
         with pytest.raises(InputError, match="clip_frames.csv"):
             model = type("M", (), {"forced": 0})()
             stream.write_stream(model, source, out, stream.StreamOptions(smoothing="raw", video=False))
