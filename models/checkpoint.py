@@ -276,10 +276,6 @@ def read_checkpoint(path, map_location="cpu"):
                               f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
                               ) from exc
     state, meta = _split(obj, path)
-    stored = meta.get(STATE_HASH)
-    if stored is not None and stored != state_digest(state):  # torch.load checks no CRC: a flipped bit loads
-        raise CheckpointError(f"checkpoint {path!r}: its weights do not match the checksum stored at save "
-                              f"(a damaged copy: a flipped bit, a partial transfer); copy it again")
     stripped = {k[len("module."):] if k.startswith("module.") else k for k in state}
     if len(stripped) != len(state):  # one weight stored twice: which one is meant is unknown
         twice = sorted(k for k in stripped if k in state and f"module.{k}" in state)
@@ -291,6 +287,10 @@ def read_checkpoint(path, map_location="cpu"):
     if meta["format"] == FORMAT and int(meta.get("version", VERSION)) > VERSION:
         raise CheckpointError(f"checkpoint {path!r}: format version {meta['version']} is newer "
                               f"than this code (version {VERSION})")
+    stored = meta.get(STATE_HASH)
+    if stored is not None and stored != state_digest(state):  # torch.load checks no CRC: a flipped bit loads
+        raise CheckpointError(f"checkpoint {path!r}: its weights do not match the checksum stored at save "
+                              f"(a damaged copy: a flipped bit, a partial transfer, an edit); copy it again")
     register_domains(meta, path)  # every reader (tools, tests, the engine) knows the model's domains
     return state, meta
 
