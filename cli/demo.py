@@ -145,7 +145,9 @@ def infer(models: Models, image, checkpoint: str, head_choice: str, workdir: Pat
     model = models.get(checkpoint)
     img = upload_image(image, getattr(models.args, "max_pixels", DEFAULT_DEMO_MAX_PIXELS))
     forced = None if head_choice in (None, AUTO) else head_choices(model).index(head_choice) - 1
-    r = model.run(img, head=forced, want_distances=True)
+    # the upload's camera by predict.py's rule (its EXIF focal length): the file, or the API's image
+    camera = model.camera_of(image if isinstance(image, (str, os.PathLike, Image.Image)) else None)
+    r = model.run(img, head=forced, want_distances=True, camera=camera)
     head = r["head"]
     depth = model.clamp(r["depth"], head)
     workdir.mkdir(parents=True, exist_ok=True)

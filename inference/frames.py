@@ -178,11 +178,15 @@ def parse_fov(text) -> float:
     return v
 
 
-def exif_focal_35mm(path) -> float | None:
-    """A photo's 35 mm equivalent focal length (EXIF FocalLengthIn35mmFilm), or None."""
+def exif_focal_35mm(source) -> float | None:
+    """A photo's 35 mm equivalent focal length (EXIF FocalLengthIn35mmFilm), or None; ``source``:
+    a file path or an opened PIL image (one that still carries its EXIF)."""
     try:
-        with Image.open(path) as im:
-            value = im.getexif().get_ifd(0x8769).get(0xA405)
+        if isinstance(source, Image.Image):
+            value = source.getexif().get_ifd(0x8769).get(0xA405)
+        else:
+            with Image.open(source) as im:
+                value = im.getexif().get_ifd(0x8769).get(0xA405)
         value = float(value) if value else None
     except Exception:  # noqa: BLE001 - no EXIF is the usual case, a broken one is no camera information
         return None

@@ -114,8 +114,10 @@ def intrinsics_for(letter, width, height, given=None):
 
 def camera_hint(options, path=None):
     """The frame camera the user gave (``options.intrinsics``, ``options.fov``: an
-    :class:`ImageOptions`), else ``path``'s EXIF 35 mm focal length, as an
-    ``inference.frames.CameraHint`` (empty: the chosen head's camera is assumed)."""
+    :class:`ImageOptions`), else ``path``'s EXIF 35 mm focal length (a file path, or a PIL image
+    as opened), as an ``inference.frames.CameraHint`` (empty: the chosen head's camera is assumed).
+    The one rule of every path: predict.py, its --stream and videos, the demo (through
+    :meth:`Predictor.camera_of`)."""
     from inference.frames import CameraHint, exif_focal_35mm, parse_fov
     if getattr(options, "intrinsics", None):
         return CameraHint(intrinsics=parse_intrinsics(options.intrinsics))
@@ -397,8 +399,10 @@ class Predictor:
         return sizes, ranges
 
     def camera_of(self, path):
-        """The ``inference.frames.CameraHint`` of the image file ``path``: the camera given
-        (``intrinsics``, ``fov``), else its EXIF focal length (:func:`camera_hint`)."""
+        """The ``inference.frames.CameraHint`` of the image file ``path`` (or an opened PIL image;
+        None: a frame without a file, a video's): the camera given (``intrinsics``, ``fov``), else
+        its EXIF focal length (:func:`camera_hint`). predict.py, the streams and the demo all ask
+        this."""
         return camera_hint(self.options, path)
 
     def interval(self, depth: np.ndarray, uncertainty: np.ndarray, head: int, level: float):

@@ -56,3 +56,57 @@ def test_openvino_bf16_depth_is_not_rounded_to_bfloat16():
     assert ref.unique().numel() > 100
     assert depth.unique().numel() > ref.unique().numel() // 2  # bf16 output: 1-2 values
     assert float((depth - ref).abs().max()) < 0.005 * 50  # within the benchmark's 0.5 %
+
+
+# ---- item 4: one camera hint of a file on every path ---------------------------------------------
+@pytest.fixture(scope="module")
+def nk_ckpt(root, tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "NK.pth.tar"
+    make_checkpoint(path, "NK", scale=SCALE, data_root=root, prototypes="replay")
+    return path
+
+
+def write_exif_frames(folder, n=2, focal=50, size=(304, 88)):
+    """K-like JPEGs carrying a 35 mm equivalent focal length in their EXIF."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(3)
+    for i in range(n):
+        exif = Image.Exif()
+        exif.get_ifd(0x8769)[0xA405] = focal
+        a = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+        Image.fromarray(a).save(folder / f"f{i}.jpg", exif=exif, quality=95)
+    return sorted(folder.glob("*.jpg"))
+
+
+def run_cli(main, argv):
+    import io
+    from contextlib import redirect_stderr, redirect_stdout
+    err, out = io.StringIO(), io.StringIO()
+    with redirect_stderr(err), redirect_stdout(out):
+        status = main(argv)
+    return status, out.getvalue() + err.getvalue()
+
+
+def test_stream_and_demo_use_the_files_exif_focal_length(nk_ckpt, tmp_path):
+    """--stream (a flag that only changes the output format) and the demo give predict.py's depth
+    on the same files: all take the EXIF focal length through Predictor.camera_of."""
+    from cli import predict as CP
+    from cli.demo import Models, infer
+    import argparse
+    files = write_exif_frames(tmp_path / "frames")
+    common = ["--checkpoint", str(nk_ckpt), "--domain", "K", "--precision", "fp32", "--backend", "torch",
+              "--quiet", "--no-plots"]
+    status, text = run_cli(CP.main, [str(tmp_path / "frames"), "--out", str(tmp_path / "a"), *common])
+    assert status == 0, text
+    status, text = run_cli(CP.main, [str(tmp_path / "frames"), "--out", str(tmp_path / "b"), "--stream",
+                                     "--save-depth", *common])
+    assert status == 0, text
+    args = argparse.Namespace(checkpoint=str(nk_ckpt), order=None, replay_root=None, device="cpu",
+                              max_models=1, max_pixels=None)
+    models = Models(args)
+    for f in files:
+        ref = np.load(tmp_path / "a" / f"{f.stem}_depth.npy")
+        streamed = np.load(tmp_path / "b" / "frames_depth" / f"{f.stem}_depth.npy")
+        np.testing.assert_allclose(streamed, ref, rtol=1e-4, atol=1e-4)
+        page = infer(models, str(f), str(nk_ckpt), "kitti (K)", tmp_path / "demo")
+        assert "EXIF" in page["domain"] and f"depth {ref.min():.2f}-{ref.max():.2f} m" in page["domain"]
