@@ -405,6 +405,17 @@ class Predictor:
         this."""
         return camera_hint(self.options, path)
 
+    def distance_thresholds(self):
+        """Per head, the calibrated out-of-domain threshold on the scale of the ``distances``
+        :meth:`run` returns (a stream's smoother compares the two), or None: whole frames get the
+        ``frames`` statistics' distances and thresholds; under ``--size`` (or without the
+        statistics) the distances are the stored selector's on the squeezed input, another scale
+        for which no threshold was calibrated."""
+        stats = (self.predictor.prototypes or {}).get("frames")
+        if not stats or self.size is not None:
+            return None
+        return list(stats["thresholds"])
+
     def interval(self, depth: np.ndarray, uncertainty: np.ndarray, head: int, level: float):
         """(lower, upper) metres of the central ``level`` interval around ``depth`` with head
         ``head``'s uncertainty calibration (evaluation/uncertainty.py); ``depth`` is not changed."""

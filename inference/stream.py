@@ -551,9 +551,10 @@ def open_stream(target, out_dir, max_pixels=DEFAULT_MAX_PIXELS) -> StreamSource:
 
 
 def frame_thresholds(model):
-    """Per head, the out-of-domain threshold of ``model``'s frames statistics (None without them)."""
-    stats = (model.predictor.prototypes or {}).get("frames")
-    return None if not stats else stats["thresholds"]
+    """Per head, the out-of-domain threshold of ``model``'s frames statistics, on the scale of the
+    distances its frames get (``Predictor.distance_thresholds``: None without the statistics, and
+    under --size, whose distances are the stored selector's, another scale)."""
+    return model.distance_thresholds()
 
 
 def stream_interval(model, records, level) -> dict:

@@ -17,7 +17,7 @@ SCALE = 0.25
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
-    return make_data_root(tmp_path_factory.mktemp("data"), "NK", n_train=4, n_test=2, n_replay=2,
+    return make_data_root(tmp_path_factory.mktemp("data"), "NK", n_train=5, n_test=2, n_replay=5,
                           frame_scale=SCALE)
 
 
@@ -110,3 +110,38 @@ def test_stream_and_demo_use_the_files_exif_focal_length(nk_ckpt, tmp_path):
         np.testing.assert_allclose(streamed, ref, rtol=1e-4, atol=1e-4)
         page = infer(models, str(f), str(nk_ckpt), "kitti (K)", tmp_path / "demo")
         assert "EXIF" in page["domain"] and f"depth {ref.min():.2f}-{ref.max():.2f} m" in page["domain"]
+
+
+# ---- item 5: the smoother's thresholds on the scale of the distances it compares ---------------
+@pytest.fixture(scope="module")
+def frames_ckpt(root, nk_ckpt, tmp_path_factory):
+    from inference.replay import add_frame_statistics
+    out = tmp_path_factory.mktemp("frames") / "NK_frames.pth.tar"
+    add_frame_statistics(nk_ckpt, out, root, max_images=5, quiet=True)
+    return out
+
+
+def test_size_stream_gets_no_thresholds_of_another_scale(frames_ckpt, tmp_path):
+    """Under --size the distances are the stored selector's on the squeezed input: the frames
+    statistics' thresholds (calibrated on whole-frame distances) must not be applied to them."""
+    from inference.images import ImageOptions, Predictor
+    from inference.stream import frame_thresholds
+    whole = Predictor(frames_ckpt, ImageOptions(quiet=True))
+    sized = Predictor(frames_ckpt, ImageOptions(quiet=True, size=(64, 96)))
+    assert frame_thresholds(whole) is not None and len(frame_thresholds(whole)) == 2
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (88, 304, 3), dtype=np.uint8))
+    r_whole, r_sized = whole.run(img, want_distances=True), sized.run(img, want_distances=True)
+    assert r_whole["distances"] is not None and r_sized["distances"] is not None
+    assert frame_thresholds(sized) is None
+
+
+# ---- item 12: the frame statistics' message counts the rows it uses and names the caller's options
+def test_frame_statistics_message_counts_the_rows_used(root, nk_ckpt):
+    from base.errors import InputError
+    from inference.replay import frame_statistics
+    from models import load_checkpoint
+    net = load_checkpoint(nk_ckpt)
+    with pytest.raises(InputError) as e:
+        frame_statistics(net, "NK", root, max_images=3, options=("--data-root", "--proto-images"))
+    text = str(e.value)
+    assert text.startswith("--data-root: domain N") and "3 used (the first 3 of its 5, --proto-images 3)" in text
