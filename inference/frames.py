@@ -87,8 +87,11 @@ class Camera:
 
 def source_camera(spec, data_root=None) -> Camera | None:
     """The camera of a domain's depth frames as they lie on disk: a synthetic set's meta.json
-    (rendered at its own scale), a custom domain's ``camera`` field (domains.json), else the
-    built-in sensor (domains.CAMERAS) at the size of the files stored there; None when nothing says."""
+    (rendered at its own scale), a custom domain's ``camera`` field (domains.json), the recording's
+    calibration file beside the first stored frame (KITTI: :func:`calibration_camera`), else the
+    built-in sensor (domains.CAMERAS) at the size of the files stored there
+    (:func:`registry_camera_at`: KITTI's raw frames are a wider crop of the same sensor, not a
+    resize); None when nothing says."""
     spec = get_domain(spec)
     if data_root:
         try:
@@ -103,21 +106,92 @@ def source_camera(spec, data_root=None) -> Camera | None:
     if spec.letter in CAMERAS:
         cam = CAMERAS[spec.letter]
         cam = Camera(*cam.intrinsics, *cam.frame_size)
-        size = stored_frame_size(spec, data_root) if data_root else None
-        return cam.resized(*size) if size else cam  # the sensor, at the resolution the files have
+        first = stored_frame(spec, data_root) if data_root else None
+        if first is None:
+            return cam
+        size, image = first
+        calibrated = calibration_camera(image, size)
+        if calibrated is not None:  # the recording's own calibration (KITTI's files)
+            return calibrated
+        return registry_camera_at(cam, size, spec.transform == "kitti")
+    return None
+
+
+CROP_TOLERANCE = 0.1  # a frame within 10 % of the registry size on each side is a crop of that sensor
+
+
+def registry_camera_at(cam: Camera, size, crops: bool) -> Camera:
+    """A registry camera at the size ``size`` = (W, H) the files have. KITTI's registry camera
+    (721.5 @ 1216x352) is the benchmark's bottom-centre *crop* of the raw frames (1242x375 on
+    2011_09_26, 1224-1242 x 370-376 by date; formats.md): for the cropping recipe (``crops``) a
+    frame within CROP_TOLERANCE of the registry size is the same sensor with another crop (fx, fy
+    kept, cx, cy shifted); anything else is a resize of the registry frame (a data set stored at
+    another resolution), as for NYU and ScanNet."""
+    w, h = int(size[0]), int(size[1])
+    if crops and abs(w / cam.width - 1) <= CROP_TOLERANCE and abs(h / cam.height - 1) <= CROP_TOLERANCE:
+        return Camera(cam.fx, cam.fy, cam.cx + (w - cam.width) / 2.0, cam.cy + (h - cam.height), w, h)
+    return cam.resized(w, h)  # the sensor, at the resolution the files have
+
+
+def stored_frame(spec, data_root):
+    """((W, H) of the first replay (else training) depth map under ``data_root``, its image path),
+    or None."""
+    for split in ("replay", "train"):
+        try:
+            rows = get_dataset(spec, split, str(data_root), check_files=False).rows
+            with Image.open(rows[0].depth) as im:
+                return im.size, rows[0].image
+        except Exception:  # noqa: BLE001 - no readable file: the registry's own size stands
+            continue
     return None
 
 
 def stored_frame_size(spec, data_root):
     """(W, H) of the first replay (else training) depth map under ``data_root``, or None."""
-    for split in ("replay", "train"):
-        try:
-            rows = get_dataset(spec, split, str(data_root), check_files=False).rows
-            with Image.open(rows[0].depth) as im:
-                return im.size
-        except Exception:  # noqa: BLE001 - no readable file: the registry's own size stands
-            continue
-    return None
+    first = stored_frame(spec, data_root)
+    return None if first is None else first[0]
+
+
+def _numbers(text) -> list:
+    return [float(v) for v in text.replace(",", " ").split()]
+
+
+def calibration_camera(image_path, size=None) -> Camera | None:
+    """The camera of one image file from its recording's calibration, where the layout has one:
+    KITTI raw (``<date>/calib_cam_to_cam.txt``'s ``P_rect_0X`` for ``<date>/<drive>/image_0X/data/
+    <frame>.png``) or the benchmark's ``val_selection_cropped`` (``intrinsics/<name>.txt``, a 3x3
+    matrix beside ``image/<name>.png``). ``size`` (W, H): the image's, else read from the file.
+    None where no calibration file is found or it cannot be read."""
+    try:
+        path = os.path.abspath(os.fspath(image_path))
+        parts = path.split(os.sep)
+        k = None
+        if len(parts) >= 3 and parts[-2] == "image":  # val_selection_cropped/image/<name>.png
+            txt = os.path.join(os.path.dirname(os.path.dirname(path)), "intrinsics",
+                               os.path.splitext(parts[-1])[0] + ".txt")
+            if os.path.isfile(txt):
+                with open(txt) as f:
+                    m = _numbers(f.read())
+                if len(m) >= 9:
+                    k = (m[0], m[4], m[2], m[5])
+        if k is None and len(parts) >= 5 and parts[-2] == "data" and parts[-3].startswith("image_0"):
+            calib = os.path.join(os.sep.join(parts[:-4]), "calib_cam_to_cam.txt")  # <date>/
+            key = "P_rect_" + parts[-3][len("image_"):] + ":"
+            if os.path.isfile(calib):
+                with open(calib) as f:
+                    for line in f:
+                        if line.startswith(key):
+                            p = _numbers(line[len(key):])
+                            if len(p) == 12:
+                                k = (p[0], p[5], p[2], p[6])
+        if k is None or not all(math.isfinite(v) for v in k) or k[0] <= 0 or k[1] <= 0:
+            return None
+        if size is None:
+            with Image.open(path) as im:
+                size = im.size
+        return Camera(*(float(v) for v in k), int(size[0]), int(size[1]))
+    except (OSError, ValueError):
+        return None
 
 
 def trained_camera(spec, scale: float = 1.0, data_root=None) -> Camera | None:

@@ -145,3 +145,57 @@ def test_frame_statistics_message_counts_the_rows_used(root, nk_ckpt):
         frame_statistics(net, "NK", root, max_images=3, options=("--data-root", "--proto-images"))
     text = str(e.value)
     assert text.startswith("--data-root: domain N") and "3 used (the first 3 of its 5, --proto-images 3)" in text
+
+
+# ---- item 2: KITTI's stored camera is a crop of the raw frame, not a resize ---------------------
+RAW_K = (721.5377, 721.5377, 609.5593, 172.854)  # 2011_09_26 P_rect_02 (formats.md)
+
+
+def write_real_kitti(root, calib=True):
+    """Files in the real KITTI layout at the raw 1242x375 size (depth benchmark + raw images +
+    val_selection_cropped), with the date's calib_cam_to_cam.txt and the crops' intrinsics."""
+    from helpers import write_kitti
+    out = write_kitti(str(root), frames=("0000000005",), cams=("02",), n_val=1, hw=(375, 1242))
+    if calib:
+        fx, fy, cx, cy = RAW_K
+        p = f"{fx:e} 0.000000e+00 {cx:e} 4.485728e+01 0.000000e+00 {fy:e} {cy:e} 2.163791e-01 " \
+            "0.000000e+00 0.000000e+00 1.000000e+00 2.745884e-03"
+        (root / "raw" / "2011_09_26" / "calib_cam_to_cam.txt").write_text(
+            "calib_time: 09-Jan-2012 13:57:47\nS_rect_02: 1.242000e+03 3.750000e+02\n"
+            f"P_rect_02: {p}\n")
+        (root / "val_selection_cropped" / "intrinsics").mkdir(parents=True, exist_ok=True)
+        name = Path(out["test"][0][0]).stem
+        (root / "val_selection_cropped" / "intrinsics" / f"{name}.txt").write_text(
+            f"{fx} 0.0 {cx - 13} 0.0 {fy} {cy - 23} 0.0 0.0 1.0\n")
+    return out
+
+
+@pytest.mark.parametrize("calib", [True, False])
+def test_kitti_stored_camera_is_a_crop_of_the_raw_frame(tmp_path, calib):
+    """The K head's camera on real KITTI files keeps fx = fy = 721.5 (the calibration's, or the
+    registry crop's widened to 1242x375); a resize gave fx 736.9, fy 768.6."""
+    from inference import frames as FR
+    write_real_kitti(tmp_path, calib)
+    for cam in (FR.source_camera("K", tmp_path), FR.trained_camera("K", 0.5, tmp_path)):
+        assert (cam.width, cam.height) == (1242, 375)
+        assert cam.fx == pytest.approx(721.5, abs=0.05) and cam.fy == pytest.approx(721.5, abs=0.05)
+        assert cam.cx == pytest.approx(609.56, abs=0.1) and cam.cy == pytest.approx(172.85, abs=0.1)
+    if calib:  # each crop's intrinsics file of val_selection_cropped
+        image = next((tmp_path / "val_selection_cropped" / "image").glob("*.png"))
+        cam = FR.calibration_camera(image)
+        assert (cam.fx, cam.cx, cam.width) == (pytest.approx(RAW_K[0]), pytest.approx(RAW_K[2] - 13), 1242)
+
+
+def test_true_intrinsics_and_fov_of_a_raw_kitti_frame_need_no_rescaling(tmp_path):
+    """A raw KITTI frame with its true intrinsics, or with its field of view, runs at its own
+    pixel scale through the K head learned on real KITTI files (depth scale 1; before: 2.1 % off)."""
+    import math
+    from inference import frames as FR
+    write_real_kitti(tmp_path)
+    head = FR.trained_camera("K", 1.0, tmp_path)
+    hfov = math.degrees(2 * math.atan(1242 / 2 / RAW_K[0]))
+    for hint in (FR.CameraHint(intrinsics=RAW_K), FR.CameraHint(fov_deg=hfov)):
+        cam, _ = FR.resolve_camera(hint, 1242, 375, head)
+        plan = FR.plan_frame(1242, 375, cam, head)
+        assert (plan.width, plan.height) == (1242, 375)
+        assert plan.depth_scale == pytest.approx(1.0, abs=1e-3)
