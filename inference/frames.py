@@ -234,9 +234,63 @@ def generic_camera(width: int, height: int, hfov_deg: float = 60.0) -> Camera:
 @dataclass(frozen=True)
 class CameraHint:
     """What the user says about a frame's camera (at most one is used, in this order)."""
-    intrinsics: tuple | None = None   # fx, fy, cx, cy in pixels at the frame's size
+    intrinsics: tuple | None = None   # fx, fy, cx, cy in pixels at the frame's size (or intrinsics_size)
     fov_deg: float | None = None      # horizontal field of view
     focal_35mm: float | None = None   # EXIF FocalLengthIn35mmFilm
+    intrinsics_size: tuple | None = None  # (W, H) the intrinsics were given at: rescaled to the frame's
+
+
+INTRINSICS_FOV = (1.0, 179.0)  # degrees: the field of view --intrinsics may imply on each axis (as --fov)
+
+
+def check_intrinsics(k, width: int, height: int, option: str = "--intrinsics") -> tuple:
+    """(fx, fy, cx, cy) checked against a ``width`` x ``height`` frame, else an InputError naming
+    ``option``: finite numbers, focal lengths giving a field of view within INTRINSICS_FOV on each
+    axis, and the principal point inside the frame (values for another resolution put it outside
+    or give other metres silently: give them with their size, fx,fy,cx,cy@WxH)."""
+    from base.errors import InputError
+    shown = ",".join(f"{float(v):g}" for v in k)
+    fx, fy, cx, cy = (float(v) for v in k)
+    if not all(math.isfinite(v) for v in (fx, fy, cx, cy)):
+        raise InputError(f"{option} {shown}: expected finite numbers fx,fy,cx,cy in pixels")
+    lo, hi = INTRINSICS_FOV
+    for name, f, side in (("fx", fx, width), ("fy", fy, height)):
+        fov = math.degrees(2.0 * math.atan(0.5 * side / f)) if f > 0 else float("nan")
+        if not lo <= fov <= hi:
+            raise InputError(f"{option} {shown}: {name} {f:g} gives a {'horizontal' if name == 'fx' else 'vertical'} "
+                             f"field of view of {fov:.3g} deg on this {width}x{height} image; expected a "
+                             f"positive focal length in pixels giving {lo:g}-{hi:g} deg")
+    if not (0.0 <= cx <= width and 0.0 <= cy <= height):
+        raise InputError(f"{option} {shown}: the principal point ({cx:g}, {cy:g}) lies outside this "
+                         f"{width}x{height} image; values for another resolution? give them with "
+                         f"their size, fx,fy,cx,cy@WxH, to rescale them")
+    return fx, fy, cx, cy
+
+
+def intrinsics_at(k, size, width: int, height: int) -> tuple:
+    """(fx, fy, cx, cy) given at ``size`` = (W, H) (None: at the frame's own size) rescaled to a
+    ``width`` x ``height`` frame and checked (:func:`check_intrinsics`)."""
+    fx, fy, cx, cy = (float(v) for v in k)
+    if size is not None and tuple(size) != (width, height):
+        sx, sy = width / float(size[0]), height / float(size[1])
+        fx, fy, cx, cy = fx * sx, fy * sy, (cx + 0.5) * sx - 0.5, (cy + 0.5) * sy - 0.5
+    return check_intrinsics((fx, fy, cx, cy), width, height)
+
+
+def oriented_intrinsics(k, size, orientation) -> tuple:
+    """((fx, fy, cx, cy), (W, H)) of intrinsics given for an image file's stored pixel grid
+    (``size`` = (W, H) as stored) after its EXIF ``orientation`` (1-8) turned it upright, as
+    ``PIL.ImageOps.exif_transpose`` does to its pixels (predict.py reads photos upright)."""
+    fx, fy, cx, cy = (float(v) for v in k)
+    w, h = float(size[0]), float(size[1])
+    mx, my = w - 1.0 - cx, h - 1.0 - cy  # mirrored coordinates
+    table = {2: (fx, fy, mx, cy, False), 3: (fx, fy, mx, my, False), 4: (fx, fy, cx, my, False),
+             5: (fy, fx, cy, cx, True), 6: (fy, fx, my, cx, True), 7: (fy, fx, my, mx, True),
+             8: (fy, fx, cy, mx, True)}
+    if orientation not in table:
+        return (fx, fy, cx, cy), (int(w), int(h))
+    *k2, swap = table[orientation]
+    return tuple(k2), ((int(h), int(w)) if swap else (int(w), int(h)))
 
     def any(self) -> bool:
         return self.intrinsics is not None or self.fov_deg is not None or self.focal_35mm is not None
@@ -271,8 +325,10 @@ def resolve_camera(hint: CameraHint | None, width: int, height: int, head_cam: C
     """(camera of the frame at its size, what was assumed: a sentence)."""
     hint = hint or CameraHint()
     if hint.intrinsics is not None:
-        fx, fy, cx, cy = hint.intrinsics
-        return Camera(fx, fy, cx, cy, width, height), "given intrinsics"
+        fx, fy, cx, cy = intrinsics_at(hint.intrinsics, hint.intrinsics_size, width, height)
+        rescaled = hint.intrinsics_size is not None and tuple(hint.intrinsics_size) != (width, height)
+        return Camera(fx, fy, cx, cy, width, height), ("given intrinsics" + (
+            f" (given at {hint.intrinsics_size[0]}x{hint.intrinsics_size[1]}, rescaled)" if rescaled else ""))
     if hint.fov_deg is not None:
         cam = generic_camera(width, height, hint.fov_deg)
         return cam, f"given horizontal field of view {hint.fov_deg:g} deg"

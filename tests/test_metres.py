@@ -199,3 +199,68 @@ def test_true_intrinsics_and_fov_of_a_raw_kitti_frame_need_no_rescaling(tmp_path
         plan = FR.plan_frame(1242, 375, cam, head)
         assert (plan.width, plan.height) == (1242, 375)
         assert plan.depth_scale == pytest.approx(1.0, abs=1e-3)
+
+
+# ---- item 7: --intrinsics checked against the image, rescaled explicitly, turned with EXIF ------
+@pytest.mark.parametrize("text", ["inf,500,100,50", "nan,500,100,50", "500,500,nan,50", "1e-9,1e-9,100,50"])
+def test_absurd_intrinsics_are_refused_naming_the_option(text):
+    from base.errors import InputError
+    from inference import frames as FR
+    from inference.images import ImageOptions, camera_hint
+    with pytest.raises(InputError, match="^--intrinsics"):
+        hint = camera_hint(ImageOptions(intrinsics=text))
+        FR.resolve_camera(hint, 200, 100, None)
+
+
+def test_intrinsics_for_another_resolution_are_refused_or_rescaled_explicitly():
+    """KITTI's raw intrinsics given to a half-size frame put the principal point outside it:
+    refused; given with their size (@WxH) they are rescaled to the frame."""
+    from base.errors import InputError
+    from inference import frames as FR
+    from inference.images import ImageOptions, camera_hint
+    with pytest.raises(InputError, match="outside"):
+        FR.resolve_camera(camera_hint(ImageOptions(intrinsics="721.5,721.5,609.6,172.9")), 311, 94, None)
+    hint = camera_hint(ImageOptions(intrinsics="721.5,721.5,609.6,172.9@1242x375"))
+    cam, how = FR.resolve_camera(hint, 621, 188, None)
+    assert cam.fx == pytest.approx(721.5 / 2, rel=1e-3) and cam.fy == pytest.approx(721.5 * 188 / 375, rel=1e-3)
+    assert cam.cx == pytest.approx(304.55, abs=0.01) and "rescaled" in how
+    with pytest.raises(InputError, match="--intrinsics"):
+        camera_hint(ImageOptions(intrinsics="721.5,721.5,609.6,172.9@1242"))
+
+
+@pytest.mark.parametrize("orientation", [2, 3, 4, 5, 6, 7, 8])
+def test_intrinsics_turn_with_the_exif_orientation(tmp_path, orientation):
+    """The principal point given on the stored pixel grid lands on the same scene pixel after
+    the EXIF rotation predict.py applies to the pixels; fx and fy swap with a quarter turn."""
+    from PIL import ImageOps
+    from inference import frames as FR
+    from inference.images import ImageOptions, camera_hint, read_rgb
+    w, h, cx, cy = 60, 40, 17, 9
+    a = np.zeros((h, w, 3), np.uint8)
+    a[cy, cx] = 255
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(a).save(tmp_path / "p.png", exif=exif.tobytes())
+    upright = np.asarray(read_rgb(tmp_path / "p.png"))
+    v, u = np.argwhere(upright[..., 0] == 255)[0]
+    hint = camera_hint(ImageOptions(intrinsics=f"50,70,{cx},{cy}"), tmp_path / "p.png")
+    cam, _ = FR.resolve_camera(hint, upright.shape[1], upright.shape[0], None)
+    assert (cam.cx, cam.cy) == (pytest.approx(u), pytest.approx(v))
+    assert (cam.fx, cam.fy) == ((70, 50) if orientation >= 5 else (50, 70))
+
+
+# ---- item 12: the --size point cloud's camera is not stretched -----------------------------------
+def test_size_point_cloud_camera_is_isotropic(nk_ckpt, tmp_path):
+    """Under --size the PLY used the K sensor scaled to the image per axis (a 4:3 image: fy 2.6x
+    fx); now the frame's camera as without --size (the head's field of view, square pixels)."""
+    from cli import predict as CP
+    from inference.images import read_ply
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (60, 80, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    status, text = run_cli(CP.main, [str(tmp_path / "a.png"), "--checkpoint", str(nk_ckpt), "--domain", "K",
+                                     "--size", "32x48", "--ply", "--no-plots", "--quiet", "--out", str(tmp_path / "o")])
+    assert status == 0, text
+    pts = read_ply(tmp_path / "o" / "a.ply")
+    x, y, z = (pts[k].reshape(60, 80).astype(np.float64) for k in ("x", "y", "z"))
+    fx = 1.0 / np.median(np.diff(x / z, axis=1))
+    fy = 1.0 / np.median(np.diff(y / z, axis=0))
+    assert fx == pytest.approx(fy, rel=1e-3)
