@@ -37,7 +37,8 @@ def build_parser():
     p.add_argument("--selector", choices=["pooled", "map"], default="pooled",
                    help="prototype form used for automatic selection")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16", "auto"], default="fp32",
-                   help="weights/activations in the file (auto: bf16 where this machine has native bf16); "
+                   help="weights/activations in the file (auto: bf16 where this machine has native bf16, fp16 on a "
+                        "CUDA GPU without bf16, else fp32); "
                         "--format onnx is float32 only")
     p.add_argument("--no-fuse", action="store_true", help="keep BatchNorm layers (no Conv+BN folding)")
     p.add_argument("--size", default=None, help="example input HxW for tracing (default: the first "

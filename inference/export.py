@@ -22,7 +22,8 @@ extra file (:func:`load_exported`). Any input size works (the trunk is traced wi
 
 Precision: float32 by default (portable; BatchNorm folded into the convolutions, results equal to
 ``DepthPredictor(fast=False)`` to ~1e-5). ``--precision bf16`` packs the bfloat16 fast path instead
-(fast only on CPUs/GPUs with native bf16).
+(fast only on CPUs/GPUs with native bf16; ``auto``: bf16 there, fp16 on a CUDA GPU without bf16,
+else float32).
 
 ``--format onnx`` writes a float32 ONNX graph (opset 17; batch and image sizes dynamic) with the
 same inputs and outputs (``image`` -> ``depth``, ``domain``[, ``uncertainty``]) and the metadata

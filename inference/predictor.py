@@ -46,8 +46,9 @@ class DepthPredictor:
 
     - ``fast``: False turns every speed-up off (float32, NCHW, no folding, no tracing) and runs
       ``net`` itself; the options below then default to off, but can still be set one by one.
-    - ``precision``: ``"auto"`` (bfloat16 where the device has native bf16 kernels, else float32),
-      ``"fp32"``, ``"bf16"`` or ``"fp16"``.
+    - ``precision``: ``"auto"`` (bfloat16 where the device has native bf16 kernels, float16 on a
+      CUDA GPU without bf16, else float32: ``models.fast.resolve_precision``), ``"fp32"``,
+      ``"bf16"`` or ``"fp16"``.
     - ``cast_weights``: True (default) converts the copy's weights once to the low precision;
       False uses autocast instead (float32 weights, converted on every call: slower on CPU).
     - ``channels_last``: NHWC weights and inputs (default on).
@@ -341,7 +342,7 @@ class RuntimeOptions:
     fast: bool = field(default=True, metadata={"help": (
         "use DepthPredictor's plain float32 path, without the speed-ups it applies by default (BN "
         "folded into convs, channels_last, fused oneDNN kernels on a CPU, bf16 where the device has "
-        "native kernels: metrics within ~0.1 %% of float32); for exact numbers")})
+        "native kernels, fp16 on CUDA GPUs without bf16: metrics within ~0.1 %% of float32); for exact numbers")})
     precision: str = field(default="auto", metadata={"help": (
         "numeric precision of the network. auto: bfloat16 where the device runs it natively (CPUs with "
         "AVX512-BF16 or AMX, CUDA GPUs with bf16), float16 on older CUDA GPUs, else float32 (AVX2-only "

@@ -264,3 +264,33 @@ def test_size_point_cloud_camera_is_isotropic(nk_ckpt, tmp_path):
     fx = 1.0 / np.median(np.diff(x / z, axis=1))
     fy = 1.0 / np.median(np.diff(y / z, axis=0))
     assert fx == pytest.approx(fy, rel=1e-3)
+
+
+# ---- item 10: AURG's definition, and Poggi et al.'s --------------------------------------------
+def test_aurg_trapezoid_rule_is_poggi_et_al():
+    """rule="trapezoid" integrates as Poggi et al.'s compute_aucs (a final 0 at fraction 1, the
+    trapezoid rule over [0, 1], random area = its first entry); AUSE agrees with the mean rule and
+    AURG exceeds it by c0 / (2K)."""
+    from base import uncertainty as U
+    rng = np.random.default_rng(0)
+    gt = rng.uniform(1, 10, 500)
+    pred = gt + rng.normal(0, 0.5, 500)
+    sigma = np.abs(pred - gt) + rng.uniform(0, 0.3, 500)
+    for metric in ("rmse", "abs_rel"):
+        c = U.sparsification(pred, gt, sigma, metric, steps=50)
+        x = np.linspace(0, 1, 51)
+        trap = lambda y: float(np.sum((np.append(y, 0)[1:] + np.append(y, 0)[:-1]) / 2 * np.diff(x)))  # noqa: E731
+        theirs = {"ause": trap(c["uncertainty"]) - trap(c["oracle"]), "aurg": c["random"][0] - trap(c["uncertainty"])}
+        got = U.ause_aurg(c, rule="trapezoid")
+        assert got["ause"] == pytest.approx(theirs["ause"]) and got["aurg"] == pytest.approx(theirs["aurg"])
+        mean = U.ause_aurg(c)
+        assert mean["ause"] == pytest.approx(got["ause"])
+        assert got["aurg"] - mean["aurg"] == pytest.approx(c["random"][0] / 100)
+
+
+# ---- item 12: fit_scale on 2-D input -------------------------------------------------------------
+def test_fit_scale_takes_maps():
+    from base import uncertainty as U
+    rng = np.random.default_rng(1)
+    err, sigma = rng.normal(0, 2, (30, 40)), rng.uniform(0.5, 1.5, (30, 40))
+    assert U.fit_scale(err, sigma) == pytest.approx(U.fit_scale(err.ravel(), sigma.ravel()))
