@@ -335,8 +335,10 @@ class ImageOptions:
         "use this learned domain's head (letter or name, e.g. N or nyu); default: chosen per image by "
         "the nearest domain prototype")})
     selector: str | None = field(default=None, metadata={"help": (
-        "prototype distance for automatic selection (see test_inference.py); default: lda where the "
-        "checkpoint stores its statistics, else pooled")})
+        "prototype distance for automatic selection under --size, and on whole frames of a checkpoint "
+        "without frame statistics (see test_inference.py); default: lda where the checkpoint stores its "
+        "statistics, else pooled. Whole frames of a checkpoint with frame statistics are scored by those "
+        "(said on stderr when --selector is given)")})
     replay_root: str | None = field(default=None, metadata={"help": (
         "compute prototypes from this data root's replay rows (for files without them)")})
     size: tuple[int, int] | None = field(default=None, metadata={"help": (
@@ -446,6 +448,18 @@ class Predictor:
         its EXIF focal length (:func:`camera_hint`). predict.py, the streams and the demo all ask
         this."""
         return camera_hint(self.options, path)
+
+    def selector_note(self) -> str | None:
+        """A sentence when ``options.selector`` does not choose the heads: whole frames (no
+        ``--size``) of a checkpoint with ``frames`` statistics are scored by those (with the
+        out-of-domain verdict), so --selector applies to --size only; None otherwise."""
+        chosen = self.options.selector
+        if (not chosen or self.forced is not None or self.size is not None
+                or not (self.predictor.prototypes or {}).get("frames")):
+            return None
+        return (f"--selector {chosen} applies to --size only: whole frames are scored by the "
+                f"checkpoint's frame statistics (an LDA of replay frames, with the out-of-domain "
+                f"verdict; inference/frames.py)")
 
     def distance_thresholds(self):
         """Per head, the calibrated out-of-domain threshold on the scale of the ``distances``

@@ -294,3 +294,41 @@ def test_fit_scale_takes_maps():
     rng = np.random.default_rng(1)
     err, sigma = rng.normal(0, 2, (30, 40)), rng.uniform(0.5, 1.5, (30, 40))
     assert U.fit_scale(err, sigma) == pytest.approx(U.fit_scale(err.ravel(), sigma.ravel()))
+
+
+# ---- item 12: --selector on whole frames is said, interval PNGs warn, exports carry the cameras --
+def test_selector_on_whole_frames_is_said(frames_ckpt, tmp_path):
+    from cli import predict as CP
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (88, 304, 3), dtype=np.uint8)).save(tmp_path / "k.png")
+    base = [str(tmp_path / "k.png"), "--checkpoint", str(frames_ckpt), "--no-plots", "--quiet"]
+    status, text = run_cli(CP.main, [*base, "--out", str(tmp_path / "a"), "--selector", "pooled"])
+    assert status == 0, text
+    assert "--selector pooled applies to --size only" in text
+    status, text = run_cli(CP.main, [*base, "--out", str(tmp_path / "b"), "--selector", "pooled", "--size", "32x96"])
+    assert status == 0 and "applies to --size only" not in text
+
+
+def test_interval_pngs_warn_when_they_saturate(tmp_path):
+    """A far K depth's upper interval end beyond 65.535 m saturates its 16-bit PNG: warned like the depth PNG."""
+    from cli import predict as CP
+    from helpers import make_net
+    net = make_net(2, depth_bias=[3.0, 60.0])
+    make_checkpoint(tmp_path / "NK.pth.tar", "NK", scale=SCALE, net=net)
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (88, 304, 3), dtype=np.uint8)).save(tmp_path / "k.png")
+    status, text = run_cli(CP.main, [str(tmp_path / "k.png"), "--checkpoint", str(tmp_path / "NK.pth.tar"), "--domain", "K",
+                                     "--no-plots", "--quiet", "--intervals", "99", "--out", str(tmp_path / "o")])
+    assert status == 0, text
+    upper = np.load(tmp_path / "o" / "k_depth_upper99.npy")
+    assert (upper > 65.535).any()
+    assert "k_depth_upper99.npy keeps their values" in text
+
+
+def test_exported_models_carry_the_cameras_and_the_calibration(nk_ckpt, tmp_path):
+    from inference.export import export_net
+    from inference.frames import head_cameras
+    from models import load_checkpoint
+    net = load_checkpoint(nk_ckpt)
+    for fmt, name in (("torchscript", "m.ts"), ("onnx", "m.onnx")):
+        meta = export_net(net, tmp_path / name, format=fmt, domain="K")
+        assert meta["cameras"] == [c.as_dict() for c in head_cameras(net.meta, "NK")]
+        assert meta["calibration_scales"] == [1.0, 1.0] and "network only" in meta["scope"]
