@@ -332,3 +332,19 @@ def test_exported_models_carry_the_cameras_and_the_calibration(nk_ckpt, tmp_path
         meta = export_net(net, tmp_path / name, format=fmt, domain="K")
         assert meta["cameras"] == [c.as_dict() for c in head_cameras(net.meta, "NK")]
         assert meta["calibration_scales"] == [1.0, 1.0] and "network only" in meta["scope"]
+
+
+# ---- the consistency benchmark (bench/bench_paths.py): a smoke run on a tiny model ---------------
+def test_bench_paths_smoke(frames_ckpt, root, tmp_path):
+    import json
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    import bench_paths
+    (status, text) = run_cli(bench_paths.main, ["--checkpoint", str(frames_ckpt), "--data-root", str(root), "--quick",
+                                                "--out", str(tmp_path / "b.json"), "--work", str(tmp_path / "w")])
+    assert status == 0, text
+    rows = {r["path"]: r for r in json.loads((tmp_path / "b.json").read_text())["rows"]}
+    ref = rows["reference: predict_image torch fp32"]
+    assert ref["max_m"] == 0 and not ref["misses"] and set(ref["metrics"]) == {"N", "K"}
+    assert rows["predict_image onnxruntime f32"]["worst_median_rel"] < 1e-3
+    assert "| predict_image torch bf16 |" in text
