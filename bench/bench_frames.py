@@ -153,6 +153,70 @@ def metrics_of(ev: DomainEvaluator) -> dict:
     return {k: float(r[k]) for k in ("abs_rel", "rmse", "delta1")}
 
 
+def one_head_ms(predictor, x, head, repeat=1) -> float:
+    """ms of the one-head function (``DepthPredictor.predict``, head given, no uncertainty) on a
+    normalised input ``x``: the reference cost of a frame of these pixels."""
+    t0 = time.perf_counter()
+    for _ in range(repeat):
+        predictor.predict(x, domain=head)
+    return 1000 * (time.perf_counter() - t0) / repeat
+
+
+def rule_benchmark(model, letter, root, args, log=print) -> dict:
+    """The frame rules side by side (``inference.frames.FRAME_RULES``), interleaved per frame:
+    automatic head, AbsRel/RMSE/δ1 on the whole frames, ms per frame (head choice included) and the
+    one-head function on the same network input; a frame's cost over that is the ratio of medians."""
+    from inference.frames import FRAME_RULES, resized, to_tensor
+    spec = get_domain(letter)
+    d = model.letters.index(letter)
+    rows = raw_rows(letter, root, args.frames)
+    pipes = {r: model.predictor.frame_pipeline("resample", r) for r in FRAME_RULES}
+    ev = {r: DomainEvaluator(spec, crop="default", cap=True) for r in FRAME_RULES}
+    lat = {r: [] for r in FRAME_RULES + ("one_head",)}
+    right = {r: 0 for r in FRAME_RULES}
+    passes, size = {}, None
+    for i, (path, gt) in enumerate(rows):
+        img = P.read_rgb(path)
+        hint = model.camera_of(path)
+        order = FRAME_RULES if i % 2 == 0 else FRAME_RULES[::-1]
+        for rule in order:
+            t0 = time.perf_counter()
+            a = pipes[rule].run(img, camera=hint)
+            lat[rule].append(1000 * (time.perf_counter() - t0))
+            right[rule] += a["head"] == d
+            passes[rule] = a["tiles"]
+            score(ev[rule], model.clamp(a["depth"], a["head"]), gt)
+            size = a["input_size"]
+        x = resized(to_tensor(img), *size)
+        lat["one_head"].append(one_head_ms(model.predictor, x, d))
+    med = {k: statistics.median(v) for k, v in lat.items()}
+    out = {"frame_size": list(Image.open(rows[0][0]).size), "frames": len(rows), "input_size": size,
+           "metrics": {r: metrics_of(v) for r, v in ev.items()}, "right_head": right, "passes": passes,
+           "latency_ms": {k: {"median": med[k], "min": min(v), "max": max(v)} for k, v in lat.items()},
+           "cost_over_one_head": {r: med[r] / med["one_head"] for r in FRAME_RULES}}
+    log(f"  {letter} rules: " + ", ".join(f"{r} AbsRel {out['metrics'][r]['abs_rel']:.3f} "
+                                          f"{med[r]:.0f} ms ({out['cost_over_one_head'][r]:.2f}x)"
+                                          for r in FRAME_RULES) + f"; one head {med['one_head']:.0f} ms")
+    return out
+
+
+def rule_table(result) -> str:
+    lines = ["| frames (synthetic) | network input | rule | passes | right head | AbsRel / RMSE (m) / δ1 | "
+             "ms per frame, median (min-max) | one-head function, same input | cost / one-head |",
+             "|---|---|---|---:|---:|---|---|---|---:|"]
+    for c, r in result["rules"].items():
+        w, h = r["frame_size"]
+        ih, iw = r["input_size"]
+        o = r["latency_ms"]["one_head"]
+        for rule in r["metrics"]:
+            L = r["latency_ms"][rule]
+            lines.append(f"| {c}-like {w}x{h} | {iw}x{ih} | {rule} | {r['passes'][rule]} | "
+                         f"{r['right_head'][rule]}/{r['frames']} | {fmt(r['metrics'][rule])} | "
+                         f"{L['median']:.0f} ({L['min']:.0f}-{L['max']:.0f}) | {o['median']:.0f} ms | "
+                         f"{r['cost_over_one_head'][rule]:.2f}x |")
+    return "\n".join(lines)
+
+
 def domain_benchmark(model, letter, root, args, log=print) -> dict:
     """Every condition of one domain; see the module docstring."""
     spec = get_domain(letter)
@@ -305,6 +369,9 @@ def build_parser():
     p.add_argument("--work", default="runs/frames", help="folder for the checkpoint copy with frame statistics")
     p.add_argument("--out", default="runs/frames/bench_frames.json", help="JSON result")
     p.add_argument("--quick", action="store_true", help="smoke run: 4 frames per domain, 5 out-of-domain images")
+    p.add_argument("--rules-only", action="store_true",
+                   help="only the frame rules side by side (windowed, tiled: --frame-rule of predict.py), "
+                        "interleaved per frame, with the one-head function on the same input")
     return p
 
 
@@ -323,7 +390,16 @@ def main(argv=None) -> int:
     result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": cpu_name(),
               "torch": torch.__version__, "threads": torch.get_num_threads(), "checkpoint": str(args.checkpoint),
               "statistics_checkpoint": str(ckpt), "predictor": predictor_settings(model.predictor),
-              "domains": {}}
+              "domains": {}, "rules": {}}
+    for c in model.letters:
+        result["rules"][c] = rule_benchmark(model, c, root, args, log)
+    if args.rules_only:
+        print(f"Frame rules ({result['cpu']}, {result['threads']} torch threads, {result['date']}; synthetic "
+              f"data):\n")
+        print(rule_table(result))
+        write_json(args.out, result)
+        log(f"\n-> {args.out}")
+        return 0
     for c in model.letters:
         result["domains"][c] = domain_benchmark(model, c, root, args, log)
     result["ood"] = ood_benchmark(model, args)
@@ -332,6 +408,7 @@ def main(argv=None) -> int:
     print(f"Raw frames through predict.py's path ({result['cpu']}, {result['threads']} torch threads, "
           f"{result['date']}; synthetic data):\n")
     print(tables(result))
+    print("\n" + rule_table(result))
     write_json(args.out, result)
     log(f"\n-> {args.out}")
     return 0

@@ -22,8 +22,15 @@ One rule, used by predict.py, the streams (inference/stream.py), the demo and
    the head's (``mode="resample"``, the default; ``"rescale"`` keeps the frame's pixels and
    multiplies the depth by the focal ratio: measured worse, bench/bench_frames.py), capped at
    ``MAX_PIXELS`` (then the rest of the focal ratio goes into the depth). Up to the head's training
-   input size it runs in one pass; a larger input runs in overlapping tiles of that size, blended
-   (``FramePipeline.depth``: the network's channel attention pools over its whole input). Inputs
+   input size it runs in one pass. A larger input (the network's channel attention pools over its
+   whole input, so a head must see the extent it was trained on; ``FramePipeline.depth``), by the
+   frame rule (``FRAME_RULES``, predict.py's ``--frame-rule``): ``windowed`` (the default) runs it
+   in one pass with the fusion's attention pooled over windows of the training extent
+   (``models.modules.Windows``, the trained weights unchanged), sharing the selection pass's
+   encoder when the two inputs are the same; ``tiled`` (the rule before) in overlapping tiles of
+   that size, blended. Both respect where the head's training crops lay (``head_anchors``: KITTI's
+   at the bottom of the frame; its rows take the bottom window's attention, or the bottom tile's
+   depth). Measured in docs/BENCHMARKS.md (frame rule). Inputs
    are not padded to the stride: measured on the quickstart's NK stage model (8 frames each),
    replicate padding raised AbsRel (K whole frames 0.554 against 0.415 unpadded, N 0.314 against
    0.302), and whole K frames in one pass (0.415) were worse than tiles (0.341); the network takes any
@@ -46,12 +53,15 @@ from base.safeio import read_json
 from inference.prototypes import LDA_SHRINK, fit_lda, lda_distances, pooled_descriptor
 from loaders import IMAGENET_MEAN, IMAGENET_STD, build_transform, get_dataset
 from losses import upsample_to
+from models.modules import Windows, tent, tile_starts  # noqa: F401 - tile_starts, tent: re-exported
 
 MAX_PIXELS = 2_400_000  # larger network inputs are downscaled (the focal ratio goes into the depth)
 TILE_SLACK = 1.0        # FramePipeline.tile_size
 MIN_SIDE = 32           # smaller inputs are upscaled (aspect kept): ResNet's output stride
 SELECT_AREA = 160 * 120  # the selection input's pixel area when the statistics store none
 MODES = ("resample", "rescale")
+FRAME_RULES = ("windowed", "tiled")  # FramePipeline.depth on inputs larger than the head's training input
+DEFAULT_FRAME_RULE = "windowed"
 SENSOR_DIAGONAL_35MM = math.hypot(36.0, 24.0)  # mm: what a "35 mm equivalent" focal length refers to
 
 
@@ -265,18 +275,32 @@ def descriptor_of(features_fn, x: torch.Tensor, area: float) -> torch.Tensor:
     return pooled_descriptor(features_fn(resized(x, h, w)).float())
 
 
-def tile_starts(length: int, tile: int) -> list:
-    """Evenly spread starts of tiles of ``tile`` covering ``length`` (each overlap at least 1/4 tile)."""
-    if length <= tile:
-        return [0]
-    n = math.ceil((length - tile) / (0.75 * tile)) + 1
-    return [round(i * (length - tile) / (n - 1)) for i in range(n)]
+def head_anchors(letters) -> list:
+    """Per head, where its training crops lay in the frame (``models.modules.ANCHORS``): "bottom"
+    for a KITTI-recipe domain (its crops keep the bottom rows, where the LiDAR is), else "center"."""
+    out = []
+    for c in letters:
+        try:
+            out.append("bottom" if get_domain(c).transform == "kitti" else "center")
+        except ValueError:  # a custom domain that is not registered here
+            out.append("center")
+    return out
 
 
-def tent(n: int) -> torch.Tensor:
-    """Blending weights along one tile side: highest in the middle, small but positive at the edges."""
-    i = torch.arange(n, dtype=torch.float32)
-    return torch.minimum(i + 1, n - i) / ((n + 1) / 2)
+def tile_weights(length: int, tile: int, anchor: str = "center") -> list:
+    """[(start, weights (tile,))] of the tiles along one side of ``length`` (``tile_starts``):
+    ``tent`` weights; with ``anchor="bottom"`` the last (bottom) tile, laid where the head's
+    training crops lay, alone gives the rows it covers, the tiles above only the rows above it."""
+    starts = tile_starts(length, tile)
+    out = [(s, tent(tile)) for s in starts]
+    if anchor == "bottom" and len(starts) > 1:
+        last = starts[-1]
+        out[-1] = (last, torch.ones(tile))
+        for k, (s, w) in enumerate(out[:-1]):
+            w = w.clone()
+            w[max(0, last - s):] = 0.0
+            out[k] = (s, w)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -334,22 +358,42 @@ def frame_distances(desc: torch.Tensor, stats: dict):
 class FramePipeline:
     """Whole frames through a DepthPredictor: head choice on the frame, the camera, depth at the
     frame's size. ``cameras``: per head, the camera it learned (``head_cameras``); ``tiles``: per
-    head, the input size it was trained at ((h, w), the checkpoint's ``input_sizes``; None: one pass)."""
+    head, the input size it was trained at ((h, w), the checkpoint's ``input_sizes``; None: one pass);
+    ``anchors``: per head, where its training crops lay (``head_anchors``; default centred);
+    ``rule``: how an input larger than the head's training input runs (``FRAME_RULES``):
+    "windowed" (the default) one pass with the channel attention pooled over windows of the
+    training extent (``models.modules.Windows``), "tiled" overlapping tiles of that extent blended
+    (the rule before; also what a backend without the windowed option runs: ONNX Runtime,
+    OpenVINO, TorchScript)."""
 
-    def __init__(self, predictor, cameras, mode: str = "resample", max_pixels: int = MAX_PIXELS, tiles=None):
+    def __init__(self, predictor, cameras, mode: str = "resample", max_pixels: int = MAX_PIXELS, tiles=None,
+                 rule: str = DEFAULT_FRAME_RULE, anchors=None):
         if mode not in MODES:
             raise ValueError(f"unknown camera mode {mode!r}; choose one of {MODES}")
+        if rule not in FRAME_RULES:
+            raise ValueError(f"unknown frame rule {rule!r}; choose one of {FRAME_RULES}")
         self.predictor, self.cameras, self.mode, self.max_pixels = predictor, list(cameras), mode, max_pixels
         self.tiles = [tuple(int(v) for v in t) for t in tiles] if tiles else None
+        self.rule = rule
+        self.anchors = list(anchors) if anchors else ["center"] * len(self.cameras)
 
     @property
     def stats(self):
         return (self.predictor.prototypes or {}).get("frames")
 
+    @property
+    def windowed(self) -> bool:
+        """True when inputs larger than the training input run in one windowed pass."""
+        return self.rule == "windowed" and bool(getattr(self.predictor, "supports_windows", False))
+
+    def windows(self, head: int):
+        """The ``Windows`` of head ``head`` (None without a stored training input size)."""
+        return Windows(self.tiles[head], self.anchors[head]) if self.tiles else None
+
     def select(self, x: torch.Tensor) -> dict:
         """Head choice for a normalised frame: ``{"raw_head", "distances", "ood", "features",
-        "size"}`` (features of the selection input, kept for reuse when the depth run has the same
-        input)."""
+        "blocks", "size"}`` (features of the selection input, and its encoder blocks where the
+        predictor runs the windowed rule, kept for reuse when the depth run has the same input)."""
         p = self.predictor
         stats = self.stats
         if not stats:  # an older checkpoint: its prototypes came from the first domain's input
@@ -358,37 +402,49 @@ class FramePipeline:
             h, w = (int(v) for v in sizes[0])
             chosen, dists = p.select(p.trunk_features(resized(x, h, w)))
             return {"raw_head": int(chosen[0]), "distances": dists[0].float().cpu(), "ood": None,
-                    "features": None, "size": None}
+                    "features": None, "blocks": None, "size": None}
         h, w = selection_size(x.shape[-1], x.shape[-2], stats["area"])
-        feats = p.trunk_features(resized(x, h, w))
+        blocks = None
+        if self.windowed:  # the encoder's blocks, so that a windowed depth pass can share them
+            blocks = p.trunk_blocks(resized(x, h, w))
+            feats = p.fuse(blocks)
+        else:
+            feats = p.trunk_features(resized(x, h, w))
         dists, chosen, ood = frame_distances(pooled_descriptor(feats.float()), stats)
         return {"raw_head": int(chosen[0]), "distances": dists[0].float().cpu(), "ood": bool(ood[0]),
-                "features": feats, "size": (h, w)}
+                "features": feats, "blocks": blocks, "size": (h, w)}
 
     def depth(self, x: torch.Tensor, head: int, with_uncertainty: bool, feats=None):
         """(depth, uncertainty or None) (1,1,h',w') covering the network input ``x`` (1,3,h,w)
         through head ``head``. Up to the head's training input size in one pass (``feats``: its
-        features when already computed); a larger input in overlapping tiles of that size,
-        blended: the fused features' channel attention pools over the whole input, so a head sees
-        the extent of image it was trained on (the quickstart's NK stage model, 8 K frames: whole
-        608x176 frames in one pass gave AbsRel 0.415 against 0.341 in 240x160 tiles)."""
+        features when already computed). A larger input: the fused features' channel attention
+        pools over its whole input, so a head must see the extent of image it was trained on (the
+        quickstart's NK stage model, 8 K frames: whole 608x176 frames in one pass gave AbsRel 0.415
+        against 0.341 in 240x160 tiles): with the "windowed" rule in one pass with the attention
+        pooled over windows of that extent (``feats``: those features when already computed), with
+        "tiled" in overlapping tiles of that size, blended (``tile_weights``: a bottom-anchored
+        head's rows from its bottom tile)."""
         p = self.predictor
         h, w = x.shape[-2:]
         th, tw = self.tile_size(head, h, w)
-        if (th, tw) == (h, w):
-            feats = feats if feats is not None else p.trunk_features(x)
+        if (th, tw) == (h, w) or self.windowed:
+            if feats is None:
+                feats = p.trunk_features(x, windows=self.windows(head)) if (th, tw) != (h, w) \
+                    else p.trunk_features(x)
             return p.run_heads(feats, torch.tensor([head]), with_uncertainty)  # at half resolution
-        boxes = [(y, x0) for y in tile_starts(h, th) for x0 in tile_starts(w, tw)]
+        anchor = self.anchors[head]
+        rows, cols = tile_weights(h, th, anchor), tile_weights(w, tw)
+        boxes = [(y, x0) for y, _ in rows for x0, _ in cols]
         batch = torch.cat([x[..., y:y + th, x0:x0 + tw] for y, x0 in boxes])
         d, u = p.run_heads(p.trunk_features(batch), torch.full((len(boxes),), head), with_uncertainty)
-        weight = tent(th)[:, None] * tent(tw)[None, :]
+        weights = [wr[:, None] * wc[None, :] for _, wr in rows for _, wc in cols]
         outs = [upsample_to(d, (th, tw))] + ([upsample_to(u, (th, tw))] if u is not None else [])
         blended = []
         for o in outs:
             acc, norm = torch.zeros(1, 1, h, w), torch.zeros(1, 1, h, w)
             for k, (y, x0) in enumerate(boxes):
-                acc[..., y:y + th, x0:x0 + tw] += o[k].cpu() * weight
-                norm[..., y:y + th, x0:x0 + tw] += weight
+                acc[..., y:y + th, x0:x0 + tw] += o[k].cpu() * weights[k]
+                norm[..., y:y + th, x0:x0 + tw] += weights[k]
             blended.append(acc / norm)
         return blended[0], (blended[1] if u is not None else None)
 
@@ -424,9 +480,18 @@ class FramePipeline:
             chosen, how = (raw if choose is None else int(choose(raw, sel["distances"]))), "auto"
         frame_cam, assumed = resolve_camera(camera, W, H, self.cameras[chosen])
         plan = plan_frame(W, H, frame_cam, self.cameras[chosen], self.mode, self.max_pixels)
-        reuse = sel["features"] if sel is not None and sel["size"] == (plan.height, plan.width) else None
-        depth, unc = self.depth(resized(x, plan.height, plan.width), chosen, with_uncertainty, reuse)
         th, tw = self.tile_size(chosen, plan.height, plan.width)
+        reuse = None
+        if sel is not None and sel["size"] == (plan.height, plan.width):
+            # the selection's pass serves the depth: its features, or its encoder blocks fused
+            # with the attention pooled over the head's windows
+            if (th, tw) == (plan.height, plan.width):
+                reuse = sel["features"]
+            elif self.windowed and sel["blocks"] is not None:
+                reuse = self.predictor.fuse(sel["blocks"], self.windows(chosen), sel["size"])
+        depth, unc = self.depth(resized(x, plan.height, plan.width), chosen, with_uncertainty, reuse)
+        if self.windowed:
+            th, tw = plan.height, plan.width  # one pass
         out = {"depth": (upsample_to(depth, (H, W))[0, 0] * plan.depth_scale).cpu().numpy().astype(np.float32),
                "uncertainty": None, "head": chosen, "how": how,
                "raw_head": None if sel is None else sel["raw_head"],

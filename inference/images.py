@@ -315,6 +315,11 @@ class ImageOptions:
         "resample: the frame is resized so that its focal length matches the head's (measured better, "
         "bench/bench_frames.py); rescale: the frame's own pixels, the depth multiplied by the "
         "focal-length ratio")})
+    frame_rule: str = field(default="windowed", metadata={"help": (
+        "how a frame larger than the head's training input runs: windowed (default) = one pass, the "
+        "fusion's channel attention pooled over windows of the training extent; tiled = overlapping "
+        "tiles of the training size, blended (the rule before; what ONNX Runtime/OpenVINO backends "
+        "run either way); measured in docs/BENCHMARKS.md (frame rule)")})
     max_pixels: int | None = field(default=DEFAULT_MAX_PIXELS, metadata={"help": (
         "refuse images with more pixels than this, read from the file's header before decoding "
         "(memory grows by well over 100 bytes per pixel)")})
@@ -356,7 +361,7 @@ class Predictor:
                              f"chosen automatically; give --domain (one of {', '.join(self.letters)}) or "
                              f"--replay-root DIR to compute prototypes from replay data")
         self.size = tuple(int(v) for v in options.size) if options.size else None
-        self.pipeline = self.predictor.frame_pipeline(options.camera_mode)
+        self.pipeline = self.predictor.frame_pipeline(options.camera_mode, options.frame_rule)
         self.camera = camera_hint(options)
         self.sizes, self.ranges = self._head_sizes_and_ranges(meta)
         self.interval_scales = calibration_scales(meta, len(self.letters))  # 1 where none is stored

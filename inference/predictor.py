@@ -254,12 +254,40 @@ class DepthPredictor:
         return {"depth": depth, "uncertainty": unc, "domain": chosen, "distances": distances}
 
     # ---- whole frames (inference/frames.py: one rule for predict.py, streams, the demo) -------
+    @property
+    def supports_windows(self) -> bool:
+        """True where the fusion's windowed attention (``models.modules.Windows``) can run: the
+        PyTorch path without TorchScript (the runtimes' and traced graphs pool globally)."""
+        return self.backend == "torch" and not self.jit
+
     @torch.no_grad()
-    def trunk_features(self, images: torch.Tensor) -> torch.Tensor:
-        """Fused features of a normalised (B,3,H,W) batch, prepared as :meth:`predict` prepares it."""
+    def trunk_features(self, images: torch.Tensor, windows=None) -> torch.Tensor:
+        """Fused features of a normalised (B,3,H,W) batch, prepared as :meth:`predict` prepares it;
+        ``windows`` (a ``models.modules.Windows``; :attr:`supports_windows`): the channel attention
+        pooled over windows of that extent."""
+        if windows is not None:
+            return self.fuse(self.trunk_blocks(images), windows, tuple(images.shape[-2:]))
         x = prepare_input(images, self.device, self.channels_last, self._input_dtype)
         with self._autocast():
             return self.features(x)
+
+    @torch.no_grad()
+    def trunk_blocks(self, images: torch.Tensor):
+        """The encoder's four blocks of a normalised batch (PyTorch path: :attr:`supports_windows`),
+        for :meth:`fuse`."""
+        if not self.supports_windows:
+            raise ValueError(f"the encoder's blocks are not reachable on backend {self.backend!r}"
+                             f"{' with jit' if self.jit else ''}")
+        x = prepare_input(images, self.device, self.channels_last, self._input_dtype)
+        with self._autocast():
+            return self.runner.E(x)
+
+    @torch.no_grad()
+    def fuse(self, blocks, windows=None, input_hw=None) -> torch.Tensor:
+        """Fused features of :meth:`trunk_blocks`' output; ``windows``: pooled over those windows
+        of an input of ``input_hw`` (else globally, as :meth:`trunk_features`)."""
+        with self._autocast():
+            return self.runner.MFF(blocks, windows, input_hw)
 
     @torch.no_grad()
     def run_heads(self, feats: torch.Tensor, chosen: torch.Tensor, with_uncertainty: bool = False):
@@ -269,24 +297,27 @@ class DepthPredictor:
         with self._autocast():
             return self._heads(feats, chosen, with_uncertainty)
 
-    def frame_pipeline(self, mode: str = "resample"):
-        """The :class:`inference.frames.FramePipeline` of this predictor (cameras from its meta)."""
-        from inference.frames import FramePipeline, head_cameras
-        key = ("frames", mode)
+    def frame_pipeline(self, mode: str = "resample", rule: str | None = None):
+        """The :class:`inference.frames.FramePipeline` of this predictor (cameras from its meta);
+        ``rule``: ``inference.frames.FRAME_RULES`` (None: the default, windowed)."""
+        from inference.frames import DEFAULT_FRAME_RULE, FramePipeline, head_anchors, head_cameras
+        key = ("frames", mode, rule or DEFAULT_FRAME_RULE)
         if getattr(self, "_frames", None) is None or self._frames[0] != key:
-            letters = self.meta.get("letters") or self.domain_names
-            self._frames = (key, FramePipeline(self, head_cameras(self.meta, list(letters)), mode,
-                                               tiles=self.meta.get("input_sizes")))
+            letters = list(self.meta.get("letters") or self.domain_names)
+            self._frames = (key, FramePipeline(self, head_cameras(self.meta, letters), mode,
+                                               tiles=self.meta.get("input_sizes"), rule=key[2],
+                                               anchors=head_anchors(letters)))
         return self._frames[1]
 
     def predict_image(self, image, domain=None, camera=None, with_uncertainty: bool = True,
-                      mode: str = "resample") -> dict:
+                      mode: str = "resample", rule: str | None = None) -> dict:
         """Depth in metres for one whole frame (PIL image or (H,W,3) uint8 array) at its own size:
         head ``domain`` (index; None = chosen on the frame), ``camera`` an
-        ``inference.frames.CameraHint`` (None: the chosen head's camera is assumed). Returns
-        ``FramePipeline.run``'s dict (depth, uncertainty, head, ood, camera, ...)."""
-        return self.frame_pipeline(mode).run(image, head=domain, camera=camera,
-                                             with_uncertainty=with_uncertainty)
+        ``inference.frames.CameraHint`` (None: the chosen head's camera is assumed), ``rule`` how a
+        frame larger than the head's training input runs (``inference.frames.FRAME_RULES``).
+        Returns ``FramePipeline.run``'s dict (depth, uncertainty, head, ood, camera, ...)."""
+        return self.frame_pipeline(mode, rule).run(image, head=domain, camera=camera,
+                                                   with_uncertainty=with_uncertainty)
 
     def _check_chosen(self, chosen):
         if chosen.numel() and (chosen.min() < 0 or chosen.max() >= self.num_domains):
