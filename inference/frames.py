@@ -353,6 +353,56 @@ def frame_distances(desc: torch.Tensor, stats: dict):
 
 
 # ----------------------------------------------------------------------------------------------
+# Reselection in streams
+# ----------------------------------------------------------------------------------------------
+GATE_GRID = (6, 8)       # SelectionGate's descriptor: the frame's mean colour in 6x8 cells
+GATE_THRESHOLD = 0.05    # ... reselect when it moved by more (mean |difference|, ImageNet-normalised units)
+GATE_MAX_AGE = 15        # ... and at least every this many frames
+
+
+class SelectionGate:
+    """A stream's head selection, repeated only when the frame has changed (``predict.py VIDEO``,
+    ``--reselect``): a cheap descriptor of each frame (its mean colour in ``GATE_GRID`` cells, in
+    the network's normalised units) is compared with the one of the frame the selection last ran
+    on; within ``threshold`` (mean absolute difference) and ``max_age`` frames the selection's
+    result (raw head, distances, verdict) is reused, else the selection runs again. ``threshold=0``
+    reselects every frame (the rule before). A domain change (another scene, a cut, a cross-fade
+    half way) moves the descriptor far more than the threshold: measured in bench/bench_stream.py."""
+
+    def __init__(self, threshold: float = GATE_THRESHOLD, max_age: int = GATE_MAX_AGE):
+        if threshold < 0 or max_age < 1:
+            raise ValueError(f"reselection needs threshold >= 0 and max_age >= 1, got {threshold}, {max_age}")
+        self.threshold, self.max_age = float(threshold), int(max_age)
+        self.reset()
+
+    def reset(self) -> None:
+        self.ref = self.sel = None
+        self.age = 0
+        self.selections = self.frames = 0
+
+    @staticmethod
+    def descriptor(x: torch.Tensor) -> torch.Tensor:
+        return F.adaptive_avg_pool2d(x.float(), GATE_GRID).flatten()
+
+    def moved(self, desc: torch.Tensor) -> bool:
+        if self.ref is None or self.threshold == 0 or self.age >= self.max_age:
+            return True
+        return float((desc - self.ref).abs().mean()) > self.threshold
+
+    def __call__(self, x: torch.Tensor, select, descriptor=None) -> tuple:
+        """(selection dict, whether it ran on this frame) of normalised frame ``x``; ``select(x)``
+        runs the selection (``descriptor``: x's, when already computed)."""
+        desc = self.descriptor(x) if descriptor is None else descriptor
+        self.frames += 1
+        if self.moved(desc):
+            self.sel, self.ref, self.age = select(x), desc, 0
+            self.selections += 1
+            return self.sel, True
+        self.age += 1
+        return {k: v for k, v in self.sel.items() if k not in ("features", "blocks")}, False
+
+
+# ----------------------------------------------------------------------------------------------
 # The pipeline
 # ----------------------------------------------------------------------------------------------
 class FramePipeline:
@@ -461,18 +511,23 @@ class FramePipeline:
         return (h if h <= TILE_SLACK * th else th), (w if w <= TILE_SLACK * tw else tw)
 
     def run(self, img, head=None, choose=None, camera: CameraHint | None = None,
-            want_distances: bool = False, with_uncertainty: bool = True) -> dict:
+            want_distances: bool = False, with_uncertainty: bool = True, gate: SelectionGate | None = None) -> dict:
         """One frame (PIL image or (H,W,3) uint8). Returns ``{"depth", "uncertainty"}`` (H,W)
         float32 at the frame's size, ``"head"``, ``"how"`` ("given"/"auto"), ``"raw_head"``,
         ``"distances"``, ``"ood"`` (True/False, None without calibrated statistics),
         ``"camera"`` (the frame's camera, a dict with ``"assumed"``), ``"input_size"`` [h, w],
         ``"tiles"`` (network passes) and ``"depth_scale"``. ``choose(raw_head, distances) -> head``
-        replaces the nearest-head rule (the streams' smoothing)."""
+        replaces the nearest-head rule (the streams' smoothing). ``gate``: a stream's
+        :class:`SelectionGate` (the selection reused while the frame has not changed; ``"selected"``
+        says whether it ran on this frame)."""
         x = to_tensor(img)
         H, W = x.shape[-2:]
-        sel = None
+        sel, selected = None, None
         if head is None or (want_distances and self.predictor.prototypes):
-            sel = self.select(x)
+            if gate is None:
+                sel, selected = self.select(x), True
+            else:
+                sel, selected = gate(x, self.select)
         if head is not None:
             chosen, how = int(head), "given"
         else:
@@ -486,8 +541,8 @@ class FramePipeline:
             # the selection's pass serves the depth: its features, or its encoder blocks fused
             # with the attention pooled over the head's windows
             if (th, tw) == (plan.height, plan.width):
-                reuse = sel["features"]
-            elif self.windowed and sel["blocks"] is not None:
+                reuse = sel.get("features")
+            elif self.windowed and sel.get("blocks") is not None:
                 reuse = self.predictor.fuse(sel["blocks"], self.windows(chosen), sel["size"])
         depth, unc = self.depth(resized(x, plan.height, plan.width), chosen, with_uncertainty, reuse)
         if self.windowed:
@@ -500,7 +555,7 @@ class FramePipeline:
                "camera": {**frame_cam.as_dict(), "assumed": assumed},
                "input_size": [plan.height, plan.width],
                "tiles": len(tile_starts(plan.height, th)) * len(tile_starts(plan.width, tw)),
-               "depth_scale": float(plan.depth_scale)}
+               "depth_scale": float(plan.depth_scale), "selected": selected}
         if unc is not None:
             out["uncertainty"] = upsample_to(unc, (H, W))[0, 0].cpu().numpy().astype(np.float32)
         return out

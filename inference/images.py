@@ -416,7 +416,7 @@ class Predictor:
         r = self.run(img)
         return r["depth"], r["uncertainty"], r["head"], r["how"]
 
-    def run(self, img: Image.Image, choose=None, head=None, want_distances=False, camera=None) -> dict:
+    def run(self, img: Image.Image, choose=None, head=None, want_distances=False, camera=None, gate=None) -> dict:
         """One image through the frame pipeline (inference/frames.py): ``{"depth", "uncertainty"}``
         (H,W) at the image's size, ``"head"`` (index), ``"how"`` ("given" or "auto"), ``"raw_head"``
         (the nearest head on the frame, or None), ``"distances"`` ((D,) float32 tensor, or None),
@@ -427,13 +427,15 @@ class Predictor:
         distances) -> head`` replaces the per-image nearest-head rule (inference/stream.py's
         smoothing). ``camera``: an ``inference.frames.CameraHint`` (default: ``--intrinsics`` /
         ``--fov``). With ``--size`` the image is instead resized to that input (squeezed: the old
-        rule, kept for comparisons).
+        rule, kept for comparisons). ``gate``: a stream's ``inference.frames.SelectionGate`` (the
+        selection reused while the frame has not changed; not with ``--size``).
         """
         forced = head if head is not None else self.forced
         if self.size is not None:
             return self._run_sized(img, choose, forced, want_distances)
         hint = camera if camera is not None else self.camera
-        return self.pipeline.run(img, head=forced, choose=choose, camera=hint, want_distances=want_distances)
+        return self.pipeline.run(img, head=forced, choose=choose, camera=hint, want_distances=want_distances,
+                                 gate=gate)
 
     def _run_sized(self, img, choose, forced, want_distances) -> dict:
         """``--size HxW``: every image squeezed to that network input (no camera handling)."""

@@ -47,6 +47,7 @@ import torch
 
 from base.errors import InputError
 from base.safeio import write_json
+from inference.frames import GATE_THRESHOLD
 from inference.predictor import predictor_settings
 from inference.images import DEFAULT_MAX_PIXELS, collect_inputs, make_out_dir, read_rgb, save_png16
 from base.safeio import atomic_write
@@ -362,7 +363,8 @@ def frame_label(model, index, head, raw_head, smoothing, vmax, ood=None) -> str:
 # The loop
 # ----------------------------------------------------------------------------------------------
 def run_stream(model, frames, *, smoother=None, sink=None, clamp=True, max_depth=None,
-               threaded=True, max_frames=None, on_frame=None, interval=0.9, records=None) -> list[dict]:
+               threaded=True, max_frames=None, on_frame=None, interval=0.9, records=None,
+               reselect: float = 0.0) -> list[dict]:
     """Run ``model`` (an ``inference.images.Predictor``) over ``frames`` ((name, RGB array) in order).
 
     ``smoother``: a :class:`HeadSmoother` (None: the per-frame rule). Returns one record per frame:
@@ -371,8 +373,13 @@ def run_stream(model, frames, *, smoother=None, sink=None, clamp=True, max_depth
     and ``"interval_width_m"``: the frame's median width of its central ``interval`` interval
     (calibrated, evaluation/uncertainty.py; None without an uncertainty map). ``records``: a list
     the records are appended to as they come (so that a stream stopped half way keeps them).
+    ``reselect``: the ``inference.frames.SelectionGate`` threshold (0: the selection runs on every
+    frame; else it is reused while the frame's cheap descriptor stays within it; the record's
+    ``"selected"`` says whether it ran).
     """
     from PIL import Image
+    from inference.frames import SelectionGate
+    gate = SelectionGate(reselect) if reselect > 0 and model.size is None else None
     source = Prefetch(frames) if threaded else frames
     records = [] if records is None else records
     smoothing = "raw" if smoother is None else smoother.mode
@@ -381,14 +388,14 @@ def run_stream(model, frames, *, smoother=None, sink=None, clamp=True, max_depth
             if max_frames is not None and index >= max_frames:
                 break
             t0 = time.perf_counter()
-            r = model.run(Image.fromarray(rgb), choose=smoother)
+            r = model.run(Image.fromarray(rgb), choose=smoother, gate=gate)
             depth, head = r["depth"], r["head"]
             if clamp:
                 depth = model.clamp(depth, head)
             latency = (time.perf_counter() - t0) * 1000.0
             dists = None if r["distances"] is None else [float(v) for v in r["distances"]]
             rec = {"frame": index, "name": name, "raw_head": r["raw_head"], "head": head,
-                   "distances": dists, "latency_ms": latency, "ood": r.get("ood"),
+                   "distances": dists, "latency_ms": latency, "ood": r.get("ood"), "selected": r.get("selected"),
                    "depth_min": float(depth.min()), "depth_max": float(depth.max()),
                    "interval": interval, "interval_width_m": None if r["uncertainty"] is None else
                    median_width(*model.interval(depth, r["uncertainty"], head, interval))}
@@ -470,7 +477,9 @@ class StreamOptions:
     frames/s (None: the input video's, else 10); ``save_depth``: each frame's depth files;
     ``max_frames``: stop after that many; ``threads``: decode and write in threads of their own;
     ``clamp``: depth clipped to the head's range; ``max_depth``: top of the video's colour range
-    (None: the head's range); ``interval``: the coverage whose median width is logged per frame.
+    (None: the head's range); ``interval``: the coverage whose median width is logged per frame;
+    ``reselect``: the automatic head's selection reused while the frame moved less than this
+    (``inference.frames.SelectionGate``; 0: selection on every frame).
     Checked when made (InputError).
     """
     smoothing: str = "mean"
@@ -484,8 +493,11 @@ class StreamOptions:
     clamp: bool = True
     max_depth: float | None = None
     interval: float = 0.9
+    reselect: float = GATE_THRESHOLD
 
     def __post_init__(self):
+        if not self.reselect >= 0:
+            raise InputError(f"--reselect must be >= 0, got {self.reselect}")
         if self.max_frames is not None and self.max_frames < 1:
             raise InputError(f"--max-frames must be at least 1, got {self.max_frames}")
         if self.fps is not None and not self.fps > 0:
@@ -576,7 +588,7 @@ def run_into_sink(model, source, sink, smoother, options, on_frame):
     try:
         run_stream(model, source.frames, smoother=smoother, sink=sink, clamp=options.clamp,
                    max_depth=options.max_depth, threaded=options.threads, max_frames=options.max_frames,
-                   on_frame=on_frame, interval=options.interval, records=records)
+                   on_frame=on_frame, interval=options.interval, records=records, reselect=options.reselect)
         complete = True
     except (KeyboardInterrupt, OSError, ValueError) as e:  # Ctrl-C, a bad frame, a failed write
         stop = e
@@ -631,6 +643,8 @@ def stream_summary(model, records, *, source, fps, smoother, options, seconds, o
             "switches": count_switches(heads), "raw_switches": count_switches(raw) if raw else None,
             "frames_per_s": len(records) / seconds, "seconds": seconds,
             "median_latency_ms": float(np.median([r["latency_ms"] for r in records])),
+            "reselect": options.reselect,
+            "selections": sum(1 for r in records if r.get("selected")),
             "interval": stream_interval(model, records, options.interval),
             "frames_per_head": {get_domain(c).name: heads.count(i) for i, c in enumerate(model.letters)},
             "out_of_domain_frames": (None if all(r["ood"] is None for r in records)
