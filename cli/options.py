@@ -110,9 +110,10 @@ def _parse_value(text: str):
         return text
 
 
-def runtime_options(args) -> RuntimeOptions:
+def runtime_options(args, measure: bool = False) -> RuntimeOptions:
     """The runtime options of ``args`` (--no-fast, --precision, --backend, --predictor-option
-    KEY=VALUE, the value parsed as JSON when it can be)."""
+    KEY=VALUE, the value parsed as JSON when it can be); ``measure``: ``--backend auto`` chosen by
+    measurement on this machine (``RuntimeOptions.measure``: predict.py)."""
     extra = {}
     for item in getattr(args, "predictor_option", []) or []:
         if "=" not in item:
@@ -120,7 +121,7 @@ def runtime_options(args) -> RuntimeOptions:
         key, value = item.split("=", 1)
         extra[key.strip()] = _parse_value(value.strip())
     return RuntimeOptions(fast=not getattr(args, "no_fast", False), precision=getattr(args, "precision", "auto"),
-                          backend=getattr(args, "backend", AUTO), extra=extra)
+                          backend=getattr(args, "backend", AUTO), extra=extra, measure=measure)
 
 
 def register_custom_domains(data_root) -> None:

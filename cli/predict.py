@@ -247,7 +247,7 @@ def image_options(args) -> ImageOptions:
 def predictor_of(args, device) -> Predictor:
     """The Predictor of predict.py's options: checkpoint, --order, the image and runtime options."""
     options = image_options(args)
-    return Predictor(args.checkpoint, options, device=device, runtime=runtime_options(args),
+    return Predictor(args.checkpoint, options, device=device, runtime=runtime_options(args, measure=True),
                      order=parse_letters(args.order, "--order") if args.order else None)
 
 

@@ -363,10 +363,17 @@ class RuntimeOptions:
         "CPUs); float32 with --no-fast. ONNX Runtime runs float32 whatever is asked, OpenVINO bf16 or "
         "float32 (fp16 runs as float32)")})
     backend: str = field(default=AUTO, metadata={"help": (
-        "what runs the network: auto (default) = the fastest measured for this CPU kind (OpenVINO "
-        "bf16 on AMX CPUs, ONNX Runtime on AVX2-only ones, else PyTorch; PyTorch with --no-fast); "
+        "what runs the network: auto (default) = predict.py: the fastest installed runtime and "
+        "precision measured on this machine on first use (cached per CPU, package versions and input "
+        "size in $XDG_CACHE_HOME/lifelong-monodepth; printed when measured); other commands: the "
+        "fastest measured for this CPU kind (OpenVINO bf16 on AMX CPUs, ONNX Runtime on AVX2-only "
+        "ones, else PyTorch); PyTorch with --no-fast; LIFELONG_MONODEPTH_BACKEND forces one; "
         "torch; or ONNX graphs of the trunk and the chosen head in onnxruntime / openvino (CPU; "
         "bench/README.md has the figures per CPU kind)")})
+    measure: bool = field(default=False, metadata={"help": (
+        "with backend auto: choose the backend and precision by a short measurement on this machine "
+        "(models.tuning: the fastest installed runtime meeting the accuracy bound, cached per CPU, "
+        "package versions and input size); predict.py's default. False: the table per CPU kind")})
     extra: dict = field(default_factory=dict, metadata={"help": (
         "extra keyword argument for DepthPredictor.from_checkpoint (repeatable; the value is parsed "
         "as JSON when it can be, e.g. channels_last=false)")})
@@ -390,12 +397,82 @@ def build_predictor(source, runtime: RuntimeOptions | None = None, device="cpu",
     """A DepthPredictor of ``source`` (a checkpoint path, loaded here, or a loaded network) run as
     ``runtime`` asks; ``prototypes`` None: the checkpoint's own. Raises CheckpointError (a missing
     or bad file), RuntimeUnavailable (a backend not installed), InputError (an unknown option)."""
-    keywords = (runtime or RuntimeOptions()).keywords()
+    runtime = runtime or RuntimeOptions()
+    keywords = runtime.keywords()
     net = source
     if not isinstance(source, torch.nn.Module):
         net = load_checkpoint(check_checkpoint_path(source), order=order)
-    return DepthPredictor(net, prototypes if prototypes is not None else net.meta.get("prototypes"),
-                          selector=selector, device=device, **keywords)
+    protos = prototypes if prototypes is not None else net.meta.get("prototypes")
+    if runtime.measure and measurable(keywords, device):
+        choice = measured_backend(net, protos, selector, device, keywords.get("precision"))
+        keywords = dict(keywords, backend=choice["backend"], precision=choice["precision"])
+        predictor = DepthPredictor(net, protos, selector=selector, device=device, **keywords)
+        predictor.backend_choice = choice["why"]
+        return predictor
+    return DepthPredictor(net, protos, selector=selector, device=device, **keywords)
+
+
+def measurable(keywords: dict, device) -> bool:
+    """Whether ``backend="auto"`` is decided by measurement: on a CPU, the fast path, no backend
+    asked for (``--backend``, ``LIFELONG_MONODEPTH_BACKEND``) and no PyTorch-only option set."""
+    import os
+    from models.runtimes import BACKEND_ENV
+    if torch.device(device).type != "cpu" or keywords.get("fast") is False or "backend" in keywords:
+        return False
+    if os.environ.get(BACKEND_ENV, "").strip().lower() not in ("", AUTO):
+        return False
+    return not any(k in keywords for k in ("channels_last", "fuse_bn", "jit", "fused_kernels", "cast_weights"))
+
+
+def probe_batch(meta: dict, letters) -> tuple:
+    """(normalised (B,3,h,w) probe at the first head's input size, ground truth (B,1,h/2,w/2) or
+    None): one synthetic frame (data.synthetic, seeded) per built-in domain of ``letters``, resized
+    to the input; a model without built-in domains gets a seeded random image and no ground truth."""
+    import numpy as np
+    import torch.nn.functional as F
+    from data.synthetic import render_sample
+    from loaders import IMAGENET_MEAN, IMAGENET_STD
+    from models.checkpoint import default_scale
+    h, w = (int(v) for v in (meta.get("input_sizes") or [[228, 304]])[0])
+    images, gts = [], []
+    for c in letters:
+        try:
+            s = render_sample(str(c)[:1].upper(), "test", 0, seed=12345, scale=default_scale(meta))
+        except (ValueError, KeyError):
+            continue
+        img = torch.from_numpy(np.asarray(s["image"], np.float32) / 255.0).permute(2, 0, 1)[None]
+        images.append(F.interpolate(img, size=(h, w), mode="bilinear", align_corners=False, antialias=True))
+        gt = torch.from_numpy(np.asarray(s.get("depth_exact", s["depth"]), np.float32))[None, None]
+        gts.append(F.interpolate(gt, size=(h // 2, w // 2), mode="nearest"))
+    if not images:
+        g = torch.Generator().manual_seed(0)
+        return torch.randn(1, 3, h, w, generator=g), None
+    x = torch.cat(images)
+    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (x - mean) / std, torch.cat(gts)
+
+
+def measured_backend(net, prototypes, selector, device, precision=None, *, timer=None, log=None) -> dict:
+    """``models.tuning.choose_measured`` for this network: the one-head function (trunk, head choice
+    where prototypes are stored, else head 0, one head) on :func:`probe_batch`, per installed
+    backend and precision (only ``precision`` when one is asked for); reported once on stderr."""
+    import sys
+    from models import tuning
+    letters = list(net.meta.get("letters") or [])
+    x, gt = probe_batch(net.meta, letters)
+    names = {"fp32": "fp32", "float32": "fp32", "bf16": "bf16", "bfloat16": "bf16"}
+    cands = tuning.candidates(device)
+    if precision not in (None, "auto"):
+        cands = [c for c in cands if c[0] == "torch" and c[1] == "fp32"] + \
+                [c for c in cands if c[1] == names.get(str(precision), str(precision)) and c != ("torch", "fp32")]
+
+    def run(backend, prec):
+        p = DepthPredictor(net, prototypes, selector=selector, device=device, backend=backend, precision=prec)
+        domain = None if prototypes else 0
+        return lambda: p.predict(x, domain=domain)
+
+    return tuning.choose_measured(run, tuple(x.shape[-2:]), device=device, cands=cands, timer=timer, gt=gt,
+                                  log=log or (lambda m: print(m, file=sys.stderr)))
 
 
 def predictor_settings(predictor) -> dict:
