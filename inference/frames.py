@@ -24,12 +24,14 @@ One rule, used by predict.py, the streams (inference/stream.py), the demo and
    ``MAX_PIXELS`` (then the rest of the focal ratio goes into the depth). Up to the head's training
    input size it runs in one pass. A larger input (the network's channel attention pools over its
    whole input, so a head must see the extent it was trained on; ``FramePipeline.depth``), by the
-   frame rule (``FRAME_RULES``, predict.py's ``--frame-rule``): ``windowed`` (the default) runs it
-   in one pass with the fusion's attention pooled over windows of the training extent
-   (``models.modules.Windows``, the trained weights unchanged), sharing the selection pass's
-   encoder when the two inputs are the same; ``tiled`` (the rule before) in overlapping tiles of
-   that size, blended. Both respect where the head's training crops lay (``head_anchors``: KITTI's
-   at the bottom of the frame; its rows take the bottom window's attention, or the bottom tile's
+   frame rule (``FRAME_RULES``, predict.py's ``--frame-rule``): ``tiled`` (the default) in
+   overlapping tiles of that size, blended, the rows a bottom-anchored head (KITTI's crops keep the
+   bottom of the frame; ``head_anchors``) saw in training from its bottom tile; ``tiled-centred``
+   the tiles blended as before; ``windowed`` in one pass with the fusion's attention pooled over
+   windows of the training extent (``models.modules.Windows``, the trained weights unchanged;
+   sharing the selection pass's encoder when both inputs match): cheaper, but measured as
+   inaccurate as one global pass (so the attention's pooling is not what makes tiles better),
+   and less accurate than tiles: not the default.
    depth). Measured in docs/BENCHMARKS.md (frame rule). Inputs
    are not padded to the stride: measured on the quickstart's NK stage model (8 frames each),
    replicate padding raised AbsRel (K whole frames 0.554 against 0.415 unpadded, N 0.314 against
@@ -60,8 +62,9 @@ TILE_SLACK = 1.0        # FramePipeline.tile_size
 MIN_SIDE = 32           # smaller inputs are upscaled (aspect kept): ResNet's output stride
 SELECT_AREA = 160 * 120  # the selection input's pixel area when the statistics store none
 MODES = ("resample", "rescale")
-FRAME_RULES = ("windowed", "tiled")  # FramePipeline.depth on inputs larger than the head's training input
-DEFAULT_FRAME_RULE = "windowed"
+# FramePipeline.depth on inputs larger than the head's training input (docs/BENCHMARKS.md, frame rule)
+FRAME_RULES = ("tiled", "windowed", "tiled-centred")
+DEFAULT_FRAME_RULE = "tiled"
 SENSOR_DIAGONAL_35MM = math.hypot(36.0, 24.0)  # mm: what a "35 mm equivalent" focal length refers to
 
 
@@ -411,10 +414,11 @@ class FramePipeline:
     head, the input size it was trained at ((h, w), the checkpoint's ``input_sizes``; None: one pass);
     ``anchors``: per head, where its training crops lay (``head_anchors``; default centred);
     ``rule``: how an input larger than the head's training input runs (``FRAME_RULES``):
-    "windowed" (the default) one pass with the channel attention pooled over windows of the
-    training extent (``models.modules.Windows``), "tiled" overlapping tiles of that extent blended
-    (the rule before; also what a backend without the windowed option runs: ONNX Runtime,
-    OpenVINO, TorchScript)."""
+    "tiled" (the default) overlapping tiles of the training extent, blended, a bottom-anchored
+    head's rows from its bottom tile; "tiled-centred" the same tiles blended whatever the anchor
+    (the rule before); "windowed" one pass with the channel attention pooled over windows of the
+    training extent (``models.modules.Windows``; PyTorch path only, the other backends tile):
+    1.3-2.7x cheaper, measured 7-14 % less accurate than tiles on the quickstart model."""
 
     def __init__(self, predictor, cameras, mode: str = "resample", max_pixels: int = MAX_PIXELS, tiles=None,
                  rule: str = DEFAULT_FRAME_RULE, anchors=None):
@@ -483,7 +487,7 @@ class FramePipeline:
                     else p.trunk_features(x)
             return p.run_heads(feats, torch.tensor([head]), with_uncertainty)  # at half resolution
         anchor = self.anchors[head]
-        rows, cols = tile_weights(h, th, anchor), tile_weights(w, tw)
+        rows, cols = tile_weights(h, th, "center" if self.rule == "tiled-centred" else anchor), tile_weights(w, tw)
         boxes = [(y, x0) for y, _ in rows for x0, _ in cols]
         batch = torch.cat([x[..., y:y + th, x0:x0 + tw] for y, x0 in boxes])
         d, u = p.run_heads(p.trunk_features(batch), torch.full((len(boxes),), head), with_uncertainty)

@@ -315,11 +315,12 @@ class ImageOptions:
         "resample: the frame is resized so that its focal length matches the head's (measured better, "
         "bench/bench_frames.py); rescale: the frame's own pixels, the depth multiplied by the "
         "focal-length ratio")})
-    frame_rule: str = field(default="windowed", metadata={"help": (
-        "how a frame larger than the head's training input runs: windowed (default) = one pass, the "
-        "fusion's channel attention pooled over windows of the training extent; tiled = overlapping "
-        "tiles of the training size, blended (the rule before; what ONNX Runtime/OpenVINO backends "
-        "run either way); measured in docs/BENCHMARKS.md (frame rule)")})
+    frame_rule: str = field(default="tiled", metadata={"help": (
+        "how a frame larger than the head's training input runs: tiled (default) = overlapping tiles "
+        "of the training size, blended, a KITTI-like head's rows from its bottom tile (where its "
+        "training crops lay); tiled-centred = the tiles blended as before; windowed = one pass, the "
+        "fusion's channel attention pooled over windows of the training extent (1.3-2.7x cheaper, "
+        "less accurate: docs/BENCHMARKS.md, frame rule; PyTorch backend only, the others tile)")})
     max_pixels: int | None = field(default=DEFAULT_MAX_PIXELS, metadata={"help": (
         "refuse images with more pixels than this, read from the file's header before decoding "
         "(memory grows by well over 100 bytes per pixel)")})

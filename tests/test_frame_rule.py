@@ -75,12 +75,13 @@ def test_the_rule_switches_one_pass_against_tiles(ckpt, monkeypatch):
     monkeypatch.setattr(p, "trunk_features",
                         lambda x, windows=None: seen.append((tuple(x.shape), windows)) or real(x, windows=windows))
     img, cam = frame(88, 303), k_camera(p)
-    w = p.predict_image(img, domain=1, camera=cam)  # the default rule
-    assert FR.DEFAULT_FRAME_RULE == "windowed" and w["tiles"] == 1
+    w = p.predict_image(img, domain=1, camera=cam, rule="windowed")
+    assert w["tiles"] == 1
     (shape, windows), = seen
     assert shape == (1, 3, 88, 303) and windows.size == (80, 120) and windows.anchor == "bottom"
     seen.clear()
-    t = p.predict_image(img, domain=1, camera=cam, rule="tiled")
+    t = p.predict_image(img, domain=1, camera=cam)  # the default rule
+    assert FR.DEFAULT_FRAME_RULE == "tiled"
     assert seen == [((8, 3, 80, 120), None)] and t["tiles"] == 8
     # the two rules give close, not equal, depth (tile borders and blending differ)
     assert np.median(np.abs(w["depth"] - t["depth"]) / t["depth"]) < 0.2
@@ -99,12 +100,12 @@ def test_a_constant_scene_gives_the_same_depth_under_both_rules(ckpt):
     np.testing.assert_allclose(w[inner], t[inner], rtol=0.02)
 
 
-def test_the_windowed_rule_runs_on_the_fast_path_and_reuses_the_selection_pass(ckpt):
+def test_the_windowed_rule_runs_on_the_fast_path(ckpt):
     fast = DepthPredictor.from_checkpoint(ckpt)
     plain = DepthPredictor.from_checkpoint(ckpt, fast=False)
     img, cam = frame(88, 303, seed=1), k_camera(plain)
-    a = fast.predict_image(img, domain=1, camera=cam)["depth"]
-    b = plain.predict_image(img, domain=1, camera=cam)["depth"]
+    a = fast.predict_image(img, domain=1, camera=cam, rule="windowed")["depth"]
+    b = plain.predict_image(img, domain=1, camera=cam, rule="windowed")["depth"]
     assert np.median(np.abs(a - b) / b) < 0.02  # bf16 or float32 fast path against float32
 
 
@@ -119,6 +120,13 @@ def test_bottom_anchored_tiles_take_the_rows_their_crops_covered_from_the_bottom
     np.testing.assert_allclose(whole[20:], bottom, rtol=1e-5)
     top = p.predict_image(img.crop((0, 0, 120, 80)), domain=1, camera=cam, rule="tiled")["depth"]
     np.testing.assert_allclose(whole[:20], top[:20], rtol=1e-5)
+    assert np.abs(whole[20:80] - top[20:80]).max() > 0  # the overlap is not the top tile's
+    # the rule before (tiled-centred) blends the overlap
+    before = p.predict_image(img, domain=1, camera=cam, rule="tiled-centred")["depth"]
+    (_, c0), (_, c1) = FR.tile_weights(100, 80)
+    c0, c1 = c0.numpy()[20:, None], c1.numpy()[:60, None]
+    np.testing.assert_allclose(before[20:80], (c0 * top[20:80] + c1 * bottom[:60]) / (c0 + c1), rtol=1e-5)
+    np.testing.assert_allclose(before[80:], bottom[60:], rtol=1e-5)  # rows only the bottom tile covers
     # the weights: centred tiles blend; bottom-anchored ones hand the overlap to the bottom tile
     (s0, w0), (s1, w1) = FR.tile_weights(100, 80, "bottom")
     assert (s0, s1) == (0, 20) and w0[20:].sum() == 0 and bool((w1 == 1).all())
