@@ -459,26 +459,29 @@ def measured_backend(net, prototypes, selector, device, precision=None, *, timer
     import sys
     from models import tuning
     letters = list(net.meta.get("letters") or [])
-    x, gt = probe_batch(net.meta, letters)
-    names = {"fp32": "fp32", "float32": "fp32", "bf16": "bf16", "bfloat16": "bf16"}
-    cands = tuning.candidates(device)
-    if precision not in (None, "auto"):
-        cands = [c for c in cands if c[0] == "torch" and c[1] == "fp32"] + \
-                [c for c in cands if c[1] == names.get(str(precision), str(precision)) and c != ("torch", "fp32")]
+    h, w = (int(v) for v in (net.meta.get("input_sizes") or [[228, 304]])[0])
+    asked = None if precision in (None, "auto") else {"float32": "fp32", "bfloat16": "bf16"}.get(str(precision), str(precision))
+    probe = {}
+
+    def batch():  # rendered only when measuring (a cached answer needs none of this)
+        if not probe:
+            probe["x"], probe["gt"] = probe_batch(net.meta, letters)
+        return probe["x"], probe["gt"]
+
+    def cands():
+        found = tuning.candidates(device)
+        if asked is None:
+            return found
+        return [("torch", "fp32")] + [c for c in found if c[1] == asked and c != ("torch", "fp32")]
 
     def run(backend, prec):
+        x, _ = batch()
         p = DepthPredictor(net, prototypes, selector=selector, device=device, backend=backend, precision=prec)
         domain = None if prototypes else 0
         return lambda: p.predict(x, domain=domain)
 
-    return tuning.choose_measured(run, tuple(x.shape[-2:]), device=device, cands=cands, timer=timer, gt=gt,
-                                  log=log or (lambda m: print(m, file=sys.stderr)))
-
-
-def predictor_settings(predictor) -> dict:
-    """The predictor's effective speed settings (fast path, precision, ...) when it reports them."""
-    options = getattr(predictor, "options", None)
-    return dict(options) if isinstance(options, dict) else {"fast": False, "precision": "float32"}
+    return tuning.choose_measured(run, (h, w), device=device, cands=cands, timer=timer, gt=lambda: batch()[1],
+                                  precision=asked, log=log or (lambda m: print(m, file=sys.stderr)))
 
 
 def auto_backend(device, fast: bool, precision, torch_options: dict) -> tuple[str, str]:
@@ -490,6 +493,7 @@ def auto_backend(device, fast: bool, precision, torch_options: dict) -> tuple[st
         return "torch", "PyTorch options asked for (" + (", ".join(asked) or "fast=False") + ")"
     dtype = resolve_precision("auto" if precision is None else precision, device)
     return choose_backend(dtype, device)
+
 
 
 def _f32(t: torch.Tensor) -> torch.Tensor:

@@ -58,11 +58,12 @@ def versions() -> dict:
     return out
 
 
-def cache_key(input_hw, threads: int | None = None, device="cpu") -> dict:
+def cache_key(input_hw, threads: int | None = None, device="cpu", precision: str | None = None) -> dict:
     """What a measurement depends on: the CPU (its capability line), the packages' versions, the
-    input size and the threads."""
+    input size, the threads and the precision asked for (None: any)."""
     return {"cpu": hardware.capability_line(device), "versions": versions(),
-            "input": [int(v) for v in input_hw], "threads": int(threads or torch.get_num_threads())}
+            "input": [int(v) for v in input_hw], "threads": int(threads or torch.get_num_threads()),
+            "precision": precision or "auto"}
 
 
 def cache_path(key: dict, folder: Path | None = None) -> Path:
@@ -85,8 +86,8 @@ def candidates(device="cpu") -> list:
 
 
 def _scores(depth: torch.Tensor, gt: torch.Tensor) -> tuple:
-    """(RMSE, delta1) of ``depth`` against ``gt`` (same shape) on the pixels where gt > 0."""
-    valid = gt > 0
+    """(RMSE, delta1) of ``depth`` against ``gt`` (same shape) where gt is finite and > 0."""
+    valid = (gt > 0) & torch.isfinite(gt)
     d, g = depth[valid].clamp_min(1e-6), gt[valid]
     rmse = float(torch.sqrt(((d - g) ** 2).mean()))
     delta1 = float((torch.maximum(d / g, g / d) < 1.25).float().mean())
@@ -107,6 +108,8 @@ def accurate(ref: dict, out: dict, gt: torch.Tensor | None = None, bound: float 
         ok = same and rmse <= bound * rms and delta1 >= 1.0 - bound
         return ok, {"same_heads": same, "rmse": rmse, "delta1": delta1}
     gt = gt.float().cpu()
+    if gt.shape[-2:] != r.shape[-2:]:  # the probe's ground truth at the output's size
+        gt = torch.nn.functional.interpolate(gt, size=r.shape[-2:], mode="nearest")
     (rr, rd), (orr, od) = _scores(r, gt), _scores(o, gt)
     drmse, dd1 = abs(orr - rr) / max(rr, 1e-12), abs(od - rd) / max(rd, 1e-12)
     ok = same and drmse <= bound and dd1 <= bound
@@ -150,19 +153,31 @@ def measure(cands, run, timer=None, gt=None, bound: float = ACCURACY_BOUND) -> l
     return rows
 
 
-def choose_measured(run, input_hw, *, device="cpu", cands=None, timer=None, gt=None, folder=None, log=None,
-                    refresh: bool = False) -> dict:
-    """``{"backend", "precision", "why", "rows", "cached"}``: the fastest candidate meeting the
-    accuracy bound, from the cache when its key matches (``refresh``: measure anyway), else
-    measured now (``run``/``timer`` as :func:`measure`), cached, and reported once through
-    ``log`` (a callable taking one line)."""
-    key = cache_key(input_hw, device=device)
+def cached_choice(input_hw, device="cpu", precision=None, folder=None) -> dict | None:
+    """The cached answer for this key (:func:`choose_measured`'s dict), or None: one JSON read."""
+    key = cache_key(input_hw, device=device, precision=precision)
     path = cache_path(key, folder)
-    cached = None if refresh else read_json(path)
+    cached = read_json(path)
     if isinstance(cached, dict) and cached.get("key") == key and cached.get("backend"):
         return {"backend": cached["backend"], "precision": cached["precision"], "rows": cached.get("rows", []),
                 "why": f"measured fastest on this machine ({cached.get('date', '?')}; cached in {path})",
                 "cached": True, "path": str(path)}
+    return None
+
+
+def choose_measured(run, input_hw, *, device="cpu", cands=None, timer=None, gt=None, folder=None, log=None,
+                    refresh: bool = False, precision=None) -> dict:
+    """``{"backend", "precision", "why", "rows", "cached"}``: the fastest candidate meeting the
+    accuracy bound, from the cache when its key matches (``refresh``: measure anyway), else
+    measured now (``run``/``timer`` as :func:`measure`; ``cands`` and ``gt`` may be callables, called
+    only then), cached, and reported once through ``log`` (a callable taking one line)."""
+    hit = None if refresh else cached_choice(input_hw, device, precision, folder)
+    if hit is not None:
+        return hit
+    key = cache_key(input_hw, device=device, precision=precision)
+    path = cache_path(key, folder)
+    cands = cands() if callable(cands) else cands
+    gt = gt() if callable(gt) else gt
     rows = measure(cands or candidates(device), run, timer, gt)
     ok = [r for r in rows if r["accurate"] and r["seconds"] is not None]
     best = min(ok, key=lambda r: r["seconds"]) if ok else {"backend": "torch", "precision": "fp32"}
