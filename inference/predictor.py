@@ -430,8 +430,8 @@ def probe_batch(meta: dict, letters) -> tuple:
     to the input; a model without built-in domains gets a seeded random image and no ground truth."""
     import numpy as np
     import torch.nn.functional as F
+    from base.images import image_tensor
     from data.synthetic import render_sample
-    from loaders import IMAGENET_MEAN, IMAGENET_STD
     from models.checkpoint import default_scale
     h, w = (int(v) for v in (meta.get("input_sizes") or [[228, 304]])[0])
     images, gts = [], []
@@ -440,16 +440,14 @@ def probe_batch(meta: dict, letters) -> tuple:
             s = render_sample(str(c)[:1].upper(), "test", 0, seed=12345, scale=default_scale(meta))
         except (ValueError, KeyError):
             continue
-        img = torch.from_numpy(np.asarray(s["image"], np.float32) / 255.0).permute(2, 0, 1)[None]
-        images.append(F.interpolate(img, size=(h, w), mode="bilinear", align_corners=False, antialias=True))
+        images.append(F.interpolate(image_tensor(s["image"]), size=(h, w), mode="bilinear", align_corners=False,
+                                    antialias=True))
         gt = torch.from_numpy(np.asarray(s.get("depth_exact", s["depth"]), np.float32))[None, None]
         gts.append(F.interpolate(gt, size=(h // 2, w // 2), mode="nearest"))
     if not images:
         g = torch.Generator().manual_seed(0)
         return torch.randn(1, 3, h, w, generator=g), None
-    x = torch.cat(images)
-    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return (x - mean) / std, torch.cat(gts)
+    return torch.cat(images), torch.cat(gts)
 
 
 def measured_backend(net, prototypes, selector, device, precision=None, *, timer=None, log=None) -> dict:
@@ -482,6 +480,13 @@ def measured_backend(net, prototypes, selector, device, precision=None, *, timer
 
     return tuning.choose_measured(run, (h, w), device=device, cands=cands, timer=timer, gt=lambda: batch()[1],
                                   precision=asked, log=log or (lambda m: print(m, file=sys.stderr)))
+
+
+def predictor_settings(predictor) -> dict:
+    """The predictor's effective speed settings (fast path, precision, ...) when it reports them."""
+    options = getattr(predictor, "options", None)
+    return dict(options) if isinstance(options, dict) else {"fast": False, "precision": "float32"}
+
 
 
 def auto_backend(device, fast: bool, precision, torch_options: dict) -> tuple[str, str]:
