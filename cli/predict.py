@@ -254,7 +254,7 @@ def image_options(args) -> ImageOptions:
 def predictor_of(args, device) -> Predictor:
     """The Predictor of predict.py's options: checkpoint, --order, the image and runtime options."""
     options = image_options(args)
-    model = Predictor(args.checkpoint, options, device=device, runtime=runtime_options(args),
+    model = Predictor(args.checkpoint, options, device=device, runtime=runtime_options(args, measure=True),
                       order=parse_letters(args.order, "--order") if args.order else None)
     note = model.selector_note()
     if note:
@@ -296,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ply-stride", type=int, default=1, help="keep every N-th pixel in x and y for --ply")
     add_image_argument(p, "--fov")
     add_image_argument(p, "--camera-mode", choices=("resample", "rescale"))
+    add_image_argument(p, "--frame-rule", choices=("tiled", "windowed", "tiled-centred"))
     add_image_argument(p, "--max-pixels", type=checked_type(parse_max_pixels))
     add_interval_argument(p)
     add_image_argument(p, "--quiet", action="store_true")

@@ -361,6 +361,12 @@ class ImageOptions:
         "resample: the frame is resized so that its focal length matches the head's (measured better, "
         "bench/bench_frames.py); rescale: the frame's own pixels, the depth multiplied by the "
         "focal-length ratio")})
+    frame_rule: str = field(default="tiled", metadata={"help": (
+        "how a frame larger than the head's training input runs: tiled (default) = overlapping tiles "
+        "of the training size, blended, a KITTI-like head's rows from its bottom tile (where its "
+        "training crops lay); tiled-centred = the tiles blended as before; windowed = one pass, the "
+        "fusion's channel attention pooled over windows of the training extent (1.3-2.7x cheaper, "
+        "less accurate: docs/BENCHMARKS.md, frame rule; PyTorch backend only, the others tile)")})
     max_pixels: int | None = field(default=DEFAULT_MAX_PIXELS, metadata={"help": (
         "refuse images with more pixels than this, read from the file's header before decoding "
         "(memory grows by well over 100 bytes per pixel)")})
@@ -402,7 +408,7 @@ class Predictor:
                              f"chosen automatically; give --domain (one of {', '.join(self.letters)}) or "
                              f"--replay-root DIR to compute prototypes from replay data")
         self.size = tuple(int(v) for v in options.size) if options.size else None
-        self.pipeline = self.predictor.frame_pipeline(options.camera_mode)
+        self.pipeline = self.predictor.frame_pipeline(options.camera_mode, options.frame_rule)
         self.camera = camera_hint(options)
         self.sizes, self.ranges = self._head_sizes_and_ranges(meta)
         self.interval_scales = calibration_scales(meta, len(self.letters))  # 1 where none is stored
@@ -482,7 +488,7 @@ class Predictor:
         r = self.run(img)
         return r["depth"], r["uncertainty"], r["head"], r["how"]
 
-    def run(self, img: Image.Image, choose=None, head=None, want_distances=False, camera=None) -> dict:
+    def run(self, img: Image.Image, choose=None, head=None, want_distances=False, camera=None, gate=None) -> dict:
         """One image through the frame pipeline (inference/frames.py): ``{"depth", "uncertainty"}``
         (H,W) at the image's size, ``"head"`` (index), ``"how"`` ("given" or "auto"), ``"raw_head"``
         (the nearest head on the frame, or None), ``"distances"`` ((D,) float32 tensor, or None),
@@ -493,13 +499,15 @@ class Predictor:
         distances) -> head`` replaces the per-image nearest-head rule (inference/stream.py's
         smoothing). ``camera``: an ``inference.frames.CameraHint`` (default: ``--intrinsics`` /
         ``--fov``). With ``--size`` the image is instead resized to that input (squeezed: the old
-        rule, kept for comparisons).
+        rule, kept for comparisons). ``gate``: a stream's ``inference.frames.SelectionGate`` (the
+        selection reused while the frame has not changed; not with ``--size``).
         """
         forced = head if head is not None else self.forced
         hint = camera if camera is not None else self.camera
         if self.size is not None:
             return self._run_sized(img, choose, forced, want_distances, hint)
-        return self.pipeline.run(img, head=forced, choose=choose, camera=hint, want_distances=want_distances)
+        return self.pipeline.run(img, head=forced, choose=choose, camera=hint, want_distances=want_distances,
+                                 gate=gate)
 
     def _run_sized(self, img, choose, forced, want_distances, hint=None) -> dict:
         """``--size HxW``: every image squeezed to that network input (no camera handling of the
