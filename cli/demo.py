@@ -265,11 +265,10 @@ def infer(models: Models, image, checkpoint: str, head_choice: str, workdir: Pat
 
 
 def interval_text(model, head, lower, upper) -> str:
-    """'; 90 % interval: median width X m (calibrated: Y % of validation pixels inside)'."""
-    s = interval_summary(model.predictor.meta, head, len(model.letters), DEMO_INTERVAL)
-    how = (f"calibrated: {s['validation_coverage']:.0%} of validation pixels inside"
-           if s["calibrated"] and s["validation_coverage"] is not None else "uncalibrated")
-    return f"; {DEMO_INTERVAL:.0%} interval: median width {median_width(lower, upper):.2f} m ({how})"
+    """'; 90 % interval: median width X m (what the interval means, its measured coverage on this
+    path: base.uncertainty.interval_sentence)'."""
+    s = interval_summary(model.predictor.meta, head, len(model.letters), DEMO_INTERVAL, model.interval_path)
+    return f"; {DEMO_INTERVAL:.0%} interval: median width {median_width(lower, upper):.2f} m ({s['meaning']})"
 
 
 def find_checkpoints(first: str, runs_dir: Path) -> list[str]:

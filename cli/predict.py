@@ -13,9 +13,11 @@ For each image ``<name>`` it writes into ``--out``:
 * ``<name>_depth_color.png``: the depth colour-mapped, with a colour bar in metres;
 * ``<name>_uncertainty.png``: the predicted uncertainty (log-variance) colour-mapped, with its bar;
 * ``<name>_depth_lower90.png`` / ``_upper90.png`` (16-bit mm) and ``.npy`` (metres) with
-  ``--intervals 90``: the central 90 % interval of each pixel's depth (evaluation/uncertainty.py: a
-  Gaussian whose spread comes from the predicted log-variance, scaled by the checkpoint's per-domain
-  calibration); predictions.json gives the coverage that calibration achieved on validation rows;
+  ``--intervals 90``: the central 90 % interval of each pixel's depth (base/uncertainty.py: the
+  spread from the predicted log-variance, under the head's calibration fitted on whole frames,
+  evaluation/frame_calibration.py); predictions.json gives, per image, the coverage MEASURED on this
+  path (whole frames; none under --size) for that head: on its test frames where stored, else
+  leave-one-image-out on its validation frames, and one sentence on what the interval means;
 * ``<name>.ply`` with ``--ply``: a coloured point cloud (binary PLY, metres, camera frame: x right,
   y down, z forward) with the frame camera the prediction used (below).
 
@@ -111,7 +113,7 @@ def write_intervals(stem, depth, unc, head, model, level, source=None):
         with atomic_write(npy) as fh:
             np.save(fh, values.astype(np.float32))
         paths += [png, npy]
-    record = dict(interval_summary(model.predictor.meta, head, len(model.letters), level),
+    record = dict(interval_summary(model.predictor.meta, head, len(model.letters), level, model.interval_path),
                   median_width_m=median_width(lower, upper))
     return paths, record
 
@@ -238,6 +240,9 @@ def predict_command(argv) -> int:
                                                   "images": done,
                                                   "failed": failed,
                                                   **({"uncertainty_note": note} if level is not None else {})})
+    meanings = {d["letter"]: d["interval"]["meaning"] for d in done if d.get("interval")}
+    for letter, meaning in meanings.items():  # what the interval means, once per head used
+        print(f"--intervals, head {letter}: {meaning}")
     print(f"{len(done)} of {len(images)} image(s) written to {printable(out_dir, '')}"
           + (f"; {len(failed)} failed:" if failed else ""))
     for item in failed:

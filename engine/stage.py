@@ -64,6 +64,25 @@ def fit_uncertainty(net, data, opts, device, amp_dtype=None) -> dict:
         net.train(was_training)
 
 
+def fit_frame_uncertainty(net, opts, device, cameras, previous=None, fit_heads=None) -> dict:
+    """The stage's calibration record on whole frames (evaluation.frame_calibration.calibrate_frames):
+    heads ``fit_heads`` (default: the last) on their validation rows through the frame pipeline of
+    ``net`` (the default inference path), the others kept from ``previous``."""
+    from evaluation.frame_calibration import calibrate_frames, stage_pipeline
+    specs = [get_domain(c) for c in opts.order]
+    was_training = net.training
+    net.eval()
+    try:
+        pipe = stage_pipeline(net, cameras, [list(scaled_size(s.input_size, opts.scale)) for s in specs],
+                              device=device)
+        return calibrate_frames(pipe, opts.order, opts.data_root, val_images=opts.val_images,
+                                val_seed=opts.val_seed, depth_ranges=[(s.min_depth, s.max_depth) for s in specs],
+                                fit_heads=fit_heads, previous=previous, fitted_at=opts.order,
+                                note=f"fitted after learning {opts.order}")
+    finally:
+        net.train(was_training)
+
+
 class StageLoss(nn.Module):
     """All loss terms of one micro-batch in a single forward, so DDP sees one call per step."""
 
@@ -275,7 +294,20 @@ class Stage:
                  f"{self.global_step} steps done")
 
     def uncertainty_calibration(self) -> dict:
-        return fit_uncertainty(self.net, self.data, self.opts, self.ctx.device, self.amp_dtype)
+        """The calibration stored with the stage: on whole frames through the frame pipeline
+        (evaluation/frame_calibration.py): the new head on its validation rows, older heads kept from
+        the stage that learned them (the prior checkpoint's record; a joint run fits every head: it
+        has every domain's rows). A shared head keeps the one-scale fit on validation crops."""
+        if self.opts.shared_head:
+            return fit_uncertainty(self.net, self.data, self.opts, self.ctx.device, self.amp_dtype)
+        previous = None
+        if len(self.specs) > 1 and self.opts.strategy != "joint" and getattr(self.opts, "prior", None):
+            from models import read_checkpoint
+            previous = read_checkpoint(self.opts.prior)[1].get(CALIBRATION_KEY)
+        return fit_frame_uncertainty(self.net, self.opts, self.ctx.device, self.cameras(self.specs),
+                                     previous=previous,
+                                     fit_heads=(range(len(self.specs)) if self.opts.strategy == "joint"
+                                                else [self.new_head]))
 
     def save_final(self, prototypes, calibration=None):
         if self.ctx.main:

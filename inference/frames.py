@@ -8,9 +8,11 @@ One rule, used by predict.py, the streams (inference/stream.py), the demo and
    descriptor of its fused features is scored by the ``frames`` statistics, an LDA fitted on replay
    *files as they lie on disk* preprocessed exactly like a query (``inference.replay.frame_statistics``,
    with the mirrored, half-size, cropped and colour-jittered variants users feed), so a query and
-   the statistics see the same preprocessing whatever the frame's size and aspect ratio. A
-   smallest distance above the chosen head's threshold (calibrated on held-out replay frames) is
-   the out-of-domain verdict ("none of my heads fits"). A checkpoint without these statistics
+   the statistics see the same preprocessing whatever the frame's size and aspect ratio. The
+   out-of-domain verdict ("none of my heads fits") is inference/ood.py's where the statistics store
+   it: a per-head Mahalanobis score of the selection input's fused and early encoder features,
+   normalised on held-out replay frames, above a fixed threshold (older statistics: the smallest
+   LDA distance above the chosen head's threshold, calibrated on held-out replay frames). A checkpoint without these statistics
    keeps its stored selector on the frame squeezed to the first domain's input size (what its
    prototypes were computed from), without a verdict.
 2. **The camera.** Each head learned one camera: the focal length in pixels of its training frames
@@ -55,6 +57,7 @@ from PIL import Image
 
 from base.domains import CAMERAS, get_domain
 from base.safeio import read_json
+from inference.ood import fit_ood, ood_descriptor, ood_scores, ood_verdict
 from inference.prototypes import LDA_SHRINK, fit_lda, lda_distances, pooled_descriptor
 from base.images import image_tensor
 from loaders import build_transform, get_dataset
@@ -427,11 +430,14 @@ def selection_size(width: int, height: int, area: float) -> tuple:
 
 
 @torch.no_grad()
-def descriptor_of(features_fn, x: torch.Tensor, area: float) -> torch.Tensor:
+def descriptor_of(features_fn, x: torch.Tensor, area: float, net=None):
     """The selection descriptor (pooled channel means and stds) of a normalised frame ``x``
-    (1,3,H,W) through ``features_fn``."""
+    (1,3,H,W) through ``features_fn``; with ``net`` (the plain network), (that, the out-of-domain
+    descriptor: inference/ood.py)."""
     h, w = selection_size(x.shape[-1], x.shape[-2], area)
-    return pooled_descriptor(features_fn(resized(x, h, w)).float())
+    small = resized(x, h, w)
+    desc = pooled_descriptor(features_fn(small).float())
+    return desc if net is None else (desc, ood_descriptor(net, small, desc))
 
 
 def head_anchors(letters) -> list:
@@ -482,11 +488,12 @@ def frame_variants(img: Image.Image, rng: np.random.Generator):
     yield img.crop((x0, y0, x0 + cw, y0 + ch))
 
 
-def fit_frame_statistics(fit, calibrate, area, shrink=None) -> dict:
+def fit_frame_statistics(fit, calibrate, area, shrink=None, ood=None) -> dict:
     """The ``frames`` selector statistics: an LDA (prototypes.fit_lda) of per-domain descriptor
     lists ``fit`` (each (n_d, 2C)), and per head an out-of-domain threshold from the held-out
     descriptors ``calibrate``: the OOD_QUANTILE of the smallest distance of held-out frames the
-    head was chosen for, times OOD_MARGIN."""
+    head was chosen for, times OOD_MARGIN. ``ood``: (fit, calibrate) lists of out-of-domain
+    descriptors, for the verdict stored as ``"ood"`` (inference/ood.py)."""
     stats = fit_lda(fit, LDA_SHRINK if shrink is None else shrink)
     cal = torch.cat(calibrate).float()
     d = lda_distances(cal, stats)
@@ -500,11 +507,15 @@ def fit_frame_statistics(fit, calibrate, area, shrink=None) -> dict:
     stats.update({"area": float(area), "thresholds": thresholds, "quantile": OOD_QUANTILE,
                   "margin": OOD_MARGIN, "calibration_counts": [int(c.shape[0]) for c in calibrate],
                   "calibration_accuracy": float((chosen == truth).float().mean())})
+    if ood is not None:  # the verdict (inference/ood.py); the LDA thresholds stay for older readers
+        stats["ood"] = fit_ood(*ood)
     return stats
 
 
 def frame_distances(desc: torch.Tensor, stats: dict):
-    """(distances (B,D), nearest head (B,), out of domain (B,) bool) of selection descriptors."""
+    """(distances (B,D), nearest head (B,), out of domain (B,) bool) of selection descriptors: the
+    nearest LDA distance above the chosen head's threshold (the verdict of checkpoints without the
+    ``"ood"`` statistics; FramePipeline.select replaces it by inference/ood.py's where stored)."""
     d = lda_distances(desc, stats)
     best, chosen = d.min(dim=1)
     thr = torch.tensor(stats["thresholds"], dtype=best.dtype)
@@ -620,8 +631,14 @@ class FramePipeline:
             feats = p.fuse(blocks)
         else:
             feats = p.trunk_features(resized(x, h, w))
-        dists, chosen, ood = frame_distances(pooled_descriptor(feats.float()), stats)
+        desc = pooled_descriptor(feats.float())
+        dists, chosen, ood = frame_distances(desc, stats)
+        score = None
+        if stats.get("ood"):  # the per-head verdict on the out-of-domain descriptor (inference/ood.py)
+            score = ood_scores(ood_descriptor(p.net, resized(x, h, w), desc), stats["ood"])
+            ood = ood_verdict(score, stats["ood"])
         return {"raw_head": int(chosen[0]), "distances": dists[0].float().cpu(), "ood": bool(ood[0]),
+                "ood_score": None if score is None else float(score[0]),
                 "features": feats, "blocks": blocks, "size": (h, w)}
 
     def depth(self, x: torch.Tensor, head: int, with_uncertainty: bool, feats=None):
@@ -725,6 +742,7 @@ class FramePipeline:
                "raw_head": None if sel is None else sel["raw_head"],
                "distances": None if sel is None else sel["distances"],
                "ood": None if sel is None else sel["ood"],
+               "ood_score": None if sel is None else sel.get("ood_score"),
                "camera": {**frame_cam.as_dict(), "assumed": assumed},
                "input_size": [plan.height, plan.width],
                "tiles": len(tile_starts(ph, th)) * len(tile_starts(pw, tw)),

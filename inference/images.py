@@ -28,7 +28,7 @@ from models.checkpoint import check_checkpoint_path, checkpoint_letters, default
 from inference.predictor import DepthPredictor, RuntimeOptions, build_predictor
 from inference.replay import replay_prototypes
 from base.safeio import atomic_write
-from base.uncertainty import calibration_scales, interval_maps
+from base.uncertainty import calibration_scales, head_calibration, interval_maps
 
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif")
@@ -412,6 +412,7 @@ class Predictor:
         self.camera = camera_hint(options)
         self.sizes, self.ranges = self._head_sizes_and_ranges(meta)
         self.interval_scales = calibration_scales(meta, len(self.letters))  # 1 where none is stored
+        self.calibrations = [head_calibration(meta, i, len(self.letters)) for i in range(len(self.letters))]
 
     def _forced_head(self, domain, path):
         """The head index of ``domain`` (--domain), or None: chosen per image."""
@@ -480,8 +481,14 @@ class Predictor:
 
     def interval(self, depth: np.ndarray, uncertainty: np.ndarray, head: int, level: float):
         """(lower, upper) metres of the central ``level`` interval around ``depth`` with head
-        ``head``'s uncertainty calibration (evaluation/uncertainty.py); ``depth`` is not changed."""
-        return interval_maps(depth, uncertainty, self.interval_scales[head], level)
+        ``head``'s uncertainty calibration (base.uncertainty.head_calibration); ``depth`` is not changed."""
+        return interval_maps(depth, uncertainty, self.calibrations[head], level)
+
+    @property
+    def interval_path(self) -> str:
+        """The path this predictor's intervals are made on: "frames" (the frame pipeline), or
+        "resized" (--size: squeezed to one input; no calibration was measured there)."""
+        return "resized" if self.size is not None else "frames"
 
     def __call__(self, img: Image.Image):
         """(depth (H,W) metres, uncertainty (H,W), head index, how chosen) at the image's size."""

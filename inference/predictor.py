@@ -329,7 +329,7 @@ class DepthPredictor:
         return self._frames[1]
 
     def predict_image(self, image, domain=None, camera=None, with_uncertainty: bool = True,
-                      mode: str = "resample", rule: str | None = None) -> dict:
+                      mode: str = "resample", rule: str | None = None, interval: float | None = None) -> dict:
         """Depth in metres for one whole frame at its own size: a PIL image (any mode) or an array
         ((H,W) grey, (H,W,3) RGB, (H,W,4) RGBA; uint8, uint16 over its full range, floats in [0, 1]
         or else [0, 255]: ``loaders.rgb_array``'s rules, an InputError otherwise). ``domain``: the
@@ -337,11 +337,23 @@ class DepthPredictor:
         the frame. ``camera`` an ``inference.frames.CameraHint`` (None: the chosen head's camera is
         assumed); ``rule`` how a frame larger than the head's training input runs
         (``inference.frames.FRAME_RULES``). Returns ``FramePipeline.run``'s dict (depth,
-        uncertainty, head, ood, camera, ...)."""
+        uncertainty, head, ood, ood_score, camera, ...); ``interval`` (a central coverage, e.g. 0.9):
+        also ``"interval"``: ``{"lower", "upper"}`` maps in metres (around the depth clamped to the
+        head's range, as predict.py writes it) under the head's calibration, with
+        ``base.uncertainty.interval_summary``'s fields (the coverage measured on whole frames,
+        ``"meaning"``)."""
         from loaders import rgb_array
         head = self.head_index(domain)
-        return self.frame_pipeline(mode, rule).run(rgb_array(image, "predict_image"), head=head, camera=camera,
-                                                   with_uncertainty=with_uncertainty)
+        out = self.frame_pipeline(mode, rule).run(rgb_array(image, "predict_image"), head=head, camera=camera,
+                                                  with_uncertainty=with_uncertainty or interval is not None)
+        if interval is not None:
+            from base.uncertainty import head_calibration, interval_maps, interval_summary
+            heads, h = self.num_domains, out["head"]
+            lo, hi = (self.meta.get("depth_ranges") or [[0.0, float("inf")]] * heads)[h]
+            lower, upper = interval_maps(np.clip(out["depth"], lo, hi), out["uncertainty"],
+                                         head_calibration(self.meta, h, heads), interval)
+            out["interval"] = {"lower": lower, "upper": upper, **interval_summary(self.meta, h, heads, interval)}
+        return out
 
     def head_index(self, domain):
         """The head index of ``domain``: None, an index, a letter or a name of this model's domains;

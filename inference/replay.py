@@ -152,7 +152,7 @@ def frame_statistics(net, letters: str, data_root, cameras=None, max_images=100,
     cam0 = (cameras or [None])[0]
     area = cam0.width * cam0.height if cam0 is not None else SELECT_AREA
     rng = np.random.default_rng(seed)
-    fit, cal = [], []
+    fit, cal, ood_fit, ood_cal = [], [], [], []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for c in letters:
@@ -161,7 +161,7 @@ def frame_statistics(net, letters: str, data_root, cameras=None, max_images=100,
             except (FileNotFoundError, DatasetFormatError, ValueError) as e:
                 raise InputError(f"--replay-root: {e}") from None
             jitter = build_transform(c, train=True)  # the training colour jitter (loaders.JointTransform)
-            mine = ([], [])
+            mine, other = ([], []), ([], [])
             for i, row in enumerate(ds.rows[:max_images]):
                 img = load_rgb(row.image)
                 frames = [to_tensor(v) for v in frame_variants(img, rng)]
@@ -169,8 +169,9 @@ def frame_statistics(net, letters: str, data_root, cameras=None, max_images=100,
                 frames.append(to_tensor(Image.fromarray(
                     (jitter._jitter(jitter._lighting(raw)).clamp(0, 1).permute(1, 2, 0).numpy() * 255
                      ).round().astype(np.uint8))))
-                descs = [descriptor_of(features, x, area).double().cpu() for x in frames]
-                mine[int(i % holdout == holdout - 1)].extend(descs)
+                pairs = [descriptor_of(features, x, area, net) for x in frames]
+                mine[int(i % holdout == holdout - 1)].extend(d.double().cpu() for d, _ in pairs)
+                other[int(i % holdout == holdout - 1)].extend(o.double().cpu() for _, o in pairs)
                 if progress is not None:
                     progress.update(1)
             if not mine[0] or not mine[1]:
@@ -182,8 +183,10 @@ def frame_statistics(net, letters: str, data_root, cameras=None, max_images=100,
                                  f"frame statistics (held-out calibration), {used} used{cut}")
             fit.append(torch.cat(mine[0]))
             cal.append(torch.cat(mine[1]))
+            ood_fit.append(torch.cat(other[0]))
+            ood_cal.append(torch.cat(other[1]))
     net.train(was_training)
-    return fit_frame_statistics(fit, cal, area)
+    return fit_frame_statistics(fit, cal, area, ood=(ood_fit, ood_cal))
 
 
 def add_frame_statistics(checkpoint, out, data_root, order=None, max_images=100, seed=0, quiet=False,

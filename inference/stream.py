@@ -619,7 +619,7 @@ def stream_interval(model, records, level) -> dict:
     widths = [r["interval_width_m"] for r in records if r.get("interval_width_m") is not None]
     return {"coverage": level, "median_width_m": float(np.median(widths)) if widths else None,
             "note": calibration_note(model.predictor.meta, len(model.letters)),
-            "heads": {c: interval_summary(model.predictor.meta, i, len(model.letters), level)
+            "heads": {c: interval_summary(model.predictor.meta, i, len(model.letters), level, model.interval_path)
                       for i, c in enumerate(model.letters)}}
 
 
