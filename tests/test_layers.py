@@ -19,7 +19,7 @@ LAYERS = {
         "inference.prototypes", "models.hardware", "models.modules", "models.resnet", "models.runtimes",
         "data", "engine", "inference", "evaluation", "cli",  # the packages' __init__ import nothing
         "cli.errors"],
-    1: ["models.net", "models.checkpoint", "models", "models.fast", "loaders", "data.prepare", "data.synthetic",
+    1: ["models.net", "models.checkpoint", "models", "models.fast", "loaders", "data.prepare", "data.recordings", "data.synthetic",
         "engine.options", "engine.processes", "engine.sampling", "engine.model", "evaluation.uncertainty"],
     2: ["inference.predictor", "inference.frames", "inference.export"],
     3: ["evaluation.evaluate", "inference.replay", "inference.images", "inference.stream"],
