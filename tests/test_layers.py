@@ -27,11 +27,11 @@ LAYERS = {
     5: ["cli.test", "cli.test_inference", "cli.train", "cli.prepare_data", "cli.synthetic",
         "study", "study.stats", "study.config", "study.plan", "study.run", "study.evaluate", "study.results",
         "study.figures", "study.report", "study.cli", "study.__main__", "cli.quickstart", "cli.predict",
-        "cli.stream", "cli.export"],
-    6: ["cli.demo"],
+        "cli.stream", "cli.export", "engine.add_domain"],
+    6: ["cli.demo", "cli.add_domain"],
 }
 # Entry scripts: the top; no project module imports them.
-SCRIPTS = ["test", "test_inference", "predict", "train_N", "train_NK", "train_NKS", "quickstart", "demo",
+SCRIPTS = ["test", "test_inference", "predict", "train_N", "train_NK", "train_NKS", "quickstart", "demo", "add_domain",
            "export", "prepare_data", "synthetic"]
 PACKAGES = ("base", "models", "study", "data", "engine", "inference", "evaluation", "cli")
 # study.py is the entry script of the study/ package; `import study` is the package (a directory
