@@ -21,7 +21,7 @@ LAYERS = {
         "cli.errors"],
     1: ["models.net", "models.checkpoint", "models", "models.fast", "loaders", "data.prepare", "data.recordings", "data.synthetic",
         "engine.options", "engine.processes", "engine.sampling", "engine.model", "evaluation.uncertainty"],
-    2: ["inference.predictor", "inference.frames", "inference.export"],
+    2: ["inference.predictor", "inference.frames", "inference.export", "inference.known_depth"],
     3: ["evaluation.evaluate", "inference.replay", "inference.images", "inference.stream"],
     4: ["cli.options", "engine.stage", "engine.run", "evaluation.matrix", "evaluation.selection"],
     5: ["cli.test", "cli.test_inference", "cli.train", "cli.prepare_data", "cli.synthetic",
