@@ -89,6 +89,9 @@ class AddDomainOptions:
 # ============================================================================ the prior
 def read_prior(options: AddDomainOptions) -> tuple[str, dict]:
     """(the prior's letters, its metadata), its encoder checked against ``options.encoder``."""
+    if not os.path.isfile(options.prior):
+        raise InputError(f"--prior {options.prior}: no such file; expected the checkpoint the new domain is "
+                         f"learned on top of (e.g. runs/NKS.pth.tar from quickstart.py or train_NKS.py)")
     path = check_checkpoint_path(options.prior, "--prior")
     _, meta = read_checkpoint(path)
     letters = checkpoint_letters(meta, path)
@@ -200,9 +203,9 @@ def link_old_domains(letters: str, replay_root: str, data_root: str) -> list[str
 
 # ============================================================================ settings
 def choose_settings(options: AddDomainOptions, prior_meta: dict, n_train: int, device: torch.device) -> dict:
-    """The training settings: the given ones, else chosen. On a CPU: batch 4, about two passes over
-    the new frames, 24 to 64 steps (a few minutes on 2 cores at scale 0.5); on a GPU: batch 8, 20
-    passes, at most 4000 steps. The learning rate, scale, replay buffer and prototype images are the
+    """The training settings: the given ones, else chosen. On a CPU: batch 4, about one and a half
+    passes over the new frames, 24 to 48 steps (a few minutes on 2 cores at scale 0.5); on a GPU:
+    batch 8, 20 passes, at most 4000 steps. The learning rate, scale, replay buffer and prototype images are the
     prior's (what its old heads were trained and described with)."""
     prior = prior_meta.get("options") if isinstance(prior_meta.get("options"), dict) else {}
     cuda = device.type == "cuda"
@@ -212,8 +215,8 @@ def choose_settings(options: AddDomainOptions, prior_meta: dict, n_train: int, d
         raise InputError(f"--src {options.src}: {n_train} training frames ({val} of them held out for "
                          f"validation) are fewer than a batch of {batch}; expected at least {batch + val} "
                          f"frames (record more, or lower --batch-size / --val-images)")
-    passes = 20 if cuda else 2
-    steps = options.steps or int(min(4000 if cuda else 64, max(24, round(passes * (n_train - val) / batch))))
+    passes = 20 if cuda else 1.5
+    steps = options.steps or int(min(4000 if cuda else 48, max(24, round(passes * (n_train - val) / batch))))
     return {"batch_size": batch, "val_images": val, "max_steps": steps,
             "lr": options.lr or float(prior.get("lr") or 1e-4),
             "scale": options.scale or float(prior.get("scale") or 1.0),
