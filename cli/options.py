@@ -145,7 +145,7 @@ def add_protocol_argument(parser: argparse.ArgumentParser, group=None) -> None:
         "--protocol", default="ours", choices=list(PROTOCOLS),
         help="ours: this project's procedure; authors: the released code's, quirks included (every "
              "difference is also an option of its own, and an option given explicitly wins; see "
-             "README 'Where this implementation differs')")
+             "docs/PROTOCOL.md)")
 
 
 def add_eval_arguments(p: argparse.ArgumentParser, g) -> None:

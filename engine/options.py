@@ -41,7 +41,7 @@ AMP_MODES = ("auto", "off", "bf16", "fp16")  # engine.processes.amp_settings
 # help groups of the training commands, in the order --help lists them
 LEARN, DATA, OPTIMISATION, MODEL, RUN = ("what to learn", "data", "optimisation (defaults are the paper's)",
                                          "model", "run")
-PROTOCOL = "protocol (README: 'Where this implementation differs')"
+PROTOCOL = "protocol (docs/PROTOCOL.md)"
 
 FIRST_ORDER_HELP = ("the domain to learn first, a letter: N (NYU-v2), K (KITTI), S (ScanNet) or a custom one "
                     "from <data-root>/domains.json (default {default})")
