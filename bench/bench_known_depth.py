@@ -11,7 +11,8 @@ are added (pixels of the frame with a depth drawn uniformly from the domain's ra
 rejection, checked against the head's calibrated 90 % interval) and the corrected depth is scored
 against the whole frame's ground truth (``evaluation.evaluate.DomainEvaluator``: the domain's cap
 and crop, per-image means). A refused frame ("scale check failed") keeps its prediction and is
-counted. Writes ``<out>/bench_known_depth.json`` and prints the table of docs/BENCHMARKS.md.
+counted. A last row fits the scale to every ground-truth pixel: what a global scale fix can
+reach at best. Writes ``<out>/bench_known_depth.json`` and prints the table of docs/BENCHMARKS.md.
 """
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ def sample(gt, n, outliers, spec, rng):
 
     from inference.known_depth import KnownPoints
     y, x = np.nonzero(gt > 0)
-    pick = rng.choice(y.size, size=n, replace=y.size < n)
+    pick = np.arange(y.size) if n == 0 else rng.choice(y.size, size=n, replace=y.size < n)
     ys, xs, ms = list(y[pick]), list(x[pick]), list(gt[y[pick], x[pick]])
     h, w = gt.shape
     for _ in range(outliers):
@@ -69,7 +70,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     model = Predictor(args.checkpoint, ImageOptions(quiet=True))
-    counts = [int(v) for v in args.points.split(",")]
+    counts = [int(v) for v in args.points.split(",")] + [0]   # 0: every ground-truth pixel (the ceiling)
     load, t0 = os.getloadavg(), time.perf_counter()
     results = {}
 
@@ -92,7 +93,7 @@ def main(argv=None) -> int:
             heads.append(model.letters[r["head"]])
             add(before, r["depth"], gt)
             for n in counts:
-                for k in range(args.draws):
+                for k in range(args.draws if n else 1):
                     rng = np.random.default_rng([i, n, k])
                     pts = sample(gt, n, int(round(args.outlier_fraction * n)), spec, rng)
                     depth, fit = model.correct_scale(r, pts, 0.9)
@@ -104,7 +105,7 @@ def main(argv=None) -> int:
                            "before": {k: float(b[k]) for k in ("abs_rel", "delta1")},
                            "after": {n: {"abs_rel": float(after[n].result()["abs_rel"]),
                                          "delta1": float(after[n].result()["delta1"]),
-                                         "refused": refused[n], "fits": len(heads) * args.draws,
+                                         "refused": refused[n], "fits": len(heads) * (args.draws if n else 1),
                                          "median_factor": float(np.median(factors[n]))} for n in counts}}
     from models.hardware import capability_line
     summary = {"synthetic": True, "checkpoint": args.checkpoint, "cpu": capability_line(), "threads": args.threads,
@@ -119,7 +120,8 @@ def main(argv=None) -> int:
     for letter, r in results.items():
         for n in counts:
             a = r["after"][n]
-            lines.append(f"| {r['domain']} ({letter}), {r['frames']} | {n} (+{int(round(args.outlier_fraction * n))}) | "
+            what = f"{n} (+{int(round(args.outlier_fraction * n))})" if n else "every ground-truth pixel (ceiling)"
+            lines.append(f"| {r['domain']} ({letter}), {r['frames']} | {what} | "
                          f"{r['before']['abs_rel']:.3f} -> {a['abs_rel']:.3f} | {r['before']['delta1']:.3f} -> "
                          f"{a['delta1']:.3f} | {a['refused']}/{a['fits']} |")
     print("\n".join(lines))
