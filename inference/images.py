@@ -28,7 +28,8 @@ from models.checkpoint import check_checkpoint_path, checkpoint_letters, default
 from inference.predictor import DepthPredictor, RuntimeOptions, build_predictor
 from inference.replay import replay_prototypes
 from base.safeio import atomic_write
-from base.uncertainty import calibration_scales, head_calibration, interval_maps
+from base.uncertainty import calibration_scales, head_calibration, interval_maps, spread
+from inference.known_depth import KnownPoints, fit_scale
 
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif")
@@ -489,6 +490,15 @@ class Predictor:
         """The path this predictor's intervals are made on: "frames" (the frame pipeline), or
         "resized" (--size: squeezed to one input; no calibration was measured there)."""
         return "resized" if self.size is not None else "frames"
+
+    def correct_scale(self, r: dict, points: KnownPoints, level: float = 0.9) -> tuple[np.ndarray, dict]:
+        """(depth, fit): ``r``'s depth (a :meth:`run` result) times the robust scale of the known
+        ``points`` (inference/known_depth.py), checked against the head's calibrated ``level``
+        interval; unchanged when the check fails (``fit["ok"]`` False, ``fit["reason"]``)."""
+        unc = r.get("uncertainty")
+        sigma = spread(r["depth"], unc, self.interval_scales[r["head"]]) if unc is not None else None
+        fit = fit_scale(r["depth"], points, sigma, level)
+        return (r["depth"] * np.float32(fit["factor"]) if fit["ok"] else r["depth"]), fit
 
     def __call__(self, img: Image.Image):
         """(depth (H,W) metres, uncertainty (H,W), head index, how chosen) at the image's size."""
