@@ -120,6 +120,16 @@ class StageOptions:
               "to reach the metre range of an outdoor domain (about 20 m for KITTI)", MODEL,
         choices=("auto", "off"))
     proto_images: int = option(200, "images per domain used for the stored domain prototypes", MODEL)
+    frame_images: int | None = option(None, "replay images per domain (5 variants each) of the whole-frame "
+                                            "selector statistics computed at the stage's end; default: "
+                                            "--proto-images, at most 100 (the budget measured in "
+                                            "docs/BENCHMARKS.md; give --proto-images' value for the rule "
+                                            "before the budget)", MODEL)
+    frame_area: int | None = option(None, "at most this many pixels per frame through the trunk for the "
+                                          "whole-frame selector statistics (and so for the queries' "
+                                          "selection input); default 19200 (160x120); 0: the first head's "
+                                          "whole trained frame whatever its size (the rule before the "
+                                          "budget: 428k pixels for a model that learned KITTI first)", MODEL)
     # ---- run
     device: str = option("auto", "where the network runs; auto takes CUDA when available", RUN, choices=DEVICES)
     amp: str = option("auto", "mixed precision of training; auto is bf16 (or fp16 with loss scaling) on CUDA, "
@@ -274,7 +284,9 @@ def check_values(args, specs) -> None:
                 "--batch-size": (args.batch_size, 1), "--grad-accum": (args.grad_accum, 1),
                 "--lr-step": (args.lr_step, 1), "--val-images": (args.val_images, 0),
                 "--workers": (args.workers, 0), "--proto-images": (args.proto_images, 1),
-                "--replay-size": (args.replay_size, 0)}
+                "--replay-size": (args.replay_size, 0),
+                "--frame-images": (getattr(args, "frame_images", None), 5),
+                "--frame-area": (getattr(args, "frame_area", None), 0)}
     for option, (value, low) in at_least.items():
         if value is not None and value < low:
             _fail(option, value, f"an integer >= {low}")
