@@ -136,6 +136,11 @@ class StageOptions:
                               "off (fp32) on a CPU. bf16 on a CPU with native bf16 (AVX512-BF16/AMX) trains "
                               "faster, elsewhere it is emulated and slower; bench/README.md gives the "
                               "measured speed and what it changes", RUN, choices=AMP_MODES)
+    channels_last: str = option("auto", "memory layout of the student's training: on (NHWC, faster oneDNN "
+                                        "convolutions on a CPU; the same arithmetic, rounded in another "
+                                        "order), off (NCHW, the layout before this option); auto: per CPU "
+                                        "kind (models/hardware.py, off on every kind so far), off on CUDA",
+                                RUN, choices=("auto", "on", "off"))
     seed: int = option(0, "seed of weights, data order and augmentation", RUN)
     resume: str | None = option(None, "resume an interrupted stage from its run folder's last.pth.tar (or a "
                                       "path)", RUN, nargs="?", const="auto")

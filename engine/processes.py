@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from base.errors import InputError
 from models.fast import lowp_supported
-from models.hardware import training_precision
+from models.hardware import training_channels_last, training_precision
 
 
 def resolve_device(arg: str) -> torch.device:
@@ -146,6 +146,14 @@ def amp_settings(arg: str, device: torch.device):
     if arg == "bf16" or torch.cuda.is_bf16_supported():  # bf16, or auto on a CUDA GPU with bf16
         return torch.bfloat16, False
     return torch.float16, True  # auto on a CUDA GPU without bf16
+
+
+def channels_last_setting(arg: str, device: torch.device) -> bool:
+    """Whether the student trains in NHWC (channels_last) layout: ``on``/``off``; ``auto`` on a CPU
+    what ``models.hardware.training_channels_last`` says for its kind, NCHW on CUDA (as before)."""
+    if arg == "auto":
+        return device.type == "cpu" and training_channels_last()
+    return arg == "on"
 
 
 def amp_warning(arg: str, device: torch.device) -> str | None:

@@ -22,7 +22,8 @@ from base.domains import get_domain
 from base.errors import InputError
 from engine.model import NoGroundTruth, build_model, init_depth_bias, median_depth, teacher_targets
 from engine.options import STRATEGIES, drop_last, parse_weights, scaled_size
-from engine.processes import Dist, StageInterrupted, StopSignals, amp_settings, seed_everything
+from engine.processes import (Dist, StageInterrupted, StopSignals, amp_settings, channels_last_setting,
+                              seed_everything)
 from base.protocol import DATA as PROTOCOL_DATA
 from base.protocol import TRAINING as PROTOCOL_TRAINING
 from engine.sampling import (CyclingLoader, DomainData, EpochReplayLoader, SeededSamples, StepSampler,
@@ -35,7 +36,7 @@ from loaders import DatasetFormatError, get_loader
 from losses import distillation_loss, uncertainty_depth_loss
 from models import CheckpointError, LifelongDepthNet, save_checkpoint
 from models.checkpoint import _plain, atomic_save, check_finite
-from models.fast import autocast_context
+from models.fast import autocast_context, to_channels_last
 
 
 def fit_uncertainty(net, data, opts, device, amp_dtype=None, progress=None) -> dict:
@@ -123,6 +124,9 @@ class Stage:
         self._plan_terms()
         self._init_fresh_heads(set_bias=opts.init_depth_bias == "auto")
         self.amp_dtype, needs_scaler = amp_settings(opts.amp, ctx.device)
+        self.channels_last = channels_last_setting(getattr(opts, "channels_last", "off"), ctx.device)
+        if self.channels_last:  # before the optimiser and DDP take the parameters
+            to_channels_last(self.net)
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=needs_scaler)
         self.loss = StageLoss(self.net, self.new_head, self.distill_w, self.replay_w, self.replay_heads,
                               bn_all_heads=bool(getattr(opts, "bn_all_heads", False)))
@@ -294,6 +298,9 @@ class Stage:
         replay_batches, distill_w = self.exhausted_replay(replay_batches)
         replay = [(b["image"].to(dev, non_blocking=True), b["depth"].to(dev, non_blocking=True))
                   for b in replay_batches]
+        if self.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last)
+            replay = [(r.contiguous(memory_format=torch.channels_last), d) for r, d in replay]
         with torch.autocast(dev.type, dtype=self.amp_dtype or torch.float32,
                             enabled=self.amp_dtype is not None):
             # targets only: computed without a graph (no_grad, not inference_mode, so the loss may

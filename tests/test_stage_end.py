@@ -1,6 +1,8 @@
 """What a training stage shows and spends outside its steps: the progress bar of a step-limited
 stage, the budget of the whole-frame selector statistics at the stage's end (counted trunk calls
 and pixels, never timings), and the training precision ``--amp auto`` picks per CPU kind."""
+import json
+
 import pytest
 import torch
 
@@ -123,3 +125,34 @@ def test_a_bf16_default_only_lands_where_bf16_is_native(force_cpu, monkeypatch, 
     monkeypatch.setattr(hardware, "TRAINING_PRECISION", {k: "bf16" for k in hardware.TRAINING_PRECISION})
     force_cpu(kind)
     assert processes.amp_settings("auto", torch.device("cpu"))[0] == expected
+
+
+@pytest.mark.parametrize("kind", ["avx2", "avx512", "avx512_bf16", "amx"])
+def test_default_training_layout_per_cpu_kind(force_cpu, kind):
+    """--channels-last auto trains NCHW on every CPU kind so far (the table in models/hardware.py)."""
+    force_cpu(kind)
+    assert hardware.training_channels_last() is False
+    assert processes.channels_last_setting("auto", torch.device("cpu")) is False
+    assert processes.channels_last_setting("on", torch.device("cpu")) is True
+
+
+def test_channels_last_training_is_the_same_arithmetic(synthetic_root, tmp_path):
+    """One step in NHWC layout gives the NCHW step's weights up to rounding, and trains in NHWC."""
+    from models import read_checkpoint
+    states = {}
+    for layout in ("off", "on"):
+        out = train_cli.main("N", "", ["--data-root", str(synthetic_root), "--runs-dir", str(tmp_path / layout),
+                                       "--scale", "0.25", "--batch-size", "4", "--workers", "0", "--val-images", "2",
+                                       "--proto-images", "5", "--encoder", "resnet18", "--max-steps", "1",
+                                       "--channels-last", layout, "--quiet"])
+        states[layout] = read_checkpoint(out)[0]
+    assert states["on"]["E.conv1.weight"].is_contiguous(memory_format=torch.channels_last)
+    assert not states["off"]["E.conv1.weight"].is_contiguous(memory_format=torch.channels_last)
+    # Adam moves every weight by up to ~lr (1e-4) whatever its gradient's size, so where a gradient is
+    # ~0 its rounding may flip the step's sign: at most 2 lr apart, and almost every weight far closer
+    diffs = torch.cat([(a - states["on"][k]).abs().flatten() for k, a in states["off"].items()
+                       if a.is_floating_point() and k.endswith("weight")])
+    assert diffs.max() <= 2.5e-4 and diffs.median() <= 1e-6, (diffs.max(), diffs.median())
+    logs = [json.loads((tmp_path / layout / "N" / "log.jsonl").read_text().splitlines()[0]) for layout in ("off", "on")]
+    assert logs[0]["loss"]["total"] == pytest.approx(logs[1]["loss"]["total"], rel=1e-4)
+    assert logs[0]["val"]["N"]["rmse"] == pytest.approx(logs[1]["val"]["N"]["rmse"], rel=1e-3)
