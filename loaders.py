@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import os
 import random
 import re
@@ -37,12 +36,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
 from base import domains as dom
+from base.images import normalize, scaled
 from base.domains import DomainSpec, get_domain, load_domains_from_root
 from base.errors import InputError
 from base.safeio import read_json
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # AlexNet-style PCA lighting noise on ImageNet statistics (as in the authors' transforms).
 PCA_EIGVAL = torch.tensor([0.2175, 0.0188, 0.0045])
 PCA_EIGVEC = torch.tensor([[-0.5675, 0.7192, 0.4009],
@@ -296,11 +294,6 @@ def _read_split_mat(path: str, key: str) -> List[int]:
 
 
 # ============================================================================ transforms
-def scaled(n: float, scale: float) -> int:
-    """Nearest even integer to n*scale, halves rounded up, at least 2 (keeps crops even)."""
-    return max(2, int(math.floor(n * scale / 2.0 + 0.5)) * 2)
-
-
 def _depth_pil(depth: np.ndarray) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(depth, dtype=np.float32))  # mode "F"
 
@@ -467,9 +460,7 @@ class JointTransform:
         img = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
         if self.train:
             img = self._jitter(self._lighting(img))
-        mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-        std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-        img = (img - mean) / std
+        img = normalize(img)
         d = torch.from_numpy(np.array(depth_img, dtype=np.float32))[None]
         return img, d
 
@@ -610,7 +601,7 @@ class DepthDataset(Dataset):
     rgb_to_depth_size = False    # resize colour to depth size (ScanNet) instead of requiring equality
     line_word = "line"
 
-    def __init__(self, csv_file: Optional[str], data_root: str = "datasets", spec=None, split: str = "train",
+    def __init__(self, csv_file: Optional[str], data_root: str = dom.DEFAULT_DATA_ROOT, spec=None, split: str = "train",
                  train: Optional[bool] = None, scale: float = 1.0, transform=None, check_files: bool = True,
                  full_frame: bool = False, rows: Optional[List[Row]] = None, scannet_resize: str = "twice",
                  nyu_rotation: str = "bilinear"):
@@ -813,7 +804,7 @@ def _require_root(data_root: str) -> None:
             f"`python synthetic.py --out {data_root}` (synthetic stand-in data)")
 
 
-def get_dataset(domain, split: str, data_root: str = "datasets", train: Optional[bool] = None,
+def get_dataset(domain, split: str, data_root: str = dom.DEFAULT_DATA_ROOT, train: Optional[bool] = None,
                 scale: float = 1.0, *, full_frame: bool = False, check_files: bool = True,
                 transform=None, scannet_resize: str = "twice", nyu_rotation: str = "bilinear") -> DepthDataset:
     """Dataset of one domain and split ("train" | "test" | "replay").

@@ -4,7 +4,7 @@
 ``train_NK.py`` / ``train_NKS.py`` / ``test.py`` / ``test_inference.py``) including its quirks.
 Every difference is also an option of its own; an option given on the command line always wins
 over the protocol's value, so ``--protocol authors --drop-last`` is the authors' procedure with
-only the last batch dropped. README "Where this implementation differs" lists what each does and
+only the last batch dropped. docs/PROTOCOL.md lists what each does and
 what it changes.
 
 Options and their values under each protocol (the key is the option's attribute name):

@@ -226,7 +226,7 @@ def calibration_note(meta: dict, heads: int) -> str | None:
     record = (meta or {}).get(CALIBRATION_KEY)
     if not record:
         return ("note: this checkpoint stores no uncertainty calibration (made before it existed): "
-                "intervals use scale 1 (uncalibrated); fit one with test.py --calibrate OUT")
+                "intervals use scale 1 (uncalibrated); fit one with test.py --calibrate-into DIR")
     if len(record.get("scales") or []) != heads:
         return f"note: the stored uncertainty calibration does not fit {heads} head(s): scale 1 (uncalibrated)"
     missing = [d["domain"] for d, ok in zip(record.get("validation", []), record.get("fitted", [])) if not ok]

@@ -37,7 +37,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from inference import images as P  # noqa: E402
-from inference import stream as S  # noqa: E402
+from base.images import DEPTH_CMAP, UNCERTAINTY_CMAP  # noqa: E402
 from base.uncertainty import interval_summary, median_width  # noqa: E402
 from cli.errors import CLIError, run_command  # noqa: E402
 from cli.options import (HelpFormatter, add_checkpoint_arguments, add_device_argument, checked_type,  # noqa: E402
@@ -45,7 +45,7 @@ from cli.options import (HelpFormatter, add_checkpoint_arguments, add_device_arg
 
 AUTO = "auto (nearest prototype)"
 DEMO_INTERVAL = 0.9  # the central coverage whose width the page shows
-DEFAULT_CHECKPOINT = "runs/quickstart/NKS.pth.tar"
+DEMO_CHECKPOINT = "runs/quickstart/NKS.pth.tar"  # the quickstart's model: what a fresh clone has
 DEFAULT_MAX_MODELS = 2
 # Per request: the pixel cap (read from the header before decoding) and the upload size. Measured:
 # a 16 M-pixel request took the server from 0.7 to 3.4 GB (~170 bytes per pixel: prediction,
@@ -151,13 +151,13 @@ def infer(models: Models, image, checkpoint: str, head_choice: str, workdir: Pat
     workdir.mkdir(parents=True, exist_ok=True)
     fd, depth_png = tempfile.mkstemp(suffix="_depth.png", dir=workdir)
     os.close(fd)
-    P.save_colormap(depth_png, depth, "depth [m]", S.DEPTH_CMAP)
+    P.save_colormap(depth_png, depth, "depth [m]", DEPTH_CMAP)
     unc_png = None
     if r["uncertainty"] is not None:
         fd, unc_png = tempfile.mkstemp(suffix="_uncertainty.png", dir=workdir)
         os.close(fd)
         lower, upper = model.interval(depth, r["uncertainty"], head, DEMO_INTERVAL)
-        P.save_colormap(unc_png, upper - lower, f"{DEMO_INTERVAL:.0%} interval width [m]", "viridis")
+        P.save_colormap(unc_png, upper - lower, f"{DEMO_INTERVAL:.0%} interval width [m]", UNCERTAINTY_CMAP)
     letter = model.letters[head]
     how = "forced" if r["how"] == "given" else "nearest prototype"
     text = (f"{get_domain(letter).name} ({letter}), {how}; depth {float(depth.min()):.2f}-"
@@ -335,7 +335,7 @@ def build_parser():
                                 formatter_class=HelpFormatter)
     add_checkpoint_arguments(p, "the checkpoint shown first (project format; an authors' file needs --order)",
                              "learning order naming the heads of an authors' --checkpoint, e.g. NKS",
-                             default=DEFAULT_CHECKPOINT)
+                             default=DEMO_CHECKPOINT)
     p.add_argument("--replay-root", default=None,
                    help="compute --checkpoint's prototypes from this data root's replay rows (for files without them)")
     p.add_argument("--runs-dir", default="runs", help="other project checkpoints offered in the menu are found here")

@@ -20,6 +20,7 @@ from base.domains import load_domains_from_root, parse_order
 from base.errors import InputError
 from evaluation.evaluate import CROP_CHOICES, FULL_FRAME_CHOICES, EvalOptions
 from inference.predictor import RuntimeOptions
+from models.fast import PRECISIONS
 from models.runtimes import AUTO, BACKENDS
 from cli.errors import CLIError
 from engine.options import AMP_MODES, DEVICES, StageOptions
@@ -36,8 +37,6 @@ def help_of(settings, name: str) -> str:
     """The help text of field ``name`` of a settings dataclass (its one home)."""
     return next(f for f in dataclasses.fields(settings) if f.name == name).metadata["help"]
 
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 DEVICE_HELP = help_of(StageOptions, "device")
@@ -119,8 +118,15 @@ def runtime_options(args) -> RuntimeOptions:
             raise CLIError(f"--predictor-option {item!r}: expected KEY=VALUE")
         key, value = item.split("=", 1)
         extra[key.strip()] = _parse_value(value.strip())
-    return RuntimeOptions(fast=not getattr(args, "no_fast", False), precision=getattr(args, "precision", "auto"),
-                          backend=getattr(args, "backend", AUTO), extra=extra)
+    exact = hasattr(args, "protocol") and protocol_value(evaluation_protocol(args), "exact")
+    return RuntimeOptions(fast=not (getattr(args, "no_fast", False) or exact),
+                          precision=getattr(args, "precision", "auto"), backend=getattr(args, "backend", AUTO),
+                          extra=extra)
+
+
+def evaluation_protocol(args) -> str:
+    """The protocol whose evaluation conventions apply: --authors-eval is the authors' evaluation."""
+    return "authors" if getattr(args, "authors_eval", False) else args.protocol
 
 
 def register_custom_domains(data_root) -> None:
@@ -145,7 +151,7 @@ def add_protocol_argument(parser: argparse.ArgumentParser, group=None) -> None:
         "--protocol", default="ours", choices=list(PROTOCOLS),
         help="ours: this project's procedure; authors: the released code's, quirks included (every "
              "difference is also an option of its own, and an option given explicitly wins; see "
-             "README 'Where this implementation differs')")
+             "docs/PROTOCOL.md)")
 
 
 def add_eval_arguments(p: argparse.ArgumentParser, g) -> None:
@@ -185,10 +191,8 @@ def parse_size(text: str, what="--size") -> tuple[int, int]:
 def eval_options(args) -> EvalOptions:
     """The evaluation options of test.py / test_inference.py as settings: the protocol's values
     filled in (--authors-eval: the authors' evaluation), explicit options win, sizes checked. The
-    protocol's plain float32 forward ("exact") turns the fast path off (``args.no_fast``)."""
-    protocol = "authors" if args.authors_eval else args.protocol
-    if protocol_value(protocol, "exact"):
-        args.no_fast = True
+    protocol's plain float32 forward ("exact") is :func:`runtime_options`' (the fast path off)."""
+    protocol = evaluation_protocol(args)
     names = [f.name for f in dataclasses.fields(EvalOptions)]
     return EvalOptions(**{k: getattr(args, k) for k in names}).resolved(protocol)
 

@@ -54,6 +54,7 @@ from cli.options import (HelpFormatter, add_checkpoint_arguments, add_runtime_ar
                          add_selector_arguments, checked_type, help_of, parse_letters, parse_size,
                          resolve_device, runtime_options)
 from base.domains import get_domain
+from base.images import DEPTH_CMAP, UNCERTAINTY_CMAP
 from base.safeio import write_json
 from inference.predictor import predictor_settings
 from inference.images import (PNG16_MAX_M, ImageOptions, Predictor, collect_inputs, intrinsics_for, make_out_dir,
@@ -174,8 +175,7 @@ def predict_command(argv) -> int:
             r = model.run(img, camera=model.camera_of(f))
             depth, unc, head, how = r["depth"], r["uncertainty"], r["head"], r["how"]
             if not args.no_clamp:
-                lo, hi = model.ranges[head]
-                depth = np.clip(depth, lo, hi)
+                depth = model.clamp(depth, head)
             seconds = time.perf_counter() - t0
             stem = stems[f]
             stem.parent.mkdir(parents=True, exist_ok=True)
@@ -198,12 +198,12 @@ def predict_command(argv) -> int:
             letter = model.letters[head]
             if not args.no_plots:
                 p = Path(f"{stem}_depth_color.png")
-                save_colormap(p, depth, "depth [m]", "magma_r", vmin=0.0 if args.max_depth else None,
+                save_colormap(p, depth, "depth [m]", DEPTH_CMAP, vmin=0.0 if args.max_depth else None,
                               vmax=args.max_depth)
                 written.append(p)
                 if unc is not None:
                     p = Path(f"{stem}_uncertainty.png")
-                    save_colormap(p, unc, "uncertainty (log-variance)", "viridis")
+                    save_colormap(p, unc, "uncertainty (log-variance)", UNCERTAINTY_CMAP)
                     written.append(p)
             ply_note = ""
             if args.ply:

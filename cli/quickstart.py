@@ -194,7 +194,7 @@ def make_data(root: Path, s: dict, args, say) -> str:
     return "generated"
 
 
-def train_stage(k: int, s: dict, args, out: Path, root: Path) -> str:
+def learn_stage(k: int, s: dict, args, out: Path, root: Path) -> str:
     """Stage ``k`` of ORDER at the quickstart's settings (what train_N/NK/NKS.py would run)."""
     from cli import train
     letters = ORDER[:k]
@@ -413,7 +413,7 @@ def main(argv=None) -> dict:
     say(f"machine: {capability_line()}; every time below is measured here, in this run")
     data_state = step("data", make_data, root, s, args, say)
     for k in range(1, len(ORDER) + 1):
-        step(f"train {ORDER[:k]}", train_stage, k, s, args, out, root)
+        step(f"train {ORDER[:k]}", learn_stage, k, s, args, out, root)
     matrix = step("evaluate matrix", evaluate_stages, s, args, out, root)
     infer = step("evaluate selection + latency", evaluate_heads, s, args, out, root)
     bar.set_postfix_str("now: report")

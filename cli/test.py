@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from base.domains import get_domain
+from base.domains import DEFAULT_DATA_ROOT, get_domain
 from evaluation.evaluate import describe_predictor, describe_settings, evaluate_checkpoint, stage_paths
 from evaluation.matrix import DEFAULT_MATRIX_METRICS, evaluate_matrix, table_rows, uncertainty_rows
 from metrics import METRIC_NAMES, format_table
@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluated (default: the checkpoint's)")
     g.add_argument("--domains", default=None,
                    help="evaluate only these learned domains, e.g. NK (default: all learned)")
-    g.add_argument("--data-root", default="datasets",
+    g.add_argument("--data-root", default=DEFAULT_DATA_ROOT,
                    help="folder with the test index CSVs (datasets/synthetic for the synthetic data)")
     g.add_argument("--max-images", type=int, default=None,
                    help="evaluate only the first N test images of each domain (quick runs)")
@@ -93,6 +93,7 @@ def calibrate_copy(path, out_dir, args, device, order=None) -> Path:
     """A copy of checkpoint ``path`` in ``out_dir`` with every head's uncertainty scale fitted on
     the validation rows its training held out of ``--data-root`` (the stored training options
     name them: --val-images, --val-seed, --scale); the original is never written."""
+    from engine.options import StageOptions
     from engine.sampling import DomainData  # the validation split is the engine's (split_validation)
     from engine.stage import fit_uncertainty
     check_checkpoint_path(path)
@@ -104,7 +105,7 @@ def calibrate_copy(path, out_dir, args, device, order=None) -> Path:
     if not isinstance(stored, dict) or "val_images" not in stored:
         raise CLIError(f"{str(path)!r} stores no training options (an authors' or older file), so its "
                        f"validation rows are unknown; --calibrate-into needs a checkpoint of this project")
-    opts = argparse.Namespace(**dict(stored, data_root=str(args.data_root), workers=0))
+    opts = StageOptions.from_record(stored, data_root=str(args.data_root), workers=0)
     try:
         data = [DomainData(get_domain(c), opts) for c in opts.order]
     except (OSError, ValueError) as e:

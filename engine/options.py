@@ -15,9 +15,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from base.domains import load_domains_from_root, parse_order, run_name
+from base.domains import DEFAULT_DATA_ROOT, load_domains_from_root, parse_order, run_name
 from base.errors import InputError
-from loaders import rendered_scale_hint, scaled
+from base.images import scaled_size
+from loaders import rendered_scale_hint
 from models.resnet import ENCODERS
 from base.protocol import DATA as PROTOCOL_DATA
 from base.protocol import PROTOCOLS
@@ -41,7 +42,7 @@ AMP_MODES = ("auto", "off", "bf16", "fp16")  # engine.processes.amp_settings
 # help groups of the training commands, in the order --help lists them
 LEARN, DATA, OPTIMISATION, MODEL, RUN = ("what to learn", "data", "optimisation (defaults are the paper's)",
                                          "model", "run")
-PROTOCOL = "protocol (README: 'Where this implementation differs')"
+PROTOCOL = "protocol (docs/PROTOCOL.md)"
 
 FIRST_ORDER_HELP = ("the domain to learn first, a letter: N (NYU-v2), K (KITTI), S (ScanNet) or a custom one "
                     "from <data-root>/domains.json (default {default})")
@@ -81,7 +82,7 @@ class StageOptions:
     shared_head: bool = option(False, "with --strategy joint: one head for all domains (the single-head "
                                       "baseline)", LEARN)
     # ---- data
-    data_root: str = option("datasets", "folder with the index CSVs (python synthetic.py --out "
+    data_root: str = option(DEFAULT_DATA_ROOT, "folder with the index CSVs (python synthetic.py --out "
                                         "datasets/synthetic makes a synthetic one)", DATA)
     scale: float = option(1.0, "input size factor: 1.0 is the paper's 228x304 (NYU/ScanNet) and 320x480 "
                                "(KITTI); 0.5 suits a CPU", DATA)
@@ -182,6 +183,16 @@ class StageOptions:
                                        "authors' prior (no metadata) then cannot be named")
     run_dir: str | None = resolved(None, "the run folder: --out without .pth.tar")
 
+    @classmethod
+    def from_record(cls, record: dict, **overrides) -> "StageOptions":
+        """The settings a checkpoint or options.json recorded (keys of other versions ignored, missing
+        ones at their defaults, the protocol's options filled in), with ``overrides`` applied."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in dict(record, **overrides).items() if k in names}
+        opts = cls(**values)
+        resolve_protocol(opts, list(PROTOCOL_TRAINING) + list(PROTOCOL_DATA))
+        return opts
+
 
 def option_fields() -> list:
     """The fields of StageOptions that are options (every one but those resolve_options fills)."""
@@ -212,12 +223,11 @@ def as_argv(options: StageOptions, names) -> list[str]:
 
 def data_options(opts) -> dict:
     """The protocol's data options for get_dataset."""
-    return {"scannet_resize": getattr(opts, "scannet_resize", None) or "twice",
-            "nyu_rotation": getattr(opts, "nyu_rotation", None) or "bilinear"}
+    return {"scannet_resize": opts.scannet_resize or "twice", "nyu_rotation": opts.nyu_rotation or "bilinear"}
 
 
 def drop_last(opts) -> bool:
-    return getattr(opts, "drop_last", None) is not False
+    return opts.drop_last is not False
 
 
 def parse_weights(text: str, n: int) -> list[float]:
@@ -225,11 +235,6 @@ def parse_weights(text: str, n: int) -> list[float]:
     if not values:
         raise ValueError(f"no weights in {text!r}")
     return [values[min(j, len(values) - 1)] for j in range(n)]
-
-
-def scaled_size(size, scale: float):
-    """Network input (H, W) of a domain at a --scale, rounded as the transforms round it."""
-    return tuple(scaled(n, scale) for n in size)
 
 
 def order_specs(opts) -> list:
@@ -290,8 +295,8 @@ def check_values(args, specs) -> None:
                 "--lr-step": (args.lr_step, 1), "--val-images": (args.val_images, 0),
                 "--workers": (args.workers, 0), "--proto-images": (args.proto_images, 1),
                 "--replay-size": (args.replay_size, 0),
-                "--frame-images": (getattr(args, "frame_images", None), 5),
-                "--frame-area": (getattr(args, "frame_area", None), 0)}
+                "--frame-images": (args.frame_images, 5),
+                "--frame-area": (args.frame_area, 0)}
     for option, (value, low) in at_least.items():
         if value is not None and value < low:
             _fail(option, value, f"an integer >= {low}")

@@ -21,7 +21,8 @@ from tqdm import tqdm
 from base.domains import get_domain
 from base.errors import InputError
 from engine.model import NoGroundTruth, build_model, init_depth_bias, median_depth, teacher_targets
-from engine.options import STRATEGIES, drop_last, parse_weights, scaled_size
+from base.images import scaled_size
+from engine.options import STRATEGIES, drop_last, parse_weights
 from engine.processes import (Dist, StageInterrupted, StopSignals, amp_settings, channels_last_setting,
                               seed_everything)
 from base.protocol import DATA as PROTOCOL_DATA
@@ -52,7 +53,7 @@ def fit_uncertainty(net, data, opts, device, amp_dtype=None, progress=None) -> d
     def loaders(domains):
         return [get_loader(d.val, batch_size=opts.batch_size, workers=0, device=device.type)
                 for d in domains if d.val is not None]
-    groups = [data] if getattr(opts, "shared_head", False) else [[d] for d in data]
+    groups = [data] if opts.shared_head else [[d] for d in data]
     heads = [{"domain": "+".join(d.spec.name for d in g), "loaders": loaders(g),
               "rules": (g[0].spec.min_depth, max(d.spec.max_depth for d in g),
                         g[0].spec.eval_crop if len(g) == 1 else "none")} for g in groups]
@@ -124,12 +125,12 @@ class Stage:
         self._plan_terms()
         self._init_fresh_heads(set_bias=opts.init_depth_bias == "auto")
         self.amp_dtype, needs_scaler = amp_settings(opts.amp, ctx.device)
-        self.channels_last = channels_last_setting(getattr(opts, "channels_last", "off"), ctx.device)
+        self.channels_last = channels_last_setting(opts.channels_last, ctx.device)
         if self.channels_last:  # before the optimiser and DDP take the parameters
             to_channels_last(self.net)
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=needs_scaler)
         self.loss = StageLoss(self.net, self.new_head, self.distill_w, self.replay_w, self.replay_heads,
-                              bn_all_heads=bool(getattr(opts, "bn_all_heads", False)))
+                              bn_all_heads=bool(opts.bn_all_heads))
         self.step_module = self.loss
         if ctx.world > 1:
             ids = [ctx.device.index] if ctx.device.type == "cuda" else None
@@ -175,7 +176,7 @@ class Stage:
             fresh = {i: [d.train_full] for i, d in enumerate(self.data)}
         else:
             fresh = {self.new_head: [self.data[-1].train_full]}
-            if getattr(self.opts, "reinit_old_heads", False):  # re-initialised old heads are fresh too
+            if self.opts.reinit_old_heads:  # re-initialised old heads are fresh too
                 fresh.update({j: [self.data[j].train_full] for j in range(self.new_head)})
         for head, sets in fresh.items():
             try:
@@ -494,7 +495,7 @@ class Stage:
         if main_sampler.steps_per_epoch() == 0:
             raise InputError(f"{len(self.data[self.main_domain].train)} training images are "
                              f"too few for batch size {opts.batch_size}")
-        exhaust = getattr(opts, "replay_exhaust", None) == "authors" and opts.strategy != "joint"
+        exhaust = opts.replay_exhaust == "authors" and opts.strategy != "joint"
         replay_class = EpochReplayLoader if exhaust else CyclingLoader
         replays = [replay_class(ds, opts, ctx, salt=k + 1) for k, ds in enumerate(self.replay_sets)]
         for replay in replays:
@@ -549,7 +550,7 @@ class Stage:
         """Replay images per domain of the ``frames`` statistics: --frame-images, or the budget
         (inference.replay.FRAME_IMAGES) where --proto-images is larger."""
         from inference.replay import FRAME_IMAGES
-        n = getattr(self.opts, "frame_images", None)
+        n = self.opts.frame_images
         return int(n) if n else min(self.opts.proto_images, FRAME_IMAGES)
 
     def frame_statistics(self):
@@ -561,7 +562,7 @@ class Stage:
         from inference.replay import FRAME_AREA
         mode = self.net.training
         n = self.frame_images()
-        area = getattr(self.opts, "frame_area", None)
+        area = self.opts.frame_area
         bar = self.end_bar("frame statistics", n * len(self.specs))
         try:  # on the default inference path: the features a query gets (and 2-4x faster on a CPU)
             return frame_statistics(DepthPredictor(self.net, device=self.ctx.device),
@@ -591,8 +592,8 @@ def describe(opts, stage: Stage, ctx: Dist) -> str:
 def protocol_note(opts) -> str:
     """'; protocol X: the options that differ from ours', or '' for a plain ours run."""
     ours = {k: v[0] for k, v in {**PROTOCOL_TRAINING, **PROTOCOL_DATA}.items()}
-    changed = [f"{k.replace('_', '-')}={getattr(opts, k)}" for k in ours if getattr(opts, k, ours[k]) != ours[k]]
-    protocol = getattr(opts, "protocol", "ours")
+    changed = [f"{k.replace('_', '-')}={getattr(opts, k)}" for k in ours if getattr(opts, k) != ours[k]]
+    protocol = opts.protocol
     if protocol == "ours" and not changed:
         return ""
     return f"; protocol {protocol}" + (f" ({', '.join(changed)})" if changed else "")

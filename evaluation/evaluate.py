@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import Subset
 from tqdm import tqdm
 
-from base.domains import get_domain, run_name
+from base.domains import DEFAULT_DATA_ROOT, get_domain, run_name
 from base.errors import InputError
 from base.protocol import EVALUATION as PROTOCOL_EVALUATION
 from base.protocol import resolve as resolve_protocol
@@ -49,7 +49,7 @@ def _help(text: str) -> dict:
 class EvalOptions:
     """A checkpoint evaluation's data options and scoring rules. The rules left at None are the
     protocol's (``base/protocol.py``; :meth:`resolved` fills them, explicit values win)."""
-    data_root: str = "datasets"
+    data_root: str = DEFAULT_DATA_ROOT
     scale: float | None = None  # None: the checkpoint's training scale
     max_images: int | None = None  # None: every test image
     full_frame: str | None = field(default=None, metadata=_help(

@@ -52,13 +52,12 @@ import torch
 from torch import nn
 
 from base.errors import InputError
+from base.images import IMAGENET_MEAN, IMAGENET_STD
 from models.fast import inference_copy, resolve_precision, trace_module
 from base.safeio import atomic_write
 from inference.prototypes import map_distance, pooled_descriptor, pooled_descriptor_nhwc, pooled_distances
 
 META_FILE = "meta.json"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -44,7 +44,8 @@ from PIL import Image
 from base.domains import CAMERAS, get_domain
 from base.safeio import read_json
 from inference.prototypes import LDA_SHRINK, fit_lda, lda_distances, pooled_descriptor
-from loaders import IMAGENET_MEAN, IMAGENET_STD, build_transform, get_dataset
+from base.images import image_tensor
+from loaders import build_transform, get_dataset
 from losses import upsample_to
 
 MAX_PIXELS = 2_400_000  # larger network inputs are downscaled (the focal ratio goes into the depth)
@@ -238,11 +239,7 @@ def plan_frame(width: int, height: int, frame_cam: Camera, head_cam: Camera | No
 
 def to_tensor(img) -> torch.Tensor:
     """(1,3,H,W) ImageNet-normalised float32 of a PIL image or an (H,W,3) uint8 array."""
-    a = np.asarray(img, dtype=np.float32) / 255.0
-    x = torch.from_numpy(a).permute(2, 0, 1)[None]
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return (x - mean) / std
+    return image_tensor(img)
 
 
 def resized(x: torch.Tensor, h: int, w: int) -> torch.Tensor:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from base.domains import CAMERAS, get_domain
+from base.images import normalize
 from loaders import load_rgb
 from losses import upsample_to
 from base.errors import InputError
@@ -33,10 +34,6 @@ from base.uncertainty import calibration_scales, interval_maps
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif")
 
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-
-
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 
@@ -70,9 +67,7 @@ def to_input(img: Image.Image, size) -> torch.Tensor:
     x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
     if tuple(x.shape[-2:]) != tuple(size):
         x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return (x - mean) / std
+    return normalize(x)
 
 
 PNG16_MAX_M = 65.535  # the largest depth a 16-bit millimetre PNG can hold

@@ -16,7 +16,7 @@ from tqdm import tqdm
 from base.errors import InputError
 from loaders import DatasetFormatError, get_dataset, get_loader
 from models import load_checkpoint
-from inference.prototypes import AUTHORS_PROTO_IMAGES, LDA_PASSES, compute_authors_prototypes, compute_lda, compute_prototypes
+from inference.prototypes import DEFAULT_PROTO_IMAGES, AUTHORS_PROTO_IMAGES, LDA_PASSES, compute_authors_prototypes, compute_lda, compute_prototypes
 
 
 def _replay_loaders(letters, replay_root, scale, device, train, batch_size, workers, max_images,
@@ -36,7 +36,7 @@ def _replay_loaders(letters, replay_root, scale, device, train, batch_size, work
     return loaders, total
 
 
-def replay_prototypes(net, letters: str, replay_root, scale, device, proto_images=200, batch_size=8,
+def replay_prototypes(net, letters: str, replay_root, scale, device, proto_images=DEFAULT_PROTO_IMAGES, batch_size=8,
                       workers=0, quiet=False) -> dict:
     """Prototypes of every learned domain from ``replay_root``'s replay rows.
 
@@ -73,7 +73,7 @@ def authors_prototypes(net, letters: str, replay_root, scale, device, seed=0, da
     return maps
 
 
-def lda_prototypes(net, letters: str, replay_root, scale, device, seed=0, proto_images=200, batch_size=8,
+def lda_prototypes(net, letters: str, replay_root, scale, device, seed=0, proto_images=DEFAULT_PROTO_IMAGES, batch_size=8,
                    workers=0, quiet=False) -> dict:
     """The lda selector's statistics (``prototypes.compute_lda``) from ``replay_root``'s replay
     rows under the training transform, augmentations seeded by ``seed``; ``net`` plain float32."""
@@ -96,7 +96,7 @@ def get_loader_subset(loader, n):
     return get_loader(Subset(ds, range(min(n, len(ds)))), batch_size=loader.batch_size)
 
 
-def load_prototypes(net, letters, scale, device, *, data_root, replay_root=None, proto_images=200,
+def load_prototypes(net, letters, scale, device, *, data_root, replay_root=None, proto_images=DEFAULT_PROTO_IMAGES,
                     batch_size=8, workers=0, seed=0, data_options=None, need_authors=False,
                     need_lda=False, quiet=False) -> tuple:
     """(prototypes dict, where they came from) of the loaded ``net``: the checkpoint's, or computed

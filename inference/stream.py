@@ -46,6 +46,7 @@ import numpy as np
 import torch
 
 from base.errors import InputError
+from base.images import DEPTH_CMAP
 from base.safeio import write_json
 from inference.predictor import predictor_settings
 from inference.images import DEFAULT_MAX_PIXELS, collect_inputs, make_out_dir, read_rgb, save_png16
@@ -60,7 +61,6 @@ DECISIVE_RATIO = 2.0  # HeadSmoother._decisive. bench/bench_stream.py, quickstar
 # follow 149 of 195 changes of the N,K,S cycle; with ratio 3: 175, ratio 2: 176, 0 wrong switches and
 # the NKSN streams still at 15 switches (15 true), 0 wrong, delay <= 2 frames
 DEFAULT_MARGIN = 0.0  # measured with bench/bench_stream.py: 5 % halves the wrong switches but delays N<->S changes up to 6 frames
-DEPTH_CMAP = "magma_r"  # predict.py's depth colour map
 LABEL_HEIGHT = 22
 
 

@@ -294,7 +294,7 @@ class Report:
                  "stage (re-initialised old heads, all-head BatchNorm statistics, replay stopping when "
                  "exhausted with the weight drop, no dropped last batch, the authors' ScanNet resize, NYU "
                  "rotation and head initialisation; it trains its own first stage); the other rows switch "
-                 "on one difference at a time on top of ours (README 'Where this implementation differs'). "
+                 "on one difference at a time on top of ours (docs/PROTOCOL.md). "
                  "Evaluated with this study's conventions, so only training differs. Differences are "
                  "paired by seed against ours.", "")
         measures = (("final avg AbsRel", lambda a: res.per_seed(a, "final_average", "abs_rel", orders)),

@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Lower numbers are lower layers; a module may import its own layer and the ones below.
 LAYERS = {
-    0: ["base", "base.errors", "base.safeio", "base.protocol", "base.domains", "base.uncertainty", "metrics", "losses",
+    0: ["base", "base.errors", "base.safeio", "base.protocol", "base.domains", "base.uncertainty", "base.images",
+        "metrics", "losses",
         "inference.prototypes", "models.hardware", "models.modules", "models.resnet", "models.runtimes",
         "data", "engine", "inference", "evaluation", "cli",  # the packages' __init__ import nothing
         "cli.errors"],
