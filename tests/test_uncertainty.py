@@ -149,9 +149,9 @@ def stages(synthetic_root, tmp_path_factory):
     runs, seen = tmp_path_factory.mktemp("runs"), []
     real = engine_stage.fit_calibration
 
-    def spy(forward, heads, note=""):
+    def spy(forward, heads, note="", **kw):  # kw: the stage's progress bar
         seen.append([[p for loader in h["loaders"] for b in loader for p in b["path"]] for h in heads])
-        return real(forward, heads, note)
+        return real(forward, heads, note, **kw)
     engine_stage.fit_calibration = spy
     try:
         paths = [train_cli.main(order, "", stage_options(synthetic_root, runs, "--order", order))
