@@ -110,12 +110,13 @@ class UncertaintyEvaluator:
 
 
 @torch.no_grad()
-def fit_calibration(forward, heads: list, note: str = "") -> dict:
+def fit_calibration(forward, heads: list, note: str = "", progress=None) -> dict:
     """One scale per head, fitted (:func:`fit_scale`) on validation rows.
 
     ``forward(images, head) -> (depth, logvar)``; ``heads``: per head, ``{"domain": name,
     "loaders": [validation loaders, or none], "rules": (min_depth, max_depth, crop)}``. A head
-    without validation rows keeps scale 1 (``fitted`` False). Returns the checkpoint record."""
+    without validation rows keeps scale 1 (``fitted`` False). ``progress``: a tqdm bar advanced by
+    the images. Returns the checkpoint record."""
     scales, fitted, per_head = [], [], []
     for head, item in enumerate(heads):
         err, sigma, images = [], [], 0
@@ -128,6 +129,8 @@ def fit_calibration(forward, heads: list, note: str = "") -> dict:
                     err.append(g_valid - p)
                     sigma.append(s)
                     images += 1
+                if progress is not None:  # a tqdm bar, by images
+                    progress.update(len(maps[2]))
         err = np.concatenate(err) if err else np.zeros(0)
         sigma = np.concatenate(sigma) if sigma else np.zeros(0)
         keep = np.isfinite(err) & np.isfinite(sigma) & (sigma > 0)
