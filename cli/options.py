@@ -109,9 +109,10 @@ def _parse_value(text: str):
         return text
 
 
-def runtime_options(args) -> RuntimeOptions:
+def runtime_options(args, measure: bool = False) -> RuntimeOptions:
     """The runtime options of ``args`` (--no-fast, --precision, --backend, --predictor-option
-    KEY=VALUE, the value parsed as JSON when it can be)."""
+    KEY=VALUE, the value parsed as JSON when it can be); ``measure``: ``--backend auto`` chosen by
+    measurement on this machine (``RuntimeOptions.measure``: predict.py)."""
     extra = {}
     for item in getattr(args, "predictor_option", []) or []:
         if "=" not in item:
@@ -121,7 +122,7 @@ def runtime_options(args) -> RuntimeOptions:
     exact = hasattr(args, "protocol") and protocol_value(evaluation_protocol(args), "exact")
     return RuntimeOptions(fast=not (getattr(args, "no_fast", False) or exact),
                           precision=getattr(args, "precision", "auto"), backend=getattr(args, "backend", AUTO),
-                          extra=extra)
+                          extra=extra, measure=measure)
 
 
 def evaluation_protocol(args) -> str:

@@ -18,7 +18,7 @@ from models.checkpoint import check_checkpoint_path, checkpoint_letters
 from base.uncertainty import CALIBRATION_KEY, calibration_note
 from evaluation.uncertainty import reliability_plots
 from evaluation.uncertainty import format_tables as format_uncertainty_tables
-from base.safeio import write_json
+from base.safeio import check_folder, check_report, protect, write_json
 from cli.errors import CLIError, run_command
 from cli.options import (DEFAULT_CHECKPOINT, HelpFormatter, add_eval_arguments,
                          add_checkpoint_arguments, add_runtime_arguments, eval_options, parse_letters,
@@ -232,12 +232,25 @@ def _main(argv=None) -> dict:
     register_custom_domains(args.data_root)
     if args.plots and not (args.uncertainty or args.calibrate_into):
         raise CLIError("--plots draws the uncertainty's reliability; add --uncertainty")
+    check_outputs(args)
     if args.calibrate_into:
         args.uncertainty = True
         calibrate_stages(args, device)
     if args.matrix:
         return run_matrix(args, options, device)
     return run_single(args, options, device)
+
+
+def check_outputs(args) -> None:
+    """Before any evaluation: --json may not replace the checkpoint or a file that is not an earlier
+    report (base.safeio.check_report), --plots must be a folder."""
+    protect(args.checkpoint, "the --checkpoint")
+    if args.json:
+        check_report(args.json)
+    elif not args.matrix:
+        check_report(f"{args.checkpoint}.test.json")
+    if args.plots:
+        check_folder(args.plots, "--plots")
 
 
 def calibrate_stages(args, device) -> None:
