@@ -209,9 +209,9 @@ def stages(synthetic_root, tmp_path_factory):
     runs, seen = tmp_path_factory.mktemp("runs"), []
     real = FC.frames_pixels
 
-    def spy(pipeline, rows, head, depth_range, rules):
+    def spy(pipeline, rows, head, depth_range, rules, **kw):  # kw: the stage's progress bar
         seen[-1].append((head, [str(p) for p, _ in rows]))
-        return real(pipeline, rows, head, depth_range, rules)
+        return real(pipeline, rows, head, depth_range, rules, **kw)
     FC.frames_pixels = spy
     try:
         paths = []
