@@ -42,6 +42,7 @@ class CountingNet(torch.nn.Module):
     def __init__(self):
         super().__init__()
         self.net, self.pixels = make_net(heads=2), []
+        self.E = self.net.E  # the out-of-domain descriptor reads the encoder's first block (same pixels)
 
     def features(self, x):
         self.pixels.append(x.shape[0] * x.shape[-2] * x.shape[-1])
