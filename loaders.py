@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import os
 import random
 import re
@@ -37,12 +36,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
 from base import domains as dom
+from base.images import normalize, scaled
 from base.domains import DomainSpec, get_domain, load_domains_from_root
 from base.errors import InputError
 from base.safeio import read_json
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # AlexNet-style PCA lighting noise on ImageNet statistics (as in the authors' transforms).
 PCA_EIGVAL = torch.tensor([0.2175, 0.0188, 0.0045])
 PCA_EIGVEC = torch.tensor([[-0.5675, 0.7192, 0.4009],
@@ -108,21 +106,83 @@ def load_rgb(path: str, apply_exif: bool = False, max_pixels: Optional[int] = No
     img = _open_image(path, "image", max_pixels, limit_name)
     if apply_exif:
         img = ImageOps.exif_transpose(img)
-    return _to_rgb(img)
+    try:
+        return _to_rgb(img, path)
+    except ValueError as e:  # rgb_array's InputError (NaN pixels ...): a data-format error of the file
+        raise DatasetFormatError(str(e)) from None
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
-    """Convert any PIL mode to RGB without clipping high bit depths."""
+def _to_rgb(img: Image.Image, what: str = "image") -> Image.Image:
+    """Convert any PIL mode to RGB without clipping high bit depths (:func:`rgb_array`'s rules)."""
     if img.mode == "RGB":
         return img
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        a = np.asarray(img).astype(np.float64)
-        peak = 1.0 if (img.mode == "F" and a.max() <= 1.0) else (255.0 if a.max() <= 255 else 65535.0)
-        a8 = np.clip(a / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(np.stack([a8] * 3, axis=-1))
+    if img.mode in HIGH_DEPTH_MODES:
+        return Image.fromarray(rgb_array(img, what))
     if img.mode in ("P", "PA"):
         img = img.convert("RGBA")  # keeps palette transparency information consistent
     return img.convert("RGB")
+
+
+HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I", "F")
+
+
+def rgb_array(image, what: str = "image") -> np.ndarray:
+    """The one input normaliser of a picture: an (H,W,3) uint8 RGB array of a PIL image (any mode)
+    or an array (numpy, or anything ``np.asarray`` takes: a CPU tensor), with one rule per kind:
+
+    - channels: (H,W) or (H,W,1) grey is replicated, (H,W,3) is RGB, (H,W,4) RGBA loses its alpha;
+      channels first ((3,H,W)) and anything else are refused;
+    - uint8: as is; uint16 (and PIL's I;16 modes): the full 16-bit range (v / 257);
+    - other integers (PIL mode I): 8-bit when every value is <= 255, else 16-bit up to 65535;
+    - floats (PIL mode F): [0, 1] when every value is <= 1, else [0, 255] up to 255; NaN,
+      infinite or negative values are refused (never read as black); so is a float above 255;
+    - bool and other kinds are refused.
+    InputError names ``what`` and the rule it broke."""
+    from base.errors import InputError
+    if isinstance(image, Image.Image):
+        if image.mode not in HIGH_DEPTH_MODES:
+            return np.asarray(_to_rgb(image, what))
+        a = np.asarray(image)
+        if image.mode.startswith("I;16"):
+            a = a.astype(np.uint16)
+    else:
+        try:
+            a = np.asarray(image.detach().cpu() if hasattr(image, "detach") else image)
+        except (TypeError, ValueError) as e:
+            raise InputError(f"{what}: expected a PIL image or an (H,W,3) array ({e})") from None
+    if a.ndim == 3 and a.shape[-1] == 1:
+        a = a[..., 0]
+    if a.ndim == 3 and a.shape[-1] not in (3, 4) and a.shape[0] in (1, 3, 4):
+        raise InputError(f"{what}: shape {a.shape} looks channels-first; expected (H, W, 3) (numpy "
+                         f"a.transpose(1, 2, 0), torch t.permute(1, 2, 0))")
+    if not (a.ndim == 2 or (a.ndim == 3 and a.shape[-1] in (3, 4))) or min(a.shape[:2] or (0,)) < 1:
+        raise InputError(f"{what}: shape {a.shape}; expected (H, W) grey, (H, W, 3) RGB or (H, W, 4) RGBA")
+    if a.ndim == 3 and a.shape[-1] == 4:
+        a = a[..., :3]
+    if a.dtype == np.uint8:
+        out = a
+    elif a.dtype == np.uint16:
+        out = (a.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
+    elif np.issubdtype(a.dtype, np.integer):
+        lo, hi = int(a.min()), int(a.max())
+        if lo < 0 or hi > 65535:
+            raise InputError(f"{what}: integer values {lo}..{hi}; expected 0..255 (8-bit) or 0..65535 (16-bit)")
+        out = a.astype(np.uint8) if hi <= 255 else (a.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
+    elif np.issubdtype(a.dtype, np.floating):
+        f = a.astype(np.float32, copy=False)
+        if not np.isfinite(f).all():
+            raise InputError(f"{what}: {int(np.count_nonzero(~np.isfinite(f)))} NaN or infinite pixel value(s); "
+                             f"expected finite intensities (float: 0..1, or 0..255)")
+        lo, hi = float(f.min()), float(f.max())
+        if lo < 0 or hi > 255:
+            raise InputError(f"{what}: float values {lo:g}..{hi:g}; expected 0..1 (or 0..255)")
+        peak = 1.0 if hi <= 1.0 else 255.0
+        out = np.clip(f * (255.0 / peak) + 0.5, 0, 255).astype(np.uint8)
+    else:
+        raise InputError(f"{what}: pixel type {a.dtype}; expected uint8, uint16, integers or floats")
+    if out.ndim == 2:
+        out = np.repeat(out[..., None], 3, axis=-1)
+    return np.ascontiguousarray(out)
 
 
 def _png_depth_array(img: Image.Image, bits: Optional[int], path: str, what: str) -> np.ndarray:
@@ -296,11 +356,6 @@ def _read_split_mat(path: str, key: str) -> List[int]:
 
 
 # ============================================================================ transforms
-def scaled(n: float, scale: float) -> int:
-    """Nearest even integer to n*scale, halves rounded up, at least 2 (keeps crops even)."""
-    return max(2, int(math.floor(n * scale / 2.0 + 0.5)) * 2)
-
-
 def _depth_pil(depth: np.ndarray) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(depth, dtype=np.float32))  # mode "F"
 
@@ -467,9 +522,7 @@ class JointTransform:
         img = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
         if self.train:
             img = self._jitter(self._lighting(img))
-        mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-        std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-        img = (img - mean) / std
+        img = normalize(img)
         d = torch.from_numpy(np.array(depth_img, dtype=np.float32))[None]
         return img, d
 
@@ -610,7 +663,7 @@ class DepthDataset(Dataset):
     rgb_to_depth_size = False    # resize colour to depth size (ScanNet) instead of requiring equality
     line_word = "line"
 
-    def __init__(self, csv_file: Optional[str], data_root: str = "datasets", spec=None, split: str = "train",
+    def __init__(self, csv_file: Optional[str], data_root: str = dom.DEFAULT_DATA_ROOT, spec=None, split: str = "train",
                  train: Optional[bool] = None, scale: float = 1.0, transform=None, check_files: bool = True,
                  full_frame: bool = False, rows: Optional[List[Row]] = None, scannet_resize: str = "twice",
                  nyu_rotation: str = "bilinear"):
@@ -813,7 +866,7 @@ def _require_root(data_root: str) -> None:
             f"`python synthetic.py --out {data_root}` (synthetic stand-in data)")
 
 
-def get_dataset(domain, split: str, data_root: str = "datasets", train: Optional[bool] = None,
+def get_dataset(domain, split: str, data_root: str = dom.DEFAULT_DATA_ROOT, train: Optional[bool] = None,
                 scale: float = 1.0, *, full_frame: bool = False, check_files: bool = True,
                 transform=None, scannet_resize: str = "twice", nyu_rotation: str = "bilinear") -> DepthDataset:
     """Dataset of one domain and split ("train" | "test" | "replay").

@@ -64,6 +64,8 @@ EVAL_CROPS = ("eigen", "garg", "none")
 ENCODING_KINDS = ("png", "npy", "h5", "mat")
 SPLITS = ("train", "test", "replay")
 DOMAINS_JSON = "domains.json"
+#: Where the index CSVs (and the data they name) are looked for when no --data-root is given.
+DEFAULT_DATA_ROOT = "datasets"
 
 # 16-bit millimetre PNG: the default for custom domains (most RGB-D sensors export this).
 DEFAULT_ENCODING = {"kind": "png", "scale": 0.001, "bits": 16}

@@ -57,6 +57,7 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 
 from inference.predictor import DepthPredictor  # noqa: E402
+from inference.prototypes import DEFAULT_PROTO_IMAGES  # noqa: E402
 from models import LifelongDepthNet  # noqa: E402
 from models import hardware  # noqa: E402
 from models.fast import lowp_supported, prepare_input, resolve_precision  # noqa: E402
@@ -611,7 +612,7 @@ def build_parser():
     p.add_argument("--save-fit", default=None, help="save the fitted network (reuse with --checkpoint)")
     p.add_argument("--scale", type=float, default=1.0, help="input scale of the accuracy test images")
     p.add_argument("--acc-batch", type=int, default=4, help="batch size of the accuracy check")
-    p.add_argument("--proto-images", type=int, default=200, help="images per domain for prototypes")
+    p.add_argument("--proto-images", type=int, default=DEFAULT_PROTO_IMAGES, help="images per domain for prototypes")
     p.add_argument("--quick", action="store_true",
                    help="smoke test: small sizes, 1 and 3 domains, 2 repeats, short fit")
     p.add_argument("--out", default="runs/bench_inference.json", help="write all results as JSON here")

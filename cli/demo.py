@@ -37,7 +37,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from inference import images as P  # noqa: E402
-from inference import stream as S  # noqa: E402
+from base.images import DEPTH_CMAP, UNCERTAINTY_CMAP  # noqa: E402
 from base.uncertainty import interval_summary, median_width  # noqa: E402
 from inference.known_depth import describe_fit, read_known_depth  # noqa: E402
 from cli.errors import CLIError, run_command  # noqa: E402
@@ -46,7 +46,7 @@ from cli.options import (HelpFormatter, add_checkpoint_arguments, add_device_arg
 
 AUTO = "auto (nearest prototype)"
 DEMO_INTERVAL = 0.9  # the central coverage whose width the page shows
-DEFAULT_CHECKPOINT = "runs/quickstart/NKS.pth.tar"
+DEMO_CHECKPOINT = "runs/quickstart/NKS.pth.tar"  # the quickstart's model: what a fresh clone has
 DEFAULT_MAX_MODELS = 2
 # Per request: the pixel cap (read from the header before decoding) and the upload size. Measured:
 # a 16 M-pixel request took the server from 0.7 to 3.4 GB (~170 bytes per pixel: prediction,
@@ -96,8 +96,12 @@ class Models:
             if checkpoint in self.cache:
                 self.cache[checkpoint] = self.cache.pop(checkpoint)  # now the most recent
             else:
+                evicted = False
                 while len(self.cache) >= self.limit:
                     self.cache.pop(next(iter(self.cache)))
+                    evicted = True
+                if evicted:
+                    release_memory()  # the evicted model's memory goes back to the system
                 # what the library refuses is one error line, predict.py's (shown on the page)
                 self.cache[checkpoint] = run_command(self.load, checkpoint)
             return self.cache[checkpoint]
@@ -108,6 +112,84 @@ class Models:
         order = parse_letters(self.args.order, "--order") if self.args.order and first else None
         options = P.ImageOptions(replay_root=self.args.replay_root if first else None, quiet=True)
         return P.Predictor(checkpoint, options, device=resolve_device(self.args.device), order=order)
+
+
+def release_memory() -> None:
+    """Collect what an evicted model left (reference cycles) and return the freed heap to the
+    system (glibc keeps freed memory in its arenas: malloc_trim gives it back)."""
+    import gc
+    gc.collect()
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: the allocator's own policy
+
+
+BODY_LIMIT = 1_000_000  # bytes of a request body outside the upload route (Gradio's JSON calls)
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over ``limit`` bytes on any route but the upload (which
+    Gradio bounds by ``max_file_size``) is answered 413 without being read into memory."""
+
+    def __init__(self, app, limit: int = BODY_LIMIT):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope.get("type") != "http" or "upload" in scope.get("path", ""):
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        try:
+            declared = int(headers.get(b"content-length", b"0"))
+        except ValueError:
+            declared = 0
+        if declared > self.limit:
+            return await self._refuse(send)
+        seen = 0
+
+        async def limited():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise BodyTooLarge
+            return message
+        try:
+            return await self.app(scope, limited, send)
+        except BodyTooLarge:
+            return await self._refuse(send)
+
+    async def _refuse(self, send):
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": b"request body too large"})
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+def check_port(host: str, port: int) -> None:
+    """CLIError (one line) when ``port`` on ``host`` is taken, before a model is loaded."""
+    import socket
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family) as s:
+            s.bind((host, port))
+    except OSError as e:
+        raise CLIError(f"--port {port}: cannot serve on {host}:{port} ({e.strerror or e}; another server "
+                       f"uses it?); choose another --port") from None
+
+
+def on_sigterm(workdir: Path):
+    """SIGTERM (a service manager's stop) ends like Ctrl-C: the exit handlers run and remove the
+    work folder with the users' uploads and results."""
+    import signal
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+    signal.signal(signal.SIGTERM, stop)
 
 
 def head_choices(model) -> list[str]:
@@ -146,8 +228,14 @@ def infer(models: Models, image, checkpoint: str, head_choice: str, workdir: Pat
     from base.domains import get_domain
     model = models.get(checkpoint)
     img = upload_image(image, getattr(models.args, "max_pixels", DEFAULT_DEMO_MAX_PIXELS))
-    forced = None if head_choice in (None, AUTO) else head_choices(model).index(head_choice) - 1
-    r = model.run(img, head=forced, want_distances=True)
+    choices = head_choices(model)
+    if head_choice not in (None, AUTO) and head_choice not in choices:  # a head of the checkpoint shown before
+        raise PageError(f"{checkpoint} has no head {head_choice}; its heads are {', '.join(choices[1:])} "
+                        f"(or {AUTO})")
+    forced = None if head_choice in (None, AUTO) else choices.index(head_choice) - 1
+    # the upload's camera by predict.py's rule (its EXIF focal length): the file, or the API's image
+    camera = model.camera_of(image if isinstance(image, (str, os.PathLike, Image.Image)) else None)
+    r = model.run(img, head=forced, want_distances=True, camera=camera)
     head = r["head"]
     depth = model.clamp(r["depth"], head)
     fit = None
@@ -156,13 +244,13 @@ def infer(models: Models, image, checkpoint: str, head_choice: str, workdir: Pat
     workdir.mkdir(parents=True, exist_ok=True)
     fd, depth_png = tempfile.mkstemp(suffix="_depth.png", dir=workdir)
     os.close(fd)
-    P.save_colormap(depth_png, depth, "depth [m]", S.DEPTH_CMAP)
+    P.save_colormap(depth_png, depth, "depth [m]", DEPTH_CMAP)
     unc_png = None
     if r["uncertainty"] is not None:
         fd, unc_png = tempfile.mkstemp(suffix="_uncertainty.png", dir=workdir)
         os.close(fd)
         lower, upper = model.interval(depth, r["uncertainty"], head, DEMO_INTERVAL)
-        P.save_colormap(unc_png, upper - lower, f"{DEMO_INTERVAL:.0%} interval width [m]", "viridis")
+        P.save_colormap(unc_png, upper - lower, f"{DEMO_INTERVAL:.0%} interval width [m]", UNCERTAINTY_CMAP)
     letter = model.letters[head]
     how = "forced" if r["how"] == "given" else "nearest prototype"
     text = (f"{get_domain(letter).name} ({letter}), {how}; depth {float(depth.min()):.2f}-"
@@ -184,11 +272,10 @@ def infer(models: Models, image, checkpoint: str, head_choice: str, workdir: Pat
 
 
 def interval_text(model, head, lower, upper) -> str:
-    """'; 90 % interval: median width X m (calibrated: Y % of validation pixels inside)'."""
-    s = interval_summary(model.predictor.meta, head, len(model.letters), DEMO_INTERVAL)
-    how = (f"calibrated: {s['validation_coverage']:.0%} of validation pixels inside"
-           if s["calibrated"] and s["validation_coverage"] is not None else "uncalibrated")
-    return f"; {DEMO_INTERVAL:.0%} interval: median width {median_width(lower, upper):.2f} m ({how})"
+    """'; 90 % interval: median width X m (what the interval means, its measured coverage on this
+    path: base.uncertainty.interval_sentence)'."""
+    s = interval_summary(model.predictor.meta, head, len(model.letters), DEMO_INTERVAL, model.interval_path)
+    return f"; {DEMO_INTERVAL:.0%} interval: median width {median_width(lower, upper):.2f} m ({s['meaning']})"
 
 
 def find_checkpoints(first: str, runs_dir: Path) -> list[str]:
@@ -278,14 +365,24 @@ def check_host(args):
             f"(no authentication) and this machine's CPU and memory, one request at a time")
 
 
-def build_app(args):
+def make_workdir() -> Path:
+    """The demo's work folder (results; Gradio's uploads too, unless GRADIO_TEMP_DIR is set), removed
+    at exit, also after SIGTERM."""
     import atexit
     import shutil
+    workdir = Path(tempfile.mkdtemp(prefix="lm_demo_"))
+    atexit.register(shutil.rmtree, workdir, True)  # nothing of ours is left at exit
+    if "GRADIO_TEMP_DIR" not in os.environ:  # read by Gradio at import: the uploads go with the folder
+        os.environ["GRADIO_TEMP_DIR"] = str(workdir / "uploads")
+    on_sigterm(workdir)
+    return workdir
+
+
+def build_app(args, workdir: Path | None = None):
     import gradio as gr
     models = Models(args)
     first = models.get(args.checkpoint)  # fail now, with predict.py's message, if it cannot load
-    workdir = Path(tempfile.mkdtemp(prefix="lm_demo_"))
-    atexit.register(shutil.rmtree, workdir, True)  # nothing of ours is left at exit
+    workdir = workdir or make_workdir()
     checkpoints = find_checkpoints(args.checkpoint, Path(args.runs_dir))
 
     def run(image, checkpoint, head_choice, known_depth=None):
@@ -344,7 +441,7 @@ def build_parser():
                                 formatter_class=HelpFormatter)
     add_checkpoint_arguments(p, "the checkpoint shown first (project format; an authors' file needs --order)",
                              "learning order naming the heads of an authors' --checkpoint, e.g. NKS",
-                             default=DEFAULT_CHECKPOINT)
+                             default=DEMO_CHECKPOINT)
     p.add_argument("--replay-root", default=None,
                    help="compute --checkpoint's prototypes from this data root's replay rows (for files without them)")
     p.add_argument("--runs-dir", default="runs", help="other project checkpoints offered in the menu are found here")
@@ -380,16 +477,23 @@ def main(argv=None) -> int:
         if not value > 0:
             raise CLIError(f"{option} must be positive, got {value}")
     warning = check_host(args)
+    check_port(args.host, args.port)
+    workdir = make_workdir()  # before Gradio is imported: it reads GRADIO_TEMP_DIR then
     try:
         importlib.import_module("gradio")  # installed? (before a model is loaded for nothing)
     except ImportError:
         raise CLIError("the demo needs Gradio: pip install -r requirements-demo.txt") from None
-    app = build_app(args)
+    app = build_app(args, workdir)
     if warning:
         print(warning, file=sys.stderr, flush=True)
     print(f"serving {args.checkpoint} on http://{args.host}:{args.port} (Ctrl-C stops)", flush=True)
-    app.launch(server_name=args.host, server_port=args.port, share=False, inbrowser=False,
-               show_error=True, quiet=True, footer_links=[], max_file_size=f"{int(args.max_upload_mb * 1e6)}b")
+    from starlette.middleware import Middleware
+    try:
+        app.launch(server_name=args.host, server_port=args.port, share=False, inbrowser=False,
+                   show_error=True, quiet=True, footer_links=[], max_file_size=f"{int(args.max_upload_mb * 1e6)}b",
+                   app_kwargs={"middleware": [Middleware(BodyLimit)]})
+    except OSError as e:  # the port taken between the check and the launch
+        raise CLIError(f"--port {args.port}: cannot serve on {args.host}:{args.port} ({e})") from None
     return 0
 
 

@@ -20,6 +20,7 @@ from base.domains import load_domains_from_root, parse_order
 from base.errors import InputError
 from evaluation.evaluate import CROP_CHOICES, FULL_FRAME_CHOICES, EvalOptions
 from inference.predictor import RuntimeOptions
+from models.fast import PRECISIONS
 from models.runtimes import AUTO, BACKENDS
 from cli.errors import CLIError
 from engine.options import AMP_MODES, DEVICES, StageOptions
@@ -36,8 +37,6 @@ def help_of(settings, name: str) -> str:
     """The help text of field ``name`` of a settings dataclass (its one home)."""
     return next(f for f in dataclasses.fields(settings) if f.name == name).metadata["help"]
 
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 DEVICE_HELP = help_of(StageOptions, "device")
@@ -110,17 +109,25 @@ def _parse_value(text: str):
         return text
 
 
-def runtime_options(args) -> RuntimeOptions:
+def runtime_options(args, measure: bool = False) -> RuntimeOptions:
     """The runtime options of ``args`` (--no-fast, --precision, --backend, --predictor-option
-    KEY=VALUE, the value parsed as JSON when it can be)."""
+    KEY=VALUE, the value parsed as JSON when it can be); ``measure``: ``--backend auto`` chosen by
+    measurement on this machine (``RuntimeOptions.measure``: predict.py)."""
     extra = {}
     for item in getattr(args, "predictor_option", []) or []:
         if "=" not in item:
             raise CLIError(f"--predictor-option {item!r}: expected KEY=VALUE")
         key, value = item.split("=", 1)
         extra[key.strip()] = _parse_value(value.strip())
-    return RuntimeOptions(fast=not getattr(args, "no_fast", False), precision=getattr(args, "precision", "auto"),
-                          backend=getattr(args, "backend", AUTO), extra=extra)
+    exact = hasattr(args, "protocol") and protocol_value(evaluation_protocol(args), "exact")
+    return RuntimeOptions(fast=not (getattr(args, "no_fast", False) or exact),
+                          precision=getattr(args, "precision", "auto"), backend=getattr(args, "backend", AUTO),
+                          extra=extra, measure=measure)
+
+
+def evaluation_protocol(args) -> str:
+    """The protocol whose evaluation conventions apply: --authors-eval is the authors' evaluation."""
+    return "authors" if getattr(args, "authors_eval", False) else args.protocol
 
 
 def register_custom_domains(data_root) -> None:
@@ -185,10 +192,8 @@ def parse_size(text: str, what="--size") -> tuple[int, int]:
 def eval_options(args) -> EvalOptions:
     """The evaluation options of test.py / test_inference.py as settings: the protocol's values
     filled in (--authors-eval: the authors' evaluation), explicit options win, sizes checked. The
-    protocol's plain float32 forward ("exact") turns the fast path off (``args.no_fast``)."""
-    protocol = "authors" if args.authors_eval else args.protocol
-    if protocol_value(protocol, "exact"):
-        args.no_fast = True
+    protocol's plain float32 forward ("exact") is :func:`runtime_options`' (the fast path off)."""
+    protocol = evaluation_protocol(args)
     names = [f.name for f in dataclasses.fields(EvalOptions)]
     return EvalOptions(**{k: getattr(args, k) for k in names}).resolved(protocol)
 
@@ -222,7 +227,8 @@ def add_interval_argument(p) -> None:
     p.add_argument("--intervals", default=None, metavar="PERCENT",
                    help="also write the central PERCENT %% interval of every pixel's depth as "
                         "<name>_depth_lower<P>/_upper<P> (.png 16-bit mm and .npy metres), from the "
-                        "predicted uncertainty with the checkpoint's per-domain calibration (scale 1, "
-                        "with a note, for checkpoints without one); predictions.json states the coverage "
-                        "the calibration achieved on validation rows. Streams log each frame's median "
-                        "interval width at this coverage (default 90)")
+                        "predicted uncertainty with the head's calibration fitted on whole frames (scale 1, "
+                        "with a note, for checkpoints without one); predictions.json states what the "
+                        "interval means and the coverage measured on this path (whole frames) for that "
+                        "head, or that none was measured. Streams log each frame's median interval width "
+                        "at this coverage (default 90)")

@@ -13,9 +13,11 @@ For each image ``<name>`` it writes into ``--out``:
 * ``<name>_depth_color.png``: the depth colour-mapped, with a colour bar in metres;
 * ``<name>_uncertainty.png``: the predicted uncertainty (log-variance) colour-mapped, with its bar;
 * ``<name>_depth_lower90.png`` / ``_upper90.png`` (16-bit mm) and ``.npy`` (metres) with
-  ``--intervals 90``: the central 90 % interval of each pixel's depth (evaluation/uncertainty.py: a
-  Gaussian whose spread comes from the predicted log-variance, scaled by the checkpoint's per-domain
-  calibration); predictions.json gives the coverage that calibration achieved on validation rows;
+  ``--intervals 90``: the central 90 % interval of each pixel's depth (base/uncertainty.py: the
+  spread from the predicted log-variance, under the head's calibration fitted on whole frames,
+  evaluation/frame_calibration.py); predictions.json gives, per image, the coverage MEASURED on this
+  path (whole frames; none under --size) for that head: on its test frames where stored, else
+  leave-one-image-out on its validation frames, and one sentence on what the interval means;
 * ``<name>.ply`` with ``--ply``: a coloured point cloud (binary PLY, metres, camera frame: x right,
   y down, z forward) with the frame camera the prediction used (below).
 
@@ -54,6 +56,7 @@ from cli.options import (HelpFormatter, add_checkpoint_arguments, add_runtime_ar
                          add_selector_arguments, checked_type, help_of, parse_letters, parse_size,
                          resolve_device, runtime_options)
 from base.domains import get_domain
+from base.images import DEPTH_CMAP, UNCERTAINTY_CMAP
 from base.safeio import write_json
 from inference.known_depth import describe_fit, known_depth_file, read_known_depth
 from inference.predictor import predictor_settings
@@ -87,7 +90,16 @@ def interval_level(args):
         raise CLIError(str(e)) from None
 
 
-def write_intervals(stem, depth, unc, head, model, level):
+def warn_saturated(source, values, npy) -> None:
+    """One warning line when ``values`` (metres) hold pixels beyond what the 16-bit millimetre PNG
+    can hold (PNG16_MAX_M): they saturate there, ``npy`` keeps them."""
+    saturated = int((values > PNG16_MAX_M).sum())
+    if saturated:
+        tqdm.write(f"warning: {printable(source, '')}: {saturated} pixel(s) beyond {PNG16_MAX_M} m saturate the "
+                   f"16-bit millimetre PNG; {printable(npy, '')} keeps their values", file=sys.stderr)
+
+
+def write_intervals(stem, depth, unc, head, model, level, source=None):
     """``<stem>_depth_lower<P>`` / ``_upper<P>`` (.png 16-bit mm, .npy metres) of the central ``level``
     interval with the head's calibration; returns (paths written, predictions.json's record)."""
     if unc is None:
@@ -97,11 +109,12 @@ def write_intervals(stem, depth, unc, head, model, level):
     paths = []
     for name, values in (("lower", lower), ("upper", upper)):
         png, npy = Path(f"{stem}_depth_{name}{tag}.png"), Path(f"{stem}_depth_{name}{tag}.npy")
+        warn_saturated(source if source is not None else png, values, npy)
         save_png16(png, values)
         with atomic_write(npy) as fh:
             np.save(fh, values.astype(np.float32))
         paths += [png, npy]
-    record = dict(interval_summary(model.predictor.meta, head, len(model.letters), level),
+    record = dict(interval_summary(model.predictor.meta, head, len(model.letters), level, model.interval_path),
                   median_width_m=median_width(lower, upper))
     return paths, record
 
@@ -177,17 +190,13 @@ def predict_command(argv) -> int:
             known = known_scale(args, model, r, f, img.size, level)
             depth = known.pop("depth", depth)
             if not args.no_clamp:
-                lo, hi = model.ranges[head]
-                depth = np.clip(depth, lo, hi)
+                depth = model.clamp(depth, head)
             seconds = time.perf_counter() - t0
             stem = stems[f]
             stem.parent.mkdir(parents=True, exist_ok=True)
             written = []
             p = Path(f"{stem}_depth.png")
-            saturated = int((depth > PNG16_MAX_M).sum())
-            if saturated:
-                tqdm.write(f"warning: {printable(f, '')}: {saturated} pixel(s) beyond {PNG16_MAX_M} m saturate the 16-bit "
-                           f"millimetre PNG; {printable(stem, '')}_depth.npy keeps their values", file=sys.stderr)
+            warn_saturated(f, depth, f"{stem}_depth.npy")
             save_png16(p, depth)
             written.append(p)
             p = Path(f"{stem}_depth.npy")
@@ -196,17 +205,17 @@ def predict_command(argv) -> int:
             written.append(p)
             interval = None
             if level is not None:
-                paths, interval = write_intervals(stem, depth, unc, head, model, level)
+                paths, interval = write_intervals(stem, depth, unc, head, model, level, f)
                 written += paths
             letter = model.letters[head]
             if not args.no_plots:
                 p = Path(f"{stem}_depth_color.png")
-                save_colormap(p, depth, "depth [m]", "magma_r", vmin=0.0 if args.max_depth else None,
+                save_colormap(p, depth, "depth [m]", DEPTH_CMAP, vmin=0.0 if args.max_depth else None,
                               vmax=args.max_depth)
                 written.append(p)
                 if unc is not None:
                     p = Path(f"{stem}_uncertainty.png")
-                    save_colormap(p, unc, "uncertainty (log-variance)", "viridis")
+                    save_colormap(p, unc, "uncertainty (log-variance)", UNCERTAINTY_CMAP)
                     written.append(p)
             ply_note = ""
             if args.ply:
@@ -235,6 +244,9 @@ def predict_command(argv) -> int:
                                                   "images": done,
                                                   "failed": failed,
                                                   **({"uncertainty_note": note} if level is not None else {})})
+    meanings = {d["letter"]: d["interval"]["meaning"] for d in done if d.get("interval")}
+    for letter, meaning in meanings.items():  # what the interval means, once per head used
+        print(f"--intervals, head {letter}: {meaning}")
     print(f"{len(done)} of {len(images)} image(s) written to {printable(out_dir, '')}"
           + (f"; {len(failed)} failed:" if failed else ""))
     for item in failed:
@@ -265,8 +277,12 @@ def image_options(args) -> ImageOptions:
 def predictor_of(args, device) -> Predictor:
     """The Predictor of predict.py's options: checkpoint, --order, the image and runtime options."""
     options = image_options(args)
-    return Predictor(args.checkpoint, options, device=device, runtime=runtime_options(args),
-                     order=parse_letters(args.order, "--order") if args.order else None)
+    model = Predictor(args.checkpoint, options, device=device, runtime=runtime_options(args, measure=True),
+                      order=parse_letters(args.order, "--order") if args.order else None)
+    note = model.selector_note()
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+    return model
 
 
 def add_image_argument(p, flag: str, **kwargs) -> None:
@@ -303,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ply-stride", type=int, default=1, help="keep every N-th pixel in x and y for --ply")
     add_image_argument(p, "--fov")
     add_image_argument(p, "--camera-mode", choices=("resample", "rescale"))
+    add_image_argument(p, "--frame-rule", choices=("tiled", "windowed", "tiled-centred"))
     add_image_argument(p, "--max-pixels", type=checked_type(parse_max_pixels))
     add_interval_argument(p)
     p.add_argument("--known-depth", default=None, metavar="FILE",

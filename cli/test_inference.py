@@ -11,10 +11,11 @@ import argparse
 
 import torch
 
-from base.safeio import write_json
+from base.safeio import check_report, protect, write_json
 from evaluation.evaluate import describe_predictor, describe_settings
 from evaluation.selection import SelectionOptions, evaluate_selection, selection_benchmark
-from inference.prototypes import DEFAULT_SELECTOR
+from base.domains import DEFAULT_DATA_ROOT
+from inference.prototypes import DEFAULT_PROTO_IMAGES, DEFAULT_SELECTOR
 from models import load_checkpoint
 from models.checkpoint import check_checkpoint_path, checkpoint_letters
 from cli.errors import CLIError, run_command
@@ -40,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--domains", default=None,
                    help="test domains to evaluate, e.g. NK (default: all learned); selection always "
                         "chooses among all learned heads")
-    g.add_argument("--data-root", default="datasets", help="folder with the test index CSVs")
+    g.add_argument("--data-root", default=DEFAULT_DATA_ROOT, help="folder with the test index CSVs")
     g.add_argument("--max-images", type=int, default=None,
                    help="evaluate only the first N test images of each domain")
     g = p.add_argument_group("head selection")
@@ -55,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
                         f"the selection benchmark; authors protocol: authors)",
         "compute the prototypes from this data root's replay rows (replay_<domain>.csv) instead of the "
         "checkpoint's stored ones; needed for an authors' file")
-    g.add_argument("--proto-images", type=int, default=200, help=help_of(SelectionOptions, "proto_images"))
+    g.add_argument("--proto-images", type=int, default=DEFAULT_PROTO_IMAGES, help=help_of(SelectionOptions, "proto_images"))
     g.add_argument("--seed", type=int, default=0, help=help_of(SelectionOptions, "seed"))
     g.add_argument("--selection-benchmark", action="store_true",
                    help="instead of the evaluation: selection accuracy of every selector on every test "
@@ -121,6 +122,9 @@ def _main(argv=None) -> dict:
     register_custom_domains(args.data_root)
     order = parse_letters(args.order, "--order") if args.order else None
     domains = parse_letters(args.domains, "--domains") if args.domains else None
+    protect(args.checkpoint, "the --checkpoint")
+    if args.json:
+        check_report(args.json)  # before the evaluation: never the checkpoint, never a user's file
     net = load_checkpoint(check_checkpoint_path(args.checkpoint), order=order)  # the one load of the run
     if args.add_frame_statistics:
         return write_frame_statistics(args, net, checkpoint_letters(net.meta, args.checkpoint))

@@ -437,7 +437,7 @@ def _required(help: str):
 class IndexOptions:
     """Where and how the index CSVs of any source are written."""
     data_root: str = _option("folder the CSVs are written to; CSV paths are relative to it (default: datasets)",
-                               "datasets")
+                               dom.DEFAULT_DATA_ROOT)
     train_csv: Optional[str] = _option("training index file name (default: the domain's, e.g. nyu2_train.csv)")
     test_csv: Optional[str] = _option("test index file name (default: the domain's, e.g. nyu2_test.csv)")
     replay_csv: Optional[str] = _option("replay index file name (default: the domain's, e.g. replay_nyu.csv)")
@@ -598,7 +598,7 @@ def prepare(source, options: IndexOptions = IndexOptions()) -> Report:
 class ReplaySettings:
     """A replay CSV (re)drawn from an existing training CSV."""
     domain: str = _required("letter or name of the domain (gives the CSV names)")
-    data_root: str = _option("folder of the CSVs (default: datasets)", "datasets")
+    data_root: str = _option("folder of the CSVs (default: datasets)", dom.DEFAULT_DATA_ROOT)
     train_csv: Optional[str] = _option("training index to draw from (default: the domain's, under --data-root)")
     out: Optional[str] = _option("replay CSV to write (default: the domain's, under --data-root)")
     replay_size: int = _option("rows to draw (default: 500)", 500)

@@ -42,7 +42,7 @@ from PIL import Image
 from base.domains import CAMERAS, get_domain
 from base.errors import InputError
 from data.prepare import write_replay_csv
-from base.safeio import read_json, write_json
+from base.safeio import check_folder, check_write, read_json, write_json
 
 GENERATOR_VERSION = "1.0"
 EPS = 1e-4                 # minimum ray parameter of a hit (metres of depth)
@@ -1494,14 +1494,19 @@ def default_workers() -> int:
 
 
 def generate(out: str, n_train: int = 300, n_test: int = 100, seed: int = 0, workers: Optional[int] = None,
-             replay_size: int = 500, domains: str = "NKS", scale: float = 1.0, progress: bool = True) -> dict:
+             replay_size: int = 500, domains: str = "NKS", scale: float = 1.0, progress: bool = True,
+             overwrite: bool = False, option: str = "--out", flag: Optional[str] = "--overwrite") -> dict:
     """Generate the synthetic domains under `out`; returns the meta dict (also meta.json).
 
     Files are byte-identical for the same (seed, counts, scale) whatever the worker count, since
     each sample is seeded from (seed, domain, split, index); meta.json holds timings and differs.
-    Settings that cannot work raise :class:`InputError` before anything is written (check_settings).
+    Settings that cannot work raise :class:`InputError` before anything is written (check_settings),
+    and so does an ``out`` holding a dataset synthetic.py did not make (a real one: :func:`check_out`)
+    unless ``overwrite`` (``option``, ``flag``: how the calling command names the root and that
+    request, for the message).
     """
     letters = check_settings(n_train, n_test, replay_size, workers, scale, domains)
+    check_out(out, letters, overwrite, option, flag)
     t0 = time.time()
     tasks = [(out, L, sp, i, seed, scale) for L in letters for sp, n in (("train", n_train), ("test", n_test))
              for i in range(n)]
@@ -1595,14 +1600,23 @@ def _made_by_us(out: str) -> bool:
     return isinstance(meta, dict) and meta.get("synthetic") is True and meta.get("generator") == "synthetic.py"
 
 
-def check_out(out: str, letters: Sequence[str], overwrite: bool = False) -> None:
+def check_out(out: str, letters: Sequence[str], overwrite: bool = False, option: str = "--out",
+              flag: Optional[str] = "--overwrite") -> None:
     """An :class:`InputError` unless ``out`` can take the domains' files: a folder (or nothing yet)
-    whose index CSVs, if any, synthetic.py wrote (a real dataset's are kept unless ``overwrite``)."""
+    whose index CSVs, if any, synthetic.py wrote (a real dataset's are kept unless ``overwrite``):
+    base.safeio.check_write with synthetic.py's meta.json as the mark of its own files.
+    ``option``/``flag``: the calling command's names for the root and for asking to overwrite (None:
+    the command cannot be asked)."""
     if os.path.exists(out) and not os.path.isdir(out):
-        raise InputError(f"--out {out!r}: expected a folder (it is a file)")
+        raise InputError(f"{option} {out!r}: expected a folder (it is a file)")
+    check_folder(out, option)
     clash = [name for L in letters for name in DOMAINS[L].csv.values() if os.path.exists(os.path.join(out, name))]
-    if clash and not overwrite and not _made_by_us(out):
-        raise InputError(f"--out {out} holds {', '.join(clash)}, not made by synthetic.py (no "
+    ours = _made_by_us(out)
+    try:
+        for name in clash:
+            check_write(os.path.join(out, name), option=option, overwrite=overwrite, ours=lambda p: ours)
+    except InputError:
+        raise InputError(f"{option} {out} holds {', '.join(clash)}, not made by synthetic.py (no "
                          f"synthetic meta.json there: a real dataset?); its images, depth maps and CSVs "
-                         f"would be overwritten. Choose another --out (e.g. datasets/synthetic) or pass "
-                         f"--overwrite")
+                         f"would be overwritten. Choose another {option} (e.g. datasets/synthetic)"
+                         + (f" or pass {flag}" if flag else "")) from None

@@ -67,7 +67,7 @@ def build_model(opts, ctx):
     if STRATEGIES[opts.strategy][0]:
         teacher = make_teacher(net, ctx.device, amp_settings(opts.amp, ctx.device)[0])
     new_head = net.add_domain()
-    if getattr(opts, "reinit_old_heads", False):
+    if opts.reinit_old_heads:
         reinit_heads(net, range(new_head))
     if opts.strategy == "finetune":  # old heads get no loss; freezing them keeps DDP free of unused grads
         for j in range(new_head):

@@ -22,10 +22,11 @@ from tqdm import tqdm
 
 from base.domains import get_domain
 from base.errors import InputError
+from base.images import denormalize, normalize
 from base.protocol import resolve as resolve_protocol
 from evaluation.evaluate import EvalOptions, check_learned, evaluate_domains, load_test_splits, test_dataset
 from inference.predictor import build_predictor, predictor_settings
-from inference.prototypes import DEFAULT_SELECTOR, SELECTORS, prototype_distances
+from inference.prototypes import DEFAULT_PROTO_IMAGES, DEFAULT_SELECTOR, SELECTORS, prototype_distances
 from inference.replay import load_prototypes
 from metrics import format_table
 from models import load_checkpoint
@@ -40,7 +41,7 @@ class SelectionOptions:
     statistics)."""
     selector: str | None = None
     replay_root: str | None = None  # compute the prototypes from this data root's replay rows
-    proto_images: int = field(default=200, metadata={"help": (
+    proto_images: int = field(default=DEFAULT_PROTO_IMAGES, metadata={"help": (
         "replay images per domain for --replay-root prototypes (training uses 200; the authors' "
         "selector always takes up to 500, as theirs)")})
     seed: int = field(default=0, metadata={"help": (
@@ -163,16 +164,14 @@ CONDITIONS = ("crop", "full", "flip", "bright", "dark", "raw", "raw0.5x", "raw2x
 # first domain's input size), the "frames" selector through inference/frames.py's selection input
 RAW_FACTORS = {"raw": 1.0, "raw0.5x": 0.5, "raw2x": 2.0}
 PHOTOMETRIC = {"bright": (1.4, 0.7), "dark": (0.6, 1.3)}  # (brightness, contrast) factors
-_MEAN = torch.tensor((0.485, 0.456, 0.406)).view(3, 1, 1)
-_STD = torch.tensor((0.229, 0.224, 0.225)).view(3, 1, 1)
 
 
 def photometric(image: torch.Tensor, brightness: float, contrast: float) -> torch.Tensor:
     """A normalized (3,H,W) image with its contrast, then brightness, scaled by the factors."""
-    rgb = image * _STD + _MEAN
+    rgb = denormalize(image)
     grey = (0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]).mean()
     rgb = ((rgb - grey) * contrast + grey) * brightness
-    return (rgb.clamp(0.0, 1.0) - _MEAN) / _STD
+    return normalize(rgb.clamp(0.0, 1.0))
 
 
 def condition_images(ds, condition: str):
@@ -214,11 +213,6 @@ def frames_choice(predictor, image: torch.Tensor) -> int:
     return int(frame_distances(descriptor_of(predictor.trunk_features, image[None], stats["area"]), stats)[1][0])
 
 
-def full_frame_scale(letter: str, scale: float) -> float:
-    """--scale for a whole frame at the test crop's pixel scale (1.0 for the KITTI recipe)."""
-    return 1.0 if get_domain(letter).transform == "kitti" else scale
-
-
 def predictor_features(predictor, image: torch.Tensor) -> torch.Tensor:
     """Fused features of one image on the predictor's own path (fast path, precision), float32."""
     x = prepare_input(image[None], predictor.device, predictor.channels_last, predictor._input_dtype)
@@ -255,7 +249,7 @@ def selection_benchmark(source, evaluation: EvalOptions, selection: SelectionOpt
     predictor = build_predictor(net, runtime, device, prototypes=prototypes, selector=DEFAULT_SELECTOR)
     test_letters = domains or letters
     table = {sel: {cond: {} for cond in CONDITIONS} for sel in selectors}
-    datasets = {(c, full): test_dataset(c, evaluation.data_root, full_frame_scale(c, scale) if full else scale,
+    datasets = {(c, full): test_dataset(c, evaluation.data_root, scale,
                                         evaluation.max_images, full, evaluation.scannet_resize)
                 for c in test_letters for full in (False, True)}
     total = sum(len(datasets[(c, False)]) for c in test_letters) * len(CONDITIONS)

@@ -31,6 +31,8 @@ DEFAULT_SELECTOR = "lda"  # the best on test_inference.py --selection-benchmark 
 # checkpoint without LDA statistics falls back to "pooled" (choose_selector)
 LDA_PASSES = 2       # augmented passes over each domain's replay images
 LDA_SHRINK = 0.01    # covariance shrinkage (measured: 0.003 .. 0.03 give the same accuracy)
+#: Replay images per domain behind a prototype or the selector statistics, unless told otherwise.
+DEFAULT_PROTO_IMAGES = 200
 AUTHORS_PROTO_IMAGES = 500  # the authors' loop stops after image index 499
 
 

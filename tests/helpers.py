@@ -381,7 +381,7 @@ def make_net(heads=3, encoder="resnet18", seed=0, depth_bias=None):
 
 def input_sizes(letters, scale):
     from base.domains import get_domain
-    from loaders import scaled
+    from base.images import scaled
     return [[scaled(get_domain(c).input_size[0], scale), scaled(get_domain(c).input_size[1], scale)]
             for c in letters]
 

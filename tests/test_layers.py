@@ -15,14 +15,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Lower numbers are lower layers; a module may import its own layer and the ones below.
 LAYERS = {
-    0: ["base", "base.errors", "base.safeio", "base.protocol", "base.domains", "base.uncertainty", "metrics", "losses",
-        "inference.prototypes", "models.hardware", "models.modules", "models.resnet", "models.runtimes",
+    0: ["base", "base.errors", "base.safeio", "base.protocol", "base.domains", "base.uncertainty", "base.images",
+        "metrics", "losses",
+        "inference.prototypes", "inference.ood", "models.hardware", "models.modules", "models.resnet", "models.runtimes",
         "data", "engine", "inference", "evaluation", "cli",  # the packages' __init__ import nothing
         "cli.errors"],
-    1: ["models.net", "models.checkpoint", "models", "models.fast", "loaders", "data.prepare", "data.recordings", "data.synthetic",
+    1: ["models.net", "models.checkpoint", "models", "models.fast", "models.tuning", "loaders", "data.prepare", "data.recordings", "data.synthetic",
         "engine.options", "engine.processes", "engine.sampling", "engine.model", "evaluation.uncertainty"],
     2: ["inference.predictor", "inference.frames", "inference.export", "inference.known_depth"],
-    3: ["evaluation.evaluate", "inference.replay", "inference.images", "inference.stream"],
+    3: ["evaluation.evaluate", "evaluation.frame_calibration", "inference.replay", "inference.images",
+        "inference.stream"],
     4: ["cli.options", "engine.stage", "engine.run", "evaluation.matrix", "evaluation.selection"],
     5: ["cli.test", "cli.test_inference", "cli.train", "cli.prepare_data", "cli.synthetic",
         "study", "study.stats", "study.config", "study.plan", "study.run", "study.evaluate", "study.results",

@@ -12,6 +12,7 @@ from PIL import Image
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 from base import domains as dom
+from base.images import IMAGENET_MEAN, IMAGENET_STD, scaled
 import helpers as F
 import loaders as L
 from loaders import DatasetFormatError, get_dataset, get_loader
@@ -133,7 +134,7 @@ def test_train_depth_nearest_only(spec, hw, sparse, scale):
     for seed in range(6):
         torch.manual_seed(seed)
         img, d = t(image, depth)
-        assert img.shape[1:] == d.shape[1:] == (L.scaled(spec.input_size[0], scale), L.scaled(spec.input_size[1], scale))
+        assert img.shape[1:] == d.shape[1:] == (scaled(spec.input_size[0], scale), scaled(spec.input_size[1], scale))
         out = d.numpy().ravel()
         assert np.isin(out[out > 0], src).all(), "depth value invented by resampling"
 
@@ -193,7 +194,7 @@ def test_full_scale_shapes():
     full = L.build_transform(dom.KITTI, False, full_frame=True)(Image.fromarray(F.rgb_pattern((352, 1216), 0)),
                                                                np.ones((352, 1216), np.float32))
     assert full[1].shape == (1, 352, 1216)
-    assert L.scaled(304, 0.5) == 152 and L.scaled(228, 0.5) == 114 and L.scaled(228, 0.25) % 2 == 0
+    assert scaled(304, 0.5) == 152 and scaled(228, 0.5) == 114 and scaled(228, 0.25) % 2 == 0
 
 
 def test_test_transform_deterministic_and_normalized(root):
@@ -211,7 +212,7 @@ def test_test_transform_deterministic_and_normalized(root):
     h, w = raw.shape[:2]
     x = int(round((w - 120) / 2.0))
     crop = torch.from_numpy(raw[h - 80:, x:x + 120]).permute(2, 0, 1)
-    exp = (crop - torch.tensor(L.IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(L.IMAGENET_STD).view(3, 1, 1)
+    exp = (crop - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1)
     assert torch.allclose(ds[0]["image"], exp, atol=1e-6)
 
 

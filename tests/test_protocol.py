@@ -213,7 +213,10 @@ def test_protocol_authors_sets_the_authors_evaluation_in_test_py():
     settings = options.eval_options(args)
     assert settings.rules() == {"crop": "none", "cap": False, "aggregate": "pixel",
                                 "rmse": "weighted", "pred_clamp": False, "delta": "le"}
-    assert (settings.full_frame, settings.scannet_resize, args.no_fast) == ("kitti", "once", True)
+    assert (settings.full_frame, settings.scannet_resize) == ("kitti", "once")
+    # the authors' plain float32 forward: the runtime settings say so, the parsed options stay as given
+    assert options.runtime_options(args).fast is False and args.no_fast is False
+    assert options.runtime_options(T.build_parser().parse_args([])).fast is True
     args = T.build_parser().parse_args(["--protocol", "authors", "--delta", "lt"])  # explicit wins
     settings = options.eval_options(args)
     assert settings.delta == "lt" and settings.rmse == "weighted"
