@@ -85,7 +85,7 @@ def calibrate_frames(pipeline, letters: str, data_root, *, val_images: int, val_
     (default: the last, the one this stage learned) fitted by ``method`` on their validation rows
     through ``pipeline``; every other head keeps its calibration from ``previous`` (the record of the
     checkpoint the stage started from), or stays uncalibrated (scale 1) where that has none.
-    ``progress``: a tqdm bar advanced by the validation rows of each fitted head."""
+    ``progress``: a tqdm bar advanced by each fitted head's validation rows."""
     heads = len(letters)
     fit_heads = {heads - 1} if fit_heads is None else set(fit_heads)
     prev_heads = ((previous or {}).get("heads") or [])
