@@ -311,11 +311,10 @@ class Stage:
         if len(self.specs) > 1 and self.opts.strategy != "joint" and self.opts.prior:
             from models import read_checkpoint
             previous = read_checkpoint(self.opts.prior)[1].get(CALIBRATION_KEY)
-        fit = list(range(len(self.specs))) if self.opts.strategy == "joint" else [self.new_head]
-        rows = sum(len(self.data[d].val) for d in fit if self.data[d].val is not None)  # whole validation frames
-        with self.end_bar("calibration", rows) as bar:
+        fit_heads = range(len(self.specs)) if self.opts.strategy == "joint" else [self.new_head]
+        with self.end_bar("calibration", self.opts.val_images * len(fit_heads)) as bar:
             return fit_frame_uncertainty(self.net, self.opts, self.ctx.device, self.cameras(self.specs),
-                                         previous=previous, fit_heads=fit, progress=bar)
+                                         previous=previous, fit_heads=fit_heads, progress=bar)
 
     def save_final(self, prototypes, calibration=None):
         if self.ctx.main:
