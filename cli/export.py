@@ -91,7 +91,7 @@ def export_command(argv) -> int:
     """export.py; returns the exit status (see the module docstring)."""
     args = build_parser().parse_args(argv)
     size = parse_size(args.size) if args.size else None
-    check_out(args.out, args.checkpoint, args.overwrite)
+    check_out(args.out, args.checkpoint, args.overwrite, args.format)
     try:
         net = load_checkpoint(args.checkpoint, order=args.order)
         meta = export_net(net, args.out, format=args.format, domain=args.domain, with_uncertainty=args.uncertainty,

@@ -32,6 +32,7 @@ ends in :class:`StreamStopped`. What the library refuses is an ``InputError``.
 from __future__ import annotations
 
 import csv
+import math
 import functools
 import queue
 import re
@@ -47,7 +48,8 @@ import torch
 
 from base.errors import InputError
 from base.images import DEPTH_CMAP
-from base.safeio import write_json
+from base.safeio import WriteError, hold_lock, write_json
+from inference.frames import GATE_THRESHOLD
 from inference.predictor import predictor_settings
 from inference.images import DEFAULT_MAX_PIXELS, collect_inputs, make_out_dir, read_rgb, save_png16
 from base.safeio import atomic_write
@@ -92,8 +94,8 @@ class HeadSmoother:
             raise ValueError(f"unknown smoothing mode {mode!r}; choose one of {SMOOTHING_MODES}")
         if window < 1:
             raise ValueError(f"the smoothing window must be at least 1 frame, got {window}")
-        if margin < 0:
-            raise ValueError(f"the smoothing margin must be >= 0, got {margin}")
+        if not 0 <= margin < math.inf:  # NaN too: a NaN margin never switches
+            raise ValueError(f"--switch-margin must be a finite number >= 0, got {margin}")
         self.window, self.mode, self.margin = int(window), mode, float(margin)
         self.calibrate(thresholds)
         self.history = deque(maxlen=self.window)
@@ -180,16 +182,48 @@ def iter_folder(files, max_pixels=DEFAULT_MAX_PIXELS, with_paths=False):
         yield (f.stem, rgb, f) if with_paths else (f.stem, rgb)
 
 
+class VideoReader:
+    """The RGB frames of a video file through imageio-ffmpeg's own reader, which lets ffmpeg probe
+    the container: imageio's FFMPEG format refuses names it does not list (.ts, .mts, .m2ts, .m4v,
+    .flv, .3gp, .3g2, .ogv), although ffmpeg reads them all. ``get_meta_data()`` (fps, size) is read
+    from the header before any frame is decoded."""
+
+    def __init__(self, path):
+        import imageio_ffmpeg
+        self._frames = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
+        self._meta = next(self._frames)
+
+    def get_meta_data(self) -> dict:
+        return self._meta
+
+    def __iter__(self):
+        w, h = self._meta["size"]
+        for raw in self._frames:
+            yield np.frombuffer(raw, np.uint8).reshape(h, w, 3)
+
+    def close(self) -> None:
+        self._frames.close()
+
+
 def open_video(path):
-    """(imageio reader, frames per second) of a video file; a clear error when it cannot be read."""
-    import imageio.v2 as iio
+    """(reader, frames per second) of a video file; a clear error when it cannot be read."""
     try:
-        reader = iio.get_reader(str(path), format="FFMPEG")
+        reader = VideoReader(path)
         fps = float(reader.get_meta_data().get("fps") or 0.0)
     except Exception as e:  # noqa: BLE001 - imageio/ffmpeg raise several types for a bad file
         raise InputError(f"video {str(path)!r} cannot be read ({type(e).__name__}: "
                          f"{str(e).strip().splitlines()[0] if str(e).strip() else 'no detail'})") from None
     return reader, fps
+
+
+def check_frame_size(reader, path, max_pixels) -> None:
+    """A video whose frames are over ``max_pixels`` (--max-pixels, the limit of every image input)
+    is refused from its header, before a frame is decoded (a 12000x12000 frame is 432 MB as RGB)."""
+    size = reader.get_meta_data().get("size") if max_pixels is not None else None
+    if size and size[0] * size[1] > max_pixels:
+        raise InputError(f"video {str(path)!r}: its {size[0]}x{size[1]} frames ({size[0] * size[1] / 1e6:.1f} M "
+                         f"pixels) are over --max-pixels {max_pixels / 1e6:g} M; shrink the video or raise "
+                         f"--max-pixels")
 
 
 def iter_video(reader):
@@ -365,7 +399,8 @@ def frame_label(model, index, head, raw_head, smoothing, vmax, ood=None) -> str:
 # The loop
 # ----------------------------------------------------------------------------------------------
 def run_stream(model, frames, *, smoother=None, sink=None, clamp=True, max_depth=None,
-               threaded=True, max_frames=None, on_frame=None, interval=0.9, records=None) -> list[dict]:
+               threaded=True, max_frames=None, on_frame=None, interval=0.9, records=None,
+               reselect: float = 0.0) -> list[dict]:
     """Run ``model`` (an ``inference.images.Predictor``) over ``frames`` ((name, RGB array) or
     (name, RGB array, file path) in order; a file's camera is ``model.camera_of(path)``).
 
@@ -375,8 +410,13 @@ def run_stream(model, frames, *, smoother=None, sink=None, clamp=True, max_depth
     and ``"interval_width_m"``: the frame's median width of its central ``interval`` interval
     (calibrated, evaluation/uncertainty.py; None without an uncertainty map). ``records``: a list
     the records are appended to as they come (so that a stream stopped half way keeps them).
+    ``reselect``: the ``inference.frames.SelectionGate`` threshold (0: the selection runs on every
+    frame; else it is reused while the frame's cheap descriptor stays within it; the record's
+    ``"selected"`` says whether it ran).
     """
     from PIL import Image
+    from inference.frames import SelectionGate
+    gate = SelectionGate(reselect) if reselect > 0 and model.size is None else None
     source = Prefetch(frames) if threaded else frames
     records = [] if records is None else records
     smoothing = "raw" if smoother is None else smoother.mode
@@ -388,14 +428,14 @@ def run_stream(model, frames, *, smoother=None, sink=None, clamp=True, max_depth
             # the frame's camera by predict.py's rule (Predictor.camera_of: --intrinsics, --fov,
             # else the file's EXIF focal length; a video frame has no file of its own)
             camera = model.camera_of(path[0] if path else None)
-            r = model.run(Image.fromarray(rgb), choose=smoother, camera=camera)
+            r = model.run(Image.fromarray(rgb), choose=smoother, camera=camera, gate=gate)
             depth, head = r["depth"], r["head"]
             if clamp:
                 depth = model.clamp(depth, head)
             latency = (time.perf_counter() - t0) * 1000.0
             dists = None if r["distances"] is None else [float(v) for v in r["distances"]]
             rec = {"frame": index, "name": name, "raw_head": r["raw_head"], "head": head,
-                   "distances": dists, "latency_ms": latency, "ood": r.get("ood"),
+                   "distances": dists, "latency_ms": latency, "ood": r.get("ood"), "selected": r.get("selected"),
                    "depth_min": float(depth.min()), "depth_max": float(depth.max()),
                    "interval": interval, "interval_width_m": None if r["uncertainty"] is None else
                    median_width(*model.interval(depth, r["uncertainty"], head, interval))}
@@ -426,7 +466,13 @@ def stream_stopped(stop, records, log, letters, sink) -> StreamStopped:
     """What ends a stream stopped half way by ``stop``, after the frames done are logged. The video
     of those frames stays as its .part file."""
     if records:
-        write_log(log, records, letters)
+        try:
+            write_log(log, records, letters)
+        except WriteError as e:  # the disk that stopped the stream takes no log either: say so, once
+            part = sink._partial() if sink.video_path is not None else None
+            return StreamStopped(stop, f"{len(records)} frame(s) done, not logged ({e})"
+                                 + (f"; the video of those frames: {part}" if part is not None and part.exists()
+                                    else ""))
     part = sink._partial() if sink.video_path is not None else None
     done = (f"{len(records)} frame(s) done" + (f", logged in {log}" if records else "")
             + (f"; the video of those frames: {part}" if part is not None and part.exists() else ""))
@@ -446,8 +492,7 @@ def interval_tag(records) -> str:
 def write_log(path, records, letters) -> None:
     """One CSV row per frame: frame, name, raw and chosen head (letters), switch, latency, depth range,
     out-of-domain verdict, median interval width (metres, at the records' coverage), distances."""
-    tmp = Path(path).with_name(Path(path).name + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_write(path, "w") as f:  # complete or absent (a full disk leaves no .tmp)
         w = csv.writer(f)
         w.writerow(["frame", "name", "raw_head", "head", "switched", "latency_ms", "depth_min", "depth_max",
                     "out_of_domain", f"median_interval{interval_tag(records)}_m"] + [f"dist_{c}" for c in letters])
@@ -462,7 +507,6 @@ def write_log(path, records, letters) -> None:
                         "" if r.get("interval_width_m") is None else f"{r['interval_width_m']:.4f}"]
                        + [d if d == "" else f"{d:.5f}" for d in dists])
             prev = r["head"]
-    tmp.replace(path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -477,7 +521,9 @@ class StreamOptions:
     frames/s (None: the input video's, else 10); ``save_depth``: each frame's depth files;
     ``max_frames``: stop after that many; ``threads``: decode and write in threads of their own;
     ``clamp``: depth clipped to the head's range; ``max_depth``: top of the video's colour range
-    (None: the head's range); ``interval``: the coverage whose median width is logged per frame.
+    (None: the head's range); ``interval``: the coverage whose median width is logged per frame;
+    ``reselect``: the automatic head's selection reused while the frame moved less than this
+    (``inference.frames.SelectionGate``; 0: selection on every frame).
     Checked when made (InputError).
     """
     smoothing: str = "mean"
@@ -491,12 +537,15 @@ class StreamOptions:
     clamp: bool = True
     max_depth: float | None = None
     interval: float = 0.9
+    reselect: float = GATE_THRESHOLD
 
     def __post_init__(self):
+        if not self.reselect >= 0:
+            raise InputError(f"--reselect must be >= 0, got {self.reselect}")
         if self.max_frames is not None and self.max_frames < 1:
             raise InputError(f"--max-frames must be at least 1, got {self.max_frames}")
-        if self.fps is not None and not self.fps > 0:
-            raise InputError(f"--fps must be positive, got {self.fps}")
+        if self.fps is not None and not 0 < self.fps < math.inf:
+            raise InputError(f"--fps must be a positive, finite frame rate, got {self.fps}")
         self.smoother()  # the smoothing settings are checked now, before a model is loaded
 
     def smoother(self):
@@ -546,7 +595,14 @@ def open_stream(target, out_dir, max_pixels=DEFAULT_MAX_PIXELS) -> StreamSource:
     if not is_video(target):
         raise InputError(f"{str(target)!r} is not a video file ({', '.join(VIDEO_EXTENSIONS)}); "
                          "--stream takes a folder of frames")
+    from base.safeio import protect
+    protect(target, "the input video")
     reader, fps = open_video(target)
+    try:
+        check_frame_size(reader, target, max_pixels)
+    except InputError:
+        reader.close()
+        raise
     return StreamSource(target, iter_video(reader), fps, reader)
 
 
@@ -563,7 +619,7 @@ def stream_interval(model, records, level) -> dict:
     widths = [r["interval_width_m"] for r in records if r.get("interval_width_m") is not None]
     return {"coverage": level, "median_width_m": float(np.median(widths)) if widths else None,
             "note": calibration_note(model.predictor.meta, len(model.letters)),
-            "heads": {c: interval_summary(model.predictor.meta, i, len(model.letters), level)
+            "heads": {c: interval_summary(model.predictor.meta, i, len(model.letters), level, model.interval_path)
                       for i, c in enumerate(model.letters)}}
 
 
@@ -584,7 +640,7 @@ def run_into_sink(model, source, sink, smoother, options, on_frame):
     try:
         run_stream(model, source.frames, smoother=smoother, sink=sink, clamp=options.clamp,
                    max_depth=options.max_depth, threaded=options.threads, max_frames=options.max_frames,
-                   on_frame=on_frame, interval=options.interval, records=records)
+                   on_frame=on_frame, interval=options.interval, records=records, reselect=options.reselect)
         complete = True
     except (KeyboardInterrupt, OSError, ValueError) as e:  # Ctrl-C, a bad frame, a failed write
         stop = e
@@ -609,6 +665,15 @@ def write_stream(model, source: StreamSource, out_dir, options: StreamOptions | 
         smoother.calibrate(frame_thresholds(model))
     out_dir = Path(out_dir)
     make_out_dir(out_dir)  # a file named --out, or a file above it: one error line
+    # two streams of the same file name into one folder would mix their videos and logs
+    with hold_lock(out_dir / f".{source.stem}.stream.lock",
+                   f"--out {out_dir}: another stream (pid {{pid}}) is writing {source.stem}_frames.csv and the "
+                   f"other outputs of a {source.stem!r} there; wait for it, or choose another --out"):
+        return _write_stream(model, source, out_dir, options, smoother, on_frame)
+
+
+def _write_stream(model, source, out_dir: Path, options, smoother, on_frame) -> dict:
+    """write_stream with its outputs' lock held."""
     outputs = stream_outputs(out_dir, source.stem, options)
     fps = options.fps or source.fps or 10.0
     sink = Sink(outputs["video"], fps, outputs["depth"], threaded=options.threads)
@@ -639,6 +704,8 @@ def stream_summary(model, records, *, source, fps, smoother, options, seconds, o
             "switches": count_switches(heads), "raw_switches": count_switches(raw) if raw else None,
             "frames_per_s": len(records) / seconds, "seconds": seconds,
             "median_latency_ms": float(np.median([r["latency_ms"] for r in records])),
+            "reselect": options.reselect,
+            "selections": sum(1 for r in records if r.get("selected")),
             "interval": stream_interval(model, records, options.interval),
             "frames_per_head": {get_domain(c).name: heads.count(i) for i, c in enumerate(model.letters)},
             "out_of_domain_frames": (None if all(r["ood"] is None for r in records)
