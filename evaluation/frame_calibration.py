@@ -80,11 +80,12 @@ def stage_pipeline(net, cameras, input_sizes, device="cpu"):
 
 def calibrate_frames(pipeline, letters: str, data_root, *, val_images: int, val_seed: int, depth_ranges,
                      fit_heads=None, previous: dict | None = None, fitted_at: str = "",
-                     method: str = DEFAULT_METHOD, note: str = "") -> dict:
+                     method: str = DEFAULT_METHOD, note: str = "", progress=None) -> dict:
     """The checkpoint record (version 2) of every head of ``letters``: heads in ``fit_heads``
     (default: the last, the one this stage learned) fitted by ``method`` on their validation rows
     through ``pipeline``; every other head keeps its calibration from ``previous`` (the record of the
-    checkpoint the stage started from), or stays uncalibrated (scale 1) where that has none."""
+    checkpoint the stage started from), or stays uncalibrated (scale 1) where that has none.
+    ``progress``: a tqdm bar advanced by each fitted head's validation rows."""
     heads = len(letters)
     fit_heads = {heads - 1} if fit_heads is None else set(fit_heads)
     prev_heads = ((previous or {}).get("heads") or [])
@@ -94,6 +95,8 @@ def calibrate_frames(pipeline, letters: str, data_root, *, val_images: int, val_
         if d in fit_heads:
             rows = validation_rows(letter, data_root, val_images, val_seed) if val_images > 0 else []
             images = frames_pixels(pipeline, rows, d, depth_ranges[d], rules_of(letter))
+            if progress is not None:
+                progress.update(len(rows))
             try:
                 rec = fit_head_calibration(images, name, method, fitted_at=fitted_at,
                                            source=f"{len(rows)} validation rows of {name} held out of training")
