@@ -285,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ply-stride", type=int, default=1, help="keep every N-th pixel in x and y for --ply")
     add_image_argument(p, "--fov")
     add_image_argument(p, "--camera-mode", choices=("resample", "rescale"))
-    add_image_argument(p, "--frame-rule", choices=("tiled", "windowed", "tiled-centred"))
+    add_image_argument(p, "--frame-rule", choices=("tiled", "tiled-anchored", "windowed"))
     add_image_argument(p, "--max-pixels", type=checked_type(parse_max_pixels))
     add_interval_argument(p)
     add_image_argument(p, "--quiet", action="store_true")
