@@ -247,7 +247,11 @@ def image_options(args) -> ImageOptions:
 def predictor_of(args, device) -> Predictor:
     """The Predictor of predict.py's options: checkpoint, --order, the image and runtime options."""
     options = image_options(args)
-    return Predictor(args.checkpoint, options, device=device, runtime=runtime_options(args, measure=True),
+    # the backend measured on this machine where per-frame speed dominates (a folder, a video, a
+    # stream); one image keeps the start-up of the table per CPU kind (a runtime's graphs are
+    # exported and compiled on every start)
+    many = Path(args.input).is_dir() or stream.is_stream_input(args)
+    return Predictor(args.checkpoint, options, device=device, runtime=runtime_options(args, measure=many),
                      order=parse_letters(args.order, "--order") if args.order else None)
 
 
