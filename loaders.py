@@ -106,21 +106,83 @@ def load_rgb(path: str, apply_exif: bool = False, max_pixels: Optional[int] = No
     img = _open_image(path, "image", max_pixels, limit_name)
     if apply_exif:
         img = ImageOps.exif_transpose(img)
-    return _to_rgb(img)
+    try:
+        return _to_rgb(img, path)
+    except ValueError as e:  # rgb_array's InputError (NaN pixels ...): a data-format error of the file
+        raise DatasetFormatError(str(e)) from None
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
-    """Convert any PIL mode to RGB without clipping high bit depths."""
+def _to_rgb(img: Image.Image, what: str = "image") -> Image.Image:
+    """Convert any PIL mode to RGB without clipping high bit depths (:func:`rgb_array`'s rules)."""
     if img.mode == "RGB":
         return img
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        a = np.asarray(img).astype(np.float64)
-        peak = 1.0 if (img.mode == "F" and a.max() <= 1.0) else (255.0 if a.max() <= 255 else 65535.0)
-        a8 = np.clip(a / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(np.stack([a8] * 3, axis=-1))
+    if img.mode in HIGH_DEPTH_MODES:
+        return Image.fromarray(rgb_array(img, what))
     if img.mode in ("P", "PA"):
         img = img.convert("RGBA")  # keeps palette transparency information consistent
     return img.convert("RGB")
+
+
+HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I", "F")
+
+
+def rgb_array(image, what: str = "image") -> np.ndarray:
+    """The one input normaliser of a picture: an (H,W,3) uint8 RGB array of a PIL image (any mode)
+    or an array (numpy, or anything ``np.asarray`` takes: a CPU tensor), with one rule per kind:
+
+    - channels: (H,W) or (H,W,1) grey is replicated, (H,W,3) is RGB, (H,W,4) RGBA loses its alpha;
+      channels first ((3,H,W)) and anything else are refused;
+    - uint8: as is; uint16 (and PIL's I;16 modes): the full 16-bit range (v / 257);
+    - other integers (PIL mode I): 8-bit when every value is <= 255, else 16-bit up to 65535;
+    - floats (PIL mode F): [0, 1] when every value is <= 1, else [0, 255] up to 255; NaN,
+      infinite or negative values are refused (never read as black); so is a float above 255;
+    - bool and other kinds are refused.
+    InputError names ``what`` and the rule it broke."""
+    from base.errors import InputError
+    if isinstance(image, Image.Image):
+        if image.mode not in HIGH_DEPTH_MODES:
+            return np.asarray(_to_rgb(image, what))
+        a = np.asarray(image)
+        if image.mode.startswith("I;16"):
+            a = a.astype(np.uint16)
+    else:
+        try:
+            a = np.asarray(image.detach().cpu() if hasattr(image, "detach") else image)
+        except (TypeError, ValueError) as e:
+            raise InputError(f"{what}: expected a PIL image or an (H,W,3) array ({e})") from None
+    if a.ndim == 3 and a.shape[-1] == 1:
+        a = a[..., 0]
+    if a.ndim == 3 and a.shape[-1] not in (3, 4) and a.shape[0] in (1, 3, 4):
+        raise InputError(f"{what}: shape {a.shape} looks channels-first; expected (H, W, 3) (numpy "
+                         f"a.transpose(1, 2, 0), torch t.permute(1, 2, 0))")
+    if not (a.ndim == 2 or (a.ndim == 3 and a.shape[-1] in (3, 4))) or min(a.shape[:2] or (0,)) < 1:
+        raise InputError(f"{what}: shape {a.shape}; expected (H, W) grey, (H, W, 3) RGB or (H, W, 4) RGBA")
+    if a.ndim == 3 and a.shape[-1] == 4:
+        a = a[..., :3]
+    if a.dtype == np.uint8:
+        out = a
+    elif a.dtype == np.uint16:
+        out = (a.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
+    elif np.issubdtype(a.dtype, np.integer):
+        lo, hi = int(a.min()), int(a.max())
+        if lo < 0 or hi > 65535:
+            raise InputError(f"{what}: integer values {lo}..{hi}; expected 0..255 (8-bit) or 0..65535 (16-bit)")
+        out = a.astype(np.uint8) if hi <= 255 else (a.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
+    elif np.issubdtype(a.dtype, np.floating):
+        f = a.astype(np.float32, copy=False)
+        if not np.isfinite(f).all():
+            raise InputError(f"{what}: {int(np.count_nonzero(~np.isfinite(f)))} NaN or infinite pixel value(s); "
+                             f"expected finite intensities (float: 0..1, or 0..255)")
+        lo, hi = float(f.min()), float(f.max())
+        if lo < 0 or hi > 255:
+            raise InputError(f"{what}: float values {lo:g}..{hi:g}; expected 0..1 (or 0..255)")
+        peak = 1.0 if hi <= 1.0 else 255.0
+        out = np.clip(f * (255.0 / peak) + 0.5, 0, 255).astype(np.uint8)
+    else:
+        raise InputError(f"{what}: pixel type {a.dtype}; expected uint8, uint16, integers or floats")
+    if out.ndim == 2:
+        out = np.repeat(out[..., None], 3, axis=-1)
+    return np.ascontiguousarray(out)
 
 
 def _png_depth_array(img: Image.Image, bits: Optional[int], path: str, what: str) -> np.ndarray:

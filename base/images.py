@@ -40,8 +40,9 @@ def denormalize(x: torch.Tensor) -> torch.Tensor:
 
 def image_tensor(img) -> torch.Tensor:
     """(1, 3, H, W) normalised float32 input of a PIL RGB image or an (H, W, 3) uint8 array."""
-    rgb = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
-    return normalize(rgb)
+    x = torch.from_numpy(np.asarray(img, dtype=np.float32)).permute(2, 0, 1)[None]  # one float copy,
+    mean, std = _stats(x)
+    return x.div_(255.0).sub_(mean).div_(std)  # normalised in place (a large frame: no second copy)
 
 
 def scaled(n: float, scale: float) -> int:

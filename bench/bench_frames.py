@@ -56,11 +56,12 @@ CONDITIONS = ("1x", "flipped", "0.5x", "2x")
 
 
 def with_statistics(checkpoint: Path, data_root: Path, work: Path, log=print) -> Path:
-    """``checkpoint`` if it stores the frame statistics, else a copy under ``work`` that does."""
+    """``checkpoint`` if it stores the frame statistics with the out-of-domain verdict, else a copy
+    under ``work`` that does."""
     from inference.replay import add_frame_statistics
     from models import read_checkpoint
     _, meta = read_checkpoint(checkpoint)
-    if (meta.get("prototypes") or {}).get("frames"):
+    if ((meta.get("prototypes") or {}).get("frames") or {}).get("ood"):  # with the verdict of inference/ood.py
         return checkpoint
     out = work / f"{checkpoint.name.split('.')[0]}_frames.pth.tar"
     if out.exists() and out.stat().st_mtime >= checkpoint.stat().st_mtime:

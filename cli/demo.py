@@ -39,6 +39,7 @@ from PIL import Image  # noqa: E402
 from inference import images as P  # noqa: E402
 from base.images import DEPTH_CMAP, UNCERTAINTY_CMAP  # noqa: E402
 from base.uncertainty import interval_summary, median_width  # noqa: E402
+from inference.known_depth import describe_fit, read_known_depth  # noqa: E402
 from cli.errors import CLIError, run_command  # noqa: E402
 from cli.options import (HelpFormatter, add_checkpoint_arguments, add_device_argument, checked_type,  # noqa: E402
                          parse_letters, resolve_device)
@@ -95,8 +96,12 @@ class Models:
             if checkpoint in self.cache:
                 self.cache[checkpoint] = self.cache.pop(checkpoint)  # now the most recent
             else:
+                evicted = False
                 while len(self.cache) >= self.limit:
                     self.cache.pop(next(iter(self.cache)))
+                    evicted = True
+                if evicted:
+                    release_memory()  # the evicted model's memory goes back to the system
                 # what the library refuses is one error line, predict.py's (shown on the page)
                 self.cache[checkpoint] = run_command(self.load, checkpoint)
             return self.cache[checkpoint]
@@ -107,6 +112,84 @@ class Models:
         order = parse_letters(self.args.order, "--order") if self.args.order and first else None
         options = P.ImageOptions(replay_root=self.args.replay_root if first else None, quiet=True)
         return P.Predictor(checkpoint, options, device=resolve_device(self.args.device), order=order)
+
+
+def release_memory() -> None:
+    """Collect what an evicted model left (reference cycles) and return the freed heap to the
+    system (glibc keeps freed memory in its arenas: malloc_trim gives it back)."""
+    import gc
+    gc.collect()
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: the allocator's own policy
+
+
+BODY_LIMIT = 1_000_000  # bytes of a request body outside the upload route (Gradio's JSON calls)
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over ``limit`` bytes on any route but the upload (which
+    Gradio bounds by ``max_file_size``) is answered 413 without being read into memory."""
+
+    def __init__(self, app, limit: int = BODY_LIMIT):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope.get("type") != "http" or "upload" in scope.get("path", ""):
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        try:
+            declared = int(headers.get(b"content-length", b"0"))
+        except ValueError:
+            declared = 0
+        if declared > self.limit:
+            return await self._refuse(send)
+        seen = 0
+
+        async def limited():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise BodyTooLarge
+            return message
+        try:
+            return await self.app(scope, limited, send)
+        except BodyTooLarge:
+            return await self._refuse(send)
+
+    async def _refuse(self, send):
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": b"request body too large"})
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+def check_port(host: str, port: int) -> None:
+    """CLIError (one line) when ``port`` on ``host`` is taken, before a model is loaded."""
+    import socket
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family) as s:
+            s.bind((host, port))
+    except OSError as e:
+        raise CLIError(f"--port {port}: cannot serve on {host}:{port} ({e.strerror or e}; another server "
+                       f"uses it?); choose another --port") from None
+
+
+def on_sigterm(workdir: Path):
+    """SIGTERM (a service manager's stop) ends like Ctrl-C: the exit handlers run and remove the
+    work folder with the users' uploads and results."""
+    import signal
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+    signal.signal(signal.SIGTERM, stop)
 
 
 def head_choices(model) -> list[str]:
@@ -138,16 +221,26 @@ def distance_chart(letters, distances, chosen) -> Image.Image:
     return Image.open(buf).convert("RGB")
 
 
-def infer(models: Models, image, checkpoint: str, head_choice: str, workdir: Path) -> dict:
+def infer(models: Models, image, checkpoint: str, head_choice: str, workdir: Path, known_depth=None) -> dict:
     """Everything the page shows for one image: ``{"domain" (text), "depth", "uncertainty" (the
-    90 % interval width; colour-mapped PNG paths), "chart" (PIL or None), "head", "distances"}``."""
+    90 % interval width; colour-mapped PNG paths), "chart" (PIL or None), "head", "distances"}``.
+    ``known_depth``: a file of known distances (predict.py --known-depth's rule, the scale fit)."""
     from base.domains import get_domain
     model = models.get(checkpoint)
     img = upload_image(image, getattr(models.args, "max_pixels", DEFAULT_DEMO_MAX_PIXELS))
-    forced = None if head_choice in (None, AUTO) else head_choices(model).index(head_choice) - 1
-    r = model.run(img, head=forced, want_distances=True)
+    choices = head_choices(model)
+    if head_choice not in (None, AUTO) and head_choice not in choices:  # a head of the checkpoint shown before
+        raise PageError(f"{checkpoint} has no head {head_choice}; its heads are {', '.join(choices[1:])} "
+                        f"(or {AUTO})")
+    forced = None if head_choice in (None, AUTO) else choices.index(head_choice) - 1
+    # the upload's camera by predict.py's rule (its EXIF focal length): the file, or the API's image
+    camera = model.camera_of(image if isinstance(image, (str, os.PathLike, Image.Image)) else None)
+    r = model.run(img, head=forced, want_distances=True, camera=camera)
     head = r["head"]
     depth = model.clamp(r["depth"], head)
+    fit = None
+    if known_depth:
+        depth, fit = model.correct_scale(dict(r, depth=depth), read_known_depth(known_depth, img.size), DEMO_INTERVAL)
     workdir.mkdir(parents=True, exist_ok=True)
     fd, depth_png = tempfile.mkstemp(suffix="_depth.png", dir=workdir)
     os.close(fd)
@@ -166,6 +259,8 @@ def infer(models: Models, image, checkpoint: str, head_choice: str, workdir: Pat
         text += f"; the nearest prototype is {model.letters[r['raw_head']]}"
     if unc_png is not None:
         text += interval_text(model, head, lower, upper)
+    if fit is not None:
+        text += f"; {describe_fit(fit)}"
     if r.get("ood"):
         text += "; OUT OF DOMAIN: no learned head fits this image, the depth is a guess"
     if r.get("camera"):
@@ -177,11 +272,10 @@ def infer(models: Models, image, checkpoint: str, head_choice: str, workdir: Pat
 
 
 def interval_text(model, head, lower, upper) -> str:
-    """'; 90 % interval: median width X m (calibrated: Y % of validation pixels inside)'."""
-    s = interval_summary(model.predictor.meta, head, len(model.letters), DEMO_INTERVAL)
-    how = (f"calibrated: {s['validation_coverage']:.0%} of validation pixels inside"
-           if s["calibrated"] and s["validation_coverage"] is not None else "uncalibrated")
-    return f"; {DEMO_INTERVAL:.0%} interval: median width {median_width(lower, upper):.2f} m ({how})"
+    """'; 90 % interval: median width X m (what the interval means, its measured coverage on this
+    path: base.uncertainty.interval_sentence)'."""
+    s = interval_summary(model.predictor.meta, head, len(model.letters), DEMO_INTERVAL, model.interval_path)
+    return f"; {DEMO_INTERVAL:.0%} interval: median width {median_width(lower, upper):.2f} m ({s['meaning']})"
 
 
 def find_checkpoints(first: str, runs_dir: Path) -> list[str]:
@@ -223,13 +317,13 @@ def page_result(out: dict) -> tuple:
     return out["domain"], shown[0], shown[1], out["chart"]
 
 
-def serve_request(models: Models, image, checkpoint: str, head_choice: str, workdir: Path) -> tuple:
+def serve_request(models: Models, image, checkpoint: str, head_choice: str, workdir: Path, known_depth=None) -> tuple:
     """One page request: (text, depth image, uncertainty image, chart), or PageError with a message
     for the user: no server path (an upload's temporary name is shown as "the uploaded image")."""
     if image is None:
         raise PageError("upload an image or click one of the examples first")
     try:
-        return page_result(infer(models, image, checkpoint, head_choice, workdir))
+        return page_result(infer(models, image, checkpoint, head_choice, workdir, known_depth))
     except SystemExit as e:  # predict.py's CLIError: a user-facing message
         raise PageError(str(e.code)) from None
     finally:
@@ -271,19 +365,29 @@ def check_host(args):
             f"(no authentication) and this machine's CPU and memory, one request at a time")
 
 
-def build_app(args):
+def make_workdir() -> Path:
+    """The demo's work folder (results; Gradio's uploads too, unless GRADIO_TEMP_DIR is set), removed
+    at exit, also after SIGTERM."""
     import atexit
     import shutil
+    workdir = Path(tempfile.mkdtemp(prefix="lm_demo_"))
+    atexit.register(shutil.rmtree, workdir, True)  # nothing of ours is left at exit
+    if "GRADIO_TEMP_DIR" not in os.environ:  # read by Gradio at import: the uploads go with the folder
+        os.environ["GRADIO_TEMP_DIR"] = str(workdir / "uploads")
+    on_sigterm(workdir)
+    return workdir
+
+
+def build_app(args, workdir: Path | None = None):
     import gradio as gr
     models = Models(args)
     first = models.get(args.checkpoint)  # fail now, with predict.py's message, if it cannot load
-    workdir = Path(tempfile.mkdtemp(prefix="lm_demo_"))
-    atexit.register(shutil.rmtree, workdir, True)  # nothing of ours is left at exit
+    workdir = workdir or make_workdir()
     checkpoints = find_checkpoints(args.checkpoint, Path(args.runs_dir))
 
-    def run(image, checkpoint, head_choice):
+    def run(image, checkpoint, head_choice, known_depth=None):
         try:
-            return serve_request(models, image, checkpoint, head_choice, workdir)
+            return serve_request(models, image, checkpoint, head_choice, workdir, known_depth)
         except PageError as e:
             raise gr.Error(str(e)) from None
         except Exception as e:  # noqa: BLE001 - logged here; the page gets no server detail
@@ -309,6 +413,8 @@ def build_app(args):
                 head = gr.Radio(head_choices(first), value=AUTO, label="head", elem_id="head")
                 image = upload_component(gr)(type="filepath", image_mode=None, label="image", elem_id="input",
                                              sources=["upload", "clipboard"])
+                known = gr.File(label="known distances (optional): CSV of x,y,metres fixes the scale",
+                                type="filepath", elem_id="known")
                 button = gr.Button("Predict depth", variant="primary", elem_id="run")
                 examples = example_images(Path(args.examples))
                 if examples:
@@ -321,8 +427,8 @@ def build_app(args):
                 unc = gr.Image(type="filepath", label="90 % interval width (metres): where the depth is least certain", elem_id="uncertainty",
                                interactive=False)
         outputs = [domain, depth, unc, chart]
-        button.click(run, inputs=[image, ckpt, head], outputs=outputs)
-        image.upload(run, inputs=[image, ckpt, head], outputs=outputs)
+        button.click(run, inputs=[image, ckpt, head, known], outputs=outputs)
+        image.upload(run, inputs=[image, ckpt, head, known], outputs=outputs)
         ckpt.change(on_checkpoint, inputs=[ckpt], outputs=[head])
     # one request at a time (memory is bounded per request by --max-pixels), a bounded queue
     app.queue(default_concurrency_limit=1, max_size=args.queue_size)
@@ -371,16 +477,23 @@ def main(argv=None) -> int:
         if not value > 0:
             raise CLIError(f"{option} must be positive, got {value}")
     warning = check_host(args)
+    check_port(args.host, args.port)
+    workdir = make_workdir()  # before Gradio is imported: it reads GRADIO_TEMP_DIR then
     try:
         importlib.import_module("gradio")  # installed? (before a model is loaded for nothing)
     except ImportError:
         raise CLIError("the demo needs Gradio: pip install -r requirements-demo.txt") from None
-    app = build_app(args)
+    app = build_app(args, workdir)
     if warning:
         print(warning, file=sys.stderr, flush=True)
     print(f"serving {args.checkpoint} on http://{args.host}:{args.port} (Ctrl-C stops)", flush=True)
-    app.launch(server_name=args.host, server_port=args.port, share=False, inbrowser=False,
-               show_error=True, quiet=True, footer_links=[], max_file_size=f"{int(args.max_upload_mb * 1e6)}b")
+    from starlette.middleware import Middleware
+    try:
+        app.launch(server_name=args.host, server_port=args.port, share=False, inbrowser=False,
+                   show_error=True, quiet=True, footer_links=[], max_file_size=f"{int(args.max_upload_mb * 1e6)}b",
+                   app_kwargs={"middleware": [Middleware(BodyLimit)]})
+    except OSError as e:  # the port taken between the check and the launch
+        raise CLIError(f"--port {args.port}: cannot serve on {args.host}:{args.port} ({e})") from None
     return 0
 
 

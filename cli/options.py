@@ -227,7 +227,8 @@ def add_interval_argument(p) -> None:
     p.add_argument("--intervals", default=None, metavar="PERCENT",
                    help="also write the central PERCENT %% interval of every pixel's depth as "
                         "<name>_depth_lower<P>/_upper<P> (.png 16-bit mm and .npy metres), from the "
-                        "predicted uncertainty with the checkpoint's per-domain calibration (scale 1, "
-                        "with a note, for checkpoints without one); predictions.json states the coverage "
-                        "the calibration achieved on validation rows. Streams log each frame's median "
-                        "interval width at this coverage (default 90)")
+                        "predicted uncertainty with the head's calibration fitted on whole frames (scale 1, "
+                        "with a note, for checkpoints without one); predictions.json states what the "
+                        "interval means and the coverage measured on this path (whole frames) for that "
+                        "head, or that none was measured. Streams log each frame's median interval width "
+                        "at this coverage (default 90)")

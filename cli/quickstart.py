@@ -41,7 +41,8 @@ from tqdm import tqdm  # noqa: E402
 
 from cli import test as evaluate_cli  # noqa: E402
 from cli import test_inference as inference_cli  # noqa: E402
-from base.safeio import write_json  # noqa: E402
+from base.errors import InputError  # noqa: E402
+from base.safeio import check_folder, check_write, json_report, made_by, record_made, write_json  # noqa: E402
 from evaluation.evaluate import EvalOptions  # noqa: E402
 from evaluation.matrix import DEFAULT_MATRIX_METRICS, evaluate_matrix  # noqa: E402
 from evaluation.selection import SelectionOptions, evaluate_selection  # noqa: E402
@@ -113,7 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="synthetic data root, generated if missing (default datasets/synthetic, "
                         "datasets/synthetic_tiny with --tiny)")
     p.add_argument("--regenerate", action="store_true",
-                   help="regenerate the synthetic data even if a suitable set exists (overwrites it)")
+                   help="regenerate the synthetic data even if a suitable set exists (overwrites it; "
+                        "without it a --data-root holding a dataset synthetic.py did not make, a real one, "
+                        "stops the command)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace checkpoints and reports in --out that an earlier quickstart did not make "
+                        "(e.g. your own runs/N.pth.tar); without it they stop the command before any "
+                        "training")
     p.add_argument("--steps", default=None,
                    help="optimiser steps of the N, K and S stages, comma-separated (default 96,48,48; "
                         "--tiny 1,1,1)")
@@ -190,7 +197,7 @@ def make_data(root: Path, s: dict, args, say) -> str:
     from data import synthetic
     synthetic.generate(str(root), n_train=s["n_train"], n_test=s["n_test"], seed=args.seed,
                        workers=min(2, os.cpu_count() or 1), replay_size=s["replay_size"], domains=ORDER,
-                       scale=s["data_scale"], progress=True)
+                       scale=s["data_scale"], progress=True, overwrite=args.regenerate)
     return "generated"
 
 
@@ -207,10 +214,31 @@ def learn_stage(k: int, s: dict, args, out: Path, root: Path) -> str:
     if k == 1:
         options.encoder, options.pretrained = s["encoder"], args.pretrained or None
     path = Path(train.run(options))  # errors: one error line, as train_N/NK/NKS.py print them
+    record_made(path, COMMAND)  # a later quickstart into --out may replace it
     resume = path.with_suffix("").with_suffix("") / "last.pth.tar"
     if not args.keep_resume and resume.is_file():
         resume.unlink()  # the stage finished: its resume state (weights + Adam, ~260 MB) is not needed
     return str(path)
+
+
+COMMAND = "quickstart.py"
+
+
+def check_outputs(out: Path, root: Path, args) -> None:
+    """Before anything is written (base.safeio.check_write): --out's checkpoints and reports are
+    replaced only when an earlier quickstart made them (or with --overwrite); --data-root holds no
+    dataset synthetic.py did not make (unless --regenerate)."""
+    from data import synthetic
+    ours = lambda p: made_by(p, COMMAND) or (Path(p).suffix == ".json" and json_report(p))  # noqa: E731
+    hint = ("it is not a quickstart's (your own model or file?); choose another --out, or pass --overwrite "
+            "to replace it")
+    check_folder(out, "--out")
+    for k in range(1, len(ORDER) + 1):
+        check_write(out / f"{ORDER[:k]}.pth.tar", option="--out", overwrite=args.overwrite, ours=ours, hint=hint)
+    for name in ("REPORT.md", "report.json", "matrix.json", "inference.json"):
+        check_write(out / name, option="--out", overwrite=args.overwrite, ours=ours, hint=hint)
+    if root.exists():
+        synthetic.check_out(str(root), list(ORDER), args.regenerate, option="--data-root", flag="--regenerate")
 
 
 def training_precision(amp: str, device) -> str:
@@ -376,6 +404,7 @@ def write_report(out: Path, s: dict, args, clock: Clock, matrix: dict, infer: di
     from base.safeio import atomic_write  # REPORT.md appears complete or not at all
     with atomic_write(out / "REPORT.md", "w", encoding="utf-8") as f:
         f.write("\n".join(lines))
+    record_made(out / "REPORT.md", COMMAND)
     write_json(out / "report.json", report)
     return report
 
@@ -388,19 +417,25 @@ def main(argv=None) -> dict:
             raise SystemExit(f"error: --threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     out, root = Path(s["out"]), Path(s["data_root"])
+    try:
+        check_outputs(out, root, args)
+    except InputError as e:
+        raise SystemExit(f"error: {e}") from None
     out.mkdir(parents=True, exist_ok=True)
     load_start = load_average()
     clock = Clock()
     stages = ["data"] + [f"train {ORDER[:k]}" for k in range(1, len(ORDER) + 1)] + \
              ["evaluate matrix", "evaluate selection + latency", "report"]
-    bar = tqdm(total=len(stages), desc="quickstart", unit="step", position=0, dynamic_ncols=True,
-               bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} steps [{elapsed}<{remaining}]")
+    # counts the quickstart's stages (data, the three trainings, two evaluations, the report), not
+    # optimiser steps, which each training's own bar shows; no time estimate: the stages differ 10x
+    bar = tqdm(total=len(stages), desc="quickstart", unit="stage", position=0, dynamic_ncols=True,
+               bar_format="{desc}: {n_fmt}/{total_fmt} stages |{bar}| [{elapsed}{postfix}]")
 
     def say(text):
         tqdm.write(f"[quickstart] {text}")
 
     def step(name, fn, *a, **kw):
-        bar.set_postfix_str(name)
+        bar.set_postfix_str(f"now: {name}")
         say(f"{name} ...")
         r = clock.run(name, fn, *a, **kw)
         say(f"{name} done in {clock.steps[name]['wall_s']:.0f} s (CPU {clock.steps[name]['cpu_s']:.0f} s)")
@@ -414,7 +449,7 @@ def main(argv=None) -> dict:
         step(f"train {ORDER[:k]}", learn_stage, k, s, args, out, root)
     matrix = step("evaluate matrix", evaluate_stages, s, args, out, root)
     infer = step("evaluate selection + latency", evaluate_heads, s, args, out, root)
-    bar.set_postfix_str("report")
+    bar.set_postfix_str("now: report")
     report = write_report(out, s, args, clock, matrix, infer, data_state, load_start, root)
     bar.update(1)
     bar.close()

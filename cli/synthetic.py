@@ -69,7 +69,7 @@ def run(argv=None) -> int:
     synthetic.tune_malloc()  # the command line owns its process; library callers keep their malloc settings
     meta = synthetic.generate(args.out, n_train=args.train, n_test=args.test, seed=args.seed,
                               workers=args.workers, replay_size=args.replay_size, domains=args.domains,
-                              scale=args.scale, progress=not args.quiet)
+                              scale=args.scale, progress=not args.quiet, overwrite=args.overwrite)
     for name, domain in meta["domains"].items():
         print(summary_line(name, domain))
     print(f"wrote {args.out} in {meta['generation_seconds']:.1f} s")

@@ -11,7 +11,7 @@ import argparse
 
 import torch
 
-from base.safeio import write_json
+from base.safeio import check_report, protect, write_json
 from evaluation.evaluate import describe_predictor, describe_settings
 from evaluation.selection import SelectionOptions, evaluate_selection, selection_benchmark
 from base.domains import DEFAULT_DATA_ROOT
@@ -122,6 +122,9 @@ def _main(argv=None) -> dict:
     register_custom_domains(args.data_root)
     order = parse_letters(args.order, "--order") if args.order else None
     domains = parse_letters(args.domains, "--domains") if args.domains else None
+    protect(args.checkpoint, "the --checkpoint")
+    if args.json:
+        check_report(args.json)  # before the evaluation: never the checkpoint, never a user's file
     net = load_checkpoint(check_checkpoint_path(args.checkpoint), order=order)  # the one load of the run
     if args.add_frame_statistics:
         return write_frame_statistics(args, net, checkpoint_letters(net.meta, args.checkpoint))

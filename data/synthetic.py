@@ -42,7 +42,7 @@ from PIL import Image
 from base.domains import CAMERAS, get_domain
 from base.errors import InputError
 from data.prepare import write_replay_csv
-from base.safeio import read_json, write_json
+from base.safeio import check_folder, check_write, read_json, write_json
 
 GENERATOR_VERSION = "1.0"
 EPS = 1e-4                 # minimum ray parameter of a hit (metres of depth)
@@ -1288,6 +1288,67 @@ def render_aerial(index: int, seed: int = 0, scale: float = 1.0) -> dict:
     return {"image": image, "depth_exact": hits.t, "camera": cam}
 
 
+RECORDING_LAYOUTS = ("tum", "png16")
+
+
+def write_aerial_recording(out: str, layout: str, frames: int, seed: int = 0, scale: float = 0.5,
+                           unit: Optional[float] = None, fps: float = 30.0) -> dict:
+    """The aerial frames (:func:`render_aerial`) written as a depth camera's SDK records them, in
+    ``layout`` "tum" (``rgb.txt``/``depth.txt`` with timestamps, ``rgb/<t>.png``, ``depth/<t>.png``;
+    the depth stream runs on its own clock, a few milliseconds off the colour one, and drops or adds
+    the odd frame) or "png16" (``color/<n>.png`` + ``depth/<n>.png`` by frame number, as RealSense
+    and Azure Kinect exporters write). Depth is uint16 = metres / ``unit`` (default: TUM 0.002 m,
+    i.e. 500 per metre, as 5000 per metre stops at 13 m; png16 0.001 m), 0 where nothing was
+    measured: sky, beyond 65535 units, and 1 % dropped pixels. Returns what was written (the
+    camera as fx, fy, cx, cy, the unit, the frames written and the ones left unpaired)."""
+    if layout not in RECORDING_LAYOUTS:
+        raise InputError(f"layout {layout!r}: expected one of {RECORDING_LAYOUTS}")
+    unit = float(unit or (0.002 if layout == "tum" else 0.001))
+    rng = _rng(seed, AERIAL_CODE, 7)
+    os.makedirs(os.path.join(out, "depth"), exist_ok=True)
+    colour_dir = os.path.join(out, "rgb" if layout == "tum" else "color")
+    os.makedirs(colour_dir, exist_ok=True)
+    rgb_lines, depth_lines, unpaired, cam = [], [], [], None
+    t0 = 1700000000.0 + seed
+    for i in range(frames):
+        frame = render_aerial(i, seed=seed, scale=scale)
+        cam = frame["camera"]
+        exact = frame["depth_exact"]
+        raw = np.where(np.isfinite(exact), np.round(np.nan_to_num(exact, posinf=0.0) / unit), 0)
+        raw[(raw > 65535) | (rng.random(raw.shape) < 0.01)] = 0
+        depth = raw.astype(np.uint16)
+        if layout == "png16":
+            name = f"{i:06d}.png"
+            Image.fromarray(frame["image"]).save(os.path.join(colour_dir, name))
+            _write_png16(os.path.join(out, "depth", name), depth)
+            continue
+        t_rgb = t0 + i / fps
+        t_depth = t_rgb + rng.uniform(-0.008, 0.008)   # the depth stream's own clock
+        name_rgb, name_depth = f"rgb/{t_rgb:.6f}.png", f"depth/{t_depth:.6f}.png"
+        if i % 50 == 17:   # a dropped depth frame: this colour frame has no partner
+            unpaired.append(name_rgb)
+        else:
+            _write_png16(os.path.join(out, name_depth), depth)
+            depth_lines.append(f"{t_depth:.6f} {name_depth}")
+        Image.fromarray(frame["image"]).save(os.path.join(out, name_rgb))
+        rgb_lines.append(f"{t_rgb:.6f} {name_rgb}")
+    if layout == "tum":
+        extra = f"depth/{t0 + frames / fps + 1.0:.6f}.png"   # depth recorded after the colour stopped
+        _write_png16(os.path.join(out, extra), np.zeros((cam.height, cam.width), np.uint16))
+        depth_lines.append(f"{t0 + frames / fps + 1.0:.6f} {extra}")
+        unpaired.append(extra)
+        for fname, lines, what in (("rgb.txt", rgb_lines, "color"), ("depth.txt", depth_lines, "depth")):
+            with open(os.path.join(out, fname), "w", encoding="utf-8") as f:
+                f.write(f"# {what} images\n# file: 'aerial synthetic recording'\n# timestamp filename\n")
+                f.write("\n".join(lines) + "\n")
+    return {"layout": layout, "unit": unit, "frames": frames, "unpaired": unpaired,
+            "intrinsics": [cam.fx, cam.fy, cam.cx, cam.cy], "size": [cam.width, cam.height]}
+
+
+def _write_png16(path: str, values: np.ndarray) -> None:
+    Image.fromarray(values.astype(np.uint16)).save(path)
+
+
 # ============================================================================ file layout
 KITTI_DATES = ("2011_09_26", "2011_09_28", "2011_09_29", "2011_09_30", "2011_10_03")
 TEST_SCENE_OFFSET = {"K": 9000, "S": 5000}   # test drives/scenes never share names with train ones
@@ -1433,14 +1494,19 @@ def default_workers() -> int:
 
 
 def generate(out: str, n_train: int = 300, n_test: int = 100, seed: int = 0, workers: Optional[int] = None,
-             replay_size: int = 500, domains: str = "NKS", scale: float = 1.0, progress: bool = True) -> dict:
+             replay_size: int = 500, domains: str = "NKS", scale: float = 1.0, progress: bool = True,
+             overwrite: bool = False, option: str = "--out", flag: Optional[str] = "--overwrite") -> dict:
     """Generate the synthetic domains under `out`; returns the meta dict (also meta.json).
 
     Files are byte-identical for the same (seed, counts, scale) whatever the worker count, since
     each sample is seeded from (seed, domain, split, index); meta.json holds timings and differs.
-    Settings that cannot work raise :class:`InputError` before anything is written (check_settings).
+    Settings that cannot work raise :class:`InputError` before anything is written (check_settings),
+    and so does an ``out`` holding a dataset synthetic.py did not make (a real one: :func:`check_out`)
+    unless ``overwrite`` (``option``, ``flag``: how the calling command names the root and that
+    request, for the message).
     """
     letters = check_settings(n_train, n_test, replay_size, workers, scale, domains)
+    check_out(out, letters, overwrite, option, flag)
     t0 = time.time()
     tasks = [(out, L, sp, i, seed, scale) for L in letters for sp, n in (("train", n_train), ("test", n_test))
              for i in range(n)]
@@ -1534,14 +1600,23 @@ def _made_by_us(out: str) -> bool:
     return isinstance(meta, dict) and meta.get("synthetic") is True and meta.get("generator") == "synthetic.py"
 
 
-def check_out(out: str, letters: Sequence[str], overwrite: bool = False) -> None:
+def check_out(out: str, letters: Sequence[str], overwrite: bool = False, option: str = "--out",
+              flag: Optional[str] = "--overwrite") -> None:
     """An :class:`InputError` unless ``out`` can take the domains' files: a folder (or nothing yet)
-    whose index CSVs, if any, synthetic.py wrote (a real dataset's are kept unless ``overwrite``)."""
+    whose index CSVs, if any, synthetic.py wrote (a real dataset's are kept unless ``overwrite``):
+    base.safeio.check_write with synthetic.py's meta.json as the mark of its own files.
+    ``option``/``flag``: the calling command's names for the root and for asking to overwrite (None:
+    the command cannot be asked)."""
     if os.path.exists(out) and not os.path.isdir(out):
-        raise InputError(f"--out {out!r}: expected a folder (it is a file)")
+        raise InputError(f"{option} {out!r}: expected a folder (it is a file)")
+    check_folder(out, option)
     clash = [name for L in letters for name in DOMAINS[L].csv.values() if os.path.exists(os.path.join(out, name))]
-    if clash and not overwrite and not _made_by_us(out):
-        raise InputError(f"--out {out} holds {', '.join(clash)}, not made by synthetic.py (no "
+    ours = _made_by_us(out)
+    try:
+        for name in clash:
+            check_write(os.path.join(out, name), option=option, overwrite=overwrite, ours=lambda p: ours)
+    except InputError:
+        raise InputError(f"{option} {out} holds {', '.join(clash)}, not made by synthetic.py (no "
                          f"synthetic meta.json there: a real dataset?); its images, depth maps and CSVs "
-                         f"would be overwritten. Choose another --out (e.g. datasets/synthetic) or pass "
-                         f"--overwrite")
+                         f"would be overwritten. Choose another {option} (e.g. datasets/synthetic)"
+                         + (f" or pass {flag}" if flag else "")) from None

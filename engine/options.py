@@ -121,18 +121,37 @@ class StageOptions:
               "to reach the metre range of an outdoor domain (about 20 m for KITTI)", MODEL,
         choices=("auto", "off"))
     proto_images: int = option(200, "images per domain used for the stored domain prototypes", MODEL)
+    frame_images: int | None = option(None, "replay images per domain (5 variants each) of the whole-frame "
+                                            "selector statistics computed at the stage's end; default: "
+                                            "--proto-images, at most 100 (the budget measured in "
+                                            "docs/BENCHMARKS.md; give --proto-images' value for the rule "
+                                            "before the budget)", MODEL)
+    frame_area: int | None = option(None, "at most this many pixels per frame through the trunk for the "
+                                          "whole-frame selector statistics (and so for the queries' "
+                                          "selection input); default 19200 (160x120); 0: the first head's "
+                                          "whole trained frame whatever its size (the rule before the "
+                                          "budget: 428k pixels for a model that learned KITTI first)", MODEL)
     # ---- run
     device: str = option("auto", "where the network runs; auto takes CUDA when available", RUN, choices=DEVICES)
     amp: str = option("auto", "mixed precision of training; auto is bf16 (or fp16 with loss scaling) on CUDA, "
                               "off (fp32) on a CPU. bf16 on a CPU with native bf16 (AVX512-BF16/AMX) trains "
                               "faster, elsewhere it is emulated and slower; bench/README.md gives the "
                               "measured speed and what it changes", RUN, choices=AMP_MODES)
+    channels_last: str = option("auto", "memory layout of the student's training: on (NHWC, faster oneDNN "
+                                        "convolutions on a CPU; the same arithmetic, rounded in another "
+                                        "order), off (NCHW, the layout before this option); auto: per CPU "
+                                        "kind (models/hardware.py, off on every kind so far), off on CUDA",
+                                RUN, choices=("auto", "on", "off"))
     seed: int = option(0, "seed of weights, data order and augmentation", RUN)
     resume: str | None = option(None, "resume an interrupted stage from its run folder's last.pth.tar (or a "
                                       "path)", RUN, nargs="?", const="auto")
     overwrite: bool = option(False, "replace an existing --out checkpoint and start the run folder over (its "
                                     "log.jsonl and resume state); without it such a run stops with an error",
                              RUN)
+    allow_changes: bool = option(False, "with --resume: continue although --scale, --data-root, --encoder, "
+                                        "--batch-size or --lr differ from the interrupted run's (each change "
+                                        "is printed); without it such a resume stops with an error, since the "
+                                        "checkpoint would describe only the last settings", RUN)
     on_nonfinite: str = option("stop", "a NaN/inf loss or gradient: stop (save the state before that step "
                                        "and name the batch's files) or skip the batch's update and go on", RUN,
                                choices=("stop", "skip"))
@@ -241,7 +260,10 @@ def order_specs(opts) -> list:
 def resolve_options(options: StageOptions) -> StageOptions:
     """A copy of ``options`` with the defaults that depend on other options filled in (order
     letters, batch size, --out, the run folder, --prior, the protocol's options), its values checked."""
+    if not isinstance(options, StageOptions):
+        raise InputError(f"train_stage takes a StageOptions, got {type(options).__name__}")
     opts = dataclasses.replace(options)
+    check_types(opts)  # before anything else looks at a value (and before the run folder exists)
     specs = order_specs(opts)
     if opts.shared_head and opts.strategy != "joint":
         raise InputError("--shared-head is a joint-training baseline; use it with --strategy joint")
@@ -258,6 +280,30 @@ def resolve_options(options: StageOptions) -> StageOptions:
     check_values(opts, specs)
     resolve_protocol(opts, list(PROTOCOL_TRAINING) + list(PROTOCOL_DATA))
     return opts
+
+
+def check_types(opts) -> None:
+    """Each setting of the declared type (as the command line's parser would give it), an
+    InputError naming the option otherwise; a path (pathlib.Path, os.PathLike) where a str is
+    declared becomes its str (a data root, --out, a checkpoint)."""
+    import os
+    for f in dataclasses.fields(opts):
+        value, declared = getattr(opts, f.name), str(f.type)
+        kinds = {k.strip() for k in declared.split("|")}
+        if value is None and "None" in kinds:
+            continue
+        if "str" in kinds and isinstance(value, os.PathLike):
+            setattr(opts, f.name, os.fspath(value))
+            continue
+        ok = (("str" in kinds and isinstance(value, str))
+              or ("bool" in kinds and isinstance(value, bool))
+              or ("int" in kinds and isinstance(value, int) and not isinstance(value, bool))
+              or ("float" in kinds and isinstance(value, (int, float)) and not isinstance(value, bool)))
+        if not ok and kinds - {"str", "bool", "int", "float", "None"}:
+            continue  # a type this check does not know: left to the later checks
+        if not ok:
+            raise InputError(f"--{f.name.replace('_', '-')} {value!r}: expected {declared.replace(' | None', '')} "
+                             f"(StageOptions.{f.name}), got {type(value).__name__}")
 
 
 def _fail(option: str, value, expected: str):
@@ -279,7 +325,9 @@ def check_values(args, specs) -> None:
                 "--batch-size": (args.batch_size, 1), "--grad-accum": (args.grad_accum, 1),
                 "--lr-step": (args.lr_step, 1), "--val-images": (args.val_images, 0),
                 "--workers": (args.workers, 0), "--proto-images": (args.proto_images, 1),
-                "--replay-size": (args.replay_size, 0)}
+                "--replay-size": (args.replay_size, 0),
+                "--frame-images": (args.frame_images, 5),
+                "--frame-area": (args.frame_area, 0)}
     for option, (value, low) in at_least.items():
         if value is not None and value < low:
             _fail(option, value, f"an integer >= {low}")

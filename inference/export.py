@@ -22,7 +22,8 @@ extra file (:func:`load_exported`). Any input size works (the trunk is traced wi
 
 Precision: float32 by default (portable; BatchNorm folded into the convolutions, results equal to
 ``DepthPredictor(fast=False)`` to ~1e-5). ``--precision bf16`` packs the bfloat16 fast path instead
-(fast only on CPUs/GPUs with native bf16).
+(fast only on CPUs/GPUs with native bf16; ``auto``: bf16 there, fp16 on a CUDA GPU without bf16,
+else float32).
 
 ``--format onnx`` writes a float32 ONNX graph (opset 17; batch and image sizes dynamic) with the
 same inputs and outputs (``image`` -> ``depth``, ``domain``[, ``uncertainty``]) and the metadata
@@ -239,11 +240,39 @@ def export_onnx(net, out, prototypes=None, domain=None, with_uncertainty=False, 
             "outputs": outputs, "precision": "float32", "fuse_bn": True, "mean": IMAGENET_MEAN,
             "std": IMAGENET_STD,
             "input": "image: float32 (B,3,H,W) RGB in [0,1] normalized with mean/std; outputs at H/2 x W/2",
-            "source": meta_in.get("path")}
+            "source": meta_in.get("path"), **pipeline_meta(net), **knowing(meta_in)}
     onnx.helper.set_model_props(model, {ONNX_META_KEY: json.dumps(meta)})
     with atomic_write(out) as f:  # a kill leaves the earlier file (or none), never a partial one
         f.write(model.SerializeToString())  # (onnx.save wants the file's name; ours is a descriptor)
     return meta
+
+
+SCOPE = ("the network only (image -> depth at half the input size), not the frame pipeline of "
+         "predict.py/DepthPredictor.predict_image: no head choice on whole frames by the frames "
+         "statistics, no resampling to the head's camera, no tiles, no depth clamping. For metres "
+         "right on whole frames, feed each head input at the focal length in `cameras` (pixels, per "
+         "head, at the size given there) and the head's input size; intervals: spread = median "
+         "predicted depth x sqrt(2) x exp(u/2) x `calibration_scales` (base/uncertainty.py)")
+
+
+def pipeline_meta(net) -> dict:
+    """What an exported file needs beside the network to reproduce the frame pipeline's metres and
+    intervals: per head the camera it learned (inference.frames.head_cameras), the stored
+    uncertainty calibration and its scales, and a sentence saying that the file is the network
+    only (``scope``)."""
+    from base.uncertainty import CALIBRATION_KEY, calibration_scales
+    from inference.frames import head_cameras
+    meta = dict(getattr(net, "meta", {}) or {})
+    n = net.num_domains
+    letters = meta.get("letters")
+    cameras = [None] * n
+    if letters and len(letters) == n:
+        try:
+            cameras = [c.as_dict() if c is not None else None for c in head_cameras(meta, list(letters))]
+        except Exception:  # noqa: BLE001 - an unregistered custom domain: no camera to tell
+            pass
+    return {"cameras": cameras, "calibration_scales": [float(s) for s in calibration_scales(meta, n)],
+            CALIBRATION_KEY: meta.get(CALIBRATION_KEY), "scope": SCOPE}
 
 
 def load_onnx(path, threads=None):
@@ -280,6 +309,17 @@ def check_onnx(path, net, prototypes, size=None, batch=2, seed=0) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------
+def knowing(meta_in: dict) -> dict:
+    """What an exported model's user needs to reproduce the checkpoint's intervals and its
+    out-of-domain verdict: the uncertainty calibration record (base.uncertainty) and the verdict's
+    definition (inference/ood.py: descriptor, per-head statistics, threshold; None where the
+    checkpoint stores none). The graph itself computes neither."""
+    from base.uncertainty import CALIBRATION_KEY
+    from inference.ood import ood_record
+    frames = (meta_in.get("prototypes") or {}).get("frames") or {}
+    return {"uncertainty_calibration": meta_in.get(CALIBRATION_KEY), "out_of_domain": ood_record(frames.get("ood"))}
+
+
 def resolve_domain(domain, meta: dict, num_domains: int) -> int:
     """--domain as an index ("1") or a learned domain's letter/name ("K", "kitti") -> index."""
     if domain is None:
@@ -352,7 +392,7 @@ def export_model(net, out, prototypes=None, domain=None, with_uncertainty=False,
             "precision": str(dtype).replace("torch.", ""), "fuse_bn": bool(fuse_bn),
             "channels_last": bool(channels_last), "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
             "input": "float32 (B,3,H,W) RGB in [0,1] normalized with mean/std; outputs at H/2 x W/2",
-            "source": meta_in.get("path")}
+            "source": meta_in.get("path"), **pipeline_meta(net), **knowing(meta_in)}
     with atomic_write(out) as f:  # a kill leaves the earlier file (or none), never a partial one
         torch.jit.save(module, f, _extra_files={META_FILE: json.dumps(meta)})
     return meta
@@ -384,20 +424,29 @@ def check_export(path, net, prototypes, meta, selector="pooled", size=None, batc
     return res
 
 
-def check_out(out, checkpoint, overwrite: bool) -> None:
+SUFFIXES = {"torchscript": (".ts", ".pt", ".pth", ".jit", ".torchscript"), "onnx": (".onnx",)}
+
+
+def check_out(out, checkpoint, overwrite: bool, format: str | None = None) -> None:
     """Refuse an --out that is the checkpoint, a folder, below a file, or (without --overwrite) an
-    existing file (InputError): an export replaces only what an export made, when asked to."""
+    existing file (InputError, base.safeio.check_write): an export replaces only what an export made,
+    when asked to. ``format``: a name ending in the other format's suffix (ONNX into .ts, TorchScript
+    into .onnx) is refused too. The temp files of killed earlier exports in that folder are removed."""
+    from base.safeio import check_write, clean_stale_temps, protect
     path = Path(out)
+    if checkpoint:
+        protect(checkpoint, "the --checkpoint")
     if checkpoint and path.exists() and Path(checkpoint).exists() and os.path.samefile(path, checkpoint):
         raise InputError(f"--out {out}: is the --checkpoint itself; the export would replace the trained "
                          f"model. Choose another file name, e.g. {path.with_suffix('')}.ts")
-    if path.is_dir():
-        raise InputError(f"--out {out}: is a folder; expected a file name, e.g. {path / 'model.ts'}")
-    parent = next((a for a in path.absolute().parents if a.exists()), None)
-    if parent is not None and not parent.is_dir():
-        raise InputError(f"--out {out}: {parent} is a file, not a folder")
-    if path.exists() and not overwrite:
-        raise InputError(f"--out {out}: exists; pass --overwrite to replace it, or choose another file name")
+    if format is not None:
+        suffix = path.suffix.lower()
+        other = next((f for f, s in SUFFIXES.items() if f != format and suffix in s), None)
+        if other is not None:
+            raise InputError(f"--out {out}: a {suffix} name is for --format {other}, but --format {format} "
+                             f"was asked; name it {path.with_suffix(SUFFIXES[format][0])}")
+    check_write(path, option="--out", overwrite=overwrite)
+    clean_stale_temps(path.absolute().parent)
 
 
 FORMATS = ("torchscript", "onnx")
@@ -411,6 +460,9 @@ def export_net(net, out, *, format: str = "torchscript", domain=None, with_uncer
     as one TorchScript (:func:`export_model`) or float32 ONNX (:func:`export_onnx`) file; returns the
     metadata written with it. ValueError for a setting the format cannot hold (ONNX is float32 with
     BatchNorm folded) or a missing runtime."""
+    # the write guard (base.safeio.check_write): never the checkpoint, a folder, or the other
+    # format's suffix; a library caller replaces an existing file (export.py asks first)
+    check_out(out, net.meta.get("path"), overwrite=True, format=format if format in FORMATS else None)
     protos = net.meta.get("prototypes")
     if format == "torchscript":
         return export_model(net, out, protos, domain=domain, with_uncertainty=with_uncertainty,

@@ -8,9 +8,11 @@ One rule, used by predict.py, the streams (inference/stream.py), the demo and
    descriptor of its fused features is scored by the ``frames`` statistics, an LDA fitted on replay
    *files as they lie on disk* preprocessed exactly like a query (``inference.replay.frame_statistics``,
    with the mirrored, half-size, cropped and colour-jittered variants users feed), so a query and
-   the statistics see the same preprocessing whatever the frame's size and aspect ratio. A
-   smallest distance above the chosen head's threshold (calibrated on held-out replay frames) is
-   the out-of-domain verdict ("none of my heads fits"). A checkpoint without these statistics
+   the statistics see the same preprocessing whatever the frame's size and aspect ratio. The
+   out-of-domain verdict ("none of my heads fits") is inference/ood.py's where the statistics store
+   it: a per-head Mahalanobis score of the selection input's fused and early encoder features,
+   normalised on held-out replay frames, above a fixed threshold (older statistics: the smallest
+   LDA distance above the chosen head's threshold, calibrated on held-out replay frames). A checkpoint without these statistics
    keeps its stored selector on the frame squeezed to the first domain's input size (what its
    prototypes were computed from), without a verdict.
 2. **The camera.** Each head learned one camera: the focal length in pixels of its training frames
@@ -38,7 +40,10 @@ One rule, used by predict.py, the streams (inference/stream.py), the demo and
    replicate padding raised AbsRel (K whole frames 0.554 against 0.415 unpadded, N 0.314 against
    0.302), and whole K frames in one pass (0.415) were worse than tiles (0.341); the network takes any
    size, as in training (240 and 114 are no multiples of 32 either). The depth is brought to the
-   frame's size.
+   frame's size. One bound holds whatever the frame (``bound_scale``): a side shorter than
+   ``MIN_SIDE`` is padded up to it (replicate, cropped away after; only such thin frames are
+   padded), never upscaled, so the floor overrides neither the focal match nor the cap, and the
+   padded input, and every batch of tiles, holds at most ``MAX_PIXELS`` pixels.
 """
 from __future__ import annotations
 
@@ -53,6 +58,7 @@ from PIL import Image
 
 from base.domains import CAMERAS, get_domain
 from base.safeio import read_json
+from inference.ood import fit_ood, ood_descriptor, ood_scores, ood_verdict
 from inference.prototypes import LDA_SHRINK, fit_lda, lda_distances, pooled_descriptor
 from base.images import image_tensor
 from loaders import build_transform, get_dataset
@@ -61,7 +67,7 @@ from models.modules import Windows, tent, tile_starts  # noqa: F401 - tile_start
 
 MAX_PIXELS = 2_400_000  # larger network inputs are downscaled (the focal ratio goes into the depth)
 TILE_SLACK = 1.0        # FramePipeline.tile_size
-MIN_SIDE = 32           # smaller inputs are upscaled (aspect kept): ResNet's output stride
+MIN_SIDE = 32           # a shorter side is padded up to this (ResNet's output stride); never upscaled
 SELECT_AREA = 160 * 120  # the selection input's pixel area when the statistics store none
 MODES = ("resample", "rescale")
 # FramePipeline.depth on inputs larger than the head's training input (docs/BENCHMARKS.md, frame rule)
@@ -102,8 +108,11 @@ class Camera:
 
 def source_camera(spec, data_root=None) -> Camera | None:
     """The camera of a domain's depth frames as they lie on disk: a synthetic set's meta.json
-    (rendered at its own scale), a custom domain's ``camera`` field (domains.json), else the
-    built-in sensor (domains.CAMERAS) at the size of the files stored there; None when nothing says."""
+    (rendered at its own scale), a custom domain's ``camera`` field (domains.json), the recording's
+    calibration file beside the first stored frame (KITTI: :func:`calibration_camera`), else the
+    built-in sensor (domains.CAMERAS) at the size of the files stored there
+    (:func:`registry_camera_at`: KITTI's raw frames are a wider crop of the same sensor, not a
+    resize); None when nothing says."""
     spec = get_domain(spec)
     if data_root:
         try:
@@ -118,21 +127,92 @@ def source_camera(spec, data_root=None) -> Camera | None:
     if spec.letter in CAMERAS:
         cam = CAMERAS[spec.letter]
         cam = Camera(*cam.intrinsics, *cam.frame_size)
-        size = stored_frame_size(spec, data_root) if data_root else None
-        return cam.resized(*size) if size else cam  # the sensor, at the resolution the files have
+        first = stored_frame(spec, data_root) if data_root else None
+        if first is None:
+            return cam
+        size, image = first
+        calibrated = calibration_camera(image, size)
+        if calibrated is not None:  # the recording's own calibration (KITTI's files)
+            return calibrated
+        return registry_camera_at(cam, size, spec.transform == "kitti")
+    return None
+
+
+CROP_TOLERANCE = 0.1  # a frame within 10 % of the registry size on each side is a crop of that sensor
+
+
+def registry_camera_at(cam: Camera, size, crops: bool) -> Camera:
+    """A registry camera at the size ``size`` = (W, H) the files have. KITTI's registry camera
+    (721.5 @ 1216x352) is the benchmark's bottom-centre *crop* of the raw frames (1242x375 on
+    2011_09_26, 1224-1242 x 370-376 by date; formats.md): for the cropping recipe (``crops``) a
+    frame within CROP_TOLERANCE of the registry size is the same sensor with another crop (fx, fy
+    kept, cx, cy shifted); anything else is a resize of the registry frame (a data set stored at
+    another resolution), as for NYU and ScanNet."""
+    w, h = int(size[0]), int(size[1])
+    if crops and abs(w / cam.width - 1) <= CROP_TOLERANCE and abs(h / cam.height - 1) <= CROP_TOLERANCE:
+        return Camera(cam.fx, cam.fy, cam.cx + (w - cam.width) / 2.0, cam.cy + (h - cam.height), w, h)
+    return cam.resized(w, h)  # the sensor, at the resolution the files have
+
+
+def stored_frame(spec, data_root):
+    """((W, H) of the first replay (else training) depth map under ``data_root``, its image path),
+    or None."""
+    for split in ("replay", "train"):
+        try:
+            rows = get_dataset(spec, split, str(data_root), check_files=False).rows
+            with Image.open(rows[0].depth) as im:
+                return im.size, rows[0].image
+        except Exception:  # noqa: BLE001 - no readable file: the registry's own size stands
+            continue
     return None
 
 
 def stored_frame_size(spec, data_root):
     """(W, H) of the first replay (else training) depth map under ``data_root``, or None."""
-    for split in ("replay", "train"):
-        try:
-            rows = get_dataset(spec, split, str(data_root), check_files=False).rows
-            with Image.open(rows[0].depth) as im:
-                return im.size
-        except Exception:  # noqa: BLE001 - no readable file: the registry's own size stands
-            continue
-    return None
+    first = stored_frame(spec, data_root)
+    return None if first is None else first[0]
+
+
+def _numbers(text) -> list:
+    return [float(v) for v in text.replace(",", " ").split()]
+
+
+def calibration_camera(image_path, size=None) -> Camera | None:
+    """The camera of one image file from its recording's calibration, where the layout has one:
+    KITTI raw (``<date>/calib_cam_to_cam.txt``'s ``P_rect_0X`` for ``<date>/<drive>/image_0X/data/
+    <frame>.png``) or the benchmark's ``val_selection_cropped`` (``intrinsics/<name>.txt``, a 3x3
+    matrix beside ``image/<name>.png``). ``size`` (W, H): the image's, else read from the file.
+    None where no calibration file is found or it cannot be read."""
+    try:
+        path = os.path.abspath(os.fspath(image_path))
+        parts = path.split(os.sep)
+        k = None
+        if len(parts) >= 3 and parts[-2] == "image":  # val_selection_cropped/image/<name>.png
+            txt = os.path.join(os.path.dirname(os.path.dirname(path)), "intrinsics",
+                               os.path.splitext(parts[-1])[0] + ".txt")
+            if os.path.isfile(txt):
+                with open(txt) as f:
+                    m = _numbers(f.read())
+                if len(m) >= 9:
+                    k = (m[0], m[4], m[2], m[5])
+        if k is None and len(parts) >= 5 and parts[-2] == "data" and parts[-3].startswith("image_0"):
+            calib = os.path.join(os.sep.join(parts[:-4]), "calib_cam_to_cam.txt")  # <date>/
+            key = "P_rect_" + parts[-3][len("image_"):] + ":"
+            if os.path.isfile(calib):
+                with open(calib) as f:
+                    for line in f:
+                        if line.startswith(key):
+                            p = _numbers(line[len(key):])
+                            if len(p) == 12:
+                                k = (p[0], p[5], p[2], p[6])
+        if k is None or not all(math.isfinite(v) for v in k) or k[0] <= 0 or k[1] <= 0:
+            return None
+        if size is None:
+            with Image.open(path) as im:
+                size = im.size
+        return Camera(*(float(v) for v in k), int(size[0]), int(size[1]))
+    except (OSError, ValueError):
+        return None
 
 
 def trained_camera(spec, scale: float = 1.0, data_root=None) -> Camera | None:
@@ -175,9 +255,63 @@ def generic_camera(width: int, height: int, hfov_deg: float = 60.0) -> Camera:
 @dataclass(frozen=True)
 class CameraHint:
     """What the user says about a frame's camera (at most one is used, in this order)."""
-    intrinsics: tuple | None = None   # fx, fy, cx, cy in pixels at the frame's size
+    intrinsics: tuple | None = None   # fx, fy, cx, cy in pixels at the frame's size (or intrinsics_size)
     fov_deg: float | None = None      # horizontal field of view
     focal_35mm: float | None = None   # EXIF FocalLengthIn35mmFilm
+    intrinsics_size: tuple | None = None  # (W, H) the intrinsics were given at: rescaled to the frame's
+
+
+INTRINSICS_FOV = (1.0, 179.0)  # degrees: the field of view --intrinsics may imply on each axis (as --fov)
+
+
+def check_intrinsics(k, width: int, height: int, option: str = "--intrinsics") -> tuple:
+    """(fx, fy, cx, cy) checked against a ``width`` x ``height`` frame, else an InputError naming
+    ``option``: finite numbers, focal lengths giving a field of view within INTRINSICS_FOV on each
+    axis, and the principal point inside the frame (values for another resolution put it outside
+    or give other metres silently: give them with their size, fx,fy,cx,cy@WxH)."""
+    from base.errors import InputError
+    shown = ",".join(f"{float(v):g}" for v in k)
+    fx, fy, cx, cy = (float(v) for v in k)
+    if not all(math.isfinite(v) for v in (fx, fy, cx, cy)):
+        raise InputError(f"{option} {shown}: expected finite numbers fx,fy,cx,cy in pixels")
+    lo, hi = INTRINSICS_FOV
+    for name, f, side in (("fx", fx, width), ("fy", fy, height)):
+        fov = math.degrees(2.0 * math.atan(0.5 * side / f)) if f > 0 else float("nan")
+        if not lo <= fov <= hi:
+            raise InputError(f"{option} {shown}: {name} {f:g} gives a {'horizontal' if name == 'fx' else 'vertical'} "
+                             f"field of view of {fov:.3g} deg on this {width}x{height} image; expected a "
+                             f"positive focal length in pixels giving {lo:g}-{hi:g} deg")
+    if not (0.0 <= cx <= width and 0.0 <= cy <= height):
+        raise InputError(f"{option} {shown}: the principal point ({cx:g}, {cy:g}) lies outside this "
+                         f"{width}x{height} image; values for another resolution? give them with "
+                         f"their size, fx,fy,cx,cy@WxH, to rescale them")
+    return fx, fy, cx, cy
+
+
+def intrinsics_at(k, size, width: int, height: int) -> tuple:
+    """(fx, fy, cx, cy) given at ``size`` = (W, H) (None: at the frame's own size) rescaled to a
+    ``width`` x ``height`` frame and checked (:func:`check_intrinsics`)."""
+    fx, fy, cx, cy = (float(v) for v in k)
+    if size is not None and tuple(size) != (width, height):
+        sx, sy = width / float(size[0]), height / float(size[1])
+        fx, fy, cx, cy = fx * sx, fy * sy, (cx + 0.5) * sx - 0.5, (cy + 0.5) * sy - 0.5
+    return check_intrinsics((fx, fy, cx, cy), width, height)
+
+
+def oriented_intrinsics(k, size, orientation) -> tuple:
+    """((fx, fy, cx, cy), (W, H)) of intrinsics given for an image file's stored pixel grid
+    (``size`` = (W, H) as stored) after its EXIF ``orientation`` (1-8) turned it upright, as
+    ``PIL.ImageOps.exif_transpose`` does to its pixels (predict.py reads photos upright)."""
+    fx, fy, cx, cy = (float(v) for v in k)
+    w, h = float(size[0]), float(size[1])
+    mx, my = w - 1.0 - cx, h - 1.0 - cy  # mirrored coordinates
+    table = {2: (fx, fy, mx, cy, False), 3: (fx, fy, mx, my, False), 4: (fx, fy, cx, my, False),
+             5: (fy, fx, cy, cx, True), 6: (fy, fx, my, cx, True), 7: (fy, fx, my, mx, True),
+             8: (fy, fx, cy, mx, True)}
+    if orientation not in table:
+        return (fx, fy, cx, cy), (int(w), int(h))
+    *k2, swap = table[orientation]
+    return tuple(k2), ((int(h), int(w)) if swap else (int(w), int(h)))
 
     def any(self) -> bool:
         return self.intrinsics is not None or self.fov_deg is not None or self.focal_35mm is not None
@@ -193,11 +327,15 @@ def parse_fov(text) -> float:
     return v
 
 
-def exif_focal_35mm(path) -> float | None:
-    """A photo's 35 mm equivalent focal length (EXIF FocalLengthIn35mmFilm), or None."""
+def exif_focal_35mm(source) -> float | None:
+    """A photo's 35 mm equivalent focal length (EXIF FocalLengthIn35mmFilm), or None; ``source``:
+    a file path or an opened PIL image (one that still carries its EXIF)."""
     try:
-        with Image.open(path) as im:
-            value = im.getexif().get_ifd(0x8769).get(0xA405)
+        if isinstance(source, Image.Image):
+            value = source.getexif().get_ifd(0x8769).get(0xA405)
+        else:
+            with Image.open(source) as im:
+                value = im.getexif().get_ifd(0x8769).get(0xA405)
         value = float(value) if value else None
     except Exception:  # noqa: BLE001 - no EXIF is the usual case, a broken one is no camera information
         return None
@@ -208,8 +346,10 @@ def resolve_camera(hint: CameraHint | None, width: int, height: int, head_cam: C
     """(camera of the frame at its size, what was assumed: a sentence)."""
     hint = hint or CameraHint()
     if hint.intrinsics is not None:
-        fx, fy, cx, cy = hint.intrinsics
-        return Camera(fx, fy, cx, cy, width, height), "given intrinsics"
+        fx, fy, cx, cy = intrinsics_at(hint.intrinsics, hint.intrinsics_size, width, height)
+        rescaled = hint.intrinsics_size is not None and tuple(hint.intrinsics_size) != (width, height)
+        return Camera(fx, fy, cx, cy, width, height), ("given intrinsics" + (
+            f" (given at {hint.intrinsics_size[0]}x{hint.intrinsics_size[1]}, rescaled)" if rescaled else ""))
     if hint.fov_deg is not None:
         cam = generic_camera(width, height, hint.fov_deg)
         return cam, f"given horizontal field of view {hint.fov_deg:g} deg"
@@ -232,10 +372,15 @@ def resolve_camera(hint: CameraHint | None, width: int, height: int, head_cam: C
 @dataclass(frozen=True)
 class Plan:
     """How a frame goes through a head: the network input (content) size, the factor the depth is
-    multiplied by (the focal length fed over the head's; 1 when the frame was resampled to match)."""
+    multiplied by (the focal length fed over the head's; 1 when the frame was resampled to match),
+    and the padded size the network sees (a side shorter than MIN_SIDE padded up to it)."""
     height: int
     width: int
     depth_scale: float
+
+    @property
+    def padded(self) -> tuple:
+        return max(self.height, MIN_SIDE), max(self.width, MIN_SIDE)
 
 
 def plan_frame(width: int, height: int, frame_cam: Camera, head_cam: Camera | None,
@@ -244,11 +389,25 @@ def plan_frame(width: int, height: int, frame_cam: Camera, head_cam: Camera | No
         raise ValueError(f"unknown camera mode {mode!r}; choose one of {MODES}")
     target = frame_cam.fx if head_cam is None else head_cam.fx
     r = target / frame_cam.fx if mode == "resample" else 1.0
-    r = min(r, math.sqrt(max_pixels / (width * height)))          # never beyond the pixel cap
-    r = max(r, MIN_SIDE / min(width, height))                      # never below a usable size
+    r = bound_scale(width, height, r, max_pixels)
     w, h = max(1, round(width * r)), max(1, round(height * r))
     fed = frame_cam.fx * w / width
     return Plan(h, w, fed / target)
+
+
+def bound_scale(width: int, height: int, r: float, max_pixels: int) -> float:
+    """The one bound on what the network sees: the resize factor ``r`` of a ``width`` x ``height``
+    frame lowered until the input, with a side shorter than MIN_SIDE padded up to MIN_SIDE (the
+    floor is met by padding, never by upscaling, so it overrides neither the focal match nor the
+    cap), holds at most ``max_pixels`` pixels. Tiles of it run in batches of at most ``max_pixels``
+    pixels (FramePipeline.depth)."""
+    r = min(r, math.sqrt(max_pixels / (width * height)))          # never beyond the pixel cap
+    for _ in range(4):                                             # ... padding included
+        h, w = max(MIN_SIDE, round(height * r)), max(MIN_SIDE, round(width * r))
+        if h * w <= max_pixels:
+            break
+        r *= 0.999 * max_pixels / (h * w)
+    return r
 
 
 def to_tensor(img) -> torch.Tensor:
@@ -265,15 +424,21 @@ def resized(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
 def selection_size(width: int, height: int, area: float) -> tuple:
     """(h, w) of the selection input: the frame's aspect ratio at ``area`` pixels."""
     r = math.sqrt(area / (width * height))
-    return max(MIN_SIDE, round(height * r)), max(MIN_SIDE, round(width * r))
+    h, w = max(MIN_SIDE, round(height * r)), max(MIN_SIDE, round(width * r))
+    if h * w > 2 * area:  # the floor of a thin frame: its long side squeezed, not its pixels multiplied
+        h, w = (h, max(MIN_SIDE, int(2 * area // h))) if w > h else (max(MIN_SIDE, int(2 * area // w)), w)
+    return h, w
 
 
 @torch.no_grad()
-def descriptor_of(features_fn, x: torch.Tensor, area: float) -> torch.Tensor:
+def descriptor_of(features_fn, x: torch.Tensor, area: float, net=None):
     """The selection descriptor (pooled channel means and stds) of a normalised frame ``x``
-    (1,3,H,W) through ``features_fn``."""
+    (1,3,H,W) through ``features_fn``; with ``net`` (the plain network), (that, the out-of-domain
+    descriptor: inference/ood.py)."""
     h, w = selection_size(x.shape[-1], x.shape[-2], area)
-    return pooled_descriptor(features_fn(resized(x, h, w)).float())
+    small = resized(x, h, w)
+    desc = pooled_descriptor(features_fn(small).float())
+    return desc if net is None else (desc, ood_descriptor(net, small, desc))
 
 
 def head_anchors(letters) -> list:
@@ -324,11 +489,12 @@ def frame_variants(img: Image.Image, rng: np.random.Generator):
     yield img.crop((x0, y0, x0 + cw, y0 + ch))
 
 
-def fit_frame_statistics(fit, calibrate, area, shrink=None) -> dict:
+def fit_frame_statistics(fit, calibrate, area, shrink=None, ood=None) -> dict:
     """The ``frames`` selector statistics: an LDA (prototypes.fit_lda) of per-domain descriptor
     lists ``fit`` (each (n_d, 2C)), and per head an out-of-domain threshold from the held-out
     descriptors ``calibrate``: the OOD_QUANTILE of the smallest distance of held-out frames the
-    head was chosen for, times OOD_MARGIN."""
+    head was chosen for, times OOD_MARGIN. ``ood``: (fit, calibrate) lists of out-of-domain
+    descriptors, for the verdict stored as ``"ood"`` (inference/ood.py)."""
     stats = fit_lda(fit, LDA_SHRINK if shrink is None else shrink)
     cal = torch.cat(calibrate).float()
     d = lda_distances(cal, stats)
@@ -342,11 +508,15 @@ def fit_frame_statistics(fit, calibrate, area, shrink=None) -> dict:
     stats.update({"area": float(area), "thresholds": thresholds, "quantile": OOD_QUANTILE,
                   "margin": OOD_MARGIN, "calibration_counts": [int(c.shape[0]) for c in calibrate],
                   "calibration_accuracy": float((chosen == truth).float().mean())})
+    if ood is not None:  # the verdict (inference/ood.py); the LDA thresholds stay for older readers
+        stats["ood"] = fit_ood(*ood)
     return stats
 
 
 def frame_distances(desc: torch.Tensor, stats: dict):
-    """(distances (B,D), nearest head (B,), out of domain (B,) bool) of selection descriptors."""
+    """(distances (B,D), nearest head (B,), out of domain (B,) bool) of selection descriptors: the
+    nearest LDA distance above the chosen head's threshold (the verdict of checkpoints without the
+    ``"ood"`` statistics; FramePipeline.select replaces it by inference/ood.py's where stored)."""
     d = lda_distances(desc, stats)
     best, chosen = d.min(dim=1)
     thr = torch.tensor(stats["thresholds"], dtype=best.dtype)
@@ -462,8 +632,14 @@ class FramePipeline:
             feats = p.fuse(blocks)
         else:
             feats = p.trunk_features(resized(x, h, w))
-        dists, chosen, ood = frame_distances(pooled_descriptor(feats.float()), stats)
+        desc = pooled_descriptor(feats.float())
+        dists, chosen, ood = frame_distances(desc, stats)
+        score = None
+        if stats.get("ood"):  # the per-head verdict on the out-of-domain descriptor (inference/ood.py)
+            score = ood_scores(ood_descriptor(p.net, resized(x, h, w), desc), stats["ood"])
+            ood = ood_verdict(score, stats["ood"])
         return {"raw_head": int(chosen[0]), "distances": dists[0].float().cpu(), "ood": bool(ood[0]),
+                "ood_score": None if score is None else float(score[0]),
                 "features": feats, "blocks": blocks, "size": (h, w)}
 
     def depth(self, x: torch.Tensor, head: int, with_uncertainty: bool, feats=None):
@@ -487,18 +663,23 @@ class FramePipeline:
         anchor = self.anchors[head]
         rows, cols = tile_weights(h, th, anchor if self.rule == "tiled-anchored" else "center"), tile_weights(w, tw)
         boxes = [(y, x0) for y, _ in rows for x0, _ in cols]
-        batch = torch.cat([x[..., y:y + th, x0:x0 + tw] for y, x0 in boxes])
-        d, u = p.run_heads(p.trunk_features(batch), torch.full((len(boxes),), head), with_uncertainty)
         weights = [wr[:, None] * wc[None, :] for _, wr in rows for _, wc in cols]
-        outs = [upsample_to(d, (th, tw))] + ([upsample_to(u, (th, tw))] if u is not None else [])
-        blended = []
-        for o in outs:
-            acc, norm = torch.zeros(1, 1, h, w), torch.zeros(1, 1, h, w)
-            for k, (y, x0) in enumerate(boxes):
-                acc[..., y:y + th, x0:x0 + tw] += o[k].cpu() * weights[k]
+        acc = [torch.zeros(1, 1, h, w), torch.zeros(1, 1, h, w) if with_uncertainty else None]
+        norm = torch.zeros(1, 1, h, w)
+        per_batch = max(1, self.max_pixels // (th * tw))  # tiles in batches within the pixel cap
+        u = None
+        for start in range(0, len(boxes), per_batch):
+            part = list(range(start, min(start + per_batch, len(boxes))))
+            batch = torch.cat([x[..., boxes[k][0]:boxes[k][0] + th, boxes[k][1]:boxes[k][1] + tw] for k in part])
+            d, u = p.run_heads(p.trunk_features(batch), torch.full((len(part),), head), with_uncertainty)
+            outs = [upsample_to(d, (th, tw)), upsample_to(u, (th, tw)) if u is not None else None]
+            for j, k in enumerate(part):
+                y, x0 = boxes[k]
                 norm[..., y:y + th, x0:x0 + tw] += weights[k]
-            blended.append(acc / norm)
-        return blended[0], (blended[1] if u is not None else None)
+                for a, o in zip(acc, outs):
+                    if a is not None and o is not None:
+                        a[..., y:y + th, x0:x0 + tw] += o[j].cpu() * weights[k]
+        return acc[0] / norm, (acc[1] / norm if u is not None else None)
 
     def tile_size(self, head: int, h: int, w: int) -> tuple:
         """(tile h, tile w) of an h x w input through head ``head``: a side up to TILE_SLACK times
@@ -537,26 +718,35 @@ class FramePipeline:
             chosen, how = (raw if choose is None else int(choose(raw, sel["distances"]))), "auto"
         frame_cam, assumed = resolve_camera(camera, W, H, self.cameras[chosen])
         plan = plan_frame(W, H, frame_cam, self.cameras[chosen], self.mode, self.max_pixels)
-        th, tw = self.tile_size(chosen, plan.height, plan.width)
+        ph, pw = plan.padded
+        th, tw = self.tile_size(chosen, ph, pw)
         reuse = None
-        if sel is not None and sel["size"] == (plan.height, plan.width):
+        if sel is not None and sel["size"] == (ph, pw) == (plan.height, plan.width):
             # the selection's pass serves the depth: its features, or its encoder blocks fused
             # with the attention pooled over the head's windows
-            if (th, tw) == (plan.height, plan.width):
+            if (th, tw) == (ph, pw):
                 reuse = sel.get("features")
             elif self.windowed and sel.get("blocks") is not None:
                 reuse = self.predictor.fuse(sel["blocks"], self.windows(chosen), sel["size"])
-        depth, unc = self.depth(resized(x, plan.height, plan.width), chosen, with_uncertainty, reuse)
+        net_in = resized(x, plan.height, plan.width)
+        del x
+        if (ph, pw) != (plan.height, plan.width):  # a side under MIN_SIDE: padded, then cropped away
+            net_in = F.pad(net_in, (0, pw - plan.width, 0, ph - plan.height), mode="replicate")
+        depth, unc = self.depth(net_in, chosen, with_uncertainty, reuse)
+        if (ph, pw) != (plan.height, plan.width):
+            depth = upsample_to(depth, (ph, pw))[..., :plan.height, :plan.width]
+            unc = None if unc is None else upsample_to(unc, (ph, pw))[..., :plan.height, :plan.width]
         if self.windowed:
-            th, tw = plan.height, plan.width  # one pass
+            th, tw = ph, pw  # one pass
         out = {"depth": (upsample_to(depth, (H, W))[0, 0] * plan.depth_scale).cpu().numpy().astype(np.float32),
                "uncertainty": None, "head": chosen, "how": how,
                "raw_head": None if sel is None else sel["raw_head"],
                "distances": None if sel is None else sel["distances"],
                "ood": None if sel is None else sel["ood"],
+               "ood_score": None if sel is None else sel.get("ood_score"),
                "camera": {**frame_cam.as_dict(), "assumed": assumed},
                "input_size": [plan.height, plan.width],
-               "tiles": len(tile_starts(plan.height, th)) * len(tile_starts(plan.width, tw)),
+               "tiles": len(tile_starts(ph, th)) * len(tile_starts(pw, tw)),
                "depth_scale": float(plan.depth_scale), "selected": selected}
         if unc is not None:
             out["uncertainty"] = upsample_to(unc, (H, W))[0, 0].cpu().numpy().astype(np.float32)

@@ -32,6 +32,7 @@ ends in :class:`StreamStopped`. What the library refuses is an ``InputError``.
 from __future__ import annotations
 
 import csv
+import math
 import functools
 import queue
 import re
@@ -47,7 +48,7 @@ import torch
 
 from base.errors import InputError
 from base.images import DEPTH_CMAP
-from base.safeio import write_json
+from base.safeio import WriteError, hold_lock, write_json
 from inference.frames import GATE_THRESHOLD
 from inference.predictor import predictor_settings
 from inference.images import DEFAULT_MAX_PIXELS, collect_inputs, make_out_dir, read_rgb, save_png16
@@ -93,8 +94,8 @@ class HeadSmoother:
             raise ValueError(f"unknown smoothing mode {mode!r}; choose one of {SMOOTHING_MODES}")
         if window < 1:
             raise ValueError(f"the smoothing window must be at least 1 frame, got {window}")
-        if margin < 0:
-            raise ValueError(f"the smoothing margin must be >= 0, got {margin}")
+        if not 0 <= margin < math.inf:  # NaN too: a NaN margin never switches
+            raise ValueError(f"--switch-margin must be a finite number >= 0, got {margin}")
         self.window, self.mode, self.margin = int(window), mode, float(margin)
         self.calibrate(thresholds)
         self.history = deque(maxlen=self.window)
@@ -169,25 +170,60 @@ def folder_frames(folder: Path, out_dir: Path) -> list:
     return sorted(images, key=_natural_key)
 
 
-def iter_folder(files, max_pixels=DEFAULT_MAX_PIXELS):
-    """(name, RGB uint8 array) of each frame file (upright by EXIF; over ``max_pixels``: refused)."""
+def iter_folder(files, max_pixels=DEFAULT_MAX_PIXELS, with_paths=False):
+    """(name, RGB uint8 array) of each frame file (upright by EXIF; over ``max_pixels``: refused);
+    ``with_paths``: (name, array, path), so that the stream takes each file's camera (its EXIF
+    focal length) as predict.py does on the same file."""
     for f in files:
         try:
-            yield f.stem, np.asarray(read_rgb(f, max_pixels))
+            rgb = np.asarray(read_rgb(f, max_pixels))
         except Exception as e:  # noqa: BLE001 - a stream stops at an unreadable frame, saying which
             raise InputError(f"frame {str(f)!r}: {e}") from None
+        yield (f.stem, rgb, f) if with_paths else (f.stem, rgb)
+
+
+class VideoReader:
+    """The RGB frames of a video file through imageio-ffmpeg's own reader, which lets ffmpeg probe
+    the container: imageio's FFMPEG format refuses names it does not list (.ts, .mts, .m2ts, .m4v,
+    .flv, .3gp, .3g2, .ogv), although ffmpeg reads them all. ``get_meta_data()`` (fps, size) is read
+    from the header before any frame is decoded."""
+
+    def __init__(self, path):
+        import imageio_ffmpeg
+        self._frames = imageio_ffmpeg.read_frames(str(path), pix_fmt="rgb24")
+        self._meta = next(self._frames)
+
+    def get_meta_data(self) -> dict:
+        return self._meta
+
+    def __iter__(self):
+        w, h = self._meta["size"]
+        for raw in self._frames:
+            yield np.frombuffer(raw, np.uint8).reshape(h, w, 3)
+
+    def close(self) -> None:
+        self._frames.close()
 
 
 def open_video(path):
-    """(imageio reader, frames per second) of a video file; a clear error when it cannot be read."""
-    import imageio.v2 as iio
+    """(reader, frames per second) of a video file; a clear error when it cannot be read."""
     try:
-        reader = iio.get_reader(str(path), format="FFMPEG")
+        reader = VideoReader(path)
         fps = float(reader.get_meta_data().get("fps") or 0.0)
     except Exception as e:  # noqa: BLE001 - imageio/ffmpeg raise several types for a bad file
         raise InputError(f"video {str(path)!r} cannot be read ({type(e).__name__}: "
                          f"{str(e).strip().splitlines()[0] if str(e).strip() else 'no detail'})") from None
     return reader, fps
+
+
+def check_frame_size(reader, path, max_pixels) -> None:
+    """A video whose frames are over ``max_pixels`` (--max-pixels, the limit of every image input)
+    is refused from its header, before a frame is decoded (a 12000x12000 frame is 432 MB as RGB)."""
+    size = reader.get_meta_data().get("size") if max_pixels is not None else None
+    if size and size[0] * size[1] > max_pixels:
+        raise InputError(f"video {str(path)!r}: its {size[0]}x{size[1]} frames ({size[0] * size[1] / 1e6:.1f} M "
+                         f"pixels) are over --max-pixels {max_pixels / 1e6:g} M; shrink the video or raise "
+                         f"--max-pixels")
 
 
 def iter_video(reader):
@@ -365,7 +401,8 @@ def frame_label(model, index, head, raw_head, smoothing, vmax, ood=None) -> str:
 def run_stream(model, frames, *, smoother=None, sink=None, clamp=True, max_depth=None,
                threaded=True, max_frames=None, on_frame=None, interval=0.9, records=None,
                reselect: float = 0.0) -> list[dict]:
-    """Run ``model`` (an ``inference.images.Predictor``) over ``frames`` ((name, RGB array) in order).
+    """Run ``model`` (an ``inference.images.Predictor``) over ``frames`` ((name, RGB array) or
+    (name, RGB array, file path) in order; a file's camera is ``model.camera_of(path)``).
 
     ``smoother``: a :class:`HeadSmoother` (None: the per-frame rule). Returns one record per frame:
     ``{"frame", "name", "raw_head", "head", "distances", "latency_ms", "ood", "depth_min", "depth_max"}``
@@ -384,11 +421,14 @@ def run_stream(model, frames, *, smoother=None, sink=None, clamp=True, max_depth
     records = [] if records is None else records
     smoothing = "raw" if smoother is None else smoother.mode
     try:
-        for index, (name, rgb) in enumerate(source):
+        for index, (name, rgb, *path) in enumerate(source):
             if max_frames is not None and index >= max_frames:
                 break
             t0 = time.perf_counter()
-            r = model.run(Image.fromarray(rgb), choose=smoother, gate=gate)
+            # the frame's camera by predict.py's rule (Predictor.camera_of: --intrinsics, --fov,
+            # else the file's EXIF focal length; a video frame has no file of its own)
+            camera = model.camera_of(path[0] if path else None)
+            r = model.run(Image.fromarray(rgb), choose=smoother, camera=camera, gate=gate)
             depth, head = r["depth"], r["head"]
             if clamp:
                 depth = model.clamp(depth, head)
@@ -426,7 +466,13 @@ def stream_stopped(stop, records, log, letters, sink) -> StreamStopped:
     """What ends a stream stopped half way by ``stop``, after the frames done are logged. The video
     of those frames stays as its .part file."""
     if records:
-        write_log(log, records, letters)
+        try:
+            write_log(log, records, letters)
+        except WriteError as e:  # the disk that stopped the stream takes no log either: say so, once
+            part = sink._partial() if sink.video_path is not None else None
+            return StreamStopped(stop, f"{len(records)} frame(s) done, not logged ({e})"
+                                 + (f"; the video of those frames: {part}" if part is not None and part.exists()
+                                    else ""))
     part = sink._partial() if sink.video_path is not None else None
     done = (f"{len(records)} frame(s) done" + (f", logged in {log}" if records else "")
             + (f"; the video of those frames: {part}" if part is not None and part.exists() else ""))
@@ -446,8 +492,7 @@ def interval_tag(records) -> str:
 def write_log(path, records, letters) -> None:
     """One CSV row per frame: frame, name, raw and chosen head (letters), switch, latency, depth range,
     out-of-domain verdict, median interval width (metres, at the records' coverage), distances."""
-    tmp = Path(path).with_name(Path(path).name + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_write(path, "w") as f:  # complete or absent (a full disk leaves no .tmp)
         w = csv.writer(f)
         w.writerow(["frame", "name", "raw_head", "head", "switched", "latency_ms", "depth_min", "depth_max",
                     "out_of_domain", f"median_interval{interval_tag(records)}_m"] + [f"dist_{c}" for c in letters])
@@ -462,7 +507,6 @@ def write_log(path, records, letters) -> None:
                         "" if r.get("interval_width_m") is None else f"{r['interval_width_m']:.4f}"]
                        + [d if d == "" else f"{d:.5f}" for d in dists])
             prev = r["head"]
-    tmp.replace(path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -500,8 +544,8 @@ class StreamOptions:
             raise InputError(f"--reselect must be >= 0, got {self.reselect}")
         if self.max_frames is not None and self.max_frames < 1:
             raise InputError(f"--max-frames must be at least 1, got {self.max_frames}")
-        if self.fps is not None and not self.fps > 0:
-            raise InputError(f"--fps must be positive, got {self.fps}")
+        if self.fps is not None and not 0 < self.fps < math.inf:
+            raise InputError(f"--fps must be a positive, finite frame rate, got {self.fps}")
         self.smoother()  # the smoothing settings are checked now, before a model is loaded
 
     def smoother(self):
@@ -547,18 +591,26 @@ def open_stream(target, out_dir, max_pixels=DEFAULT_MAX_PIXELS) -> StreamSource:
     if not target.exists():
         raise InputError(f"input {str(target)!r} does not exist (expected a video file or a folder of frames)")
     if target.is_dir():
-        return StreamSource(target, iter_folder(folder_frames(target, Path(out_dir)), max_pixels), 10.0)
+        return StreamSource(target, iter_folder(folder_frames(target, Path(out_dir)), max_pixels, with_paths=True), 10.0)
     if not is_video(target):
         raise InputError(f"{str(target)!r} is not a video file ({', '.join(VIDEO_EXTENSIONS)}); "
                          "--stream takes a folder of frames")
+    from base.safeio import protect
+    protect(target, "the input video")
     reader, fps = open_video(target)
+    try:
+        check_frame_size(reader, target, max_pixels)
+    except InputError:
+        reader.close()
+        raise
     return StreamSource(target, iter_video(reader), fps, reader)
 
 
 def frame_thresholds(model):
-    """Per head, the out-of-domain threshold of ``model``'s frames statistics (None without them)."""
-    stats = (model.predictor.prototypes or {}).get("frames")
-    return None if not stats else stats["thresholds"]
+    """Per head, the out-of-domain threshold of ``model``'s frames statistics, on the scale of the
+    distances its frames get (``Predictor.distance_thresholds``: None without the statistics, and
+    under --size, whose distances are the stored selector's, another scale)."""
+    return model.distance_thresholds()
 
 
 def stream_interval(model, records, level) -> dict:
@@ -567,7 +619,7 @@ def stream_interval(model, records, level) -> dict:
     widths = [r["interval_width_m"] for r in records if r.get("interval_width_m") is not None]
     return {"coverage": level, "median_width_m": float(np.median(widths)) if widths else None,
             "note": calibration_note(model.predictor.meta, len(model.letters)),
-            "heads": {c: interval_summary(model.predictor.meta, i, len(model.letters), level)
+            "heads": {c: interval_summary(model.predictor.meta, i, len(model.letters), level, model.interval_path)
                       for i, c in enumerate(model.letters)}}
 
 
@@ -613,6 +665,15 @@ def write_stream(model, source: StreamSource, out_dir, options: StreamOptions | 
         smoother.calibrate(frame_thresholds(model))
     out_dir = Path(out_dir)
     make_out_dir(out_dir)  # a file named --out, or a file above it: one error line
+    # two streams of the same file name into one folder would mix their videos and logs
+    with hold_lock(out_dir / f".{source.stem}.stream.lock",
+                   f"--out {out_dir}: another stream (pid {{pid}}) is writing {source.stem}_frames.csv and the "
+                   f"other outputs of a {source.stem!r} there; wait for it, or choose another --out"):
+        return _write_stream(model, source, out_dir, options, smoother, on_frame)
+
+
+def _write_stream(model, source, out_dir: Path, options, smoother, on_frame) -> dict:
+    """write_stream with its outputs' lock held."""
     outputs = stream_outputs(out_dir, source.stem, options)
     fps = options.fps or source.fps or 10.0
     sink = Sink(outputs["video"], fps, outputs["depth"], threaded=options.threads)

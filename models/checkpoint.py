@@ -18,13 +18,13 @@ import torch
 
 from base import domains as dom
 from base.domains import BUILTIN
-from base.safeio import atomic_torch_save
+from base.safeio import atomic_torch_save, protect
 from base.errors import InputError
 
 from .net import LifelongDepthNet
 from .resnet import ENCODERS
 
-__all__ = ["CheckpointError", "check_checkpoint_path", "checkpoint_letters", "default_scale", "check_finite", "check_letters", "check_meta", "save_checkpoint",
+__all__ = ["CheckpointError", "check_checkpoint_path", "checkpoint_letters", "default_scale", "check_finite", "check_letters", "check_meta", "check_values", "state_digest", "STATE_HASH", "save_checkpoint",
            "read_checkpoint", "load_checkpoint", "infer_encoder", "order_names", "register_domains",
            "domain_specs", "FORMAT", "VERSION"]
 
@@ -84,7 +84,7 @@ def save_checkpoint(path, net, **meta):
     state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
     check_finite(state, path)
     payload = dict(info, domains=domains, encoder=net.encoder_name, format=FORMAT, version=VERSION,
-                   state_dict=state)
+                   state_dict=state, **{STATE_HASH: state_digest(state)})  # load verifies it
     atomic_save(payload, os.fspath(path))
     return path
 
@@ -154,6 +154,72 @@ def check_meta(meta: dict, n: int, path) -> None:
         if count is not None and count != n:
             raise CheckpointError(f"{where}: its '{kind}' prototypes describe {count} domain(s), the model "
                                   f"has {n} head(s); recompute them (test_inference.py --replay-root)")
+    check_values(meta, n, where)
+
+
+def _non_finite(value, key):
+    """The first entry under ``value`` (tensors, numbers, nested dicts/lists) that is NaN or infinite."""
+    if torch.is_tensor(value):
+        return key if value.is_floating_point() and not bool(torch.isfinite(value).all()) else None
+    if isinstance(value, float):
+        return key if not np.isfinite(value) else None
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, (list, tuple)):
+        items = enumerate(value)
+    else:
+        return None
+    return next((bad for k, v in items if (bad := _non_finite(v, f"{key}[{k!r}]")) is not None), None)
+
+
+def check_values(meta: dict, n: int, where: str) -> None:
+    """The values a tool computes with, checked on every load (a damaged or hand-edited file fails
+    here, naming the entry, instead of choosing head 0, printing NaN intervals or failing per image):
+    prototypes and selector statistics finite, out-of-domain thresholds finite and positive,
+    calibration scales finite and positive, cameras with positive finite focal lengths and a size."""
+    protos = meta.get("prototypes")
+    if protos is not None and (bad := _non_finite(protos, "prototypes")) is not None:
+        raise CheckpointError(f"{where}: {bad} holds NaN or infinite values; recompute the prototypes "
+                              f"(test_inference.py --replay-root, --add-frame-statistics)")
+    frames = (protos or {}).get("frames") if isinstance(protos, dict) else None
+    if isinstance(frames, dict) and frames.get("thresholds") is not None:
+        thr = frames["thresholds"]
+        if not isinstance(thr, (list, tuple)) or len(thr) != n or not all(_number(t) and t >= 0 for t in thr):
+            raise CheckpointError(f"{where}: the out-of-domain thresholds {thr!r} are not {n} non-negative "
+                                  f"numbers; recompute them (test_inference.py --add-frame-statistics)")
+    record = meta.get("uncertainty_calibration")
+    if isinstance(record, dict) and record.get("scales") is not None:
+        scales = record["scales"]
+        if not isinstance(scales, (list, tuple)) or not all(_number(s) and s > 0 for s in scales):
+            raise CheckpointError(f"{where}: the uncertainty calibration scales {scales!r} are not positive "
+                                  f"numbers; refit them (test.py --calibrate-into DIR)")
+    cameras = meta.get("cameras")
+    if cameras is not None:
+        if not isinstance(cameras, (list, tuple)) or len(cameras) != n:
+            raise CheckpointError(f"{where}: 'cameras' holds {len(cameras) if isinstance(cameras, (list, tuple)) else repr(cameras)} "
+                                  f"entries for {n} head(s)")
+        for i, c in enumerate(cameras):
+            if c is None:
+                continue
+            ok = isinstance(c, dict) and all(_number(c.get(k)) for k in ("fx", "fy", "cx", "cy", "width", "height")) \
+                and c["fx"] > 0 and c["fy"] > 0 and c["width"] >= 1 and c["height"] >= 1
+            if not ok:
+                raise CheckpointError(f"{where}: 'cameras'[{i}] is {c!r}; expected fx, fy > 0, cx, cy, width, "
+                                      f"height >= 1 (pixels)")
+
+
+STATE_HASH = "state_sha256"  # the metadata key of the weights' checksum (save_checkpoint)
+
+
+def state_digest(state) -> str:
+    """SHA-256 of a state_dict: every tensor's name, dtype, shape and bytes, in name order."""
+    import hashlib
+    h = hashlib.sha256()
+    for k in sorted(state):
+        v = state[k].detach().cpu().contiguous()
+        h.update(f"{k}|{v.dtype}|{tuple(v.shape)}|".encode())
+        h.update(memoryview(v.reshape(-1).view(torch.uint8).numpy()))
+    return h.hexdigest()
 
 
 def _number(x) -> bool:
@@ -201,6 +267,7 @@ def read_checkpoint(path, map_location="cpu"):
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path!r}: no such file")
+    protect(path, "the checkpoint")  # no write of this process may replace the model it reads
     try:
         # weights_only: the released files come from the internet; ours hold only plain data.
         obj = torch.load(path, map_location=map_location, weights_only=True)
@@ -220,6 +287,10 @@ def read_checkpoint(path, map_location="cpu"):
     if meta["format"] == FORMAT and int(meta.get("version", VERSION)) > VERSION:
         raise CheckpointError(f"checkpoint {path!r}: format version {meta['version']} is newer "
                               f"than this code (version {VERSION})")
+    stored = meta.get(STATE_HASH)
+    if stored is not None and stored != state_digest(state):  # torch.load checks no CRC: a flipped bit loads
+        raise CheckpointError(f"checkpoint {path!r}: its weights do not match the checksum stored at save "
+                              f"(a damaged copy: a flipped bit, a partial transfer, an edit); copy it again")
     register_domains(meta, path)  # every reader (tools, tests, the engine) knows the model's domains
     return state, meta
 
@@ -347,6 +418,13 @@ def load_checkpoint(path, order=None, map_location="cpu", encoder=None):
     n = _head_count(state, path)
     check_meta(meta, n, path)
     names, letters = _domains(meta, order, n, path)  # cheap checks before building the net
+    for c in letters or "":
+        try:
+            dom.get_domain(c)
+        except ValueError:
+            raise CheckpointError(f"checkpoint {path!r}: its letter {c!r} names no domain this code knows "
+                                  f"and the file carries no description of it ('domain_specs'); register "
+                                  f"it (a domains.json in --data-root) or re-save the checkpoint") from None
     name = encoder or meta.get("encoder") or infer_encoder(state)
     try:
         net = LifelongDepthNet(encoder=name, num_domains=n)

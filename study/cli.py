@@ -134,10 +134,11 @@ def ensure_data(s) -> None:
         raise InputError(f"data root {str(root)!r} does not exist; custom domains ({s.letters}) need their "
                        f"own data root with domains.json and index CSVs")
     from data import synthetic
+    synthetic.check_out(str(root), "NKS", False, "--data-root", None)  # a real dataset there: refused first
     log(f"[study] {root} is missing: rendering it (python3 synthetic.py "
         f"{' '.join(SYNTHETIC_COMMAND(s))} --out {root})")
     synthetic.generate(str(root), s.n_train, s.n_test, 0, None, s.replay_size, "NKS", s.scale,
-                       progress=not s.quiet)
+                       progress=not s.quiet, option="--data-root", flag=None)
 
 
 def append_invocation(s, record: dict) -> None:
