@@ -172,7 +172,7 @@ def rule_benchmark(model, letter, root, args, log=print) -> dict:
     d = model.letters.index(letter)
     rows = raw_rows(letter, root, args.frames)
     anchored = model.predictor.frame_pipeline("resample").anchors[d] != "center"
-    rules = FRAME_RULES if anchored else tuple(r for r in FRAME_RULES if r != "tiled-centred")  # same there
+    rules = FRAME_RULES if anchored else tuple(r for r in FRAME_RULES if r != "tiled-anchored")  # same there
     pipes = {r: model.predictor.frame_pipeline("resample", r) for r in rules}
     ev = {r: DomainEvaluator(spec, crop="default", cap=True) for r in rules}
     lat = {r: [] for r in rules + ("one_head",)}
@@ -230,14 +230,12 @@ def real_height_frames(n: int, scale: float, seed: int = 0) -> list:
 
 def real_height_benchmark(model, args, log=print) -> dict:
     """Item 9 of issue 36: K-like frames of KITTI's raw height through the K head: the windowed
-    rule, tiles with the K head's bottom anchoring, and tiles blended as before (centred)."""
-    from inference.frames import FramePipeline
+    rule, tiles with the K head's bottom anchoring, and tiles blended as before."""
     d = model.letters.index("K")
     p = model.predictor
-    base = p.frame_pipeline("resample", "tiled")
-    pipes = {"windowed": p.frame_pipeline("resample", "windowed"), "tiled (bottom-anchored)": base,
-             "tiled, centred (before)": FramePipeline(p, base.cameras, "resample", tiles=base.tiles,
-                                                      rule="tiled", anchors=["center"] * len(base.cameras))}
+    pipes = {"windowed": p.frame_pipeline("resample", "windowed"),
+             "tiled-anchored (bottom tile)": p.frame_pipeline("resample", "tiled-anchored"),
+             "tiled (default, as before)": p.frame_pipeline("resample", "tiled")}
     frames = real_height_frames(args.real_height, default_scale(p.meta))
     ev = {k: DomainEvaluator(get_domain("K"), crop="default", cap=True) for k in pipes}
     size = None

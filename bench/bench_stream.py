@@ -236,9 +236,9 @@ def write_video(path, files, n, fps=10):
 # the K head forced (on the quickstart model the automatic choice rarely picks K for these frames,
 # so only the forced run measures the network at K's input size)
 THROUGHPUT_CASES = (("N", None), ("K", None), ("K", "K"))
-# predict.py's options of each variant: the default, the rule before issue 35 (tiles blended
-# whatever the head's anchor, selection on every frame), the one-pass windowed rule
-VARIANTS = {"now": (), "before": ("--frame-rule", "tiled-centred", "--reselect", "0"),
+# predict.py's options of each variant: the default, the rule before issue 35 (tiles, selection on
+# every frame), the one-pass windowed rule
+VARIANTS = {"now": (), "before": ("--frame-rule", "tiled", "--reselect", "0"),
             "windowed": ("--frame-rule", "windowed")}
 
 

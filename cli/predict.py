@@ -277,7 +277,11 @@ def image_options(args) -> ImageOptions:
 def predictor_of(args, device) -> Predictor:
     """The Predictor of predict.py's options: checkpoint, --order, the image and runtime options."""
     options = image_options(args)
-    model = Predictor(args.checkpoint, options, device=device, runtime=runtime_options(args, measure=True),
+    # the backend measured on this machine where per-frame speed dominates (a folder, a video, a
+    # stream); one image keeps the start-up of the table per CPU kind (a runtime's graphs are
+    # exported and compiled on every start)
+    many = Path(args.input).is_dir() or stream.is_stream_input(args)
+    model = Predictor(args.checkpoint, options, device=device, runtime=runtime_options(args, measure=many),
                       order=parse_letters(args.order, "--order") if args.order else None)
     note = model.selector_note()
     if note:
@@ -319,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ply-stride", type=int, default=1, help="keep every N-th pixel in x and y for --ply")
     add_image_argument(p, "--fov")
     add_image_argument(p, "--camera-mode", choices=("resample", "rescale"))
-    add_image_argument(p, "--frame-rule", choices=("tiled", "windowed", "tiled-centred"))
+    add_image_argument(p, "--frame-rule", choices=("tiled", "tiled-anchored", "windowed"))
     add_image_argument(p, "--max-pixels", type=checked_type(parse_max_pixels))
     add_interval_argument(p)
     p.add_argument("--known-depth", default=None, metavar="FILE",

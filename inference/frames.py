@@ -27,12 +27,13 @@ One rule, used by predict.py, the streams (inference/stream.py), the demo and
    input size it runs in one pass. A larger input (the network's channel attention pools over its
    whole input, so a head must see the extent it was trained on; ``FramePipeline.depth``), by the
    frame rule (``FRAME_RULES``, predict.py's ``--frame-rule``): ``tiled`` (the default) in
-   overlapping tiles of that size, blended, the rows a bottom-anchored head (KITTI's crops keep the
-   bottom of the frame; ``head_anchors``) saw in training from its bottom tile; ``tiled-centred``
-   the tiles blended as before; ``windowed`` in one pass with the fusion's attention pooled over
-   windows of the training extent (``models.modules.Windows``, the trained weights unchanged;
-   sharing the selection pass's encoder when both inputs match): cheaper, but measured as
-   inaccurate as one global pass (so the attention's pooling is not what makes tiles better),
+   overlapping tiles of that size, blended; ``tiled-anchored`` the same, the rows a
+   bottom-anchored head (KITTI's crops keep the bottom of the frame; ``head_anchors``) saw in
+   training from its bottom tile (measured mixed: K's RMSE 9-14 % better, AbsRel 4-20 % worse);
+   ``windowed`` in one pass with the fusion's attention pooled over windows of the training extent
+   (``models.modules.Windows``, the trained weights unchanged; sharing the selection pass's
+   encoder when both inputs match): 2-3x cheaper, as accurate as one global pass (so the
+   attention's pooling is not what makes tiles better), on K less accurate than tiles (RMSE 10-15 %),
    and less accurate than tiles: not the default.
    depth). Measured in docs/BENCHMARKS.md (frame rule). Inputs
    are not padded to the stride: measured on the quickstart's NK stage model (8 frames each),
@@ -70,7 +71,7 @@ MIN_SIDE = 32           # a shorter side is padded up to this (ResNet's output s
 SELECT_AREA = 160 * 120  # the selection input's pixel area when the statistics store none
 MODES = ("resample", "rescale")
 # FramePipeline.depth on inputs larger than the head's training input (docs/BENCHMARKS.md, frame rule)
-FRAME_RULES = ("tiled", "windowed", "tiled-centred")
+FRAME_RULES = ("tiled", "tiled-anchored", "windowed")
 DEFAULT_FRAME_RULE = "tiled"
 SENSOR_DIAGONAL_35MM = math.hypot(36.0, 24.0)  # mm: what a "35 mm equivalent" focal length refers to
 
@@ -581,11 +582,11 @@ class FramePipeline:
     head, the input size it was trained at ((h, w), the checkpoint's ``input_sizes``; None: one pass);
     ``anchors``: per head, where its training crops lay (``head_anchors``; default centred);
     ``rule``: how an input larger than the head's training input runs (``FRAME_RULES``):
-    "tiled" (the default) overlapping tiles of the training extent, blended, a bottom-anchored
-    head's rows from its bottom tile; "tiled-centred" the same tiles blended whatever the anchor
-    (the rule before); "windowed" one pass with the channel attention pooled over windows of the
-    training extent (``models.modules.Windows``; PyTorch path only, the other backends tile):
-    1.3-2.7x cheaper, measured 7-14 % less accurate than tiles on the quickstart model."""
+    "tiled" (the default) overlapping tiles of the training extent, blended; "tiled-anchored" the
+    same tiles, a bottom-anchored head's rows from its bottom tile (where its training crops lay);
+    "windowed" one pass with the channel attention pooled over windows of the training extent
+    (``models.modules.Windows``; PyTorch path only, the other backends tile): 2-3x cheaper than
+    tiles, K's RMSE 10-15 % worse on the quickstart model (docs/BENCHMARKS.md, frame rule)."""
 
     def __init__(self, predictor, cameras, mode: str = "resample", max_pixels: int = MAX_PIXELS, tiles=None,
                  rule: str = DEFAULT_FRAME_RULE, anchors=None):
@@ -649,8 +650,8 @@ class FramePipeline:
         quickstart's NK stage model, 8 K frames: whole 608x176 frames in one pass gave AbsRel 0.415
         against 0.341 in 240x160 tiles): with the "windowed" rule in one pass with the attention
         pooled over windows of that extent (``feats``: those features when already computed), with
-        "tiled" in overlapping tiles of that size, blended (``tile_weights``: a bottom-anchored
-        head's rows from its bottom tile)."""
+        "tiled" in overlapping tiles of that size, blended (``tile_weights``; "tiled-anchored": a
+        bottom-anchored head's rows from its bottom tile)."""
         p = self.predictor
         h, w = x.shape[-2:]
         th, tw = self.tile_size(head, h, w)
@@ -660,7 +661,7 @@ class FramePipeline:
                     else p.trunk_features(x)
             return p.run_heads(feats, torch.tensor([head]), with_uncertainty)  # at half resolution
         anchor = self.anchors[head]
-        rows, cols = tile_weights(h, th, "center" if self.rule == "tiled-centred" else anchor), tile_weights(w, tw)
+        rows, cols = tile_weights(h, th, anchor if self.rule == "tiled-anchored" else "center"), tile_weights(w, tw)
         boxes = [(y, x0) for y, _ in rows for x0, _ in cols]
         weights = [wr[:, None] * wc[None, :] for _, wr in rows for _, wc in cols]
         acc = [torch.zeros(1, 1, h, w), torch.zeros(1, 1, h, w) if with_uncertainty else None]

@@ -364,10 +364,10 @@ class ImageOptions:
         "focal-length ratio")})
     frame_rule: str = field(default="tiled", metadata={"help": (
         "how a frame larger than the head's training input runs: tiled (default) = overlapping tiles "
-        "of the training size, blended, a KITTI-like head's rows from its bottom tile (where its "
-        "training crops lay); tiled-centred = the tiles blended as before; windowed = one pass, the "
-        "fusion's channel attention pooled over windows of the training extent (1.3-2.7x cheaper, "
-        "less accurate: docs/BENCHMARKS.md, frame rule; PyTorch backend only, the others tile)")})
+        "of the training size, blended; tiled-anchored = the same, a KITTI-like head's rows from its "
+        "bottom tile (where its training crops lay); windowed = one pass, the fusion's channel "
+        "attention pooled over windows of the training extent (2-3x cheaper; K's RMSE 10-15 %% worse "
+        "on the quickstart model: docs/BENCHMARKS.md, frame rule; PyTorch backend only, the others tile)")})
     max_pixels: int | None = field(default=DEFAULT_MAX_PIXELS, metadata={"help": (
         "refuse images with more pixels than this, read from the file's header before decoding "
         "(memory grows by well over 100 bytes per pixel)")})

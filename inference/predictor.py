@@ -417,9 +417,10 @@ class RuntimeOptions:
         "CPUs); float32 with --no-fast. ONNX Runtime runs float32 whatever is asked, OpenVINO bf16 (the heads' output "
         "convolutions in float32, as PyTorch's path) or float32 (fp16 runs as float32)")})
     backend: str = field(default=AUTO, metadata={"help": (
-        "what runs the network: auto (default) = predict.py: the fastest installed runtime and "
-        "precision measured on this machine on first use (cached per CPU, package versions and input "
-        "size in $XDG_CACHE_HOME/lifelong-monodepth; printed when measured); other commands: the "
+        "what runs the network: auto (default) = predict.py on a folder, video or stream: the fastest "
+        "installed runtime and precision measured on this machine on first use (cached per CPU, package "
+        "versions and input size in $XDG_CACHE_HOME/lifelong-monodepth; printed when measured); one "
+        "image and the other commands: the "
         "fastest measured for this CPU kind (OpenVINO bf16 on AMX CPUs, ONNX Runtime on AVX2-only "
         "ones, else PyTorch); PyTorch with --no-fast; LIFELONG_MONODEPTH_BACKEND forces one; "
         "torch; or ONNX graphs of the trunk and the chosen head in onnxruntime / openvino (CPU; "

@@ -35,7 +35,7 @@ def test_a_frame_of_the_training_size_is_the_same_one_pass_under_both_rules(ckpt
     assert tuple(p.meta["input_sizes"][1]) == (80, 120)
     img, cam = frame(80, 120), k_camera(p)
     w = p.predict_image(img, domain=1, camera=cam, rule="windowed")
-    t = p.predict_image(img, domain=1, camera=cam, rule="tiled")
+    t = p.predict_image(img, domain=1, camera=cam, rule="tiled-anchored")
     assert w["tiles"] == t["tiles"] == 1
     np.testing.assert_array_equal(w["depth"], t["depth"])
     np.testing.assert_array_equal(w["uncertainty"], t["uncertainty"])
@@ -95,7 +95,7 @@ def test_a_constant_scene_gives_the_same_depth_under_both_rules(ckpt):
     p = DepthPredictor.from_checkpoint(ckpt, fast=False)
     img, cam = Image.new("RGB", (303, 88), (90, 120, 150)), k_camera(p)
     w = p.predict_image(img, domain=1, camera=cam, rule="windowed")["depth"]
-    t = p.predict_image(img, domain=1, camera=cam, rule="tiled")["depth"]
+    t = p.predict_image(img, domain=1, camera=cam, rule="tiled-anchored")["depth"]
     inner = (slice(20, 68), slice(40, 263))
     np.testing.assert_allclose(w[inner], t[inner], rtol=0.02)
 
@@ -115,14 +115,14 @@ def test_bottom_anchored_tiles_take_the_rows_their_crops_covered_from_the_bottom
     p = DepthPredictor.from_checkpoint(ckpt, fast=False)
     assert FR.head_anchors("NK") == ["center", "bottom"]
     img, cam = frame(100, 120, seed=2), k_camera(p)   # 100 rows: tiles at rows 0 and 20
-    whole = p.predict_image(img, domain=1, camera=cam, rule="tiled")["depth"]
-    bottom = p.predict_image(img.crop((0, 20, 120, 100)), domain=1, camera=cam, rule="tiled")["depth"]
+    whole = p.predict_image(img, domain=1, camera=cam, rule="tiled-anchored")["depth"]
+    bottom = p.predict_image(img.crop((0, 20, 120, 100)), domain=1, camera=cam, rule="tiled-anchored")["depth"]
     np.testing.assert_allclose(whole[20:], bottom, rtol=1e-5)
-    top = p.predict_image(img.crop((0, 0, 120, 80)), domain=1, camera=cam, rule="tiled")["depth"]
+    top = p.predict_image(img.crop((0, 0, 120, 80)), domain=1, camera=cam, rule="tiled-anchored")["depth"]
     np.testing.assert_allclose(whole[:20], top[:20], rtol=1e-5)
     assert np.abs(whole[20:80] - top[20:80]).max() > 0  # the overlap is not the top tile's
-    # the rule before (tiled-centred) blends the overlap
-    before = p.predict_image(img, domain=1, camera=cam, rule="tiled-centred")["depth"]
+    # the default rule (tiled) blends the overlap, as before
+    before = p.predict_image(img, domain=1, camera=cam, rule="tiled")["depth"]
     (_, c0), (_, c1) = FR.tile_weights(100, 80)
     c0, c1 = c0.numpy()[20:, None], c1.numpy()[:60, None]
     np.testing.assert_allclose(before[20:80], (c0 * top[20:80] + c1 * bottom[:60]) / (c0 + c1), rtol=1e-5)
