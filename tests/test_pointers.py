@@ -141,3 +141,12 @@ def test_the_checker_sees_a_missing_option(script_help):
     assert "--checkpoint" in script_help["predict.py"] and "--no-such-flag" not in script_help["predict.py"]
     assert slug("Uncertainty in metres") == "uncertainty-in-metres"
     assert slug("The main job: `python quickstart.py`") == "the-main-job-python-quickstartpy"
+
+
+def test_no_merge_conflict_markers_are_left_in_the_tree():
+    """A merge's conflict markers in a doc or a module are text nobody meant to ship."""
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    marker = re.compile(r"^(<{7} |>{7} |={7}$)", re.M)
+    left = [name for name in tracked if name.endswith((".py", ".md", ".txt", ".sh", ".ini", ".cfg", ".toml"))
+            and (ROOT / name).exists() and marker.search((ROOT / name).read_text(encoding="utf-8", errors="replace"))]
+    assert not left, f"conflict markers in {left}"
