@@ -866,6 +866,23 @@ def _require_root(data_root: str) -> None:
             f"`python synthetic.py --out {data_root}` (synthetic stand-in data)")
 
 
+def split_validation(train_set, replay_rows: set, n_val: int, seed: int):
+    """Indices (train, validation) of a domain's training rows. Validation rows are drawn from the
+    rows outside the replay buffer, with a fixed seed, so every stage validates on the same images
+    and none of them is ever trained on: an image listed twice is one candidate, and every row of a
+    held-out image leaves the training rows."""
+    rows = train_set.rows
+    first = {}
+    for i, row in enumerate(rows):
+        if row.image not in replay_rows:
+            first.setdefault(row.image, i)
+    candidates = sorted(first.values())
+    rng = np.random.default_rng(seed)
+    val = sorted(rng.permutation(candidates)[:n_val].tolist()) if n_val > 0 else []
+    held = {rows[i].image for i in val}
+    return [i for i in range(len(train_set)) if rows[i].image not in held], val
+
+
 def get_dataset(domain, split: str, data_root: str = dom.DEFAULT_DATA_ROOT, train: Optional[bool] = None,
                 scale: float = 1.0, *, full_frame: bool = False, check_files: bool = True,
                 transform=None, scannet_resize: str = "twice", nyu_rotation: str = "bilinear") -> DepthDataset:

@@ -114,7 +114,7 @@ def calibrate_copy(path, out_dir, args, device, order=None, previous=None) -> Pa
     opts = StageOptions.from_record(stored, data_root=str(args.data_root), workers=0)
     try:
         if opts.shared_head:
-            from engine.sampling import DomainData  # the validation split is the engine's (split_validation)
+            from engine.sampling import DomainData  # the validation rows are the engine's (loaders.split_validation)
             record = fit_uncertainty(net, [DomainData(get_domain(c), opts) for c in opts.order], opts, device)
         else:
             own = net.meta.get(CALIBRATION_KEY)

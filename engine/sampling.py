@@ -1,16 +1,15 @@
 """The data of a stage and its order: samplers that emulate K processes and start mid-epoch
 (``StepSampler``), per-sample seeded augmentation (``SeededSamples``), replay streams
-(``CyclingLoader``, ``EpochReplayLoader``), the held-out validation rows (``split_validation``) and
+(``CyclingLoader``, ``EpochReplayLoader``), the held-out validation rows (``loaders.split_validation``) and
 a domain's datasets (``DomainData``)."""
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch.utils.data import DistributedSampler, Subset
 
 from base.errors import InputError
 from engine.options import data_options, drop_last
-from loaders import get_dataset, get_loader
+from loaders import get_dataset, get_loader, split_validation
 
 
 def loader_message(exc: BaseException) -> str:
@@ -153,21 +152,6 @@ def make_loader(dataset, sampler, opts, ctx, seed: int):
                       device=ctx.device.type, seed=seed, drop_last=drop_last(opts), sampler=sampler)
 
 
-def split_validation(train_set, replay_rows: set, n_val: int, seed: int):
-    """Indices (train, validation) of a domain's training rows. Validation rows are drawn from the
-    rows outside the replay buffer, with a fixed seed, so every stage validates on the same images
-    and none of them is ever trained on: an image listed twice is one candidate, and every row of a
-    held-out image leaves the training rows."""
-    rows = train_set.rows
-    first = {}
-    for i, row in enumerate(rows):
-        if row.image not in replay_rows:
-            first.setdefault(row.image, i)
-    candidates = sorted(first.values())
-    rng = np.random.default_rng(seed)
-    val = sorted(rng.permutation(candidates)[:n_val].tolist()) if n_val > 0 else []
-    held = {rows[i].image for i in val}
-    return [i for i in range(len(train_set)) if rows[i].image not in held], val
 
 
 class DomainData:

@@ -5,7 +5,7 @@ the depth clamped to the head's range as predict.py writes it), per head.
 Which frames a head is calibrated on is what a lifelong learner still has when it learns that head:
 
 * the head learned in this stage: its domain's **validation rows** (held out of the training rows by
-  ``engine.sampling.split_validation``: never trained on, never the test split);
+  ``loaders.split_validation``: never trained on, never the test split);
 * an older head: **the calibration kept from the stage that learned it** (the checkpoint the stage
   started from stores it). The training rows of an old domain outside its replay buffer are data the
   learner no longer has (issue 36, item 11), so they are never read here.
@@ -21,7 +21,7 @@ import numpy as np
 
 from base.domains import get_domain
 from base.uncertainty import CALIBRATION_KEY, head_calibration
-from engine.sampling import split_validation
+from loaders import split_validation
 from evaluation.uncertainty import (DEFAULT_METHOD, MEASURED_LEVELS, fit_head_calibration, fit_method,
                                     frame_coverage, frame_pixels)
 from inference.frames import CameraHint, exif_focal_35mm

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Subset
 
-from engine.sampling import split_validation
+from loaders import split_validation
 from base.domains import get_domain
 from evaluation.evaluate import DomainEvaluator, EvalOptions, evaluate_domains, load_test_splits
 from evaluation.selection import SelectionOptions, selection_benchmark

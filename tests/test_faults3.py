@@ -522,7 +522,7 @@ def test_unreadable_training_file_is_not_called_missing_ground_truth(root, tmp_p
 
 def test_a_file_listed_twice_is_never_both_validated_and_trained():
     from types import SimpleNamespace
-    from engine.sampling import split_validation
+    from loaders import split_validation
 
     class Rows(list):  # the part of a training dataset split_validation reads
         @property

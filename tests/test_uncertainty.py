@@ -232,7 +232,7 @@ def test_each_stage_calibrates_its_new_head_on_its_validation_frames_only(stages
     """The calibration never sees test rows, nor an old domain's rows: stage N fits head N on N's
     validation rows; stage NK fits head K on K's and keeps N's calibration from stage N (the
     training rows of N outside its replay buffer are data the learner no longer has)."""
-    from engine.sampling import split_validation
+    from loaders import split_validation
     from loaders import get_dataset
     from models import read_checkpoint
     _, paths, seen = stages
