@@ -2,7 +2,8 @@
 
 **The predictive distribution is a Gaussian in depth.** The training loss
 (:func:`losses.uncertainty_depth_loss`) is, per valid pixel, with ``p`` the predicted depth, ``u``
-the predicted "log-variance", ``d`` the ground truth and ``m`` the batch's median ground truth,
+the predicted "log-variance", ``d`` the ground truth and ``m`` the median of the valid ground truth
+of the whole training batch (``torch.median``: the lower median),
 
     exp(-u) * (p/m - d/m)**2 + 2*u  =  4 * [ r**2 / (2 v) + log(v) / 2 ]  - 2 log 2,
     with  r = (d - p) / m  and  v = 2 * exp(u).
@@ -16,7 +17,8 @@ In metres the spread of a pixel is therefore
     sigma = s * m * sqrt(2) * exp(u / 2),
 
 where at test time ``m`` (the ground truth's median, unknown there) is taken as the median of the
-image's own predicted depth, and ``s`` is the per-domain calibration scale (1 when uncalibrated).
+image's own finite positive predicted depths (``np.median``: the mean of the two middle values for
+an even count; :func:`spread`), and ``s`` is the per-domain calibration scale (1 when uncalibrated).
 A central interval of coverage ``c`` is ``p +- z * sigma`` with ``z = Phi^-1((1 + c) / 2)`` (the
 lower end clipped at 0 m: depth is positive).
 
@@ -130,14 +132,34 @@ def sparsification(pred, gt, sigma, metric: str = "rmse", steps: int = SPARSIFIC
             "random": np.full(steps, unc[0])}
 
 
-def ause_aurg(curves: dict) -> dict:
-    """Areas of sparsification curves (each the mean of its K entries: width 1/K per step).
+AREA_RULES = ("mean", "trapezoid")
+
+
+def ause_aurg(curves: dict, rule: str = "mean") -> dict:
+    """Areas of sparsification curves of K entries (removed fractions 0, 1/K, ..., (K-1)/K).
+
+    ``rule="mean"`` (the project's figures, K = SPARSIFICATION_STEPS = 20): each area is the mean of
+    the K entries (rectangles of width 1/K). ``rule="trapezoid"``: Poggi et al. (CVPR 2020,
+    ``compute_aucs`` of their mono-uncertainty code, where K = 50): the curve gets a final 0 at
+    fraction 1 (every pixel removed) and is integrated with the trapezoid rule over [0, 1]; the
+    random curve's area is its first entry. At the same K both rules give the same AUSE (the
+    curves share their first entry c0), and the trapezoid AURG is the mean rule's plus c0 / (2K):
+    compare with the literature at its K and rule.
 
     ``ause`` = area(uncertainty) - area(oracle) (0 = as good as knowing the errors);
     ``aurg`` = area(random) - area(uncertainty) (> 0 = better than removing pixels at random);
     ``random_ause`` = area(random) - area(oracle), the AUSE of random removal, and ``ratio`` =
     ause / random_ause (1 = no better than random, 0 = oracle)."""
-    area = {k: float(np.mean(curves[k])) for k in ("uncertainty", "oracle", "random")}
+    if rule not in AREA_RULES:
+        raise ValueError(f"area rule must be one of {AREA_RULES}, got {rule!r}")
+    if rule == "mean":
+        area = {k: float(np.mean(curves[k])) for k in ("uncertainty", "oracle", "random")}
+    else:
+        def trapezoid(c):
+            y = np.append(np.asarray(c, dtype=np.float64), 0.0)
+            return float(np.sum(y[:-1] + y[1:]) / (2.0 * (y.size - 1)))
+        area = {"uncertainty": trapezoid(curves["uncertainty"]), "oracle": trapezoid(curves["oracle"]),
+                "random": float(np.asarray(curves["random"], dtype=np.float64)[0])}
     gap = area["random"] - area["oracle"]
     ause = area["uncertainty"] - area["oracle"]
     return {"ause": ause, "aurg": area["random"] - area["uncertainty"], "random_ause": gap,
@@ -159,8 +181,8 @@ def fit_scale(err, sigma, levels=LEVELS, grid: int = 512) -> float:
     Coverage at level l is the fraction of ``a = |err| / sigma`` at most ``s * z_l``; the scale
     that makes level l exact is ``quantile_l(a) / z_l``. The optimum lies between the smallest and
     the largest of those, searched on a ``grid`` of log-spaced scales plus the exact ones (ties: the
-    scale closest to the geometric middle)."""
-    a = np.sort(np.abs(np.asarray(err, dtype=np.float64)) / np.asarray(sigma, dtype=np.float64))
+    scale closest to the geometric middle). ``err`` and ``sigma``: pixels of any shape (flattened)."""
+    a = np.sort((np.abs(np.asarray(err, dtype=np.float64)) / np.asarray(sigma, dtype=np.float64)).ravel())
     if a.size == 0:
         raise ValueError("fit_scale needs at least one pixel")
     z = np.array([z_value(level) for level in levels])

@@ -231,7 +231,9 @@ def infer(models: Models, image, checkpoint: str, head_choice: str, workdir: Pat
         raise PageError(f"{checkpoint} has no head {head_choice}; its heads are {', '.join(choices[1:])} "
                         f"(or {AUTO})")
     forced = None if head_choice in (None, AUTO) else choices.index(head_choice) - 1
-    r = model.run(img, head=forced, want_distances=True)
+    # the upload's camera by predict.py's rule (its EXIF focal length): the file, or the API's image
+    camera = model.camera_of(image if isinstance(image, (str, os.PathLike, Image.Image)) else None)
+    r = model.run(img, head=forced, want_distances=True, camera=camera)
     head = r["head"]
     depth = model.clamp(r["depth"], head)
     workdir.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,11 @@ from models import CheckpointError, load_checkpoint
 
 def build_parser():
     p = argparse.ArgumentParser(description="Export a checkpoint as a single TorchScript or ONNX "
-                                            "file (image -> depth, domain[, uncertainty]).",
+                                            "file (image -> depth, domain[, uncertainty]): the network "
+                                            "only, not predict.py's frame pipeline (no head choice on "
+                                            "whole frames, no resampling to the head's camera, no "
+                                            "tiles); the file's metadata carries each head's camera "
+                                            "and the uncertainty calibration to reproduce them.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_checkpoint_arguments(p, "project or authors' checkpoint (.pth.tar)",
                              "learning order of an authors' file (its name, e.g. NKS), naming its heads",
@@ -37,7 +41,8 @@ def build_parser():
     p.add_argument("--selector", choices=["pooled", "map"], default="pooled",
                    help="prototype form used for automatic selection")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16", "auto"], default="fp32",
-                   help="weights/activations in the file (auto: bf16 where this machine has native bf16); "
+                   help="weights/activations in the file (auto: bf16 where this machine has native bf16, fp16 on a "
+                        "CUDA GPU without bf16, else fp32); "
                         "--format onnx is float32 only")
     p.add_argument("--no-fuse", action="store_true", help="keep BatchNorm layers (no Conv+BN folding)")
     p.add_argument("--size", default=None, help="example input HxW for tracing (default: the first "
@@ -64,9 +69,13 @@ def written_line(out, meta) -> str:
         what = "automatic selection (pooled prototypes; every head computed)"
     else:
         what = f"automatic selection ({meta['selection']} prototypes)"
+    scope = ("\nnote: the network only, not predict.py's frame pipeline (head choice on whole frames, "
+             "resampling to each head's camera, tiles); the metadata's cameras and calibration_scales "
+             "say how to reproduce its metres and intervals")
     if is_onnx(meta):
-        return f"wrote {out} ({megabytes:.1f} MB, ONNX float32): {domains}, {what}, outputs {meta['outputs']}"
-    return f"wrote {out} ({megabytes:.1f} MB): {domains}, {what}, outputs {meta['outputs']}, {meta['precision']}"
+        return f"wrote {out} ({megabytes:.1f} MB, ONNX float32): {domains}, {what}, outputs {meta['outputs']}{scope}"
+    return (f"wrote {out} ({megabytes:.1f} MB): {domains}, {what}, outputs {meta['outputs']}, "
+            f"{meta['precision']}{scope}")
 
 
 def check_line(res, meta) -> str:

@@ -87,7 +87,16 @@ def interval_level(args):
         raise CLIError(str(e)) from None
 
 
-def write_intervals(stem, depth, unc, head, model, level):
+def warn_saturated(source, values, npy) -> None:
+    """One warning line when ``values`` (metres) hold pixels beyond what the 16-bit millimetre PNG
+    can hold (PNG16_MAX_M): they saturate there, ``npy`` keeps them."""
+    saturated = int((values > PNG16_MAX_M).sum())
+    if saturated:
+        tqdm.write(f"warning: {printable(source, '')}: {saturated} pixel(s) beyond {PNG16_MAX_M} m saturate the "
+                   f"16-bit millimetre PNG; {printable(npy, '')} keeps their values", file=sys.stderr)
+
+
+def write_intervals(stem, depth, unc, head, model, level, source=None):
     """``<stem>_depth_lower<P>`` / ``_upper<P>`` (.png 16-bit mm, .npy metres) of the central ``level``
     interval with the head's calibration; returns (paths written, predictions.json's record)."""
     if unc is None:
@@ -97,6 +106,7 @@ def write_intervals(stem, depth, unc, head, model, level):
     paths = []
     for name, values in (("lower", lower), ("upper", upper)):
         png, npy = Path(f"{stem}_depth_{name}{tag}.png"), Path(f"{stem}_depth_{name}{tag}.npy")
+        warn_saturated(source if source is not None else png, values, npy)
         save_png16(png, values)
         with atomic_write(npy) as fh:
             np.save(fh, values.astype(np.float32))
@@ -181,10 +191,7 @@ def predict_command(argv) -> int:
             stem.parent.mkdir(parents=True, exist_ok=True)
             written = []
             p = Path(f"{stem}_depth.png")
-            saturated = int((depth > PNG16_MAX_M).sum())
-            if saturated:
-                tqdm.write(f"warning: {printable(f, '')}: {saturated} pixel(s) beyond {PNG16_MAX_M} m saturate the 16-bit "
-                           f"millimetre PNG; {printable(stem, '')}_depth.npy keeps their values", file=sys.stderr)
+            warn_saturated(f, depth, f"{stem}_depth.npy")
             save_png16(p, depth)
             written.append(p)
             p = Path(f"{stem}_depth.npy")
@@ -193,7 +200,7 @@ def predict_command(argv) -> int:
             written.append(p)
             interval = None
             if level is not None:
-                paths, interval = write_intervals(stem, depth, unc, head, model, level)
+                paths, interval = write_intervals(stem, depth, unc, head, model, level, f)
                 written += paths
             letter = model.letters[head]
             if not args.no_plots:
@@ -247,8 +254,12 @@ def image_options(args) -> ImageOptions:
 def predictor_of(args, device) -> Predictor:
     """The Predictor of predict.py's options: checkpoint, --order, the image and runtime options."""
     options = image_options(args)
-    return Predictor(args.checkpoint, options, device=device, runtime=runtime_options(args),
-                     order=parse_letters(args.order, "--order") if args.order else None)
+    model = Predictor(args.checkpoint, options, device=device, runtime=runtime_options(args),
+                      order=parse_letters(args.order, "--order") if args.order else None)
+    note = model.selector_note()
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+    return model
 
 
 def add_image_argument(p, flag: str, **kwargs) -> None:

@@ -519,9 +519,9 @@ class Stage:
             return frame_statistics(DepthPredictor(self.net, device=self.ctx.device),
                                     "".join(s.letter for s in self.specs), self.opts.data_root,
                                     self.cameras(self.specs), max_images=self.opts.proto_images,
-                                    seed=self.opts.seed)
+                                    seed=self.opts.seed, options=("--data-root", "--proto-images"))
         except InputError as e:  # too few replay rows to hold some out
-            self.say(f"no frame statistics stored (error: {e})")
+            self.say(f"no frame statistics stored ({e})")
             return None
         finally:
             self.net.train(mode)

@@ -183,11 +183,23 @@ def full_frame_for(letter, full_frame) -> bool:
     return True
 
 
+def full_frame_scale(letter: str, scale: float) -> float:
+    """The --scale a whole test frame of domain ``letter`` is read at, for a network trained at
+    ``scale``: the pixel scale its head learned. The KITTI recipe crops its training windows from
+    the files at their native pixel scale (loaders.JointTransform: no resize), so its whole frames
+    stay at 1.0 whatever ``scale``; the resizing recipes (NYU, ScanNet) keep ``scale``. One rule
+    for test.py --full-frame and the selection benchmark (evaluation/selection.py)."""
+    return 1.0 if get_domain(letter).transform == "kitti" else scale
+
+
 def test_dataset(letter, data_root, scale, max_images=None, full_frame=False, scannet_resize="twice"):
     """The test split of a domain (deterministic test transform), optionally its first images.
-    ``full_frame``: a bool, or a --full-frame value (none / all / kitti)."""
+    ``full_frame``: a bool, or a --full-frame value (none / all / kitti); whole frames are read at
+    the pixel scale the head learned (:func:`full_frame_scale`)."""
     from loaders import DatasetFormatError, get_dataset
     full_frame = full_frame_for(letter, full_frame)
+    if full_frame:
+        scale = full_frame_scale(letter, scale)
     try:
         ds = get_dataset(letter, "test", str(data_root), train=False, scale=scale,
                          **({"full_frame": True} if full_frame else {}),

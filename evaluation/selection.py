@@ -213,11 +213,6 @@ def frames_choice(predictor, image: torch.Tensor) -> int:
     return int(frame_distances(descriptor_of(predictor.trunk_features, image[None], stats["area"]), stats)[1][0])
 
 
-def full_frame_scale(letter: str, scale: float) -> float:
-    """--scale for a whole frame at the test crop's pixel scale (1.0 for the KITTI recipe)."""
-    return 1.0 if get_domain(letter).transform == "kitti" else scale
-
-
 def predictor_features(predictor, image: torch.Tensor) -> torch.Tensor:
     """Fused features of one image on the predictor's own path (fast path, precision), float32."""
     x = prepare_input(image[None], predictor.device, predictor.channels_last, predictor._input_dtype)
@@ -254,7 +249,7 @@ def selection_benchmark(source, evaluation: EvalOptions, selection: SelectionOpt
     predictor = build_predictor(net, runtime, device, prototypes=prototypes, selector=DEFAULT_SELECTOR)
     test_letters = domains or letters
     table = {sel: {cond: {} for cond in CONDITIONS} for sel in selectors}
-    datasets = {(c, full): test_dataset(c, evaluation.data_root, full_frame_scale(c, scale) if full else scale,
+    datasets = {(c, full): test_dataset(c, evaluation.data_root, scale,
                                         evaluation.max_images, full, evaluation.scannet_resize)
                 for c in test_letters for full in (False, True)}
     total = sum(len(datasets[(c, False)]) for c in test_letters) * len(CONDITIONS)

@@ -90,7 +90,9 @@ class UncertaintyEvaluator:
         sparse = {}
         for metric, store in self.curves.items():
             mean = {k: np.mean(np.stack(v), axis=0) for k, v in store.items()}
-            sparse[metric] = dict(ause_aurg(mean), curves={k: v.tolist() for k, v in mean.items()})
+            trapezoid = ause_aurg(mean, rule="trapezoid")  # Poggi et al.'s rule, at this K
+            sparse[metric] = dict(ause_aurg(mean), aurg_trapezoid=trapezoid["aurg"], steps=self.steps,
+                                  curves={k: v.tolist() for k, v in mean.items()})
         calibration = {}
         for label, s in self.scales.items():
             cov = self.inside[label] / self.n
@@ -219,7 +221,10 @@ def format_tables(rows) -> str:
         lines.append(f"{name:<{w}} {r['pixels']:>9d} {_cell(s['ause']):>10} {_cell(s['aurg']):>10} "
                      f"{_cell(s['ratio'], '.3f'):>6} {_cell(a['ause']):>11} {_cell(a['aurg']):>11} "
                      f"{_cell(r['spearman'], '.3f'):>8}")
-    lines += ["(ratio = AUSE / AUSE of random removal: 0 = oracle, 1 = random)", ""]
+    steps = rows[0][1]["sparsification"]["rmse"].get("steps") if rows else None
+    lines += ["(ratio = AUSE / AUSE of random removal: 0 = oracle, 1 = random; areas: the mean of "
+              f"{steps or 'K'} curve entries; Poggi et al.'s trapezoid rule gives the same AUSE and "
+              "AURG + AUSE-curve start / 2K: base.uncertainty.ause_aurg)", ""]
     head = f"{'domain':<{w}} {'calibration':<11} {'scale':>7} {'NLL':>8} " + " ".join(
         f"{'cov ' + str(round(100 * lv)):>7}" for lv in LEVELS)
     lines += [head, "-" * len(head)]

@@ -22,7 +22,8 @@ extra file (:func:`load_exported`). Any input size works (the trunk is traced wi
 
 Precision: float32 by default (portable; BatchNorm folded into the convolutions, results equal to
 ``DepthPredictor(fast=False)`` to ~1e-5). ``--precision bf16`` packs the bfloat16 fast path instead
-(fast only on CPUs/GPUs with native bf16).
+(fast only on CPUs/GPUs with native bf16; ``auto``: bf16 there, fp16 on a CUDA GPU without bf16,
+else float32).
 
 ``--format onnx`` writes a float32 ONNX graph (opset 17; batch and image sizes dynamic) with the
 same inputs and outputs (``image`` -> ``depth``, ``domain``[, ``uncertainty``]) and the metadata
@@ -239,11 +240,39 @@ def export_onnx(net, out, prototypes=None, domain=None, with_uncertainty=False, 
             "outputs": outputs, "precision": "float32", "fuse_bn": True, "mean": IMAGENET_MEAN,
             "std": IMAGENET_STD,
             "input": "image: float32 (B,3,H,W) RGB in [0,1] normalized with mean/std; outputs at H/2 x W/2",
-            "source": meta_in.get("path")}
+            "source": meta_in.get("path"), **pipeline_meta(net)}
     onnx.helper.set_model_props(model, {ONNX_META_KEY: json.dumps(meta)})
     with atomic_write(out) as f:  # a kill leaves the earlier file (or none), never a partial one
         f.write(model.SerializeToString())  # (onnx.save wants the file's name; ours is a descriptor)
     return meta
+
+
+SCOPE = ("the network only (image -> depth at half the input size), not the frame pipeline of "
+         "predict.py/DepthPredictor.predict_image: no head choice on whole frames by the frames "
+         "statistics, no resampling to the head's camera, no tiles, no depth clamping. For metres "
+         "right on whole frames, feed each head input at the focal length in `cameras` (pixels, per "
+         "head, at the size given there) and the head's input size; intervals: spread = median "
+         "predicted depth x sqrt(2) x exp(u/2) x `calibration_scales` (base/uncertainty.py)")
+
+
+def pipeline_meta(net) -> dict:
+    """What an exported file needs beside the network to reproduce the frame pipeline's metres and
+    intervals: per head the camera it learned (inference.frames.head_cameras), the stored
+    uncertainty calibration and its scales, and a sentence saying that the file is the network
+    only (``scope``)."""
+    from base.uncertainty import CALIBRATION_KEY, calibration_scales
+    from inference.frames import head_cameras
+    meta = dict(getattr(net, "meta", {}) or {})
+    n = net.num_domains
+    letters = meta.get("letters")
+    cameras = [None] * n
+    if letters and len(letters) == n:
+        try:
+            cameras = [c.as_dict() if c is not None else None for c in head_cameras(meta, list(letters))]
+        except Exception:  # noqa: BLE001 - an unregistered custom domain: no camera to tell
+            pass
+    return {"cameras": cameras, "calibration_scales": [float(s) for s in calibration_scales(meta, n)],
+            CALIBRATION_KEY: meta.get(CALIBRATION_KEY), "scope": SCOPE}
 
 
 def load_onnx(path, threads=None):
@@ -352,7 +381,7 @@ def export_model(net, out, prototypes=None, domain=None, with_uncertainty=False,
             "precision": str(dtype).replace("torch.", ""), "fuse_bn": bool(fuse_bn),
             "channels_last": bool(channels_last), "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
             "input": "float32 (B,3,H,W) RGB in [0,1] normalized with mean/std; outputs at H/2 x W/2",
-            "source": meta_in.get("path")}
+            "source": meta_in.get("path"), **pipeline_meta(net)}
     with atomic_write(out) as f:  # a kill leaves the earlier file (or none), never a partial one
         torch.jit.save(module, f, _extra_files={META_FILE: json.dumps(meta)})
     return meta

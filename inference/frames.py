@@ -91,8 +91,11 @@ class Camera:
 
 def source_camera(spec, data_root=None) -> Camera | None:
     """The camera of a domain's depth frames as they lie on disk: a synthetic set's meta.json
-    (rendered at its own scale), a custom domain's ``camera`` field (domains.json), else the
-    built-in sensor (domains.CAMERAS) at the size of the files stored there; None when nothing says."""
+    (rendered at its own scale), a custom domain's ``camera`` field (domains.json), the recording's
+    calibration file beside the first stored frame (KITTI: :func:`calibration_camera`), else the
+    built-in sensor (domains.CAMERAS) at the size of the files stored there
+    (:func:`registry_camera_at`: KITTI's raw frames are a wider crop of the same sensor, not a
+    resize); None when nothing says."""
     spec = get_domain(spec)
     if data_root:
         try:
@@ -107,21 +110,92 @@ def source_camera(spec, data_root=None) -> Camera | None:
     if spec.letter in CAMERAS:
         cam = CAMERAS[spec.letter]
         cam = Camera(*cam.intrinsics, *cam.frame_size)
-        size = stored_frame_size(spec, data_root) if data_root else None
-        return cam.resized(*size) if size else cam  # the sensor, at the resolution the files have
+        first = stored_frame(spec, data_root) if data_root else None
+        if first is None:
+            return cam
+        size, image = first
+        calibrated = calibration_camera(image, size)
+        if calibrated is not None:  # the recording's own calibration (KITTI's files)
+            return calibrated
+        return registry_camera_at(cam, size, spec.transform == "kitti")
+    return None
+
+
+CROP_TOLERANCE = 0.1  # a frame within 10 % of the registry size on each side is a crop of that sensor
+
+
+def registry_camera_at(cam: Camera, size, crops: bool) -> Camera:
+    """A registry camera at the size ``size`` = (W, H) the files have. KITTI's registry camera
+    (721.5 @ 1216x352) is the benchmark's bottom-centre *crop* of the raw frames (1242x375 on
+    2011_09_26, 1224-1242 x 370-376 by date; formats.md): for the cropping recipe (``crops``) a
+    frame within CROP_TOLERANCE of the registry size is the same sensor with another crop (fx, fy
+    kept, cx, cy shifted); anything else is a resize of the registry frame (a data set stored at
+    another resolution), as for NYU and ScanNet."""
+    w, h = int(size[0]), int(size[1])
+    if crops and abs(w / cam.width - 1) <= CROP_TOLERANCE and abs(h / cam.height - 1) <= CROP_TOLERANCE:
+        return Camera(cam.fx, cam.fy, cam.cx + (w - cam.width) / 2.0, cam.cy + (h - cam.height), w, h)
+    return cam.resized(w, h)  # the sensor, at the resolution the files have
+
+
+def stored_frame(spec, data_root):
+    """((W, H) of the first replay (else training) depth map under ``data_root``, its image path),
+    or None."""
+    for split in ("replay", "train"):
+        try:
+            rows = get_dataset(spec, split, str(data_root), check_files=False).rows
+            with Image.open(rows[0].depth) as im:
+                return im.size, rows[0].image
+        except Exception:  # noqa: BLE001 - no readable file: the registry's own size stands
+            continue
     return None
 
 
 def stored_frame_size(spec, data_root):
     """(W, H) of the first replay (else training) depth map under ``data_root``, or None."""
-    for split in ("replay", "train"):
-        try:
-            rows = get_dataset(spec, split, str(data_root), check_files=False).rows
-            with Image.open(rows[0].depth) as im:
-                return im.size
-        except Exception:  # noqa: BLE001 - no readable file: the registry's own size stands
-            continue
-    return None
+    first = stored_frame(spec, data_root)
+    return None if first is None else first[0]
+
+
+def _numbers(text) -> list:
+    return [float(v) for v in text.replace(",", " ").split()]
+
+
+def calibration_camera(image_path, size=None) -> Camera | None:
+    """The camera of one image file from its recording's calibration, where the layout has one:
+    KITTI raw (``<date>/calib_cam_to_cam.txt``'s ``P_rect_0X`` for ``<date>/<drive>/image_0X/data/
+    <frame>.png``) or the benchmark's ``val_selection_cropped`` (``intrinsics/<name>.txt``, a 3x3
+    matrix beside ``image/<name>.png``). ``size`` (W, H): the image's, else read from the file.
+    None where no calibration file is found or it cannot be read."""
+    try:
+        path = os.path.abspath(os.fspath(image_path))
+        parts = path.split(os.sep)
+        k = None
+        if len(parts) >= 3 and parts[-2] == "image":  # val_selection_cropped/image/<name>.png
+            txt = os.path.join(os.path.dirname(os.path.dirname(path)), "intrinsics",
+                               os.path.splitext(parts[-1])[0] + ".txt")
+            if os.path.isfile(txt):
+                with open(txt) as f:
+                    m = _numbers(f.read())
+                if len(m) >= 9:
+                    k = (m[0], m[4], m[2], m[5])
+        if k is None and len(parts) >= 5 and parts[-2] == "data" and parts[-3].startswith("image_0"):
+            calib = os.path.join(os.sep.join(parts[:-4]), "calib_cam_to_cam.txt")  # <date>/
+            key = "P_rect_" + parts[-3][len("image_"):] + ":"
+            if os.path.isfile(calib):
+                with open(calib) as f:
+                    for line in f:
+                        if line.startswith(key):
+                            p = _numbers(line[len(key):])
+                            if len(p) == 12:
+                                k = (p[0], p[5], p[2], p[6])
+        if k is None or not all(math.isfinite(v) for v in k) or k[0] <= 0 or k[1] <= 0:
+            return None
+        if size is None:
+            with Image.open(path) as im:
+                size = im.size
+        return Camera(*(float(v) for v in k), int(size[0]), int(size[1]))
+    except (OSError, ValueError):
+        return None
 
 
 def trained_camera(spec, scale: float = 1.0, data_root=None) -> Camera | None:
@@ -164,9 +238,63 @@ def generic_camera(width: int, height: int, hfov_deg: float = 60.0) -> Camera:
 @dataclass(frozen=True)
 class CameraHint:
     """What the user says about a frame's camera (at most one is used, in this order)."""
-    intrinsics: tuple | None = None   # fx, fy, cx, cy in pixels at the frame's size
+    intrinsics: tuple | None = None   # fx, fy, cx, cy in pixels at the frame's size (or intrinsics_size)
     fov_deg: float | None = None      # horizontal field of view
     focal_35mm: float | None = None   # EXIF FocalLengthIn35mmFilm
+    intrinsics_size: tuple | None = None  # (W, H) the intrinsics were given at: rescaled to the frame's
+
+
+INTRINSICS_FOV = (1.0, 179.0)  # degrees: the field of view --intrinsics may imply on each axis (as --fov)
+
+
+def check_intrinsics(k, width: int, height: int, option: str = "--intrinsics") -> tuple:
+    """(fx, fy, cx, cy) checked against a ``width`` x ``height`` frame, else an InputError naming
+    ``option``: finite numbers, focal lengths giving a field of view within INTRINSICS_FOV on each
+    axis, and the principal point inside the frame (values for another resolution put it outside
+    or give other metres silently: give them with their size, fx,fy,cx,cy@WxH)."""
+    from base.errors import InputError
+    shown = ",".join(f"{float(v):g}" for v in k)
+    fx, fy, cx, cy = (float(v) for v in k)
+    if not all(math.isfinite(v) for v in (fx, fy, cx, cy)):
+        raise InputError(f"{option} {shown}: expected finite numbers fx,fy,cx,cy in pixels")
+    lo, hi = INTRINSICS_FOV
+    for name, f, side in (("fx", fx, width), ("fy", fy, height)):
+        fov = math.degrees(2.0 * math.atan(0.5 * side / f)) if f > 0 else float("nan")
+        if not lo <= fov <= hi:
+            raise InputError(f"{option} {shown}: {name} {f:g} gives a {'horizontal' if name == 'fx' else 'vertical'} "
+                             f"field of view of {fov:.3g} deg on this {width}x{height} image; expected a "
+                             f"positive focal length in pixels giving {lo:g}-{hi:g} deg")
+    if not (0.0 <= cx <= width and 0.0 <= cy <= height):
+        raise InputError(f"{option} {shown}: the principal point ({cx:g}, {cy:g}) lies outside this "
+                         f"{width}x{height} image; values for another resolution? give them with "
+                         f"their size, fx,fy,cx,cy@WxH, to rescale them")
+    return fx, fy, cx, cy
+
+
+def intrinsics_at(k, size, width: int, height: int) -> tuple:
+    """(fx, fy, cx, cy) given at ``size`` = (W, H) (None: at the frame's own size) rescaled to a
+    ``width`` x ``height`` frame and checked (:func:`check_intrinsics`)."""
+    fx, fy, cx, cy = (float(v) for v in k)
+    if size is not None and tuple(size) != (width, height):
+        sx, sy = width / float(size[0]), height / float(size[1])
+        fx, fy, cx, cy = fx * sx, fy * sy, (cx + 0.5) * sx - 0.5, (cy + 0.5) * sy - 0.5
+    return check_intrinsics((fx, fy, cx, cy), width, height)
+
+
+def oriented_intrinsics(k, size, orientation) -> tuple:
+    """((fx, fy, cx, cy), (W, H)) of intrinsics given for an image file's stored pixel grid
+    (``size`` = (W, H) as stored) after its EXIF ``orientation`` (1-8) turned it upright, as
+    ``PIL.ImageOps.exif_transpose`` does to its pixels (predict.py reads photos upright)."""
+    fx, fy, cx, cy = (float(v) for v in k)
+    w, h = float(size[0]), float(size[1])
+    mx, my = w - 1.0 - cx, h - 1.0 - cy  # mirrored coordinates
+    table = {2: (fx, fy, mx, cy, False), 3: (fx, fy, mx, my, False), 4: (fx, fy, cx, my, False),
+             5: (fy, fx, cy, cx, True), 6: (fy, fx, my, cx, True), 7: (fy, fx, my, mx, True),
+             8: (fy, fx, cy, mx, True)}
+    if orientation not in table:
+        return (fx, fy, cx, cy), (int(w), int(h))
+    *k2, swap = table[orientation]
+    return tuple(k2), ((int(h), int(w)) if swap else (int(w), int(h)))
 
     def any(self) -> bool:
         return self.intrinsics is not None or self.fov_deg is not None or self.focal_35mm is not None
@@ -182,11 +310,15 @@ def parse_fov(text) -> float:
     return v
 
 
-def exif_focal_35mm(path) -> float | None:
-    """A photo's 35 mm equivalent focal length (EXIF FocalLengthIn35mmFilm), or None."""
+def exif_focal_35mm(source) -> float | None:
+    """A photo's 35 mm equivalent focal length (EXIF FocalLengthIn35mmFilm), or None; ``source``:
+    a file path or an opened PIL image (one that still carries its EXIF)."""
     try:
-        with Image.open(path) as im:
-            value = im.getexif().get_ifd(0x8769).get(0xA405)
+        if isinstance(source, Image.Image):
+            value = source.getexif().get_ifd(0x8769).get(0xA405)
+        else:
+            with Image.open(source) as im:
+                value = im.getexif().get_ifd(0x8769).get(0xA405)
         value = float(value) if value else None
     except Exception:  # noqa: BLE001 - no EXIF is the usual case, a broken one is no camera information
         return None
@@ -197,8 +329,10 @@ def resolve_camera(hint: CameraHint | None, width: int, height: int, head_cam: C
     """(camera of the frame at its size, what was assumed: a sentence)."""
     hint = hint or CameraHint()
     if hint.intrinsics is not None:
-        fx, fy, cx, cy = hint.intrinsics
-        return Camera(fx, fy, cx, cy, width, height), "given intrinsics"
+        fx, fy, cx, cy = intrinsics_at(hint.intrinsics, hint.intrinsics_size, width, height)
+        rescaled = hint.intrinsics_size is not None and tuple(hint.intrinsics_size) != (width, height)
+        return Camera(fx, fy, cx, cy, width, height), ("given intrinsics" + (
+            f" (given at {hint.intrinsics_size[0]}x{hint.intrinsics_size[1]}, rescaled)" if rescaled else ""))
     if hint.fov_deg is not None:
         cam = generic_camera(width, height, hint.fov_deg)
         return cam, f"given horizontal field of view {hint.fov_deg:g} deg"

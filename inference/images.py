@@ -87,15 +87,47 @@ def save_png16(path, depth_m: np.ndarray) -> None:
         Image.fromarray(depth_to_png16(depth_m)).save(f, format="PNG")
 
 
-def parse_intrinsics(text):
-    """--intrinsics: "fx,fy,cx,cy" (or those four numbers) -> a tuple of floats."""
+def parse_intrinsics_spec(text):
+    """--intrinsics: "fx,fy,cx,cy" or "fx,fy,cx,cy@WxH" (the image size they were measured at:
+    rescaled to each image's) or four numbers -> ((fx, fy, cx, cy), (W, H) or None). Finite
+    numbers and positive focal lengths, else an InputError naming the option; the rest is checked
+    against each image (inference.frames.check_intrinsics)."""
+    size = None
+    body = text
+    if isinstance(text, str) and "@" in text:
+        body, _, at = text.partition("@")
+        try:
+            w, h = (int(v) for v in at.lower().split("x"))
+            size = (w, h) if w > 0 and h > 0 else None
+        except ValueError:
+            size = None
+        if size is None:
+            raise InputError(f"--intrinsics {text!r}: expected fx,fy,cx,cy@WxH with the image size in "
+                             f"pixels after @, e.g. 721.5,721.5,609.6,172.9@1242x375")
     try:
-        values = [float(v) for v in (str(text).split(",") if isinstance(text, str) else text)]
+        values = [float(v) for v in (str(body).split(",") if isinstance(body, str) else body)]
     except (TypeError, ValueError):
         values = []
-    if len(values) != 4 or values[0] <= 0 or values[1] <= 0:
-        raise InputError(f"--intrinsics {text!r}: expected fx,fy,cx,cy (pixels, positive focal lengths)")
-    return tuple(values)
+    if (len(values) != 4 or not all(math.isfinite(v) for v in values) or values[0] <= 0
+            or values[1] <= 0):
+        raise InputError(f"--intrinsics {text!r}: expected fx,fy,cx,cy (finite pixels, positive focal "
+                         f"lengths), optionally @WxH (the image size they are for)")
+    return tuple(values), size
+
+
+def parse_intrinsics(text):
+    """--intrinsics -> (fx, fy, cx, cy) (:func:`parse_intrinsics_spec` without the size)."""
+    return parse_intrinsics_spec(text)[0]
+
+
+def exif_orientation(path) -> int:
+    """A file's EXIF orientation tag (1-8; 1 when none or unreadable)."""
+    try:
+        with Image.open(path) as im:
+            value = int(im.getexif().get(0x0112) or 1)
+    except Exception:  # noqa: BLE001 - no EXIF is the usual case
+        return 1
+    return value if 1 <= value <= 8 else 1
 
 
 def intrinsics_for(letter, width, height, given=None):
@@ -112,11 +144,20 @@ def intrinsics_for(letter, width, height, given=None):
 
 def camera_hint(options, path=None):
     """The frame camera the user gave (``options.intrinsics``, ``options.fov``: an
-    :class:`ImageOptions`), else ``path``'s EXIF 35 mm focal length, as an
-    ``inference.frames.CameraHint`` (empty: the chosen head's camera is assumed)."""
-    from inference.frames import CameraHint, exif_focal_35mm, parse_fov
+    :class:`ImageOptions`), else ``path``'s EXIF 35 mm focal length (a file path, or a PIL image
+    as opened), as an ``inference.frames.CameraHint`` (empty: the chosen head's camera is assumed).
+    The one rule of every path: predict.py, its --stream and videos, the demo (through
+    :meth:`Predictor.camera_of`)."""
+    from inference.frames import CameraHint, exif_focal_35mm, oriented_intrinsics, parse_fov
     if getattr(options, "intrinsics", None):
-        return CameraHint(intrinsics=parse_intrinsics(options.intrinsics))
+        k, size = parse_intrinsics_spec(options.intrinsics)
+        orientation = exif_orientation(path) if isinstance(path, (str, os.PathLike)) else 1
+        if orientation != 1:  # given for the stored pixel grid: turned upright with the pixels
+            if size is None:
+                with Image.open(path) as im:
+                    stored = im.size
+            k, size = oriented_intrinsics(k, size or stored, orientation)
+        return CameraHint(intrinsics=k, intrinsics_size=size)
     if getattr(options, "fov", None) is not None:
         try:
             return CameraHint(fov_deg=parse_fov(options.fov))
@@ -294,15 +335,20 @@ class ImageOptions:
         "use this learned domain's head (letter or name, e.g. N or nyu); default: chosen per image by "
         "the nearest domain prototype")})
     selector: str | None = field(default=None, metadata={"help": (
-        "prototype distance for automatic selection (see test_inference.py); default: lda where the "
-        "checkpoint stores its statistics, else pooled")})
+        "prototype distance for automatic selection under --size, and on whole frames of a checkpoint "
+        "without frame statistics (see test_inference.py); default: lda where the checkpoint stores its "
+        "statistics, else pooled. Whole frames of a checkpoint with frame statistics are scored by those "
+        "(said on stderr when --selector is given)")})
     replay_root: str | None = field(default=None, metadata={"help": (
         "compute prototypes from this data root's replay rows (for files without them)")})
     size: tuple[int, int] | None = field(default=None, metadata={"help": (
         "squeeze every image to this network input HxW (the old rule, for comparisons; default: the "
         "whole frame, aspect kept, at the chosen head's learned pixel scale)")})
     intrinsics: str | tuple | None = field(default=None, metadata={"help": (
-        "fx,fy,cx,cy in pixels at the original image size: the frame is resampled to the chosen head's "
+        "fx,fy,cx,cy in pixels at the image file's own size and stored orientation (a photo's EXIF "
+        "rotation turns them with its pixels), or fx,fy,cx,cy@WxH for values measured at another "
+        "image size (rescaled to each image's); checked against each image (principal point inside, "
+        "1-179 deg field of view): the frame is resampled to the chosen head's "
         "focal length, and --ply uses them (default: --fov, the EXIF focal length, else the chosen "
         "head's camera at the image's field of view; real sensors: " + ", ".join(
             f"{get_domain(c).name} {','.join(f'{v:g}' for v in cam.intrinsics)} "
@@ -397,9 +443,34 @@ class Predictor:
         return sizes, ranges
 
     def camera_of(self, path):
-        """The ``inference.frames.CameraHint`` of the image file ``path``: the camera given
-        (``intrinsics``, ``fov``), else its EXIF focal length (:func:`camera_hint`)."""
+        """The ``inference.frames.CameraHint`` of the image file ``path`` (or an opened PIL image;
+        None: a frame without a file, a video's): the camera given (``intrinsics``, ``fov``), else
+        its EXIF focal length (:func:`camera_hint`). predict.py, the streams and the demo all ask
+        this."""
         return camera_hint(self.options, path)
+
+    def selector_note(self) -> str | None:
+        """A sentence when ``options.selector`` does not choose the heads: whole frames (no
+        ``--size``) of a checkpoint with ``frames`` statistics are scored by those (with the
+        out-of-domain verdict), so --selector applies to --size only; None otherwise."""
+        chosen = self.options.selector
+        if (not chosen or self.forced is not None or self.size is not None
+                or not (self.predictor.prototypes or {}).get("frames")):
+            return None
+        return (f"--selector {chosen} applies to --size only: whole frames are scored by the "
+                f"checkpoint's frame statistics (an LDA of replay frames, with the out-of-domain "
+                f"verdict; inference/frames.py)")
+
+    def distance_thresholds(self):
+        """Per head, the calibrated out-of-domain threshold on the scale of the ``distances``
+        :meth:`run` returns (a stream's smoother compares the two), or None: whole frames get the
+        ``frames`` statistics' distances and thresholds; under ``--size`` (or without the
+        statistics) the distances are the stored selector's on the squeezed input, another scale
+        for which no threshold was calibrated."""
+        stats = (self.predictor.prototypes or {}).get("frames")
+        if not stats or self.size is not None:
+            return None
+        return list(stats["thresholds"])
 
     def interval(self, depth: np.ndarray, uncertainty: np.ndarray, head: int, level: float):
         """(lower, upper) metres of the central ``level`` interval around ``depth`` with head
@@ -425,13 +496,16 @@ class Predictor:
         rule, kept for comparisons).
         """
         forced = head if head is not None else self.forced
-        if self.size is not None:
-            return self._run_sized(img, choose, forced, want_distances)
         hint = camera if camera is not None else self.camera
+        if self.size is not None:
+            return self._run_sized(img, choose, forced, want_distances, hint)
         return self.pipeline.run(img, head=forced, choose=choose, camera=hint, want_distances=want_distances)
 
-    def _run_sized(self, img, choose, forced, want_distances) -> dict:
-        """``--size HxW``: every image squeezed to that network input (no camera handling)."""
+    def _run_sized(self, img, choose, forced, want_distances, hint=None) -> dict:
+        """``--size HxW``: every image squeezed to that network input (no camera handling of the
+        depth); ``"camera"`` is still the frame's (the camera given, else the chosen head's field of
+        view at the image's own aspect ratio: frames.resolve_camera), for the point cloud."""
+        from inference.frames import resolve_camera
         W, H = img.size
         out = raw = dists = None
         if forced is None or (want_distances and self.predictor.prototypes):
@@ -447,9 +521,10 @@ class Predictor:
         unc = out["uncertainty"]
         unc = (upsample_to(unc.float(), (H, W))[0, 0].cpu().numpy().astype(np.float32)
                if unc is not None else None)
+        cam, assumed = resolve_camera(hint, W, H, self.pipeline.cameras[chosen])
         return {"depth": depth, "uncertainty": unc, "head": chosen, "how": how, "raw_head": raw,
-                "distances": dists, "ood": None, "camera": None, "input_size": list(self.size),
-                "depth_scale": 1.0}
+                "distances": dists, "ood": None, "camera": {**cam.as_dict(), "assumed": assumed},
+                "input_size": list(self.size), "depth_scale": 1.0}
 
     def clamp(self, depth: np.ndarray, head: int) -> np.ndarray:
         """``depth`` clipped to head ``head``'s domain depth range (the default of every output)."""

@@ -31,7 +31,7 @@ from base.errors import InputError
 from models import load_checkpoint
 from models.checkpoint import check_checkpoint_path
 from models.fast import PRECISIONS
-from models.fast import (autocast_context, inference_copy, lowp_supported, prepare_input,
+from models.fast import (TapSumConv2d, autocast_context, inference_copy, lowp_supported, prepare_input,
                          resolve_precision, trace_module)
 from models.runtimes import AUTO, BACKENDS, HeadPiece, TrunkPiece, choose_backend  # the pieces traced or exported
 from inference.prototypes import SELECTORS, choose_selector, pooled_descriptor_nhwc, pooled_distances, prototype_distances
@@ -48,8 +48,9 @@ class DepthPredictor:
 
     - ``fast``: False turns every speed-up off (float32, NCHW, no folding, no tracing) and runs
       ``net`` itself; the options below then default to off, but can still be set one by one.
-    - ``precision``: ``"auto"`` (bfloat16 where the device has native bf16 kernels, else float32),
-      ``"fp32"``, ``"bf16"`` or ``"fp16"``.
+    - ``precision``: ``"auto"`` (bfloat16 where the device has native bf16 kernels, float16 on a
+      CUDA GPU without bf16, else float32: ``models.fast.resolve_precision``), ``"fp32"``,
+      ``"bf16"`` or ``"fp16"``.
     - ``cast_weights``: True (default) converts the copy's weights once to the low precision;
       False uses autocast instead (float32 weights, converted on every call: slower on CPU).
     - ``channels_last``: NHWC weights and inputs (default on).
@@ -68,7 +69,9 @@ class DepthPredictor:
       pinned in ``requirements.txt``): the trunk and each used head exported once to float32 ONNX
       (BN folded; ~3 s for the trunk on 2 cores) and run by that runtime; selection and the
       outputs are the same tensors as above. ``precision`` then is the runtime's: float32 for
-      ONNX Runtime; OpenVINO's inference precision (``auto``: bf16 where the CPU has native bf16).
+      ONNX Runtime; OpenVINO's inference precision (``auto``: bf16 where the CPU has native bf16;
+      at bf16 the heads' output convolutions run here in float32, as on PyTorch's path, so depth
+      keeps float32's resolution).
 
     ``net`` stays the caller's (unmodified, float32) network; ``runner`` is the module that
     actually runs (``net`` itself when nothing needs a copy). If ``net``'s weights change after
@@ -194,6 +197,16 @@ class DepthPredictor:
             self._sessions[key] = session(self.backend, model, precision=precision)
         return self._sessions[key]
 
+    def _output_convs(self, d: int) -> list:
+        """Head ``d``'s output convolutions (depth, uncertainty) in float32 (``TapSumConv2d``), for a
+        runtime computing the rest of the head in bfloat16: depth keeps float32's resolution (as
+        on PyTorch's path, models/fast.py)."""
+        key = ("output", d)
+        if key not in self._sessions:
+            head = self.runner.head(d)
+            self._sessions[key] = [TapSumConv2d(head.depth.conv2), TapSumConv2d(head.uncertainty.conv2)]
+        return self._sessions[key]
+
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Fused features of a prepared batch, as computed by the running module (any dtype)."""
         if self.backend != "torch":
@@ -207,9 +220,13 @@ class DepthPredictor:
     def head(self, feats: torch.Tensor, d: int, with_uncertainty: bool):
         """(depth, uncertainty or None) of head ``d`` on features from :meth:`features`."""
         if self.backend != "torch":
-            piece = HeadPiece(self.runner.head(d), with_uncertainty)
+            lowp = self.dtype != torch.float32  # OpenVINO bf16: the output convolutions run here, float32
+            piece = HeadPiece(self.runner.head(d), with_uncertainty, hidden=lowp)
             outs = self._session((d, bool(with_uncertainty)), piece, feats,
                                  ["depth", "uncertainty"] if with_uncertainty else ["depth"])(feats)
+            if lowp:
+                convs = self._output_convs(d)
+                outs = [conv(o) for conv, o in zip(convs, outs)]
             return outs[0], (outs[1] if with_uncertainty else None)
         if not self.jit:
             return self.runner.head_forward(feats, d, with_uncertainty=with_uncertainty)
@@ -349,12 +366,12 @@ class RuntimeOptions:
     fast: bool = field(default=True, metadata={"help": (
         "use DepthPredictor's plain float32 path, without the speed-ups it applies by default (BN "
         "folded into convs, channels_last, fused oneDNN kernels on a CPU, bf16 where the device has "
-        "native kernels: metrics within ~0.1 %% of float32); for exact numbers")})
+        "native kernels, fp16 on CUDA GPUs without bf16: metrics within ~0.1 %% of float32); for exact numbers")})
     precision: str = field(default="auto", metadata={"help": (
         "numeric precision of the network. auto: bfloat16 where the device runs it natively (CPUs with "
         "AVX512-BF16 or AMX, CUDA GPUs with bf16), float16 on older CUDA GPUs, else float32 (AVX2-only "
-        "CPUs); float32 with --no-fast. ONNX Runtime runs float32 whatever is asked, OpenVINO bf16 or "
-        "float32 (fp16 runs as float32)")})
+        "CPUs); float32 with --no-fast. ONNX Runtime runs float32 whatever is asked, OpenVINO bf16 (the heads' output "
+        "convolutions in float32, as PyTorch's path) or float32 (fp16 runs as float32)")})
     backend: str = field(default=AUTO, metadata={"help": (
         "what runs the network: auto (default) = the fastest measured for this CPU kind (OpenVINO "
         "bf16 on AMX CPUs, ONNX Runtime on AVX2-only ones, else PyTorch; PyTorch with --no-fast); "

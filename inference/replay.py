@@ -129,13 +129,15 @@ def load_prototypes(net, letters, scale, device, *, data_root, replay_root=None,
 
 @torch.no_grad()
 def frame_statistics(net, letters: str, data_root, cameras=None, max_images=100, holdout=5, seed=0,
-                     progress=None) -> dict:
+                     progress=None, options=("--replay-root", None)) -> dict:
     """The ``frames`` selector statistics and out-of-domain thresholds of ``net`` (a network, or a
     DepthPredictor: then its own path, the features queries get; frames.py):
     each domain's replay files *as they lie on disk* (no domain transform), with the variants a
     user feeds (mirrored, half resolution, a crop of another aspect ratio, the training colour
     jitter; ``frames.frame_variants``), through the selection input. Every ``holdout``-th replay
-    image (and its variants) is held out of the fit and calibrates the thresholds."""
+    image (and its variants) is held out of the fit and calibrates the thresholds. ``options``:
+    the caller's command's names of ``data_root`` and ``max_images`` (None: no option sets it),
+    for the message when too few rows are used."""
     from PIL import Image
 
     from inference.frames import SELECT_AREA, descriptor_of, fit_frame_statistics, frame_variants, to_tensor
@@ -172,15 +174,20 @@ def frame_statistics(net, letters: str, data_root, cameras=None, max_images=100,
                 if progress is not None:
                     progress.update(1)
             if not mine[0] or not mine[1]:
-                raise InputError(f"--replay-root: domain {c} needs at least {holdout} replay rows for the "
-                               f"frame statistics (held-out calibration), found {len(ds.rows)}")
+                root_option, limit_option = options
+                used, n = min(len(ds.rows), max_images), len(ds.rows)
+                cut = (f" (the first {used} of its {n}" + (f", {limit_option} {max_images}" if limit_option else "")
+                       + ")") if used < n else ""
+                raise InputError(f"{root_option}: domain {c} needs at least {holdout} replay rows for the "
+                                 f"frame statistics (held-out calibration), {used} used{cut}")
             fit.append(torch.cat(mine[0]))
             cal.append(torch.cat(mine[1]))
     net.train(was_training)
     return fit_frame_statistics(fit, cal, area)
 
 
-def add_frame_statistics(checkpoint, out, data_root, order=None, max_images=100, seed=0, quiet=False) -> dict:
+def add_frame_statistics(checkpoint, out, data_root, order=None, max_images=100, seed=0, quiet=False,
+                         options=("--data-root", "--proto-images")) -> dict:
     """Write a copy of ``checkpoint`` (a path, or a network loaded from one) to ``out`` with the
     ``frames`` selector statistics (computed from ``data_root``'s replay rows on the default
     inference path) and the per-domain ``cameras``: for a checkpoint trained before they existed,
@@ -195,7 +202,7 @@ def add_frame_statistics(checkpoint, out, data_root, order=None, max_images=100,
                dynamic_ncols=True, leave=False)
     # the product's own (fast) path computes the query features, so it computes these too
     stats = frame_statistics(DepthPredictor(net), letters, data_root, cameras, max_images=max_images, seed=seed,
-                             progress=bar)
+                             progress=bar, options=options)
     bar.close()
     protos = dict(net.meta.get("prototypes") or {})
     protos["frames"] = stats

@@ -169,13 +169,16 @@ def folder_frames(folder: Path, out_dir: Path) -> list:
     return sorted(images, key=_natural_key)
 
 
-def iter_folder(files, max_pixels=DEFAULT_MAX_PIXELS):
-    """(name, RGB uint8 array) of each frame file (upright by EXIF; over ``max_pixels``: refused)."""
+def iter_folder(files, max_pixels=DEFAULT_MAX_PIXELS, with_paths=False):
+    """(name, RGB uint8 array) of each frame file (upright by EXIF; over ``max_pixels``: refused);
+    ``with_paths``: (name, array, path), so that the stream takes each file's camera (its EXIF
+    focal length) as predict.py does on the same file."""
     for f in files:
         try:
-            yield f.stem, np.asarray(read_rgb(f, max_pixels))
+            rgb = np.asarray(read_rgb(f, max_pixels))
         except Exception as e:  # noqa: BLE001 - a stream stops at an unreadable frame, saying which
             raise InputError(f"frame {str(f)!r}: {e}") from None
+        yield (f.stem, rgb, f) if with_paths else (f.stem, rgb)
 
 
 class VideoReader:
@@ -396,7 +399,8 @@ def frame_label(model, index, head, raw_head, smoothing, vmax, ood=None) -> str:
 # ----------------------------------------------------------------------------------------------
 def run_stream(model, frames, *, smoother=None, sink=None, clamp=True, max_depth=None,
                threaded=True, max_frames=None, on_frame=None, interval=0.9, records=None) -> list[dict]:
-    """Run ``model`` (an ``inference.images.Predictor``) over ``frames`` ((name, RGB array) in order).
+    """Run ``model`` (an ``inference.images.Predictor``) over ``frames`` ((name, RGB array) or
+    (name, RGB array, file path) in order; a file's camera is ``model.camera_of(path)``).
 
     ``smoother``: a :class:`HeadSmoother` (None: the per-frame rule). Returns one record per frame:
     ``{"frame", "name", "raw_head", "head", "distances", "latency_ms", "ood", "depth_min", "depth_max"}``
@@ -410,11 +414,14 @@ def run_stream(model, frames, *, smoother=None, sink=None, clamp=True, max_depth
     records = [] if records is None else records
     smoothing = "raw" if smoother is None else smoother.mode
     try:
-        for index, (name, rgb) in enumerate(source):
+        for index, (name, rgb, *path) in enumerate(source):
             if max_frames is not None and index >= max_frames:
                 break
             t0 = time.perf_counter()
-            r = model.run(Image.fromarray(rgb), choose=smoother)
+            # the frame's camera by predict.py's rule (Predictor.camera_of: --intrinsics, --fov,
+            # else the file's EXIF focal length; a video frame has no file of its own)
+            camera = model.camera_of(path[0] if path else None)
+            r = model.run(Image.fromarray(rgb), choose=smoother, camera=camera)
             depth, head = r["depth"], r["head"]
             if clamp:
                 depth = model.clamp(depth, head)
@@ -572,7 +579,7 @@ def open_stream(target, out_dir, max_pixels=DEFAULT_MAX_PIXELS) -> StreamSource:
     if not target.exists():
         raise InputError(f"input {str(target)!r} does not exist (expected a video file or a folder of frames)")
     if target.is_dir():
-        return StreamSource(target, iter_folder(folder_frames(target, Path(out_dir)), max_pixels), 10.0)
+        return StreamSource(target, iter_folder(folder_frames(target, Path(out_dir)), max_pixels, with_paths=True), 10.0)
     if not is_video(target):
         raise InputError(f"{str(target)!r} is not a video file ({', '.join(VIDEO_EXTENSIONS)}); "
                          "--stream takes a folder of frames")
@@ -588,9 +595,10 @@ def open_stream(target, out_dir, max_pixels=DEFAULT_MAX_PIXELS) -> StreamSource:
 
 
 def frame_thresholds(model):
-    """Per head, the out-of-domain threshold of ``model``'s frames statistics (None without them)."""
-    stats = (model.predictor.prototypes or {}).get("frames")
-    return None if not stats else stats["thresholds"]
+    """Per head, the out-of-domain threshold of ``model``'s frames statistics, on the scale of the
+    distances its frames get (``Predictor.distance_thresholds``: None without the statistics, and
+    under --size, whose distances are the stored selector's, another scale)."""
+    return model.distance_thresholds()
 
 
 def stream_interval(model, records, level) -> dict:

@@ -73,13 +73,20 @@ class TrunkPiece(nn.Module):
 
 
 class HeadPiece(nn.Module):
-    """features -> depth, or (depth, uncertainty), of one head."""
+    """features -> depth, or (depth, uncertainty), of one head. ``hidden=True``: each branch's
+    last hidden map instead (64 channels, before its output convolution), for a runtime that
+    computes in bfloat16 while the output convolutions stay float32 (models/fast.py's rule: a
+    bf16 depth output is terraced, 0.25 m steps between 32 and 64 m; the caller applies them)."""
 
-    def __init__(self, head, with_uncertainty: bool):
+    def __init__(self, head, with_uncertainty: bool, hidden: bool = False):
         super().__init__()
-        self.head, self.with_uncertainty = head, bool(with_uncertainty)
+        self.head, self.with_uncertainty, self.hidden = head, bool(with_uncertainty), bool(hidden)
 
     def forward(self, feats):
+        if self.hidden:
+            branches = [self.head.depth] + ([self.head.uncertainty] if self.with_uncertainty else [])
+            maps = [b.relu(b.bn0(b.conv0(feats))) for b in branches]
+            return tuple(maps) if self.with_uncertainty else maps[0]
         depth, unc = self.head(feats, self.with_uncertainty)
         return (depth, unc) if self.with_uncertainty else depth
 

@@ -70,7 +70,7 @@ def test_large_inputs_run_in_tiles_of_the_heads_training_size_and_nothing_is_squ
     monkeypatch.setattr(p, "trunk_features", lambda x: seen.append(tuple(x.shape)) or real(x))
     img = Image.fromarray((np.random.default_rng(0).random((88, 303, 3)) * 255).astype(np.uint8))
     fx = p.meta["cameras"][1]["fx"]  # a camera of the K head's focal length: no resampling
-    cam = FR.CameraHint(intrinsics=(fx, fx, 150.0, 44.0))
+    cam = FR.CameraHint(intrinsics=(fx, fx, 50.0, 30.0))  # a principal point inside every crop below
     r = p.predict_image(img, domain=1, camera=cam)
     # 88x303 at its own pixel scale, in one batch of overlapping 80x120 tiles (K's training input)
     assert seen == [(8, 3, 80, 120)] and r["tiles"] == 8
