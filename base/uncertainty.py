@@ -42,10 +42,11 @@ from scipy.stats import rankdata
 
 from metrics import prepare_pair
 
-__all__ = ["CALIBRATION_KEY", "LEVELS", "RELIABILITY_LEVELS", "SPARSIFICATION_STEPS", "spread", "z_value",
-           "interval", "gaussian_nll", "coverage", "sparsification", "ause_aurg", "spearman", "fit_scale",
-           "valid_pixels", "interval_maps", "median_width", "interval_summary", "calibration_scales",
-           "calibration_note"]
+__all__ = ["CALIBRATION_KEY", "LEVELS", "RELIABILITY_LEVELS", "SPARSIFICATION_STEPS", "CALIBRATION_GRID",
+           "METHODS", "spread", "z_value", "interval", "gaussian_nll", "coverage", "sparsification", "ause_aurg",
+           "spearman", "fit_scale", "fit_quantiles", "fit_conformal", "fit_depth_bins", "half_width",
+           "head_calibration", "valid_pixels", "interval_maps", "median_width", "interval_summary",
+           "calibration_scales", "calibration_note", "interval_sentence"]
 
 #: Checkpoint metadata key of the calibration (one scale per head and how it was fitted).
 CALIBRATION_KEY = "uncertainty_calibration"
@@ -198,6 +199,95 @@ def fit_scale(err, sigma, levels=LEVELS, grid: int = 512) -> float:
     return float(candidates[best[np.argmin(np.abs(np.log(candidates[best] / middle)))]])
 
 
+#: Central coverages at which the per-level calibrations store their multipliers (interpolated between).
+CALIBRATION_GRID = tuple(round(0.01 * k, 2) for k in range(1, 100)) + (0.995,)
+#: The calibration methods compared (evaluation.uncertainty.fit_head_calibration fits each; one is stored).
+METHODS = ("scale", "quantile", "conformal", "depth_bins")
+
+
+def fit_quantiles(a, levels=CALIBRATION_GRID) -> list:
+    """Per level ``l`` the multiplier ``m_l`` = the l-quantile of the pooled normalised residuals
+    ``a = |d - p| / sigma``: the interval ``p +- m_l * sigma`` covers the fraction l of the fitting
+    pixels. This is the isotonic recalibration of central intervals (the empirical distribution
+    function of |z|, monotone by construction; Kuleshov et al. 2018): no Gaussian shape assumed."""
+    a = np.asarray(a, dtype=np.float64).ravel()
+    if a.size == 0:
+        raise ValueError("fit_quantiles needs at least one pixel")
+    return [float(v) for v in np.quantile(a, list(levels))]
+
+
+def fit_conformal(per_image, levels=CALIBRATION_GRID) -> list:
+    """Split-conformal multipliers with images as the exchangeable units (pixels of one image are
+    not exchangeable: their errors share the image's scale error).
+
+    ``per_image``: one array of normalised residuals ``a`` per calibration image. With ``c_i(t)``
+    the fraction of image i's pixels with ``a <= t``, ``m_l`` is the smallest t with
+    ``sum_i c_i(t) >= (n + 1) * l``: the unseen image counted as wholly uncovered, so that for a new
+    image exchangeable with the n, its expected covered fraction is at least l (finite-sample,
+    distribution-free); the price: the n images' mean coverage must reach ``l * (n + 1) / n``.
+    Infinite (no finite interval) where ``n < l / (1 - l)`` images (9 at 90 %, 19 at 95 %)."""
+    per_image = [np.asarray(x, dtype=np.float64).ravel() for x in per_image]
+    per_image = [x for x in per_image if x.size]
+    n = len(per_image)
+    if not n:
+        raise ValueError("fit_conformal needs at least one image with pixels")
+    a = np.concatenate(per_image)
+    w = np.concatenate([np.full(x.size, 1.0 / x.size) for x in per_image])
+    order = np.argsort(a, kind="stable")
+    a, cum = a[order], np.cumsum(w[order])
+    out = []
+    for level in levels:
+        need = (n + 1) * level
+        k = int(np.searchsorted(cum, need - 1e-9, side="left"))
+        out.append(float(a[k]) if k < a.size else math.inf)
+    return out
+
+
+def fit_depth_bins(a, depth, levels=CALIBRATION_GRID, bins: int = 4, min_pixels: int = 200) -> dict:
+    """Per-depth-bin quantile multipliers: the pooled fitting pixels split into ``bins`` bins of the
+    predicted depth (edges at its quantiles, metres), and :func:`fit_quantiles` in each (a bin with
+    fewer than ``min_pixels`` pixels takes the pooled multipliers). Returns ``{"edges": inner edges,
+    "multipliers": [per bin, per level]}``."""
+    a, depth = np.asarray(a, np.float64).ravel(), np.asarray(depth, np.float64).ravel()
+    if a.size == 0:
+        raise ValueError("fit_depth_bins needs at least one pixel")
+    edges = np.unique(np.quantile(depth, np.arange(1, bins) / bins)) if bins > 1 else np.zeros(0)
+    which = np.searchsorted(edges, depth, side="right")
+    pooled = fit_quantiles(a, levels)
+    mults = [fit_quantiles(a[which == b], levels) if np.count_nonzero(which == b) >= min_pixels else pooled
+             for b in range(edges.size + 1)]
+    return {"edges": [float(e) for e in edges], "multipliers": mults}
+
+
+def _at_level(levels, multipliers, level: float) -> float:
+    """A stored multiplier curve at ``level``: its ratio to z interpolated linearly in the level
+    (held constant beyond the grid's ends), times z(level)."""
+    levels = np.asarray(levels, dtype=np.float64)
+    ratio = np.asarray(multipliers, dtype=np.float64) / np.array([z_value(lv) for lv in levels])
+    return float(np.interp(level, levels, ratio)) * z_value(level)
+
+
+def half_width(calibration, sigma, depth, level: float) -> np.ndarray:
+    """Half-width (metres) of the central ``level`` interval of pixels with spread ``sigma`` (scale
+    1) and predicted depth ``depth``, under one head's ``calibration`` (:func:`head_calibration`'s
+    dict, or a bare float: one scale): ``z * s * sigma`` (method "scale"), ``m(level) * sigma``
+    ("quantile", "conformal"), ``m_bin(level) * sigma`` with the pixel's depth bin ("depth_bins")."""
+    sigma = np.asarray(sigma, dtype=np.float64)
+    if not isinstance(calibration, dict):
+        calibration = {"method": "scale", "scale": float(calibration)}
+    method = calibration.get("method", "scale")
+    if method == "scale":
+        return z_value(level) * float(calibration.get("scale", 1.0)) * sigma
+    if method in ("quantile", "conformal"):
+        return _at_level(calibration["levels"], calibration["multipliers"], level) * sigma
+    if method == "depth_bins":
+        per_bin = np.array([_at_level(calibration["levels"], m, level) for m in calibration["multipliers"]])
+        which = np.searchsorted(np.asarray(calibration["edges"], np.float64),
+                                np.asarray(depth, np.float64), side="right")
+        return per_bin[which] * sigma
+    raise ValueError(f"unknown calibration method {method!r}; known: {', '.join(METHODS)}")
+
+
 def valid_pixels(depth, logvar, gt, min_depth=None, max_depth=None, crop="none", window=None):
     """(pred, gt, sigma at scale 1) of ONE image's evaluated pixels, as flat float64 arrays.
 
@@ -210,11 +300,13 @@ def valid_pixels(depth, logvar, gt, min_depth=None, max_depth=None, crop="none",
     return p[keep], g[keep], sigma[keep]
 
 
-def interval_maps(depth, logvar, scale: float, level: float) -> tuple[np.ndarray, np.ndarray]:
-    """(lower, upper) float32 depth maps in metres of ONE image's central ``level`` interval, with
-    the head's calibration ``scale``; ``depth`` (the map as written) is their centre, unchanged."""
-    lower, upper = interval(depth, spread(depth, logvar, scale), level)
-    return lower.astype(np.float32), upper.astype(np.float32)
+def interval_maps(depth, logvar, calibration, level: float) -> tuple[np.ndarray, np.ndarray]:
+    """(lower, upper) float32 depth maps in metres of ONE image's central ``level`` interval under
+    the head's ``calibration`` (:func:`head_calibration`'s dict, or a bare scale); ``depth`` (the map
+    as written) is their centre, unchanged; the lower end is clipped at 0 m."""
+    depth = np.asarray(depth, dtype=np.float64)
+    half = half_width(calibration, spread(depth, logvar), depth, level)
+    return np.maximum(depth - half, 0.0).astype(np.float32), (depth + half).astype(np.float32)
 
 
 def median_width(lower, upper) -> float:
@@ -222,17 +314,63 @@ def median_width(lower, upper) -> float:
     return float(np.median(np.asarray(upper, dtype=np.float64) - np.asarray(lower, dtype=np.float64)))
 
 
-def interval_summary(meta: dict, head: int, heads: int, level: float) -> dict:
-    """What predictions.json says about an interval of head ``head``: the scale, whether it was
-    fitted, and the coverage it achieved on the validation rows at ``level`` (None if not stored)."""
+def head_calibration(meta: dict, head: int, heads: int) -> dict:
+    """Head ``head``'s calibration as :func:`half_width` takes it: the stored per-head record of a
+    frame-path calibration (``"heads"``: method, its parameters, where it was fitted and measured),
+    else (a checkpoint from before: one scale per head, fitted on validation crops) ``{"method":
+    "scale", "scale": s, "path": "crops"}``, scale 1 where nothing is stored."""
     record = (meta or {}).get(CALIBRATION_KEY) or {}
+    per_head = record.get("heads")
+    if isinstance(per_head, list) and len(per_head) == heads and isinstance(per_head[head], dict) \
+            and per_head[head].get("method") in METHODS:
+        return per_head[head]
     scales = calibration_scales(meta, heads)
-    fitted = bool((record.get("fitted") or [False] * heads)[head]) if scales == record.get("scales") else False
-    validation = (record.get("validation") or [{}] * heads)[head] if fitted else {}
-    key = f"{round(100 * level, 6):g}"
-    return {"coverage": level, "scale": scales[head], "calibrated": fitted,
-            "validation_coverage": (validation.get("coverage_after") or {}).get(key),
-            "validation_images": validation.get("images")}
+    fitted = record.get("fitted") or [False] * heads
+    ok = bool(fitted[head]) if len(fitted) == heads and scales == record.get("scales") else False
+    return {"method": "scale", "scale": scales[head], "path": "crops" if ok else None, "fitted": ok}
+
+
+def _coverage_key(level: float) -> str:
+    return f"{round(100 * level, 6):g}"
+
+
+def interval_summary(meta: dict, head: int, heads: int, level: float, path: str = "frames") -> dict:
+    """What predictions.json, the stream JSON and the demo say about an interval of head ``head``
+    made on ``path`` ("frames": the frame pipeline, whole frames; "resized": --size): the method,
+    whether it was fitted, and the coverage MEASURED for that path at ``level`` (on the head's test
+    frames where a command stored it, else leave-one-image-out on its validation frames; None where
+    nothing was measured on that path at that level), with :func:`interval_sentence`."""
+    cal = head_calibration(meta, head, heads)
+    fitted = cal.get("fitted", True) if cal.get("method") == "scale" and "levels" not in cal else True
+    fitted = bool(fitted) and cal.get("path") is not None
+    key = _coverage_key(level)
+    measured, on, images = None, None, None
+    if cal.get("path") == path:
+        for name in ("test", "validation_loo"):
+            m = (cal.get("measured") or {}).get(name) or {}
+            if m.get("coverage", {}).get(key) is not None:
+                measured, on, images = m["coverage"][key], m.get("on"), m.get("images")
+                break
+    out = {"coverage": level, "method": cal.get("method"), "calibrated": fitted, "fitted_on": cal.get("path"),
+           "scale": cal.get("scale"), "fitted_at": cal.get("fitted_at"), "measured_coverage": measured,
+           "measured_on": on, "measured_images": images}
+    out["meaning"] = interval_sentence(out)
+    return out
+
+
+def interval_sentence(summary: dict) -> str:
+    """One sentence on what an interval means, from :func:`interval_summary`'s dict."""
+    level = summary["coverage"]
+    text = (f"a central {100 * level:g} % interval in metres: the depth lies between its lower and upper "
+            f"maps with probability {100 * level:g} % ")
+    if not summary["calibrated"]:
+        text += "under the head's raw Gaussian spread (not calibrated)"
+    else:
+        text += f"({summary['method']} calibration fitted on {summary['fitted_on']})"
+    if summary["measured_coverage"] is None:
+        return text + "; its coverage was not measured on this path."
+    return (text + f"; measured: it covered {100 * summary['measured_coverage']:.1f} % of the valid pixels "
+            f"of {summary['measured_images']} {summary['measured_on']}.")
 
 
 def calibration_scales(meta: dict, heads: int) -> list[float]:
@@ -252,6 +390,12 @@ def calibration_note(meta: dict, heads: int) -> str | None:
     if len(record.get("scales") or []) != heads:
         return f"note: the stored uncertainty calibration does not fit {heads} head(s): scale 1 (uncalibrated)"
     missing = [d["domain"] for d, ok in zip(record.get("validation", []), record.get("fitted", [])) if not ok]
+    if missing and record.get("heads"):
+        return (f"note: no uncertainty calibration for {', '.join(missing)} (no validation frames when the head was "
+                f"learned, or none to keep from that stage): scale 1 (uncalibrated) there")
     if missing:
         return f"note: no validation rows for {', '.join(missing)}: scale 1 (uncalibrated) there"
+    if not record.get("heads"):
+        return ("note: this checkpoint's uncertainty scales were fitted on validation crops, not on whole frames: "
+                "the intervals' coverage on whole frames was not measured (refit: test.py --calibrate-into DIR)")
     return None

@@ -56,11 +56,12 @@ CONDITIONS = ("1x", "flipped", "0.5x", "2x")
 
 
 def with_statistics(checkpoint: Path, data_root: Path, work: Path, log=print) -> Path:
-    """``checkpoint`` if it stores the frame statistics, else a copy under ``work`` that does."""
+    """``checkpoint`` if it stores the frame statistics with the out-of-domain verdict, else a copy
+    under ``work`` that does."""
     from inference.replay import add_frame_statistics
     from models import read_checkpoint
     _, meta = read_checkpoint(checkpoint)
-    if (meta.get("prototypes") or {}).get("frames"):
+    if ((meta.get("prototypes") or {}).get("frames") or {}).get("ood"):  # with the verdict of inference/ood.py
         return checkpoint
     out = work / f"{checkpoint.name.split('.')[0]}_frames.pth.tar"
     if out.exists() and out.stat().st_mtime >= checkpoint.stat().st_mtime:
@@ -151,6 +152,128 @@ def crop_windows(letter, root, scale, n, gt_sizes):
 def metrics_of(ev: DomainEvaluator) -> dict:
     r = ev.result()
     return {k: float(r[k]) for k in ("abs_rel", "rmse", "delta1")}
+
+
+def one_head_ms(predictor, x, head, repeat=1) -> float:
+    """ms of the one-head function (``DepthPredictor.predict``, head given, no uncertainty) on a
+    normalised input ``x``: the reference cost of a frame of these pixels."""
+    t0 = time.perf_counter()
+    for _ in range(repeat):
+        predictor.predict(x, domain=head)
+    return 1000 * (time.perf_counter() - t0) / repeat
+
+
+def rule_benchmark(model, letter, root, args, log=print) -> dict:
+    """The frame rules side by side (``inference.frames.FRAME_RULES``), interleaved per frame:
+    automatic head, AbsRel/RMSE/δ1 on the whole frames, ms per frame (head choice included) and the
+    one-head function on the same network input; a frame's cost over that is the ratio of medians."""
+    from inference.frames import FRAME_RULES, resized, to_tensor
+    spec = get_domain(letter)
+    d = model.letters.index(letter)
+    rows = raw_rows(letter, root, args.frames)
+    anchored = model.predictor.frame_pipeline("resample").anchors[d] != "center"
+    rules = FRAME_RULES if anchored else tuple(r for r in FRAME_RULES if r != "tiled-centred")  # same there
+    pipes = {r: model.predictor.frame_pipeline("resample", r) for r in rules}
+    ev = {r: DomainEvaluator(spec, crop="default", cap=True) for r in rules}
+    lat = {r: [] for r in rules + ("one_head",)}
+    right = {r: 0 for r in rules}
+    passes, size = {}, None
+    for i, (path, gt) in enumerate(rows):
+        img = P.read_rgb(path)
+        hint = model.camera_of(path)
+        order = rules if i % 2 == 0 else rules[::-1]
+        for rule in order:
+            t0 = time.perf_counter()
+            a = pipes[rule].run(img, camera=hint, with_uncertainty=False)  # a frame's depth
+            lat[rule].append(1000 * (time.perf_counter() - t0))
+            right[rule] += a["head"] == d
+            passes[rule] = a["tiles"]
+            score(ev[rule], model.clamp(a["depth"], a["head"]), gt)
+            size = a["input_size"]
+        x = resized(to_tensor(img), *size)
+        lat["one_head"].append(one_head_ms(model.predictor, x, d))
+    med = {k: statistics.median(v) for k, v in lat.items()}
+    out = {"frame_size": list(Image.open(rows[0][0]).size), "frames": len(rows), "input_size": size,
+           "metrics": {r: metrics_of(v) for r, v in ev.items()}, "right_head": right, "passes": passes,
+           "latency_ms": {k: {"median": med[k], "min": min(v), "max": max(v)} for k, v in lat.items()},
+           "cost_over_one_head": {r: med[r] / med["one_head"] for r in rules}}
+    log(f"  {letter} rules: " + ", ".join(f"{r} AbsRel {out['metrics'][r]['abs_rel']:.3f} "
+                                          f"{med[r]:.0f} ms ({out['cost_over_one_head'][r]:.2f}x)"
+                                          for r in rules) + f"; one head {med['one_head']:.0f} ms")
+    return out
+
+
+RAW_KITTI = (1242, 375)   # KITTI's raw frames; the 1216x352 registry camera is their bottom-centre crop
+
+
+def real_height_frames(n: int, scale: float, seed: int = 0) -> list:
+    """(image, depth) of ``n`` K-like test frames rendered at KITTI's raw geometry (1242x375 at
+    scale 1, the registry's 1216x352 camera as their bottom-centre crop: the same focal length, 23
+    rows more sky above), at ``scale``, with their ground truth (synthetic)."""
+    import dataclasses
+    from data import synthetic
+    from base.domains import CAMERAS
+    cfg = synthetic.get_config("K")
+    (w0, h0), (fx, fy, cx, cy) = CAMERAS["K"].frame_size, CAMERAS["K"].intrinsics
+    W, H = RAW_KITTI
+    raw = dataclasses.replace(cfg, size=(W, H), color_size=(W, H),
+                              intrinsics=(fx, fy, cx + (W - w0) / 2, cy + (H - h0)))
+    out = []
+    for i in range(n):
+        sp = synthetic.SPLITS.index("test")
+        rng = synthetic._rng(seed, cfg.code, sp, 1, i)
+        scene, frame = synthetic._scene_of(cfg, "test", i)
+        s = synthetic._render_street(raw, seed, sp, scene, frame, rng, scale, "test")
+        out.append((Image.fromarray(s["image"]), s["depth"]))
+    return out
+
+
+def real_height_benchmark(model, args, log=print) -> dict:
+    """Item 9 of issue 36: K-like frames of KITTI's raw height through the K head: the windowed
+    rule, tiles with the K head's bottom anchoring, and tiles blended as before (centred)."""
+    from inference.frames import FramePipeline
+    d = model.letters.index("K")
+    p = model.predictor
+    base = p.frame_pipeline("resample", "tiled")
+    pipes = {"windowed": p.frame_pipeline("resample", "windowed"), "tiled (bottom-anchored)": base,
+             "tiled, centred (before)": FramePipeline(p, base.cameras, "resample", tiles=base.tiles,
+                                                      rule="tiled", anchors=["center"] * len(base.cameras))}
+    frames = real_height_frames(args.real_height, default_scale(p.meta))
+    ev = {k: DomainEvaluator(get_domain("K"), crop="default", cap=True) for k in pipes}
+    size = None
+    for img, gt in frames:
+        for k, pipe in pipes.items():
+            r = pipe.run(img, head=d, with_uncertainty=False)
+            size = r["input_size"]
+            score(ev[k], model.clamp(r["depth"], d), gt)
+    out = {"frames": len(frames), "frame_size": list(frames[0][0].size), "input_size": size,
+           "metrics": {k: metrics_of(v) for k, v in ev.items()}}
+    log("  K at the raw height: " + ", ".join(f"{k} {v['abs_rel']:.3f}" for k, v in out["metrics"].items()))
+    return out
+
+
+def rule_table(result) -> str:
+    lines = ["| frames (synthetic) | network input | rule | passes | right head | AbsRel / RMSE (m) / δ1 | "
+             "ms per frame, median (min-max) | one-head function, same input | cost / one-head |",
+             "|---|---|---|---:|---:|---|---|---|---:|"]
+    for c, r in result["rules"].items():
+        w, h = r["frame_size"]
+        ih, iw = r["input_size"]
+        o = r["latency_ms"]["one_head"]
+        for rule in r["metrics"]:
+            L = r["latency_ms"][rule]
+            lines.append(f"| {c}-like {w}x{h} | {iw}x{ih} | {rule} | {r['passes'][rule]} | "
+                         f"{r['right_head'][rule]}/{r['frames']} | {fmt(r['metrics'][rule])} | "
+                         f"{L['median']:.0f} ({L['min']:.0f}-{L['max']:.0f}) | {o['median']:.0f} ms | "
+                         f"{r['cost_over_one_head'][rule]:.2f}x |")
+    rh = result.get("real_height")
+    if rh:
+        w, h = rh["frame_size"]
+        lines += ["", f"K-like frames at KITTI's raw height ({w}x{h}, {rh['frames']} frames, head given, network "
+                  f"input {rh['input_size'][1]}x{rh['input_size'][0]}):", "",
+                  "| rule | AbsRel / RMSE (m) / δ1 |", "|---|---|"]
+        lines += [f"| {k} | {fmt(m)} |" for k, m in rh["metrics"].items()]
+    return "\n".join(lines)
 
 
 def domain_benchmark(model, letter, root, args, log=print) -> dict:
@@ -305,6 +428,12 @@ def build_parser():
     p.add_argument("--work", default="runs/frames", help="folder for the checkpoint copy with frame statistics")
     p.add_argument("--out", default="runs/frames/bench_frames.json", help="JSON result")
     p.add_argument("--quick", action="store_true", help="smoke run: 4 frames per domain, 5 out-of-domain images")
+    p.add_argument("--real-height", type=int, default=20,
+                   help="K-like frames rendered at KITTI's raw frame geometry (1242x375 at scale 1) through the "
+                        "frame rules and the tiles' anchoring (0: none)")
+    p.add_argument("--rules-only", action="store_true",
+                   help="only the frame rules side by side (windowed, tiled: --frame-rule of predict.py), "
+                        "interleaved per frame, with the one-head function on the same input")
     return p
 
 
@@ -312,7 +441,7 @@ def main(argv=None) -> int:
     from bench_stream import cpu_name
     args = build_parser().parse_args(argv)
     if args.quick:
-        args.frames, args.ood_frames = 4, 5
+        args.frames, args.ood_frames, args.real_height = 4, 5, min(args.real_height, 4)
     if args.threads:
         torch.set_num_threads(args.threads)
     root, work = Path(args.data_root), Path(args.work)
@@ -323,7 +452,18 @@ def main(argv=None) -> int:
     result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": cpu_name(),
               "torch": torch.__version__, "threads": torch.get_num_threads(), "checkpoint": str(args.checkpoint),
               "statistics_checkpoint": str(ckpt), "predictor": predictor_settings(model.predictor),
-              "domains": {}}
+              "domains": {}, "rules": {}}
+    for c in model.letters:
+        result["rules"][c] = rule_benchmark(model, c, root, args, log)
+    if args.real_height and "K" in model.letters:
+        result["real_height"] = real_height_benchmark(model, args, log)
+    if args.rules_only:
+        print(f"Frame rules ({result['cpu']}, {result['threads']} torch threads, {result['date']}; synthetic "
+              f"data):\n")
+        print(rule_table(result))
+        write_json(args.out, result)
+        log(f"\n-> {args.out}")
+        return 0
     for c in model.letters:
         result["domains"][c] = domain_benchmark(model, c, root, args, log)
     result["ood"] = ood_benchmark(model, args)
@@ -332,6 +472,7 @@ def main(argv=None) -> int:
     print(f"Raw frames through predict.py's path ({result['cpu']}, {result['threads']} torch threads, "
           f"{result['date']}; synthetic data):\n")
     print(tables(result))
+    print("\n" + rule_table(result))
     write_json(args.out, result)
     log(f"\n-> {args.out}")
     return 0

@@ -53,6 +53,7 @@ from cli import predict as predict_cli  # noqa: E402
 from cli.errors import CLIError  # noqa: E402
 from cli.options import resolve_device  # noqa: E402
 from inference.predictor import predictor_settings  # noqa: E402
+from inference.frames import GATE_THRESHOLD, SelectionGate, to_tensor  # noqa: E402
 
 
 RULES = [("per-frame (raw)", dict(mode="raw", window=1))] + \
@@ -134,9 +135,12 @@ def selection_benchmark(model, root, args, log=print) -> dict:
     cache = {}
     keys = list(dict.fromkeys(k for st in streams + cycles for k, _ in st))
     t0 = time.perf_counter()
+    descriptors = {}
     for i, key in enumerate(keys):
-        r = model.run(frame_image(key))
+        img = frame_image(key)
+        r = model.run(img)
         cache[key] = (r["raw_head"], r["distances"].numpy())
+        descriptors[key] = SelectionGate.descriptor(to_tensor(img))
         if (i + 1) % 50 == 0:
             log(f"  {i + 1}/{len(keys)} distinct frames through the stream path")
     log(f"  {len(keys)} distinct frames in {time.perf_counter() - t0:.0f} s")
@@ -145,21 +149,46 @@ def selection_benchmark(model, root, args, log=print) -> dict:
     rows = rule_rows(streams, cache, letters, thresholds)
     raw_frame_acc = {c: float(np.mean([cache[(str(f),)][0] == letters.index(c) for f in files[c]
                                        if (str(f),) in cache])) for c in files}
+    gated = {name: gated_caches(st, cache, descriptors, args.reselect) for name, st in
+             (("rows", streams), ("cycle_rows", cycles))}
     return {"rows": rows, "cycle_rows": rule_rows(cycles, cache, letters, thresholds),
+            "reselect": args.reselect,
+            "rows_reselect": rule_rows(streams, None, letters, thresholds, gated["rows"]),
+            "cycle_rows_reselect": rule_rows(cycles, None, letters, thresholds, gated["cycle_rows"]),
+            "selections": {k: [sum(sel for *_, sel in g) for g in v] for k, v in gated.items()},
             "frames_per_stream": len(streams[0]), "distinct_frames": len(keys),
             "calibrated": thresholds is not None, "raw_accuracy_per_domain_drawn": raw_frame_acc}
 
 
-def rule_rows(streams, cache, letters, thresholds) -> list:
-    """Every rule of RULES replayed over the streams' cached distances."""
+def gated_caches(streams, cache, descriptors, threshold) -> list:
+    """Per stream, per frame (raw head, distances, whether the selection ran) as predict.py's
+    ``--reselect threshold`` gives them (``inference.frames.SelectionGate``: the last selection's
+    result reused while the frame's descriptor stays within the threshold)."""
+    out = []
+    for st in streams:
+        gate, seq = SelectionGate(threshold) if threshold > 0 else None, []
+        for key, _ in st:
+            if gate is None:
+                seq.append(cache[key] + (True,))
+                continue
+            sel, ran = gate(descriptors[key], lambda _x, key=key: {"raw": cache[key]}, descriptor=descriptors[key])
+            seq.append(sel["raw"] + (ran,))
+        out.append(seq)
+    return out
+
+
+def rule_rows(streams, cache, letters, thresholds, gated=None) -> list:
+    """Every rule of RULES replayed over the streams' cached distances (``gated``: per stream the
+    sequence :func:`gated_caches` gives, instead of each frame's own)."""
     rows = []
     for name, opts in RULES:
         if opts.get("calibrated") and thresholds is None:
             continue
         per_stream = []
-        for st in streams:
+        for k, st in enumerate(streams):
             sm = smoother(opts, thresholds)
-            heads = [sm(*cache[key]) for key, _ in st]
+            seq = [cache[key] for key, _ in st] if gated is None else [g[:2] for g in gated[k]]
+            heads = [sm(*item) for item in seq]
             per_stream.append(evaluate(heads, [letters.index(y) for _, y in st]))
         delays = [d for ev in per_stream for d in ev["delays"]]
         found = [d for d in delays if d is not None]
@@ -207,6 +236,10 @@ def write_video(path, files, n, fps=10):
 # the K head forced (on the quickstart model the automatic choice rarely picks K for these frames,
 # so only the forced run measures the network at K's input size)
 THROUGHPUT_CASES = (("N", None), ("K", None), ("K", "K"))
+# predict.py's options of each variant: the default, the rule before issue 35 (tiles blended
+# whatever the head's anchor, selection on every frame), the one-pass windowed rule
+VARIANTS = {"now": (), "before": ("--frame-rule", "tiled-centred", "--reselect", "0"),
+            "windowed": ("--frame-rule", "windowed")}
 
 
 def throughput_benchmark(args, root, work: Path, log=print) -> list[dict]:
@@ -214,32 +247,44 @@ def throughput_benchmark(args, root, work: Path, log=print) -> list[dict]:
     for letter in ("N", "K"):
         videos[letter] = (work / f"stream_{letter}.mp4",
                           write_video(work / f"stream_{letter}.mp4", test_files(root, letter), args.frames))
-    runs = {(c, forced, th): [] for c, forced in THROUGHPUT_CASES for th in (True, False)}
+    # (letter, forced, threads, rule): "before" = the rule before issue 35 (tiles, selection on
+    # every frame), with the reader/writer threads, in the same rounds
+    runs = {(c, forced, True, rule): [] for c, forced in THROUGHPUT_CASES for rule in VARIANTS}
     for _ in range(args.rounds):
-        for letter, forced, threads in runs:
+        for letter, forced, threads, rule in runs:
             video = videos[letter][0]
-            out = work / f"out_{letter}_{forced or 'auto'}_{int(threads)}"
+            out = work / f"out_{letter}_{forced or 'auto'}_{int(threads)}_{rule}"
             argv = [str(video), "--checkpoint", str(args.checkpoint), "--out", str(out), "--quiet"]
             argv += ([] if threads else ["--no-threads"]) + ([] if forced is None else ["--domain", forced])
+            argv += list(VARIANTS[rule])
             with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
                 predict_cli.main(argv)
-            runs[(letter, forced, threads)].append(json.loads((out / f"{video.stem}_stream.json").read_text()))
+            runs[(letter, forced, threads, rule)].append(json.loads((out / f"{video.stem}_stream.json").read_text()))
     rows = []
-    for (letter, forced, threads), items in runs.items():
+    for (letter, forced, threads, rule), items in runs.items():
         heads = {k: v for k, v in items[0]["frames_per_head"].items() if v}
         rows.append({"domain": letter, "forced": forced, "frame_size": list(videos[letter][1]),
-                     "threads": threads, "frames": items[0]["frames"], "heads": heads,
+                     "threads": threads, "rule": rule, "frames": items[0]["frames"], "heads": heads,
+                     "frames_per_s_all": [s["frames_per_s"] for s in items],
+                     "selections": items[0].get("selections"),
                      "frames_per_s": statistics.median(s["frames_per_s"] for s in items),
                      "median_latency_ms": statistics.median(s["median_latency_ms"] for s in items),
                      "rounds": len(items)})
-        log(f"  {letter} domain={forced} threads={threads}: {rows[-1]['frames_per_s']:.2f} frames/s")
+        log(f"  {letter} domain={forced} threads={threads} {rule}: {rows[-1]['frames_per_s']:.2f} frames/s")
+    for r in rows:  # the ratio to the rule before, per round (interleaved), where both ran
+        before = next((b for b in rows if b["rule"] == "before" and (b["domain"], b["forced"]) ==
+                       (r["domain"], r["forced"])), None)
+        if r["rule"] != "before" and before is not None:
+            ratios = [a / b for a, b in zip(r["frames_per_s_all"], before["frames_per_s_all"])]
+            r["speedup_over_before"] = {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
     return rows
 
 
 def throughput_table(rows, model) -> str:
     fmt = lambda s: f"{s[0]}x{s[1]}"  # noqa: E731
-    lines = ["| frames (synthetic) | head | heads used (frames) | reader/writer threads | frames/s | "
-             "median per-frame latency |", "|---|---|---|---|---:|---:|"]
+    lines = ["| frames (synthetic) | head | rule | heads used (frames) | reader/writer threads | frames/s | "
+             "median per-frame latency | frames/s over before's (median, min-max of rounds) |",
+             "|---|---|---|---|---|---:|---:|---|"]
     for r in rows:
         w, h = r["frame_size"]
         if r["forced"] is None:
@@ -247,8 +292,11 @@ def throughput_table(rows, model) -> str:
         else:
             how = f"`--domain {r['forced']}` ({fmt(model.sizes[model.letters.index(r['forced'])])})"
         used = ", ".join(f"{name} {n}" for name, n in r["heads"].items())
-        lines.append(f"| {r['domain']}-like, {w}x{h} | {how} | {used} | {'yes' if r['threads'] else 'no'} | "
-                     f"{r['frames_per_s']:.1f} | {r['median_latency_ms']:.0f} ms |")
+        sp = r.get("speedup_over_before")
+        sp = "" if sp is None else f"{sp['median']:.2f}x ({sp['min']:.2f}-{sp['max']:.2f})"
+        rule = "default" if r["rule"] == "now" else f"{r['rule']} (`" + " ".join(VARIANTS[r["rule"]]) + "`)"
+        lines.append(f"| {r['domain']}-like, {w}x{h} | {how} | {rule} | {used} | {'yes' if r['threads'] else 'no'} | "
+                     f"{r['frames_per_s']:.1f} | {r['median_latency_ms']:.0f} ms | {sp} |")
     return "\n".join(lines)
 
 
@@ -272,7 +320,10 @@ def build_parser():
     p.add_argument("--segment-length", type=int, default=30, help="frames per segment")
     p.add_argument("--transition", type=int, default=2, help="cross-faded frames between segments")
     p.add_argument("--streams", type=int, default=5, help="streams drawn (seeds 0..n-1)")
-    p.add_argument("--throughput", action="store_true", help="also measure frames/s of predict.py on videos")
+    p.add_argument("--throughput", action="store_true", help="also measure frames/s of predict.py on videos "
+                   "(the default, the rule before and the windowed rule, interleaved)")
+    p.add_argument("--reselect", type=float, default=GATE_THRESHOLD,
+                   help="predict.py's --reselect replayed on the streams (the selection tables with it)")
     p.add_argument("--frames", type=int, default=40, help="frames per throughput video")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the throughput runs")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
@@ -312,6 +363,14 @@ def main(argv=None) -> int:
     print(f"\nThe cycle condition: {args.streams} stream(s) of {CYCLE_FRAMES} frames, one per domain in "
           f"turn ({CYCLE}, {CYCLE}, ...; every frame is a true change):\n")
     print(selection_table(sel, default_opts, "cycle_rows"))
+    if args.reselect > 0:
+        sel_n = sel["selections"]
+        print(f"\nWith `--reselect {args.reselect:g}` (the selection reused while the frame's descriptor moved less; "
+              f"selections run: streams {sum(sel_n['rows'])} of {args.streams * sel['frames_per_stream']} frames, "
+              f"cycles {sum(sel_n['cycle_rows'])} of {args.streams * CYCLE_FRAMES}):\n")
+        print(selection_table(sel, default_opts, "rows_reselect"))
+        print()
+        print(selection_table(sel, default_opts, "cycle_rows_reselect"))
     if args.throughput:
         work = Path(args.work)
         work.mkdir(parents=True, exist_ok=True)

@@ -97,7 +97,7 @@ def make_stage(encoder, device, amp_dtype=None, channels_last=False, plain_teach
     stage.ctx = Dist(torch.device(device).type)
     stage.net, stage.teacher, stage.new_head = student, teacher, 2
     stage.distill_w, stage.replay_w, stage.replay_heads = list(WEIGHTS), list(WEIGHTS), [0, 1]
-    stage.amp_dtype = amp_dtype
+    stage.amp_dtype, stage.channels_last = amp_dtype, channels_last
     stage.scaler = torch.amp.GradScaler(torch.device(device).type, enabled=False)
     stage.signals = StopSignals()  # train_step shields its optimiser step from Ctrl-C
     # the step counters and the non-finite-loss policy train_step keeps and reads

@@ -39,6 +39,7 @@ from PIL import Image  # noqa: E402
 from inference import images as P  # noqa: E402
 from base.images import DEPTH_CMAP, UNCERTAINTY_CMAP  # noqa: E402
 from base.uncertainty import interval_summary, median_width  # noqa: E402
+from inference.known_depth import describe_fit, read_known_depth  # noqa: E402
 from cli.errors import CLIError, run_command  # noqa: E402
 from cli.options import (HelpFormatter, add_checkpoint_arguments, add_device_argument, checked_type,  # noqa: E402
                          parse_letters, resolve_device)
@@ -220,9 +221,10 @@ def distance_chart(letters, distances, chosen) -> Image.Image:
     return Image.open(buf).convert("RGB")
 
 
-def infer(models: Models, image, checkpoint: str, head_choice: str, workdir: Path) -> dict:
+def infer(models: Models, image, checkpoint: str, head_choice: str, workdir: Path, known_depth=None) -> dict:
     """Everything the page shows for one image: ``{"domain" (text), "depth", "uncertainty" (the
-    90 % interval width; colour-mapped PNG paths), "chart" (PIL or None), "head", "distances"}``."""
+    90 % interval width; colour-mapped PNG paths), "chart" (PIL or None), "head", "distances"}``.
+    ``known_depth``: a file of known distances (predict.py --known-depth's rule, the scale fit)."""
     from base.domains import get_domain
     model = models.get(checkpoint)
     img = upload_image(image, getattr(models.args, "max_pixels", DEFAULT_DEMO_MAX_PIXELS))
@@ -236,6 +238,9 @@ def infer(models: Models, image, checkpoint: str, head_choice: str, workdir: Pat
     r = model.run(img, head=forced, want_distances=True, camera=camera)
     head = r["head"]
     depth = model.clamp(r["depth"], head)
+    fit = None
+    if known_depth:
+        depth, fit = model.correct_scale(dict(r, depth=depth), read_known_depth(known_depth, img.size), DEMO_INTERVAL)
     workdir.mkdir(parents=True, exist_ok=True)
     fd, depth_png = tempfile.mkstemp(suffix="_depth.png", dir=workdir)
     os.close(fd)
@@ -254,6 +259,8 @@ def infer(models: Models, image, checkpoint: str, head_choice: str, workdir: Pat
         text += f"; the nearest prototype is {model.letters[r['raw_head']]}"
     if unc_png is not None:
         text += interval_text(model, head, lower, upper)
+    if fit is not None:
+        text += f"; {describe_fit(fit)}"
     if r.get("ood"):
         text += "; OUT OF DOMAIN: no learned head fits this image, the depth is a guess"
     if r.get("camera"):
@@ -265,11 +272,10 @@ def infer(models: Models, image, checkpoint: str, head_choice: str, workdir: Pat
 
 
 def interval_text(model, head, lower, upper) -> str:
-    """'; 90 % interval: median width X m (calibrated: Y % of validation pixels inside)'."""
-    s = interval_summary(model.predictor.meta, head, len(model.letters), DEMO_INTERVAL)
-    how = (f"calibrated: {s['validation_coverage']:.0%} of validation pixels inside"
-           if s["calibrated"] and s["validation_coverage"] is not None else "uncalibrated")
-    return f"; {DEMO_INTERVAL:.0%} interval: median width {median_width(lower, upper):.2f} m ({how})"
+    """'; 90 % interval: median width X m (what the interval means, its measured coverage on this
+    path: base.uncertainty.interval_sentence)'."""
+    s = interval_summary(model.predictor.meta, head, len(model.letters), DEMO_INTERVAL, model.interval_path)
+    return f"; {DEMO_INTERVAL:.0%} interval: median width {median_width(lower, upper):.2f} m ({s['meaning']})"
 
 
 def find_checkpoints(first: str, runs_dir: Path) -> list[str]:
@@ -311,13 +317,13 @@ def page_result(out: dict) -> tuple:
     return out["domain"], shown[0], shown[1], out["chart"]
 
 
-def serve_request(models: Models, image, checkpoint: str, head_choice: str, workdir: Path) -> tuple:
+def serve_request(models: Models, image, checkpoint: str, head_choice: str, workdir: Path, known_depth=None) -> tuple:
     """One page request: (text, depth image, uncertainty image, chart), or PageError with a message
     for the user: no server path (an upload's temporary name is shown as "the uploaded image")."""
     if image is None:
         raise PageError("upload an image or click one of the examples first")
     try:
-        return page_result(infer(models, image, checkpoint, head_choice, workdir))
+        return page_result(infer(models, image, checkpoint, head_choice, workdir, known_depth))
     except SystemExit as e:  # predict.py's CLIError: a user-facing message
         raise PageError(str(e.code)) from None
     finally:
@@ -379,9 +385,9 @@ def build_app(args, workdir: Path | None = None):
     workdir = workdir or make_workdir()
     checkpoints = find_checkpoints(args.checkpoint, Path(args.runs_dir))
 
-    def run(image, checkpoint, head_choice):
+    def run(image, checkpoint, head_choice, known_depth=None):
         try:
-            return serve_request(models, image, checkpoint, head_choice, workdir)
+            return serve_request(models, image, checkpoint, head_choice, workdir, known_depth)
         except PageError as e:
             raise gr.Error(str(e)) from None
         except Exception as e:  # noqa: BLE001 - logged here; the page gets no server detail
@@ -407,6 +413,8 @@ def build_app(args, workdir: Path | None = None):
                 head = gr.Radio(head_choices(first), value=AUTO, label="head", elem_id="head")
                 image = upload_component(gr)(type="filepath", image_mode=None, label="image", elem_id="input",
                                              sources=["upload", "clipboard"])
+                known = gr.File(label="known distances (optional): CSV of x,y,metres fixes the scale",
+                                type="filepath", elem_id="known")
                 button = gr.Button("Predict depth", variant="primary", elem_id="run")
                 examples = example_images(Path(args.examples))
                 if examples:
@@ -419,8 +427,8 @@ def build_app(args, workdir: Path | None = None):
                 unc = gr.Image(type="filepath", label="90 % interval width (metres): where the depth is least certain", elem_id="uncertainty",
                                interactive=False)
         outputs = [domain, depth, unc, chart]
-        button.click(run, inputs=[image, ckpt, head], outputs=outputs)
-        image.upload(run, inputs=[image, ckpt, head], outputs=outputs)
+        button.click(run, inputs=[image, ckpt, head, known], outputs=outputs)
+        image.upload(run, inputs=[image, ckpt, head, known], outputs=outputs)
         ckpt.change(on_checkpoint, inputs=[ckpt], outputs=[head])
     # one request at a time (memory is bounded per request by --max-pixels), a bounded queue
     app.queue(default_concurrency_limit=1, max_size=args.queue_size)

@@ -109,9 +109,10 @@ def _parse_value(text: str):
         return text
 
 
-def runtime_options(args) -> RuntimeOptions:
+def runtime_options(args, measure: bool = False) -> RuntimeOptions:
     """The runtime options of ``args`` (--no-fast, --precision, --backend, --predictor-option
-    KEY=VALUE, the value parsed as JSON when it can be)."""
+    KEY=VALUE, the value parsed as JSON when it can be); ``measure``: ``--backend auto`` chosen by
+    measurement on this machine (``RuntimeOptions.measure``: predict.py)."""
     extra = {}
     for item in getattr(args, "predictor_option", []) or []:
         if "=" not in item:
@@ -121,7 +122,7 @@ def runtime_options(args) -> RuntimeOptions:
     exact = hasattr(args, "protocol") and protocol_value(evaluation_protocol(args), "exact")
     return RuntimeOptions(fast=not (getattr(args, "no_fast", False) or exact),
                           precision=getattr(args, "precision", "auto"), backend=getattr(args, "backend", AUTO),
-                          extra=extra)
+                          extra=extra, measure=measure)
 
 
 def evaluation_protocol(args) -> str:
@@ -226,7 +227,8 @@ def add_interval_argument(p) -> None:
     p.add_argument("--intervals", default=None, metavar="PERCENT",
                    help="also write the central PERCENT %% interval of every pixel's depth as "
                         "<name>_depth_lower<P>/_upper<P> (.png 16-bit mm and .npy metres), from the "
-                        "predicted uncertainty with the checkpoint's per-domain calibration (scale 1, "
-                        "with a note, for checkpoints without one); predictions.json states the coverage "
-                        "the calibration achieved on validation rows. Streams log each frame's median "
-                        "interval width at this coverage (default 90)")
+                        "predicted uncertainty with the head's calibration fitted on whole frames (scale 1, "
+                        "with a note, for checkpoints without one); predictions.json states what the "
+                        "interval means and the coverage measured on this path (whole frames) for that "
+                        "head, or that none was measured. Streams log each frame's median interval width "
+                        "at this coverage (default 90)")

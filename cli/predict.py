@@ -13,9 +13,11 @@ For each image ``<name>`` it writes into ``--out``:
 * ``<name>_depth_color.png``: the depth colour-mapped, with a colour bar in metres;
 * ``<name>_uncertainty.png``: the predicted uncertainty (log-variance) colour-mapped, with its bar;
 * ``<name>_depth_lower90.png`` / ``_upper90.png`` (16-bit mm) and ``.npy`` (metres) with
-  ``--intervals 90``: the central 90 % interval of each pixel's depth (evaluation/uncertainty.py: a
-  Gaussian whose spread comes from the predicted log-variance, scaled by the checkpoint's per-domain
-  calibration); predictions.json gives the coverage that calibration achieved on validation rows;
+  ``--intervals 90``: the central 90 % interval of each pixel's depth (base/uncertainty.py: the
+  spread from the predicted log-variance, under the head's calibration fitted on whole frames,
+  evaluation/frame_calibration.py); predictions.json gives, per image, the coverage MEASURED on this
+  path (whole frames; none under --size) for that head: on its test frames where stored, else
+  leave-one-image-out on its validation frames, and one sentence on what the interval means;
 * ``<name>.ply`` with ``--ply``: a coloured point cloud (binary PLY, metres, camera frame: x right,
   y down, z forward) with the frame camera the prediction used (below).
 
@@ -56,6 +58,7 @@ from cli.options import (HelpFormatter, add_checkpoint_arguments, add_runtime_ar
 from base.domains import get_domain
 from base.images import DEPTH_CMAP, UNCERTAINTY_CMAP
 from base.safeio import write_json
+from inference.known_depth import describe_fit, known_depth_file, read_known_depth
 from inference.predictor import predictor_settings
 from inference.images import (PNG16_MAX_M, ImageOptions, Predictor, collect_inputs, intrinsics_for, make_out_dir,
                               output_stems, parse_intrinsics, parse_max_pixels, read_rgb, save_colormap, save_png16,
@@ -111,7 +114,7 @@ def write_intervals(stem, depth, unc, head, model, level, source=None):
         with atomic_write(npy) as fh:
             np.save(fh, values.astype(np.float32))
         paths += [png, npy]
-    record = dict(interval_summary(model.predictor.meta, head, len(model.letters), level),
+    record = dict(interval_summary(model.predictor.meta, head, len(model.letters), level, model.interval_path),
                   median_width_m=median_width(lower, upper))
     return paths, record
 
@@ -184,6 +187,8 @@ def predict_command(argv) -> int:
             t0 = time.perf_counter()
             r = model.run(img, camera=model.camera_of(f))
             depth, unc, head, how = r["depth"], r["uncertainty"], r["head"], r["how"]
+            known = known_scale(args, model, r, f, img.size, level)
+            depth = known.pop("depth", depth)
             if not args.no_clamp:
                 depth = model.clamp(depth, head)
             seconds = time.perf_counter() - t0
@@ -225,24 +230,42 @@ def predict_command(argv) -> int:
             failed.append({"file": str(f), "error": msg})
             continue
         name = get_domain(letter).name
-        verdict = frame_verdict(r)
+        verdict = frame_verdict(r) + (f", {describe_fit(known)}" if known else "")
         tqdm.write(f"{printable(f, '')}: {name} ({letter}, {how}), depth {float(depth.min()):.3f}-{float(depth.max()):.3f} m, "
                    f"{img.size[0]}x{img.size[1]}, {seconds * 1000:.0f} ms{ply_note}{verdict} -> {printable(stem, '')}_depth.png")
         done.append({"file": str(f), "domain": name, "letter": letter, "chosen": how,
                      "depth_min": float(depth.min()), "depth_max": float(depth.max()),
                      "size": [img.size[1], img.size[0]], "outputs": [str(w) for w in written],
-                     **frame_record(r), **({"interval": interval} if interval else {})})
+                     **frame_record(r), **({"interval": interval} if interval else {}),
+                     **({"known_depth": known} if known else {})})
     bar.close()
     write_json(out_dir / "predictions.json", {"checkpoint": args.checkpoint,
                                                   "predictor": predictor_settings(model.predictor),
                                                   "images": done,
                                                   "failed": failed,
                                                   **({"uncertainty_note": note} if level is not None else {})})
+    meanings = {d["letter"]: d["interval"]["meaning"] for d in done if d.get("interval")}
+    for letter, meaning in meanings.items():  # what the interval means, once per head used
+        print(f"--intervals, head {letter}: {meaning}")
     print(f"{len(done)} of {len(images)} image(s) written to {printable(out_dir, '')}"
           + (f"; {len(failed)} failed:" if failed else ""))
     for item in failed:
         print(f"  {printable(item['error'], '')}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def known_scale(args, model, r, path, size, level) -> dict:
+    """--known-depth: the frame's scale fit (inference/known_depth.py) with the corrected depth
+    under "depth" (the prediction when the check fails); {} without --known-depth or a file for it."""
+    if not args.known_depth:
+        return {}
+    file = known_depth_file(args.known_depth, path)
+    if file is None:
+        return {"ok": False, "reason": f"no known-depth file for {Path(path).stem} in {args.known_depth}",
+                "factor": 1.0, "points": 0, "agreed": 0}
+    points = read_known_depth(file, size, args.known_depth_layout, args.known_depth_unit)
+    depth, fit = model.correct_scale(r, points, level or 0.9)
+    return dict(fit, file=file, depth=depth)
 
 
 def image_options(args) -> ImageOptions:
@@ -254,7 +277,7 @@ def image_options(args) -> ImageOptions:
 def predictor_of(args, device) -> Predictor:
     """The Predictor of predict.py's options: checkpoint, --order, the image and runtime options."""
     options = image_options(args)
-    model = Predictor(args.checkpoint, options, device=device, runtime=runtime_options(args),
+    model = Predictor(args.checkpoint, options, device=device, runtime=runtime_options(args, measure=True),
                       order=parse_letters(args.order, "--order") if args.order else None)
     note = model.selector_note()
     if note:
@@ -296,8 +319,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ply-stride", type=int, default=1, help="keep every N-th pixel in x and y for --ply")
     add_image_argument(p, "--fov")
     add_image_argument(p, "--camera-mode", choices=("resample", "rescale"))
+    add_image_argument(p, "--frame-rule", choices=("tiled", "windowed", "tiled-centred"))
     add_image_argument(p, "--max-pixels", type=checked_type(parse_max_pixels))
     add_interval_argument(p)
+    p.add_argument("--known-depth", default=None, metavar="FILE",
+                   help="known distances that fix each frame's scale: a CSV of x,y,metres (pixel column, row) or "
+                        "a sparse depth image (see --known-depth-layout), or a folder of such files named by "
+                        "image stem. The factor is the median of known/predicted ratios over the points that "
+                        "agree (MAD outlier rejection); a frame whose points lie beyond the head's calibrated "
+                        "interval (--intervals, else 90 %%) is flagged 'scale check failed' and not rescaled "
+                        "(inference/known_depth.py)")
+    p.add_argument("--known-depth-layout", default=None, choices=("tum", "png16", "npy", "kitti"),
+                   help="how a sparse known-depth image stores depth: its unit (data/recordings.py; "
+                        "default npy for .npy, else png16 = millimetres)")
+    p.add_argument("--known-depth-unit", type=float, default=None,
+                   help="metres per stored value of a known-depth image (default: the layout's)")
     add_image_argument(p, "--quiet", action="store_true")
     add_runtime_arguments(p)
     stream.add_stream_arguments(p)

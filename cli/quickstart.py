@@ -426,14 +426,16 @@ def main(argv=None) -> dict:
     clock = Clock()
     stages = ["data"] + [f"train {ORDER[:k]}" for k in range(1, len(ORDER) + 1)] + \
              ["evaluate matrix", "evaluate selection + latency", "report"]
-    bar = tqdm(total=len(stages), desc="quickstart", unit="step", position=0, dynamic_ncols=True,
-               bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} steps [{elapsed}<{remaining}]")
+    # counts the quickstart's stages (data, the three trainings, two evaluations, the report), not
+    # optimiser steps, which each training's own bar shows; no time estimate: the stages differ 10x
+    bar = tqdm(total=len(stages), desc="quickstart", unit="stage", position=0, dynamic_ncols=True,
+               bar_format="{desc}: {n_fmt}/{total_fmt} stages |{bar}| [{elapsed}{postfix}]")
 
     def say(text):
         tqdm.write(f"[quickstart] {text}")
 
     def step(name, fn, *a, **kw):
-        bar.set_postfix_str(name)
+        bar.set_postfix_str(f"now: {name}")
         say(f"{name} ...")
         r = clock.run(name, fn, *a, **kw)
         say(f"{name} done in {clock.steps[name]['wall_s']:.0f} s (CPU {clock.steps[name]['cpu_s']:.0f} s)")
@@ -447,7 +449,7 @@ def main(argv=None) -> dict:
         step(f"train {ORDER[:k]}", learn_stage, k, s, args, out, root)
     matrix = step("evaluate matrix", evaluate_stages, s, args, out, root)
     infer = step("evaluate selection + latency", evaluate_heads, s, args, out, root)
-    bar.set_postfix_str("report")
+    bar.set_postfix_str("now: report")
     report = write_report(out, s, args, clock, matrix, infer, data_state, load_start, root)
     bar.update(1)
     bar.close()

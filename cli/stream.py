@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from cli.errors import CLIError, error_line
 from cli.options import parse_interval
+from inference.frames import GATE_THRESHOLD
 from inference.stream import (DEFAULT_MARGIN, DEFAULT_WINDOW, SMOOTHING_MODES, VIDEO_EXTENSIONS, StreamOptions,
                               StreamStopped, is_video, open_stream, write_stream)
 
@@ -40,6 +41,11 @@ def add_stream_arguments(p) -> None:
     g.add_argument("--fps", type=float, default=None,
                    help="frame rate of the written video (default: the input video's, 10 for frames)")
     g.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
+    g.add_argument("--reselect", type=float, default=GATE_THRESHOLD,
+                   help="the automatic head's selection runs again only when the frame's mean colour in "
+                        "6x8 cells moved by more than this since the last selection (mean absolute "
+                        "difference in normalised units; and at least every 15 frames); 0: selection on "
+                        "every frame (the rule before)")
     g.add_argument("--no-threads", action="store_true",
                    help="decode and write in the main thread (for timing comparisons)")
 
@@ -62,7 +68,8 @@ def stream_options(args) -> StreamOptions:
     return StreamOptions(smoothing="raw" if per_frame else args.smoothing, window=args.window,
                          margin=args.switch_margin, video=not args.no_plots, save_depth=args.save_depth,
                          fps=args.fps, max_frames=args.max_frames, threads=not args.no_threads,
-                         clamp=not args.no_clamp, max_depth=args.max_depth, interval=level)
+                         clamp=not args.no_clamp, max_depth=args.max_depth, interval=level,
+                         reselect=args.reselect)
 
 
 def stopped_exit(stop: StreamStopped) -> SystemExit:

@@ -74,9 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "the checkpoint's calibration (with --matrix: per stage)")
     g.add_argument("--calibrate-into", default=None, metavar="DIR",
                    help="first fit the uncertainty calibration of the checkpoint (with --matrix: of "
-                        "every stage) on the validation rows its training held out of --data-root, "
-                        "write calibrated copies into DIR (the originals are not changed) and "
-                        "evaluate those; implies --uncertainty")
+                        "every stage, in learning order) on whole frames through the frame pipeline: the "
+                        "head each stage learned on the validation rows its training held out of "
+                        "--data-root, older heads kept from the stage that learned them; write calibrated "
+                        "copies into DIR (the originals are not changed) and evaluate those; implies "
+                        "--uncertainty")
     g.add_argument("--plots", default=None, metavar="DIR",
                    help="with --uncertainty: write a reliability plot per domain (the final "
                         "checkpoint's coverage against nominal coverage) as DIR/uncertainty_<domain>.png")
@@ -89,13 +91,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def calibrate_copy(path, out_dir, args, device, order=None) -> Path:
-    """A copy of checkpoint ``path`` in ``out_dir`` with every head's uncertainty scale fitted on
-    the validation rows its training held out of ``--data-root`` (the stored training options
-    name them: --val-images, --val-seed, --scale); the original is never written."""
+def calibrate_copy(path, out_dir, args, device, order=None, previous=None) -> Path:
+    """A copy of checkpoint ``path`` in ``out_dir`` with its uncertainty calibration fitted on whole
+    frames through the frame pipeline (evaluation/frame_calibration.py): the head this checkpoint's
+    stage learned, on the validation rows its training held out of ``--data-root`` (the stored
+    training options name them: --val-images, --val-seed); older heads keep ``previous`` (the
+    calibrated copy of the stage before, with --matrix) or, without it, the checkpoint's own
+    calibration of them (data of older domains outside their replay buffer is never read). The
+    original is never written."""
+    from engine.stage import fit_frame_uncertainty, fit_uncertainty
+    from inference.frames import head_cameras
     from engine.options import StageOptions
-    from engine.sampling import DomainData  # the validation split is the engine's (split_validation)
-    from engine.stage import fit_uncertainty
     check_checkpoint_path(path)
     out = Path(out_dir) / Path(path).name
     if out.resolve() == Path(path).resolve():
@@ -107,14 +113,20 @@ def calibrate_copy(path, out_dir, args, device, order=None) -> Path:
                        f"validation rows are unknown; --calibrate-into needs a checkpoint of this project")
     opts = StageOptions.from_record(stored, data_root=str(args.data_root), workers=0)
     try:
-        data = [DomainData(get_domain(c), opts) for c in opts.order]
+        if opts.shared_head:
+            from engine.sampling import DomainData  # the validation split is the engine's (split_validation)
+            record = fit_uncertainty(net, [DomainData(get_domain(c), opts) for c in opts.order], opts, device)
+        else:
+            own = net.meta.get(CALIBRATION_KEY)
+            fit = range(len(opts.order)) if opts.strategy == "joint" else [len(opts.order) - 1]
+            record = fit_frame_uncertainty(net, opts, device, head_cameras(net.meta, opts.order, args.data_root),
+                                           previous=previous if previous is not None else own, fit_heads=fit)
     except (OSError, ValueError) as e:
         raise CLIError(f"--data-root {str(args.data_root)!r}: {e}") from None
-    record = fit_uncertainty(net, data, opts, device)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out, net, **{CALIBRATION_KEY: record})
     fitted = ", ".join(f"{v['domain']} {v['scale']:.3f} ({v['images']} images)" for v in record["validation"])
-    print(f"calibrated {path} -> {out}: scales {fitted}")
+    print(f"calibrated {path} -> {out}: {fitted}")
     return out
 
 
@@ -248,8 +260,10 @@ def calibrate_stages(args, device) -> None:
     if args.matrix:
         runs_dir = Path(args.runs_dir) if args.runs_dir else Path(args.checkpoint).parent
         letters = order_of(args.checkpoint, args)
-        copies = [calibrate_copy(p, args.calibrate_into, args, device)
-                  for p in stage_paths(letters, args.strategy, runs_dir)]
+        copies, previous = [], None
+        for p in stage_paths(letters, args.strategy, runs_dir):  # in learning order: each keeps the last's
+            copies.append(calibrate_copy(p, args.calibrate_into, args, device, previous=previous))
+            previous = read_checkpoint(copies[-1])[1].get(CALIBRATION_KEY)
         args.runs_dir, args.checkpoint = args.calibrate_into, str(copies[-1])
         return
     args.checkpoint = str(calibrate_copy(args.checkpoint, args.calibrate_into, args, device, order=order))

@@ -1288,6 +1288,67 @@ def render_aerial(index: int, seed: int = 0, scale: float = 1.0) -> dict:
     return {"image": image, "depth_exact": hits.t, "camera": cam}
 
 
+RECORDING_LAYOUTS = ("tum", "png16")
+
+
+def write_aerial_recording(out: str, layout: str, frames: int, seed: int = 0, scale: float = 0.5,
+                           unit: Optional[float] = None, fps: float = 30.0) -> dict:
+    """The aerial frames (:func:`render_aerial`) written as a depth camera's SDK records them, in
+    ``layout`` "tum" (``rgb.txt``/``depth.txt`` with timestamps, ``rgb/<t>.png``, ``depth/<t>.png``;
+    the depth stream runs on its own clock, a few milliseconds off the colour one, and drops or adds
+    the odd frame) or "png16" (``color/<n>.png`` + ``depth/<n>.png`` by frame number, as RealSense
+    and Azure Kinect exporters write). Depth is uint16 = metres / ``unit`` (default: TUM 0.002 m,
+    i.e. 500 per metre, as 5000 per metre stops at 13 m; png16 0.001 m), 0 where nothing was
+    measured: sky, beyond 65535 units, and 1 % dropped pixels. Returns what was written (the
+    camera as fx, fy, cx, cy, the unit, the frames written and the ones left unpaired)."""
+    if layout not in RECORDING_LAYOUTS:
+        raise InputError(f"layout {layout!r}: expected one of {RECORDING_LAYOUTS}")
+    unit = float(unit or (0.002 if layout == "tum" else 0.001))
+    rng = _rng(seed, AERIAL_CODE, 7)
+    os.makedirs(os.path.join(out, "depth"), exist_ok=True)
+    colour_dir = os.path.join(out, "rgb" if layout == "tum" else "color")
+    os.makedirs(colour_dir, exist_ok=True)
+    rgb_lines, depth_lines, unpaired, cam = [], [], [], None
+    t0 = 1700000000.0 + seed
+    for i in range(frames):
+        frame = render_aerial(i, seed=seed, scale=scale)
+        cam = frame["camera"]
+        exact = frame["depth_exact"]
+        raw = np.where(np.isfinite(exact), np.round(np.nan_to_num(exact, posinf=0.0) / unit), 0)
+        raw[(raw > 65535) | (rng.random(raw.shape) < 0.01)] = 0
+        depth = raw.astype(np.uint16)
+        if layout == "png16":
+            name = f"{i:06d}.png"
+            Image.fromarray(frame["image"]).save(os.path.join(colour_dir, name))
+            _write_png16(os.path.join(out, "depth", name), depth)
+            continue
+        t_rgb = t0 + i / fps
+        t_depth = t_rgb + rng.uniform(-0.008, 0.008)   # the depth stream's own clock
+        name_rgb, name_depth = f"rgb/{t_rgb:.6f}.png", f"depth/{t_depth:.6f}.png"
+        if i % 50 == 17:   # a dropped depth frame: this colour frame has no partner
+            unpaired.append(name_rgb)
+        else:
+            _write_png16(os.path.join(out, name_depth), depth)
+            depth_lines.append(f"{t_depth:.6f} {name_depth}")
+        Image.fromarray(frame["image"]).save(os.path.join(out, name_rgb))
+        rgb_lines.append(f"{t_rgb:.6f} {name_rgb}")
+    if layout == "tum":
+        extra = f"depth/{t0 + frames / fps + 1.0:.6f}.png"   # depth recorded after the colour stopped
+        _write_png16(os.path.join(out, extra), np.zeros((cam.height, cam.width), np.uint16))
+        depth_lines.append(f"{t0 + frames / fps + 1.0:.6f} {extra}")
+        unpaired.append(extra)
+        for fname, lines, what in (("rgb.txt", rgb_lines, "color"), ("depth.txt", depth_lines, "depth")):
+            with open(os.path.join(out, fname), "w", encoding="utf-8") as f:
+                f.write(f"# {what} images\n# file: 'aerial synthetic recording'\n# timestamp filename\n")
+                f.write("\n".join(lines) + "\n")
+    return {"layout": layout, "unit": unit, "frames": frames, "unpaired": unpaired,
+            "intrinsics": [cam.fx, cam.fy, cam.cx, cam.cy], "size": [cam.width, cam.height]}
+
+
+def _write_png16(path: str, values: np.ndarray) -> None:
+    Image.fromarray(values.astype(np.uint16)).save(path)
+
+
 # ============================================================================ file layout
 KITTI_DATES = ("2011_09_26", "2011_09_28", "2011_09_29", "2011_09_30", "2011_10_03")
 TEST_SCENE_OFFSET = {"K": 9000, "S": 5000}   # test drives/scenes never share names with train ones

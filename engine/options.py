@@ -121,12 +121,27 @@ class StageOptions:
               "to reach the metre range of an outdoor domain (about 20 m for KITTI)", MODEL,
         choices=("auto", "off"))
     proto_images: int = option(200, "images per domain used for the stored domain prototypes", MODEL)
+    frame_images: int | None = option(None, "replay images per domain (5 variants each) of the whole-frame "
+                                            "selector statistics computed at the stage's end; default: "
+                                            "--proto-images, at most 100 (the budget measured in "
+                                            "docs/BENCHMARKS.md; give --proto-images' value for the rule "
+                                            "before the budget)", MODEL)
+    frame_area: int | None = option(None, "at most this many pixels per frame through the trunk for the "
+                                          "whole-frame selector statistics (and so for the queries' "
+                                          "selection input); default 19200 (160x120); 0: the first head's "
+                                          "whole trained frame whatever its size (the rule before the "
+                                          "budget: 428k pixels for a model that learned KITTI first)", MODEL)
     # ---- run
     device: str = option("auto", "where the network runs; auto takes CUDA when available", RUN, choices=DEVICES)
     amp: str = option("auto", "mixed precision of training; auto is bf16 (or fp16 with loss scaling) on CUDA, "
                               "off (fp32) on a CPU. bf16 on a CPU with native bf16 (AVX512-BF16/AMX) trains "
                               "faster, elsewhere it is emulated and slower; bench/README.md gives the "
                               "measured speed and what it changes", RUN, choices=AMP_MODES)
+    channels_last: str = option("auto", "memory layout of the student's training: on (NHWC, faster oneDNN "
+                                        "convolutions on a CPU; the same arithmetic, rounded in another "
+                                        "order), off (NCHW, the layout before this option); auto: per CPU "
+                                        "kind (models/hardware.py, off on every kind so far), off on CUDA",
+                                RUN, choices=("auto", "on", "off"))
     seed: int = option(0, "seed of weights, data order and augmentation", RUN)
     resume: str | None = option(None, "resume an interrupted stage from its run folder's last.pth.tar (or a "
                                       "path)", RUN, nargs="?", const="auto")
@@ -310,7 +325,9 @@ def check_values(args, specs) -> None:
                 "--batch-size": (args.batch_size, 1), "--grad-accum": (args.grad_accum, 1),
                 "--lr-step": (args.lr_step, 1), "--val-images": (args.val_images, 0),
                 "--workers": (args.workers, 0), "--proto-images": (args.proto_images, 1),
-                "--replay-size": (args.replay_size, 0)}
+                "--replay-size": (args.replay_size, 0),
+                "--frame-images": (args.frame_images, 5),
+                "--frame-area": (args.frame_area, 0)}
     for option, (value, low) in at_least.items():
         if value is not None and value < low:
             _fail(option, value, f"an integer >= {low}")

@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from base.errors import InputError
 from models.fast import lowp_supported
+from models.hardware import training_channels_last, training_precision
 
 
 def resolve_device(arg: str) -> torch.device:
@@ -129,19 +130,30 @@ def seed_everything(seed: int) -> None:
 def amp_settings(arg: str, device: torch.device):
     """(autocast dtype or None, whether a GradScaler is needed).
 
-    ``auto``: bfloat16 on CUDA GPUs with bf16 (float16 with loss scaling on older ones), float32 on
-    a CPU. bf16 on a CPU with native kernels (``--amp bf16``) makes a training step faster, but in
+    ``auto``: bfloat16 on CUDA GPUs with bf16 (float16 with loss scaling on older ones); on a CPU
+    what ``models.hardware.training_precision`` says for its kind (float32 on every kind today).
+    bf16 on a CPU with native kernels (``--amp bf16``) makes a training step faster, but in
     the quickstart bf16-trained models selected their head from prototypes less reliably at equal
     depth accuracy, so it stays opt-in on CPUs (measured figures of both: bench/README.md, "Why
     bf16 is not the CPU default").
     """
-    if arg == "off" or (arg == "auto" and device.type != "cuda"):
+    if arg == "auto" and device.type != "cuda":
+        arg = "bf16" if training_precision() == "bf16" else "off"
+    if arg == "off":
         return None, False
     if arg == "fp16":
         return torch.float16, device.type == "cuda"
     if arg == "bf16" or torch.cuda.is_bf16_supported():  # bf16, or auto on a CUDA GPU with bf16
         return torch.bfloat16, False
     return torch.float16, True  # auto on a CUDA GPU without bf16
+
+
+def channels_last_setting(arg: str, device: torch.device) -> bool:
+    """Whether the student trains in NHWC (channels_last) layout: ``on``/``off``; ``auto`` on a CPU
+    what ``models.hardware.training_channels_last`` says for its kind, NCHW on CUDA (as before)."""
+    if arg == "auto":
+        return device.type == "cpu" and training_channels_last()
+    return arg == "on"
 
 
 def amp_warning(arg: str, device: torch.device) -> str | None:

@@ -23,7 +23,8 @@ from base.errors import InputError
 from engine.model import NoGroundTruth, build_model, init_depth_bias, median_depth, teacher_targets
 from base.images import scaled_size
 from engine.options import STRATEGIES, drop_last, parse_weights
-from engine.processes import Dist, StageInterrupted, StopSignals, amp_settings, seed_everything
+from engine.processes import (Dist, StageInterrupted, StopSignals, amp_settings, channels_last_setting,
+                              seed_everything)
 from base.protocol import DATA as PROTOCOL_DATA
 from base.protocol import TRAINING as PROTOCOL_TRAINING
 from engine.sampling import (CyclingLoader, DomainData, EpochReplayLoader, SeededSamples, StepSampler,
@@ -31,15 +32,15 @@ from engine.sampling import (CyclingLoader, DomainData, EpochReplayLoader, Seede
 from evaluation.evaluate import evaluate_domain
 from base.uncertainty import CALIBRATION_KEY
 from evaluation.uncertainty import fit_calibration
-from inference.prototypes import compute_lda, compute_prototypes
+from inference.prototypes import LDA_PASSES, compute_lda, compute_prototypes
 from loaders import DatasetFormatError, get_loader
 from losses import distillation_loss, uncertainty_depth_loss
 from models import CheckpointError, LifelongDepthNet, save_checkpoint
 from models.checkpoint import _plain, atomic_save, check_finite
-from models.fast import autocast_context
+from models.fast import autocast_context, to_channels_last
 
 
-def fit_uncertainty(net, data, opts, device, amp_dtype=None) -> dict:
+def fit_uncertainty(net, data, opts, device, amp_dtype=None, progress=None) -> dict:
     """Every head's uncertainty scale fitted on its domain's validation rows (``DomainData.val``,
     never the test split; evaluation.uncertainty), with the test-time conventions (the domain's
     crop, depth caps): called at the end of every stage, and by test.py --calibrate-into."""
@@ -59,7 +60,26 @@ def fit_uncertainty(net, data, opts, device, amp_dtype=None) -> dict:
     was_training = net.training
     net.eval()
     try:
-        return fit_calibration(forward, heads, note=f"fitted after learning {opts.order}")
+        return fit_calibration(forward, heads, note=f"fitted after learning {opts.order}", progress=progress)
+    finally:
+        net.train(was_training)
+
+
+def fit_frame_uncertainty(net, opts, device, cameras, previous=None, fit_heads=None) -> dict:
+    """The stage's calibration record on whole frames (evaluation.frame_calibration.calibrate_frames):
+    heads ``fit_heads`` (default: the last) on their validation rows through the frame pipeline of
+    ``net`` (the default inference path), the others kept from ``previous``."""
+    from evaluation.frame_calibration import calibrate_frames, stage_pipeline
+    specs = [get_domain(c) for c in opts.order]
+    was_training = net.training
+    net.eval()
+    try:
+        pipe = stage_pipeline(net, cameras, [list(scaled_size(s.input_size, opts.scale)) for s in specs],
+                              device=device)
+        return calibrate_frames(pipe, opts.order, opts.data_root, val_images=opts.val_images,
+                                val_seed=opts.val_seed, depth_ranges=[(s.min_depth, s.max_depth) for s in specs],
+                                fit_heads=fit_heads, previous=previous, fitted_at=opts.order,
+                                note=f"fitted after learning {opts.order}")
     finally:
         net.train(was_training)
 
@@ -124,6 +144,9 @@ class Stage:
         self._plan_terms()
         self._init_fresh_heads(set_bias=opts.init_depth_bias == "auto")
         self.amp_dtype, needs_scaler = amp_settings(opts.amp, ctx.device)
+        self.channels_last = channels_last_setting(opts.channels_last, ctx.device)
+        if self.channels_last:  # before the optimiser and DDP take the parameters
+            to_channels_last(self.net)
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=needs_scaler)
         self.loss = StageLoss(self.net, self.new_head, self.distill_w, self.replay_w, self.replay_heads,
                               bn_all_heads=bool(opts.bn_all_heads))
@@ -139,6 +162,7 @@ class Stage:
         self.signals = StopSignals()
         self.bn_snapshot = None  # buffers at the start of the step in progress (see train_step)
         self.skipped_steps, self.batch_files = 0, []
+        self.stage_bar = None  # the bar of a step-limited stage (progress_bar)
 
     def _plan_terms(self):
         """Which dataset feeds the main batch, which are replayed, and their weights."""
@@ -275,7 +299,22 @@ class Stage:
                  f"{self.global_step} steps done")
 
     def uncertainty_calibration(self) -> dict:
-        return fit_uncertainty(self.net, self.data, self.opts, self.ctx.device, self.amp_dtype)
+        """The calibration stored with the stage: on whole frames through the frame pipeline
+        (evaluation/frame_calibration.py): the new head on its validation rows, older heads kept from
+        the stage that learned them (the prior checkpoint's record; a joint run fits every head: it
+        has every domain's rows). A shared head keeps the one-scale fit on validation crops."""
+        if self.opts.shared_head:
+            rows = sum(len(d.val) for d in self.data if d.val is not None)
+            with self.end_bar("calibration", rows) as bar:
+                return fit_uncertainty(self.net, self.data, self.opts, self.ctx.device, self.amp_dtype, progress=bar)
+        previous = None
+        if len(self.specs) > 1 and self.opts.strategy != "joint" and self.opts.prior:
+            from models import read_checkpoint
+            previous = read_checkpoint(self.opts.prior)[1].get(CALIBRATION_KEY)
+        return fit_frame_uncertainty(self.net, self.opts, self.ctx.device, self.cameras(self.specs),
+                                     previous=previous,
+                                     fit_heads=(range(len(self.specs)) if self.opts.strategy == "joint"
+                                                else [self.new_head]))
 
     def save_final(self, prototypes, calibration=None):
         if self.ctx.main:
@@ -299,6 +338,9 @@ class Stage:
         replay_batches, distill_w = self.exhausted_replay(replay_batches)
         replay = [(b["image"].to(dev, non_blocking=True), b["depth"].to(dev, non_blocking=True))
                   for b in replay_batches]
+        if self.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last)
+            replay = [(r.contiguous(memory_format=torch.channels_last), d) for r, d in replay]
         with torch.autocast(dev.type, dtype=self.amp_dtype or torch.float32,
                             enabled=self.amp_dtype is not None):
             # targets only: computed without a graph (no_grad, not inference_mode, so the loss may
@@ -397,15 +439,14 @@ class Stage:
                 replay.start_epoch(self.epoch, self.step_in_epoch)
         loader = make_loader(main_sampler.dataset, main_sampler, opts, self.ctx, seed=opts.seed + self.epoch)
         steps = main_sampler.steps_per_epoch()
-        bar = tqdm(total=steps, initial=self.step_in_epoch, disable=opts.quiet or not self.ctx.main,
-                   desc=f"{opts.order} {opts.strategy} epoch {self.epoch + 1}/{opts.epochs}",
-                   dynamic_ncols=True, leave=False)
+        bar = self.progress_bar(steps, max_steps)
         it, images, t0, sums, n = iter(loader), 0, time.time(), {}, 0
         while self.step_in_epoch < steps:
             if self.signals.requested(self.ctx):
                 raise KeyboardInterrupt  # a signal asked to stop: the completed steps are saved
             if max_steps is not None and self.global_step >= max_steps:
-                bar.close()
+                if bar is not self.stage_bar:
+                    bar.close()
                 if n:
                     self.log_epoch(sums, n, images, time.time() - t0, partial=True)
                 return False
@@ -417,9 +458,30 @@ class Stage:
                 sums[key] = sums.get(key, 0.0) + value
             bar.set_postfix({k: f"{v:.3f}" for k, v in terms.items()}, refresh=False)
             bar.update(1)
-        bar.close()
+        if bar is not self.stage_bar:
+            bar.close()
         self.finish_epoch(sums, n, images, time.time() - t0)
         return True
+
+    def step_limited(self, steps_per_epoch: int, max_steps) -> bool:
+        """Whether --max-steps ends this stage before its epochs do."""
+        return max_steps is not None and max_steps < self.opts.epochs * steps_per_epoch
+
+    def progress_bar(self, steps_per_epoch: int, max_steps):
+        """The training bar: a stage that --max-steps ends before its epochs shows its steps
+        ("NK: 23/48 steps", one bar for the whole stage); an epoch-limited stage one bar per epoch
+        ("NK ours epoch 2/20")."""
+        disable = self.opts.quiet or not self.ctx.main
+        if self.step_limited(steps_per_epoch, max_steps):
+            if self.stage_bar is None:
+                self.stage_bar = tqdm(total=max_steps, initial=min(self.global_step, max_steps), disable=disable,
+                                      desc=f"{self.opts.order}", unit="step", dynamic_ncols=True, leave=False,
+                                      bar_format="{desc}: {n_fmt}/{total_fmt} steps |{bar}| "
+                                                 "[{elapsed}<{remaining}, {rate_fmt}{postfix}]")
+            return self.stage_bar
+        return tqdm(total=steps_per_epoch, initial=self.step_in_epoch, disable=disable,
+                    desc=f"{self.opts.order} {self.opts.strategy} epoch {self.epoch + 1}/{self.opts.epochs}",
+                    dynamic_ncols=True, leave=False)
 
     def next_batches(self, it, replays):
         """The micro-batches of the next step. An unreadable sample stops the run, but first the
@@ -483,13 +545,20 @@ class Stage:
                     if not self.run_epoch(main_sampler, replays, opts.max_steps):
                         break
         except KeyboardInterrupt:
+            self.close_stage_bar()
             self.save_resume(interrupted=True)
             self.say(f"interrupted at step {self.global_step}: resume with the same command plus "
                      f"--resume ({Path(opts.run_dir) / 'last.pth.tar'})")
             raise StageInterrupted(self.signals.signum or signal.SIGINT) from None
+        self.close_stage_bar()
         # the finished training's state, so that an interrupt while the prototypes are computed
         # (or a failed final save) resumes straight to them
         self.save_resume()
+
+    def close_stage_bar(self):
+        if self.stage_bar is not None:
+            self.stage_bar.close()
+            self.stage_bar = None
 
     def prototypes(self) -> dict | None:
         if self.opts.shared_head:  # one head for every domain: there is nothing to select
@@ -497,16 +566,31 @@ class Stage:
         sets = [d.prototype_set(self.opts) for d in self.data]
         loaders = [get_loader(s, batch_size=self.opts.batch_size, workers=0,
                               device=self.ctx.device.type) for s in sets]
-        protos = compute_prototypes(self.net, loaders, self.ctx.device)
+        with self.end_bar("prototypes", sum(len(s) for s in sets)) as bar:
+            protos = compute_prototypes(self.net, loaders, self.ctx.device, progress=bar)
         # the default (lda) selector's statistics: the same rows under the training augmentation,
         # each sample's augmentation seeded, so the stored statistics are reproducible
         augmented = [SeededSamples(Subset(d.replay_full, range(min(self.opts.proto_images, len(d.replay_full)))),
                                    self.opts.seed + 7) for d in self.data]
-        protos["lda"] = compute_lda(self.net, [get_loader(a, batch_size=self.opts.batch_size, workers=0,
-                                                          device=self.ctx.device.type) for a in augmented],
-                                    self.ctx.device)
+        with self.end_bar("lda statistics", LDA_PASSES * sum(len(a) for a in augmented)) as bar:
+            protos["lda"] = compute_lda(self.net, [get_loader(a, batch_size=self.opts.batch_size, workers=0,
+                                                              device=self.ctx.device.type) for a in augmented],
+                                        self.ctx.device, progress=bar)
         protos["frames"] = self.frame_statistics()
         return protos
+
+    def end_bar(self, what: str, total: int):
+        """The progress bar of a piece of the work at the stage's end ("NK: frame statistics 40/200
+        img"), as training shows its steps; nothing with --quiet."""
+        return tqdm(total=total, desc=f"{self.opts.order}: {what}", unit="img", dynamic_ncols=True, leave=False,
+                    disable=self.opts.quiet or not self.ctx.main)
+
+    def frame_images(self) -> int:
+        """Replay images per domain of the ``frames`` statistics: --frame-images, or the budget
+        (inference.replay.FRAME_IMAGES) where --proto-images is larger."""
+        from inference.replay import FRAME_IMAGES
+        n = self.opts.frame_images
+        return int(n) if n else min(self.opts.proto_images, FRAME_IMAGES)
 
     def frame_statistics(self):
         """Selector statistics on whole frames and the out-of-domain thresholds (inference/replay.py);
@@ -514,16 +598,22 @@ class Stage:
         from base.errors import InputError
         from inference.predictor import DepthPredictor
         from inference.replay import frame_statistics
+        from inference.replay import FRAME_AREA
         mode = self.net.training
+        n = self.frame_images()
+        area = self.opts.frame_area
+        bar = self.end_bar("frame statistics", n * len(self.specs))
         try:  # on the default inference path: the features a query gets (and 2-4x faster on a CPU)
             return frame_statistics(DepthPredictor(self.net, device=self.ctx.device),
                                     "".join(s.letter for s in self.specs), self.opts.data_root,
-                                    self.cameras(self.specs), max_images=self.opts.proto_images,
-                                    seed=self.opts.seed, options=("--data-root", "--proto-images"))
+                                    self.cameras(self.specs), max_images=n, seed=self.opts.seed,
+                                    progress=bar, max_area=FRAME_AREA if area is None else area,
+                                    options=("--data-root", "--frame-images"))
         except InputError as e:  # too few replay rows to hold some out
             self.say(f"no frame statistics stored ({e})")
             return None
         finally:
+            bar.close()
             self.net.train(mode)
 
 

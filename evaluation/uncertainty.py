@@ -10,12 +10,15 @@ import numpy as np
 import torch
 
 from base.safeio import atomic_write
-from base.uncertainty import (LEVELS, RELIABILITY_LEVELS, SPARSIFICATION_STEPS, ause_aurg, coverage, fit_scale,
-                              gaussian_nll, sparsification, spearman, valid_pixels, z_value)
+from base.uncertainty import (CALIBRATION_GRID, LEVELS, METHODS, RELIABILITY_LEVELS, SPARSIFICATION_STEPS,
+                              ause_aurg, coverage, fit_conformal, fit_depth_bins, fit_quantiles, fit_scale,
+                              gaussian_nll, half_width, sparsification, spearman, spread, valid_pixels, z_value)
 from losses import upsample_to
+from metrics import prepare_pair
 
 __all__ = ["UncertaintyEvaluator", "fit_calibration", "save_reliability_plot", "reliability_plots",
-           "format_tables", "format_stage_table"]
+           "format_tables", "format_stage_table", "DEFAULT_METHOD", "MEASURED_LEVELS", "frame_pixels",
+           "fit_method", "frame_coverage", "loo_coverage", "fit_head_calibration"]
 
 
 def _batch_maps(depth, logvar, gt):
@@ -107,12 +110,13 @@ class UncertaintyEvaluator:
 
 
 @torch.no_grad()
-def fit_calibration(forward, heads: list, note: str = "") -> dict:
+def fit_calibration(forward, heads: list, note: str = "", progress=None) -> dict:
     """One scale per head, fitted (:func:`fit_scale`) on validation rows.
 
     ``forward(images, head) -> (depth, logvar)``; ``heads``: per head, ``{"domain": name,
     "loaders": [validation loaders, or none], "rules": (min_depth, max_depth, crop)}``. A head
-    without validation rows keeps scale 1 (``fitted`` False). Returns the checkpoint record."""
+    without validation rows keeps scale 1 (``fitted`` False). ``progress``: a tqdm bar advanced by
+    the images. Returns the checkpoint record."""
     scales, fitted, per_head = [], [], []
     for head, item in enumerate(heads):
         err, sigma, images = [], [], 0
@@ -125,6 +129,8 @@ def fit_calibration(forward, heads: list, note: str = "") -> dict:
                     err.append(g_valid - p)
                     sigma.append(s)
                     images += 1
+                if progress is not None:  # a tqdm bar, by images
+                    progress.update(len(maps[2]))
         err = np.concatenate(err) if err else np.zeros(0)
         sigma = np.concatenate(sigma) if sigma else np.zeros(0)
         keep = np.isfinite(err) & np.isfinite(sigma) & (sigma > 0)
@@ -151,6 +157,100 @@ def fit_calibration(forward, heads: list, note: str = "") -> dict:
                       + "/".join(f"{round(100 * lv)}" for lv in LEVELS) + " % on the validation rows",
             "split": "validation rows held out of the training rows (never the test split)",
             "validation": per_head, "note": note}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Calibration on the path users run: whole frames through the frame pipeline
+# ---------------------------------------------------------------------------------------------------
+#: The method stored by default (chosen by measured test coverage on whole frames: docs/BENCHMARKS.md#uncertainty).
+DEFAULT_METHOD = "quantile"
+#: Coverages at which a calibration's measured coverage is stored (what predict.py can quote).
+MEASURED_LEVELS = tuple(sorted(set(LEVELS) | set(RELIABILITY_LEVELS) | {0.99}))
+
+
+def frame_pixels(depth, logvar, gt, rules) -> dict:
+    """ONE whole frame's evaluated pixels as an interval sees them: ``depth`` (as written: at the
+    frame's size, clamped to the head's range) and ``logvar`` give the spread (:func:`spread`, the
+    frame's own median, scale 1) at the frame's size, as predict.py computes it; both are then
+    brought to the ground truth's size, and the pixels kept are those ``rules`` = (min_depth,
+    max_depth, crop) keep (metrics.prepare_pair). Returns ``{"a": |d - p| / sigma, "depth": p, "gt": d,
+    "sigma": sigma}`` (flat arrays of those pixels)."""
+    sigma = spread(depth, logvar)
+    gt = np.asarray(gt, dtype=np.float64)
+    if tuple(np.shape(depth)) != gt.shape:
+        size = gt.shape[-2:]
+        depth = upsample_to(torch.from_numpy(np.asarray(depth, np.float32))[None, None], size)[0, 0].numpy()
+        sigma = upsample_to(torch.from_numpy(sigma.astype(np.float32))[None, None], size)[0, 0].numpy()
+    p, g = prepare_pair(depth, gt, *rules)
+    keep = (g > 0) & np.isfinite(p) & (np.asarray(sigma) > 0)
+    sigma = np.asarray(sigma, dtype=np.float64)
+    return {"a": np.abs(g[keep] - p[keep]) / sigma[keep], "depth": p[keep], "gt": g[keep], "sigma": sigma[keep]}
+
+
+def fit_method(method: str, images: list) -> dict:
+    """One head's calibration by ``method`` (base.uncertainty.METHODS) from ``images`` (a list of
+    :func:`frame_pixels` dicts): the dict :func:`base.uncertainty.half_width` takes."""
+    a = np.concatenate([im["a"] for im in images]) if images else np.zeros(0)
+    if method == "scale":  # err / sigma with sigma = 1: fit_scale sees the normalised residuals
+        return {"method": "scale", "scale": fit_scale(a, np.ones_like(a))}
+    if method == "quantile":
+        return {"method": "quantile", "levels": list(CALIBRATION_GRID), "multipliers": fit_quantiles(a)}
+    if method == "conformal":
+        return {"method": "conformal", "levels": list(CALIBRATION_GRID),
+                "multipliers": fit_conformal([im["a"] for im in images])}
+    if method == "depth_bins":
+        depth = np.concatenate([im["depth"] for im in images])
+        return {"method": "depth_bins", "levels": list(CALIBRATION_GRID), **fit_depth_bins(a, depth)}
+    raise ValueError(f"unknown calibration method {method!r}; known: {', '.join(METHODS)}")
+
+
+def frame_coverage(calibration, images: list, levels=MEASURED_LEVELS) -> dict:
+    """{"50": fraction, ...}: the pooled valid pixels of ``images`` inside the central intervals of
+    ``calibration`` (None: raw, scale 1)."""
+    calibration = 1.0 if calibration is None else calibration
+    a = np.concatenate([im["a"] for im in images])
+    depth = np.concatenate([im["depth"] for im in images])
+    return {f"{round(100 * lv, 6):g}": float(np.mean(a <= half_width(calibration, np.ones_like(a), depth, lv)))
+            for lv in levels}
+
+
+def loo_coverage(method: str, images: list, levels=MEASURED_LEVELS) -> dict | None:
+    """Leave-one-image-out coverage of ``method`` on ``images``: each image's pixels against the
+    calibration fitted on the others, pooled (an estimate of the coverage on unseen frames from the
+    fitting images alone). None with fewer than 2 images."""
+    if len(images) < 2:
+        return None
+    inside = {f"{round(100 * lv, 6):g}": 0 for lv in levels}
+    total = 0
+    for i, im in enumerate(images):
+        cal = fit_method(method, images[:i] + images[i + 1:])
+        for key, lv in zip(inside, levels):
+            inside[key] += int(np.count_nonzero(im["a"] <= half_width(cal, np.ones_like(im["a"]), im["depth"], lv)))
+        total += im["a"].size
+    return {k: v / total for k, v in inside.items()} if total else None
+
+
+def fit_head_calibration(images: list, domain: str, method: str = DEFAULT_METHOD, source: str = "",
+                         fitted_at: str = "") -> dict:
+    """One head's stored calibration record, fitted on whole frames (``images``: :func:`frame_pixels`
+    of each calibration frame): the ``method``'s parameters (what :func:`half_width` reads), where it
+    was fitted (``path`` "frames", ``source``, ``fitted_at``), and its coverage measured
+    leave-one-image-out on those frames (``measured.validation_loo``), for every method compared
+    (``compared``). Raises ValueError without any pixel."""
+    images = [im for im in images if im["a"].size]
+    if not images:
+        raise ValueError(f"no calibration pixel for {domain}")
+    record = {"domain": domain, **fit_method(method, images), "path": "frames", "source": source,
+              "fitted_at": fitted_at, "images": len(images), "pixels": int(sum(im["a"].size for im in images)),
+              "measured": {}, "compared": {}}
+    for m in METHODS:
+        record["compared"][m] = loo_coverage(m, images, LEVELS)
+    loo = loo_coverage(method, images)
+    if loo is not None:
+        record["measured"]["validation_loo"] = {"on": "held-out validation frames (leave-one-image-out)",
+                                                "images": len(images), "coverage": loo}
+    record["raw_coverage"] = frame_coverage(None, images, LEVELS)
+    return record
 
 
 def save_reliability_plot(path, domain: str, curves: dict) -> None:

@@ -240,7 +240,7 @@ def export_onnx(net, out, prototypes=None, domain=None, with_uncertainty=False, 
             "outputs": outputs, "precision": "float32", "fuse_bn": True, "mean": IMAGENET_MEAN,
             "std": IMAGENET_STD,
             "input": "image: float32 (B,3,H,W) RGB in [0,1] normalized with mean/std; outputs at H/2 x W/2",
-            "source": meta_in.get("path"), **pipeline_meta(net)}
+            "source": meta_in.get("path"), **pipeline_meta(net), **knowing(meta_in)}
     onnx.helper.set_model_props(model, {ONNX_META_KEY: json.dumps(meta)})
     with atomic_write(out) as f:  # a kill leaves the earlier file (or none), never a partial one
         f.write(model.SerializeToString())  # (onnx.save wants the file's name; ours is a descriptor)
@@ -309,6 +309,17 @@ def check_onnx(path, net, prototypes, size=None, batch=2, seed=0) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------
+def knowing(meta_in: dict) -> dict:
+    """What an exported model's user needs to reproduce the checkpoint's intervals and its
+    out-of-domain verdict: the uncertainty calibration record (base.uncertainty) and the verdict's
+    definition (inference/ood.py: descriptor, per-head statistics, threshold; None where the
+    checkpoint stores none). The graph itself computes neither."""
+    from base.uncertainty import CALIBRATION_KEY
+    from inference.ood import ood_record
+    frames = (meta_in.get("prototypes") or {}).get("frames") or {}
+    return {"uncertainty_calibration": meta_in.get(CALIBRATION_KEY), "out_of_domain": ood_record(frames.get("ood"))}
+
+
 def resolve_domain(domain, meta: dict, num_domains: int) -> int:
     """--domain as an index ("1") or a learned domain's letter/name ("K", "kitti") -> index."""
     if domain is None:
@@ -381,7 +392,7 @@ def export_model(net, out, prototypes=None, domain=None, with_uncertainty=False,
             "precision": str(dtype).replace("torch.", ""), "fuse_bn": bool(fuse_bn),
             "channels_last": bool(channels_last), "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
             "input": "float32 (B,3,H,W) RGB in [0,1] normalized with mean/std; outputs at H/2 x W/2",
-            "source": meta_in.get("path"), **pipeline_meta(net)}
+            "source": meta_in.get("path"), **pipeline_meta(net), **knowing(meta_in)}
     with atomic_write(out) as f:  # a kill leaves the earlier file (or none), never a partial one
         torch.jit.save(module, f, _extra_files={META_FILE: json.dumps(meta)})
     return meta

@@ -8,9 +8,11 @@ One rule, used by predict.py, the streams (inference/stream.py), the demo and
    descriptor of its fused features is scored by the ``frames`` statistics, an LDA fitted on replay
    *files as they lie on disk* preprocessed exactly like a query (``inference.replay.frame_statistics``,
    with the mirrored, half-size, cropped and colour-jittered variants users feed), so a query and
-   the statistics see the same preprocessing whatever the frame's size and aspect ratio. A
-   smallest distance above the chosen head's threshold (calibrated on held-out replay frames) is
-   the out-of-domain verdict ("none of my heads fits"). A checkpoint without these statistics
+   the statistics see the same preprocessing whatever the frame's size and aspect ratio. The
+   out-of-domain verdict ("none of my heads fits") is inference/ood.py's where the statistics store
+   it: a per-head Mahalanobis score of the selection input's fused and early encoder features,
+   normalised on held-out replay frames, above a fixed threshold (older statistics: the smallest
+   LDA distance above the chosen head's threshold, calibrated on held-out replay frames). A checkpoint without these statistics
    keeps its stored selector on the frame squeezed to the first domain's input size (what its
    prototypes were computed from), without a verdict.
 2. **The camera.** Each head learned one camera: the focal length in pixels of its training frames
@@ -22,8 +24,17 @@ One rule, used by predict.py, the streams (inference/stream.py), the demo and
    the head's (``mode="resample"``, the default; ``"rescale"`` keeps the frame's pixels and
    multiplies the depth by the focal ratio: measured worse, bench/bench_frames.py), capped at
    ``MAX_PIXELS`` (then the rest of the focal ratio goes into the depth). Up to the head's training
-   input size it runs in one pass; a larger input runs in overlapping tiles of that size, blended
-   (``FramePipeline.depth``: the network's channel attention pools over its whole input). Inputs
+   input size it runs in one pass. A larger input (the network's channel attention pools over its
+   whole input, so a head must see the extent it was trained on; ``FramePipeline.depth``), by the
+   frame rule (``FRAME_RULES``, predict.py's ``--frame-rule``): ``tiled`` (the default) in
+   overlapping tiles of that size, blended, the rows a bottom-anchored head (KITTI's crops keep the
+   bottom of the frame; ``head_anchors``) saw in training from its bottom tile; ``tiled-centred``
+   the tiles blended as before; ``windowed`` in one pass with the fusion's attention pooled over
+   windows of the training extent (``models.modules.Windows``, the trained weights unchanged;
+   sharing the selection pass's encoder when both inputs match): cheaper, but measured as
+   inaccurate as one global pass (so the attention's pooling is not what makes tiles better),
+   and less accurate than tiles: not the default.
+   depth). Measured in docs/BENCHMARKS.md (frame rule). Inputs
    are not padded to the stride: measured on the quickstart's NK stage model (8 frames each),
    replicate padding raised AbsRel (K whole frames 0.554 against 0.415 unpadded, N 0.314 against
    0.302), and whole K frames in one pass (0.415) were worse than tiles (0.341); the network takes any
@@ -46,16 +57,21 @@ from PIL import Image
 
 from base.domains import CAMERAS, get_domain
 from base.safeio import read_json
+from inference.ood import fit_ood, ood_descriptor, ood_scores, ood_verdict
 from inference.prototypes import LDA_SHRINK, fit_lda, lda_distances, pooled_descriptor
 from base.images import image_tensor
 from loaders import build_transform, get_dataset
 from losses import upsample_to
+from models.modules import Windows, tent, tile_starts  # noqa: F401 - tile_starts, tent: re-exported
 
 MAX_PIXELS = 2_400_000  # larger network inputs are downscaled (the focal ratio goes into the depth)
 TILE_SLACK = 1.0        # FramePipeline.tile_size
 MIN_SIDE = 32           # a shorter side is padded up to this (ResNet's output stride); never upscaled
 SELECT_AREA = 160 * 120  # the selection input's pixel area when the statistics store none
 MODES = ("resample", "rescale")
+# FramePipeline.depth on inputs larger than the head's training input (docs/BENCHMARKS.md, frame rule)
+FRAME_RULES = ("tiled", "windowed", "tiled-centred")
+DEFAULT_FRAME_RULE = "tiled"
 SENSOR_DIAGONAL_35MM = math.hypot(36.0, 24.0)  # mm: what a "35 mm equivalent" focal length refers to
 
 
@@ -414,25 +430,42 @@ def selection_size(width: int, height: int, area: float) -> tuple:
 
 
 @torch.no_grad()
-def descriptor_of(features_fn, x: torch.Tensor, area: float) -> torch.Tensor:
+def descriptor_of(features_fn, x: torch.Tensor, area: float, net=None):
     """The selection descriptor (pooled channel means and stds) of a normalised frame ``x``
-    (1,3,H,W) through ``features_fn``."""
+    (1,3,H,W) through ``features_fn``; with ``net`` (the plain network), (that, the out-of-domain
+    descriptor: inference/ood.py)."""
     h, w = selection_size(x.shape[-1], x.shape[-2], area)
-    return pooled_descriptor(features_fn(resized(x, h, w)).float())
+    small = resized(x, h, w)
+    desc = pooled_descriptor(features_fn(small).float())
+    return desc if net is None else (desc, ood_descriptor(net, small, desc))
 
 
-def tile_starts(length: int, tile: int) -> list:
-    """Evenly spread starts of tiles of ``tile`` covering ``length`` (each overlap at least 1/4 tile)."""
-    if length <= tile:
-        return [0]
-    n = math.ceil((length - tile) / (0.75 * tile)) + 1
-    return [round(i * (length - tile) / (n - 1)) for i in range(n)]
+def head_anchors(letters) -> list:
+    """Per head, where its training crops lay in the frame (``models.modules.ANCHORS``): "bottom"
+    for a KITTI-recipe domain (its crops keep the bottom rows, where the LiDAR is), else "center"."""
+    out = []
+    for c in letters:
+        try:
+            out.append("bottom" if get_domain(c).transform == "kitti" else "center")
+        except ValueError:  # a custom domain that is not registered here
+            out.append("center")
+    return out
 
 
-def tent(n: int) -> torch.Tensor:
-    """Blending weights along one tile side: highest in the middle, small but positive at the edges."""
-    i = torch.arange(n, dtype=torch.float32)
-    return torch.minimum(i + 1, n - i) / ((n + 1) / 2)
+def tile_weights(length: int, tile: int, anchor: str = "center") -> list:
+    """[(start, weights (tile,))] of the tiles along one side of ``length`` (``tile_starts``):
+    ``tent`` weights; with ``anchor="bottom"`` the last (bottom) tile, laid where the head's
+    training crops lay, alone gives the rows it covers, the tiles above only the rows above it."""
+    starts = tile_starts(length, tile)
+    out = [(s, tent(tile)) for s in starts]
+    if anchor == "bottom" and len(starts) > 1:
+        last = starts[-1]
+        out[-1] = (last, torch.ones(tile))
+        for k, (s, w) in enumerate(out[:-1]):
+            w = w.clone()
+            w[max(0, last - s):] = 0.0
+            out[k] = (s, w)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -455,11 +488,12 @@ def frame_variants(img: Image.Image, rng: np.random.Generator):
     yield img.crop((x0, y0, x0 + cw, y0 + ch))
 
 
-def fit_frame_statistics(fit, calibrate, area, shrink=None) -> dict:
+def fit_frame_statistics(fit, calibrate, area, shrink=None, ood=None) -> dict:
     """The ``frames`` selector statistics: an LDA (prototypes.fit_lda) of per-domain descriptor
     lists ``fit`` (each (n_d, 2C)), and per head an out-of-domain threshold from the held-out
     descriptors ``calibrate``: the OOD_QUANTILE of the smallest distance of held-out frames the
-    head was chosen for, times OOD_MARGIN."""
+    head was chosen for, times OOD_MARGIN. ``ood``: (fit, calibrate) lists of out-of-domain
+    descriptors, for the verdict stored as ``"ood"`` (inference/ood.py)."""
     stats = fit_lda(fit, LDA_SHRINK if shrink is None else shrink)
     cal = torch.cat(calibrate).float()
     d = lda_distances(cal, stats)
@@ -473,15 +507,69 @@ def fit_frame_statistics(fit, calibrate, area, shrink=None) -> dict:
     stats.update({"area": float(area), "thresholds": thresholds, "quantile": OOD_QUANTILE,
                   "margin": OOD_MARGIN, "calibration_counts": [int(c.shape[0]) for c in calibrate],
                   "calibration_accuracy": float((chosen == truth).float().mean())})
+    if ood is not None:  # the verdict (inference/ood.py); the LDA thresholds stay for older readers
+        stats["ood"] = fit_ood(*ood)
     return stats
 
 
 def frame_distances(desc: torch.Tensor, stats: dict):
-    """(distances (B,D), nearest head (B,), out of domain (B,) bool) of selection descriptors."""
+    """(distances (B,D), nearest head (B,), out of domain (B,) bool) of selection descriptors: the
+    nearest LDA distance above the chosen head's threshold (the verdict of checkpoints without the
+    ``"ood"`` statistics; FramePipeline.select replaces it by inference/ood.py's where stored)."""
     d = lda_distances(desc, stats)
     best, chosen = d.min(dim=1)
     thr = torch.tensor(stats["thresholds"], dtype=best.dtype)
     return d, chosen, best > thr[chosen]
+
+
+# ----------------------------------------------------------------------------------------------
+# Reselection in streams
+# ----------------------------------------------------------------------------------------------
+GATE_GRID = (6, 8)       # SelectionGate's descriptor: the frame's mean colour in 6x8 cells
+GATE_THRESHOLD = 0.05    # ... reselect when it moved by more (mean |difference|, ImageNet-normalised units)
+GATE_MAX_AGE = 15        # ... and at least every this many frames
+
+
+class SelectionGate:
+    """A stream's head selection, repeated only when the frame has changed (``predict.py VIDEO``,
+    ``--reselect``): a cheap descriptor of each frame (its mean colour in ``GATE_GRID`` cells, in
+    the network's normalised units) is compared with the one of the frame the selection last ran
+    on; within ``threshold`` (mean absolute difference) and ``max_age`` frames the selection's
+    result (raw head, distances, verdict) is reused, else the selection runs again. ``threshold=0``
+    reselects every frame (the rule before). A domain change (another scene, a cut, a cross-fade
+    half way) moves the descriptor far more than the threshold: measured in bench/bench_stream.py."""
+
+    def __init__(self, threshold: float = GATE_THRESHOLD, max_age: int = GATE_MAX_AGE):
+        if threshold < 0 or max_age < 1:
+            raise ValueError(f"reselection needs threshold >= 0 and max_age >= 1, got {threshold}, {max_age}")
+        self.threshold, self.max_age = float(threshold), int(max_age)
+        self.reset()
+
+    def reset(self) -> None:
+        self.ref = self.sel = None
+        self.age = 0
+        self.selections = self.frames = 0
+
+    @staticmethod
+    def descriptor(x: torch.Tensor) -> torch.Tensor:
+        return F.adaptive_avg_pool2d(x.float(), GATE_GRID).flatten()
+
+    def moved(self, desc: torch.Tensor) -> bool:
+        if self.ref is None or self.threshold == 0 or self.age >= self.max_age:
+            return True
+        return float((desc - self.ref).abs().mean()) > self.threshold
+
+    def __call__(self, x: torch.Tensor, select, descriptor=None) -> tuple:
+        """(selection dict, whether it ran on this frame) of normalised frame ``x``; ``select(x)``
+        runs the selection (``descriptor``: x's, when already computed)."""
+        desc = self.descriptor(x) if descriptor is None else descriptor
+        self.frames += 1
+        if self.moved(desc):
+            self.sel, self.ref, self.age = select(x), desc, 0
+            self.selections += 1
+            return self.sel, True
+        self.age += 1
+        return {k: v for k, v in self.sel.items() if k not in ("features", "blocks")}, False
 
 
 # ----------------------------------------------------------------------------------------------
@@ -490,22 +578,43 @@ def frame_distances(desc: torch.Tensor, stats: dict):
 class FramePipeline:
     """Whole frames through a DepthPredictor: head choice on the frame, the camera, depth at the
     frame's size. ``cameras``: per head, the camera it learned (``head_cameras``); ``tiles``: per
-    head, the input size it was trained at ((h, w), the checkpoint's ``input_sizes``; None: one pass)."""
+    head, the input size it was trained at ((h, w), the checkpoint's ``input_sizes``; None: one pass);
+    ``anchors``: per head, where its training crops lay (``head_anchors``; default centred);
+    ``rule``: how an input larger than the head's training input runs (``FRAME_RULES``):
+    "tiled" (the default) overlapping tiles of the training extent, blended, a bottom-anchored
+    head's rows from its bottom tile; "tiled-centred" the same tiles blended whatever the anchor
+    (the rule before); "windowed" one pass with the channel attention pooled over windows of the
+    training extent (``models.modules.Windows``; PyTorch path only, the other backends tile):
+    1.3-2.7x cheaper, measured 7-14 % less accurate than tiles on the quickstart model."""
 
-    def __init__(self, predictor, cameras, mode: str = "resample", max_pixels: int = MAX_PIXELS, tiles=None):
+    def __init__(self, predictor, cameras, mode: str = "resample", max_pixels: int = MAX_PIXELS, tiles=None,
+                 rule: str = DEFAULT_FRAME_RULE, anchors=None):
         if mode not in MODES:
             raise ValueError(f"unknown camera mode {mode!r}; choose one of {MODES}")
+        if rule not in FRAME_RULES:
+            raise ValueError(f"unknown frame rule {rule!r}; choose one of {FRAME_RULES}")
         self.predictor, self.cameras, self.mode, self.max_pixels = predictor, list(cameras), mode, max_pixels
         self.tiles = [tuple(int(v) for v in t) for t in tiles] if tiles else None
+        self.rule = rule
+        self.anchors = list(anchors) if anchors else ["center"] * len(self.cameras)
 
     @property
     def stats(self):
         return (self.predictor.prototypes or {}).get("frames")
 
+    @property
+    def windowed(self) -> bool:
+        """True when inputs larger than the training input run in one windowed pass."""
+        return self.rule == "windowed" and bool(getattr(self.predictor, "supports_windows", False))
+
+    def windows(self, head: int):
+        """The ``Windows`` of head ``head`` (None without a stored training input size)."""
+        return Windows(self.tiles[head], self.anchors[head]) if self.tiles else None
+
     def select(self, x: torch.Tensor) -> dict:
         """Head choice for a normalised frame: ``{"raw_head", "distances", "ood", "features",
-        "size"}`` (features of the selection input, kept for reuse when the depth run has the same
-        input)."""
+        "blocks", "size"}`` (features of the selection input, and its encoder blocks where the
+        predictor runs the windowed rule, kept for reuse when the depth run has the same input)."""
         p = self.predictor
         stats = self.stats
         if not stats:  # an older checkpoint: its prototypes came from the first domain's input
@@ -514,42 +623,61 @@ class FramePipeline:
             h, w = (int(v) for v in sizes[0])
             chosen, dists = p.select(p.trunk_features(resized(x, h, w)))
             return {"raw_head": int(chosen[0]), "distances": dists[0].float().cpu(), "ood": None,
-                    "features": None, "size": None}
+                    "features": None, "blocks": None, "size": None}
         h, w = selection_size(x.shape[-1], x.shape[-2], stats["area"])
-        feats = p.trunk_features(resized(x, h, w))
-        dists, chosen, ood = frame_distances(pooled_descriptor(feats.float()), stats)
+        blocks = None
+        if self.windowed:  # the encoder's blocks, so that a windowed depth pass can share them
+            blocks = p.trunk_blocks(resized(x, h, w))
+            feats = p.fuse(blocks)
+        else:
+            feats = p.trunk_features(resized(x, h, w))
+        desc = pooled_descriptor(feats.float())
+        dists, chosen, ood = frame_distances(desc, stats)
+        score = None
+        if stats.get("ood"):  # the per-head verdict on the out-of-domain descriptor (inference/ood.py)
+            score = ood_scores(ood_descriptor(p.net, resized(x, h, w), desc), stats["ood"])
+            ood = ood_verdict(score, stats["ood"])
         return {"raw_head": int(chosen[0]), "distances": dists[0].float().cpu(), "ood": bool(ood[0]),
-                "features": feats, "size": (h, w)}
+                "ood_score": None if score is None else float(score[0]),
+                "features": feats, "blocks": blocks, "size": (h, w)}
 
     def depth(self, x: torch.Tensor, head: int, with_uncertainty: bool, feats=None):
         """(depth, uncertainty or None) (1,1,h',w') covering the network input ``x`` (1,3,h,w)
         through head ``head``. Up to the head's training input size in one pass (``feats``: its
-        features when already computed); a larger input in overlapping tiles of that size,
-        blended: the fused features' channel attention pools over the whole input, so a head sees
-        the extent of image it was trained on (the quickstart's NK stage model, 8 K frames: whole
-        608x176 frames in one pass gave AbsRel 0.415 against 0.341 in 240x160 tiles)."""
+        features when already computed). A larger input: the fused features' channel attention
+        pools over its whole input, so a head must see the extent of image it was trained on (the
+        quickstart's NK stage model, 8 K frames: whole 608x176 frames in one pass gave AbsRel 0.415
+        against 0.341 in 240x160 tiles): with the "windowed" rule in one pass with the attention
+        pooled over windows of that extent (``feats``: those features when already computed), with
+        "tiled" in overlapping tiles of that size, blended (``tile_weights``: a bottom-anchored
+        head's rows from its bottom tile)."""
         p = self.predictor
         h, w = x.shape[-2:]
         th, tw = self.tile_size(head, h, w)
-        if (th, tw) == (h, w):
-            feats = feats if feats is not None else p.trunk_features(x)
+        if (th, tw) == (h, w) or self.windowed:
+            if feats is None:
+                feats = p.trunk_features(x, windows=self.windows(head)) if (th, tw) != (h, w) \
+                    else p.trunk_features(x)
             return p.run_heads(feats, torch.tensor([head]), with_uncertainty)  # at half resolution
-        boxes = [(y, x0) for y in tile_starts(h, th) for x0 in tile_starts(w, tw)]
-        weight = tent(th)[:, None] * tent(tw)[None, :]
+        anchor = self.anchors[head]
+        rows, cols = tile_weights(h, th, "center" if self.rule == "tiled-centred" else anchor), tile_weights(w, tw)
+        boxes = [(y, x0) for y, _ in rows for x0, _ in cols]
+        weights = [wr[:, None] * wc[None, :] for _, wr in rows for _, wc in cols]
         acc = [torch.zeros(1, 1, h, w), torch.zeros(1, 1, h, w) if with_uncertainty else None]
         norm = torch.zeros(1, 1, h, w)
         per_batch = max(1, self.max_pixels // (th * tw))  # tiles in batches within the pixel cap
         u = None
         for start in range(0, len(boxes), per_batch):
-            part = boxes[start:start + per_batch]
-            batch = torch.cat([x[..., y:y + th, x0:x0 + tw] for y, x0 in part])
+            part = list(range(start, min(start + per_batch, len(boxes))))
+            batch = torch.cat([x[..., boxes[k][0]:boxes[k][0] + th, boxes[k][1]:boxes[k][1] + tw] for k in part])
             d, u = p.run_heads(p.trunk_features(batch), torch.full((len(part),), head), with_uncertainty)
             outs = [upsample_to(d, (th, tw)), upsample_to(u, (th, tw)) if u is not None else None]
-            for k, (y, x0) in enumerate(part):
-                norm[..., y:y + th, x0:x0 + tw] += weight
+            for j, k in enumerate(part):
+                y, x0 = boxes[k]
+                norm[..., y:y + th, x0:x0 + tw] += weights[k]
                 for a, o in zip(acc, outs):
                     if a is not None and o is not None:
-                        a[..., y:y + th, x0:x0 + tw] += o[k].cpu() * weight
+                        a[..., y:y + th, x0:x0 + tw] += o[j].cpu() * weights[k]
         return acc[0] / norm, (acc[1] / norm if u is not None else None)
 
     def tile_size(self, head: int, h: int, w: int) -> tuple:
@@ -565,18 +693,23 @@ class FramePipeline:
         return (h if h <= TILE_SLACK * th else th), (w if w <= TILE_SLACK * tw else tw)
 
     def run(self, img, head=None, choose=None, camera: CameraHint | None = None,
-            want_distances: bool = False, with_uncertainty: bool = True) -> dict:
+            want_distances: bool = False, with_uncertainty: bool = True, gate: SelectionGate | None = None) -> dict:
         """One frame (PIL image or (H,W,3) uint8). Returns ``{"depth", "uncertainty"}`` (H,W)
         float32 at the frame's size, ``"head"``, ``"how"`` ("given"/"auto"), ``"raw_head"``,
         ``"distances"``, ``"ood"`` (True/False, None without calibrated statistics),
         ``"camera"`` (the frame's camera, a dict with ``"assumed"``), ``"input_size"`` [h, w],
         ``"tiles"`` (network passes) and ``"depth_scale"``. ``choose(raw_head, distances) -> head``
-        replaces the nearest-head rule (the streams' smoothing)."""
+        replaces the nearest-head rule (the streams' smoothing). ``gate``: a stream's
+        :class:`SelectionGate` (the selection reused while the frame has not changed; ``"selected"``
+        says whether it ran on this frame)."""
         x = to_tensor(img)
         H, W = x.shape[-2:]
-        sel = None
+        sel, selected = None, None
         if head is None or (want_distances and self.predictor.prototypes):
-            sel = self.select(x)
+            if gate is None:
+                sel, selected = self.select(x), True
+            else:
+                sel, selected = gate(x, self.select)
         if head is not None:
             chosen, how = int(head), "given"
         else:
@@ -585,7 +718,15 @@ class FramePipeline:
         frame_cam, assumed = resolve_camera(camera, W, H, self.cameras[chosen])
         plan = plan_frame(W, H, frame_cam, self.cameras[chosen], self.mode, self.max_pixels)
         ph, pw = plan.padded
-        reuse = sel["features"] if sel is not None and sel["size"] == (ph, pw) == (plan.height, plan.width) else None
+        th, tw = self.tile_size(chosen, ph, pw)
+        reuse = None
+        if sel is not None and sel["size"] == (ph, pw) == (plan.height, plan.width):
+            # the selection's pass serves the depth: its features, or its encoder blocks fused
+            # with the attention pooled over the head's windows
+            if (th, tw) == (ph, pw):
+                reuse = sel.get("features")
+            elif self.windowed and sel.get("blocks") is not None:
+                reuse = self.predictor.fuse(sel["blocks"], self.windows(chosen), sel["size"])
         net_in = resized(x, plan.height, plan.width)
         del x
         if (ph, pw) != (plan.height, plan.width):  # a side under MIN_SIDE: padded, then cropped away
@@ -594,16 +735,18 @@ class FramePipeline:
         if (ph, pw) != (plan.height, plan.width):
             depth = upsample_to(depth, (ph, pw))[..., :plan.height, :plan.width]
             unc = None if unc is None else upsample_to(unc, (ph, pw))[..., :plan.height, :plan.width]
-        th, tw = self.tile_size(chosen, ph, pw)
+        if self.windowed:
+            th, tw = ph, pw  # one pass
         out = {"depth": (upsample_to(depth, (H, W))[0, 0] * plan.depth_scale).cpu().numpy().astype(np.float32),
                "uncertainty": None, "head": chosen, "how": how,
                "raw_head": None if sel is None else sel["raw_head"],
                "distances": None if sel is None else sel["distances"],
                "ood": None if sel is None else sel["ood"],
+               "ood_score": None if sel is None else sel.get("ood_score"),
                "camera": {**frame_cam.as_dict(), "assumed": assumed},
                "input_size": [plan.height, plan.width],
                "tiles": len(tile_starts(ph, th)) * len(tile_starts(pw, tw)),
-               "depth_scale": float(plan.depth_scale)}
+               "depth_scale": float(plan.depth_scale), "selected": selected}
         if unc is not None:
             out["uncertainty"] = upsample_to(unc, (H, W))[0, 0].cpu().numpy().astype(np.float32)
         return out

@@ -28,7 +28,8 @@ from models.checkpoint import check_checkpoint_path, checkpoint_letters, default
 from inference.predictor import DepthPredictor, RuntimeOptions, build_predictor
 from inference.replay import replay_prototypes
 from base.safeio import atomic_write
-from base.uncertainty import calibration_scales, interval_maps
+from base.uncertainty import calibration_scales, head_calibration, interval_maps, spread
+from inference.known_depth import KnownPoints, fit_scale
 
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif")
@@ -361,6 +362,12 @@ class ImageOptions:
         "resample: the frame is resized so that its focal length matches the head's (measured better, "
         "bench/bench_frames.py); rescale: the frame's own pixels, the depth multiplied by the "
         "focal-length ratio")})
+    frame_rule: str = field(default="tiled", metadata={"help": (
+        "how a frame larger than the head's training input runs: tiled (default) = overlapping tiles "
+        "of the training size, blended, a KITTI-like head's rows from its bottom tile (where its "
+        "training crops lay); tiled-centred = the tiles blended as before; windowed = one pass, the "
+        "fusion's channel attention pooled over windows of the training extent (1.3-2.7x cheaper, "
+        "less accurate: docs/BENCHMARKS.md, frame rule; PyTorch backend only, the others tile)")})
     max_pixels: int | None = field(default=DEFAULT_MAX_PIXELS, metadata={"help": (
         "refuse images with more pixels than this, read from the file's header before decoding "
         "(memory grows by well over 100 bytes per pixel)")})
@@ -402,10 +409,11 @@ class Predictor:
                              f"chosen automatically; give --domain (one of {', '.join(self.letters)}) or "
                              f"--replay-root DIR to compute prototypes from replay data")
         self.size = tuple(int(v) for v in options.size) if options.size else None
-        self.pipeline = self.predictor.frame_pipeline(options.camera_mode)
+        self.pipeline = self.predictor.frame_pipeline(options.camera_mode, options.frame_rule)
         self.camera = camera_hint(options)
         self.sizes, self.ranges = self._head_sizes_and_ranges(meta)
         self.interval_scales = calibration_scales(meta, len(self.letters))  # 1 where none is stored
+        self.calibrations = [head_calibration(meta, i, len(self.letters)) for i in range(len(self.letters))]
 
     def _forced_head(self, domain, path):
         """The head index of ``domain`` (--domain), or None: chosen per image."""
@@ -474,15 +482,30 @@ class Predictor:
 
     def interval(self, depth: np.ndarray, uncertainty: np.ndarray, head: int, level: float):
         """(lower, upper) metres of the central ``level`` interval around ``depth`` with head
-        ``head``'s uncertainty calibration (evaluation/uncertainty.py); ``depth`` is not changed."""
-        return interval_maps(depth, uncertainty, self.interval_scales[head], level)
+        ``head``'s uncertainty calibration (base.uncertainty.head_calibration); ``depth`` is not changed."""
+        return interval_maps(depth, uncertainty, self.calibrations[head], level)
+
+    @property
+    def interval_path(self) -> str:
+        """The path this predictor's intervals are made on: "frames" (the frame pipeline), or
+        "resized" (--size: squeezed to one input; no calibration was measured there)."""
+        return "resized" if self.size is not None else "frames"
+
+    def correct_scale(self, r: dict, points: KnownPoints, level: float = 0.9) -> tuple[np.ndarray, dict]:
+        """(depth, fit): ``r``'s depth (a :meth:`run` result) times the robust scale of the known
+        ``points`` (inference/known_depth.py), checked against the head's calibrated ``level``
+        interval; unchanged when the check fails (``fit["ok"]`` False, ``fit["reason"]``)."""
+        unc = r.get("uncertainty")
+        sigma = spread(r["depth"], unc, self.interval_scales[r["head"]]) if unc is not None else None
+        fit = fit_scale(r["depth"], points, sigma, level)
+        return (r["depth"] * np.float32(fit["factor"]) if fit["ok"] else r["depth"]), fit
 
     def __call__(self, img: Image.Image):
         """(depth (H,W) metres, uncertainty (H,W), head index, how chosen) at the image's size."""
         r = self.run(img)
         return r["depth"], r["uncertainty"], r["head"], r["how"]
 
-    def run(self, img: Image.Image, choose=None, head=None, want_distances=False, camera=None) -> dict:
+    def run(self, img: Image.Image, choose=None, head=None, want_distances=False, camera=None, gate=None) -> dict:
         """One image through the frame pipeline (inference/frames.py): ``{"depth", "uncertainty"}``
         (H,W) at the image's size, ``"head"`` (index), ``"how"`` ("given" or "auto"), ``"raw_head"``
         (the nearest head on the frame, or None), ``"distances"`` ((D,) float32 tensor, or None),
@@ -493,13 +516,15 @@ class Predictor:
         distances) -> head`` replaces the per-image nearest-head rule (inference/stream.py's
         smoothing). ``camera``: an ``inference.frames.CameraHint`` (default: ``--intrinsics`` /
         ``--fov``). With ``--size`` the image is instead resized to that input (squeezed: the old
-        rule, kept for comparisons).
+        rule, kept for comparisons). ``gate``: a stream's ``inference.frames.SelectionGate`` (the
+        selection reused while the frame has not changed; not with ``--size``).
         """
         forced = head if head is not None else self.forced
         hint = camera if camera is not None else self.camera
         if self.size is not None:
             return self._run_sized(img, choose, forced, want_distances, hint)
-        return self.pipeline.run(img, head=forced, choose=choose, camera=hint, want_distances=want_distances)
+        return self.pipeline.run(img, head=forced, choose=choose, camera=hint, want_distances=want_distances,
+                                 gate=gate)
 
     def _run_sized(self, img, choose, forced, want_distances, hint=None) -> dict:
         """``--size HxW``: every image squeezed to that network input (no camera handling of the

@@ -273,12 +273,40 @@ class DepthPredictor:
         return {"depth": depth, "uncertainty": unc, "domain": chosen, "distances": distances}
 
     # ---- whole frames (inference/frames.py: one rule for predict.py, streams, the demo) -------
+    @property
+    def supports_windows(self) -> bool:
+        """True where the fusion's windowed attention (``models.modules.Windows``) can run: the
+        PyTorch path without TorchScript (the runtimes' and traced graphs pool globally)."""
+        return self.backend == "torch" and not self.jit
+
     @torch.no_grad()
-    def trunk_features(self, images: torch.Tensor) -> torch.Tensor:
-        """Fused features of a normalised (B,3,H,W) batch, prepared as :meth:`predict` prepares it."""
+    def trunk_features(self, images: torch.Tensor, windows=None) -> torch.Tensor:
+        """Fused features of a normalised (B,3,H,W) batch, prepared as :meth:`predict` prepares it;
+        ``windows`` (a ``models.modules.Windows``; :attr:`supports_windows`): the channel attention
+        pooled over windows of that extent."""
+        if windows is not None:
+            return self.fuse(self.trunk_blocks(images), windows, tuple(images.shape[-2:]))
         x = prepare_input(images, self.device, self.channels_last, self._input_dtype)
         with self._autocast():
             return self.features(x)
+
+    @torch.no_grad()
+    def trunk_blocks(self, images: torch.Tensor):
+        """The encoder's four blocks of a normalised batch (PyTorch path: :attr:`supports_windows`),
+        for :meth:`fuse`."""
+        if not self.supports_windows:
+            raise ValueError(f"the encoder's blocks are not reachable on backend {self.backend!r}"
+                             f"{' with jit' if self.jit else ''}")
+        x = prepare_input(images, self.device, self.channels_last, self._input_dtype)
+        with self._autocast():
+            return self.runner.E(x)
+
+    @torch.no_grad()
+    def fuse(self, blocks, windows=None, input_hw=None) -> torch.Tensor:
+        """Fused features of :meth:`trunk_blocks`' output; ``windows``: pooled over those windows
+        of an input of ``input_hw`` (else globally, as :meth:`trunk_features`)."""
+        with self._autocast():
+            return self.runner.MFF(blocks, windows, input_hw)
 
     @torch.no_grad()
     def run_heads(self, feats: torch.Tensor, chosen: torch.Tensor, with_uncertainty: bool = False):
@@ -288,28 +316,44 @@ class DepthPredictor:
         with self._autocast():
             return self._heads(feats, chosen, with_uncertainty)
 
-    def frame_pipeline(self, mode: str = "resample"):
-        """The :class:`inference.frames.FramePipeline` of this predictor (cameras from its meta)."""
-        from inference.frames import FramePipeline, head_cameras
-        key = ("frames", mode)
+    def frame_pipeline(self, mode: str = "resample", rule: str | None = None):
+        """The :class:`inference.frames.FramePipeline` of this predictor (cameras from its meta);
+        ``rule``: ``inference.frames.FRAME_RULES`` (None: the default, windowed)."""
+        from inference.frames import DEFAULT_FRAME_RULE, FramePipeline, head_anchors, head_cameras
+        key = ("frames", mode, rule or DEFAULT_FRAME_RULE)
         if getattr(self, "_frames", None) is None or self._frames[0] != key:
-            letters = self.meta.get("letters") or self.domain_names
-            self._frames = (key, FramePipeline(self, head_cameras(self.meta, list(letters)), mode,
-                                               tiles=self.meta.get("input_sizes")))
+            letters = list(self.meta.get("letters") or self.domain_names)
+            self._frames = (key, FramePipeline(self, head_cameras(self.meta, letters), mode,
+                                               tiles=self.meta.get("input_sizes"), rule=key[2],
+                                               anchors=head_anchors(letters)))
         return self._frames[1]
 
     def predict_image(self, image, domain=None, camera=None, with_uncertainty: bool = True,
-                      mode: str = "resample") -> dict:
+                      mode: str = "resample", rule: str | None = None, interval: float | None = None) -> dict:
         """Depth in metres for one whole frame at its own size: a PIL image (any mode) or an array
         ((H,W) grey, (H,W,3) RGB, (H,W,4) RGBA; uint8, uint16 over its full range, floats in [0, 1]
         or else [0, 255]: ``loaders.rgb_array``'s rules, an InputError otherwise). ``domain``: the
         head, as an index (0 = first learned), a letter ("N") or a name ("nyu"); None = chosen on
         the frame. ``camera`` an ``inference.frames.CameraHint`` (None: the chosen head's camera is
-        assumed). Returns ``FramePipeline.run``'s dict (depth, uncertainty, head, ood, camera, ...)."""
+        assumed); ``rule`` how a frame larger than the head's training input runs
+        (``inference.frames.FRAME_RULES``). Returns ``FramePipeline.run``'s dict (depth,
+        uncertainty, head, ood, ood_score, camera, ...); ``interval`` (a central coverage, e.g. 0.9):
+        also ``"interval"``: ``{"lower", "upper"}`` maps in metres (around the depth clamped to the
+        head's range, as predict.py writes it) under the head's calibration, with
+        ``base.uncertainty.interval_summary``'s fields (the coverage measured on whole frames,
+        ``"meaning"``)."""
         from loaders import rgb_array
         head = self.head_index(domain)
-        return self.frame_pipeline(mode).run(rgb_array(image, "predict_image"), head=head, camera=camera,
-                                             with_uncertainty=with_uncertainty)
+        out = self.frame_pipeline(mode, rule).run(rgb_array(image, "predict_image"), head=head, camera=camera,
+                                                  with_uncertainty=with_uncertainty or interval is not None)
+        if interval is not None:
+            from base.uncertainty import head_calibration, interval_maps, interval_summary
+            heads, h = self.num_domains, out["head"]
+            lo, hi = (self.meta.get("depth_ranges") or [[0.0, float("inf")]] * heads)[h]
+            lower, upper = interval_maps(np.clip(out["depth"], lo, hi), out["uncertainty"],
+                                         head_calibration(self.meta, h, heads), interval)
+            out["interval"] = {"lower": lower, "upper": upper, **interval_summary(self.meta, h, heads, interval)}
+        return out
 
     def head_index(self, domain):
         """The head index of ``domain``: None, an index, a letter or a name of this model's domains;
@@ -373,10 +417,17 @@ class RuntimeOptions:
         "CPUs); float32 with --no-fast. ONNX Runtime runs float32 whatever is asked, OpenVINO bf16 (the heads' output "
         "convolutions in float32, as PyTorch's path) or float32 (fp16 runs as float32)")})
     backend: str = field(default=AUTO, metadata={"help": (
-        "what runs the network: auto (default) = the fastest measured for this CPU kind (OpenVINO "
-        "bf16 on AMX CPUs, ONNX Runtime on AVX2-only ones, else PyTorch; PyTorch with --no-fast); "
+        "what runs the network: auto (default) = predict.py: the fastest installed runtime and "
+        "precision measured on this machine on first use (cached per CPU, package versions and input "
+        "size in $XDG_CACHE_HOME/lifelong-monodepth; printed when measured); other commands: the "
+        "fastest measured for this CPU kind (OpenVINO bf16 on AMX CPUs, ONNX Runtime on AVX2-only "
+        "ones, else PyTorch); PyTorch with --no-fast; LIFELONG_MONODEPTH_BACKEND forces one; "
         "torch; or ONNX graphs of the trunk and the chosen head in onnxruntime / openvino (CPU; "
         "bench/README.md has the figures per CPU kind)")})
+    measure: bool = field(default=False, metadata={"help": (
+        "with backend auto: choose the backend and precision by a short measurement on this machine "
+        "(models.tuning: the fastest installed runtime meeting the accuracy bound, cached per CPU, "
+        "package versions and input size); predict.py's default. False: the table per CPU kind")})
     extra: dict = field(default_factory=dict, metadata={"help": (
         "extra keyword argument for DepthPredictor.from_checkpoint (repeatable; the value is parsed "
         "as JSON when it can be, e.g. channels_last=false)")})
@@ -409,18 +460,96 @@ def build_predictor(source, runtime: RuntimeOptions | None = None, device="cpu",
     """A DepthPredictor of ``source`` (a checkpoint path, loaded here, or a loaded network) run as
     ``runtime`` asks; ``prototypes`` None: the checkpoint's own. Raises CheckpointError (a missing
     or bad file), RuntimeUnavailable (a backend not installed), InputError (an unknown option)."""
-    keywords = (runtime or RuntimeOptions()).keywords()
+    runtime = runtime or RuntimeOptions()
+    keywords = runtime.keywords()
     net = source
     if not isinstance(source, torch.nn.Module):
         net = load_checkpoint(check_checkpoint_path(source), order=order)
-    return DepthPredictor(net, prototypes if prototypes is not None else net.meta.get("prototypes"),
-                          selector=selector, device=device, **keywords)
+    protos = prototypes if prototypes is not None else net.meta.get("prototypes")
+    if runtime.measure and measurable(keywords, device):
+        choice = measured_backend(net, protos, selector, device, keywords.get("precision"))
+        keywords = dict(keywords, backend=choice["backend"], precision=choice["precision"])
+        predictor = DepthPredictor(net, protos, selector=selector, device=device, **keywords)
+        predictor.backend_choice = choice["why"]
+        return predictor
+    return DepthPredictor(net, protos, selector=selector, device=device, **keywords)
+
+
+def measurable(keywords: dict, device) -> bool:
+    """Whether ``backend="auto"`` is decided by measurement: on a CPU, the fast path, no backend
+    asked for (``--backend``, ``LIFELONG_MONODEPTH_BACKEND``) and no PyTorch-only option set."""
+    import os
+    from models.runtimes import BACKEND_ENV
+    if torch.device(device).type != "cpu" or keywords.get("fast") is False or "backend" in keywords:
+        return False
+    if os.environ.get(BACKEND_ENV, "").strip().lower() not in ("", AUTO):
+        return False
+    return not any(k in keywords for k in ("channels_last", "fuse_bn", "jit", "fused_kernels", "cast_weights"))
+
+
+def probe_batch(meta: dict, letters) -> tuple:
+    """(normalised (B,3,h,w) probe at the first head's input size, ground truth (B,1,h/2,w/2) or
+    None): one synthetic frame (data.synthetic, seeded) per built-in domain of ``letters``, resized
+    to the input; a model without built-in domains gets a seeded random image and no ground truth."""
+    import numpy as np
+    import torch.nn.functional as F
+    from base.images import image_tensor
+    from data.synthetic import render_sample
+    from models.checkpoint import default_scale
+    h, w = (int(v) for v in (meta.get("input_sizes") or [[228, 304]])[0])
+    images, gts = [], []
+    for c in letters:
+        try:
+            s = render_sample(str(c)[:1].upper(), "test", 0, seed=12345, scale=default_scale(meta))
+        except (ValueError, KeyError):
+            continue
+        images.append(F.interpolate(image_tensor(s["image"]), size=(h, w), mode="bilinear", align_corners=False,
+                                    antialias=True))
+        gt = torch.from_numpy(np.asarray(s.get("depth_exact", s["depth"]), np.float32))[None, None]
+        gts.append(F.interpolate(gt, size=(h // 2, w // 2), mode="nearest"))
+    if not images:
+        g = torch.Generator().manual_seed(0)
+        return torch.randn(1, 3, h, w, generator=g), None
+    return torch.cat(images), torch.cat(gts)
+
+
+def measured_backend(net, prototypes, selector, device, precision=None, *, timer=None, log=None) -> dict:
+    """``models.tuning.choose_measured`` for this network: the one-head function (trunk, head choice
+    where prototypes are stored, else head 0, one head) on :func:`probe_batch`, per installed
+    backend and precision (only ``precision`` when one is asked for); reported once on stderr."""
+    import sys
+    from models import tuning
+    letters = list(net.meta.get("letters") or [])
+    h, w = (int(v) for v in (net.meta.get("input_sizes") or [[228, 304]])[0])
+    asked = None if precision in (None, "auto") else {"float32": "fp32", "bfloat16": "bf16"}.get(str(precision), str(precision))
+    probe = {}
+
+    def batch():  # rendered only when measuring (a cached answer needs none of this)
+        if not probe:
+            probe["x"], probe["gt"] = probe_batch(net.meta, letters)
+        return probe["x"], probe["gt"]
+
+    def cands():
+        found = tuning.candidates(device)
+        if asked is None:
+            return found
+        return [("torch", "fp32")] + [c for c in found if c[1] == asked and c != ("torch", "fp32")]
+
+    def run(backend, prec):
+        x, _ = batch()
+        p = DepthPredictor(net, prototypes, selector=selector, device=device, backend=backend, precision=prec)
+        domain = None if prototypes else 0
+        return lambda: p.predict(x, domain=domain)
+
+    return tuning.choose_measured(run, (h, w), device=device, cands=cands, timer=timer, gt=lambda: batch()[1],
+                                  precision=asked, log=log or (lambda m: print(m, file=sys.stderr)))
 
 
 def predictor_settings(predictor) -> dict:
     """The predictor's effective speed settings (fast path, precision, ...) when it reports them."""
     options = getattr(predictor, "options", None)
     return dict(options) if isinstance(options, dict) else {"fast": False, "precision": "float32"}
+
 
 
 def auto_backend(device, fast: bool, precision, torch_options: dict) -> tuple[str, str]:
@@ -432,6 +561,7 @@ def auto_backend(device, fast: bool, precision, torch_options: dict) -> tuple[st
         return "torch", "PyTorch options asked for (" + (", ".join(asked) or "fast=False") + ")"
     dtype = resolve_precision("auto" if precision is None else precision, device)
     return choose_backend(dtype, device)
+
 
 
 def _f32(t: torch.Tensor) -> torch.Tensor:

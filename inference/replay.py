@@ -127,9 +127,27 @@ def load_prototypes(net, letters, scale, device, *, data_root, replay_root=None,
     return protos, source
 
 
+# The budget of the ``frames`` statistics (measured: docs/BENCHMARKS.md, "Work at a stage's end").
+# The selection input is the first head's trained frame at most FRAME_AREA pixels: a model whose
+# first domain learned whole 1216x352 frames (KITTI at its own pixel scale) otherwise ran the trunk
+# at 428k pixels per variant, 20x the quickstart's 160x120, for no better selection.
+FRAME_AREA = 160 * 120
+FRAME_IMAGES = 100  # replay images per domain (each with its 5 variants); the stage passes its own
+
+
+def selection_area(cameras=None, max_area=FRAME_AREA) -> float:
+    """Pixel area of the selection input of the ``frames`` statistics: the first head's trained
+    frame (``cameras[0]``; ``frames.SELECT_AREA`` without one), capped at ``max_area`` (None or
+    0: no cap, the rule before the cap)."""
+    from inference.frames import SELECT_AREA
+    cam0 = (cameras or [None])[0]
+    area = cam0.width * cam0.height if cam0 is not None else SELECT_AREA
+    return min(area, max_area) if max_area else area
+
+
 @torch.no_grad()
-def frame_statistics(net, letters: str, data_root, cameras=None, max_images=100, holdout=5, seed=0,
-                     progress=None, options=("--replay-root", None)) -> dict:
+def frame_statistics(net, letters: str, data_root, cameras=None, max_images=FRAME_IMAGES, holdout=5, seed=0,
+                     progress=None, max_area=FRAME_AREA, options=("--replay-root", None)) -> dict:
     """The ``frames`` selector statistics and out-of-domain thresholds of ``net`` (a network, or a
     DepthPredictor: then its own path, the features queries get; frames.py):
     each domain's replay files *as they lie on disk* (no domain transform), with the variants a
@@ -137,10 +155,14 @@ def frame_statistics(net, letters: str, data_root, cameras=None, max_images=100,
     jitter; ``frames.frame_variants``), through the selection input. Every ``holdout``-th replay
     image (and its variants) is held out of the fit and calibrates the thresholds. ``options``:
     the caller's command's names of ``data_root`` and ``max_images`` (None: no option sets it),
-    for the message when too few rows are used."""
+    for the message when too few rows are used.
+
+    The work is bounded whatever the frames' resolution: ``max_images`` images per domain, five
+    trunk passes each, each at ``selection_area(cameras, max_area)`` pixels. ``progress``: a tqdm
+    bar advanced by one per image."""
     from PIL import Image
 
-    from inference.frames import SELECT_AREA, descriptor_of, fit_frame_statistics, frame_variants, to_tensor
+    from inference.frames import descriptor_of, fit_frame_statistics, frame_variants, to_tensor
     from loaders import build_transform, load_rgb
     if hasattr(net, "trunk_features"):
         features, net = net.trunk_features, net.net
@@ -149,10 +171,9 @@ def frame_statistics(net, letters: str, data_root, cameras=None, max_images=100,
         features = lambda x: net.features(x.to(device))  # noqa: E731 - the frames arrive on the CPU
     was_training = net.training
     net.eval()
-    cam0 = (cameras or [None])[0]
-    area = cam0.width * cam0.height if cam0 is not None else SELECT_AREA
+    area = selection_area(cameras, max_area)
     rng = np.random.default_rng(seed)
-    fit, cal = [], []
+    fit, cal, ood_fit, ood_cal = [], [], [], []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for c in letters:
@@ -161,7 +182,7 @@ def frame_statistics(net, letters: str, data_root, cameras=None, max_images=100,
             except (FileNotFoundError, DatasetFormatError, ValueError) as e:
                 raise InputError(f"--replay-root: {e}") from None
             jitter = build_transform(c, train=True)  # the training colour jitter (loaders.JointTransform)
-            mine = ([], [])
+            mine, other = ([], []), ([], [])
             for i, row in enumerate(ds.rows[:max_images]):
                 img = load_rgb(row.image)
                 frames = [to_tensor(v) for v in frame_variants(img, rng)]
@@ -169,8 +190,9 @@ def frame_statistics(net, letters: str, data_root, cameras=None, max_images=100,
                 frames.append(to_tensor(Image.fromarray(
                     (jitter._jitter(jitter._lighting(raw)).clamp(0, 1).permute(1, 2, 0).numpy() * 255
                      ).round().astype(np.uint8))))
-                descs = [descriptor_of(features, x, area).double().cpu() for x in frames]
-                mine[int(i % holdout == holdout - 1)].extend(descs)
+                pairs = [descriptor_of(features, x, area, net) for x in frames]
+                mine[int(i % holdout == holdout - 1)].extend(d.double().cpu() for d, _ in pairs)
+                other[int(i % holdout == holdout - 1)].extend(o.double().cpu() for _, o in pairs)
                 if progress is not None:
                     progress.update(1)
             if not mine[0] or not mine[1]:
@@ -182,12 +204,14 @@ def frame_statistics(net, letters: str, data_root, cameras=None, max_images=100,
                                  f"frame statistics (held-out calibration), {used} used{cut}")
             fit.append(torch.cat(mine[0]))
             cal.append(torch.cat(mine[1]))
+            ood_fit.append(torch.cat(other[0]))
+            ood_cal.append(torch.cat(other[1]))
     net.train(was_training)
-    return fit_frame_statistics(fit, cal, area)
+    return fit_frame_statistics(fit, cal, area, ood=(ood_fit, ood_cal))
 
 
-def add_frame_statistics(checkpoint, out, data_root, order=None, max_images=100, seed=0, quiet=False,
-                         options=("--data-root", "--proto-images")) -> dict:
+def add_frame_statistics(checkpoint, out, data_root, order=None, max_images=FRAME_IMAGES, seed=0, quiet=False,
+                         max_area=FRAME_AREA, options=("--data-root", "--proto-images")) -> dict:
     """Write a copy of ``checkpoint`` (a path, or a network loaded from one) to ``out`` with the
     ``frames`` selector statistics (computed from ``data_root``'s replay rows on the default
     inference path) and the per-domain ``cameras``: for a checkpoint trained before they existed,
@@ -202,7 +226,7 @@ def add_frame_statistics(checkpoint, out, data_root, order=None, max_images=100,
                dynamic_ncols=True, leave=False)
     # the product's own (fast) path computes the query features, so it computes these too
     stats = frame_statistics(DepthPredictor(net), letters, data_root, cameras, max_images=max_images, seed=seed,
-                             progress=bar, options=options)
+                             progress=bar, max_area=max_area, options=options)
     bar.close()
     protos = dict(net.meta.get("prototypes") or {})
     protos["frames"] = stats

@@ -49,6 +49,7 @@ import torch
 from base.errors import InputError
 from base.images import DEPTH_CMAP
 from base.safeio import WriteError, hold_lock, write_json
+from inference.frames import GATE_THRESHOLD
 from inference.predictor import predictor_settings
 from inference.images import DEFAULT_MAX_PIXELS, collect_inputs, make_out_dir, read_rgb, save_png16
 from base.safeio import atomic_write
@@ -398,7 +399,8 @@ def frame_label(model, index, head, raw_head, smoothing, vmax, ood=None) -> str:
 # The loop
 # ----------------------------------------------------------------------------------------------
 def run_stream(model, frames, *, smoother=None, sink=None, clamp=True, max_depth=None,
-               threaded=True, max_frames=None, on_frame=None, interval=0.9, records=None) -> list[dict]:
+               threaded=True, max_frames=None, on_frame=None, interval=0.9, records=None,
+               reselect: float = 0.0) -> list[dict]:
     """Run ``model`` (an ``inference.images.Predictor``) over ``frames`` ((name, RGB array) or
     (name, RGB array, file path) in order; a file's camera is ``model.camera_of(path)``).
 
@@ -408,8 +410,13 @@ def run_stream(model, frames, *, smoother=None, sink=None, clamp=True, max_depth
     and ``"interval_width_m"``: the frame's median width of its central ``interval`` interval
     (calibrated, evaluation/uncertainty.py; None without an uncertainty map). ``records``: a list
     the records are appended to as they come (so that a stream stopped half way keeps them).
+    ``reselect``: the ``inference.frames.SelectionGate`` threshold (0: the selection runs on every
+    frame; else it is reused while the frame's cheap descriptor stays within it; the record's
+    ``"selected"`` says whether it ran).
     """
     from PIL import Image
+    from inference.frames import SelectionGate
+    gate = SelectionGate(reselect) if reselect > 0 and model.size is None else None
     source = Prefetch(frames) if threaded else frames
     records = [] if records is None else records
     smoothing = "raw" if smoother is None else smoother.mode
@@ -421,14 +428,14 @@ def run_stream(model, frames, *, smoother=None, sink=None, clamp=True, max_depth
             # the frame's camera by predict.py's rule (Predictor.camera_of: --intrinsics, --fov,
             # else the file's EXIF focal length; a video frame has no file of its own)
             camera = model.camera_of(path[0] if path else None)
-            r = model.run(Image.fromarray(rgb), choose=smoother, camera=camera)
+            r = model.run(Image.fromarray(rgb), choose=smoother, camera=camera, gate=gate)
             depth, head = r["depth"], r["head"]
             if clamp:
                 depth = model.clamp(depth, head)
             latency = (time.perf_counter() - t0) * 1000.0
             dists = None if r["distances"] is None else [float(v) for v in r["distances"]]
             rec = {"frame": index, "name": name, "raw_head": r["raw_head"], "head": head,
-                   "distances": dists, "latency_ms": latency, "ood": r.get("ood"),
+                   "distances": dists, "latency_ms": latency, "ood": r.get("ood"), "selected": r.get("selected"),
                    "depth_min": float(depth.min()), "depth_max": float(depth.max()),
                    "interval": interval, "interval_width_m": None if r["uncertainty"] is None else
                    median_width(*model.interval(depth, r["uncertainty"], head, interval))}
@@ -514,7 +521,9 @@ class StreamOptions:
     frames/s (None: the input video's, else 10); ``save_depth``: each frame's depth files;
     ``max_frames``: stop after that many; ``threads``: decode and write in threads of their own;
     ``clamp``: depth clipped to the head's range; ``max_depth``: top of the video's colour range
-    (None: the head's range); ``interval``: the coverage whose median width is logged per frame.
+    (None: the head's range); ``interval``: the coverage whose median width is logged per frame;
+    ``reselect``: the automatic head's selection reused while the frame moved less than this
+    (``inference.frames.SelectionGate``; 0: selection on every frame).
     Checked when made (InputError).
     """
     smoothing: str = "mean"
@@ -528,8 +537,11 @@ class StreamOptions:
     clamp: bool = True
     max_depth: float | None = None
     interval: float = 0.9
+    reselect: float = GATE_THRESHOLD
 
     def __post_init__(self):
+        if not self.reselect >= 0:
+            raise InputError(f"--reselect must be >= 0, got {self.reselect}")
         if self.max_frames is not None and self.max_frames < 1:
             raise InputError(f"--max-frames must be at least 1, got {self.max_frames}")
         if self.fps is not None and not 0 < self.fps < math.inf:
@@ -607,7 +619,7 @@ def stream_interval(model, records, level) -> dict:
     widths = [r["interval_width_m"] for r in records if r.get("interval_width_m") is not None]
     return {"coverage": level, "median_width_m": float(np.median(widths)) if widths else None,
             "note": calibration_note(model.predictor.meta, len(model.letters)),
-            "heads": {c: interval_summary(model.predictor.meta, i, len(model.letters), level)
+            "heads": {c: interval_summary(model.predictor.meta, i, len(model.letters), level, model.interval_path)
                       for i, c in enumerate(model.letters)}}
 
 
@@ -628,7 +640,7 @@ def run_into_sink(model, source, sink, smoother, options, on_frame):
     try:
         run_stream(model, source.frames, smoother=smoother, sink=sink, clamp=options.clamp,
                    max_depth=options.max_depth, threaded=options.threads, max_frames=options.max_frames,
-                   on_frame=on_frame, interval=options.interval, records=records)
+                   on_frame=on_frame, interval=options.interval, records=records, reselect=options.reselect)
         complete = True
     except (KeyboardInterrupt, OSError, ValueError) as e:  # Ctrl-C, a bad frame, a failed write
         stop = e
@@ -692,6 +704,8 @@ def stream_summary(model, records, *, source, fps, smoother, options, seconds, o
             "switches": count_switches(heads), "raw_switches": count_switches(raw) if raw else None,
             "frames_per_s": len(records) / seconds, "seconds": seconds,
             "median_latency_ms": float(np.median([r["latency_ms"] for r in records])),
+            "reselect": options.reselect,
+            "selections": sum(1 for r in records if r.get("selected")),
             "interval": stream_interval(model, records, options.interval),
             "frames_per_head": {get_domain(c).name: heads.count(i) for i, c in enumerate(model.letters)},
             "out_of_domain_frames": (None if all(r["ood"] is None for r in records)

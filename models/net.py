@@ -79,9 +79,13 @@ class LifelongDepthNet(nn.Module):
         return i
 
     # ----- forward -----------------------------------------------------------------------
-    def features(self, x):
-        """Fused MFF features (B, num_features, H/2, W/2) shared by all heads."""
-        return self.MFF(self.E(x))
+    def features(self, x, windows=None):
+        """Fused MFF features (B, num_features, H/2, W/2) shared by all heads. ``windows``
+        (inference only, ``modules.Windows``): the channel attention pooled over windows of the
+        training extent instead of the whole input."""
+        if windows is None:
+            return self.MFF(self.E(x))
+        return self.MFF(self.E(x), windows, tuple(x.shape[-2:]))
 
     def head_forward(self, feats, i, with_uncertainty=True):
         """Run head ``i`` on precomputed features: ``(depth, uncertainty or None)``."""

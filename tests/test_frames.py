@@ -67,22 +67,22 @@ def test_large_inputs_run_in_tiles_of_the_heads_training_size_and_nothing_is_squ
     p = DepthPredictor.from_checkpoint(ckpt, fast=False)
     seen = []
     real = p.trunk_features
-    monkeypatch.setattr(p, "trunk_features", lambda x: seen.append(tuple(x.shape)) or real(x))
+    monkeypatch.setattr(p, "trunk_features", lambda x, **kw: seen.append(tuple(x.shape)) or real(x, **kw))
     img = Image.fromarray((np.random.default_rng(0).random((88, 303, 3)) * 255).astype(np.uint8))
     fx = p.meta["cameras"][1]["fx"]  # a camera of the K head's focal length: no resampling
     cam = FR.CameraHint(intrinsics=(fx, fx, 50.0, 30.0))  # a principal point inside every crop below
-    r = p.predict_image(img, domain=1, camera=cam)
+    r = p.predict_image(img, domain=1, camera=cam, rule="tiled")
     # 88x303 at its own pixel scale, in one batch of overlapping 80x120 tiles (K's training input)
     assert seen == [(8, 3, 80, 120)] and r["tiles"] == 8
     assert r["depth"].shape == (88, 303) and r["input_size"] == [88, 303]
     # where one tile alone covers a pixel the blend is that tile's own depth (the next ones start
     # at row 8 and column 61)
-    one = p.predict_image(img.crop((0, 0, 120, 80)), domain=1, camera=cam)
+    one = p.predict_image(img.crop((0, 0, 120, 80)), domain=1, camera=cam, rule="tiled")
     assert one["tiles"] == 1 and seen[-1] == (1, 3, 80, 120)
     np.testing.assert_allclose(r["depth"][:8, :60], one["depth"][:8, :60], rtol=1e-4)
     assert FR.tile_starts(303, 120) == [0, 61, 122, 183]
     # smaller than a tile: one pass at its own size, no padding, no resizing
-    small = p.predict_image(img.crop((0, 0, 100, 60)), domain=1, camera=cam)
+    small = p.predict_image(img.crop((0, 0, 100, 60)), domain=1, camera=cam, rule="tiled")
     assert seen[-1] == (1, 3, 60, 100) and small["depth"].shape == (60, 100)
 
 

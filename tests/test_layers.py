@@ -17,22 +17,23 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS = {
     0: ["base", "base.errors", "base.safeio", "base.protocol", "base.domains", "base.uncertainty", "base.images",
         "metrics", "losses",
-        "inference.prototypes", "models.hardware", "models.modules", "models.resnet", "models.runtimes",
+        "inference.prototypes", "inference.ood", "models.hardware", "models.modules", "models.resnet", "models.runtimes",
         "data", "engine", "inference", "evaluation", "cli",  # the packages' __init__ import nothing
         "cli.errors"],
-    1: ["models.net", "models.checkpoint", "models", "models.fast", "loaders", "data.prepare", "data.synthetic",
+    1: ["models.net", "models.checkpoint", "models", "models.fast", "models.tuning", "loaders", "data.prepare", "data.recordings", "data.synthetic",
         "engine.options", "engine.processes", "engine.sampling", "engine.model", "evaluation.uncertainty"],
-    2: ["inference.predictor", "inference.frames", "inference.export"],
-    3: ["evaluation.evaluate", "inference.replay", "inference.images", "inference.stream"],
+    2: ["inference.predictor", "inference.frames", "inference.export", "inference.known_depth"],
+    3: ["evaluation.evaluate", "evaluation.frame_calibration", "inference.replay", "inference.images",
+        "inference.stream"],
     4: ["cli.options", "engine.stage", "engine.run", "evaluation.matrix", "evaluation.selection"],
     5: ["cli.test", "cli.test_inference", "cli.train", "cli.prepare_data", "cli.synthetic",
         "study", "study.stats", "study.config", "study.plan", "study.run", "study.evaluate", "study.results",
         "study.figures", "study.report", "study.cli", "study.__main__", "cli.quickstart", "cli.predict",
-        "cli.stream", "cli.export"],
-    6: ["cli.demo"],
+        "cli.stream", "cli.export", "engine.add_domain"],
+    6: ["cli.demo", "cli.add_domain"],
 }
 # Entry scripts: the top; no project module imports them.
-SCRIPTS = ["test", "test_inference", "predict", "train_N", "train_NK", "train_NKS", "quickstart", "demo",
+SCRIPTS = ["test", "test_inference", "predict", "train_N", "train_NK", "train_NKS", "quickstart", "demo", "add_domain",
            "export", "prepare_data", "synthetic"]
 PACKAGES = ("base", "models", "study", "data", "engine", "inference", "evaluation", "cli")
 # study.py is the entry script of the study/ package; `import study` is the package (a directory
