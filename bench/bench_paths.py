@@ -23,9 +23,10 @@ transform) go through:
 Every depth is clamped to its head's depth range (the written files' rule). Per path: frames whose
 head differs from the reference's; the largest and the median of the per-frame max / median
 absolute difference in metres; the worst per-frame median |difference| relative to the reference's
-median depth (goal: 0.5 %); the quantisation step (the finest spacing between distinct depth values
-in the [5, 10) m and [40, 80) m bands, where a coarse output format has its largest steps: bfloat16
-0.03-0.06 m and 0.25 m; goal: at most 0.01 m and 0.05 m); AbsRel, RMSE and delta1 against the ground
+median depth (goal: 0.5 %); the quantisation step (``plateau_step``: the finest spacing between the
+distinct values of plateaus in the [5, 10) m and [40, 80) m bands, where a coarse output format has
+its largest steps: bfloat16 0.03-0.06 m and 0.25 m; "-" = no plateaus, a continuous output; goal:
+at most 0.01 m and 0.05 m); AbsRel, RMSE and delta1 against the ground
 truth with the domain's conventions (``evaluation.DomainEvaluator``: caps, Eigen/Garg crops,
 per-image means). A path that misses a goal is marked so in the table.
 
@@ -105,9 +106,23 @@ def clamp(depth, head, ranges):
     return np.clip(np.asarray(depth, np.float32), lo, hi)
 
 
-def finest_step(values: np.ndarray, lo: float, hi: float):
-    """The finest spacing between distinct values in [lo, hi) (None with fewer than two there)."""
-    v = np.unique(values[(values >= lo) & (values < hi)])
+def plateau_step(depths, lo: float, hi: float):
+    """The step of a quantised depth output as a user sees it: the finest spacing between the
+    distinct values of plateaus (pixels equal to a neighbour across and one down; bilinear upsampling and tile
+    blending keep a terraced map's plateaus) within [lo, hi). None where fewer than two plateau
+    values lie there: a continuous output (float32's plateaus are the clamp limits, outside the
+    bands)."""
+    values = []
+    for d in depths:
+        across, down = np.zeros(d.shape, bool), np.zeros(d.shape, bool)
+        h, v = d[:, 1:] == d[:, :-1], d[1:, :] == d[:-1, :]
+        across[:, 1:] |= h
+        across[:, :-1] |= h
+        down[1:, :] |= v
+        down[:-1, :] |= v
+        values.append(d[across & down])  # equal to a neighbour in both directions: a 2-D plateau
+    v = np.unique(np.concatenate(values)) if values else np.zeros(0)
+    v = v[(v >= lo) & (v < hi)]
     return float(np.min(np.diff(v))) if v.size >= 2 else None
 
 
@@ -302,8 +317,7 @@ def skipped(name, skip) -> bool:
 def summarise(paths: Paths, data_root) -> list:
     rows = []
     for name, recs in paths.records.items():
-        values = np.concatenate([r["depth"].ravel() for r in recs])
-        steps = {band: finest_step(values, lo, hi) for band, (lo, hi, _) in STEP_GOALS.items()}
+        steps = {band: plateau_step([r["depth"] for r in recs], lo, hi) for band, (lo, hi, _) in STEP_GOALS.items()}
         evaluators = {}
         for r in recs:
             ev = evaluators.setdefault(r["letter"], DomainEvaluator(get_domain(r["letter"]), crop="default", cap=True))

@@ -182,7 +182,9 @@ def ood_bench(ckpt, letters, root, other, photos, args, log) -> dict:
     inside = [f for k, v in sets.items() if k.startswith("in-domain") for f in v]
     table = {}
     for name, frames in sets.items():
-        row = {"frames": len(frames), "flagged": sum(bool(f["ood"]) for f in frames)}
+        row = {"frames": len(frames), "flagged": sum(bool(f["ood"]) for f in frames),
+               "flagged_lda": sum(f["lda"] > 1.0 for f in frames),  # the older verdict (LDA thresholds)
+               "score_quantiles": [float(v) for v in np.quantile([f["score"] for f in frames], (0.0, 0.05, 0.5, 0.95, 1.0))]}
         if not name.startswith("in-domain"):
             for key in ("score", "lda"):
                 row[f"auroc_{key}"] = auroc([f[key] for f in inside], [f[key] for f in frames])
@@ -282,13 +284,13 @@ def tables(result) -> str:
     o = result.get("ood")
     if o:
         lines += ["", f"Out of domain (score: {o['score']}; threshold {o['threshold']:g}):", "",
-                  "| frames | flagged | AUROC (stored score) | AUROC (LDA distance, older verdict) |",
-                  "|---|---:|---:|---:|"]
+                  "| frames | flagged | flagged by the older verdict (LDA) | AUROC (stored score) | AUROC (LDA distance) "
+                  "| score min / 5 % / median / 95 % / max |", "|---|---:|---:|---:|---:|---|"]
         for name, r in o["table"].items():
+            auc = (f"{r['auroc_score']:.3f} | {r['auroc_lda']:.3f}" if "auroc_score" in r else "- | -")
+            q = " / ".join(f"{v:.2f}" for v in r["score_quantiles"])
             lines.append(f"| {name} | {r['flagged']}/{r['frames']} ({pct(r['flagged'] / r['frames'])} %) | "
-                         f"{r.get('auroc_score', float('nan')):.3f} | {r.get('auroc_lda', float('nan')):.3f} |"
-                         if "auroc_score" in r else
-                         f"| {name} | {r['flagged']}/{r['frames']} ({pct(r['flagged'] / r['frames'])} %) | - | - |")
+                         f"{r['flagged_lda']}/{r['frames']} | {auc} | {q} |")
         if o["table"].get("photographs", {}).get("names_not_flagged"):
             lines.append(f"\nphotographs not flagged: {', '.join(o['table']['photographs']['names_not_flagged'])}")
     return "\n".join(lines)

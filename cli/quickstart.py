@@ -281,9 +281,11 @@ def uncertainty_section(matrix: dict) -> list[str]:
     if "uncertainty_final" not in tables:
         return []
     lines = ["## Uncertainty (test pixels, domain prior)", "",
-             "Each head's log-variance read as a Gaussian of the depth (evaluation/uncertainty.py): spread "
-             "= median predicted depth x sqrt(2) x exp(u/2), times the head's calibration scale fitted at the "
-             "end of each stage on the held-out validation rows (never the test split). AUSE/AURG: "
+             "Each head's log-variance read as a Gaussian of the depth (base/uncertainty.py): spread "
+             "= median predicted depth x sqrt(2) x exp(u/2). These test.py figures are on crops: \"calibrated\" "
+             "is the one-scale fit of the head's calibration, which each stage fits on whole frames of its "
+             "held-out validation rows (never the test split; older heads keep theirs); the intervals users "
+             "get on whole frames are measured by bench/bench_uncertainty.py. AUSE/AURG: "
              "sparsification (most uncertain pixels removed first) against the oracle and random removal; "
              "ratio = AUSE / AUSE of random removal. Coverage: fraction of test pixels inside the central "
              "interval.", "", "```", tables["uncertainty_final"], "```", ""]

@@ -99,9 +99,9 @@ def calibrate_copy(path, out_dir, args, device, order=None, previous=None) -> Pa
     calibrated copy of the stage before, with --matrix) or, without it, the checkpoint's own
     calibration of them (data of older domains outside their replay buffer is never read). The
     original is never written."""
+    from engine.options import StageOptions
     from engine.stage import fit_frame_uncertainty, fit_uncertainty
     from inference.frames import head_cameras
-    from engine.options import StageOptions
     check_checkpoint_path(path)
     out = Path(out_dir) / Path(path).name
     if out.resolve() == Path(path).resolve():

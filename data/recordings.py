@@ -163,7 +163,7 @@ class Png16Layout(Layout):
         depth = _folder(src, ("depth",), "depth maps")
         others = [n for n in os.listdir(depth) if os.path.splitext(n)[1].lower() not in self.depth_ext]
         for n in sorted(others):
-            why = (f"EXR depth: no EXR reader installed; convert to float32 .npy in metres (--layout npy)"
+            why = ("EXR depth: no EXR reader installed; convert to float32 .npy in metres (--layout npy)"
                    if n.lower().endswith(".exr") else
                    f"not a {'/'.join(self.depth_ext)} depth file of the {self.name} layout")
             report.skip(os.path.join(depth, n), why)

@@ -16,8 +16,6 @@
 """
 from __future__ import annotations
 
-import csv
-import dataclasses
 import math
 import os
 import shutil

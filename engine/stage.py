@@ -65,7 +65,7 @@ def fit_uncertainty(net, data, opts, device, amp_dtype=None, progress=None) -> d
         net.train(was_training)
 
 
-def fit_frame_uncertainty(net, opts, device, cameras, previous=None, fit_heads=None) -> dict:
+def fit_frame_uncertainty(net, opts, device, cameras, previous=None, fit_heads=None, progress=None) -> dict:
     """The stage's calibration record on whole frames (evaluation.frame_calibration.calibrate_frames):
     heads ``fit_heads`` (default: the last) on their validation rows through the frame pipeline of
     ``net`` (the default inference path), the others kept from ``previous``."""
@@ -79,7 +79,7 @@ def fit_frame_uncertainty(net, opts, device, cameras, previous=None, fit_heads=N
         return calibrate_frames(pipe, opts.order, opts.data_root, val_images=opts.val_images,
                                 val_seed=opts.val_seed, depth_ranges=[(s.min_depth, s.max_depth) for s in specs],
                                 fit_heads=fit_heads, previous=previous, fitted_at=opts.order,
-                                note=f"fitted after learning {opts.order}")
+                                note=f"fitted after learning {opts.order}", progress=progress)
     finally:
         net.train(was_training)
 
@@ -311,10 +311,10 @@ class Stage:
         if len(self.specs) > 1 and self.opts.strategy != "joint" and self.opts.prior:
             from models import read_checkpoint
             previous = read_checkpoint(self.opts.prior)[1].get(CALIBRATION_KEY)
-        return fit_frame_uncertainty(self.net, self.opts, self.ctx.device, self.cameras(self.specs),
-                                     previous=previous,
-                                     fit_heads=(range(len(self.specs)) if self.opts.strategy == "joint"
-                                                else [self.new_head]))
+        fit_heads = range(len(self.specs)) if self.opts.strategy == "joint" else [self.new_head]
+        with self.end_bar("calibration", self.opts.val_images * len(fit_heads)) as bar:
+            return fit_frame_uncertainty(self.net, self.opts, self.ctx.device, self.cameras(self.specs),
+                                         previous=previous, fit_heads=fit_heads, progress=bar)
 
     def save_final(self, prototypes, calibration=None):
         if self.ctx.main:

@@ -53,7 +53,8 @@ class EvalOptions:
     scale: float | None = None  # None: the checkpoint's training scale
     max_images: int | None = None  # None: every test image
     full_frame: str | None = field(default=None, metadata=_help(
-        "evaluate on whole (resized) test frames instead of the network-input crop: all (the value "
+        "evaluate on whole test frames instead of the network-input crop (KITTI at the files' own "
+        "pixel scale, the one its head learned, whatever --scale; NYU and ScanNet resized by --scale): all (the value "
         "when given alone) or kitti (KITTI only, as the authors' test loaders; NYU and ScanNet keep "
         "their centre crops); default none (authors protocol: kitti); use --batch-size 1 if frame "
         "sizes differ"))

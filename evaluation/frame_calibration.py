@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from base.domains import get_domain
-from base.uncertainty import CALIBRATION_KEY, LEVELS, head_calibration
+from base.uncertainty import CALIBRATION_KEY, head_calibration
 from engine.sampling import split_validation
 from evaluation.uncertainty import (DEFAULT_METHOD, MEASURED_LEVELS, fit_head_calibration, fit_method,
                                     frame_coverage, frame_pixels)
@@ -58,7 +58,7 @@ def test_rows(letter, data_root, n: int | None = None) -> list:
     return _pairs(ds, ds.rows[:n] if n else ds.rows)
 
 
-def frames_pixels(pipeline, rows, head: int, depth_range, rules) -> list:
+def frames_pixels(pipeline, rows, head: int, depth_range, rules, progress=None) -> list:
     """:func:`evaluation.uncertainty.frame_pixels` of each frame of ``rows`` through ``pipeline``
     (a FramePipeline) with head ``head`` given, the camera as predict.py assumes it (the file's EXIF
     focal length, else the head's camera), the depth clamped to ``depth_range`` as predict.py writes it."""
@@ -68,6 +68,8 @@ def frames_pixels(pipeline, rows, head: int, depth_range, rules) -> list:
         focal = exif_focal_35mm(path)
         r = pipeline.run(load_rgb(path), head=head, camera=CameraHint(focal_35mm=focal) if focal else None)
         out.append(frame_pixels(np.clip(r["depth"], lo, hi), r["uncertainty"], gt, rules))
+        if progress is not None:
+            progress.update(1)
     return out
 
 
@@ -80,11 +82,12 @@ def stage_pipeline(net, cameras, input_sizes, device="cpu"):
 
 def calibrate_frames(pipeline, letters: str, data_root, *, val_images: int, val_seed: int, depth_ranges,
                      fit_heads=None, previous: dict | None = None, fitted_at: str = "",
-                     method: str = DEFAULT_METHOD, note: str = "") -> dict:
+                     method: str = DEFAULT_METHOD, note: str = "", progress=None) -> dict:
     """The checkpoint record (version 2) of every head of ``letters``: heads in ``fit_heads``
     (default: the last, the one this stage learned) fitted by ``method`` on their validation rows
     through ``pipeline``; every other head keeps its calibration from ``previous`` (the record of the
-    checkpoint the stage started from), or stays uncalibrated (scale 1) where that has none."""
+    checkpoint the stage started from), or stays uncalibrated (scale 1) where that has none.
+    ``progress``: a tqdm bar advanced by each fitted head's validation rows."""
     heads = len(letters)
     fit_heads = {heads - 1} if fit_heads is None else set(fit_heads)
     prev_heads = ((previous or {}).get("heads") or [])
@@ -94,6 +97,8 @@ def calibrate_frames(pipeline, letters: str, data_root, *, val_images: int, val_
         if d in fit_heads:
             rows = validation_rows(letter, data_root, val_images, val_seed) if val_images > 0 else []
             images = frames_pixels(pipeline, rows, d, depth_ranges[d], rules_of(letter))
+            if progress is not None:
+                progress.update(len(rows))
             try:
                 rec = fit_head_calibration(images, name, method, fitted_at=fitted_at,
                                            source=f"{len(rows)} validation rows of {name} held out of training")
@@ -150,4 +155,3 @@ def measure_frames(pipeline, record: dict, letters: str, data_root, n: int | Non
     return out
 
 
-__all__ += ["LEVELS"]

@@ -59,7 +59,10 @@ def early_descriptor(net, x: torch.Tensor) -> torch.Tensor:
 
 def ood_descriptor(net, x: torch.Tensor, selection_desc: torch.Tensor) -> torch.Tensor:
     """The out-of-domain descriptor of the selection input ``x``: its selection descriptor (pooled
-    fused features) joined with :func:`early_descriptor`."""
+    fused features) joined with :func:`early_descriptor` (a stand-in network without the
+    project's encoder ``E``: the selection descriptor alone, at fitting and at query alike)."""
+    if not hasattr(net, "E"):
+        return selection_desc.float().cpu()
     return torch.cat([selection_desc.float().cpu(), early_descriptor(net, x)], dim=1)
 
 

@@ -2,7 +2,6 @@
 score, and the verdict's definition stored in the checkpoint and in exports' metadata."""
 import json
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
