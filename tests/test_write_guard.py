@@ -191,15 +191,14 @@ ENTRIES = {
 }
 # the commands that write nothing but what another entry above checks (their outputs go through
 # the same library entries), or only read
-COVERED_BY = {"cli.add_domain": "engine.add_domain.check_outputs (tests/test_add_domain.py: index CSVs it did "
-                                 "not make are kept; the checkpoint through engine.options.check_paths)",
-              "cli.stream": "inference.stream (write_stream: lock, write_log)",
+COVERED_BY = {"cli.stream": "inference.stream (write_stream: lock, write_log)",
               "cli.demo": "inference.images (save_png16 / save_colormap through atomic_write) in its own work folder",
               "cli.prepare_data": "data.prepare (index CSVs only inside the data root, test_faults3)",
               "cli.options": "no writes", "cli.errors": "no writes",
               "cli.add_domain": "engine.run.train_stage (the checkpoint and run folder, as cli.train above); "
                                 "domains.json, the index CSVs and the report through base.safeio.write_json / "
-                                "atomic_write (base.safeio.write_json above)"}
+                                "atomic_write (base.safeio.write_json above); index CSVs it did not make are kept "
+                                "(engine.add_domain.check_outputs, tests/test_add_domain.py)"}
 
 
 @pytest.mark.parametrize("name", sorted(n for n in ENTRIES if ENTRIES[n][1] is not None))
