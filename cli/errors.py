@@ -50,3 +50,8 @@ def run_command(body, argv=None):
         return body(argv)
     except USER_ERRORS as e:
         raise CLIError(error_line(e)) from None
+    except (MemoryError, RuntimeError) as e:  # torch's allocator says "can't allocate memory"
+        if isinstance(e, RuntimeError) and "can't allocate memory" not in str(e):
+            raise
+        raise CLIError(f"out of memory ({type(e).__name__}: {error_line(e).split('. Error code')[0][:160]}); "
+                       f"lower --max-pixels (or the input's size), or free memory") from None

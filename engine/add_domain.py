@@ -27,7 +27,7 @@ import torch
 
 from base import domains as dom
 from base.errors import InputError
-from base.safeio import write_json
+from base.safeio import check_folder, check_write, made_by, protect, record_made, write_json
 from data.prepare import IndexOptions, Report, read_csv_rows, write_indexes, write_rows
 from data.recordings import LAYOUTS, Recording, make_layout, read_recording
 from engine.options import StageOptions
@@ -153,6 +153,24 @@ def describe(options: AddDomainOptions, rec: Recording) -> dom.DomainSpec:
                        f"{rec.layout.metres_per_value:g}"}, f"--name {options.name}")
 
 
+COMMAND = "add_domain.py"
+
+
+def index_paths(spec: dom.DomainSpec, data_root: str) -> list[str]:
+    return [os.path.join(data_root, name) for name in (spec.train_csv, spec.test_csv, spec.replay_csv)]
+
+
+def check_outputs(options, spec: dom.DomainSpec, data_root: str) -> None:
+    """Before anything is written (base.safeio.check_write): never the --prior, never index CSVs
+    this command did not make (a real dataset's, another tool's) unless --overwrite."""
+    protect(options.prior, "the --prior")
+    check_folder(data_root, "--data-root")
+    for path in index_paths(spec, data_root):
+        check_write(path, option="--data-root", overwrite=options.overwrite, ours=lambda p: made_by(p, COMMAND),
+                    hint="it was not made by add_domain.py (a dataset's own index?); choose another --data-root, "
+                         "or pass --overwrite to replace it")
+
+
 def write_description(spec: dom.DomainSpec, data_root: str) -> str:
     """Add (or replace, same name and letter) ``spec`` in ``<data_root>/domains.json``."""
     path = os.path.join(data_root, dom.DOMAINS_JSON)
@@ -249,10 +267,14 @@ def add_domain(options: AddDomainOptions, say=print) -> dict:
     device = resolve_device(options.device)
     settings = choose_settings(options, prior_meta, len(rec.train), device)
     spec = describe(options, rec)
+    check_outputs(options, spec, data_root)
     domains_json = write_description(spec, data_root)
     linked = link_old_domains(letters, replay_root, data_root)
     write_indexes(spec, rec.train, rec.test, IndexOptions(data_root=data_root, replay_size=settings["replay_size"],
                                                           seed=options.seed, check=False), report)
+    for path in index_paths(spec, data_root):
+        if os.path.isfile(path):
+            record_made(path, COMMAND)  # a later add_domain.py of this domain may replace them
     if report.skipped:
         report.skip_list = os.path.join(data_root, f"prepare_{options.name}_skipped.txt")
         report.write_full(report.skip_list)

@@ -69,3 +69,15 @@ def test_refusals_are_one_error_line(tmp_path, prior, capsys, extra, message):
     text = str(stop.value.code)
     assert text.startswith("error: ") and message in text and "\n" not in text
     assert not (tmp_path / "runs").exists()          # refused before anything was trained
+
+
+def test_index_csvs_it_did_not_make_are_kept(tmp_path, prior):
+    """The write guard (base.safeio.check_write): an aerial_train.csv already in --data-root that
+    add_domain.py did not write (a dataset's own) stops the command before anything is written."""
+    write_aerial_recording(str(tmp_path / "rec"), "png16", 6, scale=0.125)
+    (tmp_path / "aerial").mkdir()
+    (tmp_path / "aerial" / "aerial_train.csv").write_text("mine.png,mine_depth.png\n")
+    with pytest.raises(SystemExit) as stop:
+        main(argv(tmp_path, prior, tmp_path / "rec"))
+    assert "not made by add_domain.py" in str(stop.value.code)
+    assert sorted(os.listdir(tmp_path / "aerial")) == ["aerial_train.csv"] and not (tmp_path / "runs").exists()

@@ -76,3 +76,26 @@ def test_a_video_over_max_pixels_is_refused_from_its_header(tmp_path):
         open_stream(video, tmp_path / "out", max_pixels=96 * 128 - 1)
     with open_stream(video, tmp_path / "out", max_pixels=96 * 128) as source:
         assert next(iter(source.frames))[1].shape == (96, 128, 3)
+
+
+@pytest.mark.parametrize("exc", [MemoryError("Unable to allocate 1.07 GiB"),
+                                 RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't "
+                                              "allocate memory: you tried to allocate 1728000000 bytes. Error code 12")])
+def test_running_out_of_memory_is_one_line_naming_the_cap(exc):
+    from cli.errors import run_command
+
+    def body(argv):
+        raise exc
+    with pytest.raises(SystemExit) as stop:
+        run_command(body)
+    msg = str(stop.value.code)
+    assert msg.startswith("error: out of memory") and "--max-pixels" in msg and "\n" not in msg
+
+
+def test_other_runtime_errors_are_not_hidden():
+    from cli.errors import run_command
+
+    def body(argv):
+        raise RuntimeError("a bug")
+    with pytest.raises(RuntimeError, match="a bug"):
+        run_command(body)

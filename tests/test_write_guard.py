@@ -197,7 +197,8 @@ COVERED_BY = {"cli.stream": "inference.stream (write_stream: lock, write_log)",
               "cli.options": "no writes", "cli.errors": "no writes",
               "cli.add_domain": "engine.run.train_stage (the checkpoint and run folder, as cli.train above); "
                                 "domains.json, the index CSVs and the report through base.safeio.write_json / "
-                                "atomic_write (base.safeio.write_json above)"}
+                                "atomic_write (base.safeio.write_json above); index CSVs it did not make are kept "
+                                "(engine.add_domain.check_outputs, tests/test_add_domain.py)"}
 
 
 @pytest.mark.parametrize("name", sorted(n for n in ENTRIES if ENTRIES[n][1] is not None))
