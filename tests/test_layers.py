@@ -13,25 +13,28 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Lower numbers are lower layers; a module may import its own layer and the ones below.
-LAYERS = {
-    0: ["base", "base.errors", "base.safeio", "base.protocol", "base.domains", "base.uncertainty", "base.images",
-        "metrics", "losses",
-        "inference.prototypes", "inference.ood", "models.hardware", "models.modules", "models.resnet", "models.runtimes",
-        "data", "engine", "inference", "evaluation", "cli",  # the packages' __init__ import nothing
-        "cli.errors"],
-    1: ["models.net", "models.checkpoint", "models", "models.fast", "models.tuning", "loaders", "data.prepare", "data.recordings", "data.synthetic",
-        "engine.options", "engine.processes", "engine.sampling", "engine.model", "evaluation.uncertainty"],
-    2: ["inference.predictor", "inference.frames", "inference.export", "inference.known_depth"],
-    3: ["evaluation.evaluate", "evaluation.frame_calibration", "inference.replay", "inference.images",
-        "inference.stream"],
-    4: ["cli.options", "engine.stage", "engine.run", "evaluation.matrix", "evaluation.selection"],
-    5: ["cli.test", "cli.test_inference", "cli.train", "cli.prepare_data", "cli.synthetic",
-        "study", "study.stats", "study.config", "study.plan", "study.run", "study.evaluate", "study.results",
-        "study.figures", "study.report", "study.cli", "study.__main__", "cli.quickstart", "cli.predict",
-        "cli.stream", "cli.export", "engine.add_domain"],
-    6: ["cli.demo", "cli.add_domain"],
-}
+# Lower numbers are lower layers; a module may import its own layer and the ones below. The table
+# is docs/DESIGN.md's (its one copy): each row's backticked module paths, ``pkg/*`` = a package and
+# every module in it.
+DESIGN = ROOT / "docs" / "DESIGN.md"
+
+
+def read_layers(text: str) -> dict:
+    """{layer: [module names]} of the layer table in ``text`` (DESIGN.md)."""
+    layers = {}
+    for row in re.findall(r"^\| (\d+)[^|]*\| (.*) \|$", text, re.M):
+        names = []
+        for token in re.findall(r"`([\w/*]+)`", row[1]):
+            if token.endswith("/*"):
+                pkg = token[:-2]
+                names += [pkg] + [f"{pkg}.{f.stem}" for f in sorted((ROOT / pkg).glob("*.py")) if f.stem != "__init__"]
+            elif not token.startswith("__"):  # "the packages' `__init__`" is prose
+                names.append(token.strip("/").replace("/", "."))
+        layers[int(row[0])] = names
+    return layers
+
+
+LAYERS = read_layers(DESIGN.read_text(encoding="utf-8"))
 # Entry scripts: the top; no project module imports them.
 SCRIPTS = ["test", "test_inference", "predict", "train_N", "train_NK", "train_NKS", "quickstart", "demo", "add_domain",
            "export", "prepare_data", "synthetic"]
@@ -94,7 +97,7 @@ def project_imports(path: Path, package: str):
 def test_every_project_module_has_a_layer():
     unplaced = [module_name(f) for f in project_files()
                 if module_name(f) not in LAYER_OF and not module_name(f).startswith("bench.")]
-    assert not unplaced, f"add these modules to the layer table (docs/DESIGN.md and LAYERS): {unplaced}"
+    assert not unplaced, f"add these modules to the layer table of docs/DESIGN.md: {unplaced}"
 
 
 @pytest.mark.parametrize("path", project_files(), ids=lambda p: str(p.relative_to(ROOT)))
@@ -121,6 +124,15 @@ def test_no_file_is_loaded_by_path(path):
     text = path.read_text(encoding="utf-8")
     hits = [f"line {i}" for i, line in enumerate(text.splitlines(), 1) if PATH_LOADING.search(line)]
     assert not hits, f"{rel} loads code by path or name at {', '.join(hits)}; import it instead"
+
+
+def test_the_layer_table_is_design_md_s():
+    """The table the checks use is read from docs/DESIGN.md: a row there is a layer here."""
+    text = "| layer | modules |\n|---|---|\n| 0 bottom | `base/errors`, `losses` |\n| 3 top | `study/*`, `cli/test` |\n"
+    layers = read_layers(text)
+    assert layers[0] == ["base.errors", "losses"]
+    assert layers[3][0] == "study" and "study.cli" in layers[3] and layers[3][-1] == "cli.test"
+    assert LAYER_OF["base.errors"] == 0 and LAYER_OF["cli.demo"] > LAYER_OF["cli.options"] > LAYER_OF["inference.frames"]
 
 
 def test_the_checker_sees_a_violation(tmp_path):
