@@ -29,7 +29,7 @@ from inference.predictor import DepthPredictor, RuntimeOptions, build_predictor
 from inference.replay import replay_prototypes
 from base.safeio import atomic_write
 from base.uncertainty import calibration_scales, head_calibration, interval_maps, spread
-from inference.known_depth import KnownPoints, fit_scale
+from inference.known_depth import KnownPoints, fit_known_scale
 
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif")
@@ -497,7 +497,7 @@ class Predictor:
         interval; unchanged when the check fails (``fit["ok"]`` False, ``fit["reason"]``)."""
         unc = r.get("uncertainty")
         sigma = spread(r["depth"], unc, self.interval_scales[r["head"]]) if unc is not None else None
-        fit = fit_scale(r["depth"], points, sigma, level)
+        fit = fit_known_scale(r["depth"], points, sigma, level)
         return (r["depth"] * np.float32(fit["factor"]) if fit["ok"] else r["depth"]), fit
 
     def __call__(self, img: Image.Image):

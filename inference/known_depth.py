@@ -1,5 +1,5 @@
 """A frame's metric scale from a few known distances (a rangefinder, a few LiDAR returns, a tag of
-known size): :func:`fit_scale`, the one rule predict.py --known-depth, the demo and the API
+known size): :func:`fit_known_scale`, the one rule predict.py --known-depth, the demo and the API
 (``inference.images.Predictor.correct_scale``) use.
 
 The fit: for every known point i inside the frame with a positive prediction, the log ratio
@@ -114,7 +114,7 @@ def known_depth_file(source, image_path) -> str | None:
     return None
 
 
-def fit_scale(depth: np.ndarray, points: KnownPoints, sigma: np.ndarray | None = None, level: float = 0.9) -> dict:
+def fit_known_scale(depth: np.ndarray, points: KnownPoints, sigma: np.ndarray | None = None, level: float = 0.9) -> dict:
     """The robust scale of ``depth`` (H, W) metres against ``points`` (module docstring). Returns
     ``factor`` (1.0 when not ``ok``), ``ok``, ``points`` (usable: inside the frame, prediction > 0),
     ``agreed``, ``fitted_factor`` (the factor the points ask for, also when refused), ``median_z``

@@ -9,7 +9,7 @@ from PIL import Image
 from base.errors import InputError
 from cli import predict as P
 from helpers import make_checkpoint, make_data_root, write_image
-from inference.known_depth import KnownPoints, fit_scale, read_known_depth
+from inference.known_depth import KnownPoints, fit_known_scale, read_known_depth
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 H, W = 30, 40
@@ -27,10 +27,10 @@ def points_at(depth, n, factor, seed=1):
 
 def test_exact_on_a_scaled_prediction():
     depth = prediction()
-    fit = fit_scale(depth, points_at(depth, 10, 1.37), sigma=0.5 * depth)
+    fit = fit_known_scale(depth, points_at(depth, 10, 1.37), sigma=0.5 * depth)
     assert fit["ok"] and fit["agreed"] == fit["points"] == 10
     assert fit["factor"] == pytest.approx(1.37, rel=1e-6)
-    assert fit_scale(depth, points_at(depth, 1, 0.8), sigma=0.5 * depth)["factor"] == pytest.approx(0.8, rel=1e-6)
+    assert fit_known_scale(depth, points_at(depth, 1, 0.8), sigma=0.5 * depth)["factor"] == pytest.approx(0.8, rel=1e-6)
 
 
 def test_robust_to_outliers():
@@ -38,7 +38,7 @@ def test_robust_to_outliers():
     pts = points_at(depth, 20, 1.37)
     pts.metres[:16] *= np.random.default_rng(2).uniform(0.99, 1.01, 16)   # 1 % sensor noise
     pts.metres[16:] = [0.3, 70.0, 0.05, 25.0]                            # four wild returns
-    fit = fit_scale(depth, pts, sigma=0.5 * depth)
+    fit = fit_known_scale(depth, pts, sigma=0.5 * depth)
     assert fit["ok"] and fit["agreed"] == 16
     assert fit["factor"] == pytest.approx(1.37, rel=0.01)
     naive = float(np.mean(pts.metres / depth[pts.y.astype(int), pts.x.astype(int)]))
@@ -47,19 +47,19 @@ def test_robust_to_outliers():
 
 def test_refuses_when_the_points_lie_beyond_the_calibrated_interval():
     depth = prediction()
-    fit = fit_scale(depth, points_at(depth, 12, 3.0), sigma=0.1 * depth, level=0.9)
+    fit = fit_known_scale(depth, points_at(depth, 12, 3.0), sigma=0.1 * depth, level=0.9)
     assert not fit["ok"] and fit["factor"] == 1.0
     assert fit["fitted_factor"] == pytest.approx(3.0, rel=1e-6)
     assert "beyond its calibrated 90 % interval" in fit["reason"]
     # the same points with a head that is that uncertain: accepted
-    assert fit_scale(depth, points_at(depth, 12, 3.0), sigma=2.0 * depth)["ok"]
+    assert fit_known_scale(depth, points_at(depth, 12, 3.0), sigma=2.0 * depth)["ok"]
 
 
 def test_refuses_when_the_points_disagree_among_themselves():
     depth = prediction()
     pts = points_at(depth, 10, 1.0)
     pts.metres[5:] *= 4.0
-    fit = fit_scale(depth, pts, sigma=10 * depth)
+    fit = fit_known_scale(depth, pts, sigma=10 * depth)
     assert not fit["ok"] and "points agree on one scale" in fit["reason"]
 
 
