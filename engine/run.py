@@ -8,13 +8,12 @@ signal saves its resume state and raises :class:`engine.processes.StageInterrupt
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 
 from base.errors import InputError
-from base.safeio import clean_stale_temps, write_json
+from base.safeio import clean_stale_temps, hold_lock, write_json
 from engine.options import StageOptions, check_paths, resolve_options
 from engine.processes import Dist, amp_warning
 from engine.stage import Stage, describe
@@ -33,37 +32,17 @@ def train_stage(options: StageOptions) -> Path:
         ctx.close()
 
 
-@contextmanager
 def run_folder_lock(run_dir: Path):
-    """Hold ``run_dir/.lock`` (an exclusive flock, released by the kernel when the process ends,
-    also on kill -9) for the whole stage: a second training into the same run folder stops at once
-    instead of interleaving its epochs into the same log.jsonl and replacing the other's model."""
+    """Hold ``run_dir/.lock`` (base.safeio.hold_lock: an exclusive flock, released by the kernel when
+    the process ends, also on kill -9) for the whole stage: a second training into the same run folder
+    stops at once instead of interleaving its epochs into the same log.jsonl and replacing the other's model."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        handle = open(run_dir / ".lock", "a+")
     except OSError as exc:
         raise InputError(f"cannot create the run folder {run_dir} ({exc.strerror or exc}); "
                          f"choose another --runs-dir or --out") from None
-    try:
-        import fcntl
-    except ImportError:  # no flock on this platform: run unlocked, as before
-        fcntl = None
-    try:
-        if fcntl is not None:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                handle.seek(0)
-                holder = handle.read().strip() or "?"
-                raise InputError(f"{run_dir} is in use by another training (pid {holder}); wait "
-                                 f"for it to finish, or choose another --runs-dir / --out") from None
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"{os.getpid()}\n")
-            handle.flush()
-        yield
-    finally:
-        handle.close()
+    return hold_lock(run_dir / ".lock", f"{run_dir} is in use by another training (pid {{pid}}); wait for it "
+                                        f"to finish, or choose another --runs-dir / --out")
 
 
 def start_run_folder(opts: StageOptions) -> None:
