@@ -557,9 +557,26 @@ class CheckpointMeta:
         return int(h), int(w)
 
     def depth_range(self, head: int, heads: int) -> tuple:
-        """(min, max) metres of ``head`` as stored, else (0, inf): nothing to clamp to."""
+        """(min, max) metres of ``head`` as stored, else (0, inf): nothing to clamp to
+        (DepthPredictor.predict_image's interval; predict.py's heads use :meth:`head_ranges`)."""
         lo, hi = (self.depth_ranges or [[0.0, float("inf")]] * heads)[head]
         return lo, hi
+
+    def head_sizes(self, letters) -> list:
+        """Per head of ``letters``, the input (H, W): the stored sizes when there is one per head,
+        else each domain's registered input size."""
+        sizes = self.input_sizes
+        if sizes and len(sizes) == len(letters):
+            return [tuple(int(v) for v in s) for s in sizes]
+        return [tuple(dom.get_domain(c).input_size) for c in letters]
+
+    def head_ranges(self, letters) -> list:
+        """Per head of ``letters``, (min, max) metres: the stored ranges when there is one per head,
+        else each domain's registered range."""
+        ranges = self.depth_ranges
+        if ranges and len(ranges) == len(letters):
+            return [tuple(float(v) for v in r) for r in ranges]
+        return [(dom.get_domain(c).min_depth, dom.get_domain(c).max_depth) for c in letters]
 
     @property
     def prototype_sets(self) -> dict:
