@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -604,7 +605,7 @@ def checkpoint_meta(source) -> CheckpointMeta:
     metadata dict, or a CheckpointMeta. No validation (load_checkpoint validated it): a view."""
     if isinstance(source, CheckpointMeta):
         return source
-    if not isinstance(source, dict) and source is not None:
+    if not isinstance(source, Mapping) and source is not None:
         source = getattr(source, "meta", None)
     return CheckpointMeta.from_dict(source)
 

@@ -14,7 +14,7 @@ from base.uncertainty import CALIBRATION_KEY
 from helpers import make_checkpoint, make_net, save_authors_checkpoint, torch_threads
 from inference.frames import head_cameras
 from models import load_checkpoint, read_checkpoint, save_checkpoint
-from models.checkpoint import (DEFAULT_INPUT_SIZE, CheckpointError, CheckpointMeta, checkpoint_letters,
+from models.checkpoint import (DEFAULT_INPUT_SIZE, STATE_HASH, CheckpointError, CheckpointMeta, checkpoint_letters,
                                checkpoint_meta, default_scale)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -49,8 +49,8 @@ def same(a, b) -> bool:
     return a == b
 
 
-def test_the_calibration_field_is_the_calibration_key():
-    assert CALIBRATION_KEY in TYPED
+def test_the_fields_are_the_keys_the_code_writes():
+    assert CALIBRATION_KEY in TYPED and STATE_HASH in TYPED
 
 
 def test_an_authors_file_gets_the_documented_defaults(files):
