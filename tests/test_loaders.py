@@ -15,6 +15,7 @@ from base import domains as dom
 from base.images import IMAGENET_MEAN, IMAGENET_STD, scaled
 import helpers as F
 import loaders as L
+from helpers import make_data_root
 from loaders import DatasetFormatError, get_dataset, get_loader
 
 SCALE = 0.25
@@ -26,7 +27,6 @@ def root(tmp_path_factory):
     r = str(tmp_path_factory.mktemp("data"))
     info = {"nyu": F.write_nyu_release(r), "kitti": F.write_kitti(r), "scannet": F.write_scannet(r)}
     return r, info
-
 
 
 # ------------------------------------------------------------------------------ decoding
@@ -414,3 +414,43 @@ def test_crop_larger_than_image(tmp_path, root):
     F.write_csv(str(tmp_path / "kitti_val_select.csv"), [(os.path.join(r, img), os.path.join(r, dep))])
     with pytest.raises(DatasetFormatError, match="smaller than the 480x320 crop"):
         get_dataset("K", "test", str(tmp_path), scale=1.0)[0]
+
+
+# ---- index CSVs, bit depths, a validation split --------------------------------------------------
+def test_index_csv_encoding_bom_and_header(tmp_path):
+    from loaders import DatasetFormatError, read_index_csv
+    make_data_root(tmp_path, letters="N", n_train=2, n_test=1, n_replay=1)
+    rows = (tmp_path / "nyu2_train.csv").read_text()
+    (tmp_path / "bom.csv").write_bytes("\ufeff".encode() + rows.encode())
+    assert len(read_index_csv(str(tmp_path / "bom.csv"), str(tmp_path))) == 2
+    (tmp_path / "latin.csv").write_bytes(rows.encode() + "data/caf\u00e9.jpg,x.png\n".encode("latin-1"))
+    with pytest.raises(DatasetFormatError, match=r"latin\.csv: line 3: .*UTF-8"):
+        read_index_csv(str(tmp_path / "latin.csv"), str(tmp_path))
+    (tmp_path / "header.csv").write_text("image_path,depth_path\n" + rows)
+    with pytest.raises(DatasetFormatError, match="header row"):
+        read_index_csv(str(tmp_path / "header.csv"), str(tmp_path))
+
+
+def test_bit_depth_error_text(tmp_path):
+    from loaders import DatasetFormatError, _png_depth_array
+    img = Image.new("RGB", (4, 4))
+    with pytest.raises(DatasetFormatError) as err:
+        _png_depth_array(img, 16, "d.png", "test")
+    assert "16-bit depth" in str(err.value) and "16/16" not in str(err.value)
+
+
+def test_a_file_listed_twice_is_never_both_validated_and_trained():
+    from types import SimpleNamespace
+    from loaders import split_validation
+
+    class Rows(list):  # the part of a training dataset split_validation reads
+        @property
+        def rows(self):
+            return self
+
+    for names, n_val in ((("a.jpg", "a.jpg"), 1), (("a.jpg", "b.jpg", "a.jpg", "c.jpg", "b.jpg", "d.jpg"), 2)):
+        rows = Rows(SimpleNamespace(image=n) for n in names)
+        for seed in range(6):
+            train, val = split_validation(rows, set(), n_val, seed)
+            held = {rows[i].image for i in val}
+            assert len(held) == n_val and not held & {rows[i].image for i in train}, (names, seed, train, val)

@@ -8,17 +8,18 @@ import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 
 import helpers as F
 from cli import prepare_data as prepare_cli
 from data import prepare as P
+from helpers import error_of, write_image
 from loaders import get_dataset
 
 
 def rows(path):
     with open(path, newline="") as f:
         return [tuple(r) for r in csv.reader(f)]
-
 
 
 def test_nyu(tmp_path, capsys):
@@ -175,3 +176,20 @@ def test_library_raises_input_error_the_command_one_error_line(tmp_path):
                            str(tmp_path / "d")], capture_output=True, text=True)
     assert done.returncode == 1 and done.stdout == ""
     assert done.stderr.startswith("error: no data/nyu2_train") and done.stderr.count("\n") == 1, done.stderr
+
+
+# ---- prepare_data.py writes index CSVs only inside the data root ----------------------
+@pytest.mark.parametrize("name", ["/ABS/evil.csv", "../evil.csv", "sub/../../evil.csv"])
+def test_prepare_data_keeps_csvs_inside_the_data_root(tmp_path, clean_registry, name):
+    root = tmp_path / "root"
+    src = tmp_path / "src"
+    (src / "depth").mkdir(parents=True)
+    for i in range(3):
+        write_image(src / "rgb" / f"{i}.png", (16, 12))
+        Image.fromarray(np.full((12, 16), 1000 + i, np.uint16)).save(src / "depth" / f"{i}.png")
+    target = name.replace("/ABS", str(tmp_path))
+    root.mkdir()
+    (root / "domains.json").write_text(json.dumps([{"name": "lab", "letter": "L", "train_csv": target}]))
+    msg = error_of(prepare_cli.main, ["generic", "--src", str(src), "--data-root", str(root), "--domain", "lab"])
+    assert "train_csv" in msg and "inside the data root" in msg
+    assert not (tmp_path / "evil.csv").exists()

@@ -28,3 +28,9 @@ def test_every_advertised_extension_is_read(clip, tmp_path, ext):
     with open_stream(path, tmp_path / "out") as source:
         frames = list(source.frames)
     assert source.fps == pytest.approx(5.0) and len(frames) == 3 and frames[0][1].shape == (32, 48, 3)
+
+
+# ---- more video containers ------------------------------------------------------------------
+def test_transport_streams_and_phone_videos_are_videos():
+    from inference import stream
+    assert all(stream.is_video(f"clip{ext}") for ext in (".ts", ".m2ts", ".mts", ".3gp", ".TS"))
