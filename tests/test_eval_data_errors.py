@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from base import domains as dom
-from cli import test as evaluate_cli
-from cli import test_inference as inference_cli
+from cli import test as test_cli
+from cli import test_inference as test_inference_cli
 from helpers import error_of, make_checkpoint, make_data_root
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -34,7 +34,7 @@ def test_evaluation_data_errors_are_one_line(root, ckpt, tmp_path, command, work
     shutil.copytree(root, data)
     first = (data / dom.NYU.test_csv).read_text().splitlines()[0].split(",")[0]
     (data / first).write_bytes(b"not an image")
-    main = evaluate_cli.main if command == "test" else inference_cli.main
+    main = test_cli.main if command == "test" else test_inference_cli.main
     argv = ["--checkpoint", str(ckpt), "--data-root", str(data), "--workers", workers, "--device", "cpu",
             "--quiet"]
     if command == "test":

@@ -9,7 +9,7 @@ from PIL import Image
 
 from cli import predict
 from base.errors import InputError
-from inference import images as prediction
+from inference import images
 from helpers import (assert_one_error_line, error_of, make_checkpoint, make_data_root, make_net,
                      predict_args, save_authors_checkpoint, write_image)
 
@@ -87,7 +87,7 @@ def test_ply_matches_depth_and_intrinsics(folder_run, ckpt):
     summary = json.loads((out / "predictions.json").read_text())
     item = next(i for i in summary["images"] if i["file"].endswith("photo.jpg"))
     depth = np.load(out / "photo_depth.npy")
-    pts = prediction.read_ply(out / "photo.ply")
+    pts = images.read_ply(out / "photo.ply")
     h, w = depth.shape
     assert len(pts) == h * w
     np.testing.assert_allclose(pts["z"], depth.ravel(), rtol=1e-6)
@@ -102,26 +102,26 @@ def test_ply_matches_depth_and_intrinsics(folder_run, ckpt):
 
 def test_forced_domain_size_and_given_intrinsics(ckpt, folder, tmp_path, capsys):
     status = predict.main([str(folder / "gray.png"), "--checkpoint", str(ckpt), "--out", str(tmp_path), "--domain",
-                     "kitti", "--size", "40x64", "--ply", "--intrinsics", "50,50,32,24", "--no-plots", "--quiet"])
+                           "kitti", "--size", "40x64", "--ply", "--intrinsics", "50,50,32,24", "--no-plots", "--quiet"])
     assert status == 0
     printed = capsys.readouterr().out
     assert "kitti (K, given)" in printed
     assert np.load(tmp_path / "gray_depth.npy").shape == (48, 64)
     assert not (tmp_path / "gray_depth_color.png").exists()
-    pts = prediction.read_ply(tmp_path / "gray.ply")
+    pts = images.read_ply(tmp_path / "gray.ply")
     assert pts["x"][0] == pytest.approx((0 - 32) * pts["z"][0] / 50, rel=1e-5)
 
 
 def test_png16_and_intrinsics_helpers():
     d = np.array([[0.0, 0.0004, 0.0006, 1.23456], [-1.0, 65.535, 70.0, np.nan]], dtype=np.float32)
-    np.testing.assert_array_equal(prediction.depth_to_png16(d), [[0, 0, 1, 1235], [0, 65535, 65535, 0]])
-    k, src = prediction.intrinsics_for("N", 320, 240)
+    np.testing.assert_array_equal(images.depth_to_png16(d), [[0, 0, 1, 1235], [0, 65535, 65535, 0]])
+    k, src = images.intrinsics_for("N", 320, 240)
     assert k == pytest.approx((518.86 / 2, 519.47 / 2, 325.58 / 2, 253.74 / 2)) and "nyu" in src
-    k, _ = prediction.intrinsics_for("K", 1216, 352)
+    k, _ = images.intrinsics_for("K", 1216, 352)
     assert k == pytest.approx((721.5, 721.5, 596.5, 149.9))
-    assert prediction.intrinsics_for("S", 640, 480, given=(1, 2, 3, 4)) == ((1, 2, 3, 4), "given")
+    assert images.intrinsics_for("S", 640, 480, given=(1, 2, 3, 4)) == ((1, 2, 3, 4), "given")
     with pytest.raises(InputError, match="--intrinsics"):
-        prediction.parse_intrinsics("1,2,3")
+        images.parse_intrinsics("1,2,3")
 
 
 def test_errors(ckpt, folder, tmp_path):
@@ -141,10 +141,10 @@ def test_errors(ckpt, folder, tmp_path):
     assert "not learned" in err([img, "--checkpoint", str(authors), "--order", "NK", "--domain", "S"])
     # an authors' file with the head given works
     assert predict.main([img, "--checkpoint", str(authors), "--order", "NK", "--domain", "N", "--size", "32x48",
-                   "--out", str(tmp_path / "a"), "--no-plots", "--quiet"]) == 0
+                         "--out", str(tmp_path / "a"), "--no-plots", "--quiet"]) == 0
     # a single unreadable file: reported, exit status 1
     assert predict.main([str(folder / "broken.png"), "--checkpoint", str(ckpt), "--out", str(tmp_path / "b"),
-                   "--quiet"]) == 1
+                         "--quiet"]) == 1
 
 
 def test_out_folder_equal_to_or_inside_the_input_folder(ckpt, tmp_path):
@@ -156,7 +156,7 @@ def test_out_folder_equal_to_or_inside_the_input_folder(ckpt, tmp_path):
     for out in (d, d / "depth"):
         for _ in range(2):
             assert predict.main([str(d), "--checkpoint", str(ckpt), "--out", str(out), "--domain", "N",
-                           "--no-plots", "--quiet"]) == 0
+                                 "--no-plots", "--quiet"]) == 0
             done = json.loads((out / "predictions.json").read_text())["images"]
             assert sorted(Path(i["file"]).name for i in done) == ["a.png", "b.jpg"]
 
@@ -166,8 +166,8 @@ def test_a_second_run_on_the_output_folder_skips_every_output_interval_maps_incl
     for name in ("room.png", "room_depth.png", "room_depth_color.png", "room_uncertainty.png",
                  "room_depth_lower90.png", "room_depth_upper97.5.png", "room_depth_lower90.npy"):
         Image.new("RGB", (8, 6)).save(tmp_path / name, format="PNG")
-    images, notes = prediction.collect_inputs(tmp_path, tmp_path / "elsewhere", recursive=False)
-    assert [p.name for p in images] == ["room.png"]
+    found, notes = images.collect_inputs(tmp_path, tmp_path / "elsewhere", recursive=False)
+    assert [p.name for p in found] == ["room.png"]
     assert sum("named like a depth output" in n for n in notes) == 5
     assert any("room_depth_lower90.npy" in n and "not an image file name" in n for n in notes)
 
@@ -186,7 +186,7 @@ def test_output_names_never_collide(ckpt, tmp_path):
     for i, n in enumerate(names):
         Image.new("RGB", (16, 12), (i * 40, 0, 0)).save(inputs / n, format="BMP" if n.endswith("bmp") else
                                                         ("JPEG" if n.endswith("jpg") else "PNG"))
-    stems = prediction.output_stems(sorted(inputs.iterdir()), inputs, tmp_path / "out")
+    stems = images.output_stems(sorted(inputs.iterdir()), inputs, tmp_path / "out")
     lowered = [str(s).lower() for s in stems.values()]
     assert len(set(lowered)) == len(names), stems
     assert stems[inputs / "x_jpg.png"].name == "x_jpg"  # a stem of its own keeps its name

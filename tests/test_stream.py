@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from cli import predict
-from inference import images as prediction
+from inference import images
 from inference import stream as S
 from helpers import CONSTANT_COLORS, error_of, make_checkpoint, make_data_root
 
@@ -153,7 +153,7 @@ def test_video_in_depth_video_and_log_out(ckpt, tmp_path):
     depth = np.load(out / "clip_depth" / "000007_depth.npy")
     assert depth.shape == (h, w)
     png = np.asarray(Image.open(out / "clip_depth" / "000007_depth.png"))
-    assert np.array_equal(png, prediction.depth_to_png16(depth))
+    assert np.array_equal(png, images.depth_to_png16(depth))
     assert abs(float(rows[7]["depth_max"]) - float(depth.max())) < 1e-3
     assert "15 frame(s)" in std
     assert not list(out.glob("*.part.*"))  # the video was written under a temporary name, then renamed
@@ -176,7 +176,7 @@ def test_frame_folder_in_natural_order_without_threads(ckpt, tmp_path):
 
 
 def test_threads_give_the_same_results(ckpt):
-    model = prediction.Predictor(ckpt, device="cpu")
+    model = images.Predictor(ckpt, device="cpu")
     frames = [(str(i), rgb) for i, (_, rgb) in enumerate(stream_frames())]
     a = S.run_stream(model, iter(frames), smoother=S.HeadSmoother(), threaded=True)
     b = S.run_stream(model, iter(frames), smoother=S.HeadSmoother(), threaded=False)
@@ -262,7 +262,7 @@ def test_stream_stopped_by_a_bad_frame_keeps_its_log(ckpt, tmp_path):
 def test_stream_interrupted_keeps_its_log_without_traceback(ckpt, tmp_path, monkeypatch, capsys):
     folder = frame_folder(tmp_path)
     out = tmp_path / "out"
-    original, calls = prediction.Predictor.run, []
+    original, calls = images.Predictor.run, []
 
     def interrupted(self, *a, **k):
         calls.append(1)
@@ -270,7 +270,7 @@ def test_stream_interrupted_keeps_its_log_without_traceback(ckpt, tmp_path, monk
             raise KeyboardInterrupt
         return original(self, *a, **k)
 
-    monkeypatch.setattr(prediction.Predictor, "run", interrupted)
+    monkeypatch.setattr(images.Predictor, "run", interrupted)
     try:
         predict.main([str(folder), "--stream", "--checkpoint", str(ckpt), "--out", str(out), "--quiet",
                       "--device", "cpu", "--no-plots"])
