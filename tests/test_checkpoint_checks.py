@@ -1,5 +1,6 @@
 """One validator of a checkpoint's metadata values, run on every load (models.checkpoint.check_values),
-and a checksum of the weights stored at save and verified on load (issue 40 items 7-8)."""
+and a checksum of the weights stored at save and verified on load (issue 40 items 7-8); letters that
+disagree with the domains."""
 from __future__ import annotations
 
 import math

@@ -1,6 +1,7 @@
 """The demo as a server a user stops and misuses (issue 40 item 13 and Low): a port in use is one
 line, SIGTERM removes the work folder with the uploads, bodies over the limit on the non-upload
-routes are refused, an evicted model is released."""
+routes are refused, an evicted model is released; and its requests: huge or non-image uploads
+refused without server paths, 16-bit PNGs read, a bounded model cache, loopback unless asked."""
 from __future__ import annotations
 
 import asyncio

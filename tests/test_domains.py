@@ -1,4 +1,5 @@
-"""Domain specs, registry, learning orders and custom-domain JSON files."""
+"""Domain specs, registry, learning orders and custom-domain JSON files (fields of the wrong type);
+a custom domain carried by the checkpoint that learned it, usable by predict.py and the demo."""
 
 import json
 

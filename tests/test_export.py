@@ -1,4 +1,6 @@
-"""Tests of export.py: the TorchScript file matches the eager model (DepthPredictor, fp32)."""
+"""Tests of export.py: the TorchScript file matches the eager model (DepthPredictor, fp32); the
+ONNX file and the runtimes' backends; and what it refuses: replacing the checkpoint or a file
+without --overwrite, a half-written export, option errors in one line."""
 import os
 import subprocess
 import sys

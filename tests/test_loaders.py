@@ -1,4 +1,5 @@
-"""Decoding of every format, joint transforms (nearest-only depth), datasets, loaders, error paths."""
+"""Decoding of every format, joint transforms (nearest-only depth), datasets, loaders, error paths;
+index CSVs (BOM, encoding, a header row), the validation split (a file listed twice)."""
 
 import json
 import os

@@ -1,4 +1,5 @@
-"""Tests of the network, encoders and checkpoint formats (models/)."""
+"""Tests of the network, encoders and checkpoint formats (models/): crafted metadata refused on load,
+no unrestricted unpickling anywhere in the project."""
 import argparse
 import math
 import os

@@ -1,6 +1,7 @@
 """One bound on the pixels the network sees (inference.frames.bound_scale): after the focal match,
 the cap, the short-side floor (met by padding) and the tiles (run in batches within the cap); video
-frames over --max-pixels refused from the header (issue 40 items 4-5, issue 36 item 8)."""
+frames over --max-pixels refused from the header (issue 40 items 4-5, issue 36 item 8), and images
+too (inference.images.read_rgb, predict.py --max-pixels)."""
 from __future__ import annotations
 
 import numpy as np

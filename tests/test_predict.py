@@ -1,4 +1,5 @@
-"""predict.py: outputs and their round trip, odd image modes, bad files, domain choice, errors."""
+"""predict.py: outputs and their round trip, odd image modes, bad files, domain choice, errors;
+output names that never collide, file names printed escaped."""
 import json
 import os
 from pathlib import Path

@@ -1,5 +1,6 @@
 """One input normaliser for DepthPredictor.predict_image and image files (loaders.rgb_array):
-PIL modes, dtypes, channels, and head names (issue 40 item 9, issue 36 item 12, the NaN TIFF)."""
+PIL modes, dtypes, channels, and head names (issue 40 item 9, issue 36 item 12, the NaN TIFF); a
+photo's EXIF orientation applied for predict.py and frame folders."""
 from __future__ import annotations
 
 import json

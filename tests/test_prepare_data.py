@@ -1,4 +1,5 @@
-"""prepare_data.py on tiny fake trees in each real layout: CSVs, skip reports, replay draws."""
+"""prepare_data.py on tiny fake trees in each real layout: CSVs (only inside the data root), skip
+reports, replay draws."""
 
 import csv
 import json

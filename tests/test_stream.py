@@ -1,5 +1,6 @@
 """Streams: online head smoothing on known switch points, predict.py on a generated video and on a
-folder of frames (decode, select, write, log), the reader/writer threads, errors."""
+folder of frames (decode, select, write, log), the reader/writer threads, errors; a stream stopped
+half way (a bad frame, Ctrl-C) keeps the log of the frames done."""
 import csv
 import io
 from contextlib import redirect_stderr, redirect_stdout

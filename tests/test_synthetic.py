@@ -1,4 +1,5 @@
-"""Tests of synthetic.py: layouts, real-format decoding, depth ranges, sparsity, determinism, meta.
+"""Tests of synthetic.py: layouts, real-format decoding, depth ranges, sparsity, determinism, meta;
+never writing over a real dataset, option errors in one line.
 
 Everything is generated at a small --scale into tmp_path through the Python API (one subprocess
 only, for --help), so the whole file runs in a few seconds.

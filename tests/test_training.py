@@ -1,4 +1,5 @@
-"""The lifelong training engine (engine/, through cli/train.py) on tiny synthetic data at reduced size."""
+"""The lifelong training engine (engine/, through cli/train.py) on tiny synthetic data at reduced size;
+one training per run folder, training data errors that say what is wrong, a long legal --out."""
 import json
 from pathlib import Path
 

@@ -1,5 +1,6 @@
 """Every advertised video extension is read (issue 40, round three's remainder: imageio's FFMPEG
-format refused .ts, .mts, .m2ts, .m4v, .flv, .3gp, .3g2, .ogv, which ffmpeg reads)."""
+format refused .ts, .mts, .m2ts, .m4v, .flv, .3gp, .3g2, .ogv, which ffmpeg reads), and each is
+known as a video (inference.stream.is_video)."""
 from __future__ import annotations
 
 import shutil

@@ -1,6 +1,8 @@
 """The one write guard (base.safeio.check_write, protect, atomic_write): every command and library
 entry that writes goes through it, so that no door leads to replacing the model being read, a
-user's own file or a real dataset (issue 40 items 1-3, export's and the streams' faults)."""
+user's own file or a real dataset (issue 40 items 1-3, export's and the streams' faults); a file
+appears complete or not at all (a failed checkpoint save, a full disk under a PNG), long legal
+names are written."""
 from __future__ import annotations
 
 import errno
@@ -190,7 +192,7 @@ ENTRIES = {
 # the same library entries), or only read
 COVERED_BY = {"cli.stream": "inference.stream (write_stream: lock, write_log)",
               "cli.demo": "inference.images (save_png16 / save_colormap through atomic_write) in its own work folder",
-              "cli.prepare_data": "data.prepare (index CSVs only inside the data root, test_faults3)",
+              "cli.prepare_data": "data.prepare (index CSVs only inside the data root, tests/test_prepare_data.py)",
               "cli.options": "no writes", "cli.errors": "no writes",
               "cli.add_domain": "engine.run.train_stage (the checkpoint and run folder, as cli.train above); "
                                 "domains.json, the index CSVs and the report through base.safeio.write_json / "
