@@ -5,7 +5,8 @@
     python predict.py room.png --ply --intrinsics 518.9,519.5,325.6,253.7
     python predict.py drive.mp4 --out out/      # a video: depth video + per-frame log (inference/stream.py)
 
-For each image ``<name>`` it writes into ``--out``:
+For each image ``<name>`` it writes into ``--out`` (the writer: inference/outputs.py, also
+``DepthPredictor.write_outputs`` from Python):
 
 * ``<name>_depth.png``: 16-bit PNG, depth in millimetres (round(depth * 1000), clipped to 0..65535,
   so depths beyond 65.535 m saturate; the .npy keeps them);
