@@ -22,7 +22,7 @@ import cli
 from base import safeio
 from base.errors import InputError
 from helpers import error_of, make_checkpoint, make_net, torch_threads, write_image
-from inference import images
+from inference import outputs
 from models import save_checkpoint
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -191,7 +191,7 @@ ENTRIES = {
 # the commands that write nothing but what another entry above checks (their outputs go through
 # the same library entries), or only read
 COVERED_BY = {"cli.stream": "inference.stream (write_stream: lock, write_log)",
-              "cli.demo": "inference.images (save_png16 / save_colormap through atomic_write) in its own work folder",
+              "cli.demo": "inference.outputs (save_depth_colormap / save_colormap through atomic_write) in its own work folder",
               "cli.prepare_data": "data.prepare (index CSVs only inside the data root, tests/test_prepare_data.py)",
               "cli.options": "no writes", "cli.errors": "no writes",
               "cli.add_domain": "engine.run.train_stage (the checkpoint and run folder, as cli.train above); "
@@ -350,7 +350,7 @@ def test_predict_outputs_appear_complete_or_not_at_all(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Image.Image, "save", full_disk)
     with pytest.raises(OSError, match="depth.png"):
-        images.save_png16(tmp_path / "x_depth.png", np.ones((4, 4), np.float32))
+        outputs.save_png16(tmp_path / "x_depth.png", np.ones((4, 4), np.float32))
     assert os.listdir(tmp_path) == []
 
 
