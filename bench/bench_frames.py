@@ -48,7 +48,7 @@ from base.safeio import write_json  # noqa: E402
 from inference import images as P  # noqa: E402
 from inference.frames import CameraHint, source_camera  # noqa: E402
 from loaders import get_dataset  # noqa: E402
-from cli.options import resolve_device  # noqa: E402
+from engine.processes import resolve_device  # noqa: E402
 from inference.predictor import predictor_settings  # noqa: E402
 from models.checkpoint import default_scale  # noqa: E402
 

@@ -42,7 +42,8 @@ from base.uncertainty import interval_summary, median_width  # noqa: E402
 from inference.known_depth import describe_fit, read_known_depth  # noqa: E402
 from cli.errors import CLIError, run_command  # noqa: E402
 from cli.options import (HelpFormatter, add_checkpoint_arguments, add_device_argument, checked_type,  # noqa: E402
-                         parse_letters, resolve_device)
+                         parse_letters)
+from engine.processes import resolve_device  # noqa: E402
 
 AUTO = "auto (nearest prototype)"
 DEMO_INTERVAL = 0.9  # the central coverage whose width the page shows

@@ -2,7 +2,7 @@
 
 One home for each option group's argparse declaration (checkpoint/order, runtime: device/precision/
 backend, the evaluation conventions, sizes) and for turning parsed options into the library's
-objects (a device, order letters, ``RuntimeOptions``, ``EvalOptions``).
+objects (order letters, ``RuntimeOptions``, ``EvalOptions``).
 Help texts of settings live with their dataclass fields (``metadata["help"]``). Choices come from
 the registries (``models.runtimes.BACKENDS``, ``prototypes.SELECTORS``, ``protocol``). User errors
 are :class:`CLIError` (printed as one ``error:`` line, exit status 1).
@@ -14,8 +14,6 @@ import dataclasses
 import json
 import math
 
-import torch
-
 from base.domains import load_domains_from_root, parse_order
 from base.errors import InputError
 from evaluation.evaluate import CROP_CHOICES, FULL_FRAME_CHOICES, EvalOptions
@@ -24,7 +22,6 @@ from models.fast import PRECISIONS
 from models.runtimes import AUTO, BACKENDS
 from cli.errors import CLIError
 from engine.options import AMP_MODES, DEVICES, StageOptions
-from engine.processes import resolve_device as engine_device
 from inference.prototypes import SELECTORS
 from base.protocol import PROTOCOLS
 from base.protocol import value as protocol_value
@@ -77,14 +74,6 @@ def add_device_argument(g, help: str = DEVICE_HELP, default: str | None = "auto"
 def add_amp_argument(g, help: str = AMP_HELP) -> None:
     """--amp (choices AMP_MODES, default auto): the training engine's autocast."""
     g.add_argument("--amp", default="auto", choices=list(AMP_MODES), help=help)
-
-
-def resolve_device(arg: str) -> torch.device:
-    """engine.processes.resolve_device, its refusal (``cuda`` without CUDA) one ``error:`` line."""
-    try:
-        return engine_device(arg)
-    except InputError as e:
-        raise CLIError(str(e)) from None
 
 
 def add_runtime_arguments(p: argparse.ArgumentParser) -> None:

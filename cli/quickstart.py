@@ -48,7 +48,8 @@ from evaluation.matrix import DEFAULT_MATRIX_METRICS, evaluate_matrix  # noqa: E
 from evaluation.selection import SelectionOptions, evaluate_selection  # noqa: E402
 from models.hardware import capability_line  # noqa: E402
 from models.resnet import ENCODERS  # noqa: E402
-from cli.options import add_amp_argument, add_device_argument, help_of, parse_size, resolve_device  # noqa: E402
+from cli.options import add_amp_argument, add_device_argument, help_of, parse_size  # noqa: E402
+from engine.processes import resolve_device  # noqa: E402
 from engine.options import StageOptions  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository root
