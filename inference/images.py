@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from base.domains import CAMERAS, get_domain
+from base.domains import SENSORS, get_domain
 from base.images import normalize
 from loaders import load_rgb
 from losses import upsample_to
@@ -135,10 +135,8 @@ def intrinsics_for(letter, width, height, given=None):
     """(fx, fy, cx, cy) at (width, height): given as is, else the domain's default scaled."""
     if given is not None:
         return tuple(given), "given"
-    if letter in CAMERAS:  # a built-in domain's sensor (domains.CAMERAS)
-        (fx, fy, cx, cy), (w0, h0) = CAMERAS[letter].intrinsics, CAMERAS[letter].frame_size
-        sx, sy = width / w0, height / h0
-        return (fx * sx, fy * sy, cx * sx, cy * sy), f"{get_domain(letter).name} default"
+    if letter in SENSORS:  # a built-in domain's sensor (base.domains.SENSORS)
+        return SENSORS[letter].depth.resized(width, height).focal_centre, f"{get_domain(letter).name} default"
     f = 0.5 * width / math.tan(math.radians(30.0))  # 60 degree horizontal field of view
     return (f, f, (width - 1) / 2.0, (height - 1) / 2.0), "generic 60-degree camera"
 
@@ -352,8 +350,8 @@ class ImageOptions:
         "1-179 deg field of view): the frame is resampled to the chosen head's "
         "focal length, and --ply uses them (default: --fov, the EXIF focal length, else the chosen "
         "head's camera at the image's field of view; real sensors: " + ", ".join(
-            f"{get_domain(c).name} {','.join(f'{v:g}' for v in cam.intrinsics)} "
-            f"@{cam.frame_size[0]}x{cam.frame_size[1]}" for c, cam in CAMERAS.items()) + ")")})
+            f"{get_domain(c).name} {','.join(f'{v:g}' for v in cam.depth.focal_centre)} "
+            f"@{cam.frame_size[0]}x{cam.frame_size[1]}" for c, cam in SENSORS.items()) + ")")})
     fov: float | str | None = field(default=None, metadata={"help": (
         "horizontal field of view of the camera in degrees (instead of --intrinsics); without either, "
         "a photo's EXIF 35 mm focal length is used, else the chosen head's camera is assumed (printed "

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from base.domains import Intrinsics
 from base.errors import InputError
 from helpers import make_checkpoint, torch_threads
 from inference import frames as F
@@ -15,7 +16,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def cam(fx, w, h):
-    return F.Camera(fx, fx, (w - 1) / 2, (h - 1) / 2, w, h)
+    return Intrinsics(fx, fx, (w - 1) / 2, (h - 1) / 2, w, h)
 
 
 @pytest.mark.parametrize("w,h", [(40000, 2), (100000, 2), (100000, 8), (20000, 20), (2, 40000)])
