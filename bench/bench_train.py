@@ -17,7 +17,7 @@ outputs are used.
 
 Variants of ours: fp32 with the teacher a plain frozen copy (the engine before its teacher became
 an inference copy); fp32 (the engine's teacher, ``engine.model.make_teacher``: BN folded, fused CPU
-kernels); channels_last; bf16 autocast (``--amp bf16``, teacher weights cast to bf16 once);
+kernels); channels_last; bf16 autocast (``--precision bf16``, teacher weights cast to bf16 once);
 bf16 + channels_last. Steps are
 interleaved round by round; medians of ``--repeats`` rounds after ``--warmup`` steps. Inputs are
 pre-made random tensors (the loader is measured separately with ``--loader``).
@@ -154,7 +154,7 @@ PLAIN_TEACHER = "ours fp32, plain frozen teacher"
 
 
 def engine_default(device) -> str | None:
-    """The variant that is the engine's default (``--amp auto``) on ``device``; None where that
+    """The variant that is the engine's default (``--precision auto``) on ``device``; None where that
     default (float16 on a CUDA GPU without bf16) is not among the variants."""
     from engine.processes import amp_settings
     dtype = amp_settings("auto", torch.device(device))[0]
@@ -268,7 +268,7 @@ def step_table(res) -> str:
              "|---|---:|---:|---:|---:|---:|"]
     for name, r in res["rows"].items():
         if name == res.get("engine_default"):
-            name = f"**{name}** (the engine's default here, `--amp auto`)"
+            name = f"**{name}** (the engine's default here, `--precision auto`)"
         lines.append(f"| {name} | {r['median_s']:.3f} | {r['min_s']:.3f} | {r['new_images_per_s']:.2f} | "
                      f"{r['images_per_s']:.2f} | {r['speedup']:.2f}x / {r['speedup_paired']:.2f}x |")
     return "\n".join(lines)

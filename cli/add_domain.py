@@ -20,7 +20,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from cli.errors import run_command  # noqa: E402
-from cli.options import HelpFormatter  # noqa: E402
+from cli.options import HelpFormatter, add_older_amp_argument  # noqa: E402
 from engine.add_domain import AddDomainOptions, add_domain  # noqa: E402
 
 REQUIRED = ("prior", "name", "letter", "src")
@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         if f.name == "layout":
             kw["choices"] = ["tum", "png16", "npy", "kitti"]
         p.add_argument(flag, **kw)
+    add_older_amp_argument(p)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     return p
 

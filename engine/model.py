@@ -65,7 +65,7 @@ def build_model(opts, ctx):
     opts.encoder = net.encoder_name
     teacher = None
     if STRATEGIES[opts.strategy][0]:
-        teacher = make_teacher(net, ctx.device, amp_settings(opts.amp, ctx.device)[0])
+        teacher = make_teacher(net, ctx.device, amp_settings(opts.precision, ctx.device)[0])
     new_head = net.add_domain()
     if opts.reinit_old_heads:
         reinit_heads(net, range(new_head))

@@ -143,7 +143,7 @@ class Stage:
         self.data = [DomainData(spec, opts) for spec in self.specs]
         self._plan_terms()
         self._init_fresh_heads(set_bias=opts.init_depth_bias == "auto")
-        self.amp_dtype, needs_scaler = amp_settings(opts.amp, ctx.device)
+        self.amp_dtype, needs_scaler = amp_settings(opts.precision, ctx.device)
         self.channels_last = channels_last_setting(opts.channels_last, ctx.device)
         if self.channels_last:  # before the optimiser and DDP take the parameters
             to_channels_last(self.net)

@@ -82,7 +82,7 @@ class Settings:
     proto_images: int
     max_steps: int | None = None    # optimiser-step cap of every stage (tests only)
     device: str = "cpu"
-    amp: str = "off"
+    precision: str = "fp32"          # training precision (as train_N.py --precision)
     workers: int = 0
     jobs: int = 2
     threads: int = 1

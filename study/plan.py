@@ -22,7 +22,7 @@ from .config import ARMS, Arm, Settings
 
 # the engine options a stage's record (Job.argv) names, in the order of existing study folders
 RECORDED = ("order", "strategy", "out", "runs_dir", "data_root", "scale", "epochs", "lr", "lr_step", "batch_size",
-            "encoder", "seed", "val_images", "replay_size", "proto_images", "workers", "device", "amp",
+            "encoder", "seed", "val_images", "replay_size", "proto_images", "workers", "device", "precision",
             "max_steps", "prior", "shared_head", "quiet")
 
 
@@ -50,7 +50,7 @@ class Job:
             data_root=str(s.data_root), scale=s.scale, epochs=epochs, lr=s.lr, lr_step=s.lr_step,
             batch_size=s.batch_size, encoder=s.encoder, seed=self.seed, val_images=s.val_images,
             replay_size=s.replay_size, proto_images=s.proto_images, workers=s.workers, device=s.device,
-            amp=s.amp, max_steps=s.max_steps, prior=None if self.prior is None else str(self.prior),
+            precision=s.precision, max_steps=s.max_steps, prior=None if self.prior is None else str(self.prior),
             shared_head=self.group == "shared", quiet=s.quiet, resume="auto" if resume else None,
             **dict(self.extra))
 
