@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The lifelong study behind docs/RESULTS.md (the logic lives in the ``study`` package).
+"""The lifelong study behind docs/RESULTS.md (the command lives in cli/study.py, the logic in the ``study`` package).
 
     python3 study.py                  # the full study: 3 orders x arms x 3 seeds, 2 h on 2 CPU cores
     python3 study.py --quick          # its subset (order NKS, ours and finetune), 38 min
@@ -10,7 +10,7 @@ Everything already on disk is reused; an interrupted study resumes with the same
 """
 import sys
 
-from study.cli import main
+from cli.study import main
 
 if __name__ == "__main__":
     sys.exit(0 if main() else 1)

@@ -133,7 +133,7 @@ def _synthetic_generate(ckpt, tmp):
 
 
 def _study(ckpt, tmp):
-    from study import cli as study_cli
+    from cli import study as study_cli
     root = real_dataset(tmp / "real")
     msg = error_of(study_cli.main, ["--preset", "smoke", "--data-root", str(root), "--runs-dir", str(tmp / "s"),
                                     "--quiet"])

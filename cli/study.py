@@ -1,5 +1,6 @@
-"""``study.py``: plan, train, evaluate, then write the report (or only the report): the study's
-command layer (its options, exit codes and error lines)."""
+"""The study.py command (and ``python -m study``): plan, train, evaluate, then write the report (or
+only the report): the study's command layer (its options, exit codes and error lines) over the
+``study`` package."""
 from __future__ import annotations
 
 import argparse
@@ -19,10 +20,10 @@ from engine.options import StageOptions
 from engine.processes import StageInterrupted
 from models.resnet import ENCODERS
 
-from .config import ARMS, OVERRIDES, PRESETS, SYNTHETIC_COMMAND, Settings, resolve_settings
-from .evaluate import constant_baselines, study_results, study_selection
-from .plan import Plan
-from .run import run_jobs
+from study.config import ARMS, OVERRIDES, PRESETS, SYNTHETIC_COMMAND, Settings, resolve_settings
+from study.evaluate import constant_baselines, study_results, study_selection
+from study.plan import Plan
+from study.run import run_jobs
 
 
 def engine_help(name: str) -> str:
@@ -179,7 +180,7 @@ def run_study(argv=None) -> dict:
                                   "argv": list(sys.argv[1:] if argv is None else argv), **counts,
                                   "jobs": s.jobs, "threads": s.threads,
                                   "load_average": round(os.getloadavg()[0], 2)})
-        from .report import write_report
+        from study.report import write_report
         return write_report(plan, args, counts, t_start, log)
     finally:
         torch.set_num_threads(threads_before)
