@@ -1,5 +1,6 @@
 """A new domain from a user's own RGB-D recording on top of a trained model, in one call:
-:func:`add_domain` (the library behind add_domain.py). It is a front door, not a second engine:
+:func:`add_domain` (the library behind add_domain.py, whose parser is cli/add_domain.py). It is a
+front door above the engine and the evaluation (the commands' layer), not a second engine:
 
 1. the recording is read, checked and indexed (data.recordings, data.prepare.write_indexes; the
    skipped files and why in ``<data-root>/prepare_<name>_skipped.txt``);
@@ -66,7 +67,7 @@ class AddDomainOptions:
     runs_dir: str = _o("runs", "folder of the new checkpoint and its run folder")
     out: str | None = _o(None, "the new checkpoint (default: <runs-dir>/<prior letters + letter>.pth.tar)")
     steps: int | None = _o(None, "optimiser steps (default: from the data size and the device, "
-                                 "see engine/add_domain.choose_settings)")
+                                 "see cli/new_domain.choose_settings)")
     batch_size: int | None = _o(None, "images per step (default: 4 on a CPU, 8 on a GPU)")
     lr: float | None = _o(None, "Adam learning rate (default: the prior's)")
     scale: float | None = _o(None, "input size factor (default: the prior's)")
