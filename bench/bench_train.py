@@ -37,6 +37,7 @@ for p in (str(ROOT), str(ROOT / "bench")):
 
 import torch  # noqa: E402
 
+from base.images import scaled_size  # noqa: E402
 from bench_inference import Timer, interleaved, machine_info, say, summarize, write_report  # noqa: E402
 from losses import uncertainty_depth_loss  # noqa: E402
 from models import LifelongDepthNet  # noqa: E402
@@ -57,10 +58,6 @@ def random_batch(batch, size, device, seed, sparse=False):
     depth = 0.5 + 9.5 * torch.rand(batch, 1, *size, generator=g)
     keep = torch.rand(batch, 1, *size, generator=g) < (0.07 if sparse else 0.95)
     return {"image": image.to(device), "depth": (depth * keep).to(device)}
-
-
-def scaled_size(scale):
-    return tuple(max(16, int(round(s * scale))) for s in NYU_SIZE)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -179,7 +176,7 @@ def skipped_variants(device) -> dict:
 
 
 def bench_step(args, scale, timer):
-    size = scaled_size(scale)
+    size = scaled_size(NYU_SIZE, scale)
     b = args.batch_size
     batch = random_batch(b, size, args.device, 0)
     replay = [random_batch(b, size, args.device, 1), random_batch(b, size, args.device, 2, sparse=True)]
@@ -207,7 +204,7 @@ def profile_steps(args, scale, top=12) -> str:
     """Where one step's time goes: torch.profiler's operators by self CPU time (``--profile``), for
     the engine's fp32 step and, where bf16 is native, the bf16 step; markdown."""
     from torch.profiler import ProfilerActivity, profile
-    size = scaled_size(scale)
+    size = scaled_size(NYU_SIZE, scale)
     b = args.batch_size
     batch = random_batch(b, size, args.device, 0)
     replay = [random_batch(b, size, args.device, 1), random_batch(b, size, args.device, 2, sparse=True)]
