@@ -31,9 +31,10 @@ import resource
 import time
 from pathlib import Path
 
-# OpenMP threads that spin while waiting make a 2-thread CPU run 10-20x slower as soon as another
-# job shares the cores; sleeping waiters cost almost nothing on an idle machine. Only effective
-# when torch is not imported yet (i.e. when run as a script); an explicit setting wins.
+# OpenMP threads that spin while waiting make a 2-thread CPU run many times slower as soon as another
+# job shares the cores (measured: docs/BENCHMARKS.md#figures-that-were-in-the-codes-comments);
+# sleeping waiters cost almost nothing on an idle machine. Only effective when torch is not imported
+# yet (i.e. when run as a script); an explicit setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402

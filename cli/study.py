@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter)
     p.add_argument("--preset", default="full", choices=list(PRESETS),
                    help="full: the study of docs/RESULTS.md (6 orders, 3 seeds); quick: order NKS and "
-                        "fewer arms (38 min measured on 2 cores, the full study 120 min); cuda: the paper's input size and "
+                        "fewer arms (the measured wall time of both: docs/RESULTS.md); cuda: the paper's input size and "
                         "schedule on a GPU; smoke: a few steps, for tests")
     p.add_argument("--quick", action="store_const", const="quick", dest="preset",
                    help="same as --preset quick")

@@ -406,7 +406,8 @@ def _noise_table() -> np.ndarray:
     """Periodic smooth value noise, precomputed once as a flat (2048*2048,) float32 table.
 
     Rendering then samples it with one gather per pixel (nearest texel, 16 texels per feature,
-    so the quantization is invisible) instead of interpolating a lattice per pixel: 3x cheaper.
+    so the quantization is invisible) instead of interpolating a lattice per pixel: cheaper
+    (measured: docs/BENCHMARKS.md#figures-that-were-in-the-codes-comments).
     """
     lattice = np.random.default_rng(20250101).random((NOISE_PERIOD, NOISE_PERIOD))
     x = np.arange(NOISE_PERIOD * NOISE_CELL) / NOISE_CELL
@@ -1473,7 +1474,8 @@ def _domain_meta(cfg: DomainConfig, scale: float, counts: dict, measured: dict) 
 def tune_malloc() -> None:
     """Keep freed large numpy buffers in the heap (glibc) instead of returning them to the OS:
     every image allocates the same big arrays again, and the page faults of fresh mappings
-    otherwise cost ~15 % of the run in system time. Inherited by forked workers."""
+    otherwise cost system time (measured: docs/BENCHMARKS.md#figures-that-were-in-the-codes-comments).
+    Inherited by forked workers."""
     try:
         import ctypes
         libc = ctypes.CDLL("libc.so.6")

@@ -603,7 +603,7 @@ class Stage:
         n = self.frame_images()
         area = self.opts.frame_area
         bar = self.end_bar("frame statistics", n * len(self.specs))
-        try:  # on the default inference path: the features a query gets (and 2-4x faster on a CPU)
+        try:  # on the default inference path: the features a query gets (and faster: docs/BENCHMARKS.md#speed)
             return frame_statistics(DepthPredictor(self.net, device=self.ctx.device),
                                     "".join(s.letter for s in self.specs), self.opts.data_root,
                                     self.cameras(self.specs), max_images=n, seed=self.opts.seed,

@@ -29,17 +29,15 @@ One rule, used by predict.py, the streams (inference/stream.py), the demo and
    frame rule (``FRAME_RULES``, predict.py's ``--frame-rule``): ``tiled`` (the default) in
    overlapping tiles of that size, blended; ``tiled-anchored`` the same, the rows a
    bottom-anchored head (KITTI's crops keep the bottom of the frame; ``head_anchors``) saw in
-   training from its bottom tile (measured mixed: K's RMSE 9-14 % better, AbsRel 4-20 % worse);
+   training from its bottom tile (measured mixed on K: RMSE better, AbsRel worse);
    ``windowed`` in one pass with the fusion's attention pooled over windows of the training extent
    (``models.modules.Windows``, the trained weights unchanged; sharing the selection pass's
-   encoder when both inputs match): 2-3x cheaper, as accurate as one global pass (so the
-   attention's pooling is not what makes tiles better), on K less accurate than tiles (RMSE 10-15 %),
-   and less accurate than tiles: not the default.
-   depth). Measured in docs/BENCHMARKS.md (frame rule). Inputs
-   are not padded to the stride: measured on the quickstart's NK stage model (8 frames each),
-   replicate padding raised AbsRel (K whole frames 0.554 against 0.415 unpadded, N 0.314 against
-   0.302), and whole K frames in one pass (0.415) were worse than tiles (0.341); the network takes any
-   size, as in training (240 and 114 are no multiples of 32 either). The depth is brought to the
+   encoder when both inputs match): cheaper, as accurate as one global pass (so the
+   attention's pooling is not what makes tiles better), on K less accurate than tiles: not the
+   default. Measured in docs/BENCHMARKS.md#frame-rule. Inputs are not padded to the stride
+   (replicate padding raised AbsRel, and whole K frames in one pass were worse than tiles:
+   docs/BENCHMARKS.md#frames); the network takes any size, as in training (240 and 114 are no
+   multiples of 32 either). The depth is brought to the
    frame's size. One bound holds whatever the frame (``bound_scale``): a side shorter than
    ``MIN_SIDE`` is padded up to it (replicate, cropped away after; only such thin frames are
    padded), never upscaled, so the floor overrides neither the focal match nor the cap, and the
@@ -557,8 +555,8 @@ class FramePipeline:
     "tiled" (the default) overlapping tiles of the training extent, blended; "tiled-anchored" the
     same tiles, a bottom-anchored head's rows from its bottom tile (where its training crops lay);
     "windowed" one pass with the channel attention pooled over windows of the training extent
-    (``models.modules.Windows``; PyTorch path only, the other backends tile): 2-3x cheaper than
-    tiles, K's RMSE 10-15 % worse on the quickstart model (docs/BENCHMARKS.md, frame rule)."""
+    (``models.modules.Windows``; PyTorch path only, the other backends tile): cheaper than
+    tiles, less accurate on K (docs/BENCHMARKS.md#frame-rule)."""
 
     def __init__(self, predictor, cameras, mode: str = "resample", max_pixels: int = MAX_PIXELS, tiles=None,
                  rule: str = DEFAULT_FRAME_RULE, anchors=None):

@@ -39,9 +39,9 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", "
 
 
 # Images above this many pixels are refused from their header (--max-pixels): predicting,
-# upsampling and colour-mapping cost well over 100 bytes per pixel (measured: a 5000x5000 PNG
-# took predict.py to 3.9 GB), so 25 M pixels (a 24 MP camera's 6000x4000 passes) stay under
-# ~4 GB, where PIL's own guard (89 M pixels) would allow over 12 GB.
+# upsampling and colour-mapping cost well over 100 bytes per pixel, so 25 M pixels (a 24 MP camera's
+# 6000x4000 passes) stay within a few GB, where PIL's own guard (89 M pixels) would allow several
+# times more (measured: docs/BENCHMARKS.md#figures-that-were-in-the-codes-comments).
 DEFAULT_MAX_PIXELS = 25_000_000
 
 
@@ -364,8 +364,8 @@ class ImageOptions:
         "how a frame larger than the head's training input runs: tiled (default) = overlapping tiles "
         "of the training size, blended; tiled-anchored = the same, a KITTI-like head's rows from its "
         "bottom tile (where its training crops lay); windowed = one pass, the fusion's channel "
-        "attention pooled over windows of the training extent (2-3x cheaper; K's RMSE 10-15 %% worse "
-        "on the quickstart model: docs/BENCHMARKS.md, frame rule; PyTorch backend only, the others tile)")})
+        "attention pooled over windows of the training extent (cheaper, less accurate on K: "
+        "docs/BENCHMARKS.md#frame-rule; PyTorch backend only, the others tile)")})
     max_pixels: int | None = field(default=DEFAULT_MAX_PIXELS, metadata={"help": (
         "refuse images with more pixels than this, read from the file's header before decoding "
         "(memory grows by well over 100 bytes per pixel)")})

@@ -119,7 +119,8 @@ def cpu_kind() -> str:
 
 
 # The training precision that ``--precision auto`` picks on each CPU kind (engine.processes.amp_settings).
-# bf16 autocast trains 2.5-3x faster than float32 where bf16 is native (AMX, AVX512-BF16), but it is
+# bf16 autocast trains faster than float32 where bf16 is native (AMX, AVX512-BF16; docs/BENCHMARKS.md,
+# "The training step: where the time goes"), but it is
 # the default only where a seed table shows the same model quality (issue "the quickstart in 8
 # minutes": mean over >= 3 seeds within float32's seed spread on every figure, head selection >= 99 %
 # on every seed). No such table exists yet (one bf16 quickstart seed chose the right head for 97.5 %

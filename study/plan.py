@@ -136,6 +136,6 @@ class Plan:
 
     def selection_checkpoints(self) -> list[Path]:
         """The selection benchmark's subjects: the selection arm's final model of every order and seed
-        (its cost, ~40 s per model at the study's size, rules out every arm)."""
+        (its cost per model rules out every arm: docs/BENCHMARKS.md#figures-that-were-in-the-codes-comments)."""
         arm = self.selection_arm
         return [self.stage(o, len(o), arm, seed) for seed in self.s.seeds for o in self.orders_of(arm)]
