@@ -104,13 +104,13 @@ def declared_options(path: Path):
 
 
 def test_device_and_amp_are_declared_in_options_only():
-    """Commands take them from options.add_device_argument / add_amp_argument (choices and
+    """Commands take them from options.add_device_argument / add_training_precision_argument (choices and
     default in one place). bench/ is left out: its scripts take a plain cpu/cuda device, no auto."""
     files = sorted(ROOT.glob("*.py")) + [f for pkg in ("models", "study", "data", "engine", "inference",
                                                         "evaluation", "cli") for f in sorted((ROOT / pkg).glob("*.py"))]
     found = [f"{p.relative_to(ROOT)}:{line} {opt}" for p in files if p != ROOT / "cli" / "options.py"
              for line, opt in declared_options(p)]
-    assert not found, f"declare these with options.add_device_argument / add_amp_argument: {found}"
+    assert not found, f"declare these with options.add_device_argument / add_older_amp_argument: {found}"
     assert sorted(opt for _, opt in declared_options(ROOT / "cli" / "options.py")) == ["--amp", "--device"]
 
 
