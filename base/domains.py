@@ -478,3 +478,13 @@ def run_name(letters: str, strategy: str) -> str:
     if strategy == "ours" or len(letters) == 1:
         return letters
     return f"{letters}_{strategy}"
+
+
+def clamp_depth(depth, depth_range):
+    """``depth`` (metres, an array) clipped to a head's ``depth_range`` (min, max): the one clamp
+    of every output (``inference.images.Predictor.clamp``: predict.py, the streams and the demo;
+    ``DepthPredictor.predict_image``'s intervals and ``write_outputs``; the calibration on whole
+    frames, evaluation/frame_calibration.py). Where the range comes from is the caller's."""
+    import numpy as np
+    lo, hi = depth_range
+    return np.clip(depth, lo, hi)

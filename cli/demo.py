@@ -17,7 +17,8 @@ and Gradio's cache is cleaned (files older than an hour, and at exit).
 
 Everything is computed by inference/images.py: ``Predictor.run`` (the frame pipeline of
 inference/frames.py: head choice on the whole frame, the out-of-domain verdict, depth at the chosen
-head's pixel scale) and ``save_colormap`` (the colour bars).
+head's pixel scale); its pictures are written by inference/outputs.py (``save_depth_colormap``, as
+predict.py's, and ``save_colormap``: the colour bars).
 """
 from __future__ import annotations
 
@@ -37,7 +38,8 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from inference import images as P  # noqa: E402
-from base.images import DEPTH_CMAP, UNCERTAINTY_CMAP  # noqa: E402
+from base.images import UNCERTAINTY_CMAP  # noqa: E402
+from inference.outputs import save_colormap, save_depth_colormap  # noqa: E402
 from base.uncertainty import interval_summary, median_width  # noqa: E402
 from inference.known_depth import describe_fit, read_known_depth  # noqa: E402
 from cli.errors import CLIError, run_command  # noqa: E402
@@ -245,13 +247,13 @@ def infer(models: Models, image, checkpoint: str, head_choice: str, workdir: Pat
     workdir.mkdir(parents=True, exist_ok=True)
     fd, depth_png = tempfile.mkstemp(suffix="_depth.png", dir=workdir)
     os.close(fd)
-    P.save_colormap(depth_png, depth, "depth [m]", DEPTH_CMAP)
+    save_depth_colormap(depth_png, depth)  # predict.py's <name>_depth_color.png
     unc_png = None
     if r["uncertainty"] is not None:
         fd, unc_png = tempfile.mkstemp(suffix="_uncertainty.png", dir=workdir)
         os.close(fd)
         lower, upper = model.interval(depth, r["uncertainty"], head, DEMO_INTERVAL)
-        P.save_colormap(unc_png, upper - lower, f"{DEMO_INTERVAL:.0%} interval width [m]", UNCERTAINTY_CMAP)
+        save_colormap(unc_png, upper - lower, f"{DEMO_INTERVAL:.0%} interval width [m]", UNCERTAINTY_CMAP)
     letter = model.letters[head]
     how = "forced" if r["how"] == "given" else "nearest prototype"
     text = (f"{get_domain(letter).name} ({letter}), {how}; depth {float(depth.min()):.2f}-"

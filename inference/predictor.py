@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from base.domains import clamp_depth
 from base.errors import InputError
 from models import load_checkpoint
 from models.checkpoint import check_checkpoint_path
@@ -348,11 +349,32 @@ class DepthPredictor:
         if interval is not None:
             from base.uncertainty import head_calibration, interval_maps, interval_summary
             heads, h = self.num_domains, out["head"]
-            lo, hi = (self.meta.get("depth_ranges") or [[0.0, float("inf")]] * heads)[h]
-            lower, upper = interval_maps(np.clip(out["depth"], lo, hi), out["uncertainty"],
+            lower, upper = interval_maps(clamp_depth(out["depth"], self.depth_range(h)), out["uncertainty"],
                                          head_calibration(self.meta, h, heads), interval)
             out["interval"] = {"lower": lower, "upper": upper, **interval_summary(self.meta, h, heads, interval)}
         return out
+
+    def depth_range(self, head: int):
+        """(min, max) metres of head ``head``: the checkpoint's ``depth_ranges``, else 0..inf."""
+        return (self.meta.get("depth_ranges") or [[0.0, float("inf")]] * self.num_domains)[head]
+
+    def write_outputs(self, stem, result: dict, image=None, *, clamp: bool = True, colour_maps: bool = True,
+                      max_depth: float | None = None, ply_stride: int = 1, warn=None):
+        """predict.py's files of one :meth:`predict_image` ``result`` (inference/outputs.py):
+        ``<stem>_depth.png`` (16-bit millimetres), ``<stem>_depth.npy`` (float32 metres), the colour
+        maps (``colour_maps``, the depth bar up to ``max_depth``), the interval bounds where the
+        result has them (``predict_image(interval=...)``), ``<stem>.ply`` where the ``image`` it was
+        predicted from is given (through the camera the prediction used; every ``ply_stride``-th
+        pixel). The depth is clamped to the head's range first, as predict.py does (``clamp=False``:
+        its --no-clamp). Returns ``inference.outputs.Written`` (the paths, the point count)."""
+        from inference.outputs import ply_intrinsics, write_prediction
+        from loaders import rgb_array
+        depth = clamp_depth(result["depth"], self.depth_range(result["head"])) if clamp else result["depth"]
+        rgb = rgb_array(image, "write_outputs") if image is not None else None
+        k = ply_intrinsics(result["camera"])[0] if rgb is not None else None
+        return write_prediction(stem, depth, uncertainty=result.get("uncertainty"), interval=result.get("interval"),
+                                rgb=rgb, intrinsics=k, colour_maps=colour_maps, max_depth=max_depth,
+                                ply_stride=ply_stride, warn=warn)
 
     def head_index(self, domain):
         """The head index of ``domain``: None, an index, a letter or a name of this model's domains;

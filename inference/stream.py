@@ -51,7 +51,8 @@ from base.images import DEPTH_CMAP
 from base.safeio import WriteError, hold_lock, write_json
 from inference.frames import GATE_THRESHOLD
 from inference.predictor import predictor_settings
-from inference.images import DEFAULT_MAX_PIXELS, collect_inputs, make_out_dir, read_rgb, save_png16
+from inference.images import DEFAULT_MAX_PIXELS, collect_inputs, make_out_dir, read_rgb
+from inference.outputs import write_depth
 from base.safeio import atomic_write
 from base.uncertainty import calibration_note, interval_summary, median_width
 
@@ -350,9 +351,7 @@ class Sink:
 
     def _write(self, item):
         if self.depth_dir is not None:
-            save_png16(self.depth_dir / f"{item['name']}_depth.png", item["depth"])
-            with atomic_write(self.depth_dir / f"{item['name']}_depth.npy") as fh:
-                np.save(fh, item["depth"].astype(np.float32))
+            write_depth(self.depth_dir / item["name"], item["depth"])  # <frame>_depth.png (mm) and .npy (metres)
         if self.video_path is None:
             return
         if self.size is None:  # every frame of the video gets the first frame's size

@@ -21,7 +21,7 @@ from cli import train as train_cli
 from base import safeio
 from cli import test as evaluate_cli
 from cli import predict
-from inference import images as prediction
+from inference import outputs
 from helpers import ROOT, make_checkpoint, make_data_root, make_net
 from models import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 
@@ -397,7 +397,6 @@ def test_failed_save_names_the_path_and_leaves_nothing(tmp_path, monkeypatch):
 
 
 def test_predict_outputs_appear_complete_or_not_at_all(tmp_path, monkeypatch):
-    P = prediction
     original = Image.Image.save
 
     def full_disk(self, fp, *a, **k):
@@ -406,7 +405,7 @@ def test_predict_outputs_appear_complete_or_not_at_all(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Image.Image, "save", full_disk)
     with pytest.raises(OSError, match="depth.png"):
-        P.save_png16(tmp_path / "x_depth.png", np.ones((4, 4), np.float32))
+        outputs.save_png16(tmp_path / "x_depth.png", np.ones((4, 4), np.float32))
     assert os.listdir(tmp_path) == []
 
 

@@ -9,6 +9,7 @@ from PIL import Image
 from cli import predict as P
 from base.errors import InputError
 from inference import images as prediction
+from inference import outputs
 from helpers import (make_checkpoint, make_data_root, make_net, save_authors_checkpoint,
                      write_image)
 
@@ -86,7 +87,7 @@ def test_ply_matches_depth_and_intrinsics(folder_run, ckpt):
     summary = json.loads((out / "predictions.json").read_text())
     item = next(i for i in summary["images"] if i["file"].endswith("photo.jpg"))
     depth = np.load(out / "photo_depth.npy")
-    pts = prediction.read_ply(out / "photo.ply")
+    pts = outputs.read_ply(out / "photo.ply")
     h, w = depth.shape
     assert len(pts) == h * w
     np.testing.assert_allclose(pts["z"], depth.ravel(), rtol=1e-6)
@@ -107,18 +108,18 @@ def test_forced_domain_size_and_given_intrinsics(ckpt, folder, tmp_path, capsys)
     assert "kitti (K, given)" in printed
     assert np.load(tmp_path / "gray_depth.npy").shape == (48, 64)
     assert not (tmp_path / "gray_depth_color.png").exists()
-    pts = prediction.read_ply(tmp_path / "gray.ply")
+    pts = outputs.read_ply(tmp_path / "gray.ply")
     assert pts["x"][0] == pytest.approx((0 - 32) * pts["z"][0] / 50, rel=1e-5)
 
 
 def test_png16_and_intrinsics_helpers():
     d = np.array([[0.0, 0.0004, 0.0006, 1.23456], [-1.0, 65.535, 70.0, np.nan]], dtype=np.float32)
-    np.testing.assert_array_equal(prediction.depth_to_png16(d), [[0, 0, 1, 1235], [0, 65535, 65535, 0]])
-    k, src = prediction.intrinsics_for("N", 320, 240)
+    np.testing.assert_array_equal(outputs.depth_to_png16(d), [[0, 0, 1, 1235], [0, 65535, 65535, 0]])
+    k, src = outputs.intrinsics_for("N", 320, 240)
     assert k == pytest.approx((518.86 / 2, 519.47 / 2, 325.58 / 2, 253.74 / 2)) and "nyu" in src
-    k, _ = prediction.intrinsics_for("K", 1216, 352)
+    k, _ = outputs.intrinsics_for("K", 1216, 352)
     assert k == pytest.approx((721.5, 721.5, 596.5, 149.9))
-    assert prediction.intrinsics_for("S", 640, 480, given=(1, 2, 3, 4)) == ((1, 2, 3, 4), "given")
+    assert outputs.intrinsics_for("S", 640, 480, given=(1, 2, 3, 4)) == ((1, 2, 3, 4), "given")
     with pytest.raises(InputError, match="--intrinsics"):
         prediction.parse_intrinsics("1,2,3")
 

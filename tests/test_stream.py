@@ -10,6 +10,7 @@ from PIL import Image
 
 from cli import predict as P
 from inference import images as prediction
+from inference import outputs
 from inference import stream as S
 from helpers import CONSTANT_COLORS, make_checkpoint, make_data_root
 
@@ -153,7 +154,7 @@ def test_video_in_depth_video_and_log_out(ckpt, tmp_path):
     depth = np.load(out / "clip_depth" / "000007_depth.npy")
     assert depth.shape == (h, w)
     png = np.asarray(Image.open(out / "clip_depth" / "000007_depth.png"))
-    assert np.array_equal(png, prediction.depth_to_png16(depth))
+    assert np.array_equal(png, outputs.depth_to_png16(depth))
     assert abs(float(rows[7]["depth_max"]) - float(depth.max())) < 1e-3
     assert "15 frame(s)" in std
     assert not list(out.glob("*.part.*"))  # the video was written under a temporary name, then renamed

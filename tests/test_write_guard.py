@@ -192,7 +192,7 @@ ENTRIES = {
 # the commands that write nothing but what another entry above checks (their outputs go through
 # the same library entries), or only read
 COVERED_BY = {"cli.stream": "inference.stream (write_stream: lock, write_log)",
-              "cli.demo": "inference.images (save_png16 / save_colormap through atomic_write) in its own work folder",
+              "cli.demo": "inference.outputs (save_depth_colormap / save_colormap through atomic_write) in its own work folder",
               "cli.prepare_data": "data.prepare (index CSVs only inside the data root, test_faults3)",
               "cli.options": "no writes", "cli.errors": "no writes",
               "cli.new_domain": "the library of cli.add_domain (next)",
