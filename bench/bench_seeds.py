@@ -3,7 +3,7 @@
     python bench/bench_seeds.py --seeds 0,1,2 --precisions fp32,bf16 --data-root datasets/synthetic
     python bench/bench_seeds.py --summarize-only --out runs/seeds      # the table of finished runs
 
-Each cell (precision, seed) is one ``quickstart.py --seed S --amp P`` into ``--out/<P>_s<S>`` on the
+Each cell (precision, seed) is one ``quickstart.py --seed S --precision P`` into ``--out/<P>_s<S>`` on the
 same synthetic data (the seed moves the weights' initialisation, the data order and the
 augmentation, not the data: a data root that fits is reused), run one after the other so that the
 wall times are comparable; a cell whose ``report.json`` exists is not run again. Then, per cell:
@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-AMP_OF = {"fp32": "off", "bf16": "bf16", "fp16": "fp16"}  # quickstart.py's training precision option
+TRAINING_PRECISIONS = ("fp32", "bf16", "fp16")  # quickstart.py --precision (auto aside)
 LETTERS = "NKS"
 # the per-cell figures the rule compares
 FIGURES = ([f"{m} {c}" for m in ("abs_rel", "rmse", "delta1") for c in LETTERS] + ["forgetting abs_rel"]
@@ -42,7 +42,7 @@ def run_cell(precision: str, seed: int, args, log) -> Path:
     if (out / "report.json").is_file():
         return out
     cmd = [sys.executable, str(ROOT / "quickstart.py"), "--data-root", args.data_root, "--out", str(out),
-           "--seed", str(seed), "--amp", AMP_OF[precision]]
+           "--seed", str(seed), "--precision", precision]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     log(f"{time.strftime('%H:%M:%S')} {' '.join(cmd)}")
@@ -153,9 +153,9 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
-    bad = [p for p in precisions if p not in AMP_OF]
+    bad = [p for p in precisions if p not in TRAINING_PRECISIONS]
     if bad:
-        raise SystemExit(f"error: --precisions: unknown {bad}; choose from {sorted(AMP_OF)}")
+        raise SystemExit(f"error: --precisions: unknown {bad}; choose from {sorted(TRAINING_PRECISIONS)}")
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     cells = {}
     for seed in seeds:  # seed-major, so that a stopped run leaves every precision with as many seeds

@@ -55,7 +55,8 @@ from cli import stream  # video files and frame folders
 from cli.errors import CLIError, printable, run_command
 from cli.options import (HelpFormatter, add_checkpoint_arguments, add_runtime_arguments,
                          add_selector_arguments, checked_type, help_of, parse_letters, parse_size,
-                         resolve_device, runtime_options)
+                         runtime_options)
+from engine.processes import resolve_device
 from base.domains import get_domain
 from base.safeio import write_json
 from inference.known_depth import describe_fit, known_depth_file, read_known_depth

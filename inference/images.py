@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from base.domains import CAMERAS, clamp_depth, get_domain
+from base.domains import SENSORS, clamp_depth, get_domain
 from base.images import normalize
 from loaders import load_rgb
 from losses import upsample_to
@@ -38,9 +38,9 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", "
 
 
 # Images above this many pixels are refused from their header (--max-pixels): predicting,
-# upsampling and colour-mapping cost well over 100 bytes per pixel (measured: a 5000x5000 PNG
-# took predict.py to 3.9 GB), so 25 M pixels (a 24 MP camera's 6000x4000 passes) stay under
-# ~4 GB, where PIL's own guard (89 M pixels) would allow over 12 GB.
+# upsampling and colour-mapping cost well over 100 bytes per pixel, so 25 M pixels (a 24 MP camera's
+# 6000x4000 passes) stay within a few GB, where PIL's own guard (89 M pixels) would allow several
+# times more (measured: docs/BENCHMARKS.md#figures-that-were-in-the-codes-comments).
 DEFAULT_MAX_PIXELS = 25_000_000
 
 
@@ -250,8 +250,8 @@ class ImageOptions:
         "1-179 deg field of view): the frame is resampled to the chosen head's "
         "focal length, and --ply uses them (default: --fov, the EXIF focal length, else the chosen "
         "head's camera at the image's field of view; real sensors: " + ", ".join(
-            f"{get_domain(c).name} {','.join(f'{v:g}' for v in cam.intrinsics)} "
-            f"@{cam.frame_size[0]}x{cam.frame_size[1]}" for c, cam in CAMERAS.items()) + ")")})
+            f"{get_domain(c).name} {','.join(f'{v:g}' for v in cam.depth.focal_centre)} "
+            f"@{cam.frame_size[0]}x{cam.frame_size[1]}" for c, cam in SENSORS.items()) + ")")})
     fov: float | str | None = field(default=None, metadata={"help": (
         "horizontal field of view of the camera in degrees (instead of --intrinsics); without either, "
         "a photo's EXIF 35 mm focal length is used, else the chosen head's camera is assumed (printed "
@@ -264,8 +264,8 @@ class ImageOptions:
         "how a frame larger than the head's training input runs: tiled (default) = overlapping tiles "
         "of the training size, blended; tiled-anchored = the same, a KITTI-like head's rows from its "
         "bottom tile (where its training crops lay); windowed = one pass, the fusion's channel "
-        "attention pooled over windows of the training extent (2-3x cheaper; K's RMSE 10-15 %% worse "
-        "on the quickstart model: docs/BENCHMARKS.md, frame rule; PyTorch backend only, the others tile)")})
+        "attention pooled over windows of the training extent (cheaper, less accurate on K: "
+        "docs/BENCHMARKS.md#frame-rule; PyTorch backend only, the others tile)")})
     max_pixels: int | None = field(default=DEFAULT_MAX_PIXELS, metadata={"help": (
         "refuse images with more pixels than this, read from the file's header before decoding "
         "(memory grows by well over 100 bytes per pixel)")})

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from base.domains import CAMERAS, get_domain
+from base.domains import SENSORS, get_domain
 from base.images import DEPTH_CMAP, UNCERTAINTY_CMAP
 from base.safeio import atomic_write
 from base.uncertainty import median_width
@@ -130,10 +130,8 @@ def intrinsics_for(letter, width, height, given=None):
     """(fx, fy, cx, cy) at (width, height): given as is, else the domain's default scaled."""
     if given is not None:
         return tuple(given), "given"
-    if letter in CAMERAS:  # a built-in domain's sensor (domains.CAMERAS)
-        (fx, fy, cx, cy), (w0, h0) = CAMERAS[letter].intrinsics, CAMERAS[letter].frame_size
-        sx, sy = width / w0, height / h0
-        return (fx * sx, fy * sy, cx * sx, cy * sy), f"{get_domain(letter).name} default"
+    if letter in SENSORS:  # a built-in domain's sensor (base.domains.SENSORS)
+        return SENSORS[letter].depth.resized(width, height).focal_centre, f"{get_domain(letter).name} default"
     f = 0.5 * width / math.tan(math.radians(30.0))  # 60 degree horizontal field of view
     return (f, f, (width - 1) / 2.0, (height - 1) / 2.0), "generic 60-degree camera"
 

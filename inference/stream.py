@@ -60,10 +60,10 @@ VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".m
                     ".ts", ".mts", ".m2ts", ".3gp", ".3g2", ".ogv")  # transport streams, camcorders, phones
 SMOOTHING_MODES = ("mean", "vote", "raw")
 DEFAULT_WINDOW = 4
-DECISIVE_RATIO = 2.0  # HeadSmoother._decisive. bench/bench_stream.py, quickstart model: thresholds alone
-# follow 149 of 195 changes of the N,K,S cycle; with ratio 3: 175, ratio 2: 176, 0 wrong switches and
-# the NKSN streams still at 15 switches (15 true), 0 wrong, delay <= 2 frames
-DEFAULT_MARGIN = 0.0  # measured with bench/bench_stream.py: 5 % halves the wrong switches but delays N<->S changes up to 6 frames
+# HeadSmoother._decisive and the switching margin, chosen with bench/bench_stream.py on the quickstart
+# model (the figures: docs/BENCHMARKS.md#figures-that-were-in-the-codes-comments)
+DECISIVE_RATIO = 2.0
+DEFAULT_MARGIN = 0.0  # a margin halves the wrong switches but delays N<->S changes
 LABEL_HEIGHT = 22
 
 

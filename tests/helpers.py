@@ -38,16 +38,16 @@ import pytest
 import torch
 from PIL import Image
 
-from base.domains import CAMERAS, get_domain
+from base.domains import SENSORS, get_domain
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Real frame sizes (W, H) of the three built-in domains (domains.CAMERAS).
-FRAME_SIZES = {c: cam.frame_size for c, cam in CAMERAS.items()}
-SCANNET_COLOR = CAMERAS["S"].color_size
+# Real frame sizes (W, H) of the three built-in domains (base.domains.SENSORS).
+FRAME_SIZES = {c: cam.frame_size for c, cam in SENSORS.items()}
+SCANNET_COLOR = SENSORS["S"].color_size
 # Per-domain flat colours of style="constant" (far apart in RGB).
 CONSTANT_COLORS = {"N": (200, 40, 40), "K": (40, 190, 60), "S": (50, 60, 210)}
-CSV_NAMES = {c: (get_domain(c).train_csv, get_domain(c).test_csv, get_domain(c).replay_csv) for c in CAMERAS}
+CSV_NAMES = {c: (get_domain(c).train_csv, get_domain(c).test_csv, get_domain(c).replay_csv) for c in SENSORS}
 
 
 @contextlib.contextmanager

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from data import synthetic
-from base.domains import get_domain
+from base.domains import Intrinsics, get_domain
 from inference import frames as FR
 from inference import images
 from inference.predictor import DepthPredictor
@@ -129,7 +129,7 @@ def test_camera_rescaling_against_a_frame_rendered_at_two_resolutions(setup):
 def test_camera_hints_field_of_view_and_exif(tmp_path):
     cam, how = FR.resolve_camera(FR.CameraHint(fov_deg=90.0), 200, 100, None)
     assert cam.fx == pytest.approx(100.0) and "90" in how
-    head = FR.Camera(100.0, 100.0, 50.0, 40.0, 100, 80)
+    head = Intrinsics(100.0, 100.0, 50.0, 40.0, 100, 80)
     cam, how = FR.resolve_camera(None, 300, 200, head)  # no information: the head's field of view
     assert cam.fx == pytest.approx(300.0) and cam.hfov_deg == pytest.approx(head.hfov_deg)
     assert how.startswith("no camera information")

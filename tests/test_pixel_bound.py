@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from base.domains import Intrinsics
 from base.errors import InputError
 from cli import predict
 from helpers import error_of, make_checkpoint, png_header_only, predict_args, torch_threads
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def cam(fx, w, h):
-    return F.Camera(fx, fx, (w - 1) / 2, (h - 1) / 2, w, h)
+    return Intrinsics(fx, fx, (w - 1) / 2, (h - 1) / 2, w, h)
 
 
 @pytest.mark.parametrize("w,h", [(40000, 2), (100000, 2), (100000, 8), (20000, 20), (2, 40000)])

@@ -132,7 +132,7 @@ def _synthetic_generate(ckpt, tmp):
 
 
 def _study(ckpt, tmp):
-    from study import cli as study_cli
+    from cli import study as study_cli
     root = real_dataset(tmp / "real")
     msg = error_of(study_cli.main, ["--preset", "smoke", "--data-root", str(root), "--runs-dir", str(tmp / "s"),
                                     "--quiet"])
@@ -183,7 +183,7 @@ ENTRIES = {
     "cli.quickstart --data-root": (_quickstart_data_root, "--regenerate"),
     "data.synthetic.generate": (_synthetic_generate, "not made by synthetic.py"),
     "cli.synthetic": (_synthetic_cli, "--overwrite"),
-    "study": (_study, "not made by synthetic.py"),
+    "cli.study": (_study, "not made by synthetic.py"),
     "cli.train": (_train, "prior checkpoint"),
     "cli.predict": (_predict, "file"),
     "inference.stream.write_log": (_stream_log, "input video"),
@@ -194,10 +194,11 @@ COVERED_BY = {"cli.stream": "inference.stream (write_stream: lock, write_log)",
               "cli.demo": "inference.outputs (save_depth_colormap / save_colormap through atomic_write) in its own work folder",
               "cli.prepare_data": "data.prepare (index CSVs only inside the data root, tests/test_prepare_data.py)",
               "cli.options": "no writes", "cli.errors": "no writes",
+              "cli.new_domain": "the library of cli.add_domain (next)",
               "cli.add_domain": "engine.run.train_stage (the checkpoint and run folder, as cli.train above); "
                                 "domains.json, the index CSVs and the report through base.safeio.write_json / "
                                 "atomic_write (base.safeio.write_json above); index CSVs it did not make are kept "
-                                "(engine.add_domain.check_outputs, tests/test_add_domain.py)"}
+                                "(cli.new_domain.check_outputs, tests/test_add_domain.py)"}
 
 
 @pytest.mark.parametrize("name", sorted(n for n in ENTRIES if ENTRIES[n][1] is not None))
