@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""The lifelong study behind docs/RESULTS.md (the logic lives in the ``study`` package).
+"""The lifelong study behind docs/RESULTS.md (the command lives in cli/study.py, the logic in the ``study`` package).
 
-    python3 study.py                  # the full study: 3 orders x arms x 3 seeds, 2 h on 2 CPU cores
-    python3 study.py --quick          # its subset (order NKS, ours and finetune), 38 min
+    python3 study.py                  # the full study: 3 orders x arms x 3 seeds (wall time: docs/RESULTS.md)
+    python3 study.py --quick          # its subset (order NKS, ours and finetune)
     python3 study.py --report-only    # rebuild docs/RESULTS.md from the runs on disk
     python3 study.py --preset cuda    # the paper's input size and schedule on a GPU
 
@@ -10,7 +10,7 @@ Everything already on disk is reused; an interrupted study resumes with the same
 """
 import sys
 
-from study.cli import main
+from cli.study import main
 
 if __name__ == "__main__":
     sys.exit(0 if main() else 1)

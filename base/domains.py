@@ -51,6 +51,7 @@ Depth value 0 always means "no ground truth".
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -276,18 +277,62 @@ BUILTIN = (NYU, KITTI, SCANNET)
 
 
 @dataclass(frozen=True)
-class Camera:
+class Intrinsics:
+    """A pinhole camera's intrinsics at one image size (pixels): what a head learned (a checkpoint's
+    ``cameras``), what a frame is assumed to have (``inference.frames.resolve_camera``), what a
+    renderer projects with (``data.synthetic.RenderCamera``)."""
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+    width: int
+    height: int
+
+    def resized(self, width: int, height: int) -> "Intrinsics":
+        """The same camera at another image size (the image resized, not cropped)."""
+        sx, sy = width / self.width, height / self.height
+        return Intrinsics(self.fx * sx, self.fy * sy, self.cx * sx, self.cy * sy, int(width), int(height))
+
+    @property
+    def focal_centre(self) -> Tuple[float, float, float, float]:
+        """(fx, fy, cx, cy)."""
+        return self.fx, self.fy, self.cx, self.cy
+
+    @property
+    def size(self) -> Tuple[int, int]:
+        """(W, H)."""
+        return self.width, self.height
+
+    @property
+    def hfov_deg(self) -> float:
+        return math.degrees(2.0 * math.atan(0.5 * self.width / self.fx))
+
+    def as_dict(self) -> dict:
+        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d) -> "Intrinsics":
+        return cls(float(d["fx"]), float(d["fy"]), float(d["cx"]), float(d["cy"]), int(d["width"]),
+                   int(d["height"]))
+
+
+@dataclass(frozen=True)
+class Sensor:
     """The real sensor of a built-in domain: what synthetic.py renders, what predict.py's point clouds
     assume when no --intrinsics is given, and the frame sizes the test fixtures imitate."""
-    frame_size: Tuple[int, int]                      # (W, H) of the depth map
-    intrinsics: Tuple[float, float, float, float]    # fx, fy, cx, cy in pixels at frame_size
+    depth: Intrinsics                                # the depth map's camera at its frame size
     color_size: Tuple[int, int]                      # (W, H) of the colour image
 
+    @property
+    def frame_size(self) -> Tuple[int, int]:
+        """(W, H) of the depth map."""
+        return self.depth.size
 
-CAMERAS: Dict[str, Camera] = {
-    "N": Camera((640, 480), (518.86, 519.47, 325.58, 253.74), (640, 480)),
-    "K": Camera((1216, 352), (721.5, 721.5, 596.5, 149.9), (1216, 352)),
-    "S": Camera((640, 480), (577.6, 577.6, 319.5, 239.5), (1296, 968)),
+
+SENSORS: Dict[str, Sensor] = {
+    "N": Sensor(Intrinsics(518.86, 519.47, 325.58, 253.74, 640, 480), (640, 480)),
+    "K": Sensor(Intrinsics(721.5, 721.5, 596.5, 149.9, 1216, 352), (1216, 352)),
+    "S": Sensor(Intrinsics(577.6, 577.6, 319.5, 239.5, 640, 480), (1296, 968)),
 }
 
 _REGISTRY: List[DomainSpec] = list(BUILTIN)
@@ -433,3 +478,13 @@ def run_name(letters: str, strategy: str) -> str:
     if strategy == "ours" or len(letters) == 1:
         return letters
     return f"{letters}_{strategy}"
+
+
+def clamp_depth(depth, depth_range):
+    """``depth`` (metres, an array) clipped to a head's ``depth_range`` (min, max): the one clamp
+    of every output (``inference.images.Predictor.clamp``: predict.py, the streams and the demo;
+    ``DepthPredictor.predict_image``'s intervals and ``write_outputs``; the calibration on whole
+    frames, evaluation/frame_calibration.py). Where the range comes from is the caller's."""
+    import numpy as np
+    lo, hi = depth_range
+    return np.clip(depth, lo, hi)

@@ -48,7 +48,7 @@ from base.safeio import write_json  # noqa: E402
 from inference import images as P  # noqa: E402
 from inference.frames import CameraHint, source_camera  # noqa: E402
 from loaders import get_dataset  # noqa: E402
-from cli.options import resolve_device  # noqa: E402
+from engine.processes import resolve_device  # noqa: E402
 from inference.predictor import predictor_settings  # noqa: E402
 from models.checkpoint import default_scale  # noqa: E402
 
@@ -212,12 +212,12 @@ def real_height_frames(n: int, scale: float, seed: int = 0) -> list:
     rows more sky above), at ``scale``, with their ground truth (synthetic)."""
     import dataclasses
     from data import synthetic
-    from base.domains import CAMERAS
+    from base.domains import SENSORS
+    from inference.frames import registry_camera_at
     cfg = synthetic.get_config("K")
-    (w0, h0), (fx, fy, cx, cy) = CAMERAS["K"].frame_size, CAMERAS["K"].intrinsics
     W, H = RAW_KITTI
-    raw = dataclasses.replace(cfg, size=(W, H), color_size=(W, H),
-                              intrinsics=(fx, fy, cx + (W - w0) / 2, cy + (H - h0)))
+    raw = dataclasses.replace(cfg, camera=registry_camera_at(SENSORS["K"].depth, (W, H), crops=True),
+                              color_size=(W, H))
     out = []
     for i in range(n):
         sp = synthetic.SPLITS.index("test")

@@ -51,7 +51,7 @@ from base.domains import get_domain  # noqa: E402
 from base.safeio import write_json  # noqa: E402
 from cli import predict as predict_cli  # noqa: E402
 from cli.errors import CLIError  # noqa: E402
-from cli.options import resolve_device  # noqa: E402
+from engine.processes import resolve_device  # noqa: E402
 from inference.predictor import predictor_settings  # noqa: E402
 from inference.frames import GATE_THRESHOLD, SelectionGate, to_tensor  # noqa: E402
 

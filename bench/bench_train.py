@@ -17,7 +17,7 @@ outputs are used.
 
 Variants of ours: fp32 with the teacher a plain frozen copy (the engine before its teacher became
 an inference copy); fp32 (the engine's teacher, ``engine.model.make_teacher``: BN folded, fused CPU
-kernels); channels_last; bf16 autocast (``--amp bf16``, teacher weights cast to bf16 once);
+kernels); channels_last; bf16 autocast (``--precision bf16``, teacher weights cast to bf16 once);
 bf16 + channels_last. Steps are
 interleaved round by round; medians of ``--repeats`` rounds after ``--warmup`` steps. Inputs are
 pre-made random tensors (the loader is measured separately with ``--loader``).
@@ -37,6 +37,7 @@ for p in (str(ROOT), str(ROOT / "bench")):
 
 import torch  # noqa: E402
 
+from base.images import scaled_size  # noqa: E402
 from bench_inference import Timer, interleaved, machine_info, say, summarize, write_report  # noqa: E402
 from losses import uncertainty_depth_loss  # noqa: E402
 from models import LifelongDepthNet  # noqa: E402
@@ -57,10 +58,6 @@ def random_batch(batch, size, device, seed, sparse=False):
     depth = 0.5 + 9.5 * torch.rand(batch, 1, *size, generator=g)
     keep = torch.rand(batch, 1, *size, generator=g) < (0.07 if sparse else 0.95)
     return {"image": image.to(device), "depth": (depth * keep).to(device)}
-
-
-def scaled_size(scale):
-    return tuple(max(16, int(round(s * scale))) for s in NYU_SIZE)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -154,7 +151,7 @@ PLAIN_TEACHER = "ours fp32, plain frozen teacher"
 
 
 def engine_default(device) -> str | None:
-    """The variant that is the engine's default (``--amp auto``) on ``device``; None where that
+    """The variant that is the engine's default (``--precision auto``) on ``device``; None where that
     default (float16 on a CUDA GPU without bf16) is not among the variants."""
     from engine.processes import amp_settings
     dtype = amp_settings("auto", torch.device(device))[0]
@@ -179,7 +176,7 @@ def skipped_variants(device) -> dict:
 
 
 def bench_step(args, scale, timer):
-    size = scaled_size(scale)
+    size = scaled_size(NYU_SIZE, scale)
     b = args.batch_size
     batch = random_batch(b, size, args.device, 0)
     replay = [random_batch(b, size, args.device, 1), random_batch(b, size, args.device, 2, sparse=True)]
@@ -207,7 +204,7 @@ def profile_steps(args, scale, top=12) -> str:
     """Where one step's time goes: torch.profiler's operators by self CPU time (``--profile``), for
     the engine's fp32 step and, where bf16 is native, the bf16 step; markdown."""
     from torch.profiler import ProfilerActivity, profile
-    size = scaled_size(scale)
+    size = scaled_size(NYU_SIZE, scale)
     b = args.batch_size
     batch = random_batch(b, size, args.device, 0)
     replay = [random_batch(b, size, args.device, 1), random_batch(b, size, args.device, 2, sparse=True)]
@@ -268,7 +265,7 @@ def step_table(res) -> str:
              "|---|---:|---:|---:|---:|---:|"]
     for name, r in res["rows"].items():
         if name == res.get("engine_default"):
-            name = f"**{name}** (the engine's default here, `--amp auto`)"
+            name = f"**{name}** (the engine's default here, `--precision auto`)"
         lines.append(f"| {name} | {r['median_s']:.3f} | {r['min_s']:.3f} | {r['new_images_per_s']:.2f} | "
                      f"{r['images_per_s']:.2f} | {r['speedup']:.2f}x / {r['speedup_paired']:.2f}x |")
     return "\n".join(lines)

@@ -8,7 +8,7 @@ description (<data-root>/domains.json) and index CSVs, learns the new head with 
 engine (distillation + replay, as train_NKS.py; the calibration, frame statistics and
 out-of-domain threshold are fitted at the stage's end), and writes REPORT.md beside the new
 checkpoint: the new domain's accuracy, every old domain's forgetting, the head-selection confusion
-matrix with the new domain, and the cost. The library is engine/add_domain.py.
+matrix with the new domain, and the cost. The library is cli/new_domain.py.
 """
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from cli.errors import run_command  # noqa: E402
-from cli.options import HelpFormatter  # noqa: E402
-from engine.add_domain import AddDomainOptions, add_domain  # noqa: E402
+from cli.options import HelpFormatter, add_older_amp_argument  # noqa: E402
+from cli.new_domain import AddDomainOptions, add_domain  # noqa: E402
 
 REQUIRED = ("prior", "name", "letter", "src")
 TYPES = {"int": int, "float": float, "str": str}
@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         if f.name == "layout":
             kw["choices"] = ["tum", "png16", "npy", "kitti"]
         p.add_argument(flag, **kw)
+    add_older_amp_argument(p)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     return p
 

@@ -17,7 +17,8 @@ and Gradio's cache is cleaned (files older than an hour, and at exit).
 
 Everything is computed by inference/images.py: ``Predictor.run`` (the frame pipeline of
 inference/frames.py: head choice on the whole frame, the out-of-domain verdict, depth at the chosen
-head's pixel scale) and ``save_colormap`` (the colour bars).
+head's pixel scale); its pictures are written by inference/outputs.py (``save_depth_colormap``, as
+predict.py's, and ``save_colormap``: the colour bars).
 """
 from __future__ import annotations
 
@@ -37,22 +38,24 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from inference import images as P  # noqa: E402
-from base.images import DEPTH_CMAP, UNCERTAINTY_CMAP  # noqa: E402
+from base.images import UNCERTAINTY_CMAP  # noqa: E402
+from inference.outputs import save_colormap, save_depth_colormap  # noqa: E402
 from base.uncertainty import interval_summary, median_width  # noqa: E402
 from inference.known_depth import describe_fit, read_known_depth  # noqa: E402
 from cli.errors import CLIError, run_command  # noqa: E402
 from cli.options import (HelpFormatter, add_checkpoint_arguments, add_device_argument, checked_type,  # noqa: E402
-                         parse_letters, resolve_device)
+                         parse_letters)
+from engine.processes import resolve_device  # noqa: E402
 
 AUTO = "auto (nearest prototype)"
 DEMO_INTERVAL = 0.9  # the central coverage whose width the page shows
 DEMO_CHECKPOINT = "runs/quickstart/NKS.pth.tar"  # the quickstart's model: what a fresh clone has
 DEFAULT_MAX_MODELS = 2
-# Per request: the pixel cap (read from the header before decoding) and the upload size. Measured:
-# a 16 M-pixel request took the server from 0.7 to 3.4 GB (~170 bytes per pixel: prediction,
-# interval, colour maps, Gradio's copy), so 12.5 M (a 12 MP phone photo, 4032x3024, passes) keeps
-# a request under ~3 GB. In total: one request at a time (the queue's concurrency limit), at most
-# DEFAULT_QUEUE waiting, DEFAULT_MAX_MODELS models kept.
+# Per request: the pixel cap (read from the header before decoding) and the upload size: 12.5 M (a 12 MP
+# phone photo, 4032x3024, passes), from a request's measured memory
+# (docs/BENCHMARKS.md#figures-that-were-in-the-codes-comments).
+# In total: one request at a time (the queue's concurrency limit), at most DEFAULT_QUEUE waiting,
+# DEFAULT_MAX_MODELS models kept.
 DEFAULT_DEMO_MAX_PIXELS = 12_500_000
 DEFAULT_MAX_UPLOAD_MB = 50
 DEFAULT_QUEUE = 8
@@ -244,13 +247,13 @@ def infer(models: Models, image, checkpoint: str, head_choice: str, workdir: Pat
     workdir.mkdir(parents=True, exist_ok=True)
     fd, depth_png = tempfile.mkstemp(suffix="_depth.png", dir=workdir)
     os.close(fd)
-    P.save_colormap(depth_png, depth, "depth [m]", DEPTH_CMAP)
+    save_depth_colormap(depth_png, depth)  # predict.py's <name>_depth_color.png
     unc_png = None
     if r["uncertainty"] is not None:
         fd, unc_png = tempfile.mkstemp(suffix="_uncertainty.png", dir=workdir)
         os.close(fd)
         lower, upper = model.interval(depth, r["uncertainty"], head, DEMO_INTERVAL)
-        P.save_colormap(unc_png, upper - lower, f"{DEMO_INTERVAL:.0%} interval width [m]", UNCERTAINTY_CMAP)
+        save_colormap(unc_png, upper - lower, f"{DEMO_INTERVAL:.0%} interval width [m]", UNCERTAINTY_CMAP)
     letter = model.letters[head]
     how = "forced" if r["how"] == "given" else "nearest prototype"
     text = (f"{get_domain(letter).name} ({letter}), {how}; depth {float(depth.min()):.2f}-"
@@ -333,7 +336,7 @@ def serve_request(models: Models, image, checkpoint: str, head_choice: str, work
 
 def upload_component(gr):
     """gr.Image whose upload reaches the handler as the path of the uploaded file, undecoded:
-    Gradio's own preprocessing would decode any size (an 11000x11000 PNG of 118 KB costs 12 GB)
+    Gradio's own preprocessing would decode any size (a small PNG can cost many GB to decode)
     and answer a non-image with a message naming its temporary path."""
     class UploadedImage(gr.Image):
         def get_block_name(self):

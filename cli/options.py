@@ -2,7 +2,7 @@
 
 One home for each option group's argparse declaration (checkpoint/order, runtime: device/precision/
 backend, the evaluation conventions, sizes) and for turning parsed options into the library's
-objects (a device, order letters, ``RuntimeOptions``, ``EvalOptions``).
+objects (order letters, ``RuntimeOptions``, ``EvalOptions``).
 Help texts of settings live with their dataclass fields (``metadata["help"]``). Choices come from
 the registries (``models.runtimes.BACKENDS``, ``prototypes.SELECTORS``, ``protocol``). User errors
 are :class:`CLIError` (printed as one ``error:`` line, exit status 1).
@@ -14,8 +14,6 @@ import dataclasses
 import json
 import math
 
-import torch
-
 from base.domains import load_domains_from_root, parse_order
 from base.errors import InputError
 from evaluation.evaluate import CROP_CHOICES, FULL_FRAME_CHOICES, EvalOptions
@@ -23,8 +21,7 @@ from inference.predictor import RuntimeOptions
 from models.fast import PRECISIONS
 from models.runtimes import AUTO, BACKENDS
 from cli.errors import CLIError
-from engine.options import AMP_MODES, DEVICES, StageOptions
-from engine.processes import resolve_device as engine_device
+from engine.options import AMP_MODES, DEVICES, StageOptions, precision_of_amp
 from inference.prototypes import SELECTORS
 from base.protocol import PROTOCOLS
 from base.protocol import value as protocol_value
@@ -40,7 +37,7 @@ def help_of(settings, name: str) -> str:
 
 
 DEVICE_HELP = help_of(StageOptions, "device")
-AMP_HELP = help_of(StageOptions, "amp")
+TRAINING_PRECISION_HELP = help_of(StageOptions, "precision")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -74,17 +71,26 @@ def add_device_argument(g, help: str = DEVICE_HELP, default: str | None = "auto"
     g.add_argument("--device", default=default, choices=list(DEVICES), help=help)
 
 
-def add_amp_argument(g, help: str = AMP_HELP) -> None:
-    """--amp (choices AMP_MODES, default auto): the training engine's autocast."""
-    g.add_argument("--amp", default="auto", choices=list(AMP_MODES), help=help)
+class OlderAmp(argparse.Action):
+    """--amp, the older spelling of a training's --precision (off is fp32): the value goes to
+    ``precision``."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        setattr(namespace, self.dest, precision_of_amp(value))
 
 
-def resolve_device(arg: str) -> torch.device:
-    """engine.processes.resolve_device, its refusal (``cuda`` without CUDA) one ``error:`` line."""
-    try:
-        return engine_device(arg)
-    except InputError as e:
-        raise CLIError(str(e)) from None
+def add_training_precision_argument(g, help: str = TRAINING_PRECISION_HELP) -> None:
+    """--precision (choices models.fast.PRECISIONS, default auto): the training engine's autocast;
+    --amp (choices AMP_MODES), its older spelling, still accepted and left out of --help."""
+    g.add_argument("--precision", default="auto", choices=list(PRECISIONS), help=help)
+    add_older_amp_argument(g)
+
+
+def add_older_amp_argument(g) -> None:
+    """--amp auto|off|bf16|fp16, the older spelling of a training's --precision (off is fp32): accepted,
+    not shown by --help."""
+    g.add_argument("--amp", dest="precision", default="auto", choices=list(AMP_MODES), action=OlderAmp,
+                   help=argparse.SUPPRESS)
 
 
 def add_runtime_arguments(p: argparse.ArgumentParser) -> None:

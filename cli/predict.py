@@ -5,7 +5,8 @@
     python predict.py room.png --ply --intrinsics 518.9,519.5,325.6,253.7
     python predict.py drive.mp4 --out out/      # a video: depth video + per-frame log (inference/stream.py)
 
-For each image ``<name>`` it writes into ``--out``:
+For each image ``<name>`` it writes into ``--out`` (the writer: inference/outputs.py, also
+``DepthPredictor.write_outputs`` from Python):
 
 * ``<name>_depth.png``: 16-bit PNG, depth in millimetres (round(depth * 1000), clipped to 0..65535,
   so depths beyond 65.535 m saturate; the .npy keeps them);
@@ -54,17 +55,17 @@ from cli import stream  # video files and frame folders
 from cli.errors import CLIError, printable, run_command
 from cli.options import (HelpFormatter, add_checkpoint_arguments, add_runtime_arguments,
                          add_selector_arguments, checked_type, help_of, parse_letters, parse_size,
-                         resolve_device, runtime_options)
+                         runtime_options)
+from engine.processes import resolve_device
 from base.domains import get_domain
-from base.images import DEPTH_CMAP, UNCERTAINTY_CMAP
 from base.safeio import write_json
 from inference.known_depth import describe_fit, known_depth_file, read_known_depth
 from inference.predictor import predictor_settings
-from inference.images import (PNG16_MAX_M, ImageOptions, Predictor, collect_inputs, intrinsics_for, make_out_dir,
-                              output_stems, parse_intrinsics, parse_max_pixels, read_rgb, save_colormap, save_png16,
-                              write_ply)
-from base.safeio import atomic_write, clean_stale_temps
-from base.uncertainty import calibration_note, interval_summary, median_width
+from inference.images import (ImageOptions, Predictor, collect_inputs, make_out_dir, output_stems, parse_intrinsics,
+                              parse_max_pixels, read_rgb)
+from inference.outputs import ply_intrinsics, prediction_record, write_prediction
+from base.safeio import clean_stale_temps
+from base.uncertainty import calibration_note, interval_summary
 from cli.options import add_interval_argument, parse_interval
 
 
@@ -90,33 +91,9 @@ def interval_level(args):
         raise CLIError(str(e)) from None
 
 
-def warn_saturated(source, values, npy) -> None:
-    """One warning line when ``values`` (metres) hold pixels beyond what the 16-bit millimetre PNG
-    can hold (PNG16_MAX_M): they saturate there, ``npy`` keeps them."""
-    saturated = int((values > PNG16_MAX_M).sum())
-    if saturated:
-        tqdm.write(f"warning: {printable(source, '')}: {saturated} pixel(s) beyond {PNG16_MAX_M} m saturate the "
-                   f"16-bit millimetre PNG; {printable(npy, '')} keeps their values", file=sys.stderr)
-
-
-def write_intervals(stem, depth, unc, head, model, level, source=None):
-    """``<stem>_depth_lower<P>`` / ``_upper<P>`` (.png 16-bit mm, .npy metres) of the central ``level``
-    interval with the head's calibration; returns (paths written, predictions.json's record)."""
-    if unc is None:
-        return [], None
-    lower, upper = model.interval(depth, unc, head, level)
-    tag = f"{round(100 * level, 6):g}"
-    paths = []
-    for name, values in (("lower", lower), ("upper", upper)):
-        png, npy = Path(f"{stem}_depth_{name}{tag}.png"), Path(f"{stem}_depth_{name}{tag}.npy")
-        warn_saturated(source if source is not None else png, values, npy)
-        save_png16(png, values)
-        with atomic_write(npy) as fh:
-            np.save(fh, values.astype(np.float32))
-        paths += [png, npy]
-    record = dict(interval_summary(model.predictor.meta, head, len(model.letters), level, model.interval_path),
-                  median_width_m=median_width(lower, upper))
-    return paths, record
+def warn_line(message) -> None:
+    """A library warning (inference/outputs.py: PNG pixels that saturate) as one stderr line."""
+    tqdm.write(f"warning: {printable(message, '')}", file=sys.stderr)
 
 
 def frame_verdict(r) -> str:
@@ -125,21 +102,6 @@ def frame_verdict(r) -> str:
     if r.get("camera"):
         text += f"; camera: {r['camera']['assumed']}"
     return text
-
-
-def frame_record(r) -> dict:
-    """predictions.json's frame fields: the verdict, the camera, the network input and depth scale."""
-    return {"out_of_domain": r.get("ood"), "camera": r.get("camera"), "input_size": r.get("input_size"),
-            "depth_scale": r.get("depth_scale")}
-
-
-def ply_intrinsics(r, letter, size, given):
-    """(fx, fy, cx, cy), source of the point cloud: the frame camera the prediction used, else
-    (--size, no camera handling) --intrinsics or the domain's default camera scaled."""
-    cam = r.get("camera")
-    if cam:
-        return (cam["fx"], cam["fy"], cam["cx"], cam["cy"]), cam["assumed"]
-    return intrinsics_for(letter, size[0], size[1], given)
 
 
 def main(argv=None) -> int:
@@ -193,37 +155,18 @@ def predict_command(argv) -> int:
                 depth = model.clamp(depth, head)
             seconds = time.perf_counter() - t0
             stem = stems[f]
-            stem.parent.mkdir(parents=True, exist_ok=True)
-            written = []
-            p = Path(f"{stem}_depth.png")
-            warn_saturated(f, depth, f"{stem}_depth.npy")
-            save_png16(p, depth)
-            written.append(p)
-            p = Path(f"{stem}_depth.npy")
-            with atomic_write(p) as fh:
-                np.save(fh, depth.astype(np.float32))
-            written.append(p)
-            interval = None
-            if level is not None:
-                paths, interval = write_intervals(stem, depth, unc, head, model, level, f)
-                written += paths
             letter = model.letters[head]
-            if not args.no_plots:
-                p = Path(f"{stem}_depth_color.png")
-                save_colormap(p, depth, "depth [m]", DEPTH_CMAP, vmin=0.0 if args.max_depth else None,
-                              vmax=args.max_depth)
-                written.append(p)
-                if unc is not None:
-                    p = Path(f"{stem}_uncertainty.png")
-                    save_colormap(p, unc, "uncertainty (log-variance)", UNCERTAINTY_CMAP)
-                    written.append(p)
-            ply_note = ""
-            if args.ply:
-                k, source = ply_intrinsics(r, letter, img.size, given_k)
-                p = Path(f"{stem}.ply")
-                n = write_ply(p, depth, np.asarray(img), k, args.ply_stride)
-                written.append(p)
-                ply_note = f", {n} points ({source} intrinsics)"
+            interval = None
+            if level is not None and unc is not None:
+                lower, upper = model.interval(depth, unc, head, level)
+                interval = dict(interval_summary(model.predictor.meta, head, len(model.letters), level,
+                                                 model.interval_path), lower=lower, upper=upper)
+            k, source = ply_intrinsics(r.get("camera"), letter, img.size, given_k) if args.ply else (None, None)
+            written = write_prediction(stem, depth, uncertainty=unc, interval=interval,
+                                       rgb=np.asarray(img) if args.ply else None, intrinsics=k,
+                                       colour_maps=not args.no_plots, max_depth=args.max_depth,
+                                       ply_stride=args.ply_stride, source=f, warn=warn_line)
+            ply_note = f", {written.points} points ({source} intrinsics)" if args.ply else ""
         except Exception as e:  # noqa: BLE001 - one image's failure must not stop the folder
             msg = f"{f}: prediction failed ({type(e).__name__}: {e})"
             tqdm.write(f"skipping {printable(msg, '')}", file=sys.stderr)
@@ -233,11 +176,7 @@ def predict_command(argv) -> int:
         verdict = frame_verdict(r) + (f", {describe_fit(known)}" if known else "")
         tqdm.write(f"{printable(f, '')}: {name} ({letter}, {how}), depth {float(depth.min()):.3f}-{float(depth.max()):.3f} m, "
                    f"{img.size[0]}x{img.size[1]}, {seconds * 1000:.0f} ms{ply_note}{verdict} -> {printable(stem, '')}_depth.png")
-        done.append({"file": str(f), "domain": name, "letter": letter, "chosen": how,
-                     "depth_min": float(depth.min()), "depth_max": float(depth.max()),
-                     "size": [img.size[1], img.size[0]], "outputs": [str(w) for w in written],
-                     **frame_record(r), **({"interval": interval} if interval else {}),
-                     **({"known_depth": known} if known else {})})
+        done.append(prediction_record(f, letter, how, depth, img.size, written.paths, r, interval, known))
     bar.close()
     write_json(out_dir / "predictions.json", {"checkpoint": args.checkpoint,
                                                   "predictor": predictor_settings(model.predictor),

@@ -31,9 +31,10 @@ import resource
 import time
 from pathlib import Path
 
-# OpenMP threads that spin while waiting make a 2-thread CPU run 10-20x slower as soon as another
-# job shares the cores; sleeping waiters cost almost nothing on an idle machine. Only effective
-# when torch is not imported yet (i.e. when run as a script); an explicit setting wins.
+# OpenMP threads that spin while waiting make a 2-thread CPU run many times slower as soon as another
+# job shares the cores (measured: docs/BENCHMARKS.md#figures-that-were-in-the-codes-comments);
+# sleeping waiters cost almost nothing on an idle machine. Only effective when torch is not imported
+# yet (i.e. when run as a script); an explicit setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
@@ -48,7 +49,8 @@ from evaluation.matrix import DEFAULT_MATRIX_METRICS, evaluate_matrix  # noqa: E
 from evaluation.selection import SelectionOptions, evaluate_selection  # noqa: E402
 from models.hardware import capability_line  # noqa: E402
 from models.resnet import ENCODERS  # noqa: E402
-from cli.options import add_amp_argument, add_device_argument, help_of, parse_size, resolve_device  # noqa: E402
+from cli.options import add_device_argument, add_training_precision_argument, help_of, parse_size  # noqa: E402
+from engine.processes import resolve_device  # noqa: E402
 from engine.options import StageOptions  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository root
@@ -138,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="HxW at which the per-image latency is measured (default 228x304, the paper's NYU "
                         "input size; --tiny: each domain's test input size)")
     add_device_argument(p, help=help_of(StageOptions, "device"))
-    add_amp_argument(p, help=help_of(StageOptions, "amp"))
+    add_training_precision_argument(p)
     p.add_argument("--keep-resume", action="store_true",
                    help="keep each finished stage's resume state <out>/<stage>/last.pth.tar (deleted by "
                         "default: weights + optimiser, ~260 MB each)")
@@ -209,7 +211,7 @@ def learn_stage(k: int, s: dict, args, out: Path, root: Path) -> str:
         order=letters, data_root=str(root), runs_dir=str(out), scale=s["scale"], epochs=1000,
         max_steps=s["steps"][k - 1], batch_size=s["batch_size"], lr=s["lr"], val_images=s["val_images"],
         proto_images=s["proto_images"], replay_size=s["replay_size"], workers=s["workers"],
-        device=args.device, amp=args.amp, seed=args.seed,
+        device=args.device, precision=args.precision, seed=args.seed,
         overwrite=True)  # a quickstart run retrains its stages (the engine refuses that without it)
     if k == 1:
         options.encoder, options.pretrained = s["encoder"], args.pretrained or None
@@ -241,10 +243,10 @@ def check_outputs(out: Path, root: Path, args) -> None:
         synthetic.check_out(str(root), list(ORDER), args.regenerate, option="--data-root", flag="--regenerate")
 
 
-def training_precision(amp: str, device) -> str:
-    """What the engine's ``--amp`` resolves to on ``device``: "fp32", "bf16" or "fp16"."""
+def training_precision(precision: str, device) -> str:
+    """What the engine's ``--precision`` resolves to on ``device``: "fp32", "bf16" or "fp16"."""
     from engine.processes import amp_settings
-    dtype = amp_settings(amp, torch.device(device))[0]
+    dtype = amp_settings(precision, torch.device(device))[0]
     return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 
 
@@ -313,7 +315,7 @@ def write_report(out: Path, s: dict, args, clock: Clock, matrix: dict, infer: di
         "note": "Synthetic stand-in data (synthetic.py), CPU settings: not the paper's data or results.",
         "settings": {k: v for k, v in s.items()}, "data_root": str(root), "data": data_state,
         "device": matrix["device"], "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "training_precision": training_precision(args.amp, matrix["device"]),
+        "training_precision": training_precision(args.precision, matrix["device"]),
         "cpu_count": os.cpu_count(), "platform": platform.platform(), "cpu": capability_line(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "load_average_start": load_start, "load_average_end": load_average(),
@@ -353,7 +355,7 @@ def write_report(out: Path, s: dict, args, clock: Clock, matrix: dict, infer: di
         f"- model: {s['encoder']}, {'ImageNet weights ' + args.pretrained if args.pretrained else 'random initialisation'}",
         f"- training: order N -> K -> S, strategy ours (distillation + replay), scale {s['scale']}, batch "
         f"{s['batch_size']}, lr {s['lr']}, steps per stage: {steps_text}, precision "
-        f"{report['training_precision']} (--amp {args.amp})",
+        f"{report['training_precision']} (--precision {args.precision})",
         f"- evaluation: domain prior and nearest-prototype selection, first {s['eval_images']} test images per "
         f"domain, {matrix['settings']['crop']} crop, {'capped' if matrix['settings']['cap'] else 'no cap'}, "
         f"{matrix['settings']['aggregate']}-averaged",

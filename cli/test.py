@@ -22,7 +22,8 @@ from base.safeio import check_folder, check_report, protect, write_json
 from cli.errors import CLIError, run_command
 from cli.options import (DEFAULT_CHECKPOINT, HelpFormatter, add_eval_arguments,
                          add_checkpoint_arguments, add_runtime_arguments, eval_options, parse_letters,
-                         register_custom_domains, resolve_device, runtime_options)
+                         register_custom_domains, runtime_options)
+from engine.processes import resolve_device
 
 
 def build_parser() -> argparse.ArgumentParser:

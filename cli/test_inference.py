@@ -21,8 +21,8 @@ from models.checkpoint import check_checkpoint_path, checkpoint_letters, checkpo
 from cli.errors import CLIError, run_command
 from cli.options import (HelpFormatter, add_checkpoint_arguments, add_eval_arguments,
                          add_runtime_arguments, add_selector_arguments, eval_options, help_of,
-                         parse_letters, parse_size, register_custom_domains, resolve_device,
-                         runtime_options)
+                         parse_letters, parse_size, register_custom_domains, runtime_options)
+from engine.processes import resolve_device
 
 
 # ----------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import dataclasses
 import sys
 
 from cli.errors import CLIError, printable, USER_ERRORS
-from cli.options import HelpFormatter, add_amp_argument, add_device_argument, add_protocol_argument
+from cli.options import HelpFormatter, add_device_argument, add_protocol_argument, add_training_precision_argument
 from base.errors import InputError
 from engine.options import StageOptions, flag, option_fields, order_specs
 from engine.processes import StageInterrupted
@@ -20,7 +20,7 @@ from engine.run import train_stage
 
 TYPES = {"int": int, "float": float, "str": str}
 # options other commands share, declared by cli/options (the help text still the field's)
-SHARED = {"device": add_device_argument, "amp": add_amp_argument}
+SHARED = {"device": add_device_argument, "precision": add_training_precision_argument}
 
 
 def add_field(p: argparse.ArgumentParser, g, f: dataclasses.Field, first_stage: bool, default_order: str) -> None:

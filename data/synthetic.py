@@ -39,7 +39,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-from base.domains import CAMERAS, get_domain
+from base.domains import SENSORS, Intrinsics, get_domain
 from base.errors import InputError
 from data.prepare import write_replay_csv
 from base.safeio import check_folder, check_write, read_json, write_json
@@ -59,18 +59,22 @@ class DomainConfig:
     name: str
     letter: str
     code: int                              # enters the per-image seed
-    size: Tuple[int, int]                  # (W, H) of the render and of the depth map
-    intrinsics: Tuple[float, float, float, float]   # fx, fy, cx, cy at `size`
+    camera: Intrinsics                     # the depth map's (and the render's) camera at scale 1
     color_size: Tuple[int, int]            # (W, H) of the written colour image
     depth_range: Tuple[float, float]       # stated range of the written ground truth (metres)
     frames_per_scene: Dict[str, int]       # consecutive samples sharing one room / drive
     csv: Dict[str, str]                    # split -> index CSV name
 
+    @property
+    def size(self) -> Tuple[int, int]:
+        """(W, H) of the render and of the depth map at scale 1."""
+        return self.camera.size
+
 
 def _config(letter: str, code: int, depth_range, frames_per_scene) -> DomainConfig:
-    """A built-in domain's synthetic config: its sensor (domains.CAMERAS) and CSV names (base/domains.py)."""
-    cam, spec = CAMERAS[letter], get_domain(letter)
-    return DomainConfig(spec.name, letter, code, cam.frame_size, cam.intrinsics, cam.color_size, depth_range,
+    """A built-in domain's synthetic config: its sensor (base.domains.SENSORS) and CSV names (base/domains.py)."""
+    sensor, spec = SENSORS[letter], get_domain(letter)
+    return DomainConfig(spec.name, letter, code, sensor.depth, sensor.color_size, depth_range,
                         frames_per_scene,
                         {"train": spec.train_csv, "test": spec.test_csv, "replay": spec.replay_csv})
 
@@ -103,15 +107,11 @@ def _scaled_size(size: Tuple[int, int], scale: float) -> Tuple[int, int]:
 
 
 # ============================================================================ camera and rays
-@dataclass
-class Camera:
-    """Pinhole camera; R maps camera coordinates (x right, y down, z forward) to the world (y up)."""
-    fx: float
-    fy: float
-    cx: float
-    cy: float
-    width: int
-    height: int
+@dataclass(frozen=True, eq=False)
+class RenderCamera(Intrinsics):
+    """The renderer's camera: a pinhole (base.domains.Intrinsics: fx, fy, cx, cy, width, height) with
+    a pose; R maps camera coordinates (x right, y down, z forward) to the world (y up), ``origin`` is
+    its centre in the world."""
     R: np.ndarray
     origin: Tuple[float, float, float]
 
@@ -131,13 +131,11 @@ def camera_rotation(yaw: float, pitch: float, roll: float) -> np.ndarray:
     return _rot(1, yaw) @ _rot(0, pitch) @ _rot(2, roll) @ flip
 
 
-def make_camera(cfg: DomainConfig, scale: float, origin, yaw, pitch, roll) -> Camera:
+def make_camera(cfg: DomainConfig, scale: float, origin, yaw, pitch, roll) -> RenderCamera:
     """Camera of a domain at `scale` (intrinsics scaled with the image)."""
-    w, h = _scaled_size(cfg.size, scale)
-    fx, fy, cx, cy = cfg.intrinsics
-    sx, sy = w / cfg.size[0], h / cfg.size[1]
-    return Camera(fx * sx, fy * sy, cx * sx, cy * sy, w, h, camera_rotation(yaw, pitch, roll),
-                  tuple(float(o) for o in origin))
+    k = cfg.camera.resized(*_scaled_size(cfg.size, scale))
+    return RenderCamera(k.fx, k.fy, k.cx, k.cy, k.width, k.height, camera_rotation(yaw, pitch, roll),
+                        tuple(float(o) for o in origin))
 
 
 @lru_cache(maxsize=8)
@@ -153,7 +151,7 @@ def _pixel_grid(w: int, h: int, fx: float, fy: float, cx: float, cy: float):
 class Rays:
     """World-space rays of every pixel as three (H,W) float32 arrays; t along d equals depth."""
 
-    def __init__(self, cam: Camera):
+    def __init__(self, cam: RenderCamera):
         xn, yn, self.d2, self.dn = _pixel_grid(cam.width, cam.height, cam.fx, cam.fy, cam.cx, cam.cy)
         R = cam.R
         # Python floats keep the float32 dtype of the grids (numpy 2 promotion rules).
@@ -251,7 +249,7 @@ _CORNER_BITS = np.array([[(i >> k) & 1 for k in range(3)] for i in range(8)], bo
 _EDGES = np.array([(i, i | b) for i in range(8) for b in (1, 2, 4) if not i & b])         # (12,2)
 
 
-def screen_windows(cam: Camera, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+def screen_windows(cam: RenderCamera, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """Pixel windows (v0, v1, u0, u1) bounding boxes lo/hi (N,3) on screen; v1 == v0 if invisible.
 
     Exact for boxes that cross the camera plane: the box is clipped at the near plane (its corners
@@ -319,7 +317,7 @@ def _cast_room(hits: Hits, rays: Rays, room) -> None:
     hits.mat[...] = np.where(on_y, np.where(up, np.int16(ceiling), np.int16(floor)), np.int16(wall))
 
 
-def _cast_boxes(hits: Hits, rays: Rays, cam: Camera, boxes: np.ndarray) -> None:
+def _cast_boxes(hits: Hits, rays: Rays, cam: RenderCamera, boxes: np.ndarray) -> None:
     """Slab test of every box, restricted to its screen window."""
     if len(boxes) == 0:
         return
@@ -349,7 +347,7 @@ def _cast_boxes(hits: Hits, rays: Rays, cam: Camera, boxes: np.ndarray) -> None:
         hits.write(sl, hit, tn, mats[i], isy.view(np.int8) + 2 * isz.view(np.int8))
 
 
-def _cast_spheres(hits: Hits, rays: Rays, cam: Camera, spheres: np.ndarray) -> None:
+def _cast_spheres(hits: Hits, rays: Rays, cam: RenderCamera, spheres: np.ndarray) -> None:
     if len(spheres) == 0:
         return
     ctr, r = spheres[:, 0:3], spheres[:, 3:4]
@@ -384,7 +382,7 @@ def _drop_enclosing(boxes: np.ndarray, origin, margin: float) -> np.ndarray:
     return boxes[~inside]
 
 
-def cast(scene: Scene, cam: Camera, boxes: Optional[np.ndarray] = None) -> Tuple[Rays, Hits]:
+def cast(scene: Scene, cam: RenderCamera, boxes: Optional[np.ndarray] = None) -> Tuple[Rays, Hits]:
     """Closest hits of all pixels against the scene (boxes: optional pre-culled (N,7) array)."""
     rays = Rays(cam)
     hits = Hits(cam.height, cam.width)
@@ -408,7 +406,8 @@ def _noise_table() -> np.ndarray:
     """Periodic smooth value noise, precomputed once as a flat (2048*2048,) float32 table.
 
     Rendering then samples it with one gather per pixel (nearest texel, 16 texels per feature,
-    so the quantization is invisible) instead of interpolating a lattice per pixel: 3x cheaper.
+    so the quantization is invisible) instead of interpolating a lattice per pixel: cheaper
+    (measured: docs/BENCHMARKS.md#figures-that-were-in-the-codes-comments).
     """
     lattice = np.random.default_rng(20250101).random((NOISE_PERIOD, NOISE_PERIOD))
     x = np.arange(NOISE_PERIOD * NOISE_CELL) / NOISE_CELL
@@ -622,7 +621,7 @@ def _sky(light: dict, d) -> List[np.ndarray]:
     return out
 
 
-def shade(scene: Scene, cam: Camera, rays: Rays, hits: Hits) -> np.ndarray:
+def shade(scene: Scene, cam: RenderCamera, rays: Rays, hits: Hits) -> np.ndarray:
     """Linear RGB, planar (3,H,W) float32, of the cast scene before exposure and tint."""
     mat = hits.mat.ravel()
     hit = mat >= 0
@@ -1141,7 +1140,7 @@ _BEAMS = np.concatenate([2.0 - np.arange(32) / 3.0, -8.83 - np.arange(32) * 0.5]
 AZIMUTH_STEP_DEG = 0.1
 
 
-def lidar_mask(cam: Camera, yaw: float, scale: float, rng: np.random.Generator, drop: float = 0.03) -> np.ndarray:
+def lidar_mask(cam: RenderCamera, yaw: float, scale: float, rng: np.random.Generator, drop: float = 0.03) -> np.ndarray:
     """Pixels hit by a level 64-beam scanner at the camera (bool (H,W)).
 
     At reduced scale every round(1/scale)-th beam is kept and the azimuth step grows by 1/scale,
@@ -1276,9 +1275,9 @@ def render_aerial(index: int, seed: int = 0, scale: float = 1.0) -> dict:
     f = 0.5 * w / math.tan(math.radians(AERIAL_HFOV_DEG) / 2)
     height = rng.uniform(25.0, 70.0)
     cz = 5.0 + (index % 10) * info["step"] * 3 + rng.uniform(0, 20)
-    cam = Camera(f, f, (w - 1) / 2, (h - 1) / 2, w, h,
-                 camera_rotation(rng.uniform(-math.pi, math.pi), rng.uniform(1.25, 1.5), rng.uniform(-0.05, 0.05)),
-                 (info["lane"] + rng.uniform(-4, 4), height, cz))
+    cam = RenderCamera(f, f, (w - 1) / 2, (h - 1) / 2, w, h,
+                       camera_rotation(rng.uniform(-math.pi, math.pi), rng.uniform(1.25, 1.5), rng.uniform(-0.05, 0.05)),
+                       (info["lane"] + rng.uniform(-4, 4), height, cz))
     near = boxes[(boxes[:, 5] > cz - 150) & (boxes[:, 2] < cz + 150)]
     sph = np.asarray(scene.spheres, np.float64).reshape(-1, 5)
     sub = Scene(scene.materials, scene.planes, [], [tuple(r) for r in sph[np.abs(sph[:, 2] - cz) < 150]],
@@ -1458,16 +1457,15 @@ def _summary(results: List[dict]) -> dict:
 
 
 def _domain_meta(cfg: DomainConfig, scale: float, counts: dict, measured: dict) -> dict:
-    w, h = _scaled_size(cfg.size, scale)
+    k = cfg.camera.resized(*_scaled_size(cfg.size, scale))
+    w, h = k.size
     cw, ch = _scaled_size(cfg.color_size, scale)
-    fx, fy, cx, cy = cfg.intrinsics
-    sx, sy = w / cfg.size[0], h / cfg.size[1]
     enc = {"N": {"train": "8-bit PNG, metres = value / 255 * 10", "test": "16-bit PNG, millimetres"},
            "K": dict.fromkeys(("train", "test"), "16-bit PNG, metres = value / 256, 0 = none"),
            "S": dict.fromkeys(("train", "test"), "16-bit PNG, millimetres, 0 = hole")}
     return {"letter": cfg.letter, "counts": counts, "csv": dict(cfg.csv),
             "depth_size": [h, w], "image_size": [ch, cw],
-            "intrinsics": {"fx": fx * sx, "fy": fy * sy, "cx": cx * sx, "cy": cy * sy,
+            "intrinsics": {"fx": k.fx, "fy": k.fy, "cx": k.cx, "cy": k.cy,
                            "note": "of the depth map; the colour image has the same field of view"},
             "depth_range": list(cfg.depth_range), "depth_encoding": enc[cfg.letter],
             "frames_per_scene": dict(cfg.frames_per_scene), "measured": measured}
@@ -1476,7 +1474,8 @@ def _domain_meta(cfg: DomainConfig, scale: float, counts: dict, measured: dict) 
 def tune_malloc() -> None:
     """Keep freed large numpy buffers in the heap (glibc) instead of returning them to the OS:
     every image allocates the same big arrays again, and the page faults of fresh mappings
-    otherwise cost ~15 % of the run in system time. Inherited by forked workers."""
+    otherwise cost system time (measured: docs/BENCHMARKS.md#figures-that-were-in-the-codes-comments).
+    Inherited by forked workers."""
     try:
         import ctypes
         libc = ctypes.CDLL("libc.so.6")

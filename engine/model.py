@@ -66,7 +66,7 @@ def build_model(opts, ctx):
     opts.encoder = net.encoder_name
     teacher = None
     if STRATEGIES[opts.strategy][0]:
-        teacher = make_teacher(net, ctx.device, amp_settings(opts.amp, ctx.device)[0])
+        teacher = make_teacher(net, ctx.device, amp_settings(opts.precision, ctx.device)[0])
     new_head = net.add_domain()
     if opts.reinit_old_heads:
         reinit_heads(net, range(new_head))
@@ -98,7 +98,8 @@ def make_teacher(prior: LifelongDepthNet, device, amp_dtype=None) -> LifelongDep
     (its output convolutions stay float32) instead of autocast converting them on every step. In
     float32 its outputs equal the plain frozen copy's to ~1e-6 relative (rounding of the fold).
     Where the device has no native kernels for the autocast dtype (bf16 on an AVX2-only CPU) the
-    teacher stays float32: emulated bf16 convolutions measured 4x slower than fused float32 ones.
+    teacher stays float32: emulated bf16 convolutions measured slower than fused float32 ones
+    (docs/BENCHMARKS.md#figures-that-were-in-the-codes-comments).
     """
     device = torch.device(device)
     on_cpu = device.type == "cpu"

@@ -19,6 +19,7 @@ from base.domains import DEFAULT_DATA_ROOT, load_domains_from_root, parse_order,
 from base.errors import InputError
 from base.images import scaled_size
 from loaders import rendered_scale_hint
+from models.fast import PRECISIONS
 from models.resnet import ENCODERS
 from base.protocol import DATA as PROTOCOL_DATA
 from base.protocol import PROTOCOLS
@@ -37,7 +38,14 @@ STRATEGIES = {
 # when learning a third. Further old domains reuse the last weight.
 DEFAULT_OLD_WEIGHTS = "10,100"
 DEVICES = ("auto", "cpu", "cuda")  # engine.processes.resolve_device
-AMP_MODES = ("auto", "off", "bf16", "fp16")  # engine.processes.amp_settings
+# The training precision (engine.processes.amp_settings) takes inference's choices (models.fast.PRECISIONS:
+# auto, fp32, bf16, fp16). --amp is its older spelling (auto, off, bf16, fp16; off is fp32), still accepted.
+AMP_MODES = ("auto", "off", "bf16", "fp16")
+
+
+def precision_of_amp(value: str) -> str:
+    """The --precision value of an --amp value (the older spelling: off is fp32, the rest as is)."""
+    return "fp32" if value == "off" else value
 
 # help groups of the training commands, in the order --help lists them
 LEARN, DATA, OPTIMISATION, MODEL, RUN = ("what to learn", "data", "optimisation (defaults are the paper's)",
@@ -133,10 +141,11 @@ class StageOptions:
                                           "budget: 428k pixels for a model that learned KITTI first)", MODEL)
     # ---- run
     device: str = option("auto", "where the network runs; auto takes CUDA when available", RUN, choices=DEVICES)
-    amp: str = option("auto", "mixed precision of training; auto is bf16 (or fp16 with loss scaling) on CUDA, "
-                              "off (fp32) on a CPU. bf16 on a CPU with native bf16 (AVX512-BF16/AMX) trains "
-                              "faster, elsewhere it is emulated and slower; bench/README.md gives the "
-                              "measured speed and what it changes", RUN, choices=AMP_MODES)
+    precision: str = option("auto", "precision of training (autocast); auto is bf16 (or fp16 with loss scaling) on "
+                                    "CUDA, fp32 on a CPU. bf16 on a CPU with native bf16 (AVX512-BF16/AMX) trains "
+                                    "faster, elsewhere it is emulated and slower; bench/README.md gives the "
+                                    "measured speed and what it changes (--amp auto|off|bf16|fp16: the older "
+                                    "spelling, off = fp32, still accepted)", RUN, choices=PRECISIONS)
     channels_last: str = option("auto", "memory layout of the student's training: on (NHWC, faster oneDNN "
                                         "convolutions on a CPU; the same arithmetic, rounded in another "
                                         "order), off (NCHW, the layout before this option); auto: per CPU "
@@ -186,13 +195,25 @@ class StageOptions:
     order_given: bool = resolved(True, "False when order is a command's default, not the caller's: an "
                                        "authors' prior (no metadata) then cannot be named")
     run_dir: str | None = resolved(None, "the run folder: --out without .pth.tar")
+    # the older name of ``precision`` (its values auto, off, bf16, fp16; off is fp32): StageOptions(amp=...)
+    amp: dataclasses.InitVar[str | None] = None
+
+    def __post_init__(self, amp):
+        if amp is not None:
+            if self.precision not in ("auto", precision_of_amp(amp)):
+                raise InputError(f"--amp {amp} and --precision {self.precision}: give one (--amp is the older "
+                                 f"spelling of --precision; off is fp32)")
+            self.precision = precision_of_amp(amp)
 
     @classmethod
     def from_record(cls, record: dict, **overrides) -> "StageOptions":
         """The settings a checkpoint or options.json recorded (keys of other versions ignored, missing
         ones at their defaults, the protocol's options filled in), with ``overrides`` applied."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in dict(record, **overrides).items() if k in names}
+        names = {f.name for f in dataclasses.fields(cls)} | {"amp"}
+        merged = dict(record, **overrides)
+        if "precision" in merged and "amp" in record and "amp" not in overrides:
+            merged.pop("amp")  # a record of both names: the newer one
+        values = {k: v for k, v in merged.items() if k in names}
         opts = cls(**values)
         resolve_protocol(opts, list(PROTOCOL_TRAINING) + list(PROTOCOL_DATA))
         return opts

@@ -128,18 +128,19 @@ def seed_everything(seed: int) -> None:
 
 
 def amp_settings(arg: str, device: torch.device):
-    """(autocast dtype or None, whether a GradScaler is needed).
+    """(autocast dtype or None, whether a GradScaler is needed) of a training ``--precision``
+    (``fp32``: no autocast; ``off``, --amp's spelling of fp32, is accepted too).
 
     ``auto``: bfloat16 on CUDA GPUs with bf16 (float16 with loss scaling on older ones); on a CPU
     what ``models.hardware.training_precision`` says for its kind (float32 on every kind today).
-    bf16 on a CPU with native kernels (``--amp bf16``) makes a training step faster, but in
+    bf16 on a CPU with native kernels (``--precision bf16``) makes a training step faster, but in
     the quickstart bf16-trained models selected their head from prototypes less reliably at equal
     depth accuracy, so it stays opt-in on CPUs (measured figures of both: bench/README.md, "Why
     bf16 is not the CPU default").
     """
     if arg == "auto" and device.type != "cuda":
-        arg = "bf16" if training_precision() == "bf16" else "off"
-    if arg == "off":
+        arg = "bf16" if training_precision() == "bf16" else "fp32"
+    if arg in ("fp32", "off"):
         return None, False
     if arg == "fp16":
         return torch.float16, device.type == "cuda"
@@ -161,6 +162,6 @@ def amp_warning(arg: str, device: torch.device) -> str | None:
     bf16 without native bf16 (models.hardware's probe) runs, but slower than float32."""
     dtype = amp_settings(arg, device)[0]
     if device.type == "cpu" and dtype == torch.bfloat16 and not lowp_supported(dtype, device):
-        return ("warning: --amp bf16: this CPU has no native bf16 (AVX512-BF16 or AMX), so bf16 "
-                "autocast is emulated and slower than float32 (--amp off)")
+        return ("warning: --precision bf16: this CPU has no native bf16 (AVX512-BF16 or AMX), so bf16 "
+                "autocast is emulated and slower than float32 (--precision fp32)")
     return None

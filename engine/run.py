@@ -66,7 +66,7 @@ def _run_locked(opts: StageOptions, ctx: Dist) -> Path:
         if opts.pretrained is None and (len(opts.order) == 1 or opts.strategy == "joint"):
             print("warning: no --pretrained ImageNet weights given; the encoder starts from "
                   "random weights", file=sys.stderr)
-        if warning := amp_warning(opts.amp, ctx.device):
+        if warning := amp_warning(opts.precision, ctx.device):
             print(warning, file=sys.stderr)
     stage = Stage(opts, ctx)
     resume = Path(opts.run_dir) / "last.pth.tar" if opts.resume == "auto" else opts.resume

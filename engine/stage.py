@@ -143,7 +143,7 @@ class Stage:
         self.data = [DomainData(spec, opts) for spec in self.specs]
         self._plan_terms()
         self._init_fresh_heads(set_bias=opts.init_depth_bias == "auto")
-        self.amp_dtype, needs_scaler = amp_settings(opts.amp, ctx.device)
+        self.amp_dtype, needs_scaler = amp_settings(opts.precision, ctx.device)
         self.channels_last = channels_last_setting(opts.channels_last, ctx.device)
         if self.channels_last:  # before the optimiser and DDP take the parameters
             to_channels_last(self.net)
@@ -604,7 +604,7 @@ class Stage:
         n = self.frame_images()
         area = self.opts.frame_area
         bar = self.end_bar("frame statistics", n * len(self.specs))
-        try:  # on the default inference path: the features a query gets (and 2-4x faster on a CPU)
+        try:  # on the default inference path: the features a query gets (and faster: docs/BENCHMARKS.md#speed)
             return frame_statistics(DepthPredictor(self.net, device=self.ctx.device),
                                     "".join(s.letter for s in self.specs), self.opts.data_root,
                                     self.cameras(self.specs), max_images=n, seed=self.opts.seed,

@@ -17,9 +17,7 @@ calibration on other frames (the test split) and can store that measurement with
 """
 from __future__ import annotations
 
-import numpy as np
-
-from base.domains import get_domain
+from base.domains import clamp_depth, get_domain
 from base.uncertainty import CALIBRATION_KEY, head_calibration
 from loaders import split_validation
 from evaluation.uncertainty import (DEFAULT_METHOD, MEASURED_LEVELS, fit_head_calibration, fit_method,
@@ -62,12 +60,11 @@ def frames_pixels(pipeline, rows, head: int, depth_range, rules, progress=None) 
     """:func:`evaluation.uncertainty.frame_pixels` of each frame of ``rows`` through ``pipeline``
     (a FramePipeline) with head ``head`` given, the camera as predict.py assumes it (the file's EXIF
     focal length, else the head's camera), the depth clamped to ``depth_range`` as predict.py writes it."""
-    lo, hi = depth_range
     out = []
     for path, gt in rows:
         focal = exif_focal_35mm(path)
         r = pipeline.run(load_rgb(path), head=head, camera=CameraHint(focal_35mm=focal) if focal else None)
-        out.append(frame_pixels(np.clip(r["depth"], lo, hi), r["uncertainty"], gt, rules))
+        out.append(frame_pixels(clamp_depth(r["depth"], depth_range), r["uncertainty"], gt, rules))
         if progress is not None:
             progress.update(1)
     return out

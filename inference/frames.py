@@ -29,17 +29,15 @@ One rule, used by predict.py, the streams (inference/stream.py), the demo and
    frame rule (``FRAME_RULES``, predict.py's ``--frame-rule``): ``tiled`` (the default) in
    overlapping tiles of that size, blended; ``tiled-anchored`` the same, the rows a
    bottom-anchored head (KITTI's crops keep the bottom of the frame; ``head_anchors``) saw in
-   training from its bottom tile (measured mixed: K's RMSE 9-14 % better, AbsRel 4-20 % worse);
+   training from its bottom tile (measured mixed on K: RMSE better, AbsRel worse);
    ``windowed`` in one pass with the fusion's attention pooled over windows of the training extent
    (``models.modules.Windows``, the trained weights unchanged; sharing the selection pass's
-   encoder when both inputs match): 2-3x cheaper, as accurate as one global pass (so the
-   attention's pooling is not what makes tiles better), on K less accurate than tiles (RMSE 10-15 %),
-   and less accurate than tiles: not the default.
-   depth). Measured in docs/BENCHMARKS.md (frame rule). Inputs
-   are not padded to the stride: measured on the quickstart's NK stage model (8 frames each),
-   replicate padding raised AbsRel (K whole frames 0.554 against 0.415 unpadded, N 0.314 against
-   0.302), and whole K frames in one pass (0.415) were worse than tiles (0.341); the network takes any
-   size, as in training (240 and 114 are no multiples of 32 either). The depth is brought to the
+   encoder when both inputs match): cheaper, as accurate as one global pass (so the
+   attention's pooling is not what makes tiles better), on K less accurate than tiles: not the
+   default. Measured in docs/BENCHMARKS.md#frame-rule. Inputs are not padded to the stride
+   (replicate padding raised AbsRel, and whole K frames in one pass were worse than tiles:
+   docs/BENCHMARKS.md#frames); the network takes any size, as in training (240 and 114 are no
+   multiples of 32 either). The depth is brought to the
    frame's size. One bound holds whatever the frame (``bound_scale``): a side shorter than
    ``MIN_SIDE`` is padded up to it (replicate, cropped away after; only such thin frames are
    padded), never upscaled, so the floor overrides neither the focal match nor the cap, and the
@@ -49,14 +47,14 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from base.domains import CAMERAS, get_domain
+from base.domains import SENSORS, Intrinsics, get_domain
 from base.safeio import read_json
 from models.checkpoint import checkpoint_meta
 from inference.ood import fit_ood, ood_descriptor, ood_scores, ood_verdict
@@ -78,40 +76,13 @@ SENSOR_DIAGONAL_35MM = math.hypot(36.0, 24.0)  # mm: what a "35 mm equivalent" f
 
 
 # ----------------------------------------------------------------------------------------------
-# Cameras
+# Cameras (each a base.domains.Intrinsics: a pinhole camera at one image size)
 # ----------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Camera:
-    """A pinhole camera at one image size (pixels)."""
-    fx: float
-    fy: float
-    cx: float
-    cy: float
-    width: int
-    height: int
-
-    def resized(self, width: int, height: int) -> "Camera":
-        sx, sy = width / self.width, height / self.height
-        return Camera(self.fx * sx, self.fy * sy, self.cx * sx, self.cy * sy, int(width), int(height))
-
-    @property
-    def hfov_deg(self) -> float:
-        return math.degrees(2.0 * math.atan(0.5 * self.width / self.fx))
-
-    def as_dict(self) -> dict:
-        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, d) -> "Camera":
-        return cls(float(d["fx"]), float(d["fy"]), float(d["cx"]), float(d["cy"]), int(d["width"]),
-                   int(d["height"]))
-
-
-def source_camera(spec, data_root=None) -> Camera | None:
+def source_camera(spec, data_root=None) -> Intrinsics | None:
     """The camera of a domain's depth frames as they lie on disk: a synthetic set's meta.json
     (rendered at its own scale), a custom domain's ``camera`` field (domains.json), the recording's
     calibration file beside the first stored frame (KITTI: :func:`calibration_camera`), else the
-    built-in sensor (domains.CAMERAS) at the size of the files stored there
+    built-in sensor (base.domains.SENSORS) at the size of the files stored there
     (:func:`registry_camera_at`: KITTI's raw frames are a wider crop of the same sensor, not a
     resize); None when nothing says."""
     spec = get_domain(spec)
@@ -119,15 +90,14 @@ def source_camera(spec, data_root=None) -> Camera | None:
         try:
             d = read_json(os.path.join(data_root, "meta.json"))["domains"][spec.name]
             k, (h, w) = d["intrinsics"], d["depth_size"]
-            return Camera(float(k["fx"]), float(k["fy"]), float(k["cx"]), float(k["cy"]), int(w), int(h))
+            return Intrinsics(float(k["fx"]), float(k["fy"]), float(k["cx"]), float(k["cy"]), int(w), int(h))
         except (ValueError, KeyError, TypeError):  # no meta.json (None), or no camera of this domain
             pass
     if getattr(spec, "camera", None):
         fx, fy, cx, cy, w, h = spec.camera
-        return Camera(fx, fy, cx, cy, int(w), int(h))
-    if spec.letter in CAMERAS:
-        cam = CAMERAS[spec.letter]
-        cam = Camera(*cam.intrinsics, *cam.frame_size)
+        return Intrinsics(fx, fy, cx, cy, int(w), int(h))
+    if spec.letter in SENSORS:
+        cam = SENSORS[spec.letter].depth
         first = stored_frame(spec, data_root) if data_root else None
         if first is None:
             return cam
@@ -142,7 +112,7 @@ def source_camera(spec, data_root=None) -> Camera | None:
 CROP_TOLERANCE = 0.1  # a frame within 10 % of the registry size on each side is a crop of that sensor
 
 
-def registry_camera_at(cam: Camera, size, crops: bool) -> Camera:
+def registry_camera_at(cam: Intrinsics, size, crops: bool) -> Intrinsics:
     """A registry camera at the size ``size`` = (W, H) the files have. KITTI's registry camera
     (721.5 @ 1216x352) is the benchmark's bottom-centre *crop* of the raw frames (1242x375 on
     2011_09_26, 1224-1242 x 370-376 by date; formats.md): for the cropping recipe (``crops``) a
@@ -151,7 +121,7 @@ def registry_camera_at(cam: Camera, size, crops: bool) -> Camera:
     another resolution), as for NYU and ScanNet."""
     w, h = int(size[0]), int(size[1])
     if crops and abs(w / cam.width - 1) <= CROP_TOLERANCE and abs(h / cam.height - 1) <= CROP_TOLERANCE:
-        return Camera(cam.fx, cam.fy, cam.cx + (w - cam.width) / 2.0, cam.cy + (h - cam.height), w, h)
+        return Intrinsics(cam.fx, cam.fy, cam.cx + (w - cam.width) / 2.0, cam.cy + (h - cam.height), w, h)
     return cam.resized(w, h)  # the sensor, at the resolution the files have
 
 
@@ -178,7 +148,7 @@ def _numbers(text) -> list:
     return [float(v) for v in text.replace(",", " ").split()]
 
 
-def calibration_camera(image_path, size=None) -> Camera | None:
+def calibration_camera(image_path, size=None) -> Intrinsics | None:
     """The camera of one image file from its recording's calibration, where the layout has one:
     KITTI raw (``<date>/calib_cam_to_cam.txt``'s ``P_rect_0X`` for ``<date>/<drive>/image_0X/data/
     <frame>.png``) or the benchmark's ``val_selection_cropped`` (``intrinsics/<name>.txt``, a 3x3
@@ -211,12 +181,12 @@ def calibration_camera(image_path, size=None) -> Camera | None:
         if size is None:
             with Image.open(path) as im:
                 size = im.size
-        return Camera(*(float(v) for v in k), int(size[0]), int(size[1]))
+        return Intrinsics(*(float(v) for v in k), int(size[0]), int(size[1]))
     except (OSError, ValueError):
         return None
 
 
-def trained_camera(spec, scale: float = 1.0, data_root=None) -> Camera | None:
+def trained_camera(spec, scale: float = 1.0, data_root=None) -> Intrinsics | None:
     """The camera a domain's head learned: its on-disk frame camera through the resize step of the
     domain's training transform at ``scale`` (loaders.build_transform, so the rule is the
     transform's own: NYU/ScanNet frames are resized, KITTI's are cropped at their own pixel scale)."""
@@ -236,7 +206,7 @@ def head_cameras(meta, letters, data_root=None) -> list:
     meta = checkpoint_meta(meta)
     stored = meta.cameras
     if stored and len(stored) == len(letters):
-        return [Camera.from_dict(c) if c else None for c in stored]
+        return [Intrinsics.from_dict(c) if c else None for c in stored]
     scale = meta.scale
     root = meta.data_root or data_root
     out = []
@@ -248,9 +218,9 @@ def head_cameras(meta, letters, data_root=None) -> list:
     return out
 
 
-def generic_camera(width: int, height: int, hfov_deg: float = 60.0) -> Camera:
+def generic_camera(width: int, height: int, hfov_deg: float = 60.0) -> Intrinsics:
     f = 0.5 * width / math.tan(math.radians(hfov_deg) / 2.0)
-    return Camera(f, f, (width - 1) / 2.0, (height - 1) / 2.0, int(width), int(height))
+    return Intrinsics(f, f, (width - 1) / 2.0, (height - 1) / 2.0, int(width), int(height))
 
 
 @dataclass(frozen=True)
@@ -343,25 +313,25 @@ def exif_focal_35mm(source) -> float | None:
     return value if value and value > 0 else None
 
 
-def resolve_camera(hint: CameraHint | None, width: int, height: int, head_cam: Camera | None):
+def resolve_camera(hint: CameraHint | None, width: int, height: int, head_cam: Intrinsics | None):
     """(camera of the frame at its size, what was assumed: a sentence)."""
     hint = hint or CameraHint()
     if hint.intrinsics is not None:
         fx, fy, cx, cy = intrinsics_at(hint.intrinsics, hint.intrinsics_size, width, height)
         rescaled = hint.intrinsics_size is not None and tuple(hint.intrinsics_size) != (width, height)
-        return Camera(fx, fy, cx, cy, width, height), ("given intrinsics" + (
+        return Intrinsics(fx, fy, cx, cy, width, height), ("given intrinsics" + (
             f" (given at {hint.intrinsics_size[0]}x{hint.intrinsics_size[1]}, rescaled)" if rescaled else ""))
     if hint.fov_deg is not None:
         cam = generic_camera(width, height, hint.fov_deg)
         return cam, f"given horizontal field of view {hint.fov_deg:g} deg"
     if hint.focal_35mm is not None:
         f = hint.focal_35mm * math.hypot(width, height) / SENSOR_DIAGONAL_35MM
-        return (Camera(f, f, (width - 1) / 2.0, (height - 1) / 2.0, width, height),
+        return (Intrinsics(f, f, (width - 1) / 2.0, (height - 1) / 2.0, width, height),
                 f"EXIF 35 mm equivalent focal length {hint.focal_35mm:g} mm")
     if head_cam is None:
         return generic_camera(width, height), "no camera information: assumed a 60 deg horizontal field of view"
     s = width / head_cam.width  # the head's horizontal field of view, centred vertically
-    cam = Camera(head_cam.fx * s, head_cam.fy * s, head_cam.cx * s,
+    cam = Intrinsics(head_cam.fx * s, head_cam.fy * s, head_cam.cx * s,
                  head_cam.cy * s + (height - head_cam.height * s) / 2.0, width, height)
     return cam, (f"no camera information: assumed the head's camera, horizontal field of view "
                  f"{head_cam.hfov_deg:.1f} deg")
@@ -384,7 +354,7 @@ class Plan:
         return max(self.height, MIN_SIDE), max(self.width, MIN_SIDE)
 
 
-def plan_frame(width: int, height: int, frame_cam: Camera, head_cam: Camera | None,
+def plan_frame(width: int, height: int, frame_cam: Intrinsics, head_cam: Intrinsics | None,
                mode: str = "resample", max_pixels: int = MAX_PIXELS) -> Plan:
     if mode not in MODES:
         raise ValueError(f"unknown camera mode {mode!r}; choose one of {MODES}")
@@ -586,8 +556,8 @@ class FramePipeline:
     "tiled" (the default) overlapping tiles of the training extent, blended; "tiled-anchored" the
     same tiles, a bottom-anchored head's rows from its bottom tile (where its training crops lay);
     "windowed" one pass with the channel attention pooled over windows of the training extent
-    (``models.modules.Windows``; PyTorch path only, the other backends tile): 2-3x cheaper than
-    tiles, K's RMSE 10-15 % worse on the quickstart model (docs/BENCHMARKS.md, frame rule)."""
+    (``models.modules.Windows``; PyTorch path only, the other backends tile): cheaper than
+    tiles, less accurate on K (docs/BENCHMARKS.md#frame-rule)."""
 
     def __init__(self, predictor, cameras, mode: str = "resample", max_pixels: int = MAX_PIXELS, tiles=None,
                  rule: str = DEFAULT_FRAME_RULE, anchors=None):

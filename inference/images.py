@@ -1,5 +1,5 @@
-"""Depth for image files: reading them, the per-image predictor (domain choice, input size, upsampling
-to the original size) and writing the outputs (16-bit millimetre PNG, colour maps, PLY).
+"""Depth for image files: reading them and the per-image predictor (domain choice, input size,
+upsampling to the original size); the files written of a prediction are inference/outputs.py's.
 
 Used by predict.py (the command, cli/predict.py), inference/stream.py (videos and frame folders) and
 demo.py. Settings come as keywords (:class:`ImageOptions`, ``RuntimeOptions``); what the library
@@ -9,7 +9,6 @@ option of predict.py that the setting comes from.
 from __future__ import annotations
 
 import math
-import re
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from base.domains import CAMERAS, get_domain
+from base.domains import SENSORS, clamp_depth, get_domain
 from base.images import normalize
 from loaders import load_rgb
 from losses import upsample_to
@@ -27,7 +26,7 @@ from base.errors import InputError
 from models.checkpoint import check_checkpoint_path, checkpoint_letters, checkpoint_meta, default_scale
 from inference.predictor import DepthPredictor, RuntimeOptions, build_predictor
 from inference.replay import replay_prototypes
-from base.safeio import atomic_write
+from inference.outputs import OUTPUT_SUFFIXES, is_output_name
 from base.uncertainty import calibration_scales, head_calibration, interval_maps, spread
 from inference.known_depth import KnownPoints, fit_known_scale
 
@@ -39,9 +38,9 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", "
 
 
 # Images above this many pixels are refused from their header (--max-pixels): predicting,
-# upsampling and colour-mapping cost well over 100 bytes per pixel (measured: a 5000x5000 PNG
-# took predict.py to 3.9 GB), so 25 M pixels (a 24 MP camera's 6000x4000 passes) stay under
-# ~4 GB, where PIL's own guard (89 M pixels) would allow over 12 GB.
+# upsampling and colour-mapping cost well over 100 bytes per pixel, so 25 M pixels (a 24 MP camera's
+# 6000x4000 passes) stay within a few GB, where PIL's own guard (89 M pixels) would allow several
+# times more (measured: docs/BENCHMARKS.md#figures-that-were-in-the-codes-comments).
 DEFAULT_MAX_PIXELS = 25_000_000
 
 
@@ -72,20 +71,6 @@ def to_input(img: Image.Image, size) -> torch.Tensor:
     if tuple(x.shape[-2:]) != tuple(size):
         x = F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
     return normalize(x)
-
-
-PNG16_MAX_M = 65.535  # the largest depth a 16-bit millimetre PNG can hold
-
-
-def depth_to_png16(depth_m: np.ndarray) -> np.ndarray:
-    """Metres -> uint16 millimetres, round(depth*1000) clipped to 0..65535."""
-    mm = np.rint(np.nan_to_num(depth_m.astype(np.float64), nan=0.0, posinf=65535.0 / 1000.0) * 1000.0)
-    return np.clip(mm, 0, 65535).astype(np.uint16)
-
-
-def save_png16(path, depth_m: np.ndarray) -> None:
-    with atomic_write(path) as f:  # complete or absent, also on a full disk or a kill
-        Image.fromarray(depth_to_png16(depth_m)).save(f, format="PNG")
 
 
 def parse_intrinsics_spec(text):
@@ -131,18 +116,6 @@ def exif_orientation(path) -> int:
     return value if 1 <= value <= 8 else 1
 
 
-def intrinsics_for(letter, width, height, given=None):
-    """(fx, fy, cx, cy) at (width, height): given as is, else the domain's default scaled."""
-    if given is not None:
-        return tuple(given), "given"
-    if letter in CAMERAS:  # a built-in domain's sensor (domains.CAMERAS)
-        (fx, fy, cx, cy), (w0, h0) = CAMERAS[letter].intrinsics, CAMERAS[letter].frame_size
-        sx, sy = width / w0, height / h0
-        return (fx * sx, fy * sy, cx * sx, cy * sy), f"{get_domain(letter).name} default"
-    f = 0.5 * width / math.tan(math.radians(30.0))  # 60 degree horizontal field of view
-    return (f, f, (width - 1) / 2.0, (height - 1) / 2.0), "generic 60-degree camera"
-
-
 def camera_hint(options, path=None):
     """The frame camera the user gave (``options.intrinsics``, ``options.fov``: an
     :class:`ImageOptions`), else ``path``'s EXIF 35 mm focal length (a file path, or a PIL image
@@ -165,81 +138,6 @@ def camera_hint(options, path=None):
         except ValueError as e:
             raise InputError(str(e)) from None
     return CameraHint(focal_35mm=exif_focal_35mm(path)) if path is not None else CameraHint()
-
-
-def write_ply(path, depth_m: np.ndarray, rgb: np.ndarray, intrinsics, stride=1) -> int:
-    """Binary little-endian PLY of the pixels with depth > 0; returns the number of points."""
-    fx, fy, cx, cy = intrinsics
-    h, w = depth_m.shape
-    vs, us = np.mgrid[0:h:stride, 0:w:stride]
-    z = depth_m[vs, us].astype(np.float64)
-    keep = np.isfinite(z) & (z > 0)
-    us, vs, z = us[keep], vs[keep], z[keep]
-    pts = np.empty(z.size, dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"),
-                                  ("red", "u1"), ("green", "u1"), ("blue", "u1")])
-    pts["x"] = (us - cx) * z / fx
-    pts["y"] = (vs - cy) * z / fy
-    pts["z"] = z
-    colors = rgb[vs, us]
-    pts["red"], pts["green"], pts["blue"] = colors[:, 0], colors[:, 1], colors[:, 2]
-    header = ("ply\nformat binary_little_endian 1.0\ncomment Lifelong-MonoDepth predict.py, metres\n"
-              f"element vertex {z.size}\nproperty float x\nproperty float y\nproperty float z\n"
-              "property uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n")
-    with atomic_write(path) as f:
-        f.write(header.encode("ascii"))
-        f.write(pts.tobytes())
-    return int(z.size)
-
-
-def read_ply(path):
-    """(structured array of points) of a PLY written by :func:`write_ply` (for tests and tools)."""
-    with open(path, "rb") as f:
-        data = f.read()
-    end = data.index(b"end_header\n") + len(b"end_header\n")
-    n = int([ln for ln in data[:end].decode("ascii").splitlines() if ln.startswith("element vertex")][0].split()[-1])
-    dtype = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")])
-    return np.frombuffer(data[end:end + n * dtype.itemsize], dtype=dtype)
-
-
-def save_colormap(path, values: np.ndarray, label: str, cmap: str, vmin=None, vmax=None) -> None:
-    """``values`` colour-mapped with a labelled colour bar (matplotlib, Agg backend)."""
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-    h, w = values.shape
-    finite = values[np.isfinite(values)]
-    lo = float(np.min(finite)) if vmin is None and finite.size else (vmin or 0.0)
-    hi = float(np.max(finite)) if vmax is None and finite.size else (vmax or 1.0)
-    if not hi > lo:
-        hi = lo + 1e-3
-    dpi = 100
-    fig_w = max(3.0, w / dpi + 1.3)
-    fig_h = max(2.0, h / dpi + 0.3)
-    fig = plt.figure(figsize=(fig_w, fig_h), dpi=dpi)
-    try:
-        ax = fig.add_axes([0.02, 0.05, (fig_w - 1.3) / fig_w, 0.9])
-        im = ax.imshow(values, cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")
-        ax.set_axis_off()
-        cax = fig.add_axes([(fig_w - 1.15) / fig_w, 0.1, 0.12 / fig_w * 1.5, 0.8])
-        bar = fig.colorbar(im, cax=cax)
-        from matplotlib.ticker import ScalarFormatter
-        fmt = ScalarFormatter(useOffset=False)
-        bar.ax.yaxis.set_major_formatter(fmt)
-        bar.set_label(label)
-        with atomic_write(path) as f:
-            fig.savefig(f, dpi=dpi, format="png")
-    finally:
-        plt.close(fig)
-
-
-# What predict.py writes per image; such files in the output folder are never taken as inputs.
-OUTPUT_SUFFIXES = ("_depth.png", "_depth_color.png", "_uncertainty.png", "_depth_lower<P>.png", "_depth_upper<P>.png")
-_OUTPUT_NAME = re.compile(r".*(_depth|_depth_color|_uncertainty|_depth_(lower|upper)\d+(\.\d+)?)\.png$")
-
-
-def is_output_name(name: str) -> bool:
-    """Whether ``name`` is how predict.py names its outputs (``--intervals`` ones included)."""
-    return bool(_OUTPUT_NAME.match(name))
 
 
 def collect_inputs(target: Path, out_dir: Path, recursive: bool):
@@ -352,8 +250,8 @@ class ImageOptions:
         "1-179 deg field of view): the frame is resampled to the chosen head's "
         "focal length, and --ply uses them (default: --fov, the EXIF focal length, else the chosen "
         "head's camera at the image's field of view; real sensors: " + ", ".join(
-            f"{get_domain(c).name} {','.join(f'{v:g}' for v in cam.intrinsics)} "
-            f"@{cam.frame_size[0]}x{cam.frame_size[1]}" for c, cam in CAMERAS.items()) + ")")})
+            f"{get_domain(c).name} {','.join(f'{v:g}' for v in cam.depth.focal_centre)} "
+            f"@{cam.frame_size[0]}x{cam.frame_size[1]}" for c, cam in SENSORS.items()) + ")")})
     fov: float | str | None = field(default=None, metadata={"help": (
         "horizontal field of view of the camera in degrees (instead of --intrinsics); without either, "
         "a photo's EXIF 35 mm focal length is used, else the chosen head's camera is assumed (printed "
@@ -366,8 +264,8 @@ class ImageOptions:
         "how a frame larger than the head's training input runs: tiled (default) = overlapping tiles "
         "of the training size, blended; tiled-anchored = the same, a KITTI-like head's rows from its "
         "bottom tile (where its training crops lay); windowed = one pass, the fusion's channel "
-        "attention pooled over windows of the training extent (2-3x cheaper; K's RMSE 10-15 %% worse "
-        "on the quickstart model: docs/BENCHMARKS.md, frame rule; PyTorch backend only, the others tile)")})
+        "attention pooled over windows of the training extent (cheaper, less accurate on K: "
+        "docs/BENCHMARKS.md#frame-rule; PyTorch backend only, the others tile)")})
     max_pixels: int | None = field(default=DEFAULT_MAX_PIXELS, metadata={"help": (
         "refuse images with more pixels than this, read from the file's header before decoding "
         "(memory grows by well over 100 bytes per pixel)")})
@@ -543,7 +441,7 @@ class Predictor:
                 "input_size": list(self.size), "depth_scale": 1.0}
 
     def clamp(self, depth: np.ndarray, head: int) -> np.ndarray:
-        """``depth`` clipped to head ``head``'s domain depth range (the default of every output)."""
-        lo, hi = self.ranges[head]
-        return np.clip(depth, lo, hi)
+        """``depth`` clipped to head ``head``'s domain depth range (the default of every output;
+        ``base.domains.clamp_depth``)."""
+        return clamp_depth(depth, self.ranges[head])
 

@@ -12,11 +12,11 @@ The frame's score is the smallest of these ratios over the heads (1 = as far as 
 percentile of the nearest head's own held-out frames); the verdict is ``score > threshold``
 (``OOD_MARGIN``), a fixed number, so it is monotone in the score by construction.
 
-Why these (measured on the quickstart's N stage model: AUROC in-domain vs aerial / photographs,
-per-head Mahalanobis): fused features alone 0.995 / 0.996 but overlapping tails (the largest
-in-domain score above the smallest aerial one); the encoder's deepest stage 0.957 / 0.921; the
-head's mean predicted log-variance 0.869 / 0.792; fused + layer1 1.000 / 0.998, with every aerial
-frame above every in-domain test frame. Why per-head covariances: the ``frames`` LDA's one covariance
+Why these: of the descriptors compared on the quickstart's N stage model (fused features alone,
+the encoder's deepest stage, the head's mean predicted log-variance, fused + layer1), fused +
+layer1 separated in-domain from aerial frames and photographs best, with every aerial frame above
+every in-domain test frame (the AUROCs: docs/BENCHMARKS.md#intervals-and-out-of-domain-on-whole-frames).
+Why per-head covariances: the ``frames`` LDA's one covariance
 shared by all heads is built to *separate* the learned domains, and learns to ignore the directions
 along which each domain varies; a frame that moves along those directions (an aerial view, a photo
 of a cat) is then close to some domain. Each head's own covariance measures how unusual a frame is

@@ -11,10 +11,9 @@ head as ONNX graphs, ``models/runtimes.py``; selection stays here), elsewhere Py
 In PyTorch (``fast=True``) this runs on an inference copy of the network (``models/fast.py``):
 BatchNorm folded into the convolutions, channels_last (NHWC) layout, on a CPU fused oneDNN kernels
 (Conv+ReLU(+add) in one call, weights pre-packed per input shape) and, where the device has native
-kernels for it, bfloat16 weights and activations (the heads' output convolutions stay float32). On
-the project's 2-core AVX512-BF16 CPU that is 4.0-4.2x faster than the authors' forward of three
-heads at 228x304 and 5.0x at 352x1216, with RMSE and delta1 within 0.04 % of float32 on the
-synthetic test sets (bench/README.md). ``fast=False`` (or ``precision="fp32"``,
+kernels for it, bfloat16 weights and activations (the heads' output convolutions stay float32).
+Its speed against the authors' forward: docs/BENCHMARKS.md#speed; its accuracy against float32:
+docs/BENCHMARKS.md#accuracy-of-the-fast-path. ``fast=False`` (or ``precision="fp32"``,
 ``channels_last=False``, ``fuse_bn=False`` one by one) gives the plain float32 path on the
 network itself (and PyTorch: those options exist only there). ``backend="torch"`` /
 ``"onnxruntime"`` / ``"openvino"`` fixes the library; bench/README.md has the measurements per
@@ -27,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from base.domains import clamp_depth
 from base.errors import InputError
 from models import load_checkpoint
 from models.checkpoint import check_checkpoint_path, checkpoint_meta
@@ -60,14 +60,14 @@ class DepthPredictor:
       plus shifted sums (``models.fast.fuse_kernels``; default on with ``fast`` on a CPU, needs
       ``fuse_bn``).
     - ``jit``: TorchScript trace + freeze of the trunk and of each used head, built lazily on the
-      first batch (~2-5 s once per head on a CPU; default off).
+      first batch (once per head; its cost: docs/BENCHMARKS.md#figures-that-were-in-the-codes-comments; default off).
     - ``backend``: ``"auto"`` (default): the fastest backend measured for this CPU kind at this
       precision (``models.runtimes.choose_backend``: OpenVINO bf16 on AMX CPUs, ONNX Runtime on
       AVX2-only ones, PyTorch elsewhere, on CUDA, when a runtime is absent, and whenever ``fast=False``
       or a PyTorch-only option above is set; ``options["backend_choice"]`` says why).
       ``"torch"``, or ``"onnxruntime"`` / ``"openvino"`` (CPU only; OpenVINO
       pinned in ``requirements.txt``): the trunk and each used head exported once to float32 ONNX
-      (BN folded; ~3 s for the trunk on 2 cores) and run by that runtime; selection and the
+      (BN folded; the set-up time: bench/README.md) and run by that runtime; selection and the
       outputs are the same tensors as above. ``precision`` then is the runtime's: float32 for
       ONNX Runtime; OpenVINO's inference precision (``auto``: bf16 where the CPU has native bf16;
       at bf16 the heads' output convolutions run here in float32, as on PyTorch's path, so depth
@@ -350,11 +350,33 @@ class DepthPredictor:
         if interval is not None:
             from base.uncertainty import head_calibration, interval_maps, interval_summary
             heads, h = self.num_domains, out["head"]
-            lo, hi = checkpoint_meta(self).depth_range(h, heads)
-            lower, upper = interval_maps(np.clip(out["depth"], lo, hi), out["uncertainty"],
+            lower, upper = interval_maps(clamp_depth(out["depth"], self.depth_range(h)), out["uncertainty"],
                                          head_calibration(self.meta, h, heads), interval)
             out["interval"] = {"lower": lower, "upper": upper, **interval_summary(self.meta, h, heads, interval)}
         return out
+
+    def depth_range(self, head: int):
+        """(min, max) metres of head ``head``: the checkpoint's ``depth_ranges``, else 0..inf
+        (CheckpointMeta.depth_range)."""
+        return checkpoint_meta(self).depth_range(head, self.num_domains)
+
+    def write_outputs(self, stem, result: dict, image=None, *, clamp: bool = True, colour_maps: bool = True,
+                      max_depth: float | None = None, ply_stride: int = 1, warn=None):
+        """predict.py's files of one :meth:`predict_image` ``result`` (inference/outputs.py):
+        ``<stem>_depth.png`` (16-bit millimetres), ``<stem>_depth.npy`` (float32 metres), the colour
+        maps (``colour_maps``, the depth bar up to ``max_depth``), the interval bounds where the
+        result has them (``predict_image(interval=...)``), ``<stem>.ply`` where the ``image`` it was
+        predicted from is given (through the camera the prediction used; every ``ply_stride``-th
+        pixel). The depth is clamped to the head's range first, as predict.py does (``clamp=False``:
+        its --no-clamp). Returns ``inference.outputs.Written`` (the paths, the point count)."""
+        from inference.outputs import ply_intrinsics, write_prediction
+        from loaders import rgb_array
+        depth = clamp_depth(result["depth"], self.depth_range(result["head"])) if clamp else result["depth"]
+        rgb = rgb_array(image, "write_outputs") if image is not None else None
+        k = ply_intrinsics(result["camera"])[0] if rgb is not None else None
+        return write_prediction(stem, depth, uncertainty=result.get("uncertainty"), interval=result.get("interval"),
+                                rgb=rgb, intrinsics=k, colour_maps=colour_maps, max_depth=max_depth,
+                                ply_stride=ply_stride, warn=warn)
 
     def head_index(self, domain):
         """The head index of ``domain``: None, an index, a letter or a name of this model's domains;
@@ -411,7 +433,8 @@ class RuntimeOptions:
     fast: bool = field(default=True, metadata={"help": (
         "use DepthPredictor's plain float32 path, without the speed-ups it applies by default (BN "
         "folded into convs, channels_last, fused oneDNN kernels on a CPU, bf16 where the device has "
-        "native kernels, fp16 on CUDA GPUs without bf16: metrics within ~0.1 %% of float32); for exact numbers")})
+        "native kernels, fp16 on CUDA GPUs without bf16; how far that moves the metrics: "
+        "docs/BENCHMARKS.md#accuracy-of-the-fast-path); for exact numbers")})
     precision: str = field(default="auto", metadata={"help": (
         "numeric precision of the network. auto: bfloat16 where the device runs it natively (CPUs with "
         "AVX512-BF16 or AMX, CUDA GPUs with bf16), float16 on older CUDA GPUs, else float32 (AVX2-only "

@@ -49,9 +49,9 @@ def pooled_descriptor_nhwc(feats: torch.Tensor, chunk: int = 16384) -> torch.Ten
 
     Same values to ~1e-7 relative (two passes in float32: mean, then mean squared deviation), but
     without materialising float32 copies of the whole map: each chunk is converted, used and
-    dropped while it is in cache. On the bf16 channels_last features of the fast path (2 cores),
-    against converting the whole map first: 4-6 vs 16-29 ms at 352x1216 input (where selection had
-    been ~8 % of a prediction); at 228x304 both take 0.6-3 ms, within this machine's noise.
+    dropped while it is in cache: faster than converting the whole map first on the fast path's
+    bf16 channels_last features at large inputs
+    (measured: docs/BENCHMARKS.md#figures-that-were-in-the-codes-comments).
     Scriptable (export.py uses it too). The product's query descriptor (inference, export).
     """
     b, c = feats.shape[0], feats.shape[1]

@@ -51,7 +51,8 @@ from base.images import DEPTH_CMAP
 from base.safeio import WriteError, hold_lock, write_json
 from inference.frames import GATE_THRESHOLD
 from inference.predictor import predictor_settings
-from inference.images import DEFAULT_MAX_PIXELS, collect_inputs, make_out_dir, read_rgb, save_png16
+from inference.images import DEFAULT_MAX_PIXELS, collect_inputs, make_out_dir, read_rgb
+from inference.outputs import write_depth
 from base.safeio import atomic_write
 from base.uncertainty import calibration_note, interval_summary, median_width
 
@@ -59,10 +60,10 @@ VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".m
                     ".ts", ".mts", ".m2ts", ".3gp", ".3g2", ".ogv")  # transport streams, camcorders, phones
 SMOOTHING_MODES = ("mean", "vote", "raw")
 DEFAULT_WINDOW = 4
-DECISIVE_RATIO = 2.0  # HeadSmoother._decisive. bench/bench_stream.py, quickstart model: thresholds alone
-# follow 149 of 195 changes of the N,K,S cycle; with ratio 3: 175, ratio 2: 176, 0 wrong switches and
-# the NKSN streams still at 15 switches (15 true), 0 wrong, delay <= 2 frames
-DEFAULT_MARGIN = 0.0  # measured with bench/bench_stream.py: 5 % halves the wrong switches but delays N<->S changes up to 6 frames
+# HeadSmoother._decisive and the switching margin, chosen with bench/bench_stream.py on the quickstart
+# model (the figures: docs/BENCHMARKS.md#figures-that-were-in-the-codes-comments)
+DECISIVE_RATIO = 2.0
+DEFAULT_MARGIN = 0.0  # a margin halves the wrong switches but delays N<->S changes
 LABEL_HEIGHT = 22
 
 
@@ -350,9 +351,7 @@ class Sink:
 
     def _write(self, item):
         if self.depth_dir is not None:
-            save_png16(self.depth_dir / f"{item['name']}_depth.png", item["depth"])
-            with atomic_write(self.depth_dir / f"{item['name']}_depth.npy") as fh:
-                np.save(fh, item["depth"].astype(np.float32))
+            write_depth(self.depth_dir / item["name"], item["depth"])  # <frame>_depth.png (mm) and .npy (metres)
         if self.video_path is None:
             return
         if self.size is None:  # every frame of the video gets the first frame's size

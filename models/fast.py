@@ -59,7 +59,8 @@ def resolve_precision(precision, device) -> torch.dtype:
     ``auto``: bfloat16 where the device has native bf16 convolutions (CUDA with bf16, CPUs with
     AVX512-BF16/AMX whose oneDNN runs them: ``models.hardware.bf16_native``), float16 on CUDA
     without bf16, else float32 (AVX2-only and AVX-512-without-BF16 CPUs). float16 is never picked on a CPU:
-    it measured 2-4x slower than bfloat16 there (no AMX-FP16 kernels).
+    it measured slower than bfloat16 there (no AMX-FP16 kernels;
+    docs/BENCHMARKS.md#figures-that-were-in-the-codes-comments).
     """
     device = torch.device(device)
     if isinstance(precision, torch.dtype):
@@ -321,7 +322,7 @@ class TapSumConv2d(nn.Module):
     (every pixel's C features times the C x (out*k*k) taps) followed by k*k shifted sums.
 
     For the heads' 64 -> 1 5x5 output convolutions: oneDNN has no efficient kernel for one output
-    channel (4.1 ms at 114x152 on 2 cores, as long as 64 -> 16), this takes 1.0 ms; it computes
+    channel (as slow as 64 -> 16; this is faster, measured in bench/README.md); it computes
     the same sums in float32 (max difference ~1e-6), whatever the input's dtype.
     """
 

@@ -118,8 +118,9 @@ def cpu_kind() -> str:
     return "avx2" if _has("avx2", "_is_avx2_supported") else "other"
 
 
-# The training precision that ``--amp auto`` picks on each CPU kind (engine.processes.amp_settings).
-# bf16 autocast trains 2.5-3x faster than float32 where bf16 is native (AMX, AVX512-BF16), but it is
+# The training precision that ``--precision auto`` picks on each CPU kind (engine.processes.amp_settings).
+# bf16 autocast trains faster than float32 where bf16 is native (AMX, AVX512-BF16; docs/BENCHMARKS.md,
+# "The training step: where the time goes"), but it is
 # the default only where a seed table shows the same model quality (issue "the quickstart in 8
 # minutes": mean over >= 3 seeds within float32's seed spread on every figure, head selection >= 99 %
 # on every seed). No such table exists yet (one bf16 quickstart seed chose the right head for 97.5 %
@@ -138,7 +139,7 @@ def training_channels_last(kind: str | None = None) -> bool:
 
 
 def training_precision(kind: str | None = None) -> str:
-    """``"fp32"`` or ``"bf16"``: what ``--amp auto`` trains in on a CPU of ``kind`` (default: this
+    """``"fp32"`` or ``"bf16"``: what ``--precision auto`` trains in on a CPU of ``kind`` (default: this
     one, :func:`cpu_kind`). bf16 only where the table says so *and* bf16 is native here, so that a
     forced or mis-detected kind never gets emulated (slower) bf16."""
     kind = kind or cpu_kind()

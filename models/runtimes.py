@@ -172,10 +172,11 @@ def session(backend: str, model: bytes, threads: int | None = None, precision: s
 
 
 # The fastest backend per CPU kind (models.hardware.cpu_kind) and compute dtype, from interleaved
-# runs of the same function on each kind (bench/README.md): AMX: OpenVINO bf16 1.47x PyTorch's bf16
-# path; AVX512-BF16 without AMX (Zen 4): PyTorch's fused bf16 kernels lead; AVX2 only (Zen 3):
-# ONNX Runtime's float32 1.12-1.24x PyTorch's fused float32. AVX-512 without bf16 was not measured:
-# PyTorch's fused float32 stays (on Zen 4 it ran 99 ms against ONNX Runtime's 128 ms in float32).
+# runs of the same function on each kind (bench/README.md; the ratios:
+# docs/BENCHMARKS.md#figures-that-were-in-the-codes-comments):
+# AMX: OpenVINO bf16; AVX512-BF16 without AMX (Zen 4): PyTorch's fused bf16 kernels; AVX2 only
+# (Zen 3): ONNX Runtime's float32. AVX-512 without bf16 was not measured: PyTorch's fused float32
+# stays (it was faster than ONNX Runtime's float32 on Zen 4).
 _FASTEST = {("amx", "bfloat16"): "openvino", ("avx2", "float32"): "onnxruntime"}
 
 

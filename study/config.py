@@ -82,7 +82,7 @@ class Settings:
     proto_images: int
     max_steps: int | None = None    # optimiser-step cap of every stage (tests only)
     device: str = "cpu"
-    amp: str = "off"
+    precision: str = "fp32"          # training precision (as train_N.py --precision)
     workers: int = 0
     jobs: int = 2
     threads: int = 1
@@ -106,12 +106,11 @@ class Settings:
 
 # Presets. ``full`` is the study behind docs/RESULTS.md: the three cyclic orders (each domain learned
 # first, second and third once), 3 seeds, sizes chosen so that the single-domain models fit their
-# domain (see the fit table; S falls short) in 120 min on 2 CPU cores; ``quick`` is its subset (order NKS,
-# ours and finetune: the same stages, so a later full run reuses them), 38 min; ``cuda`` is
+# domain (see the fit table; S falls short) on 2 CPU cores (its wall time: docs/RESULTS.md); ``quick`` is
+# its subset (order NKS, ours and finetune: the same stages, so a later full run reuses them); ``cuda`` is
 # the paper's input size and schedule on a GPU; ``smoke`` is for the tests (meaningless numbers).
-# Measured on the synthetic data (rendered at scale 0.25, 800 training images per domain): after 5
-# epochs the single-domain models reach 46 % (N), 13 % (K) and 60 % (S) of a constant's validation
-# AbsRel; S needs the most training, hence 8.
+# S needs the most training of the single-domain models, hence 8 first epochs
+# (measured: docs/BENCHMARKS.md#figures-that-were-in-the-codes-comments).
 _BASE = dict(seeds=(0, 1, 2), n_train=800, n_test=100, scale=0.25, first_epochs=8, joint_epochs=4,
              epochs=2, lr=3e-4, lr_step=4, batch_size=8, encoder="resnet18", val_images=30,
              replay_size=100, proto_images=50, joint=True, single_head=True, protocol_orders=("NKS",))

@@ -22,7 +22,7 @@ from .config import ARMS, Arm, Settings
 
 # the engine options a stage's record (Job.argv) names, in the order of existing study folders
 RECORDED = ("order", "strategy", "out", "runs_dir", "data_root", "scale", "epochs", "lr", "lr_step", "batch_size",
-            "encoder", "seed", "val_images", "replay_size", "proto_images", "workers", "device", "amp",
+            "encoder", "seed", "val_images", "replay_size", "proto_images", "workers", "device", "precision",
             "max_steps", "prior", "shared_head", "quiet")
 
 
@@ -50,7 +50,7 @@ class Job:
             data_root=str(s.data_root), scale=s.scale, epochs=epochs, lr=s.lr, lr_step=s.lr_step,
             batch_size=s.batch_size, encoder=s.encoder, seed=self.seed, val_images=s.val_images,
             replay_size=s.replay_size, proto_images=s.proto_images, workers=s.workers, device=s.device,
-            amp=s.amp, max_steps=s.max_steps, prior=None if self.prior is None else str(self.prior),
+            precision=s.precision, max_steps=s.max_steps, prior=None if self.prior is None else str(self.prior),
             shared_head=self.group == "shared", quiet=s.quiet, resume="auto" if resume else None,
             **dict(self.extra))
 
@@ -136,6 +136,6 @@ class Plan:
 
     def selection_checkpoints(self) -> list[Path]:
         """The selection benchmark's subjects: the selection arm's final model of every order and seed
-        (its cost, ~40 s per model at the study's size, rules out every arm)."""
+        (its cost per model rules out every arm: docs/BENCHMARKS.md#figures-that-were-in-the-codes-comments)."""
         arm = self.selection_arm
         return [self.stage(o, len(o), arm, seed) for seed in self.s.seeds for o in self.orders_of(arm)]

@@ -132,7 +132,7 @@ class Report:
                  f"paper's loss weights): single-domain first stages {s.first_epochs} epochs; joint and "
                  f"single-head models {s.joint_epochs} epochs over every domain's data; later stages {s.epochs} epochs on the new domain; batch "
                  f"{s.batch_size}; replay {s.replay_size} images per old domain; prototypes and lda "
-                 f"statistics from {s.proto_images} replay images; device {s.device}, `--amp {s.amp}` "
+                 f"statistics from {s.proto_images} replay images; device {s.device}, `--precision {s.precision}` "
                  f"(float32 on every CPU, so no number depends on native bfloat16)"
                  + (f"; at most {s.max_steps} steps per stage" if s.max_steps else "") + ".",
                  "- Evaluation: test split" + (f" (first {s.eval_images} images)" if s.eval_images else "")

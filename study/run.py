@@ -16,18 +16,24 @@ import torch
 
 from base.errors import InputError
 from base.safeio import read_json, write_json
+from engine.options import precision_of_amp
 from engine.run import train_stage
 from .plan import Job
 
 
 def relevant_argv(argv: list[str]) -> list[str]:
-    """The arguments that change a run's result (data-loader workers and progress bars do not)."""
+    """The arguments that change a run's result (data-loader workers and progress bars do not), in
+    today's spelling (a record's ``--amp off`` is ``--precision fp32``)."""
     out, skip = [], False
     for a in argv:
         if skip:
             skip = False
         elif a == "--workers":
             skip = True
+        elif out and out[-1] == "--precision":
+            out.append(precision_of_amp(a))
+        elif a == "--amp":
+            out.append("--precision")
         elif a not in ("--quiet", "--resume"):
             out.append(a)
     return out
@@ -39,7 +45,7 @@ def reuse(job: Job, s) -> bool:
         return False
     record = read_json(job.run_dir / "study_job.json") or {}
     wanted = relevant_argv(job.argv(s))
-    if record and record.get("relevant_argv") != wanted:
+    if record and relevant_argv(record.get("relevant_argv") or []) != wanted:
         raise InputError(f"{job.out} exists but was trained with other settings:\n  recorded: "
                         f"{' '.join(record.get('relevant_argv') or [])}\n  now:      {' '.join(wanted)}\n"
                         f"use another --runs-dir (or delete that run) to train with the new settings")
@@ -62,7 +68,7 @@ def train(job: Job, s) -> str:
     if job.prior is not None and not job.prior.is_file():
         raise InputError(f"{job.key}: its prior {job.prior} is missing")
     resume = (job.run_dir / "last.pth.tar").is_file()
-    if resume and record and record.get("relevant_argv") != wanted:
+    if resume and record and relevant_argv(record.get("relevant_argv") or []) != wanted:
         raise InputError(f"{job.run_dir} holds an interrupted run with other settings; delete it or use "
                         f"another --runs-dir")
     job.run_dir.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,10 @@ Everything here is small enough for CI on two CPU cores:
 * :func:`make_net` / :func:`make_checkpoint` / :func:`save_authors_checkpoint` build small networks
   (resnet18 by default) with well-behaved outputs (positive depth around a few metres), saved in the
   project format (with the metadata ``engine/stage.py`` writes) or as an authors' state_dict-only file.
-* :func:`write_image` writes test images in any PIL mode (RGB, L, RGBA, P, I;16).
+* :func:`write_image` writes test images in any PIL mode (RGB, L, RGBA, P, I;16);
+  :func:`png_header_only` a PNG whose header declares a huge size (a hostile upload).
+* :func:`error_of` / :func:`assert_one_error_line`: a command's one ``error:`` line (no traceback);
+  :func:`predict_args`: predict.py's arguments for one forced head, quiet, on the CPU.
 * Raw dataset trees, the inputs of prepare_data.py (:func:`write_nyu_release`, :func:`write_kitti`,
   :func:`write_scannet`, :func:`write_nyu_h5`, :func:`write_nyu_mat`): tiny files in each real
   on-disk format; every writer returns what it wrote (paths relative to the root and the raw
@@ -25,23 +28,26 @@ import contextlib
 import csv
 import json
 import os
+import struct
+import zlib
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
-from base.domains import CAMERAS, get_domain
+from base.domains import SENSORS, get_domain
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Real frame sizes (W, H) of the three built-in domains (domains.CAMERAS).
-FRAME_SIZES = {c: cam.frame_size for c, cam in CAMERAS.items()}
-SCANNET_COLOR = CAMERAS["S"].color_size
+# Real frame sizes (W, H) of the three built-in domains (base.domains.SENSORS).
+FRAME_SIZES = {c: cam.frame_size for c, cam in SENSORS.items()}
+SCANNET_COLOR = SENSORS["S"].color_size
 # Per-domain flat colours of style="constant" (far apart in RGB).
 CONSTANT_COLORS = {"N": (200, 40, 40), "K": (40, 190, 60), "S": (50, 60, 210)}
-CSV_NAMES = {c: (get_domain(c).train_csv, get_domain(c).test_csv, get_domain(c).replay_csv) for c in CAMERAS}
+CSV_NAMES = {c: (get_domain(c).train_csv, get_domain(c).test_csv, get_domain(c).replay_csv) for c in SENSORS}
 
 
 @contextlib.contextmanager
@@ -493,3 +499,37 @@ def direct_errors(net, letter, head, data_root, scale, crop="none", cap=False, a
         result = {k: float(np.mean([e[k] for e in per])) for k in METRIC_NAMES}
     result["count"] = len(per)
     return result, per
+
+
+# ------------------------------------------------------------------------------------ commands
+def error_of(fn, *args) -> str:
+    """The one-line message of a command's SystemExit (any other exception fails the test)."""
+    with pytest.raises(SystemExit) as stop:
+        fn(*args)
+    msg = str(stop.value.code)
+    assert msg.startswith("error: ") and "Traceback" not in msg and "\n" not in msg.strip(), msg
+    return msg
+
+
+def assert_one_error_line(msg: str, *words):
+    """``msg`` is an ``error:`` line without a traceback that names each of ``words``."""
+    assert msg.startswith("error: ") and "Traceback" not in msg, msg
+    for w in words:
+        assert w in msg, (w, msg)
+
+
+def predict_args(ckpt, inputs, out, *extra):
+    """predict.py's arguments: head N forced, quiet, no plots, on the CPU."""
+    return [str(inputs), "--checkpoint", str(ckpt), "--domain", "N", "--out", str(out), "--quiet",
+            "--no-plots", "--device", "cpu", *extra]
+
+
+def png_header_only(path, width, height):
+    """A PNG whose header declares width x height and whose pixel data is a few bytes: what a
+    hostile upload looks like (118 KB for 11000x11000 in the issue; here a header suffices)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    Path(path).write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+                           + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    return Path(path)

@@ -1,4 +1,4 @@
-"""add_domain.py (engine/add_domain.py): a new domain from a recording on top of a tiny model, in one
+"""add_domain.py (cli/new_domain.py): a new domain from a recording on top of a tiny model, in one
 call, with its report; and the one-line errors of what it refuses."""
 import json
 import os

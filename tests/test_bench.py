@@ -137,3 +137,33 @@ def test_rows_follow_forced_capabilities(monkeypatch, kind, openvino):
             assert native or "no native bf16" in reason
         elif opts.get("precision") != "fp16":
             assert reason is None, (name, reason)
+
+
+def _seed_cells(values_by_precision, selection=None):
+    """Cells of bench_seeds.verdict: every figure of a seed set to its precision's value for that seed."""
+    import bench_seeds as S
+    cells = {}
+    for prec, values in values_by_precision.items():
+        cells[prec] = {}
+        for seed, v in enumerate(values):
+            fig = {name: v for name in S.FIGURES}
+            fig["selection crops"] = fig["selection frames"] = (selection or {}).get((prec, seed), 1.0)
+            cells[prec][seed] = fig
+    return cells
+
+
+def test_seed_table_decides_by_fp32s_spread_and_selection():
+    """bench_seeds' rule (issue 38): a candidate's mean inside fp32's seed range on every figure, and
+    selection >= 99 % on every seed (or no worse than fp32's own worst)."""
+    import bench_seeds as S
+    assert S.verdict(_seed_cells({"fp32": [1.0, 1.2, 1.1], "bf16": [1.05, 1.15, 1.1]}), "bf16") == []
+    outside = S.verdict(_seed_cells({"fp32": [1.0, 1.2, 1.1], "bf16": [1.3, 1.25, 1.2]}), "bf16")
+    assert outside and all("outside fp32's" in w for w in outside) and len(outside) == len(S.FIGURES)
+    one_seed_misses = _seed_cells({"fp32": [1.0, 1.2, 1.1], "bf16": [1.1, 1.1, 1.1]}, {("bf16", 2): 0.975})
+    why = S.verdict(one_seed_misses, "bf16")
+    assert len(why) == 2 and all(w.startswith("seed 2:") for w in why)
+    # where fp32 itself chose 97.5 % on some seed, the bar is fp32's worst, not 99 %
+    both_miss = _seed_cells({"fp32": [1.0, 1.2, 1.1], "bf16": [1.1, 1.1, 1.1]},
+                            {("fp32", 0): 0.975, ("bf16", 2): 0.975})
+    assert S.verdict(both_miss, "bf16") == []
+    assert S.verdict(_seed_cells({"fp32": [1.0]}), "bf16") == ["no runs of fp32 or bf16"]

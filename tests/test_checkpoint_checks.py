@@ -1,5 +1,6 @@
 """One validator of a checkpoint's metadata values, run on every load (models.checkpoint.check_values),
-and a checksum of the weights stored at save and verified on load (issue 40 items 7-8)."""
+and a checksum of the weights stored at save and verified on load (issue 40 items 7-8); letters that
+disagree with the domains."""
 from __future__ import annotations
 
 import math
@@ -7,7 +8,7 @@ import math
 import pytest
 import torch
 
-from helpers import make_checkpoint, torch_threads
+from helpers import make_checkpoint, make_net, torch_threads
 from models import load_checkpoint
 from models.checkpoint import STATE_HASH, CheckpointError, read_checkpoint, state_digest
 
@@ -89,3 +90,11 @@ def test_the_weights_checksum_is_stored_and_a_flipped_bit_is_caught(ckpt, tmp_pa
 def test_an_old_file_without_the_checksum_loads_as_before(ckpt, tmp_path):
     path = edited(ckpt, tmp_path, lambda o: o.pop(STATE_HASH))
     assert load_checkpoint(path).num_domains == 2
+
+
+def test_checkpoint_letters_must_match_its_domains(tmp_path):
+    net = make_net(2)
+    torch.save({"state_dict": net.state_dict(), "format": "lifelong-monodepth", "version": 1,
+                "domains": ["nyu", "kitti"], "letters": "KN", "encoder": "resnet18"}, tmp_path / "x.pth.tar")
+    with pytest.raises(CheckpointError, match="disagree"):
+        load_checkpoint(tmp_path / "x.pth.tar")

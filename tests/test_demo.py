@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from cli import demo as D
-from inference import images as prediction
+from inference import images
 from helpers import ROOT, make_checkpoint, make_data_root, torch_threads
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
@@ -116,7 +116,7 @@ def server(ckpt, tmp_path_factory):
 
 def test_page_in_headless_chromium(server, ckpt, tmp_path):
     from playwright.sync_api import sync_playwright
-    expected = prediction.Predictor(ckpt, device="cpu").run(Image.open(EXAMPLE).convert("RGB"))
+    expected = images.Predictor(ckpt, device="cpu").run(Image.open(EXAMPLE).convert("RGB"))
     letter = "NKS"[expected["head"]]
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])

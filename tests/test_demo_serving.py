@@ -1,6 +1,7 @@
 """The demo as a server a user stops and misuses (issue 40 item 13 and Low): a port in use is one
 line, SIGTERM removes the work folder with the uploads, bodies over the limit on the non-upload
-routes are refused, an evicted model is released."""
+routes are refused, an evicted model is released; and its requests: huge or non-image uploads
+refused without server paths, 16-bit PNGs read, a bounded model cache, loopback unless asked."""
 from __future__ import annotations
 
 import asyncio
@@ -16,18 +17,23 @@ import weakref
 from argparse import Namespace
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from PIL import Image
 
-from helpers import make_checkpoint, torch_threads
+from helpers import error_of, make_checkpoint, png_header_only, torch_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
+    """One NYU head (its pooled prototype random, of the network's descriptor size: one head is
+    always the nearest)."""
     path = tmp_path_factory.mktemp("demo") / "N.pth.tar"
     with torch_threads(1):
-        make_checkpoint(path, letters="N", prototypes={"pooled": __import__("torch").randn(1, 8)})
+        make_checkpoint(path, letters="N", scale=0.25, prototypes={"pooled": torch.randn(1, 128)})
     return path
 
 
@@ -132,3 +138,66 @@ def test_a_head_the_chosen_checkpoint_lacks_is_named_on_the_page(ckpt, tmp_path)
     write_image(image, (24, 32))
     with pytest.raises(demo.PageError, match=r"has no head kitti \(K\); its heads are nyu \(N\)"):
         demo.serve_request(models, str(image), str(ckpt), "kitti (K)", tmp_path / "work")
+
+
+# ---- the demo's requests ------------------------------------------------------
+@pytest.fixture
+def demo_models(ckpt, tmp_path):
+    from cli import demo
+    args = demo.build_parser().parse_args(["--checkpoint", str(ckpt), "--device", "cpu",
+                                           "--runs-dir", str(tmp_path), "--max-pixels", "100000"])
+    return demo, demo.Models(args)
+
+
+def test_demo_refuses_huge_and_non_image_uploads_without_server_paths(demo_models, ckpt, tmp_path):
+    demo, models = demo_models
+    work = tmp_path / "work"
+    work.mkdir()
+    uploads = tmp_path / "gradio_tmp_upload_dir"
+    uploads.mkdir()
+    bomb = png_header_only(uploads / "bomb.png", 11000, 11000)
+    text = uploads / "notes.png"
+    text.write_text("not an image")
+    for path, word in ((bomb, "above the limit"), (text, "not a readable image")):
+        with pytest.raises(demo.PageError) as err:
+            demo.serve_request(models, str(path), str(ckpt), demo.AUTO, work)
+        assert word in str(err.value) and str(uploads) not in str(err.value), str(err.value)
+        assert "the uploaded image" in str(err.value)
+
+
+def test_demo_reads_16_bit_pngs_and_leaves_no_files(demo_models, ckpt, tmp_path):
+    demo, models = demo_models
+    work = tmp_path / "work"
+    ramp = (np.linspace(0, 4000, 32 * 24).reshape(24, 32)).astype(np.uint16)  # a 16-bit depth-like image
+    path = tmp_path / "ramp16.png"
+    Image.fromarray(ramp).save(path)
+    img = demo.upload_image(str(path), 100000)
+    a = np.asarray(img)[..., 0].astype(float)
+    assert a.max() < 250 and a.std() > 3  # scaled to 8 bits, not clipped to white
+    for head in (demo.AUTO, "nyu (N)"):
+        text, depth, unc, chart = demo.serve_request(models, str(path), str(ckpt), head, work)
+        assert isinstance(depth, Image.Image) and depth.size[0] > 32
+    assert list(work.iterdir()) == []  # result files are deleted once read
+
+
+def test_demo_keeps_a_bounded_number_of_models(tmp_path):
+    from cli import demo
+    paths = []
+    for i in range(3):
+        p = tmp_path / f"m{i}" / "N.pth.tar"
+        p.parent.mkdir()
+        make_checkpoint(p, "N", scale=0.25, prototypes={"pooled": torch.randn(1, 128)})
+        paths.append(str(p))
+    models = demo.Models(demo.build_parser().parse_args(["--checkpoint", paths[0], "--device", "cpu",
+                                                         "--max-models", "2"]))
+    for p in paths + [paths[1]]:
+        models.get(p)
+    assert list(models.cache) == [paths[2], paths[1]]
+
+
+def test_demo_serves_beyond_loopback_only_when_asked(capsys):
+    from cli import demo
+    parse = demo.build_parser().parse_args
+    assert demo.check_host(parse([])) is None and demo.check_host(parse(["--host", "::1"])) is None
+    assert "--allow-remote" in error_of(demo.check_host, parse(["--host", "0.0.0.0"]))
+    assert "no authentication" in demo.check_host(parse(["--host", "0.0.0.0", "--allow-remote"]))

@@ -1,13 +1,17 @@
-"""Domain specs, registry, learning orders and custom-domain JSON files."""
+"""Domain specs, registry, learning orders and custom-domain JSON files (fields of the wrong type);
+a custom domain carried by the checkpoint that learned it, usable by predict.py and the demo."""
 
 import json
 
 import pytest
+import torch
+from PIL import Image
 
 
 from base import domains as dom
 from base.domains import DomainSpec, get_domain, parse_order, register_domain
-
+from cli import predict
+from helpers import make_checkpoint, predict_args
 
 
 def test_builtin_domains():
@@ -143,3 +147,57 @@ def test_domains_from_root(tmp_path, clean_registry):
     (tmp_path / "domains.json").write_text(json.dumps([{"name": "lab2", "letter": "N"}]))
     with pytest.raises(ValueError, match="domains.json"):
         dom.load_domains_from_root(str(tmp_path))
+
+
+@pytest.mark.parametrize("field,value", [("rgb_to_depth_size", "no"), ("alt_roots", "kitti"),
+                                         ("depth_encoding", {"kind": "png", "scale": float("inf")}),
+                                         ("max_depth", float("inf"))])
+def test_domain_fields_of_the_wrong_type(field, value):
+    from base.domains import domain_from_dict
+    with pytest.raises(ValueError, match=field.split("_encoding")[0]):
+        domain_from_dict({"name": "office", "letter": "X", field: value})
+
+
+# ---- a model that learned a custom domain is usable by every tool ---------------------
+OFFICE = {"name": "office", "letter": "O", "max_depth": 6.0, "input_size": [160, 224],
+          "description": "my office"}
+
+
+def office_checkpoint(tmp_path):
+    """A checkpoint of N then a custom domain, saved while the domain was registered (as the engine
+    does after reading domains.json), then the domain removed: a new process knows only the file."""
+    spec = dom.register_domain(dom.domain_from_dict(OFFICE))
+    path = tmp_path / "NO.pth.tar"
+    try:
+        make_checkpoint(path, "NO", scale=0.25, prototypes={"pooled": torch.randn(2, 128)})
+    finally:
+        dom.unregister_domain(spec)
+    return path
+
+
+def test_custom_domain_travels_with_the_checkpoint(tmp_path, clean_registry, capsys):
+    from cli import demo
+    path = office_checkpoint(tmp_path)
+    img = tmp_path / "a.png"
+    Image.new("RGB", (32, 24), (90, 80, 70)).save(img)
+    out = tmp_path / "out"
+    args = predict_args(path, img, out)
+    args[args.index("--domain") + 1] = "office"
+    assert predict.main(args) == 0
+    done = json.loads((out / "predictions.json").read_text())["images"][0]
+    assert done["domain"] == "office" and done["depth_max"] <= 6.0
+    spec = dom.get_domain("O")
+    assert spec.description == "my office" and spec.input_size == (160, 224)
+    dom.unregister_domain(spec)
+    model = demo.Models(demo.build_parser().parse_args(["--checkpoint", str(path), "--device", "cpu"])).get(str(path))
+    assert demo.head_choices(model)[-1] == "office (O)"
+
+
+def test_domain_descriptions_tolerate_old_and_new_fields(tmp_path, clean_registry):
+    from models import checkpoint
+    meta = {"domain_specs": [dom.NYU.to_dict(), {"name": "lab", "letter": "L", "a_future_field": 1}]}
+    specs = checkpoint.register_domains(meta, tmp_path / "x.pth.tar")
+    assert [s.name for s in specs] == ["lab"] and dom.get_domain("L").input_size == (228, 304)
+    # the user's domains.json, registered later with other values, replaces the file's description
+    edited = dom.domain_from_dict({"name": "lab", "letter": "L", "max_depth": 3.0})
+    assert dom.register_domain(edited) is edited and dom.get_domain("lab").max_depth == 3.0

@@ -2,8 +2,8 @@
 predictor or network passed in, ordinary exceptions, one checkpoint load per test_inference.py run."""
 import pytest
 
-from cli import test as evaluate_cli
-from cli import test_inference as inference_cli
+from cli import test as test_cli
+from cli import test_inference as test_inference_cli
 from base.errors import InputError
 from evaluation.evaluate import EvalOptions, evaluate_checkpoint
 from evaluation.selection import SelectionOptions, evaluate_selection
@@ -39,7 +39,7 @@ def test_evaluate_checkpoint_with_settings_and_a_loaded_predictor(ckpt, data_roo
     out = evaluate_checkpoint(predictor, options, "cpu", domains="NK")
     assert out["checkpoint"] == str(ckpt) and list(out["results"]) == ["N", "K"]
     assert out["scale"] == SCALE and out["settings"]["crop"] == "default"  # the protocol's, filled in
-    cli = evaluate_cli.main(_argv(ckpt, data_root, "--no-fast", "--domains", "NK", "--json", str(tmp_path / "t.json")))
+    cli = test_cli.main(_argv(ckpt, data_root, "--no-fast", "--domains", "NK", "--json", str(tmp_path / "t.json")))
     for c in "NK":
         for k in METRIC_NAMES:
             assert out["results"][c][k] == pytest.approx(cli["results"][c][k], rel=1e-6)
@@ -49,8 +49,8 @@ def test_selection_evaluation_called_directly(ckpt, data_root, tmp_path):
     net = load_checkpoint(ckpt)
     out = evaluate_selection(net, EvalOptions(data_root=str(data_root), quiet=True),
                              SelectionOptions(latency_runs=1, warmup=0), "cpu", RuntimeOptions(fast=False))
-    cli = inference_cli.main(_argv(ckpt, data_root, "--no-fast", "--latency-runs", "1", "--warmup", "0",
-                                   "--json", str(tmp_path / "i.json")))
+    cli = test_inference_cli.main(_argv(ckpt, data_root, "--no-fast", "--latency-runs", "1", "--warmup", "0",
+                                        "--json", str(tmp_path / "i.json")))
     assert out["selection"] == cli["selection"] and out["selector"] == cli["selector"]
     assert set(out["latency"]) == set(cli["latency"])
     for c in "NKS":
@@ -80,7 +80,7 @@ def test_library_errors_are_input_errors_not_system_exit(ckpt, data_root, tmp_pa
         build_predictor(ckpt, RuntimeOptions(extra={"nope": 1}))
     # the command turns the same error into one error line
     with pytest.raises(SystemExit, match="error: DepthPredictor has no option nope"):
-        evaluate_cli.main(_argv(ckpt, data_root, "--predictor-option", "nope=1"))
+        test_cli.main(_argv(ckpt, data_root, "--predictor-option", "nope=1"))
 
 
 def test_one_checkpoint_load_per_test_inference_run(ckpt, data_root, tmp_path, monkeypatch):
@@ -96,9 +96,9 @@ def test_one_checkpoint_load_per_test_inference_run(ckpt, data_root, tmp_path, m
 
     monkeypatch.setattr(checkpoint, "read_checkpoint", counting)
     argv = _argv(ckpt, data_root, "--latency-runs", "0", "--json", str(tmp_path / "i.json"))
-    inference_cli.main(argv)
+    test_inference_cli.main(argv)
     assert len(reads) == 1
     reads.clear()  # with every prototype computed from replay rows (replay, authors', lda): still one
-    inference_cli.main(argv + ["--replay-root", str(data_root), "--selector", "authors"])
-    inference_cli.main(argv + ["--replay-root", str(data_root), "--selector", "lda"])
+    test_inference_cli.main(argv + ["--replay-root", str(data_root), "--selector", "authors"])
+    test_inference_cli.main(argv + ["--replay-root", str(data_root), "--selector", "lda"])
     assert len(reads) == 2

@@ -7,9 +7,9 @@ import sys
 import pytest
 import torch
 
-from cli import test as evaluate_cli
-from evaluation import evaluate as evaluation
-from cli import test_inference as inference_cli
+from cli import test as test_cli
+from evaluation import evaluate
+from cli import test_inference as test_inference_cli
 from cli import options
 from cli import predict
 from cli import quickstart
@@ -18,8 +18,6 @@ from helpers import (ROOT, direct_errors, make_checkpoint, make_data_root, make_
 from loaders import get_dataset
 from metrics import METRIC_NAMES
 
-T = evaluate_cli
-TI = inference_cli
 SCALE = 0.25
 
 
@@ -52,8 +50,8 @@ def _error(excinfo):
 def test_table_equals_direct_computation(ckpt, data_root, tmp_path, capsys, crop, cap, aggregate):
     path, net = ckpt
     out_json = tmp_path / "r.json"
-    out = T.main(_args(path, data_root, "--crop", crop, "--cap" if cap else "--no-cap",
-                       "--aggregate", aggregate, "--batch-size", "2", "--json", str(out_json), "--no-fast"))
+    out = test_cli.main(_args(path, data_root, "--crop", crop, "--cap" if cap else "--no-cap",
+                              "--aggregate", aggregate, "--batch-size", "2", "--json", str(out_json), "--no-fast"))
     printed = capsys.readouterr().out
     saved = json.loads(out_json.read_text())
     assert out["letters"] == "NKS" and out["scale"] == SCALE  # scale from the checkpoint's options
@@ -78,7 +76,7 @@ def test_default_json_path_domain_subset_and_authors_order(ckpt, data_root, tmp_
     path, net = ckpt
     copy = tmp_path / "NKS.pth.tar"
     copy.write_bytes(path.read_bytes())
-    out = T.main(_args(copy, data_root, "--domains", "KS", "--max-images", "2", "--authors-eval"))
+    out = test_cli.main(_args(copy, data_root, "--domains", "KS", "--max-images", "2", "--authors-eval"))
     assert list(out["results"]) == ["K", "S"] and out["results"]["K"]["head"] == 1
     assert out["results"]["S"]["count"] == 2
     assert out["settings"] == {"crop": "none", "cap": False, "aggregate": "pixel",  # the authors' rules
@@ -86,8 +84,8 @@ def test_default_json_path_domain_subset_and_authors_order(ckpt, data_root, tmp_
     assert (tmp_path / "NKS.pth.tar.test.json").is_file()
     # the same weights as an authors' state_dict-only file, heads named by --order: same numbers
     authors = save_authors_checkpoint(tmp_path / "authors" / "NKS.pth.tar", net, module_prefix=True)
-    out2 = T.main(_args(authors, data_root, "--order", "NKS", "--scale", str(SCALE), "--domains", "KS",
-                        "--max-images", "2", "--authors-eval", "--json", str(tmp_path / "a.json")))
+    out2 = test_cli.main(_args(authors, data_root, "--order", "NKS", "--scale", str(SCALE), "--domains", "KS",
+                               "--max-images", "2", "--authors-eval", "--json", str(tmp_path / "a.json")))
     for c in "KS":
         for k in METRIC_NAMES:
             assert out2["results"][c][k] == pytest.approx(out["results"][c][k], rel=1e-6, abs=1e-9)
@@ -96,7 +94,7 @@ def test_default_json_path_domain_subset_and_authors_order(ckpt, data_root, tmp_
 # ------------------------------------------------------------------------------- lifelong maths
 def test_lifelong_summary_by_hand():
     rmse = [[1.0], [1.2, 3.0], [1.1, 3.5, 2.0]]
-    s = evaluation.lifelong_summary(rmse, metric="rmse")
+    s = evaluate.lifelong_summary(rmse, metric="rmse")
     assert not s["higher_is_better"]
     assert s["final"] == [1.1, 3.5, 2.0]
     assert s["final_average"] == pytest.approx(6.6 / 3)
@@ -110,22 +108,22 @@ def test_lifelong_summary_by_hand():
     assert s["bwt"] == pytest.approx(-0.3)
 
     d1 = [[0.8], [0.7, 0.6], [0.75, 0.5, 0.9]]
-    a = evaluation.lifelong_summary(d1, metric="delta1")  # accuracies: signs flipped
+    a = evaluate.lifelong_summary(d1, metric="delta1")  # accuracies: signs flipped
     assert a["higher_is_better"]
     assert a["forgetting"] == pytest.approx([0.8 - 0.75, 0.6 - 0.5])
     assert a["bwt_per_domain"] == pytest.approx([0.75 - 0.8, 0.5 - 0.6])
     assert a["bwt"] == pytest.approx(-0.075)
     # an old domain that improved: negative forgetting, positive BWT
-    b = evaluation.lifelong_summary([[2.0], [1.5, 1.0]], higher_is_better=False)
+    b = evaluate.lifelong_summary([[2.0], [1.5, 1.0]], higher_is_better=False)
     assert b["forgetting"] == pytest.approx([-0.5]) and b["bwt"] == pytest.approx(0.5)
     # one stage: nothing to forget
-    one = evaluation.lifelong_summary([[0.3]], metric="abs_rel")
+    one = evaluate.lifelong_summary([[0.3]], metric="abs_rel")
     assert one["forgetting"] == [] and one["bwt"] is None and one["average_forgetting"] is None
     with pytest.raises(ValueError):
-        evaluation.lifelong_summary([[1.0], [None, 2.0]])
+        evaluate.lifelong_summary([[1.0], [None, 2.0]])
     with pytest.raises(ValueError):
-        evaluation.lifelong_summary([])
-    text = evaluation.format_matrix(["nyu (N)", "kitti (K)", "scannet (S)"], ["N", "NK", "NKS"], rmse, s, "rmse")
+        evaluate.lifelong_summary([])
+    text = evaluate.format_matrix(["nyu (N)", "kitti (K)", "scannet (S)"], ["N", "NK", "NKS"], rmse, s, "rmse")
     assert "+0.1000" in text and "+0.5000" in text and "BWT -0.3000" in text
 
 
@@ -149,9 +147,9 @@ def test_matrix_over_stage_checkpoints(data_root, tmp_path, capsys):
     runs = tmp_path / "runs"
     paths = make_stage_checkpoints(runs, "NKS", scale=SCALE, strategy="finetune")
     assert [p.name for p in paths] == ["N.pth.tar", "NK_finetune.pth.tar", "NKS_finetune.pth.tar"]
-    out = T.main(["--matrix", "--strategy", "finetune", "--checkpoint", str(paths[-1]), "--data-root",
-                  str(data_root), "--max-images", "2", "--metric", "rmse,delta1", "--quiet",
-                  "--json", str(tmp_path / "m.json")])
+    out = test_cli.main(["--matrix", "--strategy", "finetune", "--checkpoint", str(paths[-1]), "--data-root",
+                         str(data_root), "--max-images", "2", "--metric", "rmse,delta1", "--quiet",
+                         "--json", str(tmp_path / "m.json")])
     printed = capsys.readouterr().out
     assert out["order"] == "NKS" and out["stage_labels"] == ["N", "NK", "NKS"]
     for m in ("rmse", "delta1", "abs_rel"):
@@ -160,7 +158,7 @@ def test_matrix_over_stage_checkpoints(data_root, tmp_path, capsys):
         for s, stage in enumerate(out["stage_results"]):
             for d in range(s + 1):
                 assert matrix[s][d] == stage["results"]["NKS"[d]][m]
-        assert_nested_approx(out["summary"][m], evaluation.lifelong_summary(matrix, metric=m))
+        assert_nested_approx(out["summary"][m], evaluate.lifelong_summary(matrix, metric=m))
     assert out["tables"]["rmse"] in printed and out["tables"]["delta1"] in printed
     assert "forgetting" in printed and "BWT" in printed
     saved = json.loads((tmp_path / "m.json").read_text())
@@ -168,8 +166,8 @@ def test_matrix_over_stage_checkpoints(data_root, tmp_path, capsys):
     # a stage that is missing is named
     paths[1].unlink()
     with pytest.raises(SystemExit) as e:
-        T.main(["--matrix", "--strategy", "finetune", "--order", "NKS", "--runs-dir", str(runs),
-                "--data-root", str(data_root), "--quiet"])
+        test_cli.main(["--matrix", "--strategy", "finetune", "--order", "NKS", "--runs-dir", str(runs),
+                       "--data-root", str(data_root), "--quiet"])
     assert "NK_finetune.pth.tar" in _error(e)
 
 
@@ -177,34 +175,34 @@ def test_matrix_over_stage_checkpoints(data_root, tmp_path, capsys):
 def test_errors_missing_checkpoint_authors_without_order_unknown_domain(ckpt, data_root, tmp_path):
     path, net = ckpt
     with pytest.raises(SystemExit) as e:
-        T.main(_args(tmp_path / "nope.pth.tar", data_root))
+        test_cli.main(_args(tmp_path / "nope.pth.tar", data_root))
     assert "nope.pth.tar" in _error(e) and "not found" in _error(e)
     authors = save_authors_checkpoint(tmp_path / "NK.pth.tar", make_net(2))
     with pytest.raises(SystemExit) as e:
-        T.main(_args(authors, data_root))
+        test_cli.main(_args(authors, data_root))
     assert "--order" in _error(e) and "NK" in _error(e)
     with pytest.raises(SystemExit) as e:
-        T.main(_args(path, data_root, "--domains", "X"))
+        test_cli.main(_args(path, data_root, "--domains", "X"))
     assert "unknown domain 'X'" in _error(e)
     with pytest.raises(SystemExit) as e:
-        T.main(_args(authors, data_root, "--order", "NK", "--domains", "S"))
+        test_cli.main(_args(authors, data_root, "--order", "NK", "--domains", "S"))
     assert "S not learned" in _error(e)
     with pytest.raises(SystemExit) as e:  # order length does not fit the heads
-        T.main(_args(authors, data_root, "--order", "NKS"))
+        test_cli.main(_args(authors, data_root, "--order", "NKS"))
     assert "2 head(s)" in _error(e)
     with pytest.raises(SystemExit) as e:
-        T.main(_args(path, tmp_path / "no_data"))
+        test_cli.main(_args(path, tmp_path / "no_data"))
     assert "no_data" in _error(e)
     with pytest.raises(SystemExit) as e:
-        T.main(_args(path, data_root, "--matrix", "--metric", "bogus"))
+        test_cli.main(_args(path, data_root, "--matrix", "--metric", "bogus"))
     assert "bogus" in _error(e)
     if not torch.cuda.is_available():
         with pytest.raises(SystemExit) as e:
-            T.main(_args(path, data_root, "--device", "cuda"))
+            test_cli.main(_args(path, data_root, "--device", "cuda"))
         assert "CUDA is not available" in _error(e)
     # test_inference: an authors' file has no prototypes
     with pytest.raises(SystemExit) as e:
-        TI.main(_args(authors, data_root, "--order", "NK", "--scale", str(SCALE)))
+        test_inference_cli.main(_args(authors, data_root, "--order", "NK", "--scale", str(SCALE)))
     assert "--replay-root" in _error(e)
 
 
@@ -217,7 +215,7 @@ def test_cli_exit_status_and_message(tmp_path):
 
 
 def test_help_texts_explain_every_option():
-    for name, module in (("test", evaluate_cli), ("test_inference", inference_cli), ("predict", predict),
+    for name, module in (("test", test_cli), ("test_inference", test_inference_cli), ("predict", predict),
                          ("quickstart", quickstart)):
         parser = module.build_parser()
         text = parser.format_help()
@@ -257,9 +255,10 @@ def test_selection_is_perfect_on_clearly_separated_domains(constant_root, tmp_pa
     # Flat red / green / blue images per domain: prototypes from the replay rows, computed with an
     # untrained network, must send every test image to its own domain's head.
     authors = save_authors_checkpoint(tmp_path / "NKS.pth.tar", make_net(3, seed=1))
-    out = TI.main(_args(authors, constant_root, "--order", "NKS", "--scale", str(SCALE), "--replay-root",
-                        str(constant_root), "--selector", selector, "--latency-runs", "2", "--warmup", "1",
-                        "--batch-size", "2", "--json", str(tmp_path / "i.json")))
+    out = test_inference_cli.main(_args(authors, constant_root, "--order", "NKS", "--scale", str(SCALE),
+                                        "--replay-root", str(constant_root), "--selector", selector,
+                                        "--latency-runs", "2", "--warmup", "1", "--batch-size", "2",
+                                        "--json", str(tmp_path / "i.json")))
     printed = capsys.readouterr().out
     sel = out["selection"]
     assert sel["accuracy"] == {"N": 1.0, "K": 1.0, "S": 1.0} and sel["overall_accuracy"] == 1.0
@@ -275,7 +274,7 @@ def test_selection_is_perfect_on_clearly_separated_domains(constant_root, tmp_pa
 
 def test_selection_with_stored_prototypes_matches_direct_selection(ckpt, data_root, tmp_path):
     path, net = ckpt
-    out = TI.main(_args(path, data_root, "--latency-runs", "0", "--json", str(tmp_path / "i.json")))
+    out = test_inference_cli.main(_args(path, data_root, "--latency-runs", "0", "--json", str(tmp_path / "i.json")))
     assert out["prototypes_from"] == "checkpoint" and out["latency"] == {}
     conf = out["selection"]["confusion"]
     # the confusion matrix equals nearest-prototype selection computed here from the stored
@@ -292,7 +291,7 @@ def test_selection_with_stored_prototypes_matches_direct_selection(ckpt, data_ro
         assert conf[c] == [int((chosen == h).sum()) for h in range(3)]
         assert out["selection"]["accuracy"][c] == pytest.approx(float((chosen == "NKS".index(c)).float().mean()))
     # the prior table equals test.py's
-    ref = T.main(_args(path, data_root, "--json", str(tmp_path / "t.json")))
+    ref = test_cli.main(_args(path, data_root, "--json", str(tmp_path / "t.json")))
     for c in "NKS":
         for k in METRIC_NAMES:
             assert out["prior"][c][k] == pytest.approx(ref["results"][c][k], rel=1e-6)

@@ -1,4 +1,6 @@
-"""Tests of export.py: the TorchScript file matches the eager model (DepthPredictor, fp32)."""
+"""Tests of export.py: the TorchScript file matches the eager model (DepthPredictor, fp32); the
+ONNX file and the runtimes' backends; and what it refuses: replacing the checkpoint or a file
+without --overwrite, a half-written export, option errors in one line."""
 import os
 import subprocess
 import sys
@@ -8,6 +10,7 @@ import pytest
 import torch
 
 from cli import export as export_cli
+from helpers import error_of, make_checkpoint
 from inference import export
 from inference.predictor import DepthPredictor
 from models import LifelongDepthNet, load_checkpoint, save_checkpoint
@@ -192,3 +195,62 @@ def test_openvino_backend_of_the_predictor(checkpoint):
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    """One NYU head (its pooled prototype random: one head is always the nearest)."""
+    path = tmp_path_factory.mktemp("ckpt") / "N.pth.tar"
+    make_checkpoint(path, "N", scale=0.25, prototypes={"pooled": torch.randn(1, 128)})
+    return path
+
+
+# ---- export.py never replaces the checkpoint, nor any file without --overwrite ----------
+def test_export_refuses_to_replace_the_checkpoint_or_an_existing_file(ckpt, tmp_path):
+    model = tmp_path / "N.pth.tar"
+    model.write_bytes(ckpt.read_bytes())
+    before = model.read_bytes()
+    for extra in ([], ["--overwrite"]):  # never the checkpoint, --overwrite or not
+        msg = error_of(export_cli.main, ["--checkpoint", str(model), "--out", str(model), "--domain", "0", *extra])
+        assert "--checkpoint itself" in msg
+    assert model.read_bytes() == before
+    other = tmp_path / "old.ts"
+    other.write_bytes(b"an earlier export")
+    msg = error_of(export_cli.main, ["--checkpoint", str(model), "--out", str(other), "--domain", "0"])
+    assert "--overwrite" in msg and other.read_bytes() == b"an earlier export"
+    assert export_cli.main(["--checkpoint", str(model), "--out", str(other), "--domain", "0", "--overwrite",
+                        "--no-check", "--size", "64x64"]) == 0
+    module, meta = export.load_exported(other)
+    assert meta["domain"] == 0
+
+
+# ---- an export appears complete or not at all ------------------------------------------
+def test_export_killed_mid_write_keeps_the_earlier_file(ckpt, tmp_path, monkeypatch):
+    out = tmp_path / "N.ts"
+    out.write_bytes(b"an earlier good export")
+
+    def killed(module, f, **kwargs):
+        if hasattr(f, "write"):
+            f.write(b"partial")
+        else:
+            Path(f).write_bytes(b"partial")
+        raise KeyboardInterrupt  # as a kill would stop the write half way
+
+    monkeypatch.setattr(torch.jit, "save", killed)
+    with pytest.raises(KeyboardInterrupt):
+        export_cli.main(["--checkpoint", str(ckpt), "--out", str(out), "--domain", "0", "--overwrite",
+                     "--no-check", "--size", "64x64"])
+    assert out.read_bytes() == b"an earlier good export" and os.listdir(tmp_path) == ["N.ts"]
+
+
+# ---- export's option errors are one line naming the option ---------------------------
+def test_export_option_errors_are_one_line(ckpt, tmp_path):
+    base = ["--checkpoint", str(ckpt), "--domain", "0", "--no-check"]
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "afile").write_text("x")
+    for extra, word in (([ "--out", str(tmp_path / "folder")], "is a folder"),
+                        (["--out", str(tmp_path / "afile" / "m.ts")], "is a file"),
+                        (["--out", str(tmp_path / "m.ts"), "--size", "0x0"], "--size"),
+                        (["--out", str(tmp_path / "m.ts"), "--size", "abc"], "--size")):
+        assert word in error_of(export_cli.main, base + extra)
+    assert not (tmp_path / "m.ts").exists()

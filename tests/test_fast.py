@@ -351,7 +351,7 @@ def test_no_native_bf16_decides_fp32_and_never_prepacks_bf16(net, avx2_cpu):
         forced = DepthPredictor(net, protos, precision="bf16")
     assert forced.dtype == torch.bfloat16
     assert_rel_close(forced.predict(x)["depth"], ref["depth"], 2e-2)
-    # the training engine's teacher under --amp bf16 stays float32 (fused) where bf16 is emulated
+    # the training engine's teacher under --precision bf16 stays float32 (fused) where bf16 is emulated
     teacher = engine_model.make_teacher(net, "cpu", torch.bfloat16)
     assert teacher.E.conv1.weight.dtype == torch.float32
     got = engine_model.teacher_targets(teacher, x, HEADS)

@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 
 from data import synthetic
-from base.domains import get_domain
+from base.domains import Intrinsics, get_domain
 from inference import frames as FR
-from inference import images as P
+from inference import images
 from inference.predictor import DepthPredictor
 from inference.replay import add_frame_statistics
 from inference.stream import HeadSmoother
@@ -34,7 +34,7 @@ def setup(tmp_path_factory):
 
 
 def predictor_for(path, **options):
-    return P.Predictor(path, P.ImageOptions(quiet=True, **options), device=torch.device("cpu"))
+    return images.Predictor(path, images.ImageOptions(quiet=True, **options), device=torch.device("cpu"))
 
 
 def raw_test_file(root, letter, i=0):
@@ -47,7 +47,7 @@ def raw_test_file(root, letter, i=0):
 def test_a_wide_frame_goes_to_the_k_head_whole_and_at_its_pixel_scale(setup):
     root, _, ckpt, _ = setup
     model = predictor_for(ckpt)
-    img = P.read_rgb(raw_test_file(root, "K"))
+    img = images.read_rgb(raw_test_file(root, "K"))
     W, H = img.size
     assert W / H > 3  # a street frame, 304x88 here
     r = model.run(img)
@@ -57,7 +57,7 @@ def test_a_wide_frame_goes_to_the_k_head_whole_and_at_its_pixel_scale(setup):
     assert r["depth"].shape == (H, W) and r["uncertainty"].shape == (H, W)
     # the N-like and S-like frames go to theirs, resized to the (half-size) frames their heads learned
     for letter in "NS":
-        r = model.run(P.read_rgb(raw_test_file(root, letter)))
+        r = model.run(images.read_rgb(raw_test_file(root, letter)))
         assert model.letters[r["head"]] == letter and r["ood"] is False
         assert r["input_size"] == [60, 80]
 
@@ -129,7 +129,7 @@ def test_camera_rescaling_against_a_frame_rendered_at_two_resolutions(setup):
 def test_camera_hints_field_of_view_and_exif(tmp_path):
     cam, how = FR.resolve_camera(FR.CameraHint(fov_deg=90.0), 200, 100, None)
     assert cam.fx == pytest.approx(100.0) and "90" in how
-    head = FR.Camera(100.0, 100.0, 50.0, 40.0, 100, 80)
+    head = Intrinsics(100.0, 100.0, 50.0, 40.0, 100, 80)
     cam, how = FR.resolve_camera(None, 300, 200, head)  # no information: the head's field of view
     assert cam.fx == pytest.approx(300.0) and cam.hfov_deg == pytest.approx(head.hfov_deg)
     assert how.startswith("no camera information")
@@ -160,7 +160,7 @@ def test_out_of_domain_verdict(setup):
     # the fourth synthetic domain: most frames flagged even by this untrained fixture network
     # (the quickstart model's rates are bench/bench_frames.py's)
     assert sum(model.run(x)["ood"] for x in aerial) >= 5
-    inside = [model.run(P.read_rgb(raw_test_file(root, c, i)))["ood"] for c in "NKS" for i in range(3)]
+    inside = [model.run(images.read_rgb(raw_test_file(root, c, i)))["ood"] for c in "NKS" for i in range(3)]
     assert inside == [False] * 9
     # --domain still forces a head, and the verdict is still reported
     flagged = next(x for x in aerial if model.run(x)["ood"])
@@ -234,7 +234,7 @@ def test_quickstart_model_on_wide_street_frames(tmp_path):
     ds = get_dataset("K", "test", str(root), train=False)
     ev = {k: DomainEvaluator(get_domain("K"), crop="default", cap=True) for k in ("frames", "squeezed")}
     for row in ds.rows[:8]:
-        img, gt = P.read_rgb(row.image), torch.from_numpy(ds.read_pair(row)[1])[None, None]
+        img, gt = images.read_rgb(row.image), torch.from_numpy(ds.read_pair(row)[1])[None, None]
         r = model.run(img)
         assert model.letters[r["head"]] == "K" and not r["ood"]
         ev["frames"].add_batch(torch.from_numpy(model.clamp(r["depth"], r["head"]))[None, None], gt)

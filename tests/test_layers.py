@@ -131,7 +131,7 @@ def test_the_layer_table_is_design_md_s():
     text = "| layer | modules |\n|---|---|\n| 0 bottom | `base/errors`, `losses` |\n| 3 top | `study/*`, `cli/test` |\n"
     layers = read_layers(text)
     assert layers[0] == ["base.errors", "losses"]
-    assert layers[3][0] == "study" and "study.cli" in layers[3] and layers[3][-1] == "cli.test"
+    assert layers[3][0] == "study" and "study.plan" in layers[3] and layers[3][-1] == "cli.test"
     assert LAYER_OF["base.errors"] == 0 and LAYER_OF["cli.demo"] > LAYER_OF["cli.options"] > LAYER_OF["inference.frames"]
 
 
@@ -148,7 +148,7 @@ def test_the_study_name_is_the_package():
     import study
     assert Path(study.__file__).parent.name == "study" and Path(study.__file__).name == "__init__.py"
     text = (ROOT / "study.py").read_text(encoding="utf-8")
-    assert "from study.cli import main" in text and len(text.splitlines()) < 25
+    assert "from cli.study import main" in text and len(text.splitlines()) < 25
 
 
 # The design card: the core files a paper's reader looks for, with their real content, and the entry scripts.

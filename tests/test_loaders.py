@@ -1,4 +1,5 @@
-"""Decoding of every format, joint transforms (nearest-only depth), datasets, loaders, error paths."""
+"""Decoding of every format, joint transforms (nearest-only depth), datasets, loaders, error paths;
+index CSVs (BOM, encoding, a header row), the validation split (a file listed twice)."""
 
 import json
 import os
@@ -13,8 +14,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 from base import domains as dom
 from base.images import IMAGENET_MEAN, IMAGENET_STD, scaled
-import helpers as F
+import helpers
 import loaders as L
+from helpers import make_data_root
 from loaders import DatasetFormatError, get_dataset, get_loader
 
 SCALE = 0.25
@@ -24,9 +26,8 @@ SCALE = 0.25
 def root(tmp_path_factory):
     """A data root with NYU, KITTI and ScanNet in their real formats (module-wide, read-only)."""
     r = str(tmp_path_factory.mktemp("data"))
-    info = {"nyu": F.write_nyu_release(r), "kitti": F.write_kitti(r), "scannet": F.write_scannet(r)}
+    info = {"nyu": helpers.write_nyu_release(r), "kitti": helpers.write_kitti(r), "scannet": helpers.write_scannet(r)}
     return r, info
-
 
 
 # ------------------------------------------------------------------------------ decoding
@@ -57,9 +58,9 @@ def test_kitti_and_scannet_decoding(root):
 
 
 def test_h5_rows_exact(tmp_path):
-    out = F.write_nyu_h5(str(tmp_path))
+    out = helpers.write_nyu_h5(str(tmp_path))
     rows = [(out["train"][0][0], out["train"][0][0]), (out["train"][1][0], "")]   # depth column repeated / empty
-    F.write_csv(str(tmp_path / "nyu2_train.csv"), rows)
+    helpers.write_csv(str(tmp_path / "nyu2_train.csv"), rows)
     ds = get_dataset("N", "train", str(tmp_path), scale=SCALE)
     for i in range(2):
         image, depth = ds.load(i)
@@ -71,7 +72,7 @@ def test_h5_rows_exact(tmp_path):
 
 def test_mat_transposed_and_split(tmp_path):
     mat = str(tmp_path / "nyu_depth_v2_labeled.mat")
-    rgbs, deps = F.write_nyu_mat(mat, n=3)
+    rgbs, deps = helpers.write_nyu_mat(mat, n=3)
     for i in range(3):
         image, depth = L.read_mat_frame(mat, i + 1)
         assert np.array_equal(np.asarray(image), rgbs[i]) and np.array_equal(depth, deps[i])
@@ -86,10 +87,10 @@ def test_mat_transposed_and_split(tmp_path):
     test = L.NYUMatDataset.from_mat(mat, "test", str(tmp_path / "splits.mat"), scale=SCALE)
     assert [r.depth for r in test.rows] == [2, 3]
     # CSV form: `file.mat,<1-based frame>`
-    F.write_csv(str(tmp_path / "nyu2_test.csv"), [("nyu_depth_v2_labeled.mat", "3")])
+    helpers.write_csv(str(tmp_path / "nyu2_test.csv"), [("nyu_depth_v2_labeled.mat", "3")])
     ds = get_dataset("N", "test", str(tmp_path), scale=SCALE)
     assert np.array_equal(ds.load(0)[1], deps[2])
-    F.write_csv(str(tmp_path / "nyu2_test.csv"), [("nyu_depth_v2_labeled.mat", "9")])
+    helpers.write_csv(str(tmp_path / "nyu2_test.csv"), [("nyu_depth_v2_labeled.mat", "9")])
     with pytest.raises(DatasetFormatError, match="frame 9 outside 1..3"):
         L.NYUMatDataset(str(tmp_path / "nyu2_test.csv"), str(tmp_path), split="test")
 
@@ -119,7 +120,7 @@ def _frame(hw, seed, sparse=False):
     depth = rng.permutation(hw[0] * hw[1]).reshape(hw).astype(np.float32) / 100.0 + 0.01
     if sparse:
         depth[rng.random(hw) > 0.1] = 0
-    return Image.fromarray(F.rgb_pattern(hw, seed)), depth
+    return Image.fromarray(helpers.rgb_pattern(hw, seed)), depth
 
 
 @pytest.mark.parametrize("spec, hw, sparse", [(dom.NYU, (48, 64), False), (dom.SCANNET, (48, 64), False),
@@ -163,7 +164,7 @@ def test_sparse_stays_sparse():
 def test_kitti_crop_anchored_at_bottom():
     h, w = 100, 400
     rows = np.repeat(np.arange(1, h + 1, dtype=np.float32)[:, None], w, 1)   # value = row number
-    image = Image.fromarray(F.rgb_pattern((h, w), 0))
+    image = Image.fromarray(helpers.rgb_pattern((h, w), 0))
     t = L.build_transform(dom.KITTI, train=True, scale=SCALE)   # crop 120x80
     starts = set()
     for seed in range(8):
@@ -187,11 +188,11 @@ def test_full_scale_shapes():
     cases = [(dom.NYU, (480, 640), (480, 640)), (dom.KITTI, (352, 1216), (352, 1216)),
              (dom.SCANNET, (480, 640), (480, 640))]
     for spec, ihw, dhw in cases:
-        image, depth = Image.fromarray(F.rgb_pattern(ihw, 0)), np.ones(dhw, np.float32)
+        image, depth = Image.fromarray(helpers.rgb_pattern(ihw, 0)), np.ones(dhw, np.float32)
         for train in (True, False):
             img, d = L.build_transform(spec, train)(image, depth)
             assert tuple(img.shape) == (3,) + spec.input_size and tuple(d.shape) == (1,) + spec.input_size
-    full = L.build_transform(dom.KITTI, False, full_frame=True)(Image.fromarray(F.rgb_pattern((352, 1216), 0)),
+    full = L.build_transform(dom.KITTI, False, full_frame=True)(Image.fromarray(helpers.rgb_pattern((352, 1216), 0)),
                                                                np.ones((352, 1216), np.float32))
     assert full[1].shape == (1, 352, 1216)
     assert scaled(304, 0.5) == 152 and scaled(228, 0.5) == 114 and scaled(228, 0.25) % 2 == 0
@@ -296,10 +297,10 @@ def test_custom_domain_from_root(tmp_path, clean_registry):
     (tmp_path / "domains.json").write_text(json.dumps([{
         "name": "office", "letter": "O", "input_size": [32, 48], "max_depth": 6.0,
         "depth_encoding": {"kind": "png", "scale": 0.0002, "bits": 16}}]))
-    v = F.dense_values((40, 56), 100, 30000, 0)
-    F.write_rgb(str(tmp_path / "o/rgb/a.png"), F.rgb_pattern((40, 56), 0))
-    F.write_png16(str(tmp_path / "o/depth/a.png"), v)
-    F.write_csv(str(tmp_path / "office_train.csv"), [("o/rgb/a.png", "o/depth/a.png")])
+    v = helpers.dense_values((40, 56), 100, 30000, 0)
+    helpers.write_rgb(str(tmp_path / "o/rgb/a.png"), helpers.rgb_pattern((40, 56), 0))
+    helpers.write_png16(str(tmp_path / "o/depth/a.png"), v)
+    helpers.write_csv(str(tmp_path / "office_train.csv"), [("o/rgb/a.png", "o/depth/a.png")])
     ds = get_dataset("O", "train", str(tmp_path))
     assert isinstance(ds, L.GenericPNGDataset)
     np.testing.assert_allclose(ds.load(0)[1], v * 0.0002, rtol=1e-6)
@@ -311,11 +312,11 @@ def test_custom_domain_from_root(tmp_path, clean_registry):
 def test_absolute_paths_and_alt_root(tmp_path, root):
     r, info = root
     img, dep, _ = info["kitti"]["train"][0]
-    F.write_csv(str(tmp_path / "kitti_train_sparse.csv"), [(os.path.join(r, img), os.path.join(r, dep))])
+    helpers.write_csv(str(tmp_path / "kitti_train_sparse.csv"), [(os.path.join(r, img), os.path.join(r, dep))])
     assert len(get_dataset("K", "train", str(tmp_path), scale=SCALE)) == 1
     # The authors' KITTI CSVs are relative to <data_root>/kitti.
     os.symlink(r, str(tmp_path / "kitti"))
-    F.write_csv(str(tmp_path / "kitti_train_sparse.csv"), [(img, dep)])
+    helpers.write_csv(str(tmp_path / "kitti_train_sparse.csv"), [(img, dep)])
     ds = get_dataset("K", "train", str(tmp_path), scale=SCALE)
     assert ds.rows[0].image == os.path.join(str(tmp_path), "kitti", img)
 
@@ -344,7 +345,7 @@ def test_missing_file_names_csv_line_path(tmp_path, root):
     nyu = _copy_nyu(root, tmp_path)
     rows = [r[:2] for r in nyu["train"]]
     rows[2] = (rows[2][0], "data/nyu2_train/nowhere/1.png")
-    F.write_csv(str(tmp_path / "nyu2_train.csv"), [rows[0], rows[1], ("", ""), rows[2], rows[3]])
+    helpers.write_csv(str(tmp_path / "nyu2_train.csv"), [rows[0], rows[1], ("", ""), rows[2], rows[3]])
     with pytest.raises(FileNotFoundError) as e:
         get_dataset("N", "train", str(tmp_path))
     msg = str(e.value)
@@ -353,7 +354,7 @@ def test_missing_file_names_csv_line_path(tmp_path, root):
 
 @pytest.mark.parametrize("row", [("a.jpg", "b.png", "c.png"), ("a.jpg",), ("a.jpg", "")])
 def test_malformed_row(tmp_path, row):
-    F.write_csv(str(tmp_path / "nyu2_test.csv"), [row])
+    helpers.write_csv(str(tmp_path / "nyu2_test.csv"), [row])
     with pytest.raises(DatasetFormatError) as e:
         get_dataset("N", "test", str(tmp_path))
     assert "nyu2_test.csv" in str(e.value) and "line 1" in str(e.value) and "2 comma-separated" in str(e.value)
@@ -372,12 +373,12 @@ def test_wrong_depth_mode(tmp_path, root):
     for csv_name, split, img, kind, expect in cases:
         bad = str(tmp_path / f"bad_{kind}.png")
         if kind == "rgb":
-            F.write_rgb(bad, F.rgb_pattern(F.NYU_HW, 0))
+            helpers.write_rgb(bad, helpers.rgb_pattern(helpers.NYU_HW, 0))
         elif kind == "8bit":
-            F.write_png8(bad, np.ones(F.NYU_HW))
+            helpers.write_png8(bad, np.ones(helpers.NYU_HW))
         else:
-            F.write_png16(bad, np.ones(F.NYU_HW) * 1000)
-        F.write_csv(str(tmp_path / csv_name), [(img, f"bad_{kind}.png")])
+            helpers.write_png16(bad, np.ones(helpers.NYU_HW) * 1000)
+        helpers.write_csv(str(tmp_path / csv_name), [(img, f"bad_{kind}.png")])
         ds = get_dataset("N", split, str(tmp_path), scale=SCALE)
         with pytest.raises(DatasetFormatError) as e:
             ds[0]
@@ -388,10 +389,10 @@ def test_wrong_depth_mode(tmp_path, root):
 def test_kitti_8bit_and_size_mismatch(tmp_path, root):
     r, info = root
     img, dep, v = info["kitti"]["test"][0]
-    F.write_png8(str(tmp_path / "gt8.png"), np.ones(F.KITTI_HW))
-    F.write_png16(str(tmp_path / "small.png"), np.ones((50, 60)))
+    helpers.write_png8(str(tmp_path / "gt8.png"), np.ones(helpers.KITTI_HW))
+    helpers.write_png16(str(tmp_path / "small.png"), np.ones((50, 60)))
     for name, expect in (("gt8.png", "expected a 16-bit"), ("small.png", "expects equal sizes")):
-        F.write_csv(str(tmp_path / "kitti_val_select.csv"), [(os.path.join(r, img), name)])
+        helpers.write_csv(str(tmp_path / "kitti_val_select.csv"), [(os.path.join(r, img), name)])
         with pytest.raises(DatasetFormatError, match=expect):
             get_dataset("K", "test", str(tmp_path), scale=SCALE)[0]
 
@@ -400,7 +401,7 @@ def test_unreadable_image_at_getitem(tmp_path, root):
     nyu = _copy_nyu(root, tmp_path)
     img, dep, _ = nyu["test"][1]
     (tmp_path / img).write_bytes(b"garbage")
-    F.write_csv(str(tmp_path / "nyu2_test.csv"), [r[:2] for r in nyu["test"]])
+    helpers.write_csv(str(tmp_path / "nyu2_test.csv"), [r[:2] for r in nyu["test"]])
     ds = get_dataset("N", "test", str(tmp_path), scale=SCALE)
     ds[0]
     with pytest.raises(DatasetFormatError) as e:
@@ -411,6 +412,46 @@ def test_unreadable_image_at_getitem(tmp_path, root):
 def test_crop_larger_than_image(tmp_path, root):
     r, info = root
     img, dep, _ = info["kitti"]["test"][0]
-    F.write_csv(str(tmp_path / "kitti_val_select.csv"), [(os.path.join(r, img), os.path.join(r, dep))])
+    helpers.write_csv(str(tmp_path / "kitti_val_select.csv"), [(os.path.join(r, img), os.path.join(r, dep))])
     with pytest.raises(DatasetFormatError, match="smaller than the 480x320 crop"):
         get_dataset("K", "test", str(tmp_path), scale=1.0)[0]
+
+
+# ---- index CSVs, bit depths, a validation split --------------------------------------------------
+def test_index_csv_encoding_bom_and_header(tmp_path):
+    from loaders import DatasetFormatError, read_index_csv
+    make_data_root(tmp_path, letters="N", n_train=2, n_test=1, n_replay=1)
+    rows = (tmp_path / "nyu2_train.csv").read_text()
+    (tmp_path / "bom.csv").write_bytes("\ufeff".encode() + rows.encode())
+    assert len(read_index_csv(str(tmp_path / "bom.csv"), str(tmp_path))) == 2
+    (tmp_path / "latin.csv").write_bytes(rows.encode() + "data/caf\u00e9.jpg,x.png\n".encode("latin-1"))
+    with pytest.raises(DatasetFormatError, match=r"latin\.csv: line 3: .*UTF-8"):
+        read_index_csv(str(tmp_path / "latin.csv"), str(tmp_path))
+    (tmp_path / "header.csv").write_text("image_path,depth_path\n" + rows)
+    with pytest.raises(DatasetFormatError, match="header row"):
+        read_index_csv(str(tmp_path / "header.csv"), str(tmp_path))
+
+
+def test_bit_depth_error_text(tmp_path):
+    from loaders import DatasetFormatError, _png_depth_array
+    img = Image.new("RGB", (4, 4))
+    with pytest.raises(DatasetFormatError) as err:
+        _png_depth_array(img, 16, "d.png", "test")
+    assert "16-bit depth" in str(err.value) and "16/16" not in str(err.value)
+
+
+def test_a_file_listed_twice_is_never_both_validated_and_trained():
+    from types import SimpleNamespace
+    from loaders import split_validation
+
+    class Rows(list):  # the part of a training dataset split_validation reads
+        @property
+        def rows(self):
+            return self
+
+    for names, n_val in ((("a.jpg", "a.jpg"), 1), (("a.jpg", "b.jpg", "a.jpg", "c.jpg", "b.jpg", "d.jpg"), 2)):
+        rows = Rows(SimpleNamespace(image=n) for n in names)
+        for seed in range(6):
+            train, val = split_validation(rows, set(), n_val, seed)
+            held = {rows[i].image for i in val}
+            assert len(held) == n_val and not held & {rows[i].image for i in train}, (names, seed, train, val)

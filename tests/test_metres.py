@@ -265,7 +265,7 @@ def test_size_point_cloud_camera_is_isotropic(nk_ckpt, tmp_path):
     """Under --size the PLY used the K sensor scaled to the image per axis (a 4:3 image: fy 2.6x
     fx); now the frame's camera as without --size (the head's field of view, square pixels)."""
     from cli import predict as CP
-    from inference.images import read_ply
+    from inference.outputs import read_ply
     Image.fromarray(np.random.default_rng(1).integers(0, 256, (60, 80, 3), dtype=np.uint8)).save(tmp_path / "a.png")
     status, text = run_cli(CP.main, [str(tmp_path / "a.png"), "--checkpoint", str(nk_ckpt), "--domain", "K",
                                      "--size", "32x48", "--ply", "--no-plots", "--quiet", "--out", str(tmp_path / "o")])

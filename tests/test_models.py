@@ -1,7 +1,9 @@
-"""Tests of the network, encoders and checkpoint formats (models/)."""
+"""Tests of the network, encoders and checkpoint formats (models/): crafted metadata refused on load,
+no unrestricted unpickling anywhere in the project."""
 import argparse
 import math
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,7 @@ import torch
 from models import (CheckpointError, LifelongDepthNet, build_encoder, load_checkpoint,
                     load_imagenet_weights, read_checkpoint, save_checkpoint)
 from models.checkpoint import order_names
+from helpers import ROOT, make_checkpoint
 
 KEY_FILE = Path(__file__).with_name("data") / "upstream_checkpoint_keys.txt"
 ONE_HEAD_PARAMS = 22_023_106  # authors' figure, resnet34 with one head
@@ -385,3 +388,47 @@ def test_parse_order():
     assert order_names(["nyu", "X"]) == (["nyu", "x"], "NX")
     assert order_names("nyu,mydata") == (["nyu", "mydata"], None)
     assert order_names("kitti") == (["kitti"], "K")
+
+
+# ---- no code from a file -------------------------------------------------------------------------
+def test_no_unrestricted_unpickling_in_the_project():
+    offenders = []
+    for path in ROOT.rglob("*.py"):
+        rel = path.relative_to(ROOT)
+        if rel.parts[0] in ("tests", "shared", "runs", "datasets", ".git"):
+            continue
+        for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+            if re.search(r"weights_only\s*=\s*False|allow_pickle\s*=\s*True|\bpickle\.loads?\(", line):
+                offenders.append(f"{rel}:{n}")
+    assert not offenders, offenders
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    """One NYU head (its pooled prototype random: one head is always the nearest)."""
+    path = tmp_path_factory.mktemp("ckpt") / "N.pth.tar"
+    make_checkpoint(path, "N", scale=0.25, prototypes={"pooled": torch.randn(1, 128)})
+    return path
+
+
+# ---- checkpoint metadata is checked -------------------------------------------------------
+def crafted(tmp_path, ckpt, name, edit):
+    obj = torch.load(ckpt, weights_only=True)
+    edit(obj)
+    path = tmp_path / name
+    torch.save(obj, path)
+    return path
+
+
+@pytest.mark.parametrize("edit,word", [
+    (lambda o: o["state_dict"].update({"module.E.conv1.weight": o["state_dict"]["E.conv1.weight"] * 0}),
+     "module."),
+    (lambda o: o.update(input_sizes=[[16, 24]]), "input_sizes"),
+    (lambda o: o.update(depth_ranges=[[10.0, 1.0]]), "depth_ranges"),
+    (lambda o: o.update(depth_ranges=[[0.001, 10.0], [0.001, 80.0]]), "depth_ranges"),
+    (lambda o: o.update(prototypes={"pooled": torch.zeros(2, 64)}), "prototypes"),
+])
+def test_checkpoint_metadata_is_checked(ckpt, tmp_path, edit, word):
+    path = crafted(tmp_path, ckpt, "bad.pth.tar", edit)
+    with pytest.raises(CheckpointError, match=re.escape(word)):
+        load_checkpoint(path)

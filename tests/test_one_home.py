@@ -104,11 +104,33 @@ def declared_options(path: Path):
 
 
 def test_device_and_amp_are_declared_in_options_only():
-    """Commands take them from options.add_device_argument / add_amp_argument (choices and
+    """Commands take them from options.add_device_argument / add_training_precision_argument (choices and
     default in one place). bench/ is left out: its scripts take a plain cpu/cuda device, no auto."""
     files = sorted(ROOT.glob("*.py")) + [f for pkg in ("models", "study", "data", "engine", "inference",
                                                         "evaluation", "cli") for f in sorted((ROOT / pkg).glob("*.py"))]
     found = [f"{p.relative_to(ROOT)}:{line} {opt}" for p in files if p != ROOT / "cli" / "options.py"
              for line, opt in declared_options(p)]
-    assert not found, f"declare these with options.add_device_argument / add_amp_argument: {found}"
+    assert not found, f"declare these with options.add_device_argument / add_older_amp_argument: {found}"
     assert sorted(opt for _, opt in declared_options(ROOT / "cli" / "options.py")) == ["--amp", "--device"]
+
+
+def project_definitions():
+    """(name, "file:line") of every class and function defined at module level in the project's code."""
+    files = sorted(ROOT.glob("*.py")) + [f for pkg in ("base", "models", "study", "data", "engine", "inference",
+                                                        "evaluation", "cli", "bench") for f in sorted((ROOT / pkg).glob("*.py"))]
+    for p in files:
+        for node in ast.parse(p.read_text(encoding="utf-8")).body:
+            if isinstance(node, (ast.ClassDef, ast.FunctionDef)):
+                yield node.name, f"{p.relative_to(ROOT)}:{node.lineno}"
+
+
+def test_names_of_issue_41_have_one_definition():
+    """``resolve_device`` was defined in engine/processes.py and again in cli/options.py; ``Camera``
+    named three classes (a domain's sensor, a pinhole at one image size, the renderer's posed
+    camera): now each name has one definition, and the three things have their own names."""
+    where = {}
+    for name, at in project_definitions():
+        where.setdefault(name, []).append(at)
+    for name in ("resolve_device", "Intrinsics", "Sensor", "RenderCamera"):
+        assert len(where.get(name, [])) == 1, f"{name}: {where.get(name)}"
+    assert "Camera" not in where, where["Camera"]

@@ -1,21 +1,26 @@
 """One bound on the pixels the network sees (inference.frames.bound_scale): after the focal match,
 the cap, the short-side floor (met by padding) and the tiles (run in batches within the cap); video
-frames over --max-pixels refused from the header (issue 40 items 4-5, issue 36 item 8)."""
+frames over --max-pixels refused from the header (issue 40 items 4-5, issue 36 item 8), and images
+too (inference.images.read_rgb, predict.py --max-pixels)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+from base.domains import Intrinsics
 from base.errors import InputError
-from helpers import make_checkpoint, torch_threads
+from cli import predict
+from helpers import error_of, make_checkpoint, png_header_only, predict_args, torch_threads
 from inference import frames as F
+from inference import images
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def cam(fx, w, h):
-    return F.Camera(fx, fx, (w - 1) / 2, (h - 1) / 2, w, h)
+    return Intrinsics(fx, fx, (w - 1) / 2, (h - 1) / 2, w, h)
 
 
 @pytest.mark.parametrize("w,h", [(40000, 2), (100000, 2), (100000, 8), (20000, 20), (2, 40000)])
@@ -99,3 +104,37 @@ def test_other_runtime_errors_are_not_hidden():
         raise RuntimeError("a bug")
     with pytest.raises(RuntimeError, match="a bug"):
         run_command(body)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    """One NYU head (its pooled prototype random: one head is always the nearest)."""
+    path = tmp_path_factory.mktemp("ckpt") / "N.pth.tar"
+    make_checkpoint(path, "N", scale=0.25, prototypes={"pooled": torch.randn(1, 128)})
+    return path
+
+
+# ---- a pixel cap read from the header, before decoding --------------------------------
+def test_huge_image_is_refused_from_its_header(tmp_path):
+    bomb = png_header_only(tmp_path / "bomb.png", 11000, 11000)
+    with pytest.raises(Exception) as err:
+        images.read_rgb(bomb)
+    assert "11000x11000" in str(err.value) and "--max-pixels" in str(err.value)
+    small = tmp_path / "small.png"
+    Image.new("RGB", (40, 30), (10, 20, 30)).save(small)
+    assert images.read_rgb(small).size == (40, 30)
+    with pytest.raises(Exception, match="--max-pixels"):
+        images.read_rgb(small, max_pixels=40 * 30 - 1)
+
+
+def test_predict_max_pixels_is_an_option(ckpt, tmp_path, capsys):
+    img = tmp_path / "in" / "a.png"
+    img.parent.mkdir()
+    Image.new("RGB", (40, 30), (10, 20, 30)).save(img)
+    assert predict.main(predict_args(ckpt, img, tmp_path / "o1", "--max-pixels", "1000")) == 1
+    assert "above the limit" in capsys.readouterr().err
+    assert predict.main(predict_args(ckpt, img, tmp_path / "o2", "--max-pixels", "1200")) == 0
+    assert "--max-pixels" in error_of(predict.main, predict_args(ckpt, img, tmp_path / "o3", "--max-pixels", "0"))
+    stream = [str(img.parent), "--stream", "--checkpoint", str(ckpt), "--out", str(tmp_path / "o4"), "--quiet",
+              "--max-pixels", "1000"]
+    assert "above the limit" in error_of(predict.main, stream)  # frame folders too

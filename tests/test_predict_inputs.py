@@ -1,13 +1,19 @@
 """One input normaliser for DepthPredictor.predict_image and image files (loaders.rgb_array):
-PIL modes, dtypes, channels, and head names (issue 40 item 9, issue 36 item 12, the NaN TIFF)."""
+PIL modes, dtypes, channels, and head names (issue 40 item 9, issue 36 item 12, the NaN TIFF); a
+photo's EXIF orientation applied for predict.py and frame folders."""
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from base.errors import InputError
-from helpers import make_checkpoint, torch_threads
+from cli import predict
+from helpers import make_checkpoint, predict_args, torch_threads
+from inference import images
 from loaders import DatasetFormatError, load_rgb, rgb_array
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -86,3 +92,37 @@ def test_a_float_tiff_with_a_nan_pixel_is_refused_not_read_as_black(tmp_path):
     Image.fromarray(a).save(tmp_path / "nan.tif")
     with pytest.raises(DatasetFormatError, match="NaN"):
         load_rgb(str(tmp_path / "nan.tif"))
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    """One NYU head (its pooled prototype random: one head is always the nearest)."""
+    path = tmp_path_factory.mktemp("ckpt") / "N.pth.tar"
+    make_checkpoint(path, "N", scale=0.25, prototypes={"pooled": torch.randn(1, 128)})
+    return path
+
+
+# ---- EXIF orientation for predict.py and frame folders ---------------------------------
+def rotated_jpeg(path, w=40, h=20):
+    """A photo stored w x h with the EXIF tag 'rotate 90 degrees to show' (orientation 6)."""
+    a = np.zeros((h, w, 3), np.uint8)
+    a[:, : w // 2] = 255  # left half white: after the rotation the top half is white
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(a).save(path, exif=exif.tobytes())
+    return path
+
+
+def test_exif_orientation_is_applied(ckpt, tmp_path):
+    from inference import stream
+    path = rotated_jpeg(tmp_path / "phone.jpg")
+    img = images.read_rgb(path)
+    assert img.size == (20, 40)
+    a = np.asarray(img)
+    assert a[:20].mean() > 200 and a[20:].mean() < 50
+    (name, frame), = list(stream.iter_folder([path]))
+    assert frame.shape == (40, 20, 3)
+    out = tmp_path / "out"
+    assert predict.main(predict_args(ckpt, path, out)) == 0
+    done = json.loads((out / "predictions.json").read_text())["images"][0]
+    assert done["size"] == [40, 20] and np.load(out / "phone_depth.npy").shape == (40, 20)

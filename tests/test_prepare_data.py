@@ -1,4 +1,5 @@
-"""prepare_data.py on tiny fake trees in each real layout: CSVs, skip reports, replay draws."""
+"""prepare_data.py on tiny fake trees in each real layout: CSVs (only inside the data root), skip
+reports, replay draws."""
 
 import csv
 import json
@@ -8,10 +9,12 @@ import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 
-import helpers as F
+import helpers
 from cli import prepare_data as prepare_cli
 from data import prepare as P
+from helpers import error_of, write_image
 from loaders import get_dataset
 
 
@@ -20,18 +23,17 @@ def rows(path):
         return [tuple(r) for r in csv.reader(f)]
 
 
-
 def test_nyu(tmp_path, capsys):
     root = tmp_path / "datasets"
     src = root / "nyu"
-    out = F.write_nyu_release(str(src), csvs=False)
+    out = helpers.write_nyu_release(str(src), csvs=False)
     tr = src / "data/nyu2_train/bedroom_0001_out"
     (tr / "7.jpg").write_bytes((tr / "1.jpg").read_bytes())                       # image without depth
     (tr / "8.png").write_bytes((tr / "1.png").read_bytes())                       # depth without image
     (tr / "9.jpg").write_bytes(b"broken")                                         # unreadable image
     (tr / "9.png").write_bytes((tr / "1.png").read_bytes())
-    F.write_rgb(str(tr / "10.jpg"), F.rgb_pattern(F.NYU_HW, 0))
-    F.write_png16(str(tr / "10.png"), np.ones(F.NYU_HW))                          # 16-bit in the 8-bit set
+    helpers.write_rgb(str(tr / "10.jpg"), helpers.rgb_pattern(helpers.NYU_HW, 0))
+    helpers.write_png16(str(tr / "10.png"), np.ones(helpers.NYU_HW))              # 16-bit in the 8-bit set
     assert prepare_cli.main(["nyu", "--src", str(src), "--data-root", str(root), "--replay-size", "3", "--seed", "1"]) == 0
     train = rows(root / "nyu2_train.csv")
     assert train == [("nyu/" + a, "nyu/" + b) for a, b, _ in out["train"]]
@@ -49,11 +51,11 @@ def test_nyu(tmp_path, capsys):
 def test_kitti(tmp_path, capsys):
     root = tmp_path / "datasets"
     src = root / "kitti"
-    out = F.write_kitti(str(src), csvs=False, raw_dir="raw_data")
+    out = helpers.write_kitti(str(src), csvs=False, raw_dir="raw_data")
     os.remove(src / out["train"][0][0])                                          # raw image missing
     val = src / "val_selection_cropped"
     extra = "2011_09_26_drive_0001_sync_image_0000000099_image_03.png"
-    F.write_rgb(str(val / "image" / extra), F.rgb_pattern(F.KITTI_HW, 0))        # no ground truth for it
+    helpers.write_rgb(str(val / "image" / extra), helpers.rgb_pattern(helpers.KITTI_HW, 0))  # no ground truth for it
     with pytest.raises(SystemExit, match="--raw"):
         prepare_cli.main(["kitti", "--src", str(src), "--data-root", str(root)])
     assert prepare_cli.main(["kitti", "--src", str(src), "--raw", str(src / "raw_data"), "--data-root", str(root)]) == 0
@@ -76,7 +78,7 @@ def test_kitti_gt_name():
 def test_scannet(tmp_path, capsys):
     root = tmp_path / "datasets"
     src = root / "scannet"
-    F.write_scannet(str(src), csvs=False, frames=(0, 5, 12))
+    helpers.write_scannet(str(src), csvs=False, frames=(0, 5, 12))
     os.remove(src / "scene0001_00/depth/12.png")
     (tmp_path / "test_scenes.txt").write_text("scene0002_00\nscene9999_00\n")
     assert prepare_cli.main(["scannet", "--src", str(src), "--data-root", str(root), "--stride", "12",
@@ -97,7 +99,7 @@ def test_scannet(tmp_path, capsys):
 
 
 def test_nyu_h5_outside_root(tmp_path, capsys):
-    F.write_nyu_h5(str(tmp_path / "src"))
+    helpers.write_nyu_h5(str(tmp_path / "src"))
     root = tmp_path / "datasets"
     assert prepare_cli.main(["nyu_h5", "--src", str(tmp_path / "src/nyudepthv2"), "--data-root", str(root)]) == 0
     test = rows(root / "nyu2_test.csv")
@@ -108,7 +110,7 @@ def test_nyu_h5_outside_root(tmp_path, capsys):
 
 def test_nyu_mat(tmp_path):
     root = tmp_path / "datasets"
-    F.write_nyu_mat(str(root / "nyu_depth_v2_labeled.mat"), n=4)
+    helpers.write_nyu_mat(str(root / "nyu_depth_v2_labeled.mat"), n=4)
     (tmp_path / "split.txt").write_text("1 4")
     assert prepare_cli.main(["nyu_mat", "--mat", str(root / "nyu_depth_v2_labeled.mat"), "--splits", str(tmp_path / "split.txt"),
                    "--data-root", str(root), "--replay-size", "1"]) == 0
@@ -122,8 +124,8 @@ def test_generic(tmp_path, clean_registry):
     root.mkdir()
     (root / "domains.json").write_text(json.dumps([{"name": "office", "letter": "O", "input_size": [32, 48]}]))
     for i in range(5):
-        F.write_rgb(str(root / f"office/rgb/{i}.jpg"), F.rgb_pattern((40, 56), i))
-        F.write_png16(str(root / f"office/depth/{i}.png"), F.dense_values((40, 56), 100, 5000, i))
+        helpers.write_rgb(str(root / f"office/rgb/{i}.jpg"), helpers.rgb_pattern((40, 56), i))
+        helpers.write_png16(str(root / f"office/depth/{i}.png"), helpers.dense_values((40, 56), 100, 5000, i))
     assert prepare_cli.main(["generic", "--domain", "O", "--src", str(root / "office"), "--data-root", str(root),
                    "--test-fraction", "0.4"]) == 0
     assert len(rows(root / "office_train.csv")) == 3 and len(rows(root / "office_test.csv")) == 2
@@ -132,7 +134,7 @@ def test_generic(tmp_path, clean_registry):
 
 def test_write_replay_csv(tmp_path):
     train = [(f"a/{i}.jpg", f"a/{i}.png") for i in range(20)]
-    F.write_csv(str(tmp_path / "t.csv"), train)
+    helpers.write_csv(str(tmp_path / "t.csv"), train)
     assert P.write_replay_csv(str(tmp_path / "t.csv"), str(tmp_path / "r1.csv"), n=5, seed=2) == 5
     P.write_replay_csv(str(tmp_path / "t.csv"), str(tmp_path / "r2.csv"), n=5, seed=2)
     r1 = rows(tmp_path / "r1.csv")
@@ -144,7 +146,7 @@ def test_write_replay_csv(tmp_path):
 
 
 def test_replay_subcommand(tmp_path, capsys):
-    F.write_csv(str(tmp_path / "kitti_train_sparse.csv"), [(f"{i}.png", f"{i}d.png") for i in range(10)])
+    helpers.write_csv(str(tmp_path / "kitti_train_sparse.csv"), [(f"{i}.png", f"{i}d.png") for i in range(10)])
     assert prepare_cli.main(["replay", "--domain", "kitti", "--data-root", str(tmp_path), "--replay-size", "4"]) == 0
     assert len(rows(tmp_path / "replay_kitti.csv")) == 4
     assert "replay_kitti.csv" in capsys.readouterr().out
@@ -175,3 +177,20 @@ def test_library_raises_input_error_the_command_one_error_line(tmp_path):
                            str(tmp_path / "d")], capture_output=True, text=True)
     assert done.returncode == 1 and done.stdout == ""
     assert done.stderr.startswith("error: no data/nyu2_train") and done.stderr.count("\n") == 1, done.stderr
+
+
+# ---- prepare_data.py writes index CSVs only inside the data root ----------------------
+@pytest.mark.parametrize("name", ["/ABS/evil.csv", "../evil.csv", "sub/../../evil.csv"])
+def test_prepare_data_keeps_csvs_inside_the_data_root(tmp_path, clean_registry, name):
+    root = tmp_path / "root"
+    src = tmp_path / "src"
+    (src / "depth").mkdir(parents=True)
+    for i in range(3):
+        write_image(src / "rgb" / f"{i}.png", (16, 12))
+        Image.fromarray(np.full((12, 16), 1000 + i, np.uint16)).save(src / "depth" / f"{i}.png")
+    target = name.replace("/ABS", str(tmp_path))
+    root.mkdir()
+    (root / "domains.json").write_text(json.dumps([{"name": "lab", "letter": "L", "train_csv": target}]))
+    msg = error_of(prepare_cli.main, ["generic", "--src", str(src), "--data-root", str(root), "--domain", "lab"])
+    assert "train_csv" in msg and "inside the data root" in msg
+    assert not (tmp_path / "evil.csv").exists()

@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cli import test as evaluate_cli
+from cli import test as test_cli
 from cli import options
 from helpers import make_data_root, make_net, save_authors_checkpoint, torch_threads
 
@@ -208,7 +208,7 @@ def test_pixel_weighted_rmse_and_delta_rule_of_the_authors_on_hand_computed_arra
 
 
 def test_protocol_authors_sets_the_authors_evaluation_in_test_py():
-    T = evaluate_cli
+    T = test_cli
     args = T.build_parser().parse_args(["--protocol", "authors"])
     settings = options.eval_options(args)
     assert settings.rules() == {"crop": "none", "cap": False, "aggregate": "pixel",
@@ -267,7 +267,7 @@ def test_test_py_protocol_authors_gives_the_upstream_numbers_on_an_authors_file(
     (align_corners=True) to the ground truth, mask = depth > 0, evaluateError, and each value summed
     with weight = valid pixels, divided by the total; KITTI frames whole, NYU/ScanNet centre crops."""
     from loaders import get_dataset
-    T = evaluate_cli
+    T = test_cli
     with torch_threads(1):
         net = make_net(3, seed=3)
         path = save_authors_checkpoint(tmp_path / "NKS.pth.tar", net)

@@ -28,3 +28,7 @@ def test_the_readme_python_block_trains_evaluates_and_predicts(tmp_path, monkeyp
     width, height = names["read_rgb"](names["street"]).size
     assert frame["depth"].shape == (height, width) and (frame["depth"] > 0).all()
     assert frame["head"] in (0, 1)
+    # predict.py's files of that frame, from the API (inference/outputs.py)
+    assert [p.name for p in names["files"].paths] == ["street_depth.png", "street_depth.npy", "street_depth_color.png",
+                                                      "street_uncertainty.png", "street.ply"]
+    assert all((tmp_path / "predictions" / p.name).is_file() for p in names["files"].paths)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from inference import frames as FR
-from inference import images as prediction
+from inference import images
 from inference import stream as S
 from helpers import CONSTANT_COLORS, make_checkpoint, make_data_root
 
@@ -36,7 +36,7 @@ def model(tmp_path_factory):
     root = make_data_root(tmp_path_factory.mktemp("data"), n_train=3, n_test=1, n_replay=3, style="constant")
     path = tmp_path_factory.mktemp("ckpt") / "NKS.pth.tar"
     make_checkpoint(path, "NKS", scale=0.25, prototypes="replay", data_root=root)
-    return prediction.Predictor(path, device="cpu")
+    return images.Predictor(path, device="cpu")
 
 
 def frames(segments="NSN", length=5):

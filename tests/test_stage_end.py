@@ -9,7 +9,7 @@ import torch
 from cli import train as train_cli
 from engine import processes
 from engine.stage import Stage
-from inference.frames import Camera
+from base.domains import Intrinsics
 from inference.replay import FRAME_AREA, FRAME_IMAGES, frame_statistics
 from models import hardware
 from helpers import make_data_root, make_net
@@ -55,7 +55,7 @@ def test_frame_statistics_work_does_not_grow_with_the_frames_resolution(tmp_path
         root = make_data_root(tmp_path / str(frame_scale), letters="KN", n_train=6, n_test=1, n_replay=6,
                               frame_scale=frame_scale)
         w, h = round(1216 * frame_scale), round(352 * frame_scale)
-        camera = Camera(721.5 * frame_scale, 721.5 * frame_scale, w / 2, h / 2, w, h)  # KITTI's, whole frame
+        camera = Intrinsics(721.5 * frame_scale, 721.5 * frame_scale, w / 2, h / 2, w, h)  # KITTI's, whole frame
         net = counting_net()
         stats = frame_statistics(net, "KN", root, [camera, None], max_images=5, max_area=cap)
         assert stats["area"] == min(cap, w * h)
@@ -70,12 +70,12 @@ def test_frame_statistics_area_rule(tmp_path):
     """The default budget caps the selection area at FRAME_AREA; max_area=0 keeps the rule before
     the budget (the first head's whole trained frame)."""
     from inference.replay import selection_area
-    big, small = Camera(721.5, 721.5, 608, 176, 1216, 352), Camera(64.9, 64.9, 40, 30, 80, 60)
+    big, small = Intrinsics(721.5, 721.5, 608, 176, 1216, 352), Intrinsics(64.9, 64.9, 40, 30, 80, 60)
     assert selection_area([big]) == FRAME_AREA < 1216 * 352
     assert selection_area([small]) == 80 * 60
     assert selection_area([big], max_area=0) == 1216 * 352
     root = make_data_root(tmp_path, letters="KN", n_train=6, n_test=1, n_replay=6, frame_scale=0.1)
-    camera = Camera(72.2, 72.2, 61, 18, 122, 35)
+    camera = Intrinsics(72.2, 72.2, 61, 18, 122, 35)
     assert frame_statistics(counting_net(), "KN", root, [camera, None], max_images=5, max_area=0)["area"] == 122 * 35
 
 

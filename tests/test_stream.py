@@ -1,5 +1,6 @@
 """Streams: online head smoothing on known switch points, predict.py on a generated video and on a
-folder of frames (decode, select, write, log), the reader/writer threads, errors."""
+folder of frames (decode, select, write, log), the reader/writer threads, errors; a stream stopped
+half way (a bad frame, Ctrl-C) keeps the log of the frames done."""
 import csv
 import io
 from contextlib import redirect_stderr, redirect_stdout
@@ -8,10 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cli import predict as P
-from inference import images as prediction
+from cli import predict
+from inference import images
+from inference import outputs
 from inference import stream as S
-from helpers import CONSTANT_COLORS, make_checkpoint, make_data_root
+from helpers import CONSTANT_COLORS, error_of, make_checkpoint, make_data_root
 
 SEGMENTS = "NSN"   # constant-colour N and S frames: the tiny model's prototypes tell them apart
 SEG_LEN = 5
@@ -92,7 +94,7 @@ def stream_frames():
 def run_predict(argv):
     err, out = io.StringIO(), io.StringIO()
     with redirect_stderr(err), redirect_stdout(out):
-        status = P.main(argv)
+        status = predict.main(argv)
     return status, out.getvalue(), err.getvalue()
 
 
@@ -153,7 +155,7 @@ def test_video_in_depth_video_and_log_out(ckpt, tmp_path):
     depth = np.load(out / "clip_depth" / "000007_depth.npy")
     assert depth.shape == (h, w)
     png = np.asarray(Image.open(out / "clip_depth" / "000007_depth.png"))
-    assert np.array_equal(png, prediction.depth_to_png16(depth))
+    assert np.array_equal(png, outputs.depth_to_png16(depth))
     assert abs(float(rows[7]["depth_max"]) - float(depth.max())) < 1e-3
     assert "15 frame(s)" in std
     assert not list(out.glob("*.part.*"))  # the video was written under a temporary name, then renamed
@@ -176,7 +178,7 @@ def test_frame_folder_in_natural_order_without_threads(ckpt, tmp_path):
 
 
 def test_threads_give_the_same_results(ckpt):
-    model = prediction.Predictor(ckpt, device="cpu")
+    model = images.Predictor(ckpt, device="cpu")
     frames = [(str(i), rgb) for i, (_, rgb) in enumerate(stream_frames())]
     a = S.run_stream(model, iter(frames), smoother=S.HeadSmoother(), threaded=True)
     b = S.run_stream(model, iter(frames), smoother=S.HeadSmoother(), threaded=False)
@@ -229,3 +231,55 @@ def test_stream_benchmark_smoke(ckpt, tmp_path):
     assert raw["true_switches"] == 2 * 2  # 2 streams x 2 changes
     assert all(ev["switches"] >= ev["wrong_switches"] for ev in raw["per_stream"])
     assert "**(default)**" in std.getvalue()
+
+
+# ---- a stream stopped half way keeps the log of the frames done ----------------------
+def frame_folder(tmp_path, n=4, bad=None):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(n):
+        if i == bad:
+            (folder / f"f{i}.png").write_bytes(b"broken frame")
+        else:
+            Image.new("RGB", (32, 24), (40 * i, 90, 60)).save(folder / f"f{i}.png")
+    return folder
+
+
+def frames_logged(out):
+    import csv
+    with open(out / "frames_frames.csv") as f:
+        return [row["name"] for row in csv.DictReader(f)]
+
+
+def test_stream_stopped_by_a_bad_frame_keeps_its_log(ckpt, tmp_path):
+    folder = frame_folder(tmp_path, bad=3)
+    out = tmp_path / "out"
+    argv = [str(folder), "--stream", "--checkpoint", str(ckpt), "--out", str(out), "--quiet", "--device", "cpu"]
+    msg = error_of(predict.main, argv)
+    assert "f3.png" in msg and "3 frame(s) done" in msg
+    assert frames_logged(out) == ["f0", "f1", "f2"]
+    assert (out / "frames_depth.part.mp4").exists() and not (out / "frames_depth.mp4").exists()
+
+
+def test_stream_interrupted_keeps_its_log_without_traceback(ckpt, tmp_path, monkeypatch, capsys):
+    folder = frame_folder(tmp_path)
+    out = tmp_path / "out"
+    original, calls = images.Predictor.run, []
+
+    def interrupted(self, *a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(images.Predictor, "run", interrupted)
+    try:
+        predict.main([str(folder), "--stream", "--checkpoint", str(ckpt), "--out", str(out), "--quiet",
+                      "--device", "cpu", "--no-plots"])
+        code = 0
+    except KeyboardInterrupt:  # what a traceback on the terminal is
+        pytest.fail("Ctrl-C escaped predict.py as a KeyboardInterrupt (a traceback)")
+    except SystemExit as stop:
+        code = stop.code
+    assert code == 130
+    assert frames_logged(out) == ["f0", "f1"] and "interrupted: 2 frame(s) done" in capsys.readouterr().err

@@ -11,7 +11,8 @@ from scipy import stats as scipy_stats
 from base import domains
 from data import synthetic
 from base.errors import InputError
-from study import cli, run, stats
+from cli import study as cli
+from study import run, stats
 from study.plan import Plan
 
 

@@ -1,4 +1,5 @@
-"""Tests of synthetic.py: layouts, real-format decoding, depth ranges, sparsity, determinism, meta.
+"""Tests of synthetic.py: layouts, real-format decoding, depth ranges, sparsity, determinism, meta;
+never writing over a real dataset, option errors in one line.
 
 Everything is generated at a small --scale into tmp_path through the Python API (one subprocess
 only, for --help), so the whole file runs in a few seconds.
@@ -15,6 +16,7 @@ import pytest
 from PIL import Image
 
 from data import synthetic as syn
+from helpers import error_of
 
 SCALE = 0.25          # N/S depth 160x120, K 304x88, S colour 324x242
 N_TRAIN, N_TEST, REPLAY = 4, 3, 3
@@ -268,3 +270,28 @@ def test_bad_settings_raise_input_error_the_command_one_error_line(tmp_path):
         synthetic_cli.main(["--out", str(out), "--train", "-1", "--quiet"])
     assert stop.value.code == "error: --train -1: expected a count of at least 0"
     assert not out.exists()
+
+
+# ---- synthetic.py never overwrites a real dataset ---------------------------------------
+def test_synthetic_refuses_a_real_dataset_folder(tmp_path):
+    from cli import synthetic
+    real = tmp_path / "datasets"
+    real.mkdir()
+    (real / "nyu2_train.csv").write_text("data/nyu2_train/a/1.jpg,data/nyu2_train/a/1.png\n")
+    msg = error_of(synthetic.main, ["--out", str(real), "--train", "1", "--test", "1", "--render", "N",
+                                    "--scale", "0.05", "--workers", "1", "--quiet", "--replay-size", "1"])
+    assert "nyu2_train.csv" in msg and "--overwrite" in msg
+    assert (real / "nyu2_train.csv").read_text().startswith("data/nyu2_train/a/1.jpg")
+    assert sorted(p.name for p in real.iterdir()) == ["nyu2_train.csv"]
+
+
+@pytest.mark.parametrize("option,value", [("--scale", "0"), ("--train", "-1"), ("--replay-size", "-3"),
+                                          ("--render", "Q"), ("--workers", "0")])
+def test_synthetic_option_errors_are_one_line(tmp_path, option, value):
+    from cli import synthetic
+    argv = ["--out", str(tmp_path / "s"), "--train", "1", "--test", "1", "--render", "N", "--scale", "0.05",
+            "--workers", "1", "--quiet"]
+    i = argv.index(option) if option in argv else len(argv)
+    argv[i:i + 2] = [option, value]
+    assert option in error_of(synthetic.main, argv)
+    assert not (tmp_path / "s").exists()

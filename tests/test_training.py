@@ -1,14 +1,18 @@
-"""The lifelong training engine (engine/, through cli/train.py) on tiny synthetic data at reduced size."""
+"""The lifelong training engine (engine/, through cli/train.py) on tiny synthetic data at reduced size;
+one training per run folder, training data errors that say what is wrong, a long legal --out."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
+from base import domains as dom
 from engine import model as engine_model
 from engine import stage as engine_stage
 from engine import processes
 from engine import sampling
 from cli import train as train_cli
+from helpers import error_of, make_data_root
 from loaders import get_dataset
 from models import load_checkpoint, read_checkpoint, save_checkpoint
 
@@ -243,3 +247,77 @@ def test_teacher_targets_match_the_frozen_prior(amp_dtype, rel):
             assert a.dtype == torch.float32 and a.shape == b.shape and not a.requires_grad
             err = (a - b).abs().max().item()
             assert err <= rel * b.abs().max().item(), err
+
+
+# ---- one training per run folder -----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return make_data_root(tmp_path_factory.mktemp("n_data"), letters="N", n_train=4, n_test=2, n_replay=2)
+
+
+def train_options(root, runs, *extra):
+    return ["--data-root", str(root), "--runs-dir", str(runs), "--scale", "0.25", "--batch-size", "2",
+            "--workers", "0", "--val-images", "0", "--proto-images", "2", "--encoder", "resnet18",
+            "--max-steps", "1", "--quiet", *extra]
+
+
+def test_a_run_folder_in_use_is_refused(root, tmp_path):
+    import fcntl
+    run_dir = tmp_path / "N"
+    run_dir.mkdir()
+    with open(run_dir / ".lock", "a+") as other:  # another training holds the folder
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        other.write("4242\n")
+        other.flush()
+        msg = error_of(train_cli.main, "N", "", train_options(root, tmp_path))
+    assert "in use by another training" in msg and "4242" in msg
+    assert not (run_dir / "log.jsonl").exists() and not (tmp_path / "N.pth.tar").exists()
+
+
+# ---- a run folder name too long for the file system -----------------------------------
+def test_too_long_runs_dir_is_one_line(root, tmp_path):
+    msg = error_of(train_cli.main, "N", "", train_options(root, tmp_path / ("r" * 300)))
+    assert "r" * 40 in msg
+
+
+# ---- training data errors say what is wrong ------------------------------------------------------
+def copy_root(root, tmp_path):
+    import shutil
+    data = tmp_path / "data"
+    shutil.copytree(root, data)
+    return data
+
+
+def test_unreadable_training_file_is_not_called_missing_ground_truth(root, tmp_path):
+    data = copy_root(root, tmp_path)
+    first = (data / dom.NYU.train_csv).read_text().splitlines()[0].split(",")[1]  # a depth file
+    (data / first).write_bytes(b"broken")
+    msg = error_of(train_cli.main, "N", "", train_options(data, tmp_path / "runs"))
+    assert Path(first).name in msg and "no ground truth" not in msg
+
+
+def test_empty_replay_csv_is_named(root, tmp_path):
+    data = copy_root(root, tmp_path)
+    (data / dom.NYU.replay_csv).write_text("")
+    msg = error_of(train_cli.main, "N", "", train_options(data, tmp_path / "runs"))
+    assert dom.NYU.replay_csv in msg and "--replay-size" not in msg
+
+
+def test_too_small_input_size_is_blamed_on_the_domain(root, tmp_path, clean_registry):
+    data = copy_root(root, tmp_path)
+    for suffix in ("train", "test"):
+        (data / f"tiny_{suffix}.csv").write_text((data / dom.NYU.train_csv).read_text())
+    (data / "replay_tiny.csv").write_text((data / dom.NYU.replay_csv).read_text())
+    (data / "domains.json").write_text(json.dumps([{"name": "tiny", "letter": "T", "input_size": [24, 24],
+                                                    "depth_encoding": dom.NYU.encoding("train")}]))
+    argv = train_options(data, tmp_path / "runs", "--order", "T")
+    argv[argv.index("--scale") + 1] = "1"
+    msg = error_of(train_cli.main, "T", "", argv)
+    assert "input_size" in msg and "domains.json" in msg and "--scale" not in msg
+
+
+def test_training_into_a_long_legal_name_saves_its_model(root, tmp_path):
+    """The stage's final save used to fail after the whole run: its temporary name was too long."""
+    out = tmp_path / ("n" * 240 + ".pth.tar")  # 248 bytes: legal
+    assert train_cli.main("N", "", train_options(root, tmp_path, "--out", str(out))) == str(out)
+    assert load_checkpoint(out).num_domains == 1

@@ -260,7 +260,7 @@ def test_each_stage_calibrates_its_new_head_on_its_validation_frames_only(stages
 def old_and_calibrated(stages, synthetic_root, tmp_path_factory):
     """The NK model saved without a calibration (an older checkpoint), and test.py --calibrate-into's
     calibrated copy of it, with the copy's test.py --uncertainty result."""
-    from cli import test as evaluate_cli
+    from cli import test as test_cli
     from models import load_checkpoint, save_checkpoint
     _, paths, _ = stages
     folder = tmp_path_factory.mktemp("old")
@@ -269,9 +269,9 @@ def old_and_calibrated(stages, synthetic_root, tmp_path_factory):
     old = folder / "NK.pth.tar"
     save_checkpoint(old, net)
     into = tmp_path_factory.mktemp("calibrated")
-    out = evaluate_cli.main(["--checkpoint", str(old), "--data-root", str(synthetic_root), "--calibrate-into",
-                             str(into), "--max-images", "2", "--batch-size", "2", "--quiet", "--no-fast",
-                             "--backend", "torch", "--plots", str(into / "plots"), "--json", str(into / "r.json")])
+    out = test_cli.main(["--checkpoint", str(old), "--data-root", str(synthetic_root), "--calibrate-into",
+                         str(into), "--max-images", "2", "--batch-size", "2", "--quiet", "--no-fast",
+                         "--backend", "torch", "--plots", str(into / "plots"), "--json", str(into / "r.json")])
     return old, into / "NK.pth.tar", out, paths[1]
 
 
@@ -299,24 +299,24 @@ def test_calibrate_into_fits_the_same_validation_rows_and_keeps_every_weight(old
 
 
 def test_calibration_changes_no_depth_metric(old_and_calibrated, synthetic_root, tmp_path):
-    from cli import test as evaluate_cli
+    from cli import test as test_cli
     old, _, calibrated, _ = old_and_calibrated
-    before = evaluate_cli.main(["--checkpoint", str(old), "--data-root", str(synthetic_root), "--max-images", "2",
-                                "--batch-size", "2", "--quiet", "--no-fast", "--backend", "torch",
-                                "--json", str(tmp_path / "b.json")])
+    before = test_cli.main(["--checkpoint", str(old), "--data-root", str(synthetic_root), "--max-images", "2",
+                            "--batch-size", "2", "--quiet", "--no-fast", "--backend", "torch",
+                            "--json", str(tmp_path / "b.json")])
     for c in "NK":
         for m in ("abs_rel", "rmse", "delta1"):
             assert calibrated["results"][c][m] == before["results"][c][m]
 
 
 def test_old_checkpoint_is_refused_by_calibrate_into_without_options(tmp_path, synthetic_root):
-    from cli import test as evaluate_cli
+    from cli import test as test_cli
     from helpers import make_checkpoint
     path = tmp_path / "N.pth.tar"
     make_checkpoint(path, "N")  # options without the validation settings
     with pytest.raises(SystemExit, match="validation rows are unknown"):
-        evaluate_cli.main(["--checkpoint", str(path), "--data-root", str(synthetic_root),
-                           "--calibrate-into", str(tmp_path / "c"), "--quiet"])
+        test_cli.main(["--checkpoint", str(path), "--data-root", str(synthetic_root),
+                       "--calibrate-into", str(tmp_path / "c"), "--quiet"])
 
 
 def predict(ckpt, image, out, *extra):
@@ -380,11 +380,11 @@ def test_stream_log_gives_each_frames_median_interval_width(old_and_calibrated, 
 
 
 def test_matrix_gains_ause_and_coverage_per_stage(stages, synthetic_root, tmp_path):
-    from cli import test as evaluate_cli
+    from cli import test as test_cli
     runs, paths, _ = stages
-    out = evaluate_cli.main(["--matrix", "--checkpoint", str(paths[1]), "--data-root", str(synthetic_root),
-                             "--uncertainty", "--max-images", "2", "--batch-size", "2", "--quiet", "--no-fast",
-                             "--backend", "torch", "--json", str(tmp_path / "m.json")])
+    out = test_cli.main(["--matrix", "--checkpoint", str(paths[1]), "--data-root", str(synthetic_root),
+                         "--uncertainty", "--max-images", "2", "--batch-size", "2", "--quiet", "--no-fast",
+                         "--backend", "torch", "--json", str(tmp_path / "m.json")])
     m = out["uncertainty_matrix"]
     assert [len(r) for r in m["ause_rmse"]] == [1, 2] and [len(r) for r in m["coverage90_calibrated"]] == [1, 2]
     for s, stage in enumerate(out["stage_results"]):

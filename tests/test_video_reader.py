@@ -1,5 +1,6 @@
 """Every advertised video extension is read (issue 40, round three's remainder: imageio's FFMPEG
-format refused .ts, .mts, .m2ts, .m4v, .flv, .3gp, .3g2, .ogv, which ffmpeg reads)."""
+format refused .ts, .mts, .m2ts, .m4v, .flv, .3gp, .3g2, .ogv, which ffmpeg reads), and each is
+known as a video (inference.stream.is_video)."""
 from __future__ import annotations
 
 import shutil
@@ -28,3 +29,9 @@ def test_every_advertised_extension_is_read(clip, tmp_path, ext):
     with open_stream(path, tmp_path / "out") as source:
         frames = list(source.frames)
     assert source.fps == pytest.approx(5.0) and len(frames) == 3 and frames[0][1].shape == (32, 48, 3)
+
+
+# ---- more video containers ------------------------------------------------------------------
+def test_transport_streams_and_phone_videos_are_videos():
+    from inference import stream
+    assert all(stream.is_video(f"clip{ext}") for ext in (".ts", ".m2ts", ".mts", ".3gp", ".TS"))

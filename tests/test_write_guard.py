@@ -1,6 +1,8 @@
 """The one write guard (base.safeio.check_write, protect, atomic_write): every command and library
 entry that writes goes through it, so that no door leads to replacing the model being read, a
-user's own file or a real dataset (issue 40 items 1-3, export's and the streams' faults)."""
+user's own file or a real dataset (issue 40 items 1-3, export's and the streams' faults); a file
+appears complete or not at all (a failed checkpoint save, a full disk under a PNG), long legal
+names are written."""
 from __future__ import annotations
 
 import errno
@@ -8,29 +10,26 @@ import hashlib
 import json
 import os
 import pkgutil
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from PIL import Image
 
 import cli
 from base import safeio
 from base.errors import InputError
-from helpers import make_checkpoint, torch_threads, write_image
+from helpers import error_of, make_checkpoint, make_net, torch_threads, write_image
+from inference import outputs
+from models import save_checkpoint
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def digest(path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def error_of(fn, *args) -> str:
-    with pytest.raises(SystemExit) as stop:
-        fn(*args)
-    msg = str(stop.value.code)
-    assert msg.startswith("error: ") and "Traceback" not in msg and "\n" not in msg.strip(), msg
-    return msg
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +132,7 @@ def _synthetic_generate(ckpt, tmp):
 
 
 def _study(ckpt, tmp):
-    from study import cli as study_cli
+    from cli import study as study_cli
     root = real_dataset(tmp / "real")
     msg = error_of(study_cli.main, ["--preset", "smoke", "--data-root", str(root), "--runs-dir", str(tmp / "s"),
                                     "--quiet"])
@@ -184,7 +183,7 @@ ENTRIES = {
     "cli.quickstart --data-root": (_quickstart_data_root, "--regenerate"),
     "data.synthetic.generate": (_synthetic_generate, "not made by synthetic.py"),
     "cli.synthetic": (_synthetic_cli, "--overwrite"),
-    "study": (_study, "not made by synthetic.py"),
+    "cli.study": (_study, "not made by synthetic.py"),
     "cli.train": (_train, "prior checkpoint"),
     "cli.predict": (_predict, "file"),
     "inference.stream.write_log": (_stream_log, "input video"),
@@ -192,13 +191,14 @@ ENTRIES = {
 # the commands that write nothing but what another entry above checks (their outputs go through
 # the same library entries), or only read
 COVERED_BY = {"cli.stream": "inference.stream (write_stream: lock, write_log)",
-              "cli.demo": "inference.images (save_png16 / save_colormap through atomic_write) in its own work folder",
-              "cli.prepare_data": "data.prepare (index CSVs only inside the data root, test_faults3)",
+              "cli.demo": "inference.outputs (save_depth_colormap / save_colormap through atomic_write) in its own work folder",
+              "cli.prepare_data": "data.prepare (index CSVs only inside the data root, tests/test_prepare_data.py)",
               "cli.options": "no writes", "cli.errors": "no writes",
+              "cli.new_domain": "the library of cli.add_domain (next)",
               "cli.add_domain": "engine.run.train_stage (the checkpoint and run folder, as cli.train above); "
                                 "domains.json, the index CSVs and the report through base.safeio.write_json / "
                                 "atomic_write (base.safeio.write_json above); index CSVs it did not make are kept "
-                                "(engine.add_domain.check_outputs, tests/test_add_domain.py)"}
+                                "(cli.new_domain.check_outputs, tests/test_add_domain.py)"}
 
 
 @pytest.mark.parametrize("name", sorted(n for n in ENTRIES if ENTRIES[n][1] is not None))
@@ -325,3 +325,40 @@ def test_a_write_error_says_what_happened(tmp_path):
         with safeio.atomic_write(tmp_path / "d") as f:
             f.write(b"1")
     assert "disk" not in str(e.value) and "directory" in str(e.value).lower()
+
+
+# ---- complete files or none, long names ----------------------------------------------------------
+def test_failed_save_names_the_path_and_leaves_nothing(tmp_path, monkeypatch):
+    target = tmp_path / "N.pth.tar"
+    target.write_bytes(b"old")
+
+    def full_disk(obj, f, *a, **k):
+        f.write(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(safeio.WriteError, match=re.escape(str(target))):
+        save_checkpoint(target, make_net(1), domains=["nyu"])
+    assert target.read_bytes() == b"old" and os.listdir(tmp_path) == ["N.pth.tar"]
+
+
+def test_predict_outputs_appear_complete_or_not_at_all(tmp_path, monkeypatch):
+    original = Image.Image.save
+
+    def full_disk(self, fp, *a, **k):
+        original(self, fp, *a, **k)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", full_disk)
+    with pytest.raises(OSError, match="depth.png"):
+        outputs.save_png16(tmp_path / "x_depth.png", np.ones((4, 4), np.float32))
+    assert os.listdir(tmp_path) == []
+
+
+def test_long_file_names_are_written(tmp_path):
+    for n in (230, 250, 255):
+        name = "d" * (n - 4) + ".png"
+        with safeio.atomic_write(tmp_path / name) as f:
+            f.write(b"x")
+        assert (tmp_path / name).read_bytes() == b"x"
+    assert sorted(len(p.name) for p in tmp_path.iterdir()) == [230, 250, 255]

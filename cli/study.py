@@ -1,5 +1,6 @@
-"""``study.py``: plan, train, evaluate, then write the report (or only the report): the study's
-command layer (its options, exit codes and error lines)."""
+"""The study.py command (and ``python -m study``): plan, train, evaluate, then write the report (or
+only the report): the study's command layer (its options, exit codes and error lines) over the
+``study`` package."""
 from __future__ import annotations
 
 import argparse
@@ -19,10 +20,10 @@ from engine.options import StageOptions
 from engine.processes import StageInterrupted
 from models.resnet import ENCODERS
 
-from .config import ARMS, OVERRIDES, PRESETS, SYNTHETIC_COMMAND, Settings, resolve_settings
-from .evaluate import constant_baselines, study_results, study_selection
-from .plan import Plan
-from .run import run_jobs
+from study.config import ARMS, OVERRIDES, PRESETS, SYNTHETIC_COMMAND, Settings, resolve_settings
+from study.evaluate import constant_baselines, study_results, study_selection
+from study.plan import Plan
+from study.run import run_jobs
 
 
 def engine_help(name: str) -> str:
@@ -48,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter)
     p.add_argument("--preset", default="full", choices=list(PRESETS),
                    help="full: the study of docs/RESULTS.md (6 orders, 3 seeds); quick: order NKS and "
-                        "fewer arms (38 min measured on 2 cores, the full study 120 min); cuda: the paper's input size and "
+                        "fewer arms (the measured wall time of both: docs/RESULTS.md); cuda: the paper's input size and "
                         "schedule on a GPU; smoke: a few steps, for tests")
     p.add_argument("--quick", action="store_const", const="quick", dest="preset",
                    help="same as --preset quick")
@@ -179,7 +180,7 @@ def run_study(argv=None) -> dict:
                                   "argv": list(sys.argv[1:] if argv is None else argv), **counts,
                                   "jobs": s.jobs, "threads": s.threads,
                                   "load_average": round(os.getloadavg()[0], 2)})
-        from .report import write_report
+        from study.report import write_report
         return write_report(plan, args, counts, t_start, log)
     finally:
         torch.set_num_threads(threads_before)

@@ -1,5 +1,6 @@
 """A new domain from a user's own RGB-D recording on top of a trained model, in one call:
-:func:`add_domain` (the library behind add_domain.py). It is a front door, not a second engine:
+:func:`add_domain` (the library behind add_domain.py, whose parser is cli/add_domain.py). It is a
+front door above the engine and the evaluation (the commands' layer), not a second engine:
 
 1. the recording is read, checked and indexed (data.recordings, data.prepare.write_indexes; the
    skipped files and why in ``<data-root>/prepare_<name>_skipped.txt``);
@@ -20,7 +21,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 
 import torch
@@ -30,7 +31,7 @@ from base.errors import InputError
 from base.safeio import check_folder, check_write, made_by, protect, record_made, write_json
 from data.prepare import IndexOptions, Report, read_csv_rows, write_indexes, write_rows
 from data.recordings import LAYOUTS, Recording, make_layout, read_recording
-from engine.options import StageOptions
+from engine.options import StageOptions, precision_of_amp
 from engine.processes import resolve_device
 from engine.run import train_stage
 from evaluation.evaluate import EvalOptions, evaluate_checkpoint
@@ -66,7 +67,7 @@ class AddDomainOptions:
     runs_dir: str = _o("runs", "folder of the new checkpoint and its run folder")
     out: str | None = _o(None, "the new checkpoint (default: <runs-dir>/<prior letters + letter>.pth.tar)")
     steps: int | None = _o(None, "optimiser steps (default: from the data size and the device, "
-                                 "see engine/add_domain.choose_settings)")
+                                 "see cli/new_domain.choose_settings)")
     batch_size: int | None = _o(None, "images per step (default: 4 on a CPU, 8 on a GPU)")
     lr: float | None = _o(None, "Adam learning rate (default: the prior's)")
     scale: float | None = _o(None, "input size factor (default: the prior's)")
@@ -78,10 +79,16 @@ class AddDomainOptions:
     eval_images: int | None = _o(None, "test images per domain in the report (default: all)")
     encoder: str | None = _o(None, "refuse a prior with another encoder than this (e.g. resnet34)")
     device: str = _o("auto", "auto, cpu or cuda")
-    amp: str = _o("auto", "mixed precision of training (as train_NKS.py --amp)")
+    precision: str = _o("auto", "precision of training: auto, fp32, bf16 or fp16 (as train_NKS.py --precision)")
     seed: int = _o(0, "seed of the split, the training and the replay draw")
     overwrite: bool = _o(False, "replace an earlier --out and its run folder")
     quiet: bool = _o(False, "no progress bars")
+    # the older name of ``precision`` (auto, off, bf16, fp16; off is fp32): AddDomainOptions(amp=...)
+    amp: InitVar[str | None] = None
+
+    def __post_init__(self, amp):
+        if amp is not None:
+            self.precision = precision_of_amp(amp)
 
 
 # ============================================================================ the prior
@@ -284,7 +291,7 @@ def add_domain(options: AddDomainOptions, say=print) -> dict:
 
     order = letters + letter
     stage = StageOptions(order=order, prior=str(options.prior), data_root=data_root, runs_dir=options.runs_dir,
-                         out=options.out, epochs=100000, workers=0, device=options.device, amp=options.amp,
+                         out=options.out, epochs=100000, workers=0, device=options.device, precision=options.precision,
                          seed=options.seed, overwrite=options.overwrite, quiet=options.quiet, **settings)
     say(f"training {order}: " + ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
                                           for k, v in settings.items()) + f" on {device}")
