@@ -60,8 +60,8 @@ def with_statistics(checkpoint: Path, data_root: Path, work: Path, log=print) ->
     under ``work`` that does."""
     from inference.replay import add_frame_statistics
     from models import read_checkpoint
-    _, meta = read_checkpoint(checkpoint)
-    if ((meta.get("prototypes") or {}).get("frames") or {}).get("ood"):  # with the verdict of inference/ood.py
+    from models.checkpoint import checkpoint_meta
+    if checkpoint_meta(read_checkpoint(checkpoint)[1]).frame_statistics.get("ood"):  # with the verdict of inference/ood.py
         return checkpoint
     out = work / f"{checkpoint.name.split('.')[0]}_frames.pth.tar"
     if out.exists() and out.stat().st_mtime >= checkpoint.stat().st_mtime:

@@ -441,6 +441,7 @@ def accuracy(args):
     from loaders import get_dataset, get_loader
     from inference.prototypes import compute_prototypes
     from models import load_checkpoint, save_checkpoint
+    from models.checkpoint import checkpoint_meta
     load_domains_from_root(args.data_root)
     if args.checkpoint:
         net = load_checkpoint(args.checkpoint).to(args.device).eval()
@@ -448,14 +449,15 @@ def accuracy(args):
     else:
         net = fit_network(args)
         source = f"fitted here: {args.fit_steps} steps at scale {args.fit_scale}"
-    letters = (net.meta.get("letters") or LETTERS)[:net.num_domains]
-    protos = net.meta.get("prototypes")
+    meta = checkpoint_meta(net)
+    letters = (meta.letters or LETTERS)[:net.num_domains]
+    protos = meta.prototypes
     if not protos:  # the product's rule: replay rows, test transform, fp32 network
         loaders = [get_loader(get_dataset(c, "replay", args.data_root, train=False, scale=args.scale),
                               batch_size=4) for c in letters]
         protos = compute_prototypes(net, loaders, args.device, max_images=args.proto_images)
     if args.save_fit and not args.checkpoint:
-        save_checkpoint(args.save_fit, net, prototypes=protos, domains=net.meta["domains"],
+        save_checkpoint(args.save_fit, net, prototypes=protos, domains=meta.domains,
                         letters=letters)
         say(f"  saved the fitted network to {args.save_fit}")
     variants = [n for n in ACCURACY_VARIANTS if not skip_reason(n, args)

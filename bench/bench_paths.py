@@ -61,6 +61,7 @@ from bench_frames import raw_rows, score, with_statistics  # noqa: E402
 from evaluation.evaluate import DomainEvaluator  # noqa: E402
 from inference import images as P  # noqa: E402
 from inference.predictor import DepthPredictor  # noqa: E402
+from models.checkpoint import checkpoint_meta  # noqa: E402
 from models.runtimes import available  # noqa: E402
 
 MEDIAN_GOAL = 0.005          # per frame: median |path - reference| / median reference depth
@@ -132,9 +133,9 @@ class Paths:
     def __init__(self, checkpoint: Path, work: Path, threads):
         self.checkpoint, self.work, self.threads = checkpoint, work, threads
         self.ref = DepthPredictor.from_checkpoint(checkpoint, fast=False, precision="fp32", backend="torch")
-        meta = self.ref.meta
-        self.letters = meta.get("letters")
-        self.ranges = [tuple(r) for r in meta["depth_ranges"]]
+        meta = checkpoint_meta(self.ref)
+        self.letters = meta.letters
+        self.ranges = [tuple(r) for r in meta.depth_ranges]
         self.records = {}  # path -> list of per-frame dicts
 
     def reference(self, img, path):

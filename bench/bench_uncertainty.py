@@ -102,10 +102,11 @@ def calibration_bench(stages, letters, root, other, args, log) -> dict:
     """Every method fitted on each head's validation frames (through the stage that learned it),
     measured on the final model's whole test frames of both seeds."""
     from models import read_checkpoint
-    opts = read_checkpoint(stages[-1])[1].get("options") or {}
+    from models.checkpoint import checkpoint_meta
+    opts = checkpoint_meta(read_checkpoint(stages[-1])[1]).options
     val_images, val_seed = int(opts.get("val_images", 8)), int(opts.get("val_seed", 0))
     final, pipe = pipeline_of(stages[-1])
-    ranges = final.meta.get("depth_ranges")
+    ranges = checkpoint_meta(final).depth_ranges
     out = {"val_images": val_images, "domains": {}}
     for d, letter in enumerate(letters):
         t0 = time.perf_counter()
@@ -210,22 +211,24 @@ def write_calibrated(stages, letters, root, into: Path, frames_ckpt: Path, args,
     """The calibrated stage checkpoints: each stage's new head fitted on its validation frames,
     older heads kept from the previous stage; the final one's test coverage measured and stored."""
     from models import load_checkpoint, read_checkpoint, save_checkpoint
+    from models.checkpoint import checkpoint_meta
     into.mkdir(parents=True, exist_ok=True)
     previous, paths = None, []
     for k, path in enumerate(stages):
         src = frames_ckpt if k == len(stages) - 1 else path
         net = load_checkpoint(src)
-        opts = net.meta.get("options") or {}
+        meta = checkpoint_meta(net)
+        opts = meta.options
         predictor, pipe = pipeline_of(src)
         record = calibrate_frames(pipe, letters[:k + 1], root, val_images=int(opts.get("val_images", 8)),
-                                  val_seed=int(opts.get("val_seed", 0)), depth_ranges=net.meta["depth_ranges"],
+                                  val_seed=int(opts.get("val_seed", 0)), depth_ranges=meta.depth_ranges,
                                   previous=previous, fitted_at=letters[:k + 1], method=args.method,
                                   note="bench/bench_uncertainty.py")
         if k == len(stages) - 1:
             measure_frames(pipe, record, letters, root, n=args.test_frames)
         out = into / Path(path).name
         save_checkpoint(out, net, **{CALIBRATION_KEY: record})
-        previous = read_checkpoint(out)[1][CALIBRATION_KEY]
+        previous = checkpoint_meta(read_checkpoint(out)[1]).uncertainty_calibration
         paths.append(str(out))
         log(f"  calibrated {path} -> {out}")
     return paths
@@ -323,6 +326,7 @@ def main(argv=None) -> int:
     from bench_stream import cpu_name
     from evaluation.evaluate import stage_paths
     from models import read_checkpoint
+    from models.checkpoint import checkpoint_meta
     args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -331,9 +335,10 @@ def main(argv=None) -> int:
     other = Path(args.other_root) if args.other_root else None
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    meta = read_checkpoint(ckpt)[1]
-    letters = meta.get("letters")
-    stages = [Path(p) for p in stage_paths(letters, meta.get("strategy", "ours"), ckpt.parent)]
+    meta = checkpoint_meta(read_checkpoint(ckpt)[1])
+    letters = meta.letters
+    # a file that does not say: the engine's default strategy (test.py --strategy's default too)
+    stages = [Path(p) for p in stage_paths(letters, meta.strategy or "ours", ckpt.parent)]
     skip = set(filter(None, args.skip.split(",")))
     result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": cpu_name(),
               "threads": torch.get_num_threads(), "checkpoint": str(ckpt), "data_root": str(root),

@@ -55,33 +55,33 @@ def build_parser():
     return p
 
 
-def is_onnx(meta) -> bool:
-    return meta["format"] == "lifelong-monodepth-onnx"
+def is_onnx(exported) -> bool:
+    return exported["format"] == "lifelong-monodepth-onnx"
 
 
-def written_line(out, meta) -> str:
+def written_line(out, exported) -> str:
     """What was written: the file's size, its domains, how it chooses one, its outputs."""
     megabytes = os.path.getsize(out) / 1e6
-    domains = f"{len(meta['domains'])} domain(s) {meta['domains']}"
-    if meta["domain"] is not None:
-        what = f"fixed head {meta['domain']} ({meta['domains'][meta['domain']]})"
-    elif is_onnx(meta):
+    domains = f"{len(exported['domains'])} domain(s) {exported['domains']}"
+    if exported["domain"] is not None:
+        what = f"fixed head {exported['domain']} ({exported['domains'][exported['domain']]})"
+    elif is_onnx(exported):
         what = "automatic selection (pooled prototypes; every head computed)"
     else:
-        what = f"automatic selection ({meta['selection']} prototypes)"
+        what = f"automatic selection ({exported['selection']} prototypes)"
     scope = ("\nnote: the network only, not predict.py's frame pipeline (head choice on whole frames, "
              "resampling to each head's camera, tiles); the metadata's cameras and calibration_scales "
              "say how to reproduce its metres and intervals")
-    if is_onnx(meta):
-        return f"wrote {out} ({megabytes:.1f} MB, ONNX float32): {domains}, {what}, outputs {meta['outputs']}{scope}"
-    return (f"wrote {out} ({megabytes:.1f} MB): {domains}, {what}, outputs {meta['outputs']}, "
-            f"{meta['precision']}{scope}")
+    if is_onnx(exported):
+        return f"wrote {out} ({megabytes:.1f} MB, ONNX float32): {domains}, {what}, outputs {exported['outputs']}{scope}"
+    return (f"wrote {out} ({megabytes:.1f} MB): {domains}, {what}, outputs {exported['outputs']}, "
+            f"{exported['precision']}{scope}")
 
 
-def check_line(res, meta) -> str:
+def check_line(res, exported) -> str:
     """The result of inference.export.verify_export on one line."""
     verdict = f"same domains: {res['same_domains']} -> {'OK' if res['ok'] else 'MISMATCH'}"
-    if is_onnx(meta):
+    if is_onnx(exported):
         return (f"check in ONNX Runtime vs DepthPredictor(fast=False): relative RMS of depth "
                 f"{res['rel_rms_depth']:.2e} (tolerance {ONNX_TOLERANCE:g}), {verdict}")
     return f"check vs DepthPredictor(fast=False): max relative depth error {res['max_rel_depth_error']:.2e}, {verdict}"
@@ -94,17 +94,17 @@ def export_command(argv) -> int:
     check_out(args.out, args.checkpoint, args.overwrite, args.format)
     try:
         net = load_checkpoint(args.checkpoint, order=args.order)
-        meta = export_net(net, args.out, format=args.format, domain=args.domain, with_uncertainty=args.uncertainty,
+        exported = export_net(net, args.out, format=args.format, domain=args.domain, with_uncertainty=args.uncertainty,
                           selector=args.selector, precision=args.precision, fuse_bn=not args.no_fuse,
                           example_size=size)
     except (CheckpointError, ValueError, WriteError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(written_line(args.out, meta))
+    print(written_line(args.out, exported))
     if args.no_check:
         return 0
-    res = verify_export(args.out, net, meta, selector=args.selector, size=size)
-    print(check_line(res, meta))
+    res = verify_export(args.out, net, exported, selector=args.selector, size=size)
+    print(check_line(res, exported))
     return 0 if res["ok"] else 1
 
 

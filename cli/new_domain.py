@@ -37,7 +37,7 @@ from engine.run import train_stage
 from evaluation.evaluate import EvalOptions, evaluate_checkpoint
 from evaluation.selection import SelectionOptions, evaluate_selection
 from loaders import _resolve
-from models.checkpoint import check_checkpoint_path, checkpoint_letters, read_checkpoint
+from models.checkpoint import CheckpointMeta, check_checkpoint_path, checkpoint_letters, checkpoint_meta, read_checkpoint
 
 #: the network input area at scale 1 a new domain gets (NYU's 228x304), at its frames' aspect
 INPUT_AREA = 228 * 304
@@ -92,16 +92,16 @@ class AddDomainOptions:
 
 
 # ============================================================================ the prior
-def read_prior(options: AddDomainOptions) -> tuple[str, dict]:
+def read_prior(options: AddDomainOptions) -> tuple[str, CheckpointMeta]:
     """(the prior's letters, its metadata), its encoder checked against ``options.encoder``."""
     if not os.path.isfile(options.prior):
         raise InputError(f"--prior {options.prior}: no such file; expected the checkpoint the new domain is "
                          f"learned on top of (e.g. runs/NKS.pth.tar from quickstart.py or train_NKS.py)")
     path = check_checkpoint_path(options.prior, "--prior")
-    _, meta = read_checkpoint(path)
+    meta = checkpoint_meta(read_checkpoint(path)[1])
     letters = checkpoint_letters(meta, path)
-    if options.encoder and meta.get("encoder") != options.encoder:
-        raise InputError(f"--prior {path}: its encoder is {meta.get('encoder') or 'unknown'}, expected "
+    if options.encoder and meta.encoder != options.encoder:
+        raise InputError(f"--prior {path}: its encoder is {meta.encoder or 'unknown'}, expected "
                          f"{options.encoder} (--encoder); a new head is learned on the prior's own encoder")
     return letters, meta
 
@@ -225,12 +225,12 @@ def link_old_domains(letters: str, replay_root: str, data_root: str) -> list[str
 
 
 # ============================================================================ settings
-def choose_settings(options: AddDomainOptions, prior_meta: dict, n_train: int, device: torch.device) -> dict:
+def choose_settings(options: AddDomainOptions, prior_meta: CheckpointMeta, n_train: int, device: torch.device) -> dict:
     """The training settings: the given ones, else chosen. On a CPU: batch 4, about one and a half
     passes over the new frames, 24 to 48 steps (a few minutes on 2 cores at scale 0.5); on a GPU:
     batch 8, 20 passes, at most 4000 steps. The learning rate, scale, replay buffer and prototype images are the
     prior's (what its old heads were trained and described with)."""
-    prior = prior_meta.get("options") if isinstance(prior_meta.get("options"), dict) else {}
+    prior = prior_meta.options
     cuda = device.type == "cuda"
     batch = options.batch_size or (8 if cuda else 4)
     val = options.val_images if options.val_images is not None else min(8, n_train // 10)
@@ -242,7 +242,7 @@ def choose_settings(options: AddDomainOptions, prior_meta: dict, n_train: int, d
     steps = options.steps or int(min(4000 if cuda else 48, max(24, round(passes * (n_train - val) / batch))))
     return {"batch_size": batch, "val_images": val, "max_steps": steps,
             "lr": options.lr or float(prior.get("lr") or 1e-4),
-            "scale": options.scale or float(prior.get("scale") or 1.0),
+            "scale": options.scale or prior_meta.scale,
             "replay_size": options.replay_size or int(prior.get("replay_size") or 500),
             "proto_images": options.proto_images or int(prior.get("proto_images") or 200)}
 
@@ -259,8 +259,7 @@ def add_domain(options: AddDomainOptions, say=print) -> dict:
     check_name(options, letters)
     letter = options.letter.strip().upper()
     data_root = options.data_root or os.path.join("datasets", options.name)
-    prior_options = prior_meta.get("options") if isinstance(prior_meta.get("options"), dict) else {}
-    replay_root = options.replay_root or prior_options.get("data_root")
+    replay_root = options.replay_root or prior_meta.data_root
     if not replay_root or not os.path.isdir(replay_root):
         raise InputError(f"--replay-root {replay_root}: no such folder; expected the data root the prior "
                          f"was trained on (its replay CSVs)")

@@ -169,15 +169,15 @@ def data_fits(root: Path, s: dict):
     if not meta_path.is_file():
         return False, f"{meta_path} not found"
     try:
-        meta = json.loads(meta_path.read_text())
+        data_meta = json.loads(meta_path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         return False, f"{meta_path} is unreadable ({e})"
-    doms = meta.get("domains") or {}
+    doms = data_meta.get("domains") or {}
     need = {"nyu", "kitti", "scannet"}
     if not need <= set(doms):
         return False, f"{meta_path} lists domains {sorted(doms)}, need {sorted(need)}"
-    if float(meta.get("scale", 1.0)) + 1e-9 < s["scale"]:
-        return False, f"rendered at scale {meta.get('scale')}, smaller than the training scale {s['scale']}"
+    if float(data_meta.get("scale", 1.0)) + 1e-9 < s["scale"]:
+        return False, f"rendered at scale {data_meta.get('scale')}, smaller than the training scale {s['scale']}"
     min_train = s["batch_size"] + s["val_images"]
     for name in need:
         counts = doms[name].get("counts", {})

@@ -67,12 +67,12 @@ def run(argv=None) -> int:
                                        args.domains)
     synthetic.check_out(args.out, letters, args.overwrite)
     synthetic.tune_malloc()  # the command line owns its process; library callers keep their malloc settings
-    meta = synthetic.generate(args.out, n_train=args.train, n_test=args.test, seed=args.seed,
+    data_meta = synthetic.generate(args.out, n_train=args.train, n_test=args.test, seed=args.seed,
                               workers=args.workers, replay_size=args.replay_size, domains=args.domains,
                               scale=args.scale, progress=not args.quiet, overwrite=args.overwrite)
-    for name, domain in meta["domains"].items():
+    for name, domain in data_meta["domains"].items():
         print(summary_line(name, domain))
-    print(f"wrote {args.out} in {meta['generation_seconds']:.1f} s")
+    print(f"wrote {args.out} in {data_meta['generation_seconds']:.1f} s")
     return 0
 
 

@@ -14,7 +14,7 @@ from evaluation.evaluate import describe_predictor, describe_settings, evaluate_
 from evaluation.matrix import DEFAULT_MATRIX_METRICS, evaluate_matrix, table_rows, uncertainty_rows
 from metrics import METRIC_NAMES, format_table
 from models import load_checkpoint, read_checkpoint, save_checkpoint
-from models.checkpoint import check_checkpoint_path, checkpoint_letters
+from models.checkpoint import check_checkpoint_path, checkpoint_letters, checkpoint_meta
 from base.uncertainty import CALIBRATION_KEY, calibration_note
 from evaluation.uncertainty import reliability_plots
 from evaluation.uncertainty import format_tables as format_uncertainty_tables
@@ -108,8 +108,9 @@ def calibrate_copy(path, out_dir, args, device, order=None, previous=None) -> Pa
     if out.resolve() == Path(path).resolve():
         raise CLIError(f"--calibrate-into {str(out_dir)!r} holds {str(path)!r} itself; choose another folder")
     net = load_checkpoint(path, order=order)
-    stored = net.meta.get("options")
-    if not isinstance(stored, dict) or "val_images" not in stored:
+    meta = checkpoint_meta(net)
+    stored = meta.options
+    if "val_images" not in stored:
         raise CLIError(f"{str(path)!r} stores no training options (an authors' or older file), so its "
                        f"validation rows are unknown; --calibrate-into needs a checkpoint of this project")
     opts = StageOptions.from_record(stored, data_root=str(args.data_root), workers=0)
@@ -118,9 +119,9 @@ def calibrate_copy(path, out_dir, args, device, order=None, previous=None) -> Pa
             from engine.sampling import DomainData  # the validation rows are the engine's (loaders.split_validation)
             record = fit_uncertainty(net, [DomainData(get_domain(c), opts) for c in opts.order], opts, device)
         else:
-            own = net.meta.get(CALIBRATION_KEY)
+            own = meta.uncertainty_calibration
             fit = range(len(opts.order)) if opts.strategy == "joint" else [len(opts.order) - 1]
-            record = fit_frame_uncertainty(net, opts, device, head_cameras(net.meta, opts.order, args.data_root),
+            record = fit_frame_uncertainty(net, opts, device, head_cameras(meta, opts.order, args.data_root),
                                            previous=previous if previous is not None else own, fit_heads=fit)
     except (OSError, ValueError) as e:
         raise CLIError(f"--data-root {str(args.data_root)!r}: {e}") from None
@@ -264,7 +265,7 @@ def calibrate_stages(args, device) -> None:
         copies, previous = [], None
         for p in stage_paths(letters, args.strategy, runs_dir):  # in learning order: each keeps the last's
             copies.append(calibrate_copy(p, args.calibrate_into, args, device, previous=previous))
-            previous = read_checkpoint(copies[-1])[1].get(CALIBRATION_KEY)
+            previous = checkpoint_meta(read_checkpoint(copies[-1])[1]).uncertainty_calibration
         args.runs_dir, args.checkpoint = args.calibrate_into, str(copies[-1])
         return
     args.checkpoint = str(calibrate_copy(args.checkpoint, args.calibrate_into, args, device, order=order))

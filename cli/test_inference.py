@@ -17,7 +17,7 @@ from evaluation.selection import SelectionOptions, evaluate_selection, selection
 from base.domains import DEFAULT_DATA_ROOT
 from inference.prototypes import DEFAULT_PROTO_IMAGES, DEFAULT_SELECTOR
 from models import load_checkpoint
-from models.checkpoint import check_checkpoint_path, checkpoint_letters
+from models.checkpoint import check_checkpoint_path, checkpoint_letters, checkpoint_meta
 from cli.errors import CLIError, run_command
 from cli.options import (HelpFormatter, add_checkpoint_arguments, add_eval_arguments,
                          add_runtime_arguments, add_selector_arguments, eval_options, help_of,
@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 def write_frame_statistics(args, net, letters) -> dict:
     """--add-frame-statistics OUT: inference.replay.add_frame_statistics, and a summary line."""
     from inference.replay import add_frame_statistics
-    path = net.meta["path"]
+    path = checkpoint_meta(net).path
     if str(args.add_frame_statistics) == str(path):
         raise CLIError("--add-frame-statistics: give a new file name; the checkpoint itself is not overwritten")
     stats = add_frame_statistics(net, args.add_frame_statistics, args.data_root, max_images=args.proto_images,

@@ -1512,7 +1512,7 @@ def generate(out: str, n_train: int = 300, n_test: int = 100, seed: int = 0, wor
     os.makedirs(out, exist_ok=True)
     _noise_table()   # built once here, inherited by forked workers
     results = _run_tasks(tasks, workers or default_workers(), progress)
-    meta = {"synthetic": True, "generator": "synthetic.py", "generator_version": GENERATOR_VERSION,
+    data_meta = {"synthetic": True, "generator": "synthetic.py", "generator_version": GENERATOR_VERSION,
             "description": "Procedural ray-cast stand-ins for NYU-v2 (N), KITTI (K) and ScanNet (S) in their "
                            "real on-disk formats; not real data.",
             "seed": seed, "scale": scale, "replay_size": replay_size, "domains": {}}
@@ -1525,12 +1525,12 @@ def generate(out: str, n_train: int = 300, n_test: int = 100, seed: int = 0, wor
             counts[sp], measured[sp] = len(rs), _summary(rs)
         counts["replay"] = write_replay_csv(os.path.join(out, cfg.csv["train"]), os.path.join(out, cfg.csv["replay"]),
                                              replay_size, seed)
-        meta["domains"][cfg.name] = _domain_meta(cfg, scale, counts, measured)
-    meta["workers"] = workers or default_workers()
-    meta["generation_seconds"] = round(time.time() - t0, 2)
-    meta["generated_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    write_json(os.path.join(out, "meta.json"), meta)
-    return meta
+        data_meta["domains"][cfg.name] = _domain_meta(cfg, scale, counts, measured)
+    data_meta["workers"] = workers or default_workers()
+    data_meta["generation_seconds"] = round(time.time() - t0, 2)
+    data_meta["generated_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    write_json(os.path.join(out, "meta.json"), data_meta)
+    return data_meta
 
 
 def _parse_domains(domains: str) -> List[str]:
@@ -1593,10 +1593,10 @@ def check_settings(n_train: int, n_test: int, replay_size: int, workers: Optiona
 def _made_by_us(out: str) -> bool:
     """Whether ``out`` holds a meta.json that synthetic.py wrote (its files may be regenerated)."""
     try:
-        meta = read_json(os.path.join(out, "meta.json"))
+        data_meta = read_json(os.path.join(out, "meta.json"))
     except OSError:   # unreadable (a folder named meta.json, no permission): not ours
         return False
-    return isinstance(meta, dict) and meta.get("synthetic") is True and meta.get("generator") == "synthetic.py"
+    return isinstance(data_meta, dict) and data_meta.get("synthetic") is True and data_meta.get("generator") == "synthetic.py"
 
 
 def check_out(out: str, letters: Sequence[str], overwrite: bool = False, option: str = "--out",

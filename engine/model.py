@@ -13,7 +13,7 @@ from base.errors import InputError
 from engine.options import STRATEGIES
 from engine.processes import amp_settings
 from models import CheckpointError, LifelongDepthNet, read_checkpoint
-from models.checkpoint import check_finite, check_letters, infer_encoder
+from models.checkpoint import check_finite, check_letters, checkpoint_meta, infer_encoder
 from models.fast import inference_copy, lowp_supported, prepare_input
 
 
@@ -30,10 +30,11 @@ def load_prior(opts) -> tuple[LifelongDepthNet, dict]:
         raise InputError(f"prior checkpoint {opts.prior} not found; make it with "
                          f"`{prior_command(old_letters, opts.strategy)}` (same --data-root/--scale)")
     state, meta = read_checkpoint(opts.prior)
+    info = checkpoint_meta(meta)
     heads = len({k.split(".")[0] for k in state if k.startswith("task")})
-    known = meta.get("letters")
-    if known and meta.get("domains"):
-        check_letters(known, list(meta["domains"]), opts.prior)
+    known = info.letters
+    if known and info.domains:
+        check_letters(known, list(info.domains), opts.prior)
     if not known:  # an authors' file: only the learning order on the command line names its heads
         if not opts.order_given:
             raise InputError(f"{opts.prior} has no metadata (an authors' checkpoint); name its "
@@ -42,7 +43,7 @@ def load_prior(opts) -> tuple[LifelongDepthNet, dict]:
     if heads != len(old_letters) or known != old_letters:
         raise InputError(f"{opts.prior} holds {heads} head(s) for domains {known!r}, but order "
                          f"{opts.order!r} needs the prior {old_letters!r}")
-    net = LifelongDepthNet(encoder=meta.get("encoder") or infer_encoder(state), num_domains=heads)
+    net = LifelongDepthNet(encoder=info.encoder or infer_encoder(state), num_domains=heads)
     check_finite(state, opts.prior)
     try:
         net.load_state_dict(state)

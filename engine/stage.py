@@ -310,7 +310,8 @@ class Stage:
         previous = None
         if len(self.specs) > 1 and self.opts.strategy != "joint" and self.opts.prior:
             from models import read_checkpoint
-            previous = read_checkpoint(self.opts.prior)[1].get(CALIBRATION_KEY)
+            from models.checkpoint import checkpoint_meta
+            previous = checkpoint_meta(read_checkpoint(self.opts.prior)[1]).uncertainty_calibration
         fit_heads = range(len(self.specs)) if self.opts.strategy == "joint" else [self.new_head]
         with self.end_bar("calibration", self.opts.val_images * len(fit_heads)) as bar:
             return fit_frame_uncertainty(self.net, self.opts, self.ctx.device, self.cameras(self.specs),

@@ -29,9 +29,9 @@ from base.protocol import resolve as resolve_protocol
 from inference.predictor import DepthPredictor, build_predictor, predictor_settings
 from losses import upsample_to
 from metrics import HIGHER_IS_BETTER, ErrorAggregator, prepare_pair
-from models.checkpoint import check_checkpoint_path, checkpoint_letters, default_scale
+from models.checkpoint import check_checkpoint_path, checkpoint_letters, checkpoint_meta, default_scale
 from models.fast import autocast_context
-from base.uncertainty import CALIBRATION_KEY, calibration_scales
+from base.uncertainty import calibration_scales
 from evaluation.uncertainty import UncertaintyEvaluator
 
 
@@ -388,8 +388,7 @@ def load_test_splits(subset: str, options: EvalOptions, scale) -> dict:
 def uncertainty_scales_of(meta: dict, heads: int) -> list[dict]:
     """Per head, the calibration scales to measure: {"raw": 1} and, where the checkpoint stores a
     fitted one, {"calibrated": s}."""
-    record = (meta or {}).get(CALIBRATION_KEY) or {}
-    fitted = record.get("fitted") or [False] * heads
+    fitted = checkpoint_meta(meta).calibration.get("fitted") or [False] * heads
     scales = calibration_scales(meta, heads)
     return [dict({"raw": 1.0}, **({"calibrated": s} if ok else {})) for s, ok in zip(scales, fitted)]
 
@@ -422,7 +421,7 @@ def open_predictor(source, runtime=None, device="cpu", order=None, **keywords) -
     """(a DepthPredictor, the checkpoint path it came from): ``source`` is one already (loaded once
     by the caller), or a checkpoint path loaded here with ``runtime`` (inference.predictor)."""
     if isinstance(source, DepthPredictor):
-        return source, str(source.meta.get("path"))
+        return source, str(checkpoint_meta(source).path)
     return build_predictor(check_checkpoint_path(source), runtime, device, order=order, **keywords), str(source)
 
 
@@ -434,7 +433,7 @@ def evaluate_checkpoint(source, options: EvalOptions, device, runtime=None, orde
     dict (``uncertainty``: each result also holds the uncertainty measures, see evaluate_split)."""
     options = options.resolved()
     predictor, path = open_predictor(source, runtime, device, order)
-    meta = predictor.meta
+    meta = checkpoint_meta(predictor)
     letters = checkpoint_letters(meta, path)
     subset = letters if domains is None else domains
     check_learned(subset, letters, path)
@@ -447,12 +446,12 @@ def evaluate_checkpoint(source, options: EvalOptions, device, runtime=None, orde
                for c, r in runs.items()}
     return {
         "checkpoint": path, "letters": letters, "domains": [get_domain(c).name for c in letters],
-        "format": meta.get("format"), "strategy": meta.get("strategy"), "scale": scale,
+        "format": meta.format, "strategy": meta.strategy, "scale": scale,
         "device": str(device), "settings": options.rules(), "full_frame": options.full_frame,
         "protocol": options.protocol, "scannet_resize": options.scannet_resize,
         "predictor": predictor_settings(predictor),
         "max_images": options.max_images, "seconds": seconds, "results": results,
-        **({"uncertainty_calibration": meta.get(CALIBRATION_KEY)} if uncertainty else {}),
+        **({"uncertainty_calibration": meta.uncertainty_calibration} if uncertainty else {}),
     }
 
 

@@ -16,6 +16,7 @@ from evaluation.uncertainty import format_stage_table
 from evaluation.uncertainty import format_tables as format_uncertainty_tables
 from metrics import format_table
 from models import read_checkpoint
+from models.checkpoint import checkpoint_meta
 
 DEFAULT_MATRIX_METRICS = ("abs_rel", "rmse", "delta1")
 ALWAYS = ("abs_rel", "rmse")  # matrices always computed (the report's), besides the ones asked for
@@ -41,8 +42,7 @@ def stage_checkpoints(order: str, strategy: str, runs_dir) -> list[Path]:
 
 def is_authors_file(path) -> bool:
     """Whether a checkpoint is an authors' file (its heads named only by the learning order)."""
-    _, meta = read_checkpoint(path)
-    return not meta.get("letters") and meta.get("format") == "authors"
+    return checkpoint_meta(read_checkpoint(path)[1]).authors
 
 
 def evaluate_matrix(order: str, options: EvalOptions, device, runs_dir, strategy: str = "ours",

@@ -30,7 +30,7 @@ from inference.prototypes import DEFAULT_PROTO_IMAGES, DEFAULT_SELECTOR, SELECTO
 from inference.replay import load_prototypes
 from metrics import format_table
 from models import load_checkpoint
-from models.checkpoint import check_checkpoint_path, checkpoint_letters
+from models.checkpoint import check_checkpoint_path, checkpoint_letters, checkpoint_meta
 from models.fast import prepare_input
 
 
@@ -72,9 +72,11 @@ def open_network(source, order=None):
 
 
 def open_run(source, order, evaluation: EvalOptions) -> tuple:
-    """(network, its metadata, its checkpoint path, its domain letters, the input scale) of a run."""
+    """(network, its metadata (models.checkpoint.CheckpointMeta), its checkpoint path, its domain
+    letters, the input scale) of a run."""
     net = open_network(source, order)
-    meta, path = net.meta, str(net.meta.get("path"))
+    meta = checkpoint_meta(net)
+    path = str(meta.path)
     return net, meta, path, checkpoint_letters(meta, path), evaluation.scale_of(meta)
 
 
@@ -261,8 +263,8 @@ def selection_benchmark(source, evaluation: EvalOptions, selection: SelectionOpt
             right = dict.fromkeys(selectors, 0)
             n = 0
             for image in condition_images(datasets[(c, cond == "full")], cond):
-                feats = predictor_features(predictor, squeezed(image, meta["input_sizes"][0])
-                                           if cond in RAW_FACTORS and meta.get("input_sizes") else image)
+                feats = predictor_features(predictor, squeezed(image, meta.input_sizes[0])
+                                           if cond in RAW_FACTORS and meta.input_sizes else image)
                 for sel in selectors:
                     chosen = (frames_choice(predictor, image) if sel == "frames" else
                               int(prototype_distances(feats, prototypes, sel).argmin(dim=1)[0]))
@@ -285,18 +287,19 @@ def selection_benchmark(source, evaluation: EvalOptions, selection: SelectionOpt
             "table": format_benchmark(table, CONDITIONS, test_letters, selectors)}
 
 
-def run_selector(selection: SelectionOptions, meta: dict, path, data_root) -> str:
+def run_selector(selection: SelectionOptions, meta, path, data_root) -> str:
     """The selector of a run: the one asked for, else the default (lda); a checkpoint from before
     the lda selector (no lda statistics stored, no replay rows to compute them) selects with its
     pooled prototypes, unless lda was asked for explicitly (InputError)."""
     selector = selection.selector or DEFAULT_SELECTOR
-    if selector != "lda" or selection.replay_root or (meta.get("prototypes") or {}).get("lda"):
+    meta = checkpoint_meta(meta)
+    if selector != "lda" or selection.replay_root or meta.prototype_sets.get("lda"):
         return selector
     if selection.selector is not None:
         raise InputError(f"--selector lda: checkpoint {str(path)!r} stores no lda statistics (it predates "
                          f"them, or is an authors' file); compute them from replay data with "
                          f"--replay-root DIR, e.g. --replay-root {data_root}")
-    if meta.get("prototypes"):
+    if meta.prototypes:
         print("note: the checkpoint stores no lda statistics: selecting with its pooled prototypes "
               "(--replay-root DIR computes the default lda selector's)", file=sys.stderr)
     return "pooled"

@@ -54,6 +54,7 @@ from torch import nn
 
 from base.errors import InputError
 from base.images import IMAGENET_MEAN, IMAGENET_STD
+from models.checkpoint import checkpoint_meta
 from models.fast import inference_copy, resolve_precision, trace_module
 from base.safeio import atomic_write
 from inference.prototypes import map_distance, pooled_descriptor, pooled_descriptor_nhwc, pooled_distances
@@ -209,7 +210,7 @@ def export_onnx(net, out, prototypes=None, domain=None, with_uncertainty=False, 
     """Write ``net`` as a float32 ONNX file (see the module's docstring); returns its metadata."""
     from models.runtimes import onnx_bytes, require
     onnx = require("onnx")
-    meta_in = dict(getattr(net, "meta", {}) or {})
+    meta_in = checkpoint_meta(net)
     n = net.num_domains
     fixed = resolve_domain(domain, meta_in, n)
     pooled = None
@@ -226,21 +227,21 @@ def export_onnx(net, out, prototypes=None, domain=None, with_uncertainty=False, 
         if pooled.shape[0] != n:
             raise ValueError(f"{pooled.shape[0]} prototypes for a {n}-head model")
     fast = inference_copy(net, fuse_bn=True, channels_last=False)
-    h, w = example_size or (meta_in.get("input_sizes") or [[228, 304]])[0]
+    h, w = example_size or meta_in.example_size
     example = torch.randn(1, 3, int(h), int(w))
     outputs = ["depth", "domain"] + (["uncertainty"] if with_uncertainty else [])
     model = onnx.load_from_string(onnx_bytes(OnnxDepth(fast, pooled, fixed, with_uncertainty),
                                              example, "image", outputs))
     meta = {"format": "lifelong-monodepth-onnx", "version": 1,
-            "domains": list(meta_in.get("domains") or [f"domain{i}" for i in range(n)]),
-            "letters": meta_in.get("letters"), "input_sizes": meta_in.get("input_sizes"),
-            "depth_ranges": meta_in.get("depth_ranges"), "encoder": getattr(net, "encoder_name", None),
+            "domains": meta_in.domain_names(n),
+            "letters": meta_in.letters, "input_sizes": meta_in.input_sizes,
+            "depth_ranges": meta_in.depth_ranges, "encoder": getattr(net, "encoder_name", None),
             "selection": "fixed" if fixed >= 0 else "pooled (every head computed)",
             "domain": fixed if fixed >= 0 else None, "with_uncertainty": bool(with_uncertainty),
             "outputs": outputs, "precision": "float32", "fuse_bn": True, "mean": IMAGENET_MEAN,
             "std": IMAGENET_STD,
             "input": "image: float32 (B,3,H,W) RGB in [0,1] normalized with mean/std; outputs at H/2 x W/2",
-            "source": meta_in.get("path"), **pipeline_meta(net), **knowing(meta_in)}
+            "source": meta_in.path, **pipeline_meta(net), **knowing(meta_in)}
     onnx.helper.set_model_props(model, {ONNX_META_KEY: json.dumps(meta)})
     with atomic_write(out) as f:  # a kill leaves the earlier file (or none), never a partial one
         f.write(model.SerializeToString())  # (onnx.save wants the file's name; ours is a descriptor)
@@ -262,17 +263,18 @@ def pipeline_meta(net) -> dict:
     only (``scope``)."""
     from base.uncertainty import CALIBRATION_KEY, calibration_scales
     from inference.frames import head_cameras
-    meta = dict(getattr(net, "meta", {}) or {})
+    meta = dict(getattr(net, "meta", {}) or {})  # base.uncertainty reads the calibration record from it
+    info = checkpoint_meta(meta)
     n = net.num_domains
-    letters = meta.get("letters")
+    letters = info.letters
     cameras = [None] * n
     if letters and len(letters) == n:
         try:
-            cameras = [c.as_dict() if c is not None else None for c in head_cameras(meta, list(letters))]
+            cameras = [c.as_dict() if c is not None else None for c in head_cameras(info, list(letters))]
         except Exception:  # noqa: BLE001 - an unregistered custom domain: no camera to tell
             pass
     return {"cameras": cameras, "calibration_scales": [float(s) for s in calibration_scales(meta, n)],
-            CALIBRATION_KEY: meta.get(CALIBRATION_KEY), "scope": SCOPE}
+            CALIBRATION_KEY: info.uncertainty_calibration, "scope": SCOPE}
 
 
 def load_onnx(path, threads=None):
@@ -295,32 +297,32 @@ def relative_rms(a: torch.Tensor, ref: torch.Tensor) -> float:
 def check_onnx(path, net, prototypes, size=None, batch=2, seed=0) -> dict:
     """Run the ONNX file in ONNX Runtime against ``DepthPredictor(fast=False)`` on random inputs."""
     from inference.predictor import DepthPredictor
-    session, meta = load_onnx(path)
-    h, w = size or (meta.get("input_sizes") or [[228, 304]])[0]
+    session, exported = load_onnx(path)  # the file's metadata (export_onnx's), not the checkpoint's
+    h, w = size or checkpoint_meta(exported).example_size
     x = torch.randn(batch, 3, int(h), int(w), generator=torch.Generator().manual_seed(seed))
     ref = DepthPredictor(net, prototypes, selector="pooled", fast=False).predict(
-        x, domain=meta["domain"], with_uncertainty=meta["with_uncertainty"])
+        x, domain=exported["domain"], with_uncertainty=exported["with_uncertainty"])
     out = [torch.from_numpy(o) for o in session.run(None, {"image": x.numpy()})]
     res = {"rel_rms_depth": relative_rms(out[0], ref["depth"]),
            "same_domains": bool(torch.equal(out[1], ref["domain"])), "domains": out[1].tolist()}
-    if meta["with_uncertainty"]:
+    if exported["with_uncertainty"]:
         res["rel_rms_uncertainty"] = relative_rms(out[2], ref["uncertainty"])
     return res
 
 
 # ------------------------------------------------------------------------------------------------
-def knowing(meta_in: dict) -> dict:
+def knowing(meta_in) -> dict:
     """What an exported model's user needs to reproduce the checkpoint's intervals and its
     out-of-domain verdict: the uncertainty calibration record (base.uncertainty) and the verdict's
     definition (inference/ood.py: descriptor, per-head statistics, threshold; None where the
     checkpoint stores none). The graph itself computes neither."""
-    from base.uncertainty import CALIBRATION_KEY
     from inference.ood import ood_record
-    frames = (meta_in.get("prototypes") or {}).get("frames") or {}
-    return {"uncertainty_calibration": meta_in.get(CALIBRATION_KEY), "out_of_domain": ood_record(frames.get("ood"))}
+    meta_in = checkpoint_meta(meta_in)
+    return {"uncertainty_calibration": meta_in.uncertainty_calibration,
+            "out_of_domain": ood_record(meta_in.frame_statistics.get("ood"))}
 
 
-def resolve_domain(domain, meta: dict, num_domains: int) -> int:
+def resolve_domain(domain, meta, num_domains: int) -> int:
     """--domain as an index ("1") or a learned domain's letter/name ("K", "kitti") -> index."""
     if domain is None:
         return -1
@@ -328,8 +330,9 @@ def resolve_domain(domain, meta: dict, num_domains: int) -> int:
     if text.lstrip("-").isdigit():
         i = int(text)
     else:
-        names = [str(n).lower() for n in meta.get("domains") or []]
-        letters = list(meta.get("letters") or "")
+        meta = checkpoint_meta(meta)
+        names = [str(n).lower() for n in meta.domains or []]
+        letters = meta.letter_list
         if text.lower() in names:
             i = names.index(text.lower())
         elif text.upper() in letters:
@@ -347,7 +350,7 @@ def export_model(net, out, prototypes=None, domain=None, with_uncertainty=False,
                  precision="fp32", fuse_bn=True, channels_last=None, example_size=None,
                  device="cpu", freeze=True) -> dict:
     """Write ``net`` (+ prototypes) as a TorchScript file; returns the metadata written with it."""
-    meta_in = dict(getattr(net, "meta", {}) or {})
+    meta_in = checkpoint_meta(net)
     n = net.num_domains
     fixed = resolve_domain(domain, meta_in, n)
     if fixed < 0:
@@ -366,8 +369,7 @@ def export_model(net, out, prototypes=None, domain=None, with_uncertainty=False,
         channels_last = dtype != torch.float32
     fast = inference_copy(net, fuse_bn=fuse_bn, channels_last=channels_last,
                           dtype=None if dtype == torch.float32 else dtype, device=device)
-    sizes = meta_in.get("input_sizes") or [[228, 304]]
-    h, w = example_size or sizes[0]
+    h, w = example_size or meta_in.example_size
     example = torch.randn(2, 3, int(h), int(w), device=device)
     trunk = trace_module(_Trunk(fast, dtype, channels_last), example, freeze=False)
     with torch.no_grad():
@@ -383,16 +385,16 @@ def export_model(net, out, prototypes=None, domain=None, with_uncertainty=False,
     if freeze:
         module = torch.jit.freeze(module)
     meta = {"format": "lifelong-monodepth-torchscript", "version": 1,
-            "domains": list(meta_in.get("domains") or [f"domain{i}" for i in range(n)]),
-            "letters": meta_in.get("letters"), "input_sizes": meta_in.get("input_sizes"),
-            "depth_ranges": meta_in.get("depth_ranges"), "encoder": getattr(net, "encoder_name", None),
+            "domains": meta_in.domain_names(n),
+            "letters": meta_in.letters, "input_sizes": meta_in.input_sizes,
+            "depth_ranges": meta_in.depth_ranges, "encoder": getattr(net, "encoder_name", None),
             "selection": "fixed" if fixed >= 0 else selector, "domain": fixed if fixed >= 0 else None,
             "with_uncertainty": bool(with_uncertainty),
             "outputs": ["depth", "domain"] + (["uncertainty"] if with_uncertainty else []),
             "precision": str(dtype).replace("torch.", ""), "fuse_bn": bool(fuse_bn),
             "channels_last": bool(channels_last), "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
             "input": "float32 (B,3,H,W) RGB in [0,1] normalized with mean/std; outputs at H/2 x W/2",
-            "source": meta_in.get("path"), **pipeline_meta(net), **knowing(meta_in)}
+            "source": meta_in.path, **pipeline_meta(net), **knowing(meta_in)}
     with atomic_write(out) as f:  # a kill leaves the earlier file (or none), never a partial one
         torch.jit.save(module, f, _extra_files={META_FILE: json.dumps(meta)})
     return meta
@@ -406,20 +408,21 @@ def load_exported(path, map_location="cpu"):
 
 
 @torch.no_grad()
-def check_export(path, net, prototypes, meta, selector="pooled", size=None, batch=2, seed=0) -> dict:
-    """Compare the exported file with ``DepthPredictor(fast=False)`` on random inputs."""
+def check_export(path, net, prototypes, exported, selector="pooled", size=None, batch=2, seed=0) -> dict:
+    """Compare the exported file with ``DepthPredictor(fast=False)`` on random inputs (``exported``:
+    the metadata export_model wrote with it)."""
     from inference.predictor import DepthPredictor
     module, _ = load_exported(path)
-    h, w = size or (meta.get("input_sizes") or [[228, 304]])[0]
+    h, w = size or checkpoint_meta(exported).example_size
     x = torch.randn(batch, 3, int(h), int(w), generator=torch.Generator().manual_seed(seed))
     pred = DepthPredictor(net, prototypes, selector=selector, fast=False)
-    ref = pred.predict(x, domain=meta["domain"], with_uncertainty=meta["with_uncertainty"])
+    ref = pred.predict(x, domain=exported["domain"], with_uncertainty=exported["with_uncertainty"])
     out = module(x)
     scale = ref["depth"].abs().max().clamp_min(1e-6)
     res = {"max_rel_depth_error": float((out[0] - ref["depth"]).abs().max() / scale),
            "same_domains": bool(torch.equal(out[1], ref["domain"])),
            "domains": out[1].tolist()}
-    if meta["with_uncertainty"]:
+    if exported["with_uncertainty"]:
         res["max_uncertainty_error"] = float((out[2] - ref["uncertainty"]).abs().max())
     return res
 
@@ -462,8 +465,8 @@ def export_net(net, out, *, format: str = "torchscript", domain=None, with_uncer
     BatchNorm folded) or a missing runtime."""
     # the write guard (base.safeio.check_write): never the checkpoint, a folder, or the other
     # format's suffix; a library caller replaces an existing file (export.py asks first)
-    check_out(out, net.meta.get("path"), overwrite=True, format=format if format in FORMATS else None)
-    protos = net.meta.get("prototypes")
+    check_out(out, checkpoint_meta(net).path, overwrite=True, format=format if format in FORMATS else None)
+    protos = checkpoint_meta(net).prototypes
     if format == "torchscript":
         return export_model(net, out, protos, domain=domain, with_uncertainty=with_uncertainty,
                             selector=selector, precision=precision, fuse_bn=fuse_bn, example_size=example_size)
@@ -481,14 +484,14 @@ def export_net(net, out, *, format: str = "torchscript", domain=None, with_uncer
         raise ValueError(str(e)) from None
 
 
-def verify_export(out, net, meta, *, selector: str = "pooled", size=None) -> dict:
+def verify_export(out, net, exported, *, selector: str = "pooled", size=None) -> dict:
     """The file written by :func:`export_net` against ``DepthPredictor(fast=False)`` on random
     inputs (:func:`check_export`, or :func:`check_onnx` in ONNX Runtime), with ``"ok"``: the same
     domains and the depth within the format's tolerance."""
-    protos = net.meta.get("prototypes")
-    if meta["format"] == "lifelong-monodepth-onnx":
+    protos = checkpoint_meta(net).prototypes
+    if exported["format"] == "lifelong-monodepth-onnx":
         res = check_onnx(out, net, protos, size)
         return dict(res, ok=res["same_domains"] and res["rel_rms_depth"] <= ONNX_TOLERANCE)
-    res = check_export(out, net, protos, meta, selector, size)
-    tolerance = 1e-4 if meta["precision"] == "float32" else 5e-2
+    res = check_export(out, net, protos, exported, selector, size)
+    tolerance = 1e-4 if exported["precision"] == "float32" else 5e-2
     return dict(res, ok=res["same_domains"] and res["max_rel_depth_error"] < tolerance)

@@ -56,6 +56,7 @@ from PIL import Image
 
 from base.domains import SENSORS, Intrinsics, get_domain
 from base.safeio import read_json
+from models.checkpoint import checkpoint_meta
 from inference.ood import fit_ood, ood_descriptor, ood_scores, ood_verdict
 from inference.prototypes import LDA_SHRINK, fit_lda, lda_distances, pooled_descriptor
 from base.images import image_tensor
@@ -198,16 +199,16 @@ def trained_camera(spec, scale: float = 1.0, data_root=None) -> Intrinsics | Non
     return cam.resized(*image.size)
 
 
-def head_cameras(meta: dict, letters, data_root=None) -> list:
+def head_cameras(meta, letters, data_root=None) -> list:
     """Per head, the camera it learned: the checkpoint's ``cameras``, else (older checkpoints)
     derived from the training options' data root (else ``data_root``) and scale, else the
-    registry's sensor."""
-    stored = meta.get("cameras")
+    registry's sensor. ``meta``: a checkpoint's metadata (dict or CheckpointMeta)."""
+    meta = checkpoint_meta(meta)
+    stored = meta.cameras
     if stored and len(stored) == len(letters):
         return [Intrinsics.from_dict(c) if c else None for c in stored]
-    options = meta.get("options") if isinstance(meta.get("options"), dict) else {}
-    scale = float(options.get("scale", 1.0) or 1.0)
-    root = options.get("data_root") or data_root
+    scale = meta.scale
+    root = meta.data_root or data_root
     out = []
     for c in letters:
         try:
@@ -590,7 +591,7 @@ class FramePipeline:
         stats = self.stats
         if not stats:  # an older checkpoint: its prototypes came from the first domain's input
             # crops, so the frame is scored as it was then (squeezed to that size), with no verdict
-            sizes = p.meta.get("input_sizes") or [selection_size(x.shape[-1], x.shape[-2], SELECT_AREA)]
+            sizes = checkpoint_meta(p).input_sizes or [selection_size(x.shape[-1], x.shape[-2], SELECT_AREA)]
             h, w = (int(v) for v in sizes[0])
             chosen, dists = p.select(p.trunk_features(resized(x, h, w)))
             return {"raw_head": int(chosen[0]), "distances": dists[0].float().cpu(), "ood": None,

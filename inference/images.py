@@ -23,7 +23,7 @@ from base.images import normalize
 from loaders import load_rgb
 from losses import upsample_to
 from base.errors import InputError
-from models.checkpoint import check_checkpoint_path, checkpoint_letters, default_scale
+from models.checkpoint import check_checkpoint_path, checkpoint_letters, checkpoint_meta, default_scale
 from inference.predictor import DepthPredictor, RuntimeOptions, build_predictor
 from inference.replay import replay_prototypes
 from inference.outputs import OUTPUT_SUFFIXES, is_output_name
@@ -274,7 +274,7 @@ class ImageOptions:
 
 def model_path(predictor: DepthPredictor) -> str:
     """The checkpoint a loaded predictor came from (load_checkpoint stores it), for messages."""
-    return str(predictor.meta.get("path") or "the loaded model")
+    return str(checkpoint_meta(predictor).path or "the loaded model")
 
 
 class Predictor:
@@ -302,7 +302,7 @@ class Predictor:
         self.forced = self._forced_head(options.domain, path)
         if self.forced is None and options.replay_root:
             self._replay_prototypes(options.replay_root, options.quiet)
-        elif self.forced is None and not meta.get("prototypes"):
+        elif self.forced is None and not checkpoint_meta(meta).prototypes:
             raise InputError(f"checkpoint {str(path)!r} stores no domain prototypes, so the domain cannot be "
                              f"chosen automatically; give --domain (one of {', '.join(self.letters)}) or "
                              f"--replay-root DIR to compute prototypes from replay data")
@@ -336,17 +336,8 @@ class Predictor:
     def _head_sizes_and_ranges(self, meta):
         """Per head, the input size (H, W) and the depth range (metres): the checkpoint's, else its
         domain's defaults."""
-        sizes = meta.get("input_sizes")
-        if sizes and len(sizes) == len(self.letters):
-            sizes = [tuple(int(v) for v in s) for s in sizes]
-        else:
-            sizes = [tuple(get_domain(c).input_size) for c in self.letters]
-        ranges = meta.get("depth_ranges")
-        if ranges and len(ranges) == len(self.letters):
-            ranges = [tuple(float(v) for v in r) for r in ranges]
-        else:
-            ranges = [(get_domain(c).min_depth, get_domain(c).max_depth) for c in self.letters]
-        return sizes, ranges
+        meta = checkpoint_meta(meta)
+        return meta.head_sizes(self.letters), meta.head_ranges(self.letters)
 
     def camera_of(self, path):
         """The ``inference.frames.CameraHint`` of the image file ``path`` (or an opened PIL image;

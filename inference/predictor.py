@@ -29,7 +29,7 @@ import torch
 from base.domains import clamp_depth
 from base.errors import InputError
 from models import load_checkpoint
-from models.checkpoint import check_checkpoint_path
+from models.checkpoint import check_checkpoint_path, checkpoint_meta
 from models.fast import PRECISIONS
 from models.fast import (TapSumConv2d, autocast_context, inference_copy, lowp_supported, prepare_input,
                          resolve_precision, trace_module)
@@ -182,7 +182,7 @@ class DepthPredictor:
 
     @property
     def domain_names(self) -> list[str]:
-        return list(self.meta.get("domains") or [f"domain{i}" for i in range(self.num_domains)])
+        return checkpoint_meta(self).domain_names(self.num_domains)
 
     # ---- the pieces ----------------------------------------------------------------------------
     def _autocast(self):
@@ -322,9 +322,10 @@ class DepthPredictor:
         from inference.frames import DEFAULT_FRAME_RULE, FramePipeline, head_anchors, head_cameras
         key = ("frames", mode, rule or DEFAULT_FRAME_RULE)
         if getattr(self, "_frames", None) is None or self._frames[0] != key:
-            letters = list(self.meta.get("letters") or self.domain_names)
-            self._frames = (key, FramePipeline(self, head_cameras(self.meta, letters), mode,
-                                               tiles=self.meta.get("input_sizes"), rule=key[2],
+            meta = checkpoint_meta(self)
+            letters = meta.letter_list or self.domain_names
+            self._frames = (key, FramePipeline(self, head_cameras(meta, letters), mode,
+                                               tiles=meta.input_sizes, rule=key[2],
                                                anchors=head_anchors(letters)))
         return self._frames[1]
 
@@ -355,8 +356,9 @@ class DepthPredictor:
         return out
 
     def depth_range(self, head: int):
-        """(min, max) metres of head ``head``: the checkpoint's ``depth_ranges``, else 0..inf."""
-        return (self.meta.get("depth_ranges") or [[0.0, float("inf")]] * self.num_domains)[head]
+        """(min, max) metres of head ``head``: the checkpoint's ``depth_ranges``, else 0..inf
+        (CheckpointMeta.depth_range)."""
+        return checkpoint_meta(self).depth_range(head, self.num_domains)
 
     def write_outputs(self, stem, result: dict, image=None, *, clamp: bool = True, colour_maps: bool = True,
                       max_depth: float | None = None, ply_stride: int = 1, warn=None):
@@ -381,7 +383,7 @@ class DepthPredictor:
         one InputError naming the heads it has otherwise."""
         if domain is None:
             return None
-        letters = list(self.meta.get("letters") or [])
+        letters = checkpoint_meta(self).letter_list
         names = self.domain_names
         heads = ", ".join(f"{i} = {letters[i]} ({n})" if i < len(letters) else f"{i} = {n}"
                           for i, n in enumerate(names))
@@ -488,7 +490,7 @@ def build_predictor(source, runtime: RuntimeOptions | None = None, device="cpu",
     net = source
     if not isinstance(source, torch.nn.Module):
         net = load_checkpoint(check_checkpoint_path(source), order=order)
-    protos = prototypes if prototypes is not None else net.meta.get("prototypes")
+    protos = prototypes if prototypes is not None else checkpoint_meta(net).prototypes
     if runtime.measure and measurable(keywords, device):
         choice = measured_backend(net, protos, selector, device, keywords.get("precision"))
         keywords = dict(keywords, backend=choice["backend"], precision=choice["precision"])
@@ -519,7 +521,7 @@ def probe_batch(meta: dict, letters) -> tuple:
     from base.images import image_tensor
     from data.synthetic import render_sample
     from models.checkpoint import default_scale
-    h, w = (int(v) for v in (meta.get("input_sizes") or [[228, 304]])[0])
+    h, w = checkpoint_meta(meta).example_size
     images, gts = [], []
     for c in letters:
         try:
@@ -542,8 +544,8 @@ def measured_backend(net, prototypes, selector, device, precision=None, *, timer
     backend and precision (only ``precision`` when one is asked for); reported once on stderr."""
     import sys
     from models import tuning
-    letters = list(net.meta.get("letters") or [])
-    h, w = (int(v) for v in (net.meta.get("input_sizes") or [[228, 304]])[0])
+    meta = checkpoint_meta(net)
+    letters, (h, w) = meta.letter_list, meta.example_size
     asked = None if precision in (None, "auto") else {"float32": "fp32", "bfloat16": "bf16"}.get(str(precision), str(precision))
     probe = {}
 

@@ -16,6 +16,7 @@ from tqdm import tqdm
 from base.errors import InputError
 from loaders import DatasetFormatError, get_dataset, get_loader
 from models import load_checkpoint
+from models.checkpoint import checkpoint_meta
 from inference.prototypes import DEFAULT_PROTO_IMAGES, AUTHORS_PROTO_IMAGES, LDA_PASSES, compute_authors_prototypes, compute_lda, compute_prototypes
 
 
@@ -104,15 +105,15 @@ def load_prototypes(net, letters, scale, device, *, data_root, replay_root=None,
     ``need_authors`` (from ``replay_root``, else ``data_root``; ``data_options``: the training
     transform's ScanNet resize and NYU rotation), and the lda selector's when ``need_lda`` and the
     checkpoint has none (or ``replay_root`` is given)."""
-    meta = net.meta
+    meta = checkpoint_meta(net)
     if replay_root:
         protos = replay_prototypes(net, letters, replay_root, scale, device, proto_images=proto_images,
                                    batch_size=batch_size, workers=workers, quiet=quiet)
         source = f"replay rows of {replay_root}"
-    elif meta.get("prototypes") or need_authors or need_lda:
-        protos, source = dict(meta.get("prototypes") or {}), "checkpoint"
+    elif meta.prototypes or need_authors or need_lda:
+        protos, source = meta.prototype_sets, "checkpoint"
     else:
-        raise InputError(f"checkpoint {str(meta.get('path'))!r} stores no domain prototypes (an authors' file, "
+        raise InputError(f"checkpoint {str(meta.path)!r} stores no domain prototypes (an authors' file, "
                          f"or a run saved without them); compute them from replay data with --replay-root DIR "
                          f"(a data root with replay_<domain>.csv, e.g. --replay-root {data_root})")
     root = replay_root or data_root
@@ -220,15 +221,16 @@ def add_frame_statistics(checkpoint, out, data_root, order=None, max_images=FRAM
     from inference.predictor import DepthPredictor
     from models import save_checkpoint
     net = checkpoint if isinstance(checkpoint, torch.nn.Module) else load_checkpoint(checkpoint, order=order)
-    letters = net.meta.get("letters") or order
-    cameras = head_cameras(net.meta, list(letters), data_root)
+    meta = checkpoint_meta(net)
+    letters = meta.letters or order
+    cameras = head_cameras(meta, list(letters), data_root)
     bar = tqdm(total=len(letters) * max_images, desc="frame statistics", unit="img", disable=quiet,
                dynamic_ncols=True, leave=False)
     # the product's own (fast) path computes the query features, so it computes these too
     stats = frame_statistics(DepthPredictor(net), letters, data_root, cameras, max_images=max_images, seed=seed,
                              progress=bar, max_area=max_area, options=options)
     bar.close()
-    protos = dict(net.meta.get("prototypes") or {})
+    protos = meta.prototype_sets
     protos["frames"] = stats
     save_checkpoint(out, net, prototypes=protos,
                     cameras=[c.as_dict() if c is not None else None for c in cameras])

@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from base.errors import InputError
 from .net import LifelongDepthNet
 from .resnet import ENCODERS
 
-__all__ = ["CheckpointError", "check_checkpoint_path", "checkpoint_letters", "default_scale", "check_finite", "check_letters", "check_meta", "check_values", "state_digest", "STATE_HASH", "save_checkpoint",
+__all__ = ["CheckpointMeta", "checkpoint_meta", "CheckpointError", "check_checkpoint_path", "checkpoint_letters", "default_scale", "check_finite", "check_letters", "check_meta", "check_values", "state_digest", "STATE_HASH", "save_checkpoint",
            "read_checkpoint", "load_checkpoint", "infer_encoder", "order_names", "register_domains",
            "domain_specs", "FORMAT", "VERSION"]
 
@@ -111,7 +112,7 @@ def register_domains(meta: dict, path) -> list:
     fields this code does not know (a newer file) are ignored, missing ones get their defaults (an
     older file)."""
     specs = []
-    for i, d in enumerate(meta.get("domain_specs") or []):
+    for i, d in enumerate(checkpoint_meta(meta).domain_specs or []):
         if not isinstance(d, dict) or d.get("name") in LETTER_NAMES.values():
             continue  # a built-in domain: this code's own description is the one to use
         fields = {k: v for k, v in d.items() if k in SPEC_FIELDS}
@@ -373,9 +374,9 @@ def _check_fit(net, state, path):
             f"{len(mismatched)} shape mismatch(es) {_preview(mismatched)}")
 
 
-def _domains(meta, order, n, path):
+def _domains(info, order, n, path):
     """Domain names/letters: the file's own (project format) or ``order`` or generic names."""
-    stored = meta.get("domains") if meta["format"] == FORMAT else None
+    stored = info.domains if info.format == FORMAT else None
     if order is not None:
         names, letters = order_names(order)
         if len(names) != n:
@@ -390,7 +391,7 @@ def _domains(meta, order, n, path):
         if len(names) != n:
             raise CheckpointError(f"checkpoint {path!r}: {len(names)} stored domain names "
                                   f"for {n} head(s)")
-        letters = meta.get("letters")
+        letters = info.letters
         if letters:
             check_letters(letters, names, path)
         return names, letters or order_names(names)[1]
@@ -416,8 +417,8 @@ def load_checkpoint(path, order=None, map_location="cpu", encoder=None):
     state, meta = read_checkpoint(path, map_location)
     path = os.fspath(path)
     n = _head_count(state, path)
-    check_meta(meta, n, path)
-    names, letters = _domains(meta, order, n, path)  # cheap checks before building the net
+    info = CheckpointMeta.from_dict(meta, path, heads=n)  # check_meta: the values fit n heads
+    names, letters = _domains(info, order, n, path)  # cheap checks before building the net
     for c in letters or "":
         try:
             dom.get_domain(c)
@@ -425,7 +426,7 @@ def load_checkpoint(path, order=None, map_location="cpu", encoder=None):
             raise CheckpointError(f"checkpoint {path!r}: its letter {c!r} names no domain this code knows "
                                   f"and the file carries no description of it ('domain_specs'); register "
                                   f"it (a domains.json in --data-root) or re-save the checkpoint") from None
-    name = encoder or meta.get("encoder") or infer_encoder(state)
+    name = encoder or info.encoder or infer_encoder(state)
     try:
         net = LifelongDepthNet(encoder=name, num_domains=n)
     except ValueError as e:  # e.g. an unknown stored encoder name
@@ -435,14 +436,180 @@ def load_checkpoint(path, order=None, map_location="cpu", encoder=None):
     net.load_state_dict(state, strict=True)
     if isinstance(map_location, (str, torch.device)):
         net.to(map_location)  # parameters live where the tensors were mapped
-    net.meta = dict(meta, domains=names, encoder=net.encoder_name, path=path,
-                    prototypes=meta.get("prototypes"))
-    if letters:
-        net.meta["letters"] = letters
+    info = info.updated(domains=names, encoder=net.encoder_name, path=path, prototypes=info.prototypes,
+                        **({"letters": letters} if letters else {}))
+    net.meta = info.to_dict()  # a plain dict (the API's, and save_checkpoint's starting point)
     return net.eval()
 
 
 # ----- what a loaded checkpoint says about itself ------------------------------------------
+DEFAULT_INPUT_SIZE = (228, 304)  # NYU's input (H, W): the example size where a file stores none
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointMeta:
+    """The metadata beside a checkpoint's state_dict, typed: one field per key the code reads, its
+    default (what an authors' file, which stores none, or an older project file means) given here
+    and nowhere else. :meth:`from_dict` builds it (validating, on load), :func:`checkpoint_meta`
+    views a loaded network's ``net.meta`` through it, :meth:`to_dict` gives back the stored keys
+    (the on-disk format is the dict: this object adds no key and drops none, ``extra`` holds the
+    keys it does not type)."""
+    format: str = AUTHORS
+    """"lifelong-monodepth" (a project file) or "authors" (a released state_dict, no metadata)."""
+    version: int | None = None
+    """The project format's version (VERSION); None in an authors' file."""
+    state_sha256: str | None = None
+    """SHA-256 of the weights at save (state_digest), verified on read; None: not stored."""
+    encoder: str | None = None
+    """The encoder's name (models.resnet.ENCODERS); None: inferred from the weights' layout."""
+    domains: list | None = None
+    """The heads' domain names in learning order (a loaded net always has them: domain0... where
+    the file does not say); None: not stored."""
+    letters: str | None = None
+    """The heads' domain letters in learning order ("NKS"); None: not stored (an authors' file, a
+    custom name without a letter, a shared head)."""
+    domain_specs: list | None = None
+    """Every head's full domain description (DomainSpec.to_dict), so custom domains travel."""
+    trained_letters: str | None = None
+    """The order the run trained on (the letters of a shared-head run, which has one head)."""
+    strategy: str | None = None
+    """The training strategy ("ours", "joint", ...); None: not stored (an authors' file)."""
+    shared_head: bool = False
+    """Whether one head serves every trained domain."""
+    options: dict = dataclasses.field(default_factory=dict)
+    """The training options (engine.options.StageOptions as a dict); {} where none are stored."""
+    depth_ranges: list | None = None
+    """Per head [min, max] metres; None: not stored."""
+    input_sizes: list | None = None
+    """Per head the training input [H, W] in pixels; None: not stored."""
+    cameras: list | None = None
+    """Per head the camera it learned (inference.frames.Camera.as_dict, or None); None: not stored."""
+    prototypes: dict | None = None
+    """The domain prototypes by kind ("pooled", "map", "lda", "frames", ...); None: not stored."""
+    uncertainty_calibration: dict | None = None
+    """The uncertainty calibration record (base.uncertainty, CALIBRATION_KEY); None: not stored."""
+    path: str | None = None
+    """The file it was loaded from (set by load_checkpoint, never saved)."""
+    extra: dict = dataclasses.field(default_factory=dict)
+    """Every other stored key, kept as it is (written back by to_dict)."""
+    stored: frozenset = frozenset()
+    """The typed keys the source dict held (to_dict writes these and ``extra``, nothing else)."""
+
+    @classmethod
+    def from_dict(cls, meta, path=None, heads: int | None = None) -> "CheckpointMeta":
+        """The typed metadata of ``meta`` (a checkpoint's dict beside the state_dict, or a loaded
+        net's ``net.meta``); with ``heads``, validated for a ``heads``-head model first
+        (:func:`check_meta`, CheckpointError naming ``path`` and the entry)."""
+        if isinstance(meta, CheckpointMeta):
+            return meta
+        meta = dict(meta or {})
+        if heads is not None:
+            check_meta(meta, heads, path if path is not None else meta.get("path"))
+        typed = {k: meta[k] for k in _TYPED if k in meta}
+        if not isinstance(typed.get("options", {}), dict):
+            typed["options"] = {}  # a damaged entry reads as none stored
+        return cls(**typed, extra={k: v for k, v in meta.items() if k not in _TYPED},
+                   stored=frozenset(k for k in _TYPED if k in meta))
+
+    def updated(self, **values) -> "CheckpointMeta":
+        """A copy with ``values`` set (and stored: to_dict writes them)."""
+        return dataclasses.replace(self, **values, stored=self.stored | set(values))
+
+    def to_dict(self) -> dict:
+        """The keys it was built from, with their values (the dict save_checkpoint writes)."""
+        out = {k: getattr(self, k) for k in _TYPED if k in self.stored}
+        out.update(self.extra)
+        return out
+
+    # ---- what the fields mean where the file does not say (one rule each) --------------------
+    @property
+    def authors(self) -> bool:
+        """An authors' file: its heads named only by the learning order (no stored letters)."""
+        return not self.letters and self.format == AUTHORS
+
+    @property
+    def scale(self) -> float:
+        """The training scale (options.scale), else 1.0 (an authors' file: the full-size inputs)."""
+        value = self.options.get("scale")
+        try:
+            return float(value) if value else 1.0
+        except (TypeError, ValueError):
+            return 1.0
+
+    @property
+    def data_root(self) -> str | None:
+        """The data root the model was trained on (options.data_root), None where not stored."""
+        return self.options.get("data_root") or None
+
+    def domain_names(self, heads: int) -> list:
+        """The heads' domain names: the stored ones, else domain0, domain1, ..."""
+        return list(self.domains or [f"domain{i}" for i in range(heads)])
+
+    @property
+    def letter_list(self) -> list:
+        """The stored letters as a list ([] where none are stored)."""
+        return list(self.letters or "")
+
+    @property
+    def example_size(self) -> tuple:
+        """(H, W) of the first head's stored input, else DEFAULT_INPUT_SIZE: the size an example
+        input (export, probe, benchmark) takes."""
+        h, w = (self.input_sizes or [DEFAULT_INPUT_SIZE])[0]
+        return int(h), int(w)
+
+    def depth_range(self, head: int, heads: int) -> tuple:
+        """(min, max) metres of ``head`` as stored, else (0, inf): nothing to clamp to
+        (DepthPredictor.predict_image's interval; predict.py's heads use :meth:`head_ranges`)."""
+        lo, hi = (self.depth_ranges or [[0.0, float("inf")]] * heads)[head]
+        return lo, hi
+
+    def head_sizes(self, letters) -> list:
+        """Per head of ``letters``, the input (H, W): the stored sizes when there is one per head,
+        else each domain's registered input size."""
+        sizes = self.input_sizes
+        if sizes and len(sizes) == len(letters):
+            return [tuple(int(v) for v in s) for s in sizes]
+        return [tuple(dom.get_domain(c).input_size) for c in letters]
+
+    def head_ranges(self, letters) -> list:
+        """Per head of ``letters``, (min, max) metres: the stored ranges when there is one per head,
+        else each domain's registered range."""
+        ranges = self.depth_ranges
+        if ranges and len(ranges) == len(letters):
+            return [tuple(float(v) for v in r) for r in ranges]
+        return [(dom.get_domain(c).min_depth, dom.get_domain(c).max_depth) for c in letters]
+
+    @property
+    def prototype_sets(self) -> dict:
+        """The stored prototypes by kind ({} where none are stored)."""
+        return dict(self.prototypes or {})
+
+    @property
+    def frame_statistics(self) -> dict:
+        """The frame pipeline's selector statistics (prototypes["frames"]: thresholds, ood, ...),
+        {} where none are stored."""
+        return dict(self.prototype_sets.get("frames") or {})
+
+    @property
+    def calibration(self) -> dict:
+        """The stored uncertainty calibration record, {} where none is stored."""
+        record = self.uncertainty_calibration
+        return record if isinstance(record, dict) else {}
+
+
+_TYPED = tuple(f.name for f in dataclasses.fields(CheckpointMeta) if f.name not in ("extra", "stored"))
+
+
+def checkpoint_meta(source) -> CheckpointMeta:
+    """The typed metadata of ``source``: a loaded network or a predictor (their ``.meta``), a
+    metadata dict, or a CheckpointMeta. No validation (load_checkpoint validated it): a view."""
+    if isinstance(source, CheckpointMeta):
+        return source
+    if not isinstance(source, Mapping) and source is not None:
+        source = getattr(source, "meta", None)
+    return CheckpointMeta.from_dict(source)
+
+
 def check_checkpoint_path(path, what="checkpoint") -> Path:
     """``path`` as a Path when it is a file, else CheckpointError saying how to make one."""
     path = Path(path)
@@ -456,12 +623,11 @@ def check_checkpoint_path(path, what="checkpoint") -> Path:
 def checkpoint_letters(meta: dict, path) -> str:
     """The learning order of a loaded checkpoint as domain letters (one per head); CheckpointError
     when the file does not say (an authors' file loaded without ``order``)."""
-    letters = meta.get("letters")
-    if letters:
-        return "".join(letters)
-    names = meta.get("domains") or []
-    if meta.get("format", "authors") == "authors" or not names or \
-            all(str(n).startswith("domain") for n in names):
+    info = checkpoint_meta(meta)
+    if info.letters:
+        return "".join(info.letters)
+    names = info.domains or []
+    if info.format == AUTHORS or not names or all(str(n).startswith("domain") for n in names):
         stem = Path(path).name.split(".")[0].split("_")[0]
         example = stem if stem.isalpha() and stem.isupper() else "NKS"
         raise CheckpointError(f"checkpoint {str(path)!r} does not say which domain each head belongs to (an "
@@ -473,10 +639,6 @@ def checkpoint_letters(meta: dict, path) -> str:
         raise CheckpointError(f"checkpoint {str(path)!r}: {e}") from None
 
 
-def default_scale(meta: dict) -> float:
-    """The checkpoint's training scale (options.scale of the project format), else 1.0."""
-    options = meta.get("options") or {}
-    try:
-        return float(options.get("scale", 1.0)) if isinstance(options, dict) else 1.0
-    except (TypeError, ValueError):
-        return 1.0
+def default_scale(meta) -> float:
+    """The checkpoint's training scale (CheckpointMeta.scale: options.scale, else 1.0)."""
+    return checkpoint_meta(meta).scale

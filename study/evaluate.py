@@ -17,6 +17,7 @@ from loaders import split_validation
 from base.domains import get_domain
 from evaluation.evaluate import DomainEvaluator, EvalOptions, evaluate_domains, load_test_splits
 from evaluation.selection import SelectionOptions, selection_benchmark
+from models.checkpoint import checkpoint_meta
 from inference.predictor import RuntimeOptions, build_predictor
 from loaders import get_dataset, get_loader
 
@@ -42,10 +43,10 @@ def cached(s, ckpt: Path, settings: dict, kind: str = "test"):
 
 def checkpoint_domains(net) -> tuple[str, bool]:
     """(the domains a checkpoint learned, in order; whether one head serves them all)."""
-    meta = net.meta
-    if meta.get("shared_head") or not meta.get("letters"):
-        return "".join(meta.get("trained_letters") or ""), True
-    return "".join(meta["letters"]), False
+    meta = checkpoint_meta(net)
+    if meta.shared_head or not meta.letters:
+        return "".join(meta.trained_letters or ""), True
+    return "".join(meta.letters), False
 
 
 @torch.no_grad()
@@ -70,7 +71,7 @@ def study_results(ckpt: Path, s) -> dict:
                for c, r in runs.items()}
     out = {"checkpoint": str(ckpt), "checkpoint_mtime_ns": ckpt.stat().st_mtime_ns, "settings": settings,
            "letters": letters, "shared_head": shared, "selector": predictor.selector if select else None,
-           "strategy": predictor.meta.get("strategy"), "seconds": round(time.time() - t0, 2),
+           "strategy": checkpoint_meta(predictor).strategy, "seconds": round(time.time() - t0, 2),
            "results": results}
     write_json(cache_path(s, ckpt), out)
     return out

@@ -116,14 +116,14 @@ class Report:
     # ---- setup -------------------------------------------------------------------------------
     def setup(self):
         s = self.s
-        meta = read_json(Path(s.data_root) / "meta.json") or {}
-        counts = {d.get("letter"): d.get("counts") for d in (meta.get("domains") or {}).values()}
+        data_meta = read_json(Path(s.data_root) / "meta.json") or {}
+        counts = {d.get("letter"): d.get("counts") for d in (data_meta.get("domains") or {}).values()}
         data = "; ".join(f"{c}: {(counts.get(c) or {}).get('train', '?')} train / "
                          f"{(counts.get(c) or {}).get('test', '?')} test rows" for c in s.letters)
         first_job = next(iter(self.plan.ordered()), None)
         self.add("## Setup", "",
                  f"- Data: `{s.data_root}` (`python3 synthetic.py {' '.join(SYNTHETIC_COMMAND(s))} --out "
-                 f"{s.data_root}`; synthetic: {meta.get('synthetic', '?')}); {data}. The engine holds "
+                 f"{s.data_root}`; synthetic: {data_meta.get('synthetic', '?')}); {data}. The engine holds "
                  f"{s.val_images} training rows per domain out for validation (outside the replay CSV, "
                  f"val seed 0, the same rows in every stage); the test split is used only for reported numbers.",
                  f"- Model: `{s.encoder}` from random weights (no ImageNet file offline), MFF, one depth + "
