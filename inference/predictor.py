@@ -356,8 +356,8 @@ class DepthPredictor:
         return out
 
     def depth_range(self, head: int):
-        """(min, max) metres of head ``head``: the checkpoint's ``depth_ranges``, else 0..inf
-        (CheckpointMeta.depth_range)."""
+        """(min, max) metres of head ``head``: the checkpoint's ``depth_ranges``, else the head's
+        domain's registered range, as predict.py clamps (CheckpointMeta.depth_range)."""
         return checkpoint_meta(self).depth_range(head, self.num_domains)
 
     def write_outputs(self, stem, result: dict, image=None, *, clamp: bool = True, colour_maps: bool = True,

@@ -558,10 +558,24 @@ class CheckpointMeta:
         return int(h), int(w)
 
     def depth_range(self, head: int, heads: int) -> tuple:
-        """(min, max) metres of ``head`` as stored, else (0, inf): nothing to clamp to
-        (DepthPredictor.predict_image's interval; predict.py's heads use :meth:`head_ranges`)."""
+        """(min, max) metres of ``head`` of ``heads``: :meth:`head_ranges`' rule (the stored range, else
+        its domain's registered range, as predict.py, the streams and the demo clamp), and (0, inf)
+        only where the file does not say which domain each head is (nothing to clamp to)."""
+        letters = self.known_letters()
+        if len(letters) == heads:
+            return self.head_ranges(letters)[head]
         lo, hi = (self.depth_ranges or [[0.0, float("inf")]] * heads)[head]
-        return lo, hi
+        return float(lo), float(hi)
+
+    def known_letters(self) -> list:
+        """The heads' domain letters: stored, else from the stored domain names where every one is
+        a registered domain; [] where the file does not say (an authors' file loaded without order)."""
+        if self.letters:
+            return list(self.letters)
+        try:
+            return [dom.get_domain(n).letter for n in self.domains or []]
+        except ValueError:
+            return []
 
     def head_sizes(self, letters) -> list:
         """Per head of ``letters``, the input (H, W): the stored sizes when there is one per head,

@@ -194,3 +194,16 @@ def test_no_module_reads_checkpoint_metadata_by_hand():
             bad[rel.as_posix()] = sorted(set(reads))
     assert not bad, ("read the checkpoint metadata through models.checkpoint.checkpoint_meta / "
                      f"CheckpointMeta (one default per key), not by hand: {bad}")
+
+
+def test_an_authors_file_is_clamped_alike_on_every_path(files):
+    """A file that stores no depth ranges (the authors'): predict.py's Predictor and the API's
+    DepthPredictor (predict_image's intervals, write_outputs) clamp each head to its domain's
+    registered range; before, the API's rule was 0..inf, so its depths went unclamped."""
+    from inference.images import ImageOptions, Predictor
+    from inference.predictor import RuntimeOptions
+    path = files / "NK_authors.pth.tar"
+    model = Predictor(path, ImageOptions(domain="N", quiet=True), runtime=RuntimeOptions(fast=False), order="NK")
+    specs = [get_domain(c) for c in "NK"]
+    assert [tuple(model.ranges[i]) for i in range(2)] == [(s.min_depth, s.max_depth) for s in specs]
+    assert [model.predictor.depth_range(i) for i in range(2)] == [tuple(model.ranges[i]) for i in range(2)]
