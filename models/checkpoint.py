@@ -7,12 +7,12 @@ Two on-disk formats are read:
 * the project format: a plain dict with ``state_dict`` plus metadata, ``"format":
   "lifelong-monodepth"``, ``"version": 1`` (see docs/DESIGN.md).
 """
-import argparse
 import dataclasses
 import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -239,8 +239,12 @@ def _rows(value):
 
 
 def _plain(obj):
-    """Namespaces, paths and numpy values -> plain Python, which ``weights_only`` loading accepts."""
-    if isinstance(obj, argparse.Namespace):
+    """Options objects (a settings dataclass, a namespace of a user's script), paths and numpy values
+    -> plain Python, which ``weights_only`` loading accepts. A namespace is recognised by its shape
+    (argparse's ``_get_kwargs``, or ``types.SimpleNamespace``), so the library needs no command line."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        obj = dataclasses.asdict(obj)
+    elif isinstance(obj, SimpleNamespace) or callable(getattr(obj, "_get_kwargs", None)):
         obj = vars(obj)
     if isinstance(obj, dict):
         return {k: _plain(v) for k, v in obj.items()}

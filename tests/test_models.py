@@ -268,6 +268,13 @@ def test_save_makes_options_loadable(tmp_path):
     _, meta = read_checkpoint(tmp_path / "c.pth")
     assert meta["options"] == {"data_root": "datasets/x", "lr": 1e-4, "size": (228, 304)}
     assert meta["depth_ranges"] == [[0.001, 10.0]]
+    # a settings dataclass and a types.SimpleNamespace store the same plain dict
+    import dataclasses
+    from types import SimpleNamespace
+    Opts = dataclasses.make_dataclass("Opts", ["data_root", "lr", "size"])
+    for k, other in enumerate((Opts(Path("datasets/x"), np.float64(1e-4), (228, 304)), SimpleNamespace(**vars(opts)))):
+        save_checkpoint(tmp_path / f"d{k}.pth", net, options=other)
+        assert read_checkpoint(tmp_path / f"d{k}.pth")[1]["options"] == meta["options"]
 
 
 def test_interrupted_save_keeps_old_file(tmp_path, monkeypatch):
