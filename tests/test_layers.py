@@ -194,3 +194,28 @@ def test_every_entry_script_answers_help():
     import json
     for name, (code, text) in json.loads(done.stdout.splitlines()[-1]).items():
         assert code == 0 and text.startswith("usage:") and "--help" in text, (name, code, text[:300])
+
+
+
+def imports_argparse(path: Path) -> list:
+    """Line numbers of ``import argparse`` / ``from argparse import ...`` in ``path``."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return [n.lineno for n in ast.walk(tree)
+            if (isinstance(n, ast.Import) and any(a.name == "argparse" for a in n.names))
+            or (isinstance(n, ast.ImportFrom) and n.module == "argparse")]
+
+
+@pytest.mark.parametrize("path", [p for p in project_files() if p.relative_to(ROOT).parts[0] in PACKAGES
+                                  and p.relative_to(ROOT).parts[0] != "cli"],
+                         ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_command_line_below_the_commands(path):
+    """argparse (parsers, Namespaces) lives in cli/, the entry scripts and bench/ only: the library
+    below takes settings objects (issue 41)."""
+    hits = imports_argparse(path)
+    assert not hits, f"{path.relative_to(ROOT)} imports argparse at line(s) {hits}; parse in cli/"
+
+
+def test_the_argparse_check_sees_an_import(tmp_path):
+    f = tmp_path / "m.py"
+    f.write_text("import os\nfrom argparse import Namespace\n")
+    assert imports_argparse(f) == [2]
