@@ -55,7 +55,6 @@ def run_cell(precision: str, seed: int, args, log) -> Path:
 def whole_frames(checkpoint: Path, data_root: Path, frames: int) -> dict:
     """Head choice and out-of-domain verdicts on the first ``frames`` test files per domain as on
     disk, through predict.py's path (automatic head, depth not needed beyond what selection runs)."""
-    import numpy as np  # noqa: F401  (loaded by the predictor anyway)
     from inference import images as P
     from loaders import get_dataset
     model = P.Predictor(str(checkpoint), P.ImageOptions(quiet=True), device="cpu")
