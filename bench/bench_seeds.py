@@ -15,7 +15,9 @@ calibrated 90 % and 50 % intervals, and the quickstart's wall and CPU time.
 
 The decision rule (issue 38): a candidate precision may become a CPU kind's default where, on every
 figure, its mean over seeds lies within float32's seed-to-seed range (min..max), and its selection
-is >= 99 % on every seed (or no worse than float32's where float32 itself misses 99 %).
+is >= 99 % on every seed (or no worse than float32's where float32 itself misses 99 %). Printed
+twice: strictly (a mean better than every float32 seed fails too) and one-sided (only a mean worse
+than float32's worst seed fails; coverage counts as its distance to the nominal level).
 """
 from __future__ import annotations
 
@@ -98,15 +100,31 @@ def cell_figures(out: Path, data_root: Path, frames: int) -> dict:
     return fig
 
 
-def verdict(cells: dict, candidate: str, base: str = "fp32") -> list[str]:
-    """Why ``candidate`` may not be the default (empty: it may): the rule of the module docstring."""
+def badness(name: str, value: float) -> float:
+    """A figure turned so that lower is better: errors and forgetting as they are, delta1 negated,
+    an interval's coverage as its distance to the nominal level."""
+    if name.startswith("delta1"):
+        return -value
+    if name.startswith("coverage"):
+        return abs(value - int(name.split()[0][len("coverage"):]) / 100)
+    return value
+
+
+def verdict(cells: dict, candidate: str, base: str = "fp32", one_sided: bool = False) -> list[str]:
+    """Why ``candidate`` may not be the default (empty: it may): the rule of the module docstring.
+    ``one_sided``: a mean better than every ``base`` seed passes too (only "worse than float32's
+    worst seed" fails); the strict rule (False) asks the mean to lie inside the range."""
     if base not in cells or candidate not in cells:
         return [f"no runs of {base} or {candidate}"]
     why = []
     for name in FIGURES:
         ref = [f[name] for f in cells[base].values()]
         mean = statistics.mean(f[name] for f in cells[candidate].values())
-        if not min(ref) - 1e-9 <= mean <= max(ref) + 1e-9:
+        if one_sided:
+            worst = max(badness(name, v) for v in ref)
+            if badness(name, mean) > worst + 1e-9:
+                why.append(f"{name}: mean {mean:.4f} worse than {base}'s worst seed ({min(ref):.4f}..{max(ref):.4f})")
+        elif not min(ref) - 1e-9 <= mean <= max(ref) + 1e-9:
             why.append(f"{name}: mean {mean:.4f} outside {base}'s {min(ref):.4f}..{max(ref):.4f}")
     bar = min(0.99, min(f["selection frames"] for f in cells[base].values()),
               min(f["selection crops"] for f in cells[base].values()))
@@ -173,9 +191,11 @@ def main(argv=None) -> int:
     result = {"cells": {p: {str(s): f for s, f in v.items()} for p, v in cells.items()}, "decisions": {}}
     for cand in precisions:
         if cand != "fp32":
-            why = verdict(cells, cand)
-            result["decisions"][cand] = why
-            print(f"\n{cand} as the default: " + ("meets the rule" if not why else "fails: " + "; ".join(why)))
+            for rule, one_sided in (("strict (mean inside fp32's range)", False),
+                                    ("one-sided (mean no worse than fp32's worst seed)", True)):
+                why = verdict(cells, cand, one_sided=one_sided)
+                result["decisions"].setdefault(cand, {})[rule] = why
+                print(f"\n{cand} as the default, {rule}: " + ("meets the rule" if not why else "fails: " + "; ".join(why)))
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "seeds.json").write_text(json.dumps(result, indent=1))
     return 0

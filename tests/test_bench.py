@@ -167,3 +167,13 @@ def test_seed_table_decides_by_fp32s_spread_and_selection():
                             {("fp32", 0): 0.975, ("bf16", 2): 0.975})
     assert S.verdict(both_miss, "bf16") == []
     assert S.verdict(_seed_cells({"fp32": [1.0]}), "bf16") == ["no runs of fp32 or bf16"]
+
+
+def test_seed_table_one_sided_rule_passes_better_and_fails_worse():
+    import bench_seeds as S
+    better = _seed_cells({"fp32": [1.0, 1.2, 1.1], "bf16": [0.8, 0.8, 0.8]})
+    strict, one_sided = S.verdict(better, "bf16"), S.verdict(better, "bf16", one_sided=True)
+    # errors lower than every fp32 seed fail only the strict rule; delta1 and coverage read the other way
+    assert strict and len(strict) == len(S.FIGURES)
+    assert sorted(w.split(":")[0] for w in one_sided) == sorted(n for n in S.FIGURES if n.startswith("delta1"))
+    assert S.badness("coverage90 N", 0.88) == pytest.approx(0.02) and S.badness("delta1 K", 0.7) == -0.7
