@@ -119,12 +119,11 @@ def cpu_kind() -> str:
 
 
 # The training precision that ``--precision auto`` picks on each CPU kind (engine.processes.amp_settings).
-# bf16 autocast trains faster than float32 where bf16 is native (AMX, AVX512-BF16; docs/BENCHMARKS.md,
-# "The training step: where the time goes"), but it is
-# the default only where a seed table shows the same model quality (issue "the quickstart in 8
-# minutes": mean over >= 3 seeds within float32's seed spread on every figure, head selection >= 99 %
-# on every seed). No such table exists yet (one bf16 quickstart seed chose the right head for 97.5 %
-# of its test images), so every kind stays float32; a kind is switched here, in one place.
+# bf16 autocast trains faster than float32 where bf16 is native (AMX, AVX512-BF16), but a kind is switched
+# only where a seed table shows the same model quality (bench/bench_seeds.py: mean over >= 3 seeds no
+# worse than float32's seed spread on every figure, head selection >= 99 % on every seed). The table
+# (docs/BENCHMARKS.md, "The seed table") found bf16's N RMSE worse than every float32 seed's, so every
+# kind stays float32; a kind is switched here, in one place.
 TRAINING_PRECISION = {"amx": "fp32", "avx512_bf16": "fp32", "avx512": "fp32", "avx2": "fp32", "other": "fp32"}
 
 
