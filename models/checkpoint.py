@@ -487,7 +487,7 @@ class CheckpointMeta:
     input_sizes: list | None = None
     """Per head the training input [H, W] in pixels; None: not stored."""
     cameras: list | None = None
-    """Per head the camera it learned (inference.frames.Camera.as_dict, or None); None: not stored."""
+    """Per head the camera it learned (base.domains.Intrinsics.as_dict, or None); None: not stored."""
     prototypes: dict | None = None
     """The domain prototypes by kind ("pooled", "map", "lda", "frames", ...); None: not stored."""
     uncertainty_calibration: dict | None = None
@@ -574,11 +574,9 @@ class CheckpointMeta:
     def known_letters(self) -> list:
         """The heads' domain letters: stored, else from the stored domain names where every one is
         a registered domain; [] where the file does not say (an authors' file loaded without order)."""
-        if self.letters:
-            return list(self.letters)
-        try:
-            return [dom.get_domain(n).letter for n in self.domains or []]
-        except ValueError:
+        try:  # checkpoint_letters' rule, without its error
+            return list(checkpoint_letters(self, self.path or "checkpoint"))
+        except CheckpointError:
             return []
 
     def head_sizes(self, letters) -> list:
