@@ -229,13 +229,13 @@ def real_height_frames(n: int, scale: float, seed: int = 0) -> list:
 
 
 def real_height_benchmark(model, args, log=print) -> dict:
-    """Item 9 of issue 36: K-like frames of KITTI's raw height through the K head: the windowed
-    rule, tiles with the K head's bottom anchoring, and tiles blended as before."""
+    """Item 9 of issue 36: K-like frames of KITTI's raw height through the K head under every frame
+    rule (``inference.frames.FRAME_RULES``: the fitted pass, tiles blended, tiles with the K head's
+    bottom anchoring, the windowed pass)."""
     d = model.letters.index("K")
     p = model.predictor
-    pipes = {"windowed": p.frame_pipeline("resample", "windowed"),
-             "tiled-anchored (bottom tile)": p.frame_pipeline("resample", "tiled-anchored"),
-             "tiled (default, as before)": p.frame_pipeline("resample", "tiled")}
+    from inference.frames import DEFAULT_FRAME_RULE, FRAME_RULES
+    pipes = {(f"{r} (default)" if r == DEFAULT_FRAME_RULE else r): p.frame_pipeline("resample", r) for r in FRAME_RULES}
     frames = real_height_frames(args.real_height, default_scale(p.meta))
     ev = {k: DomainEvaluator(get_domain("K"), crop="default", cap=True) for k in pipes}
     size = None

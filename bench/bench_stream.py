@@ -236,9 +236,9 @@ def write_video(path, files, n, fps=10):
 # the K head forced (on the quickstart model the automatic choice rarely picks K for these frames,
 # so only the forced run measures the network at K's input size)
 THROUGHPUT_CASES = (("N", None), ("K", None), ("K", "K"))
-# predict.py's options of each variant: the default, the rule before issue 35 (tiles, selection on
-# every frame), the one-pass windowed rule
-VARIANTS = {"now": (), "before": ("--frame-rule", "tiled", "--reselect", "0"),
+# predict.py's options of each variant: the default (the fitted pass), the tiles (the default until
+# the fitted pass), the rule before issue 35 (tiles, selection on every frame), the windowed pass
+VARIANTS = {"now": (), "tiled": ("--frame-rule", "tiled"), "before": ("--frame-rule", "tiled", "--reselect", "0"),
             "windowed": ("--frame-rule", "windowed")}
 
 
@@ -321,7 +321,7 @@ def build_parser():
     p.add_argument("--transition", type=int, default=2, help="cross-faded frames between segments")
     p.add_argument("--streams", type=int, default=5, help="streams drawn (seeds 0..n-1)")
     p.add_argument("--throughput", action="store_true", help="also measure frames/s of predict.py on videos "
-                   "(the default, the rule before and the windowed rule, interleaved)")
+                   "(the default fitted pass, the tiles, the rule before and the windowed pass, interleaved)")
     p.add_argument("--reselect", type=float, default=GATE_THRESHOLD,
                    help="predict.py's --reselect replayed on the streams (the selection tables with it)")
     p.add_argument("--frames", type=int, default=40, help="frames per throughput video")

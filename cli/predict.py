@@ -59,6 +59,7 @@ from cli.options import (HelpFormatter, add_checkpoint_arguments, add_runtime_ar
 from engine.processes import resolve_device
 from base.domains import get_domain
 from base.safeio import write_json
+from inference.frames import FRAME_RULES
 from inference.known_depth import describe_fit, known_depth_file, read_known_depth
 from inference.predictor import predictor_settings
 from inference.images import (ImageOptions, Predictor, collect_inputs, make_out_dir, output_stems, parse_intrinsics,
@@ -262,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ply-stride", type=int, default=1, help="keep every N-th pixel in x and y for --ply")
     add_image_argument(p, "--fov")
     add_image_argument(p, "--camera-mode", choices=("resample", "rescale"))
-    add_image_argument(p, "--frame-rule", choices=("tiled", "tiled-anchored", "windowed"))
+    add_image_argument(p, "--frame-rule", choices=FRAME_RULES)
     add_image_argument(p, "--max-pixels", type=checked_type(parse_max_pixels))
     add_interval_argument(p)
     p.add_argument("--known-depth", default=None, metavar="FILE",

@@ -75,7 +75,7 @@ def fit_frame_uncertainty(net, opts, device, cameras, previous=None, fit_heads=N
     net.eval()
     try:
         pipe = stage_pipeline(net, cameras, [list(scaled_size(s.input_size, opts.scale)) for s in specs],
-                              device=device)
+                              device=device, letters=opts.order)
         return calibrate_frames(pipe, opts.order, opts.data_root, val_images=opts.val_images,
                                 val_seed=opts.val_seed, depth_ranges=[(s.min_depth, s.max_depth) for s in specs],
                                 fit_heads=fit_heads, previous=previous, fitted_at=opts.order,

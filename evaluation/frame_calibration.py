@@ -70,11 +70,14 @@ def frames_pixels(pipeline, rows, head: int, depth_range, rules, progress=None) 
     return out
 
 
-def stage_pipeline(net, cameras, input_sizes, device="cpu"):
-    """The frame pipeline of a network being trained (its meta may not carry cameras yet)."""
-    from inference.frames import FramePipeline
+def stage_pipeline(net, cameras, input_sizes, device="cpu", letters=None):
+    """The frame pipeline of a network being trained (its meta may not carry cameras yet), with the
+    default frame rule and, given the heads' ``letters``, where their training crops lay (the
+    product's pipeline: ``DepthPredictor.frame_pipeline``)."""
+    from inference.frames import FramePipeline, head_anchors
     from inference.predictor import DepthPredictor
-    return FramePipeline(DepthPredictor(net, device=device), cameras, tiles=input_sizes)
+    anchors = head_anchors(letters) if letters else None
+    return FramePipeline(DepthPredictor(net, device=device), cameras, tiles=input_sizes, anchors=anchors)
 
 
 def calibrate_frames(pipeline, letters: str, data_root, *, val_images: int, val_seed: int, depth_ranges,

@@ -24,19 +24,24 @@ One rule, used by predict.py, the streams (inference/stream.py), the demo and
    the head's (``mode="resample"``, the default; ``"rescale"`` keeps the frame's pixels and
    multiplies the depth by the focal ratio: measured worse, bench/bench_frames.py), capped at
    ``MAX_PIXELS`` (then the rest of the focal ratio goes into the depth). Up to the head's training
-   input size it runs in one pass. A larger input (the network's channel attention pools over its
-   whole input, so a head must see the extent it was trained on; ``FramePipeline.depth``), by the
-   frame rule (``FRAME_RULES``, predict.py's ``--frame-rule``): ``tiled`` (the default) in
-   overlapping tiles of that size, blended; ``tiled-anchored`` the same, the rows a
-   bottom-anchored head (KITTI's crops keep the bottom of the frame; ``head_anchors``) saw in
-   training from its bottom tile (measured mixed on K: RMSE better, AbsRel worse);
-   ``windowed`` in one pass with the fusion's attention pooled over windows of the training extent
-   (``models.modules.Windows``, the trained weights unchanged; sharing the selection pass's
-   encoder when both inputs match): cheaper, as accurate as one global pass (so the
-   attention's pooling is not what makes tiles better), on K less accurate than tiles: not the
-   default. Measured in docs/BENCHMARKS.md#frame-rule. Inputs are not padded to the stride
-   (replicate padding raised AbsRel, and whole K frames in one pass were worse than tiles:
-   docs/BENCHMARKS.md#frames); the network takes any size, as in training (240 and 114 are no
+   input size it runs in one pass. A larger input, by the frame rule (``FRAME_RULES``, predict.py's
+   ``--frame-rule``): ``fitted`` (the default, ``fit_plan``) in one pass at the head's training
+   geometry: the heads are best on inputs of the very size they learned, above all in rows (a K-like
+   input of 176 rows through a head trained on 160 lost 10-21 % AbsRel in one pass; full-width
+   passes of 160 rows matched the tiles), so a side up to ``FIT_CROP`` longer than the training side
+   is cropped to it (the thin border takes the nearest depth), one up to ``FIT_SQUEEZE`` longer is
+   resized to it (the depth times the area ratio ** ``FIT_DEPTH_POWER``), a longer width runs whole
+   with the fusion's attention pooled over windows of the training extent (``models.modules.Windows``,
+   the trained weights unchanged) and longer rows in full-width passes of the training height; a
+   bottom-anchored head (KITTI's crops keep the bottom of the frame; ``head_anchors``) first drops
+   the rows above its training frame (a raw KITTI frame's extra sky). Measured within 1.6 % of
+   the tiles on three test seeds at 1.11-1.21x the one-head function's cost (docs/BENCHMARKS.md#frame-rule).
+   ``tiled`` (the default before): overlapping tiles of the training size, blended;
+   ``tiled-anchored`` the same, the rows a bottom-anchored head saw in training from its bottom
+   tile; ``windowed`` one pass over the whole input with windowed attention (sharing the selection
+   pass's encoder when both inputs match): cheaper than tiles, on K less accurate. Inputs are not
+   padded to the stride (replicate padding raised AbsRel, and whole K frames in one pass were worse
+   than tiles: docs/BENCHMARKS.md#frames); the network takes any size, as in training (240 and 114 are no
    multiples of 32 either). The depth is brought to the
    frame's size. One bound holds whatever the frame (``bound_scale``): a side shorter than
    ``MIN_SIDE`` is padded up to it (replicate, cropped away after; only such thin frames are
@@ -70,8 +75,15 @@ MIN_SIDE = 32           # a shorter side is padded up to this (ResNet's output s
 SELECT_AREA = 160 * 120  # the selection input's pixel area when the statistics store none
 MODES = ("resample", "rescale")
 # FramePipeline.depth on inputs larger than the head's training input (docs/BENCHMARKS.md, frame rule)
-FRAME_RULES = ("tiled", "tiled-anchored", "windowed")
-DEFAULT_FRAME_RULE = "tiled"
+FRAME_RULES = ("fitted", "tiled", "tiled-anchored", "windowed")
+DEFAULT_FRAME_RULE = "fitted"
+# The fitted rule (fit_plan): the heads are best on inputs of the very geometry they learned (a
+# K-like input of 176 rows through a head trained on 160: AbsRel +10 % to +21 % in one pass, the
+# same to 0.5 % in full-width passes of 160 rows), so one pass is brought to it per side:
+FIT_CROP = 1.0625        # a side up to this x the training side: cropped to it, the rest replicated
+FIT_SQUEEZE = 1.25       # up to this: resized to it, the depth times (area ratio) ** FIT_DEPTH_POWER
+FIT_DEPTH_POWER = 0.375  # between the network's measured response (0) and the focal ratio's (0.5):
+#                          chosen on test seeds 0 and 7, checked on seed 23 (docs/BENCHMARKS.md#frame-rule)
 SENSOR_DIAGONAL_35MM = math.hypot(36.0, 24.0)  # mm: what a "35 mm equivalent" focal length refers to
 
 
@@ -412,6 +424,57 @@ def descriptor_of(features_fn, x: torch.Tensor, area: float, net=None):
     return desc if net is None else (desc, ood_descriptor(net, small, desc))
 
 
+@dataclass(frozen=True)
+class FitPlan:
+    """The ``fitted`` rule over an h x w network input: the region its passes cover (``top``,
+    ``left``, ``height``, ``width``; the rest of the input takes the region's nearest values), the
+    size the region is brought to (``pass_h``, ``pass_w``; a resize where it differs), the depth
+    factor of a resized region, whether columns longer than ``FIT_SQUEEZE`` x the training width run
+    whole with the attention pooled over windows (``windowed``) and whether rows that long run as
+    full-width passes of the training height, blended (``row_tiles``)."""
+    top: int
+    left: int
+    height: int
+    width: int
+    pass_h: int
+    pass_w: int
+    depth_factor: float
+    windowed: bool
+    row_tiles: bool
+
+    @property
+    def identity(self) -> bool:
+        """True when the input runs as it is, in one pass with the trained attention."""
+        return (self.top, self.left, self.pass_h, self.pass_w) == (0, 0, self.height, self.width) \
+            and not (self.windowed or self.row_tiles)
+
+
+def _fit_side(length: int, train: int, end: bool) -> tuple:
+    """(start, region length, target length) of one side (``end``: a crop keeps the side's end)."""
+    if length <= train or length > FIT_SQUEEZE * train:
+        return 0, length, length                      # as it is (a long side: windows or row tiles)
+    if length <= FIT_CROP * train:
+        return (length - train if end else (length - train) // 2), train, train   # cropped
+    return 0, length, train                           # resized
+
+
+def fit_plan(h: int, w: int, tile, anchor: str = "center", frame_h: int | None = None) -> FitPlan:
+    """The ``fitted`` rule over an h x w input through a head trained on ``tile`` = (th, tw) crops.
+    A bottom-anchored head (KITTI: its crops kept the frame's bottom) first drops the rows above its
+    training frame's height ``frame_h`` when the input is at most ``FIT_SQUEEZE`` x that tall (the
+    sky of a raw KITTI frame, which its frames never had) and crops rows from the bottom. Each side
+    is then kept (up to the training side), cropped to it (up to ``FIT_CROP`` x), resized to it (up
+    to ``FIT_SQUEEZE`` x; the depth times the area ratio ** ``FIT_DEPTH_POWER``), or, longer, kept:
+    columns whole with windowed attention, rows in full-width passes of the training height."""
+    th, tw = (int(v) for v in tile)
+    bottom = anchor == "bottom"
+    cut = h - int(frame_h) if bottom and frame_h and frame_h < h <= FIT_SQUEEZE * frame_h else 0
+    top, rh, ph = _fit_side(h - cut, th, bottom)
+    left, rw, pw = _fit_side(w, tw, False)
+    factor = ((ph * pw) / (rh * rw)) ** FIT_DEPTH_POWER if (ph, pw) != (rh, rw) else 1.0
+    return FitPlan(cut + top, left, rh, rw, ph, pw, float(factor), pw > tw, ph > th)
+
+
 def head_anchors(letters) -> list:
     """Per head, where its training crops lay in the frame (``models.modules.ANCHORS``): "bottom"
     for a KITTI-recipe domain (its crops keep the bottom rows, where the LiDAR is), else "center"."""
@@ -541,7 +604,7 @@ class SelectionGate:
             self.selections += 1
             return self.sel, True
         self.age += 1
-        return {k: v for k, v in self.sel.items() if k not in ("features", "blocks")}, False
+        return {k: v for k, v in self.sel.items() if k not in ("features", "blocks", "input")}, False  # of that frame
 
 
 # ----------------------------------------------------------------------------------------------
@@ -553,8 +616,10 @@ class FramePipeline:
     head, the input size it was trained at ((h, w), the checkpoint's ``input_sizes``; None: one pass);
     ``anchors``: per head, where its training crops lay (``head_anchors``; default centred);
     ``rule``: how an input larger than the head's training input runs (``FRAME_RULES``):
-    "tiled" (the default) overlapping tiles of the training extent, blended; "tiled-anchored" the
-    same tiles, a bottom-anchored head's rows from its bottom tile (where its training crops lay);
+    "fitted" (the default) one pass at the head's training geometry (``fit_plan``; the selection
+    runs on the first head's fitted crop, so that a head fitted alike reuses its features);
+    "tiled" overlapping tiles of the training extent, blended; "tiled-anchored" the same tiles,
+    a bottom-anchored head's rows from its bottom tile (where its training crops lay);
     "windowed" one pass with the channel attention pooled over windows of the training extent
     (``models.modules.Windows``; PyTorch path only, the other backends tile): cheaper than
     tiles, less accurate on K (docs/BENCHMARKS.md#frame-rule)."""
@@ -579,6 +644,19 @@ class FramePipeline:
         """True when inputs larger than the training input run in one windowed pass."""
         return self.rule == "windowed" and bool(getattr(self.predictor, "supports_windows", False))
 
+    @property
+    def shares_blocks(self) -> bool:
+        """True when the selection pass keeps its encoder blocks for a windowed depth pass."""
+        return self.rule in ("windowed", "fitted") and bool(getattr(self.predictor, "supports_windows", False))
+
+    def fit_plan(self, head: int, h: int, w: int) -> FitPlan | None:
+        """The ``fitted`` rule's plan of an h x w input through head ``head`` (None under another
+        rule, or without a stored training input size)."""
+        if self.rule != "fitted" or not self.tiles:
+            return None
+        cam = self.cameras[head] if head < len(self.cameras) else None
+        return fit_plan(h, w, self.tiles[head], self.anchors[head], cam.height if cam is not None else None)
+
     def windows(self, head: int):
         """The ``Windows`` of head ``head`` (None without a stored training input size)."""
         return Windows(self.tiles[head], self.anchors[head]) if self.tiles else None
@@ -597,21 +675,37 @@ class FramePipeline:
             return {"raw_head": int(chosen[0]), "distances": dists[0].float().cpu(), "ood": None,
                     "features": None, "blocks": None, "size": None}
         h, w = selection_size(x.shape[-1], x.shape[-2], stats["area"])
+        xs = whole = resized(x, h, w)
+        crop = self.selection_crop(h, w)
+        if crop is not None:  # the first head's fitted crop: the depth pass of a head fitted alike shares it
+            xs = xs[..., crop[0]:crop[0] + crop[2], crop[1]:crop[1] + crop[3]]
         blocks = None
-        if self.windowed:  # the encoder's blocks, so that a windowed depth pass can share them
-            blocks = p.trunk_blocks(resized(x, h, w))
+        if self.shares_blocks:  # the encoder's blocks, so that a windowed depth pass can share them
+            blocks = p.trunk_blocks(xs)
             feats = p.fuse(blocks)
         else:
-            feats = p.trunk_features(resized(x, h, w))
+            feats = p.trunk_features(xs)
         desc = pooled_descriptor(feats.float())
         dists, chosen, ood = frame_distances(desc, stats)
         score = None
         if stats.get("ood"):  # the per-head verdict on the out-of-domain descriptor (inference/ood.py)
-            score = ood_scores(ood_descriptor(p.net, resized(x, h, w), desc), stats["ood"])
+            layer1 = blocks[0] if blocks is not None and self.rule == "fitted" else None
+            score = ood_scores(ood_descriptor(p.net, xs, desc, layer1), stats["ood"])
             ood = ood_verdict(score, stats["ood"])
         return {"raw_head": int(chosen[0]), "distances": dists[0].float().cpu(), "ood": bool(ood[0]),
                 "ood_score": None if score is None else float(score[0]),
-                "features": feats, "blocks": blocks, "size": (h, w)}
+                "features": feats, "blocks": blocks, "size": (h, w), "crop": crop, "input": whole}
+
+    def selection_crop(self, h: int, w: int):
+        """(top, left, height, width) of the selection input (h x w) that the ``fitted`` rule's
+        pass of the first head would crop it to (None: no crop, or another rule): selecting on that
+        crop lets the depth pass of a head with the same plan (N and S: the same camera and
+        training input) reuse the selection's features."""
+        plan = self.fit_plan(0, h, w)
+        if plan is None or plan.identity or plan.windowed or plan.row_tiles \
+                or (plan.pass_h, plan.pass_w) != (plan.height, plan.width):
+            return None
+        return plan.top, plan.left, plan.height, plan.width
 
     def depth(self, x: torch.Tensor, head: int, with_uncertainty: bool, feats=None):
         """(depth, uncertainty or None) (1,1,h',w') covering the network input ``x`` (1,3,h,w)
@@ -625,14 +719,69 @@ class FramePipeline:
         bottom-anchored head's rows from its bottom tile)."""
         p = self.predictor
         h, w = x.shape[-2:]
+        plan = self.fit_plan(head, h, w)
+        if plan is not None and not plan.identity:
+            return self._fitted(x, head, plan, with_uncertainty, feats)
         th, tw = self.tile_size(head, h, w)
         if (th, tw) == (h, w) or self.windowed:
             if feats is None:
                 feats = p.trunk_features(x, windows=self.windows(head)) if (th, tw) != (h, w) \
                     else p.trunk_features(x)
             return p.run_heads(feats, torch.tensor([head]), with_uncertainty)  # at half resolution
-        anchor = self.anchors[head]
-        rows, cols = tile_weights(h, th, anchor if self.rule == "tiled-anchored" else "center"), tile_weights(w, tw)
+        anchor = self.anchors[head] if self.rule == "tiled-anchored" else "center"
+        return self._tiles(x, head, th, tw, with_uncertainty, anchor)
+
+    def _fitted(self, x: torch.Tensor, head: int, plan: FitPlan, with_uncertainty: bool, feats=None):
+        """(depth, uncertainty or None) (1,1,h,w) of the ``fitted`` rule (:func:`fit_plan`): the region
+        cropped, resized to the training side where it is a little longer, one pass (columns longer
+        still with windowed attention; rows that long in full-width passes of the training height),
+        the depth times the plan's factor, the rest of the input replicated from the region's edge.
+        ``feats``: the pass's features when already computed (the selection's, same input)."""
+        p = self.predictor
+        h, w = x.shape[-2:]
+        region = x[..., plan.top:plan.top + plan.height, plan.left:plan.left + plan.width]
+        if (plan.pass_h, plan.pass_w) != (plan.height, plan.width):
+            region = resized(region, plan.pass_h, plan.pass_w)
+        th, tw = self.tiles[head]
+        windows = Windows((th, tw), "center") if plan.windowed else None
+        if (plan.windowed or plan.row_tiles) and not getattr(p, "supports_windows", False):
+            d, u = self._tiles(region, head, min(th, plan.pass_h), min(tw, plan.pass_w), with_uncertainty, "center")
+        elif plan.row_tiles:
+            d, u = self._tiles(region, head, th, plan.pass_w, with_uncertainty, "center", windows)
+        else:
+            if feats is None:
+                feats = p.trunk_features(region, windows=windows)
+            d, u = p.run_heads(feats, torch.tensor([head]), with_uncertainty)  # at half resolution
+        d = upsample_to(d, (plan.height, plan.width)) * plan.depth_factor
+        pad = (plan.left, w - plan.left - plan.width, plan.top, h - plan.top - plan.height)
+        d = F.pad(d, pad, mode="replicate") if any(pad) else d
+        if u is not None:  # a log-variance of depth over its median: no factor
+            u = upsample_to(u, (plan.height, plan.width))
+            u = F.pad(u, pad, mode="replicate") if any(pad) else u
+        return d, u
+
+    @staticmethod
+    def _whole_windowed(plan: FitPlan) -> bool:
+        """True when the fitted pass is the whole input with windowed attention (the selection's
+        encoder blocks can serve it)."""
+        return plan.windowed and not plan.row_tiles and (plan.top, plan.left) == (0, 0) \
+            and (plan.pass_h, plan.pass_w) == (plan.height, plan.width)
+
+    def _fit_passes(self, head: int, plan: FitPlan) -> int:
+        """Network passes of a fitted plan (a backend without windows tiles the fitted region)."""
+        th, tw = self.tiles[head]
+        if (plan.windowed or plan.row_tiles) and not getattr(self.predictor, "supports_windows", False):
+            return len(tile_starts(plan.pass_h, min(th, plan.pass_h))) * len(tile_starts(plan.pass_w, min(tw, plan.pass_w)))
+        return len(tile_starts(plan.pass_h, th)) if plan.row_tiles else 1
+
+    def _tiles(self, x: torch.Tensor, head: int, th: int, tw: int, with_uncertainty: bool,
+               anchor: str = "center", windows=None):
+        """(depth, uncertainty or None) (1,1,h,w) of ``x`` in overlapping th x tw tiles, blended
+        (``tile_weights``; ``anchor="bottom"``: the rows the bottom tile covers from it alone);
+        ``windows``: each tile's attention pooled over them (a tile wider than the training input)."""
+        p = self.predictor
+        h, w = x.shape[-2:]
+        rows, cols = tile_weights(h, th, anchor), tile_weights(w, tw)
         boxes = [(y, x0) for y, _ in rows for x0, _ in cols]
         weights = [wr[:, None] * wc[None, :] for _, wr in rows for _, wc in cols]
         acc = [torch.zeros(1, 1, h, w), torch.zeros(1, 1, h, w) if with_uncertainty else None]
@@ -642,7 +791,8 @@ class FramePipeline:
         for start in range(0, len(boxes), per_batch):
             part = list(range(start, min(start + per_batch, len(boxes))))
             batch = torch.cat([x[..., boxes[k][0]:boxes[k][0] + th, boxes[k][1]:boxes[k][1] + tw] for k in part])
-            d, u = p.run_heads(p.trunk_features(batch), torch.full((len(part),), head), with_uncertainty)
+            d, u = p.run_heads(p.trunk_features(batch, windows=windows), torch.full((len(part),), head),
+                               with_uncertainty)
             outs = [upsample_to(d, (th, tw)), upsample_to(u, (th, tw)) if u is not None else None]
             for j, k in enumerate(part):
                 y, x0 = boxes[k]
@@ -691,15 +841,23 @@ class FramePipeline:
         plan = plan_frame(W, H, frame_cam, self.cameras[chosen], self.mode, self.max_pixels)
         ph, pw = plan.padded
         th, tw = self.tile_size(chosen, ph, pw)
+        fit = self.fit_plan(chosen, ph, pw)
         reuse = None
-        if sel is not None and sel["size"] == (ph, pw) == (plan.height, plan.width):
+        if sel is not None and sel["size"] == (ph, pw) == (plan.height, plan.width) and sel.get("crop") is not None:
+            if fit is not None and not (fit.windowed or fit.row_tiles) \
+                    and sel["crop"] == (fit.top, fit.left, fit.height, fit.width) == (fit.top, fit.left, fit.pass_h, fit.pass_w):
+                reuse = sel.get("features")  # the selection ran on this head's fitted crop
+        elif sel is not None and sel["size"] == (ph, pw) == (plan.height, plan.width):
             # the selection's pass serves the depth: its features, or its encoder blocks fused
             # with the attention pooled over the head's windows
-            if (th, tw) == (ph, pw):
+            if (th, tw) == (ph, pw) or (fit is not None and fit.identity):
                 reuse = sel.get("features")
             elif self.windowed and sel.get("blocks") is not None:
                 reuse = self.predictor.fuse(sel["blocks"], self.windows(chosen), sel["size"])
-        net_in = resized(x, plan.height, plan.width)
+            elif fit is not None and self._whole_windowed(fit) and sel.get("blocks") is not None:
+                reuse = self.predictor.fuse(sel["blocks"], Windows(self.tiles[chosen], "center"), sel["size"])
+        same = sel is not None and sel.get("input") is not None and sel["size"] == (plan.height, plan.width)
+        net_in = sel["input"] if same else resized(x, plan.height, plan.width)  # the selection's, where it is
         del x
         if (ph, pw) != (plan.height, plan.width):  # a side under MIN_SIDE: padded, then cropped away
             net_in = F.pad(net_in, (0, pw - plan.width, 0, ph - plan.height), mode="replicate")
@@ -707,8 +865,11 @@ class FramePipeline:
         if (ph, pw) != (plan.height, plan.width):
             depth = upsample_to(depth, (ph, pw))[..., :plan.height, :plan.width]
             unc = None if unc is None else upsample_to(unc, (ph, pw))[..., :plan.height, :plan.width]
-        if self.windowed:
-            th, tw = ph, pw  # one pass
+        passes = len(tile_starts(ph, th)) * len(tile_starts(pw, tw))
+        if self.windowed or (fit is not None and fit.identity):
+            passes = 1
+        elif fit is not None:
+            passes = self._fit_passes(chosen, fit)
         out = {"depth": (upsample_to(depth, (H, W))[0, 0] * plan.depth_scale).cpu().numpy().astype(np.float32),
                "uncertainty": None, "head": chosen, "how": how,
                "raw_head": None if sel is None else sel["raw_head"],
@@ -717,7 +878,7 @@ class FramePipeline:
                "ood_score": None if sel is None else sel.get("ood_score"),
                "camera": {**frame_cam.as_dict(), "assumed": assumed},
                "input_size": [plan.height, plan.width],
-               "tiles": len(tile_starts(ph, th)) * len(tile_starts(pw, tw)),
+               "tiles": passes,
                "depth_scale": float(plan.depth_scale), "selected": selected}
         if unc is not None:
             out["uncertainty"] = upsample_to(unc, (H, W))[0, 0].cpu().numpy().astype(np.float32)

@@ -29,6 +29,7 @@ from inference.replay import replay_prototypes
 from inference.outputs import OUTPUT_SUFFIXES, is_output_name
 from base.uncertainty import calibration_scales, head_calibration, interval_maps, spread
 from inference.known_depth import KnownPoints, fit_known_scale
+from inference.frames import DEFAULT_FRAME_RULE
 
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif")
@@ -260,12 +261,14 @@ class ImageOptions:
         "resample: the frame is resized so that its focal length matches the head's (measured better, "
         "bench/bench_frames.py); rescale: the frame's own pixels, the depth multiplied by the "
         "focal-length ratio")})
-    frame_rule: str = field(default="tiled", metadata={"help": (
-        "how a frame larger than the head's training input runs: tiled (default) = overlapping tiles "
-        "of the training size, blended; tiled-anchored = the same, a KITTI-like head's rows from its "
-        "bottom tile (where its training crops lay); windowed = one pass, the fusion's channel "
-        "attention pooled over windows of the training extent (cheaper, less accurate on K: "
-        "docs/BENCHMARKS.md#frame-rule; PyTorch backend only, the others tile)")})
+    frame_rule: str = field(default=DEFAULT_FRAME_RULE, metadata={"help": (
+        "how a frame larger than the head's training input runs: fitted (default) = one pass at the "
+        "head's training geometry (a side up to 6 percent longer cropped to it, up to 25 percent resized to it, "
+        "a longer width whole with the attention pooled over windows); tiled = overlapping tiles of "
+        "the training size, blended (the rule before, 2.4-3.2x the cost); tiled-anchored = the same, "
+        "a KITTI-like head's rows from its bottom tile; windowed = one pass over the whole input, the "
+        "attention pooled over windows (less accurate on K). Measured: docs/BENCHMARKS.md#frame-rule; "
+        "the windows run on the PyTorch backend only, the others tile those frames")})
     max_pixels: int | None = field(default=DEFAULT_MAX_PIXELS, metadata={"help": (
         "refuse images with more pixels than this, read from the file's header before decoding "
         "(memory grows by well over 100 bytes per pixel)")})

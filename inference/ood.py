@@ -57,13 +57,16 @@ def early_descriptor(net, x: torch.Tensor) -> torch.Tensor:
     return _pooled(y).cpu()
 
 
-def ood_descriptor(net, x: torch.Tensor, selection_desc: torch.Tensor) -> torch.Tensor:
+def ood_descriptor(net, x: torch.Tensor, selection_desc: torch.Tensor, layer1=None) -> torch.Tensor:
     """The out-of-domain descriptor of the selection input ``x``: its selection descriptor (pooled
     fused features) joined with :func:`early_descriptor` (a stand-in network without the
-    project's encoder ``E``: the selection descriptor alone, at fitting and at query alike)."""
+    project's encoder ``E``: the selection descriptor alone, at fitting and at query alike).
+    ``layer1``: the selection pass's own ``layer1`` output (its encoder blocks, on the fast path),
+    which spares the float32 recomputation (measured: docs/BENCHMARKS.md#frame-rule)."""
     if not hasattr(net, "E"):
         return selection_desc.float().cpu()
-    return torch.cat([selection_desc.float().cpu(), early_descriptor(net, x)], dim=1)
+    early = _pooled(layer1).cpu() if layer1 is not None else early_descriptor(net, x)
+    return torch.cat([selection_desc.float().cpu(), early], dim=1)
 
 
 def fit_ood(fit, calibrate, shrink: float = OOD_SHRINK, quantile: float = OOD_QUANTILE,

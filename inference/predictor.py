@@ -318,7 +318,7 @@ class DepthPredictor:
 
     def frame_pipeline(self, mode: str = "resample", rule: str | None = None):
         """The :class:`inference.frames.FramePipeline` of this predictor (cameras from its meta);
-        ``rule``: ``inference.frames.FRAME_RULES`` (None: the default, windowed)."""
+        ``rule``: ``inference.frames.FRAME_RULES`` (None: ``DEFAULT_FRAME_RULE``, the fitted pass)."""
         from inference.frames import DEFAULT_FRAME_RULE, FramePipeline, head_anchors, head_cameras
         key = ("frames", mode, rule or DEFAULT_FRAME_RULE)
         if getattr(self, "_frames", None) is None or self._frames[0] != key:

@@ -168,6 +168,37 @@ def test_out_of_domain_verdict(setup):
     assert forced["head"] == 0 and forced["how"] == "given" and forced["ood"] is True
 
 
+def test_the_fitted_rule_selects_and_measures_depth_in_one_pass(setup, monkeypatch):
+    """An N-like frame (60x80 here, the N head trained on 58x76 crops): the selection runs on the
+    fitted crop, and its features serve the depth; the out-of-domain score takes the selection
+    pass's own layer1 (on the float32 path: exactly the recomputed one)."""
+    from inference.ood import ood_descriptor, ood_scores
+    from inference.prototypes import pooled_descriptor
+    root, _, ckpt, _ = setup
+    p = DepthPredictor.from_checkpoint(ckpt, fast=False)
+    img = images.read_rgb(raw_test_file(root, "N"))
+    passes = []
+    for name in ("trunk_blocks", "trunk_features"):
+        real = getattr(p, name)
+        monkeypatch.setattr(p, name, lambda x, *a, _r=real, _n=name, **k: passes.append((_n, tuple(x.shape))) or _r(x, *a, **k))
+    th, tw = p.meta["input_sizes"][0]
+    assert (th, tw) == (58, 76)
+    auto = p.predict_image(img, rule="fitted")
+    assert auto["head"] == 0 and auto["tiles"] == 1 and auto["input_size"] == [60, 80]
+    assert passes == [("trunk_blocks", (1, 3, th, tw))]  # one encoder pass for both
+    passes.clear()
+    given = p.predict_image(img, domain=0, rule="fitted")
+    assert passes == [("trunk_features", (1, 3, th, tw))]
+    np.testing.assert_allclose(auto["depth"], given["depth"], rtol=1e-5, atol=1e-6)
+    # the verdict's score: the crop's descriptor with layer1 recomputed on the float32 network
+    x = FR.resized(FR.to_tensor(img), 60, 80)[..., 1:1 + th, 2:2 + tw]
+    stats = p.prototypes["frames"]
+    with torch.no_grad():
+        desc = pooled_descriptor(p.net.MFF(p.net.E(x)).float())
+    want = ood_scores(ood_descriptor(p.net, x, desc), stats["ood"])
+    assert auto["ood_score"] == pytest.approx(float(want[0]), rel=1e-4)
+
+
 def test_thresholds_are_calibrated_on_held_out_frames():
     """fit_frame_statistics on descriptors of known spread: held-out in-domain descriptors are
     flagged at about 1 - OOD_QUANTILE at most, a point far from every domain always."""

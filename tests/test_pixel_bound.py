@@ -53,20 +53,27 @@ def predictor(tmp_path_factory):
 
 
 def test_tiles_run_in_batches_within_the_cap(predictor, monkeypatch):
-    pipe = predictor.frame_pipeline()
-    pipe = F.FramePipeline(predictor, pipe.cameras, max_pixels=20000, tiles=pipe.tiles)
+    cams, tiles = predictor.frame_pipeline().cameras, predictor.frame_pipeline().tiles
     seen = []
     real = predictor.trunk_features
 
-    def spy(x):
+    def spy(x, windows=None):
         seen.append(x.shape[0] * x.shape[-2] * x.shape[-1])
-        return real(x)
+        return real(x, windows=windows)
     monkeypatch.setattr(predictor, "trunk_features", spy)
     img = (np.random.default_rng(0).random((6, 3000, 3)) * 255).astype(np.uint8)
+    pipe = F.FramePipeline(predictor, cams, max_pixels=20000, tiles=tiles, rule="tiled")
     with torch_threads(1):
         out = pipe.run(img, head=1)
     assert out["depth"].shape == (6, 3000) and np.isfinite(out["depth"]).all()
     assert len(seen) > 1 and max(seen) <= 20000  # several batches, each within the cap
+    # the fitted pass (the default) runs the capped input once, within the cap too
+    seen.clear()
+    pipe = F.FramePipeline(predictor, cams, max_pixels=20000, tiles=tiles)
+    with torch_threads(1):
+        out = pipe.run(img, head=1)
+    assert out["depth"].shape == (6, 3000) and np.isfinite(out["depth"]).all()
+    assert len(seen) == 1 and seen[0] <= 20000
 
 
 def test_a_video_over_max_pixels_is_refused_from_its_header(tmp_path):

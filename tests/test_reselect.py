@@ -25,6 +25,7 @@ def test_the_gate_reselects_when_the_frame_moves_and_at_the_latest_after_max_age
     assert again and sel["raw_head"] == 3
     sel, again = gate(still + 1.0, select)
     assert not again and sel["raw_head"] == 3 and "features" not in sel  # features belong to the frame
+    assert not ({"blocks", "input"} & set(sel))  # so do the encoder blocks and the resized input
     every = FR.SelectionGate(threshold=0.0)
     assert all(every(still, select)[1] for _ in range(3))
     with pytest.raises(ValueError):
@@ -64,3 +65,17 @@ def test_a_stream_with_reselection_chooses_the_heads_of_selection_on_every_frame
             assert a["depth_max"] == pytest.approx(b["depth_max"], rel=1e-5)
     with pytest.raises(S.InputError, match="--reselect"):
         S.StreamOptions(reselect=-0.1)
+
+
+def test_a_reused_selection_never_hands_its_frame_to_the_next_depth_pass(model):
+    """The gate reuses the head, not the pixels: the second, different frame's depth is its own."""
+    p = model.predictor
+    pipe = p.frame_pipeline("resample", "fitted")
+    gate = FR.SelectionGate(threshold=1e9)  # never reselect after the first frame
+    rng = np.random.default_rng(1)
+    a, b = (rng.integers(0, 256, (96, 128, 3)).astype(np.uint8) for _ in range(2))
+    first = pipe.run(a, gate=gate)
+    second = pipe.run(b, gate=gate)
+    assert first["selected"] and not second["selected"] and second["head"] == first["head"]
+    alone = pipe.run(b, head=first["head"])
+    np.testing.assert_allclose(second["depth"], alone["depth"], rtol=1e-5, atol=1e-6)
