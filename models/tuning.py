@@ -6,8 +6,9 @@ that meet the accuracy bound against PyTorch float32 (:func:`accurate`), and ret
 The result is cached in a user cache folder (``$XDG_CACHE_HOME/lifelong-monodepth``, else
 ``~/.cache/lifelong-monodepth``; :func:`cache_dir`) under a key of the CPU's capability line
 (``models.hardware.capability_line``), the versions of torch / onnxruntime / openvino, the input
-size and the thread count (:func:`cache_key`): any change of those measures again; a cached
-answer costs one small JSON read. The file is written complete or not at all (``base.safeio``).
+size and the thread count (:func:`cache_key`): any change of those measures again, and so does a
+measurement taken on a busy machine once it is idler (:func:`stale_load`); a cached answer costs
+one small JSON read. The file is written complete or not at all (``base.safeio``).
 
 The measurement is what ``inference.predictor.build_predictor`` does for ``backend="auto"`` (the
 product's construction path: predict.py, the demo, test_inference.py); ``--backend`` (a flag) and
@@ -31,13 +32,19 @@ from base.safeio import read_json, write_json
 from . import hardware
 from .runtimes import available
 
-__all__ = ["CACHE_NAME", "ACCURACY_BOUND", "REPEATS", "cache_dir", "versions", "cache_key", "cache_path",
-           "candidates", "accurate", "time_call", "measure", "choose_measured"]
+__all__ = ["CACHE_NAME", "ACCURACY_BOUND", "REPEATS", "BUSY", "cache_dir", "versions", "cache_key", "cache_path",
+           "candidates", "accurate", "time_call", "measure", "load_now", "stale_load", "cached_choice",
+           "choose_measured"]
 
 CACHE_NAME = "lifelong-monodepth"
 # RMSE and delta1 against the probe's ground truth within this (relative) of PyTorch float32's
 ACCURACY_BOUND = 0.002
 REPEATS = 3  # timed calls per candidate after one warm-up (the median counts)
+# A measurement taken while the 1-minute load average exceeded BUSY x the CPUs is taken again once
+# the load has fallen below half of it: timings on an oversubscribed machine rank runtimes by how
+# their thread pools wait, not by their speed (a cache written at load 14 on 2 cores had chosen
+# ONNX Runtime at 872 ms for a function PyTorch runs in 30 ms idle).
+BUSY = 1.5
 
 
 def cache_dir() -> Path:
@@ -153,11 +160,33 @@ def measure(cands, run, timer=None, gt=None, bound: float = ACCURACY_BOUND) -> l
     return rows
 
 
-def cached_choice(input_hw, device="cpu", precision=None, folder=None) -> dict | None:
-    """The cached answer for this key (:func:`choose_measured`'s dict), or None: one JSON read."""
+def load_now() -> float | None:
+    """The 1-minute load average (None where the system has none)."""
+    try:
+        return float(os.getloadavg()[0])
+    except (OSError, AttributeError):
+        return None
+
+
+def stale_load(measured_load, cpus, load=None) -> bool:
+    """True when a measurement taken at ``measured_load`` on ``cpus`` CPUs was taken on a busy
+    machine (above ``BUSY`` x the CPUs) that is now less than half as busy: measure again."""
+    load = load_now() if load is None else load
+    if measured_load is None or load is None or not cpus:
+        return False
+    return measured_load > BUSY * cpus and load < 0.5 * measured_load
+
+
+def cached_choice(input_hw, device="cpu", precision=None, folder=None, load=None) -> dict | None:
+    """The cached answer for this key (:func:`choose_measured`'s dict), or None: one JSON read.
+    ``load``: the machine's load now (default :func:`load_now`; a measurement taken on a busy
+    machine is not reused on an idler one, :func:`stale_load`)."""
     key = cache_key(input_hw, device=device, precision=precision)
     path = cache_path(key, folder)
     cached = read_json(path)
+    if isinstance(cached, dict) and ("load" not in cached  # written before loads were recorded: once more
+                                     or stale_load(cached.get("load"), cached.get("cpus"), load)):
+        return None
     if isinstance(cached, dict) and cached.get("key") == key and cached.get("backend"):
         return {"backend": cached["backend"], "precision": cached["precision"], "rows": cached.get("rows", []),
                 "why": f"measured fastest on this machine ({cached.get('date', '?')}; cached in {path})",
@@ -184,7 +213,8 @@ def choose_measured(run, input_hw, *, device="cpu", cands=None, timer=None, gt=N
     date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     try:
         write_json(path, {"key": key, "backend": best["backend"], "precision": best["precision"],
-                          "date": date, "rows": rows}, round_digits=None)
+                          "date": date, "load": load_now(), "cpus": os.cpu_count(), "rows": rows},
+                   round_digits=None)
     except OSError:  # an unwritable cache folder: measured again next time, nothing else changes
         pass
     if log is not None:

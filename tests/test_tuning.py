@@ -2,6 +2,7 @@
 auto): the fastest candidate meeting the accuracy bound, with forced timings (no real timing here);
 the cache and its key."""
 import json
+import os
 
 import pytest
 import torch
@@ -71,6 +72,7 @@ def test_a_failing_runtime_is_no_candidate_and_nothing_accurate_falls_back_to_fl
 
 
 def test_the_cache_answers_until_its_key_changes(tmp_path, monkeypatch):
+    monkeypatch.setattr(tuning, "load_now", lambda: 0.5)  # an idle machine throughout
     first = tuning.choose_measured(run, (64, 96), cands=CANDS, timer=timer, gt=GT, folder=tmp_path)
     files = list(tmp_path.glob("backend-*.json"))
     assert len(files) == 1
@@ -96,6 +98,7 @@ def test_the_cache_answers_until_its_key_changes(tmp_path, monkeypatch):
     # a broken cache file (a killed writer's) is measured again, not an error
     files[0].write_text("{")
     monkeypatch.undo()
+    monkeypatch.setattr(tuning, "load_now", lambda: 0.5)
     tuning.choose_measured(counting, (64, 96), cands=CANDS, timer=timer, gt=GT, folder=tmp_path)
     assert len(calls) == 4 * len(CANDS)
 
@@ -129,3 +132,22 @@ def test_predict_builds_the_measured_choice_and_a_flag_or_the_environment_forces
     # without measure (the library's default) the table per CPU kind decides, as before
     monkeypatch.setenv(BACKEND_ENV, "torch")
     assert "measured fastest" not in build_predictor(ckpt, RuntimeOptions()).backend_choice
+
+
+def test_a_measurement_of_a_busy_machine_is_taken_again_once_it_is_idler(tmp_path, monkeypatch):
+    cpus = os.cpu_count()
+    monkeypatch.setattr(tuning, "load_now", lambda: 2.0 * cpus)  # oversubscribed while measuring
+    tuning.choose_measured(run, (64, 96), cands=CANDS, timer=timer, gt=GT, folder=tmp_path)
+    saved = json.loads(next(tmp_path.glob("backend-*.json")).read_text())
+    assert saved["load"] == 2.0 * cpus and saved["cpus"] == cpus
+    calls = []
+    counting = lambda b, p: calls.append((b, p)) or run(b, p)  # noqa: E731
+    tuning.choose_measured(counting, (64, 96), cands=CANDS, timer=timer, gt=GT, folder=tmp_path)
+    assert calls == []  # still as busy: the cached answer
+    monkeypatch.setattr(tuning, "load_now", lambda: 0.2 * cpus)  # the machine has calmed down
+    c = tuning.choose_measured(counting, (64, 96), cands=CANDS, timer=timer, gt=GT, folder=tmp_path)
+    assert len(calls) == len(CANDS) and not c["cached"]
+    assert tuning.choose_measured(counting, (64, 96), cands=CANDS, timer=timer, gt=GT, folder=tmp_path)["cached"]
+    # the rule itself: busy then, less than half as busy now
+    assert tuning.stale_load(4.0, 2, load=1.0) and not tuning.stale_load(4.0, 2, load=3.0)
+    assert not tuning.stale_load(2.0, 2, load=0.1) and not tuning.stale_load(None, 2, load=0.1)
