@@ -31,11 +31,11 @@ One rule, used by predict.py, the streams (inference/stream.py), the demo and
    passes of 160 rows matched the tiles), so a side up to ``FIT_CROP`` longer than the training side
    is cropped to it (the thin border takes the nearest depth), one up to ``FIT_SQUEEZE`` longer is
    resized to it (the depth times the area ratio ** ``FIT_DEPTH_POWER``), a longer width runs whole
-   with the fusion's attention pooled over windows of the training extent (``models.modules.Windows``,
-   the trained weights unchanged) and longer rows in full-width passes of the training height; a
+   (with the trained global pooling: as accurate there as pooling over windows of the training
+   extent, and every backend runs it) and longer rows in full-width passes of the training height; a
    bottom-anchored head (KITTI's crops keep the bottom of the frame; ``head_anchors``) first drops
-   the rows above its training frame (a raw KITTI frame's extra sky). Measured within 1.6 % of
-   the tiles on three test seeds at 1.11-1.21x the one-head function's cost (docs/BENCHMARKS.md#frame-rule).
+   the rows above its training frame (a raw KITTI frame's extra sky). Measured within 1.5 % of
+   the tiles on three test seeds at 1.12-1.23x the one-head function's cost (docs/BENCHMARKS.md#frame-rule).
    ``tiled`` (the default before): overlapping tiles of the training size, blended;
    ``tiled-anchored`` the same, the rows a bottom-anchored head saw in training from its bottom
    tile; ``windowed`` one pass over the whole input with windowed attention (sharing the selection
@@ -429,9 +429,9 @@ class FitPlan:
     """The ``fitted`` rule over an h x w network input: the region its passes cover (``top``,
     ``left``, ``height``, ``width``; the rest of the input takes the region's nearest values), the
     size the region is brought to (``pass_h``, ``pass_w``; a resize where it differs), the depth
-    factor of a resized region, whether columns longer than ``FIT_SQUEEZE`` x the training width run
-    whole with the attention pooled over windows (``windowed``) and whether rows that long run as
-    full-width passes of the training height, blended (``row_tiles``)."""
+    factor of a resized region and whether rows longer than ``FIT_SQUEEZE`` x the training height
+    run as full-width passes of that height, blended (``row_tiles``). Every pass keeps the trained
+    network's global pooling, so every backend runs the same rule."""
     top: int
     left: int
     height: int
@@ -439,20 +439,19 @@ class FitPlan:
     pass_h: int
     pass_w: int
     depth_factor: float
-    windowed: bool
     row_tiles: bool
 
     @property
     def identity(self) -> bool:
-        """True when the input runs as it is, in one pass with the trained attention."""
+        """True when the input runs as it is, in one pass."""
         return (self.top, self.left, self.pass_h, self.pass_w) == (0, 0, self.height, self.width) \
-            and not (self.windowed or self.row_tiles)
+            and not self.row_tiles
 
 
 def _fit_side(length: int, train: int, end: bool) -> tuple:
     """(start, region length, target length) of one side (``end``: a crop keeps the side's end)."""
     if length <= train or length > FIT_SQUEEZE * train:
-        return 0, length, length                      # as it is (a long side: windows or row tiles)
+        return 0, length, length                      # as it is (long rows: row tiles)
     if length <= FIT_CROP * train:
         return (length - train if end else (length - train) // 2), train, train   # cropped
     return 0, length, train                           # resized
@@ -465,14 +464,14 @@ def fit_plan(h: int, w: int, tile, anchor: str = "center", frame_h: int | None =
     sky of a raw KITTI frame, which its frames never had) and crops rows from the bottom. Each side
     is then kept (up to the training side), cropped to it (up to ``FIT_CROP`` x), resized to it (up
     to ``FIT_SQUEEZE`` x; the depth times the area ratio ** ``FIT_DEPTH_POWER``), or, longer, kept:
-    columns whole with windowed attention, rows in full-width passes of the training height."""
+    a long width whole in the pass, long rows in full-width passes of the training height."""
     th, tw = (int(v) for v in tile)
     bottom = anchor == "bottom"
     cut = h - int(frame_h) if bottom and frame_h and frame_h < h <= FIT_SQUEEZE * frame_h else 0
     top, rh, ph = _fit_side(h - cut, th, bottom)
     left, rw, pw = _fit_side(w, tw, False)
     factor = ((ph * pw) / (rh * rw)) ** FIT_DEPTH_POWER if (ph, pw) != (rh, rw) else 1.0
-    return FitPlan(cut + top, left, rh, rw, ph, pw, float(factor), pw > tw, ph > th)
+    return FitPlan(cut + top, left, rh, rw, ph, pw, float(factor), ph > th)
 
 
 def head_anchors(letters) -> list:
@@ -617,7 +616,8 @@ class FramePipeline:
     ``anchors``: per head, where its training crops lay (``head_anchors``; default centred);
     ``rule``: how an input larger than the head's training input runs (``FRAME_RULES``):
     "fitted" (the default) one pass at the head's training geometry (``fit_plan``; the selection
-    runs on the first head's fitted crop, so that a head fitted alike reuses its features);
+    runs on the first head's fitted crop, so that a head fitted alike reuses its features; every
+    backend runs it);
     "tiled" overlapping tiles of the training extent, blended; "tiled-anchored" the same tiles,
     a bottom-anchored head's rows from its bottom tile (where its training crops lay);
     "windowed" one pass with the channel attention pooled over windows of the training extent
@@ -646,7 +646,8 @@ class FramePipeline:
 
     @property
     def shares_blocks(self) -> bool:
-        """True when the selection pass keeps its encoder blocks for a windowed depth pass."""
+        """True when the selection pass keeps its encoder blocks: for a windowed depth pass, and for
+        the fitted rule's out-of-domain score (their ``layer1``)."""
         return self.rule in ("windowed", "fitted") and bool(getattr(self.predictor, "supports_windows", False))
 
     def fit_plan(self, head: int, h: int, w: int) -> FitPlan | None:
@@ -702,8 +703,7 @@ class FramePipeline:
         crop lets the depth pass of a head with the same plan (N and S: the same camera and
         training input) reuse the selection's features."""
         plan = self.fit_plan(0, h, w)
-        if plan is None or plan.identity or plan.windowed or plan.row_tiles \
-                or (plan.pass_h, plan.pass_w) != (plan.height, plan.width):
+        if plan is None or plan.identity or plan.row_tiles or (plan.pass_h, plan.pass_w) != (plan.height, plan.width):
             return None
         return plan.top, plan.left, plan.height, plan.width
 
@@ -720,7 +720,7 @@ class FramePipeline:
         p = self.predictor
         h, w = x.shape[-2:]
         plan = self.fit_plan(head, h, w)
-        if plan is not None and not plan.identity:
+        if plan is not None:
             return self._fitted(x, head, plan, with_uncertainty, feats)
         th, tw = self.tile_size(head, h, w)
         if (th, tw) == (h, w) or self.windowed:
@@ -733,25 +733,23 @@ class FramePipeline:
 
     def _fitted(self, x: torch.Tensor, head: int, plan: FitPlan, with_uncertainty: bool, feats=None):
         """(depth, uncertainty or None) (1,1,h,w) of the ``fitted`` rule (:func:`fit_plan`): the region
-        cropped, resized to the training side where it is a little longer, one pass (columns longer
-        still with windowed attention; rows that long in full-width passes of the training height),
-        the depth times the plan's factor, the rest of the input replicated from the region's edge.
+        cropped, resized to the training side where it is a little longer, one pass with the trained
+        global pooling (rows longer still in full-width passes of the training height, blended), the
+        depth times the plan's factor, the rest of the input replicated from the region's edge.
         ``feats``: the pass's features when already computed (the selection's, same input)."""
         p = self.predictor
         h, w = x.shape[-2:]
         region = x[..., plan.top:plan.top + plan.height, plan.left:plan.left + plan.width]
         if (plan.pass_h, plan.pass_w) != (plan.height, plan.width):
             region = resized(region, plan.pass_h, plan.pass_w)
-        th, tw = self.tiles[head]
-        windows = Windows((th, tw), "center") if plan.windowed else None
-        if (plan.windowed or plan.row_tiles) and not getattr(p, "supports_windows", False):
-            d, u = self._tiles(region, head, min(th, plan.pass_h), min(tw, plan.pass_w), with_uncertainty, "center")
-        elif plan.row_tiles:
-            d, u = self._tiles(region, head, th, plan.pass_w, with_uncertainty, "center", windows)
+        if plan.row_tiles:
+            d, u = self._tiles(region, head, self.tiles[head][0], plan.pass_w, with_uncertainty, "center")
         else:
             if feats is None:
-                feats = p.trunk_features(region, windows=windows)
+                feats = p.trunk_features(region)
             d, u = p.run_heads(feats, torch.tensor([head]), with_uncertainty)  # at half resolution
+        if plan.identity:  # the input as it is: brought to the frame's size once, by the caller
+            return d, u
         d = upsample_to(d, (plan.height, plan.width)) * plan.depth_factor
         pad = (plan.left, w - plan.left - plan.width, plan.top, h - plan.top - plan.height)
         d = F.pad(d, pad, mode="replicate") if any(pad) else d
@@ -760,25 +758,14 @@ class FramePipeline:
             u = F.pad(u, pad, mode="replicate") if any(pad) else u
         return d, u
 
-    @staticmethod
-    def _whole_windowed(plan: FitPlan) -> bool:
-        """True when the fitted pass is the whole input with windowed attention (the selection's
-        encoder blocks can serve it)."""
-        return plan.windowed and not plan.row_tiles and (plan.top, plan.left) == (0, 0) \
-            and (plan.pass_h, plan.pass_w) == (plan.height, plan.width)
-
     def _fit_passes(self, head: int, plan: FitPlan) -> int:
-        """Network passes of a fitted plan (a backend without windows tiles the fitted region)."""
-        th, tw = self.tiles[head]
-        if (plan.windowed or plan.row_tiles) and not getattr(self.predictor, "supports_windows", False):
-            return len(tile_starts(plan.pass_h, min(th, plan.pass_h))) * len(tile_starts(plan.pass_w, min(tw, plan.pass_w)))
-        return len(tile_starts(plan.pass_h, th)) if plan.row_tiles else 1
+        """Network passes of a fitted plan."""
+        return len(tile_starts(plan.pass_h, self.tiles[head][0])) if plan.row_tiles else 1
 
     def _tiles(self, x: torch.Tensor, head: int, th: int, tw: int, with_uncertainty: bool,
-               anchor: str = "center", windows=None):
+               anchor: str = "center"):
         """(depth, uncertainty or None) (1,1,h,w) of ``x`` in overlapping th x tw tiles, blended
-        (``tile_weights``; ``anchor="bottom"``: the rows the bottom tile covers from it alone);
-        ``windows``: each tile's attention pooled over them (a tile wider than the training input)."""
+        (``tile_weights``; ``anchor="bottom"``: the rows the bottom tile covers from it alone)."""
         p = self.predictor
         h, w = x.shape[-2:]
         rows, cols = tile_weights(h, th, anchor), tile_weights(w, tw)
@@ -791,8 +778,7 @@ class FramePipeline:
         for start in range(0, len(boxes), per_batch):
             part = list(range(start, min(start + per_batch, len(boxes))))
             batch = torch.cat([x[..., boxes[k][0]:boxes[k][0] + th, boxes[k][1]:boxes[k][1] + tw] for k in part])
-            d, u = p.run_heads(p.trunk_features(batch, windows=windows), torch.full((len(part),), head),
-                               with_uncertainty)
+            d, u = p.run_heads(p.trunk_features(batch), torch.full((len(part),), head), with_uncertainty)
             outs = [upsample_to(d, (th, tw)), upsample_to(u, (th, tw)) if u is not None else None]
             for j, k in enumerate(part):
                 y, x0 = boxes[k]
@@ -844,7 +830,7 @@ class FramePipeline:
         fit = self.fit_plan(chosen, ph, pw)
         reuse = None
         if sel is not None and sel["size"] == (ph, pw) == (plan.height, plan.width) and sel.get("crop") is not None:
-            if fit is not None and not (fit.windowed or fit.row_tiles) \
+            if fit is not None and not fit.row_tiles \
                     and sel["crop"] == (fit.top, fit.left, fit.height, fit.width) == (fit.top, fit.left, fit.pass_h, fit.pass_w):
                 reuse = sel.get("features")  # the selection ran on this head's fitted crop
         elif sel is not None and sel["size"] == (ph, pw) == (plan.height, plan.width):
@@ -854,8 +840,6 @@ class FramePipeline:
                 reuse = sel.get("features")
             elif self.windowed and sel.get("blocks") is not None:
                 reuse = self.predictor.fuse(sel["blocks"], self.windows(chosen), sel["size"])
-            elif fit is not None and self._whole_windowed(fit) and sel.get("blocks") is not None:
-                reuse = self.predictor.fuse(sel["blocks"], Windows(self.tiles[chosen], "center"), sel["size"])
         same = sel is not None and sel.get("input") is not None and sel["size"] == (plan.height, plan.width)
         net_in = sel["input"] if same else resized(x, plan.height, plan.width)  # the selection's, where it is
         del x

@@ -264,11 +264,11 @@ class ImageOptions:
     frame_rule: str = field(default=DEFAULT_FRAME_RULE, metadata={"help": (
         "how a frame larger than the head's training input runs: fitted (default) = one pass at the "
         "head's training geometry (a side up to 6 percent longer cropped to it, up to 25 percent resized to it, "
-        "a longer width whole with the attention pooled over windows); tiled = overlapping tiles of "
+        "a longer width whole; every backend runs it); tiled = overlapping tiles of "
         "the training size, blended (the rule before, 2.4-3.2x the cost); tiled-anchored = the same, "
         "a KITTI-like head's rows from its bottom tile; windowed = one pass over the whole input, the "
         "attention pooled over windows (less accurate on K). Measured: docs/BENCHMARKS.md#frame-rule; "
-        "the windows run on the PyTorch backend only, the others tile those frames")})
+        "windowed runs on the PyTorch backend only, the others tile those frames")})
     max_pixels: int | None = field(default=DEFAULT_MAX_PIXELS, metadata={"help": (
         "refuse images with more pixels than this, read from the file's header before decoding "
         "(memory grows by well over 100 bytes per pixel)")})

@@ -145,12 +145,12 @@ def test_fit_plan_brings_each_side_to_the_training_geometry():
     # N-like: 120x160 through a head trained on 114x152 crops: the centred crop, nothing resized
     plan = FR.fit_plan(120, 160, (114, 152))
     assert (plan.top, plan.left, plan.height, plan.width, plan.pass_h, plan.pass_w) == (3, 4, 114, 152, 114, 152)
-    assert plan.depth_factor == 1.0 and not (plan.windowed or plan.row_tiles or plan.identity)
+    assert plan.depth_factor == 1.0 and not (plan.row_tiles or plan.identity)
     assert FR.fit_plan(117, 152, (114, 152)).top == 1  # an odd excess: the extra row below
-    # K-like: 176 rows (10 % more than 160) resized to 160, the long width whole with windows
+    # K-like: 176 rows (10 % more than 160) resized to 160, the long width whole
     plan = FR.fit_plan(176, 608, (160, 240), "bottom", frame_h=176)
     assert (plan.top, plan.height, plan.pass_h, plan.width, plan.pass_w) == (0, 176, 160, 608, 608)
-    assert plan.windowed and not plan.row_tiles
+    assert not plan.row_tiles
     assert plan.depth_factor == pytest.approx((160 / 176) ** FR.FIT_DEPTH_POWER)
     # KITTI's raw height: the rows above the head's training frame dropped, then the same
     raw = FR.fit_plan(184, 608, (160, 240), "bottom", frame_h=176)
@@ -160,7 +160,7 @@ def test_fit_plan_brings_each_side_to_the_training_geometry():
     assert FR.fit_plan(168, 240, (160, 240)).top == 4
     # much taller than its frame: nothing dropped, full-width passes of the training height
     tall = FR.fit_plan(400, 608, (160, 240), "bottom", frame_h=176)
-    assert (tall.top, tall.height, tall.pass_h) == (0, 400, 400) and tall.row_tiles and tall.windowed
+    assert (tall.top, tall.height, tall.pass_h) == (0, 400, 400) and tall.row_tiles
     # no larger than the training input: as it is
     assert FR.fit_plan(100, 120, (114, 152)).identity and FR.fit_plan(114, 152, (114, 152)).identity
 
@@ -180,9 +180,9 @@ def test_the_fitted_pass_is_the_networks_forward_on_the_crop_or_the_resized_regi
     pipe, cam = fitted_pipeline(p)
     head = torch.tensor([1])
 
-    def forward(x, windows=None):
+    def forward(x):
         with torch.no_grad():
-            return p.run_heads(p.trunk_features(x, windows=windows), head, True)
+            return p.run_heads(p.trunk_features(x), head, True)
 
     # 84x124 (5 % and 3 % over 80x120): the bottom-anchored crop, rows 4-84, columns 2-122
     img = frame(84, 124, seed=3)
@@ -197,25 +197,32 @@ def test_the_fitted_pass_is_the_networks_forward_on_the_crop_or_the_resized_regi
     np.testing.assert_allclose(r["uncertainty"][4:84, 2:122], FR.upsample_to(u, (80, 120))[0, 0].numpy(),
                                rtol=1e-4, atol=1e-5)
     # 96x303: 8 rows above the 88-row training frame dropped, 88 rows resized to 80, the width
-    # whole with windowed attention; the depth times the area ratio's power
+    # whole (the trained global pooling); the depth times the area ratio's power
     img = frame(96, 303, seed=4)
     r = pipe.run(img, head=1, camera=cam)
     region = FR.resized(FR.to_tensor(img)[..., 8:, :], 80, 303)
-    d, _ = forward(region, Windows((80, 120)))
+    d, _ = forward(region)
     want = FR.upsample_to(d, (88, 303))[0, 0].numpy() * (80 / 88) ** FR.FIT_DEPTH_POWER
     assert r["tiles"] == 1 and r["input_size"] == [96, 303]
     np.testing.assert_allclose(r["depth"][8:], want, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(r["depth"][:8], np.broadcast_to(want[0], (8, 303)), rtol=1e-4, atol=1e-5)
 
 
-def test_a_backend_without_windows_tiles_the_fitted_region(ckpt, monkeypatch):
+def test_a_backend_without_windows_runs_the_same_fitted_pass(ckpt, monkeypatch):
+    """The fitted pass needs no windowed attention, so ONNX Runtime and OpenVINO run it as it is."""
     p = DepthPredictor.from_checkpoint(ckpt, fast=False)
+    pipe, cam = fitted_pipeline(p)
+    img = frame(96, 303, seed=4)
+    want = pipe.run(img, head=1, camera=cam)["depth"]
     monkeypatch.setattr(type(p), "supports_windows", property(lambda self: False))
     seen = []
     real = p.trunk_features
     monkeypatch.setattr(p, "trunk_features",
                         lambda x, windows=None: seen.append((tuple(x.shape), windows)) or real(x, windows=windows))
-    pipe, cam = fitted_pipeline(p)
-    r = pipe.run(frame(96, 303, seed=4), head=1, camera=cam)
-    # the 88 rows resized to 80, then 80x120 tiles across the width, the trained (global) pooling
-    assert seen == [((4, 3, 80, 120), None)] and r["tiles"] == 4
+    r = pipe.run(img, head=1, camera=cam)
+    assert seen == [((1, 3, 80, 303), None)] and r["tiles"] == 1
+    np.testing.assert_array_equal(r["depth"], want)
+    # rows much taller than the head's frame: full-width passes of the training height, blended
+    tall = pipe.run(frame(200, 303, seed=5), head=1, camera=cam)
+    assert tall["tiles"] == len(FR.tile_starts(200, 80)) == 3
+    assert seen[-1] == ((3, 3, 80, 303), None)
