@@ -709,14 +709,13 @@ class FramePipeline:
 
     def depth(self, x: torch.Tensor, head: int, with_uncertainty: bool, feats=None):
         """(depth, uncertainty or None) (1,1,h',w') covering the network input ``x`` (1,3,h,w)
-        through head ``head``. Up to the head's training input size in one pass (``feats``: its
-        features when already computed). A larger input: the fused features' channel attention
-        pools over its whole input, so a head must see the extent of image it was trained on (the
-        quickstart's NK stage model, 8 K frames: whole 608x176 frames in one pass gave AbsRel 0.415
-        against 0.341 in 240x160 tiles): with the "windowed" rule in one pass with the attention
-        pooled over windows of that extent (``feats``: those features when already computed), with
-        "tiled" in overlapping tiles of that size, blended (``tile_weights``; "tiled-anchored": a
-        bottom-anchored head's rows from its bottom tile)."""
+        through head ``head`` (``feats``: the pass's features when already computed). The "fitted"
+        rule (the default): one pass at the head's training geometry (:meth:`_fitted`; a head is at
+        its best on inputs of the size it learned, above all in rows). The rules before it: up to
+        the head's training input size in one pass; a larger input with "windowed" in one pass with
+        the attention pooled over windows of that extent, with "tiled" in overlapping tiles of that
+        size, blended (``tile_weights``; "tiled-anchored": a bottom-anchored head's rows from its
+        bottom tile)."""
         p = self.predictor
         h, w = x.shape[-2:]
         plan = self.fit_plan(head, h, w)
