@@ -444,8 +444,15 @@ class FitPlan:
     @property
     def identity(self) -> bool:
         """True when the input runs as it is, in one pass."""
-        return (self.top, self.left, self.pass_h, self.pass_w) == (0, 0, self.height, self.width) \
-            and not self.row_tiles
+        return self.crop == (0, 0, self.height, self.width)
+
+    @property
+    def crop(self):
+        """(top, left, height, width) where the pass is the region as it is, one pass and nothing
+        resized (a selection run on that crop serves it); None otherwise."""
+        if self.row_tiles or (self.pass_h, self.pass_w) != (self.height, self.width):
+            return None
+        return self.top, self.left, self.height, self.width
 
 
 def _fit_side(length: int, train: int, end: bool) -> tuple:
@@ -703,9 +710,7 @@ class FramePipeline:
         crop lets the depth pass of a head with the same plan (N and S: the same camera and
         training input) reuse the selection's features."""
         plan = self.fit_plan(0, h, w)
-        if plan is None or plan.identity or plan.row_tiles or (plan.pass_h, plan.pass_w) != (plan.height, plan.width):
-            return None
-        return plan.top, plan.left, plan.height, plan.width
+        return None if plan is None or plan.identity else plan.crop
 
     def depth(self, x: torch.Tensor, head: int, with_uncertainty: bool, feats=None):
         """(depth, uncertainty or None) (1,1,h',w') covering the network input ``x`` (1,3,h,w)
@@ -828,14 +833,14 @@ class FramePipeline:
         th, tw = self.tile_size(chosen, ph, pw)
         fit = self.fit_plan(chosen, ph, pw)
         reuse = None
-        if sel is not None and sel["size"] == (ph, pw) == (plan.height, plan.width) and sel.get("crop") is not None:
-            if fit is not None and not fit.row_tiles \
-                    and sel["crop"] == (fit.top, fit.left, fit.height, fit.width) == (fit.top, fit.left, fit.pass_h, fit.pass_w):
-                reuse = sel.get("features")  # the selection ran on this head's fitted crop
-        elif sel is not None and sel["size"] == (ph, pw) == (plan.height, plan.width):
-            # the selection's pass serves the depth: its features, or its encoder blocks fused
-            # with the attention pooled over the head's windows
-            if (th, tw) == (ph, pw) or (fit is not None and fit.identity):
+        if sel is not None and sel["size"] == (ph, pw) == (plan.height, plan.width):
+            # the selection's pass serves the depth: its features (run on this head's fitted crop,
+            # or on the whole input), or its encoder blocks fused with the attention pooled over
+            # the head's windows
+            if sel.get("crop") is not None:
+                if fit is not None and fit.crop == sel["crop"]:
+                    reuse = sel.get("features")
+            elif (th, tw) == (ph, pw) or (fit is not None and fit.identity):
                 reuse = sel.get("features")
             elif self.windowed and sel.get("blocks") is not None:
                 reuse = self.predictor.fuse(sel["blocks"], self.windows(chosen), sel["size"])
@@ -848,11 +853,10 @@ class FramePipeline:
         if (ph, pw) != (plan.height, plan.width):
             depth = upsample_to(depth, (ph, pw))[..., :plan.height, :plan.width]
             unc = None if unc is None else upsample_to(unc, (ph, pw))[..., :plan.height, :plan.width]
-        passes = len(tile_starts(ph, th)) * len(tile_starts(pw, tw))
-        if self.windowed or (fit is not None and fit.identity):
-            passes = 1
-        elif fit is not None:
+        if fit is not None:
             passes = self._fit_passes(chosen, fit)
+        else:
+            passes = 1 if self.windowed else len(tile_starts(ph, th)) * len(tile_starts(pw, tw))
         out = {"depth": (upsample_to(depth, (H, W))[0, 0] * plan.depth_scale).cpu().numpy().astype(np.float32),
                "uncertainty": None, "head": chosen, "how": how,
                "raw_head": None if sel is None else sel["raw_head"],
