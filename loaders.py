@@ -207,7 +207,8 @@ def _png_depth_array(img: Image.Image, bits: Optional[int], path: str, what: str
 def decode_depth(path: str, encoding: dict) -> np.ndarray:
     """Decode one depth file to float32 metres (H, W); 0 = no ground truth.
 
-    `encoding` is a domain's encoding dict, e.g. {"kind": "png", "scale": 0.001, "bits": 16}.
+    `encoding` is a domain's encoding dict, e.g. {"kind": "png", "scale": 0.001, "bits": 16}. The
+    "npy" kind is float depth: a ``.npy`` array, or an OpenEXR file (``.exr``, :func:`read_exr_depth`).
     """
     kind = encoding.get("kind")
     scale = float(encoding.get("scale", 1.0))
@@ -215,6 +216,8 @@ def decode_depth(path: str, encoding: dict) -> np.ndarray:
     if kind == "png":
         img = _open_image(path, "depth")
         raw = _png_depth_array(img, encoding.get("bits"), path, what)
+    elif kind == "npy" and path.lower().endswith(EXR_EXT):
+        return read_exr_depth(path, scale)
     elif kind == "npy":
         raw = np.load(path)
         if raw.ndim == 3 and raw.shape[-1] == 1:
@@ -244,7 +247,95 @@ def _describe_encoding(enc: dict) -> str:
     if kind == "png":
         bits = enc.get("bits")
         return f"{bits or 'single-channel'}{'-bit' if bits else ''} PNG, metres = value * {enc.get('scale'):.6g}"
-    return f"{kind}, metres = value * {enc.get('scale', 1.0):.6g}" if kind == "npy" else str(kind)
+    return (f"float depth (.npy or .exr), metres = value * {enc.get('scale', 1.0):.6g}" if kind == "npy"
+            else str(kind))
+
+
+# ---------------------------------------------------------------------------- OpenEXR depth
+EXR_EXT = (".exr",)
+#: channel names that mean depth when an EXR holds other channels too (a render's R, G, B, A and Z)
+EXR_DEPTH_NAMES = ("Z", "depth", "Depth")
+EXR_EXPECTED = ("expected one depth channel: Z or depth, or the only channel (an alpha A aside, e.g. Y or R), "
+                "or R, G, B holding the same depth")
+
+
+def _exr_file(path: str, header_only: bool):
+    """The OpenEXR.File at ``path`` (the pixels of each channel apart unless ``header_only``)."""
+    try:
+        import OpenEXR
+    except ImportError:
+        raise DatasetFormatError(f"{path}: reading EXR depth needs the OpenEXR package "
+                                 f"(pip install -r requirements.txt)") from None
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"depth file not found: {path}")
+    if not os.path.isfile(path):
+        raise DatasetFormatError(f"{path}: not a regular file")
+    try:
+        return OpenEXR.File(path, separate_channels=True, header_only=header_only)
+    except Exception as e:  # noqa: BLE001 - the binding raises RuntimeError for any unreadable file
+        raise DatasetFormatError(f"{path}: not a readable OpenEXR file ({type(e).__name__})") from None
+
+
+def _exr_depth_channels(path: str, channels) -> Tuple[str, Tuple[str, ...]]:
+    """(the channel that holds depth, the channels that must equal it) from an EXR's first part's
+    channels (objects with ``name``, ``xSampling``, ``ySampling``); a DatasetFormatError otherwise."""
+    by_name = {c.name: c for c in channels}
+    names = list(by_name)
+    found = ", ".join(names) or "none"
+    colour = sorted(set(names) - {"A"})
+    named = [n for n in EXR_DEPTH_NAMES if n in by_name]
+    if len(named) == 1:
+        pick, same = named[0], ()
+    elif len(colour) == 1:   # the only channel, or the only one beside an alpha
+        pick, same = colour[0], ()
+    elif colour == ["B", "G", "R"]:
+        pick, same = "R", ("G", "B")
+    else:
+        raise DatasetFormatError(f"{path}: EXR channels {found}; {EXR_EXPECTED}")
+    for n in (pick,) + same:
+        c = by_name[n]
+        if (c.xSampling, c.ySampling) != (1, 1):
+            raise DatasetFormatError(f"{path}: EXR channel {n} is subsampled ({c.xSampling}x{c.ySampling}); "
+                                     f"expected depth at every pixel")
+    return pick, same
+
+
+def exr_depth_size(path: str) -> Tuple[int, int]:
+    """(W, H) of a depth EXR from its header alone, after checking that it has a depth channel (the
+    rule of :func:`read_exr_depth`); a DatasetFormatError naming the file otherwise."""
+    f = _exr_file(path, header_only=True)
+    header = f.header()
+    _exr_depth_channels(path, header.get("channels") or [])
+    lo, hi = header["dataWindow"]
+    return int(hi[0] - lo[0] + 1), int(hi[1] - lo[1] + 1)
+
+
+def read_exr_depth(path: str, scale: float = 1.0) -> np.ndarray:
+    """One depth map from an OpenEXR file: float32 (H, W), the stored value x ``scale`` (metres per
+    stored value; 1 for the metres Blender, the ZED SDK and most renderers write).
+
+    The depth is the first part's channel named Z or depth, or its only channel (an alpha A aside),
+    or R of an R, G, B(, A) file whose R, G and B are equal; anything else (two channels of other
+    names, colour) is one DatasetFormatError line naming the file, the channels found and what was
+    expected. Half and float channels are read (a half converts exactly). Non-finite values (NaN,
+    inf: a renderer's background) and values <= 0 become 0, "no measurement", as every other depth
+    encoding marks invalid depth.
+    """
+    f = _exr_file(path, header_only=False)
+    channels = f.channels()
+    pick, same = _exr_depth_channels(path, channels.values())
+    raw = channels[pick].pixels
+    if raw.dtype not in (np.float16, np.float32):
+        raise DatasetFormatError(f"{path}: EXR channel {pick} holds {raw.dtype} values; expected half or "
+                                 f"float depth")
+    for n in same:
+        if not np.array_equal(channels[n].pixels, raw, equal_nan=True):
+            raise DatasetFormatError(f"{path}: EXR channels {', '.join(channels)} with R, G and B different "
+                                     f"(colour, not depth); {EXR_EXPECTED}")
+    # float64 product, then float32: exact to float32 rounding (and exact for scale 1)
+    depth = (raw.astype(np.float64) * float(scale)).astype(np.float32)
+    depth[~(np.isfinite(depth) & (depth > 0))] = 0.0
+    return depth
 
 
 def read_h5_pair(path: str, rgb_key: str = "rgb", depth_key: str = "depth") -> Tuple[Image.Image, np.ndarray]:

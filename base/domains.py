@@ -28,7 +28,8 @@ JSON format of one custom domain (every field except `name` and `letter` is opti
                                      # how a depth file decodes to metres; one dict for all splits or
                                      #   {"train": {...}, "test": {...}[, "replay": {...}]}.
                                      #   kinds: "png" (metres = value * scale; bits 8, 16 or null =
-                                     #   any single-channel integer PNG), "npy" (float array * scale),
+                                     #   any single-channel integer PNG), "npy" (float depth * scale:
+                                     #   a .npy array or an OpenEXR .exr's depth channel),
                                      #   "h5" (keys "rgb"/"depth", metres), "mat" (NYU labeled .mat)
                                      #   (default: 16-bit PNG in millimetres)
       "source": "generic_png",       # dataset class: generic_png | nyu_csv | nyu_h5 | nyu_mat |

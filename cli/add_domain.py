@@ -3,12 +3,13 @@
   python add_domain.py --prior runs/NKS.pth.tar --name office --letter O --src recordings/office \\
       --layout tum --intrinsics 535.4,539.2,320.1,247.6
 
-It reads and checks the recording (data/recordings.py: tum, png16, npy, kitti), writes the domain's
-description (<data-root>/domains.json) and index CSVs, learns the new head with the training
-engine (distillation + replay, as train_NKS.py; the calibration, frame statistics and
-out-of-domain threshold are fitted at the stage's end), and writes REPORT.md beside the new
-checkpoint: the new domain's accuracy, every old domain's forgetting, the head-selection confusion
-matrix with the new domain, and the cost. The library is cli/new_domain.py.
+It reads and checks the recording (data/recordings.py: tum, png16, npy = float metres in .npy or
+OpenEXR .exr files, kitti), writes the domain's description (<data-root>/domains.json) and index
+CSVs, learns the new head with the training engine (distillation + replay, as train_NKS.py; the
+calibration, frame statistics and out-of-domain threshold are fitted at the stage's end), and
+writes REPORT.md beside the new checkpoint: the new domain's accuracy, every old domain's
+forgetting, the head-selection confusion matrix with the new domain, and the cost. The library is
+cli/new_domain.py.
 """
 from __future__ import annotations
 

@@ -54,7 +54,8 @@ class AddDomainOptions:
     name: str = _o(None, "the new domain's name: lower-case letters, digits, '_' or '-'")
     letter: str = _o(None, "the new domain's letter A-Z, not one the prior learned")
     src: str = _o(None, "the recording's folder, in --layout")
-    layout: str = _o("png16", "how the recording is stored: " + ", ".join(LAYOUTS) + " (data/recordings.py)")
+    layout: str = _o("png16", "how the recording is stored: " + ", ".join(LAYOUTS) + " (data/recordings.py; "
+                              "npy: float metres in .npy or OpenEXR .exr depth files)")
     depth_unit: float | None = _o(None, "metres per stored depth value (default: the layout's: tum 0.0002 = "
                                         "5000 per metre, png16 0.001 = millimetres, npy 1, kitti 1/256)")
     tolerance: float = _o(0.02, "tum: the largest colour-depth timestamp difference paired, seconds")

@@ -192,13 +192,20 @@ def scan_nyu(src: str, report: Report) -> Tuple[List[Pair], List[Pair]]:
 
 def _pair_by_stem(folder: str, report: Report, image_ext, depth_ext, depth_folder: Optional[str] = None,
                   keep=lambda stem: True) -> List[Pair]:
-    """Pairs of files with the same stem: images in `folder`, depths in `depth_folder` (or the same)."""
+    """Pairs of files with the same stem: images in `folder`, depths in `depth_folder` (or the same).
+    A stem with depth files of several extensions takes the first of `depth_ext` (the others skipped)."""
     depth_folder = depth_folder or folder
-    dfiles = {}
-    for n in os.listdir(depth_folder):
+    dfiles, rank = {}, {e: i for i, e in enumerate(depth_ext)}
+    for n in sorted(os.listdir(depth_folder), key=lambda n: (rank.get(os.path.splitext(n)[1].lower(), 0), n)):
         s, e = os.path.splitext(n)
-        if e.lower() in depth_ext:
-            dfiles[s] = n
+        if e.lower() not in depth_ext:
+            continue
+        if s in dfiles:
+            if keep(s):
+                report.skip(os.path.join(depth_folder, n), f"another depth file of this stem is read "
+                                                           f"(first of {', '.join(depth_ext)})")
+            continue
+        dfiles[s] = n
     pairs, used = [], set()
     for n in sorted(os.listdir(folder), key=natural_key):
         s, e = os.path.splitext(n)
@@ -391,11 +398,11 @@ def scan_nyu_mat(mat: str, splits: Optional[str]) -> Tuple[List[Pair], List[Pair
 
 
 def scan_generic(src, rgb_dir, depth_dir, fraction, seed, report) -> Tuple[List[Pair], List[Pair]]:
-    """<src>/<rgb_dir>/<stem>.<img> with <src>/<depth_dir>/<stem>.png|.npy; seeded random test fraction."""
+    """<src>/<rgb_dir>/<stem>.<img> with <src>/<depth_dir>/<stem>.png|.npy|.exr; seeded random test fraction."""
     rd, dd = os.path.join(src, rgb_dir), os.path.join(src, depth_dir)
     _need_dir(rd, f"no folder {rd!r} (colour images; see --rgb-dir)")
     _need_dir(dd, f"no folder {dd!r} (depth maps; see --depth-dir)")
-    pairs = _pair_by_stem(rd, report, IMAGE_EXT, (".png", ".npy"), dd)
+    pairs = _pair_by_stem(rd, report, IMAGE_EXT, (".png", ".npy", ".exr"), dd)
     k = int(round(len(pairs) * fraction))
     test_idx = set(random.Random(seed).sample(range(len(pairs)), k))
     return ([p for i, p in enumerate(pairs) if i not in test_idx], [p for i, p in enumerate(pairs) if i in test_idx])

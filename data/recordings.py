@@ -7,7 +7,8 @@ layout     files                                                                
            comments), colour and depth paired by nearest timestamp within a tolerance   per metre)
 ``png16``  ``rgb/`` (or ``color/``) + ``depth/`` 16-bit PNG, paired by file stem        0.001 m (RealSense
            (RealSense, Azure Kinect, Orbbec, ZED exports)                               D400, Kinect, Orbbec)
-``npy``    ``rgb/`` + ``depth/`` float32 ``.npy`` in metres, paired by stem             1 (metres)
+``npy``    ``rgb/`` + ``depth/`` float ``.npy`` or OpenEXR ``.exr`` in metres, by stem  1 (metres)
+           (one half or float depth channel: Blender, ZED SDK, renderers)
 ``kitti``  ``image/`` + ``groundtruth_depth/`` (KITTI's names) or ``rgb/`` + ``depth/``  1/256 m
            by stem: sparse 16-bit LiDAR depth, 0 = no return
 =========  ==========================================================================  ===============
@@ -163,7 +164,7 @@ class Png16Layout(Layout):
         depth = _folder(src, ("depth",), "depth maps")
         others = [n for n in os.listdir(depth) if os.path.splitext(n)[1].lower() not in self.depth_ext]
         for n in sorted(others):
-            why = ("EXR depth: no EXR reader installed; convert to float32 .npy in metres (--layout npy)"
+            why = ("EXR depth (float metres) in a 16-bit PNG layout: read it with --layout npy"
                    if n.lower().endswith(".exr") else
                    f"not a {'/'.join(self.depth_ext)} depth file of the {self.name} layout")
             report.skip(os.path.join(depth, n), why)
@@ -172,13 +173,14 @@ class Png16Layout(Layout):
 
 @dataclass(frozen=True)
 class NpyLayout(Png16Layout):
-    """``rgb/`` and ``depth/`` float32 ``.npy`` arrays in metres (unit 1), same stems. ``.exr``
-    files are reported as skipped: no EXR reader is installed (convert them to .npy)."""
+    """``rgb/`` and ``depth/`` float depth in metres (unit 1), same stems: float32 ``.npy`` arrays or
+    OpenEXR ``.exr`` files (one half or float depth channel, loaders.read_exr_depth), mixed freely;
+    a stem with both is read from its ``.npy`` (the other reported as skipped)."""
     name: ClassVar[str] = "npy"
     default_unit: ClassVar[float] = 1.0
     kind: ClassVar[str] = "npy"
     bits: ClassVar[Optional[int]] = None
-    depth_ext: ClassVar[tuple] = (".npy",)
+    depth_ext: ClassVar[tuple] = (".npy", ".exr")
 
 
 @dataclass(frozen=True)
@@ -237,6 +239,15 @@ def _header(path: str, what: str):
 
 def _depth_header(path: str, layout: Layout):
     """((W, H), None) or (None, reason)."""
+    if layout.kind == "npy" and path.lower().endswith(".exr"):
+        from loaders import exr_depth_size   # loaders imports torch: only when a recording has EXR depth
+
+        try:
+            return exr_depth_size(path), None
+        except FileNotFoundError:
+            return None, "depth file not found"
+        except InputError as e:   # its message: "<path>: <what is wrong>"; the report names the path
+            return None, str(e).replace(f"{path}: ", "", 1)
     if layout.kind == "npy":
         try:
             arr = np.load(path, mmap_mode="r")

@@ -132,6 +132,29 @@ def test_generic(tmp_path, clean_registry):
     assert get_dataset("O", "test", str(root))[0]["depth"].shape == (1, 32, 48)
 
 
+def test_generic_float_depth_indexes_npy_and_exr_alike(tmp_path, clean_registry):
+    import OpenEXR
+
+    root = tmp_path / "datasets"
+    root.mkdir()
+    (root / "domains.json").write_text(json.dumps([{"name": "render", "letter": "R", "input_size": [32, 48],
+                                                    "depth_encoding": {"kind": "npy", "scale": 1.0}}]))
+    (root / "render/depth").mkdir(parents=True)
+    for i in range(4):
+        helpers.write_rgb(str(root / f"render/rgb/{i}.jpg"), helpers.rgb_pattern((40, 56), i))
+        d = np.full((40, 56), 2.0 + i, np.float32)
+        if i % 2:
+            OpenEXR.File({}, {"Z": d}).write(str(root / f"render/depth/{i}.exr"))
+        else:
+            np.save(root / f"render/depth/{i}.npy", d)
+    assert prepare_cli.main(["generic", "--domain", "R", "--src", str(root / "render"), "--data-root", str(root),
+                             "--test-fraction", "0.5"]) == 0
+    indexed = sorted(os.path.basename(d) for s in ("train", "test") for _, d in rows(root / f"render_{s}.csv"))
+    assert indexed == ["0.npy", "1.exr", "2.npy", "3.exr"]
+    splits = [get_dataset("R", s, str(root), train=False) for s in ("train", "test")]
+    assert sorted(float(ds[i]["depth"].max()) for ds in splits for i in range(len(ds))) == [2.0, 3.0, 4.0, 5.0]
+
+
 def test_write_replay_csv(tmp_path):
     train = [(f"a/{i}.jpg", f"a/{i}.png") for i in range(20)]
     helpers.write_csv(str(tmp_path / "t.csv"), train)
