@@ -275,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(inference/known_depth.py)")
     p.add_argument("--known-depth-layout", default=None, choices=("tum", "png16", "npy", "kitti"),
                    help="how a sparse known-depth image stores depth: its unit (data/recordings.py; "
-                        "default npy for .npy, else png16 = millimetres)")
+                        "default npy = metres for .npy and .exr, else png16 = millimetres)")
     p.add_argument("--known-depth-unit", type=float, default=None,
                    help="metres per stored value of a known-depth image (default: the layout's)")
     add_image_argument(p, "--quiet", action="store_true")

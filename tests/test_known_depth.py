@@ -1,15 +1,17 @@
 """The scale from a few known distances (inference/known_depth.py): exact on a scaled prediction,
-robust to outliers, refusing on disagreement; its readers; predict.py --known-depth end to end."""
+robust to outliers, refusing on disagreement; its readers (CSV, 16-bit PNG, OpenEXR); predict.py
+--known-depth end to end."""
 import json
 
 import numpy as np
+import OpenEXR
 import pytest
 from PIL import Image
 
 from base.errors import InputError
 from cli import predict as P
 from helpers import make_checkpoint, make_data_root, write_image
-from inference.known_depth import KnownPoints, fit_known_scale, read_known_depth
+from inference.known_depth import KnownPoints, fit_known_scale, known_depth_file, read_known_depth
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 H, W = 30, 40
@@ -79,6 +81,23 @@ def test_csv_and_sparse_image_readers(tmp_path):
         read_known_depth(tmp_path / "bad.csv")
 
 
+def write_exr(path, depth, half=False):
+    OpenEXR.File({}, {"Z": depth.astype(np.float16 if half else np.float32)}).write(str(path))
+
+
+def test_sparse_exr_is_metres_with_no_point_where_not_finite_or_not_positive(tmp_path):
+    sparse = np.full((H, W), np.nan, np.float32)       # a renderer's or SDK's "no depth"
+    sparse[5, 7], sparse[20, 30], sparse[0, 0], sparse[1, 1] = 2.25, 7.5, -1.0, np.inf
+    write_exr(tmp_path / "sparse.exr", sparse)
+    pts = read_known_depth(tmp_path / "sparse.exr", (W, H))       # .exr: the npy layout, metres
+    assert (pts.x.tolist(), pts.y.tolist(), pts.metres.tolist()) == ([7.0, 30.0], [5.0, 20.0], [2.25, 7.5])
+    pts = read_known_depth(tmp_path / "sparse.exr", (W, H), layout="npy", unit=0.5)
+    assert pts.metres.tolist() == [1.125, 3.75]
+    with pytest.raises(InputError, match=r"sparse\.exr: known depth is 40x30, expected the image's size 20x15"):
+        read_known_depth(tmp_path / "sparse.exr", (20, 15))
+    assert known_depth_file(tmp_path, "photos/sparse.jpg") == str(tmp_path / "sparse.exr")
+
+
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     root = make_data_root(tmp_path_factory.mktemp("data"), "NK", n_train=3, n_test=1, n_replay=3)
@@ -109,3 +128,19 @@ def test_predict_known_depth_rescales_or_flags(ckpt, tmp_path, capsys):
     record = json.loads((tmp_path / "flagged" / "predictions.json").read_text())["images"][0]["known_depth"]
     assert not record["ok"] and record["fitted_factor"] == pytest.approx(1000, rel=1e-4)
     assert "scale check failed" in capsys.readouterr().out
+
+
+def test_predict_known_depth_from_a_folder_of_exr_files(ckpt, tmp_path, capsys):
+    write_image(tmp_path / "in" / "room.png", (64, 48), "RGB", seed=3)
+    base = ["--checkpoint", str(ckpt), "--domain", "N", "--quiet", "--no-plots", "--no-clamp"]
+    assert P.main([str(tmp_path / "in"), "--out", str(tmp_path / "plain"), *base]) == 0
+    plain = np.load(tmp_path / "plain" / "room_depth.npy")
+    sparse = np.zeros(plain.shape, np.float32)
+    for x, y in [(5, 5), (40, 30), (60, 10), (20, 40)]:
+        sparse[y, x] = 1.5 * plain[y, x]
+    (tmp_path / "known").mkdir()
+    write_exr(tmp_path / "known" / "room.exr", sparse)                  # the image's stem, float metres
+    assert P.main([str(tmp_path / "in"), "--out", str(tmp_path / "fixed"), "--known-depth",
+                   str(tmp_path / "known"), *base]) == 0
+    np.testing.assert_allclose(np.load(tmp_path / "fixed" / "room_depth.npy"), 1.5 * plain, rtol=1e-5)
+    assert "scale x1.5 from 4/4 known points" in capsys.readouterr().out
