@@ -178,22 +178,34 @@ class CastInputConv2d(nn.Conv2d):
         return super().forward(x.to(self.weight.dtype))
 
 
-def _float32_output_convs(net: nn.Module) -> None:
-    """Give every head branch's last conv (``conv2``: 64 -> 1 channel) float32 weights and inputs."""
+def _float32_output_convs(net: nn.Module, weights: dict) -> None:
+    """Give every head branch's last conv (``conv2``: 64 -> 1 channel) float32 weights and inputs;
+    ``weights``: :func:`_output_conv_weights` of the network before it was cast, so that these
+    convolutions keep float32's values (the depth's bias rounded to bfloat16 moved S-like depth by
+    0.27 % median, five times the rest of the bf16 path's change)."""
     from .modules import Branch  # local: keeps this module importable on its own
-    for branch in net.modules():
+    for name, branch in net.named_modules():
         if isinstance(branch, Branch):
             old = branch.conv2
             new = CastInputConv2d(old.in_channels, old.out_channels, old.kernel_size,
                                   stride=old.stride, padding=old.padding, dilation=old.dilation,
                                   groups=old.groups, bias=old.bias is not None)
             new = new.to(device=old.weight.device)
+            weight, bias = weights[name]
             with torch.no_grad():
-                new.weight.copy_(old.weight.float())
-                if old.bias is not None:
-                    new.bias.copy_(old.bias.float())
+                new.weight.copy_(weight)
+                if bias is not None:
+                    new.bias.copy_(bias)
             new.requires_grad_(False)
             branch.conv2 = new.to(memory_format=_memory_format(old.weight))
+
+
+def _output_conv_weights(net: nn.Module) -> dict:
+    """Branch name -> float32 copies of its output conv's (weight, bias), taken before a cast."""
+    from .modules import Branch
+    return {name: (b.conv2.weight.detach().float().clone(),
+                   None if b.conv2.bias is None else b.conv2.bias.detach().float().clone())
+            for name, b in net.named_modules() if isinstance(b, Branch)}
 
 
 def inference_copy(net: nn.Module, *, fuse_bn: bool = True, channels_last: bool = True,
@@ -216,8 +228,9 @@ def inference_copy(net: nn.Module, *, fuse_bn: bool = True, channels_last: bool 
     if fuse_bn:
         net = fuse_conv_bn(net, inplace=True)
     if dtype is not None and dtype != torch.float32:
+        kept = _output_conv_weights(net)
         net = net.to(dtype)
-        _float32_output_convs(net)
+        _float32_output_convs(net, kept)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
     if fused_kernels:

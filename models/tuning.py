@@ -6,9 +6,9 @@ that meet the accuracy bound against PyTorch float32 (:func:`accurate`), and ret
 The result is cached in a user cache folder (``$XDG_CACHE_HOME/lifelong-monodepth``, else
 ``~/.cache/lifelong-monodepth``; :func:`cache_dir`) under a key of the CPU's capability line
 (``models.hardware.capability_line``), the versions of torch / onnxruntime / openvino, the input
-size and the thread count (:func:`cache_key`): any change of those measures again, and so does a
-measurement taken on a busy machine once it is idler (:func:`stale_load`); a cached answer costs
-one small JSON read. The file is written complete or not at all (``base.safeio``).
+size, the thread count and the measuring code's :data:`RULE` (:func:`cache_key`): any change of
+those measures again, and so does a measurement taken on a busy machine once it is idler
+(:func:`stale_load`); a cached answer costs one small JSON read. The file is written complete or not at all (``base.safeio``).
 
 The measurement is what ``inference.predictor.build_predictor`` does for ``backend="auto"`` (the
 product's construction path: predict.py, the demo, test_inference.py); ``--backend`` (a flag) and
@@ -32,7 +32,7 @@ from base.safeio import read_json, write_json
 from . import hardware
 from .runtimes import available
 
-__all__ = ["CACHE_NAME", "ACCURACY_BOUND", "REPEATS", "BUSY", "cache_dir", "versions", "cache_key", "cache_path",
+__all__ = ["CACHE_NAME", "ACCURACY_BOUND", "REPEATS", "BUSY", "RULE", "cache_dir", "versions", "cache_key", "cache_path",
            "candidates", "accurate", "time_call", "measure", "load_now", "stale_load", "cached_choice",
            "choose_measured"]
 
@@ -45,6 +45,10 @@ REPEATS = 3  # timed calls per candidate after one warm-up (the median counts)
 # their thread pools wait, not by their speed (a cache written at load 14 on 2 cores had chosen
 # ONNX Runtime at 872 ms for a function PyTorch runs in 30 ms idle).
 BUSY = 1.5
+# What the measured candidates compute: raised whenever a change to a backend's arithmetic or speed
+# makes earlier answers stale (2: PyTorch bf16's output convolutions keep float32's weights; before,
+# its rounded depth bias failed the bound on this CPU's probe and OpenVINO was chosen instead).
+RULE = 2
 
 
 def cache_dir() -> Path:
@@ -67,8 +71,8 @@ def versions() -> dict:
 
 def cache_key(input_hw, threads: int | None = None, device="cpu", precision: str | None = None) -> dict:
     """What a measurement depends on: the CPU (its capability line), the packages' versions, the
-    input size, the threads and the precision asked for (None: any)."""
-    return {"cpu": hardware.capability_line(device), "versions": versions(),
+    input size, the threads, the precision asked for (None: any) and the measuring code's :data:`RULE`."""
+    return {"rule": RULE, "cpu": hardware.capability_line(device), "versions": versions(),
             "input": [int(v) for v in input_hw], "threads": int(threads or torch.get_num_threads()),
             "precision": precision or "auto"}
 

@@ -3,6 +3,7 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from inference.predictor import DepthPredictor
@@ -93,6 +94,29 @@ def test_inference_copy_leaves_the_network_alone(net):
     assert fast.E.conv1.weight.dtype == torch.bfloat16
     assert isinstance(fast.task0.depth.conv2, CastInputConv2d)
     assert fast.task0.depth.conv2.weight.dtype == torch.float32
+
+
+def test_a_bf16_copy_keeps_float32_values_in_the_output_convolutions(net):
+    # the heads' output convolutions of a bf16 copy hold the source's float32 weights and bias, not
+    # their bf16 roundings (a rounded depth bias moved S-like depth by 0.27 % median, the rest of the
+    # bf16 path 0.04 %): set values bf16 cannot represent, then compare exactly
+    source = copy.deepcopy(net)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name in ("task0.depth", "task0.uncertainty"):
+            conv = source.get_submodule(name).conv2
+            conv.weight.copy_(torch.randn(conv.weight.shape, generator=g) * 0.1)
+            conv.bias.copy_(torch.tensor([2.3711400032]))
+            assert not torch.equal(conv.bias.to(torch.bfloat16).float(), conv.bias)
+    fast = inference_copy(source, dtype=torch.bfloat16)
+    for name in ("task0.depth", "task0.uncertainty"):
+        src, out = source.get_submodule(name).conv2, fast.get_submodule(name).conv2
+        assert torch.equal(out.weight, src.weight) and torch.equal(out.bias, src.bias), name
+    x = distinct_images(1)
+    feats = fast.features(prepare_input(x, channels_last=True, dtype=torch.bfloat16))
+    hidden = fast.task0.depth.relu(fast.task0.depth.conv0(feats))
+    expected = F.conv2d(hidden.float(), source.task0.depth.conv2.weight, source.task0.depth.conv2.bias, padding=2)
+    assert torch.allclose(fast.task0.depth.conv2(hidden), expected, rtol=0, atol=1e-5)
 
 
 def test_channels_last_copy_equal(net):

@@ -95,12 +95,16 @@ def test_the_cache_answers_until_its_key_changes(tmp_path, monkeypatch):
     monkeypatch.setattr(tuning.hardware, "capability_line", lambda device="cpu": "another CPU")
     tuning.choose_measured(counting, (64, 96), cands=CANDS, timer=timer, gt=GT, folder=tmp_path)
     assert len(calls) == 3 * len(CANDS) and len(list(tmp_path.glob("backend-*.json"))) == 4
+    # a change of what the candidates compute (tuning.RULE): the answers of the code before are stale
+    monkeypatch.setattr(tuning, "RULE", tuning.RULE + 1)
+    tuning.choose_measured(counting, (64, 96), cands=CANDS, timer=timer, gt=GT, folder=tmp_path)
+    assert len(calls) == 4 * len(CANDS) and len(list(tmp_path.glob("backend-*.json"))) == 5
     # a broken cache file (a killed writer's) is measured again, not an error
     files[0].write_text("{")
     monkeypatch.undo()
     monkeypatch.setattr(tuning, "load_now", lambda: 0.5)
     tuning.choose_measured(counting, (64, 96), cands=CANDS, timer=timer, gt=GT, folder=tmp_path)
-    assert len(calls) == 4 * len(CANDS)
+    assert len(calls) == 5 * len(CANDS)
 
 
 def test_the_cache_lives_in_the_users_cache_folder(tmp_path, monkeypatch):
