@@ -24,7 +24,7 @@ def build_parser():
                                             "file (image -> depth, domain[, uncertainty]): the network "
                                             "only, not predict.py's frame pipeline (no head choice on "
                                             "whole frames, no resampling to the head's camera, no "
-                                            "tiles); the file's metadata carries each head's camera "
+                                            "fitted pass at the head's training geometry); the file's metadata carries each head's camera "
                                             "and the uncertainty calibration to reproduce them.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_checkpoint_arguments(p, "project or authors' checkpoint (.pth.tar)",
@@ -70,7 +70,7 @@ def written_line(out, exported) -> str:
     else:
         what = f"automatic selection ({exported['selection']} prototypes)"
     scope = ("\nnote: the network only, not predict.py's frame pipeline (head choice on whole frames, "
-             "resampling to each head's camera, tiles); the metadata's cameras and calibration_scales "
+             "resampling to each head's camera, the fitted pass at the head's training geometry); the metadata's cameras and calibration_scales "
              "say how to reproduce its metres and intervals")
     if is_onnx(exported):
         return f"wrote {out} ({megabytes:.1f} MB, ONNX float32): {domains}, {what}, outputs {exported['outputs']}{scope}"

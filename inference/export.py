@@ -250,7 +250,7 @@ def export_onnx(net, out, prototypes=None, domain=None, with_uncertainty=False, 
 
 SCOPE = ("the network only (image -> depth at half the input size), not the frame pipeline of "
          "predict.py/DepthPredictor.predict_image: no head choice on whole frames by the frames "
-         "statistics, no resampling to the head's camera, no tiles, no depth clamping. For metres "
+         "statistics, no resampling to the head's camera, no fitted pass (the head's training geometry), no depth clamping. For metres "
          "right on whole frames, feed each head input at the focal length in `cameras` (pixels, per "
          "head, at the size given there) and the head's input size; intervals: spread = median "
          "predicted depth x sqrt(2) x exp(u/2) x `calibration_scales` (base/uncertainty.py)")
