@@ -217,7 +217,7 @@ def decode_depth(path: str, encoding: dict) -> np.ndarray:
         img = _open_image(path, "depth")
         raw = _png_depth_array(img, encoding.get("bits"), path, what)
     elif kind == "npy" and path.lower().endswith(EXR_EXT):
-        return read_exr_depth(path, scale)
+        raw = _exr_depth_array(path)
     elif kind == "npy":
         raw = np.load(path)
         if raw.ndim == 3 and raw.shape[-1] == 1:
@@ -228,14 +228,18 @@ def decode_depth(path: str, encoding: dict) -> np.ndarray:
         raise DatasetFormatError(f"{path}: {kind} depth is read together with its colour image by the dataset")
     else:
         raise DatasetFormatError(f"unknown depth encoding kind {kind!r}")
-    # float64 product, then float32: exact to float32 rounding for every encoding.
-    depth = (raw.astype(np.float64) * scale).astype(np.float32)
-    return _clean_depth(depth)
+    return _metres(raw, scale)
+
+
+def _metres(raw: np.ndarray, scale: float) -> np.ndarray:
+    """Stored depth values times ``scale``: the float64 product, then float32 (exact to float32
+    rounding for every encoding), with no measurement as 0 (:func:`_clean_depth`)."""
+    return _clean_depth((raw.astype(np.float64) * float(scale)).astype(np.float32))
 
 
 def _clean_depth(depth: np.ndarray) -> np.ndarray:
-    """Non-finite or negative depth means 'no measurement' (0)."""
-    bad = ~np.isfinite(depth) | (depth < 0)
+    """Non-finite or negative depth means 'no measurement' (0; a -0.0 becomes +0.0 too: the sign bit)."""
+    bad = ~np.isfinite(depth) | np.signbit(depth)
     if bad.any():
         depth = depth.copy()
         depth[bad] = 0.0
@@ -319,8 +323,13 @@ def read_exr_depth(path: str, scale: float = 1.0) -> np.ndarray:
     names, colour) is one DatasetFormatError line naming the file, the channels found and what was
     expected. Half and float channels are read (a half converts exactly). Non-finite values (NaN,
     inf: a renderer's background) and values <= 0 become 0, "no measurement", as every other depth
-    encoding marks invalid depth.
+    encoding marks invalid depth (:func:`decode_depth`'s own conversion).
     """
+    return _metres(_exr_depth_array(path), scale)
+
+
+def _exr_depth_array(path: str) -> np.ndarray:
+    """The stored half or float values of an EXR's depth channel (:func:`read_exr_depth`'s rule)."""
     f = _exr_file(path, header_only=False)
     channels = f.channels()
     pick, same = _exr_depth_channels(path, channels.values())
@@ -332,10 +341,7 @@ def read_exr_depth(path: str, scale: float = 1.0) -> np.ndarray:
         if not np.array_equal(channels[n].pixels, raw, equal_nan=True):
             raise DatasetFormatError(f"{path}: EXR channels {', '.join(channels)} with R, G and B different "
                                      f"(colour, not depth); {EXR_EXPECTED}")
-    # float64 product, then float32: exact to float32 rounding (and exact for scale 1)
-    depth = (raw.astype(np.float64) * float(scale)).astype(np.float32)
-    depth[~(np.isfinite(depth) & (depth > 0))] = 0.0
-    return depth
+    return raw
 
 
 def read_h5_pair(path: str, rgb_key: str = "rgb", depth_key: str = "depth") -> Tuple[Image.Image, np.ndarray]:
