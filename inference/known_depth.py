@@ -37,7 +37,6 @@ MAD_FLOOR = 0.05       # log-ratio: about 5 %
 MAX_LOG_SPREAD = math.log(1.5)   # a point more than a factor 1.5 off the median ratio never agrees
 MIN_AGREEING = 0.5     # fraction of the usable points that must agree
 SUFFIXES = (".csv", ".txt", ".png", ".npy", ".exr")
-FLOAT_SUFFIXES = (".npy", ".exr")   # float depth: the npy layout's files, metres by default
 
 
 @dataclass
@@ -80,10 +79,10 @@ def read_points_csv(path: str) -> KnownPoints:
 def read_points_image(path: str, size, layout: str | None = None, unit: float | None = None) -> KnownPoints:
     """The measured (> 0) pixels of a sparse depth image decoded as ``layout`` says (default:
     npy for .npy and .exr, png16 otherwise), which must have the image's ``size`` (W, H)."""
-    from data.recordings import make_layout
+    from data.recordings import NpyLayout, make_layout
     from loaders import decode_depth
 
-    layout = layout or ("npy" if path.lower().endswith(FLOAT_SUFFIXES) else "png16")
+    layout = layout or (NpyLayout.name if path.lower().endswith(NpyLayout.depth_ext) else "png16")
     d = decode_depth(path, make_layout(layout, unit).encoding())
     if size is not None and (d.shape[1], d.shape[0]) != tuple(size):
         raise InputError(f"{path}: known depth is {d.shape[1]}x{d.shape[0]}, expected the image's size "
