@@ -670,9 +670,10 @@ class FramePipeline:
         return Windows(self.tiles[head], self.anchors[head]) if self.tiles else None
 
     def select(self, x: torch.Tensor) -> dict:
-        """Head choice for a normalised frame: ``{"raw_head", "distances", "ood", "features",
-        "blocks", "size"}`` (features of the selection input, and its encoder blocks where the
-        predictor runs the windowed rule, kept for reuse when the depth run has the same input)."""
+        """Head choice for a normalised frame: ``{"raw_head", "distances", "ood", "ood_score",
+        "features", "blocks", "size", "crop", "input"}`` (features of the selection input, its
+        encoder blocks under the windowed and fitted rules, the first head's fitted crop it ran on and
+        the resized frame, kept for reuse when the depth run has the same input)."""
         p = self.predictor
         stats = self.stats
         if not stats:  # an older checkpoint: its prototypes came from the first domain's input
@@ -688,7 +689,7 @@ class FramePipeline:
         if crop is not None:  # the first head's fitted crop: the depth pass of a head fitted alike shares it
             xs = xs[..., crop[0]:crop[0] + crop[2], crop[1]:crop[1] + crop[3]]
         blocks = None
-        if self.shares_blocks:  # the encoder's blocks, so that a windowed depth pass can share them
+        if self.shares_blocks:  # the encoder's blocks: a windowed depth pass, the fitted rule's verdict (layer1)
             blocks = p.trunk_blocks(xs)
             feats = p.fuse(blocks)
         else:

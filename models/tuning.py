@@ -8,7 +8,8 @@ The result is cached in a user cache folder (``$XDG_CACHE_HOME/lifelong-monodept
 (``models.hardware.capability_line``), the versions of torch / onnxruntime / openvino, the input
 size, the thread count and the measuring code's :data:`RULE` (:func:`cache_key`): any change of
 those measures again, and so does a measurement taken on a busy machine once it is idler
-(:func:`stale_load`); a cached answer costs one small JSON read. The file is written complete or not at all (``base.safeio``).
+(:func:`stale_load`); a cached answer costs one small JSON read. The file is written complete
+or not at all (``base.safeio``).
 
 The measurement is what ``inference.predictor.build_predictor`` does for ``backend="auto"`` (the
 product's construction path: predict.py, the demo, test_inference.py); ``--backend`` (a flag) and
@@ -188,8 +189,7 @@ def cached_choice(input_hw, device="cpu", precision=None, folder=None, load=None
     key = cache_key(input_hw, device=device, precision=precision)
     path = cache_path(key, folder)
     cached = read_json(path)
-    if isinstance(cached, dict) and ("load" not in cached  # written before loads were recorded: once more
-                                     or stale_load(cached.get("load"), cached.get("cpus"), load)):
+    if isinstance(cached, dict) and stale_load(cached.get("load"), cached.get("cpus"), load):
         return None
     if isinstance(cached, dict) and cached.get("key") == key and cached.get("backend"):
         return {"backend": cached["backend"], "precision": cached["precision"], "rows": cached.get("rows", []),
