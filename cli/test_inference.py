@@ -15,6 +15,7 @@ from base.safeio import check_report, protect, write_json
 from evaluation.evaluate import describe_predictor, describe_settings
 from evaluation.selection import SelectionOptions, evaluate_selection, selection_benchmark
 from base.domains import DEFAULT_DATA_ROOT
+from inference.frames import DEFAULT_SELECT_DESCRIPTOR, SELECT_DESCRIPTORS
 from inference.prototypes import DEFAULT_PROTO_IMAGES, DEFAULT_SELECTOR
 from models import load_checkpoint
 from models.checkpoint import check_checkpoint_path, checkpoint_letters, checkpoint_meta
@@ -67,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instead of the evaluation: write a copy of the checkpoint to OUT with the frame "
                         "selector's statistics and out-of-domain thresholds computed from --data-root's "
                         "replay rows (for a checkpoint trained before they were stored), then stop")
+    g.add_argument("--frame-selector", default=DEFAULT_SELECT_DESCRIPTOR, choices=SELECT_DESCRIPTORS,
+                   help="with --add-frame-statistics: the descriptor the head choice is fitted on (as "
+                        "train_*.py's --frame-selector; default %(default)s; fused: the rule before)")
     g = p.add_argument_group("evaluation conventions (as in test.py)")
     add_eval_arguments(p, g)
     g.add_argument("--scale", type=float, default=None,
@@ -92,9 +96,9 @@ def write_frame_statistics(args, net, letters) -> dict:
     if str(args.add_frame_statistics) == str(path):
         raise CLIError("--add-frame-statistics: give a new file name; the checkpoint itself is not overwritten")
     stats = add_frame_statistics(net, args.add_frame_statistics, args.data_root, max_images=args.proto_images,
-                                 seed=args.seed, quiet=args.quiet)
+                                 seed=args.seed, quiet=args.quiet, selector=args.frame_selector)
     print(f"wrote {args.add_frame_statistics}: frame statistics of {letters} from the replay rows of "
-          f"{args.data_root} (held-out accuracy {stats['calibration_accuracy']:.3f}; out-of-domain "
+          f"{args.data_root} (selection on {stats['descriptor']}, held-out accuracy {stats['calibration_accuracy']:.3f}; out-of-domain "
           f"thresholds {', '.join(f'{t:.1f}' for t in stats['thresholds'])})")
     return {"checkpoint": str(path), "out": str(args.add_frame_statistics),
             "thresholds": stats["thresholds"], "calibration_accuracy": stats["calibration_accuracy"]}

@@ -18,6 +18,7 @@ from pathlib import Path
 from base.domains import DEFAULT_DATA_ROOT, load_domains_from_root, parse_order, run_name
 from base.errors import InputError
 from base.images import scaled_size
+from inference.frames import DEFAULT_SELECT_DESCRIPTOR, SELECT_DESCRIPTORS
 from loaders import rendered_scale_hint
 from models.fast import PRECISIONS
 from models.resnet import ENCODERS
@@ -139,6 +140,11 @@ class StageOptions:
                                           "selection input); default 19200 (160x120); 0: the first head's "
                                           "whole trained frame whatever its size (the rule before the "
                                           "budget: 428k pixels for a model that learned KITTI first)", MODEL)
+    frame_selector: str = option(DEFAULT_SELECT_DESCRIPTOR, "what the whole-frame selector statistics choose a head "
+                                 "on: fused+layer1 (default) the pooled fused features joined with the encoder's "
+                                 "layer1 statistics (the out-of-domain descriptor); fused, the fused features "
+                                 "alone (the rule before; docs/BENCHMARKS.md#your-own-domain)", MODEL,
+                                 choices=SELECT_DESCRIPTORS)
     # ---- run
     device: str = option("auto", "where the network runs; auto takes CUDA when available", RUN, choices=DEVICES)
     precision: str = option("auto", "precision of training (autocast); auto is bf16 (or fp16 with loss scaling) on "

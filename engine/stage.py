@@ -609,7 +609,7 @@ class Stage:
                                     "".join(s.letter for s in self.specs), self.opts.data_root,
                                     self.cameras(self.specs), max_images=n, seed=self.opts.seed,
                                     progress=bar, max_area=FRAME_AREA if area is None else area,
-                                    options=("--data-root", "--frame-images"))
+                                    options=("--data-root", "--frame-images"), selector=self.opts.frame_selector)
         except InputError as e:  # too few replay rows to hold some out
             self.say(f"no frame statistics stored ({e})")
             return None

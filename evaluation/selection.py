@@ -210,9 +210,13 @@ def squeezed(image: torch.Tensor, size) -> torch.Tensor:
 
 def frames_choice(predictor, image: torch.Tensor) -> int:
     """The head the frame pipeline's selector (inference/frames.py) chooses for one image."""
-    from inference.frames import descriptor_of, frame_distances
+    from inference.frames import descriptor_of, frame_distances, selects_on_layer1
     stats = predictor.prototypes["frames"]
-    return int(frame_distances(descriptor_of(predictor.trunk_features, image[None], stats["area"]), stats)[1][0])
+    if selects_on_layer1(stats):
+        desc = descriptor_of(predictor.trunk_features, image[None], stats["area"], predictor.net)[1]
+    else:
+        desc = descriptor_of(predictor.trunk_features, image[None], stats["area"])
+    return int(frame_distances(desc, stats)[1][0])
 
 
 def predictor_features(predictor, image: torch.Tensor) -> torch.Tensor:

@@ -84,6 +84,13 @@ FIT_CROP = 1.0625        # a side up to this x the training side: cropped to it,
 FIT_SQUEEZE = 1.25       # up to this: resized to it, the depth times (area ratio) ** FIT_DEPTH_POWER
 FIT_DEPTH_POWER = 0.375  # between the network's measured response (0) and the focal ratio's (0.5):
 #                          chosen on test seeds 0 and 7, checked on seed 23 (docs/BENCHMARKS.md#frame-rule)
+# What the ``frames`` LDA selects on (fit_frame_statistics): "fused+layer1" joins the pooled fused
+# features with the encoder's layer1 statistics (inference/ood.py's descriptor, computed for the
+# verdict anyway); "fused", the fused features alone (the rule before, and of older checkpoints).
+# Chosen on the held-out replay frames' accuracy (0.995 -> 1.000 on both aerial-added models; the
+# test frames after it: docs/BENCHMARKS.md#your-own-domain).
+SELECT_DESCRIPTORS = ("fused+layer1", "fused")
+DEFAULT_SELECT_DESCRIPTOR = "fused+layer1"
 SENSOR_DIAGONAL_35MM = math.hypot(36.0, 24.0)  # mm: what a "35 mm equivalent" focal length refers to
 
 
@@ -529,12 +536,21 @@ def frame_variants(img: Image.Image, rng: np.random.Generator):
     yield img.crop((x0, y0, x0 + cw, y0 + ch))
 
 
-def fit_frame_statistics(fit, calibrate, area, shrink=None, ood=None) -> dict:
+def fit_frame_statistics(fit, calibrate, area, shrink=None, ood=None,
+                         descriptor: str = DEFAULT_SELECT_DESCRIPTOR) -> dict:
     """The ``frames`` selector statistics: an LDA (prototypes.fit_lda) of per-domain descriptor
     lists ``fit`` (each (n_d, 2C)), and per head an out-of-domain threshold from the held-out
     descriptors ``calibrate``: the OOD_QUANTILE of the smallest distance of held-out frames the
     head was chosen for, times OOD_MARGIN. ``ood``: (fit, calibrate) lists of out-of-domain
-    descriptors, for the verdict stored as ``"ood"`` (inference/ood.py)."""
+    descriptors, for the verdict stored as ``"ood"`` (inference/ood.py). ``descriptor``
+    (``SELECT_DESCRIPTORS``): "fused+layer1" fits the LDA on the ``ood`` lists instead (the fused
+    descriptor joined with layer1's; "fused" without them), stored as ``"descriptor"``."""
+    if descriptor not in SELECT_DESCRIPTORS:
+        raise ValueError(f"unknown selection descriptor {descriptor!r}; choose one of {SELECT_DESCRIPTORS}")
+    if descriptor != "fused" and ood is not None:
+        fit, calibrate = ood
+    else:
+        descriptor = "fused"
     stats = fit_lda(fit, LDA_SHRINK if shrink is None else shrink)
     cal = torch.cat(calibrate).float()
     d = lda_distances(cal, stats)
@@ -545,7 +561,7 @@ def fit_frame_statistics(fit, calibrate, area, shrink=None, ood=None) -> dict:
         ref = mine if mine.numel() else best
         thresholds.append(float(torch.quantile(ref.double(), OOD_QUANTILE)) * OOD_MARGIN)
     truth = torch.cat([torch.full((c.shape[0],), k) for k, c in enumerate(calibrate)])
-    stats.update({"area": float(area), "thresholds": thresholds, "quantile": OOD_QUANTILE,
+    stats.update({"area": float(area), "descriptor": descriptor, "thresholds": thresholds, "quantile": OOD_QUANTILE,
                   "margin": OOD_MARGIN, "calibration_counts": [int(c.shape[0]) for c in calibrate],
                   "calibration_accuracy": float((chosen == truth).float().mean())})
     if ood is not None:  # the verdict (inference/ood.py); the LDA thresholds stay for older readers
@@ -553,9 +569,14 @@ def fit_frame_statistics(fit, calibrate, area, shrink=None, ood=None) -> dict:
     return stats
 
 
+def selects_on_layer1(stats: dict) -> bool:
+    """True when ``stats``' LDA was fitted on the fused + layer1 descriptor (older statistics: fused)."""
+    return stats.get("descriptor", "fused") != "fused"
+
+
 def frame_distances(desc: torch.Tensor, stats: dict):
-    """(distances (B,D), nearest head (B,), out of domain (B,) bool) of selection descriptors: the
-    nearest LDA distance above the chosen head's threshold (the verdict of checkpoints without the
+    """(distances (B,D), nearest head (B,), out of domain (B,) bool) of selection descriptors (the
+    descriptor ``stats`` were fitted on: ``selects_on_layer1``): the nearest LDA distance above the chosen head's threshold (the verdict of checkpoints without the
     ``"ood"`` statistics; FramePipeline.select replaces it by inference/ood.py's where stored)."""
     d = lda_distances(desc, stats)
     best, chosen = d.min(dim=1)
@@ -694,12 +715,14 @@ class FramePipeline:
             feats = p.fuse(blocks)
         else:
             feats = p.trunk_features(xs)
-        desc = pooled_descriptor(feats.float())
-        dists, chosen, ood = frame_distances(desc, stats)
-        score = None
-        if stats.get("ood"):  # the per-head verdict on the out-of-domain descriptor (inference/ood.py)
+        desc = joined = pooled_descriptor(feats.float())
+        if stats.get("ood") or selects_on_layer1(stats):  # the out-of-domain descriptor (inference/ood.py)
             layer1 = blocks[0] if blocks is not None and self.rule == "fitted" else None
-            score = ood_scores(ood_descriptor(p.net, xs, desc, layer1), stats["ood"])
+            joined = ood_descriptor(p.net, xs, desc, layer1)
+        dists, chosen, ood = frame_distances(joined if selects_on_layer1(stats) else desc, stats)
+        score = None
+        if stats.get("ood"):  # the per-head verdict on the out-of-domain descriptor
+            score = ood_scores(joined, stats["ood"])
             ood = ood_verdict(score, stats["ood"])
         return {"raw_head": int(chosen[0]), "distances": dists[0].float().cpu(), "ood": bool(ood[0]),
                 "ood_score": None if score is None else float(score[0]),

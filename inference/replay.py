@@ -148,7 +148,7 @@ def selection_area(cameras=None, max_area=FRAME_AREA) -> float:
 
 @torch.no_grad()
 def frame_statistics(net, letters: str, data_root, cameras=None, max_images=FRAME_IMAGES, holdout=5, seed=0,
-                     progress=None, max_area=FRAME_AREA, options=("--replay-root", None)) -> dict:
+                     progress=None, max_area=FRAME_AREA, options=("--replay-root", None), selector=None) -> dict:
     """The ``frames`` selector statistics and out-of-domain thresholds of ``net`` (a network, or a
     DepthPredictor: then its own path, the features queries get; frames.py):
     each domain's replay files *as they lie on disk* (no domain transform), with the variants a
@@ -156,14 +156,16 @@ def frame_statistics(net, letters: str, data_root, cameras=None, max_images=FRAM
     jitter; ``frames.frame_variants``), through the selection input. Every ``holdout``-th replay
     image (and its variants) is held out of the fit and calibrates the thresholds. ``options``:
     the caller's command's names of ``data_root`` and ``max_images`` (None: no option sets it),
-    for the message when too few rows are used.
+    for the message when too few rows are used. ``selector``: the descriptor the head choice is
+    fitted on (``frames.SELECT_DESCRIPTORS``; None: the default).
 
     The work is bounded whatever the frames' resolution: ``max_images`` images per domain, five
     trunk passes each, each at ``selection_area(cameras, max_area)`` pixels. ``progress``: a tqdm
     bar advanced by one per image."""
     from PIL import Image
 
-    from inference.frames import descriptor_of, fit_frame_statistics, frame_variants, to_tensor
+    from inference.frames import (DEFAULT_SELECT_DESCRIPTOR, descriptor_of, fit_frame_statistics, frame_variants,
+                                  to_tensor)
     from loaders import build_transform, load_rgb
     if hasattr(net, "trunk_features"):
         features, net = net.trunk_features, net.net
@@ -208,11 +210,12 @@ def frame_statistics(net, letters: str, data_root, cameras=None, max_images=FRAM
             ood_fit.append(torch.cat(other[0]))
             ood_cal.append(torch.cat(other[1]))
     net.train(was_training)
-    return fit_frame_statistics(fit, cal, area, ood=(ood_fit, ood_cal))
+    return fit_frame_statistics(fit, cal, area, ood=(ood_fit, ood_cal),
+                                descriptor=selector or DEFAULT_SELECT_DESCRIPTOR)
 
 
 def add_frame_statistics(checkpoint, out, data_root, order=None, max_images=FRAME_IMAGES, seed=0, quiet=False,
-                         max_area=FRAME_AREA, options=("--data-root", "--proto-images")) -> dict:
+                         max_area=FRAME_AREA, options=("--data-root", "--proto-images"), selector=None) -> dict:
     """Write a copy of ``checkpoint`` (a path, or a network loaded from one) to ``out`` with the
     ``frames`` selector statistics (computed from ``data_root``'s replay rows on the default
     inference path) and the per-domain ``cameras``: for a checkpoint trained before they existed,
@@ -228,7 +231,7 @@ def add_frame_statistics(checkpoint, out, data_root, order=None, max_images=FRAM
                dynamic_ncols=True, leave=False)
     # the product's own (fast) path computes the query features, so it computes these too
     stats = frame_statistics(DepthPredictor(net), letters, data_root, cameras, max_images=max_images, seed=seed,
-                             progress=bar, max_area=max_area, options=options)
+                             progress=bar, max_area=max_area, options=options, selector=selector)
     bar.close()
     protos = meta.prototype_sets
     protos["frames"] = stats

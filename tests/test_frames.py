@@ -195,8 +195,50 @@ def test_the_fitted_rule_selects_and_measures_depth_in_one_pass(setup, monkeypat
     stats = p.prototypes["frames"]
     with torch.no_grad():
         desc = pooled_descriptor(p.net.MFF(p.net.E(x)).float())
-    want = ood_scores(ood_descriptor(p.net, x, desc), stats["ood"])
+    joined = ood_descriptor(p.net, x, desc)
+    want = ood_scores(joined, stats["ood"])
     assert auto["ood_score"] == pytest.approx(float(want[0]), rel=1e-4)
+    # the head is chosen on that same joined descriptor (the default selector statistics)
+    assert stats["descriptor"] == "fused+layer1" and stats["means"].shape[1] == joined.shape[1] == 2 * desc.shape[1]
+    torch.testing.assert_close(auto["distances"], FR.frame_distances(joined, stats)[0][0].float(), rtol=1e-4, atol=1e-3)
+
+
+def test_the_rule_before_selects_on_the_fused_descriptor_alone(setup, tmp_path):
+    """--frame-selector fused: the statistics of the fused features alone, and queries scored on them."""
+    from inference.prototypes import pooled_descriptor
+    root, plain, _, _ = setup
+    stats = add_frame_statistics(plain, tmp_path / "fused.pth.tar", root, max_images=10, quiet=True, selector="fused")
+    p = DepthPredictor.from_checkpoint(tmp_path / "fused.pth.tar", fast=False)
+    assert p.prototypes["frames"]["descriptor"] == "fused" and stats["means"].shape[1] == 2 * 64
+    img = images.read_rgb(raw_test_file(root, "N"))
+    out = p.predict_image(img, rule="fitted")
+    th, tw = p.meta["input_sizes"][0]
+    x = FR.resized(FR.to_tensor(img), 60, 80)[..., 1:1 + th, 2:2 + tw]
+    with torch.no_grad():
+        desc = pooled_descriptor(p.net.MFF(p.net.E(x)).float())
+    torch.testing.assert_close(out["distances"], FR.frame_distances(desc, stats)[0][0].float(), rtol=1e-4, atol=1e-3)
+
+
+def test_the_selector_joins_layer1_where_the_fused_features_cannot_tell_domains_apart():
+    """Domains alike in the fused features, apart in layer1's statistics: the default descriptor
+    (fused + layer1, the ``ood`` lists) chooses right, the fused one cannot; a bad name is refused."""
+    rng = np.random.default_rng(1)
+    def draw(k, n):  # fused part: one distribution for all; layer1 part: a centre per domain
+        return torch.from_numpy(np.c_[rng.standard_normal((n, 4)), 6.0 * k + rng.standard_normal((n, 3))])
+    fit, cal = [draw(k, 300) for k in range(3)], [draw(k, 100) for k in range(3)]
+    fused = lambda xs: [x[:, :4] for x in xs]  # noqa: E731
+    joined = FR.fit_frame_statistics(fused(fit), fused(cal), 100.0, ood=(fit, cal))
+    alone = FR.fit_frame_statistics(fused(fit), fused(cal), 100.0, ood=(fit, cal), descriptor="fused")
+    assert joined["descriptor"] == "fused+layer1" and alone["descriptor"] == "fused"
+    assert joined["calibration_accuracy"] == 1.0 and alone["calibration_accuracy"] < 0.6
+    fresh = torch.cat([draw(k, 200) for k in range(3)])
+    truth = torch.arange(3).repeat_interleave(200)
+    assert bool((FR.frame_distances(fresh.float(), joined)[1] == truth).all())
+    assert float((FR.frame_distances(fresh[:, :4].float(), alone)[1] == truth).float().mean()) < 0.6
+    # without out-of-domain descriptors there is only the fused one to fit on
+    assert FR.fit_frame_statistics(fused(fit), fused(cal), 100.0)["descriptor"] == "fused"
+    with pytest.raises(ValueError, match="selection descriptor"):
+        FR.fit_frame_statistics(fused(fit), fused(cal), 100.0, descriptor="layer4")
 
 
 def test_thresholds_are_calibrated_on_held_out_frames():
