@@ -239,7 +239,7 @@ THROUGHPUT_CASES = (("N", None), ("K", None), ("K", "K"))
 # predict.py's options of each variant: the default (the fitted pass), the tiles (the default until
 # the fitted pass), the rule before issue 35 (tiles, selection on every frame), the windowed pass
 VARIANTS = {"now": (), "tiled": ("--frame-rule", "tiled"), "before": ("--frame-rule", "tiled", "--reselect", "0"),
-            "windowed": ("--frame-rule", "windowed")}
+            "windowed": ("--frame-rule", "windowed"), "one-at-once": ("--frames-at-once", "1")}
 
 
 def throughput_benchmark(args, root, work: Path, log=print) -> list[dict]:
@@ -249,7 +249,8 @@ def throughput_benchmark(args, root, work: Path, log=print) -> list[dict]:
                           write_video(work / f"stream_{letter}.mp4", test_files(root, letter), args.frames))
     # (letter, forced, threads, rule): "before" = the rule before issue 35 (tiles, selection on
     # every frame), with the reader/writer threads, in the same rounds
-    runs = {(c, forced, True, rule): [] for c, forced in THROUGHPUT_CASES for rule in VARIANTS}
+    chosen = [v for v in VARIANTS if v in args.variants.split(",")]
+    runs = {(c, forced, True, rule): [] for c, forced in THROUGHPUT_CASES for rule in chosen}
     for _ in range(args.rounds):
         for letter, forced, threads, rule in runs:
             video = videos[letter][0]
@@ -326,6 +327,9 @@ def build_parser():
                    help="predict.py's --reselect replayed on the streams (the selection tables with it)")
     p.add_argument("--frames", type=int, default=40, help="frames per throughput video")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the throughput runs")
+    p.add_argument("--variants", default=",".join(VARIANTS),
+                   help="comma-separated throughput variants: " + "; ".join(
+                       f"{k}: {' '.join(v) or 'the defaults'}" for k, v in VARIANTS.items()))
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--work", default="runs/bench_stream", help="folder for the throughput videos and outputs")
     p.add_argument("--out", default="runs/bench_stream.json", help="JSON result")

@@ -46,6 +46,11 @@ def add_stream_arguments(p) -> None:
                         "6x8 cells moved by more than this since the last selection (mean absolute "
                         "difference in normalised units; and at least every 15 frames); 0: selection on "
                         "every frame (the rule before)")
+    g.add_argument("--frames-at-once", type=int, default=None, metavar="N",
+                   help="frames in flight at once, each with its share of the torch threads, their heads "
+                        "still chosen in frame order (default: 2 on a CPU with the PyTorch backend and at "
+                        "least 2 threads, else 1): more frames/s, each frame's latency longer "
+                        "(docs/BENCHMARKS.md#frames-at-once); 1: one frame at a time")
     g.add_argument("--no-threads", action="store_true",
                    help="decode and write in the main thread (for timing comparisons)")
 
@@ -69,7 +74,7 @@ def stream_options(args) -> StreamOptions:
                          margin=args.switch_margin, video=not args.no_plots, save_depth=args.save_depth,
                          fps=args.fps, max_frames=args.max_frames, threads=not args.no_threads,
                          clamp=not args.no_clamp, max_depth=args.max_depth, interval=level,
-                         reselect=args.reselect)
+                         reselect=args.reselect, frames_at_once=args.frames_at_once)
 
 
 def stopped_exit(stop: StreamStopped) -> SystemExit:

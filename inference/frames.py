@@ -829,7 +829,8 @@ class FramePipeline:
         return (h if h <= TILE_SLACK * th else th), (w if w <= TILE_SLACK * tw else tw)
 
     def run(self, img, head=None, choose=None, camera: CameraHint | None = None,
-            want_distances: bool = False, with_uncertainty: bool = True, gate: SelectionGate | None = None) -> dict:
+            want_distances: bool = False, with_uncertainty: bool = True, gate: SelectionGate | None = None,
+            on_choice=None) -> dict:
         """One frame (PIL image or (H,W,3) uint8). Returns ``{"depth", "uncertainty"}`` (H,W)
         float32 at the frame's size, ``"head"``, ``"how"`` ("given"/"auto"), ``"raw_head"``,
         ``"distances"``, ``"ood"`` (True/False, None without calibrated statistics),
@@ -837,7 +838,8 @@ class FramePipeline:
         ``"tiles"`` (network passes) and ``"depth_scale"``. ``choose(raw_head, distances) -> head``
         replaces the nearest-head rule (the streams' smoothing). ``gate``: a stream's
         :class:`SelectionGate` (the selection reused while the frame has not changed; ``"selected"``
-        says whether it ran on this frame)."""
+        says whether it ran on this frame). ``on_choice()`` is called once the head is chosen, before
+        the depth pass (a stream running frames at once lets the next frame choose then)."""
         x = to_tensor(img)
         H, W = x.shape[-2:]
         sel, selected = None, None
@@ -851,6 +853,8 @@ class FramePipeline:
         else:
             raw = sel["raw_head"]
             chosen, how = (raw if choose is None else int(choose(raw, sel["distances"]))), "auto"
+        if on_choice is not None:
+            on_choice()
         frame_cam, assumed = resolve_camera(camera, W, H, self.cameras[chosen])
         plan = plan_frame(W, H, frame_cam, self.cameras[chosen], self.mode, self.max_pixels)
         ph, pw = plan.padded

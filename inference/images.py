@@ -397,7 +397,8 @@ class Predictor:
         r = self.run(img)
         return r["depth"], r["uncertainty"], r["head"], r["how"]
 
-    def run(self, img: Image.Image, choose=None, head=None, want_distances=False, camera=None, gate=None) -> dict:
+    def run(self, img: Image.Image, choose=None, head=None, want_distances=False, camera=None, gate=None,
+            on_choice=None) -> dict:
         """One image through the frame pipeline (inference/frames.py): ``{"depth", "uncertainty"}``
         (H,W) at the image's size, ``"head"`` (index), ``"how"`` ("given" or "auto"), ``"raw_head"``
         (the nearest head on the frame, or None), ``"distances"`` ((D,) float32 tensor, or None),
@@ -409,16 +410,17 @@ class Predictor:
         smoothing). ``camera``: an ``inference.frames.CameraHint`` (default: ``--intrinsics`` /
         ``--fov``). With ``--size`` the image is instead resized to that input (squeezed: the old
         rule, kept for comparisons). ``gate``: a stream's ``inference.frames.SelectionGate`` (the
-        selection reused while the frame has not changed; not with ``--size``).
+        selection reused while the frame has not changed; not with ``--size``). ``on_choice()``: called
+        once the head is chosen, before the depth pass (``inference.stream.run_stream``'s frames at once).
         """
         forced = head if head is not None else self.forced
         hint = camera if camera is not None else self.camera
         if self.size is not None:
-            return self._run_sized(img, choose, forced, want_distances, hint)
+            return self._run_sized(img, choose, forced, want_distances, hint, on_choice)
         return self.pipeline.run(img, head=forced, choose=choose, camera=hint, want_distances=want_distances,
-                                 gate=gate)
+                                 gate=gate, on_choice=on_choice)
 
-    def _run_sized(self, img, choose, forced, want_distances, hint=None) -> dict:
+    def _run_sized(self, img, choose, forced, want_distances, hint=None, on_choice=None) -> dict:
         """``--size HxW``: every image squeezed to that network input (no camera handling of the
         depth); ``"camera"`` is still the frame's (the camera given, else the chosen head's field of
         view at the image's own aspect ratio: frames.resolve_camera), for the point cloud."""
@@ -432,6 +434,8 @@ class Predictor:
             chosen, how = int(forced), "given"
         else:
             chosen, how = (raw if choose is None else int(choose(raw, dists))), "auto"
+        if on_choice is not None:
+            on_choice()
         if out is None or chosen != raw:
             out = self.predictor.predict(to_input(img, self.size), domain=chosen, with_uncertainty=True)
         depth = upsample_to(out["depth"].float(), (H, W))[0, 0].cpu().numpy().astype(np.float32)

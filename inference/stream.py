@@ -40,7 +40,7 @@ import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -402,9 +402,101 @@ def frame_label(model, index, head, raw_head, smoothing, vmax, ood=None) -> str:
 # ----------------------------------------------------------------------------------------------
 # The loop
 # ----------------------------------------------------------------------------------------------
+FRAMES_AT_ONCE = 2  # frames in flight by default on a CPU (PyTorch backend): docs/BENCHMARKS.md#frames-at-once
+
+
+def resolve_frames_at_once(model, requested: int | None = None) -> int:
+    """How many frames :func:`run_stream` runs at once for ``model`` (an ``inference.images.Predictor``):
+    ``requested`` (--frames-at-once), else ``FRAMES_AT_ONCE`` on a CPU with the PyTorch backend and at
+    least that many torch threads (each frame then takes the threads' share: two small passes keep
+    two cores busier than one pass split over both), else 1. InputError for a number below 1, or
+    above 1 on another backend or device (their sessions are not shared between threads here)."""
+    p = model.predictor
+    backend = getattr(p, "backend", "torch")
+    torch_cpu = backend == "torch" and p.device.type == "cpu"
+    if requested is None:
+        return FRAMES_AT_ONCE if torch_cpu and torch.get_num_threads() >= FRAMES_AT_ONCE else 1
+    if requested < 1:
+        raise InputError(f"--frames-at-once must be at least 1, got {requested}")
+    if requested > 1 and not torch_cpu:
+        raise InputError(f"--frames-at-once {requested}: frames run at once only with the PyTorch backend on a "
+                         f"CPU (this model runs {backend} on {p.device}); give 1")
+    return int(requested)
+
+
+class FrameTurns:
+    """Frames in flight at once choose their heads in frame order: the selection gate and the
+    smoother carry state from one frame to the next. Frame ``i`` waits for its turn before its
+    selection and hands the turn on once its head is chosen (``done``), before its depth pass."""
+
+    def __init__(self):
+        self._cv = threading.Condition()
+        self._next = 0
+
+    def wait(self, index: int) -> None:
+        with self._cv:
+            self._cv.wait_for(lambda: self._next >= index)
+
+    def done(self, index: int) -> None:
+        with self._cv:
+            if self._next == index:
+                self._next = index + 1
+                self._cv.notify_all()
+
+
+class FramesAtOnce:
+    """Up to ``n`` frames through ``compute(index, rgb, path, turns)`` at once, in threads with the
+    torch threads shared out between them, their results handed back in frame order (``n=1``: in
+    the caller's thread). ``failed``: a frame's computation raised (the frames after it are not
+    handed back)."""
+
+    def __init__(self, n: int, compute):
+        self.n, self.compute, self.failed = int(n), compute, False
+        self.pending = deque()
+        self.pool = self.turns = self._threads = None
+        if self.n > 1:
+            from concurrent.futures import ThreadPoolExecutor
+            self._threads = torch.get_num_threads()
+            torch.set_num_threads(max(1, self._threads // self.n))
+            self.turns = FrameTurns()
+            self.pool = ThreadPoolExecutor(self.n, thread_name_prefix="frame")
+
+    def put(self, index: int, name, rgb, path):
+        """Submit a frame; yields (index, name, rgb, result) of the frames now due, in order (the
+        first frame alone: the predictor's lazy set-up runs once)."""
+        if self.pool is None:
+            yield index, name, rgb, self._result(lambda: self.compute(index, rgb, path, None))
+            return
+        self.pending.append((index, name, rgb, self.pool.submit(self.compute, index, rgb, path, self.turns)))
+        while self.pending and (index == 0 or len(self.pending) >= self.n):
+            yield self._pop()
+
+    def drain(self):
+        """The frames still in flight, in order."""
+        while self.pending:
+            yield self._pop()
+
+    def _pop(self):
+        index, name, rgb, future = self.pending.popleft()
+        return index, name, rgb, self._result(future.result)
+
+    def _result(self, get):
+        try:
+            return get()
+        except BaseException:
+            self.failed = True
+            raise
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            torch.set_num_threads(self._threads)
+            self.pool = None
+
+
 def run_stream(model, frames, *, smoother=None, sink=None, clamp=True, max_depth=None,
                threaded=True, max_frames=None, on_frame=None, interval=0.9, records=None,
-               reselect: float = 0.0) -> list[dict]:
+               reselect: float = 0.0, frames_at_once: int = 1) -> list[dict]:
     """Run ``model`` (an ``inference.images.Predictor``) over ``frames`` ((name, RGB array) or
     (name, RGB array, file path) in order; a file's camera is ``model.camera_of(path)``).
 
@@ -416,7 +508,9 @@ def run_stream(model, frames, *, smoother=None, sink=None, clamp=True, max_depth
     the records are appended to as they come (so that a stream stopped half way keeps them).
     ``reselect``: the ``inference.frames.SelectionGate`` threshold (0: the selection runs on every
     frame; else it is reused while the frame's cheap descriptor stays within it; the record's
-    ``"selected"`` says whether it ran).
+    ``"selected"`` says whether it ran). ``frames_at_once``: frames in flight (:class:`FramesAtOnce`;
+    their heads chosen in frame order, so the records are those of one frame at a time; a frame's
+    ``latency_ms`` runs from its start to its record, waiting for its turn included).
     """
     from PIL import Image
     from inference.frames import SelectionGate
@@ -424,33 +518,60 @@ def run_stream(model, frames, *, smoother=None, sink=None, clamp=True, max_depth
     source = Prefetch(frames) if threaded else frames
     records = [] if records is None else records
     smoothing = "raw" if smoother is None else smoother.mode
+
+    def compute(index, rgb, path, turns):
+        t0 = time.perf_counter()
+        # the frame's camera by predict.py's rule (Predictor.camera_of: --intrinsics, --fov,
+        # else the file's EXIF focal length; a video frame has no file of its own)
+        camera = model.camera_of(path[0] if path else None)
+        if turns is None:
+            return model.run(Image.fromarray(rgb), choose=smoother, camera=camera, gate=gate), t0
+        turns.wait(index)
+        try:
+            return model.run(Image.fromarray(rgb), choose=smoother, camera=camera, gate=gate,
+                             on_choice=lambda: turns.done(index)), t0
+        finally:
+            turns.done(index)  # also when the frame failed: the next one may go on
+
+    def finish(index, name, rgb, result):
+        r, t0 = result
+        depth, head = r["depth"], r["head"]
+        if clamp:
+            depth = model.clamp(depth, head)
+        latency = (time.perf_counter() - t0) * 1000.0
+        dists = None if r["distances"] is None else [float(v) for v in r["distances"]]
+        rec = {"frame": index, "name": name, "raw_head": r["raw_head"], "head": head,
+               "distances": dists, "latency_ms": latency, "ood": r.get("ood"), "selected": r.get("selected"),
+               "depth_min": float(depth.min()), "depth_max": float(depth.max()),
+               "interval": interval, "interval_width_m": None if r["uncertainty"] is None else
+               median_width(*model.interval(depth, r["uncertainty"], head, interval))}
+        records.append(rec)
+        if sink is not None:
+            vmax = float(max_depth) if max_depth else float(model.ranges[head][1])
+            sink.put({"name": name, "rgb": rgb, "depth": depth, "vmax": vmax,
+                      "text": frame_label(model, index, head, r["raw_head"], smoothing, vmax, r.get("ood"))})
+        if on_frame is not None:
+            on_frame(rec)
+
+    lanes = FramesAtOnce(frames_at_once, compute)
     try:
         for index, (name, rgb, *path) in enumerate(source):
             if max_frames is not None and index >= max_frames:
                 break
-            t0 = time.perf_counter()
-            # the frame's camera by predict.py's rule (Predictor.camera_of: --intrinsics, --fov,
-            # else the file's EXIF focal length; a video frame has no file of its own)
-            camera = model.camera_of(path[0] if path else None)
-            r = model.run(Image.fromarray(rgb), choose=smoother, camera=camera, gate=gate)
-            depth, head = r["depth"], r["head"]
-            if clamp:
-                depth = model.clamp(depth, head)
-            latency = (time.perf_counter() - t0) * 1000.0
-            dists = None if r["distances"] is None else [float(v) for v in r["distances"]]
-            rec = {"frame": index, "name": name, "raw_head": r["raw_head"], "head": head,
-                   "distances": dists, "latency_ms": latency, "ood": r.get("ood"), "selected": r.get("selected"),
-                   "depth_min": float(depth.min()), "depth_max": float(depth.max()),
-                   "interval": interval, "interval_width_m": None if r["uncertainty"] is None else
-                   median_width(*model.interval(depth, r["uncertainty"], head, interval))}
-            records.append(rec)
-            if sink is not None:
-                vmax = float(max_depth) if max_depth else float(model.ranges[head][1])
-                sink.put({"name": name, "rgb": rgb, "depth": depth, "vmax": vmax,
-                          "text": frame_label(model, index, head, r["raw_head"], smoothing, vmax, r.get("ood"))})
-            if on_frame is not None:
-                on_frame(rec)
+            for due in lanes.put(index, name, rgb, path):
+                finish(*due)
+        for due in lanes.drain():
+            finish(*due)
+    except BaseException:
+        if not lanes.failed:  # a frame that could not be read, Ctrl-C: the frames computed are kept
+            try:
+                for due in lanes.drain():
+                    finish(*due)
+            except BaseException:  # noqa: BLE001 - the first error is the one reported
+                pass
+        raise
     finally:
+        lanes.close()
         if threaded:
             source.close()
     return records
@@ -527,7 +648,8 @@ class StreamOptions:
     ``clamp``: depth clipped to the head's range; ``max_depth``: top of the video's colour range
     (None: the head's range); ``interval``: the coverage whose median width is logged per frame;
     ``reselect``: the automatic head's selection reused while the frame moved less than this
-    (``inference.frames.SelectionGate``; 0: selection on every frame).
+    (``inference.frames.SelectionGate``; 0: selection on every frame); ``frames_at_once``: frames in
+    flight (None: :func:`resolve_frames_at_once`'s choice for the model).
     Checked when made (InputError).
     """
     smoothing: str = "mean"
@@ -542,8 +664,11 @@ class StreamOptions:
     max_depth: float | None = None
     interval: float = 0.9
     reselect: float = GATE_THRESHOLD
+    frames_at_once: int | None = None
 
     def __post_init__(self):
+        if self.frames_at_once is not None and self.frames_at_once < 1:
+            raise InputError(f"--frames-at-once must be at least 1, got {self.frames_at_once}")
         if not self.reselect >= 0:
             raise InputError(f"--reselect must be >= 0, got {self.reselect}")
         if self.max_frames is not None and self.max_frames < 1:
@@ -644,7 +769,8 @@ def run_into_sink(model, source, sink, smoother, options, on_frame):
     try:
         run_stream(model, source.frames, smoother=smoother, sink=sink, clamp=options.clamp,
                    max_depth=options.max_depth, threaded=options.threads, max_frames=options.max_frames,
-                   on_frame=on_frame, interval=options.interval, records=records, reselect=options.reselect)
+                   on_frame=on_frame, interval=options.interval, records=records, reselect=options.reselect,
+                   frames_at_once=resolve_frames_at_once(model, options.frames_at_once))
         complete = True
     except (KeyboardInterrupt, OSError, ValueError) as e:  # Ctrl-C, a bad frame, a failed write
         stop = e
@@ -678,6 +804,7 @@ def write_stream(model, source: StreamSource, out_dir, options: StreamOptions | 
 
 def _write_stream(model, source, out_dir: Path, options, smoother, on_frame) -> dict:
     """write_stream with its outputs' lock held."""
+    options = replace(options, frames_at_once=resolve_frames_at_once(model, options.frames_at_once))
     outputs = stream_outputs(out_dir, source.stem, options)
     fps = options.fps or source.fps or 10.0
     sink = Sink(outputs["video"], fps, outputs["depth"], threaded=options.threads)
@@ -708,7 +835,7 @@ def stream_summary(model, records, *, source, fps, smoother, options, seconds, o
             "switches": count_switches(heads), "raw_switches": count_switches(raw) if raw else None,
             "frames_per_s": len(records) / seconds, "seconds": seconds,
             "median_latency_ms": float(np.median([r["latency_ms"] for r in records])),
-            "reselect": options.reselect,
+            "reselect": options.reselect, "frames_at_once": options.frames_at_once,
             "selections": sum(1 for r in records if r.get("selected")),
             "interval": stream_interval(model, records, options.interval),
             "frames_per_head": {get_domain(c).name: heads.count(i) for i, c in enumerate(model.letters)},

@@ -283,3 +283,78 @@ def test_stream_interrupted_keeps_its_log_without_traceback(ckpt, tmp_path, monk
         code = stop.code
     assert code == 130
     assert frames_logged(out) == ["f0", "f1"] and "interrupted: 2 frame(s) done" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ frames at once
+def test_frames_at_once_give_the_records_of_one_frame_at_a_time(ckpt):
+    """Two frames in flight (each with its share of the threads): the same heads, raw heads,
+    distances and depth as one at a time, the smoother and the selection gate fed in frame order."""
+    import torch
+    model = images.Predictor(ckpt, device="cpu")
+    frames = [(str(i), rgb) for i, (_, rgb) in enumerate(stream_frames())]
+    key = lambda recs: [(r["frame"], r["name"], r["head"], r["raw_head"], r["selected"],  # noqa: E731
+                         [round(d, 3) for d in r["distances"]], round(r["depth_max"], 4)) for r in recs]
+    one = S.run_stream(model, iter(frames), smoother=S.HeadSmoother(), reselect=0.05, frames_at_once=1)
+    before = torch.get_num_threads()
+    two = S.run_stream(model, iter(frames), smoother=S.HeadSmoother(), reselect=0.05, frames_at_once=2)
+    assert key(two) == key(one) and len(two) == len(frames)
+    assert torch.get_num_threads() == before  # the threads' share is given back
+    check_segments([{"head": "NKS"[r["head"]]} for r in two])
+
+
+def test_frames_at_once_choose_heads_in_frame_order(ckpt):
+    """Whatever order the frames' computations finish in, each frame's head is chosen after the
+    previous frame's (the smoother sees the frames in order) and before its own depth pass."""
+    import random
+    import threading
+    import time
+    model = images.Predictor(ckpt, device="cpu")
+    original, order, rng = model.run, [], random.Random(0)
+    lock = threading.Lock()
+
+    def jittery(img, choose=None, on_choice=None, **k):
+        time.sleep(rng.random() * 0.02)  # frames of uneven cost: a later one could overtake
+
+        def chooser(raw, dists):
+            with lock:
+                order.append(int(np.asarray(img)[0, 0, 0]))
+            return choose(raw, dists) if choose is not None else raw
+        return original(img, choose=chooser, on_choice=on_choice, **k)
+
+    model.run = jittery
+    frames = [(str(i), np.full((96, 128, 3), i, np.uint8)) for i in range(12)]
+    recs = S.run_stream(model, iter(frames), smoother=S.HeadSmoother(), frames_at_once=3, threaded=False)
+    assert order == list(range(12)) and [r["frame"] for r in recs] == list(range(12))
+
+
+def test_frames_at_once_resolution_and_errors(ckpt, monkeypatch):
+    import torch
+    model = images.Predictor(ckpt, device="cpu")
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert S.resolve_frames_at_once(model) == S.FRAMES_AT_ONCE == 2
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert S.resolve_frames_at_once(model) == 1 and S.resolve_frames_at_once(model, 3) == 3
+    monkeypatch.setattr(model.predictor, "backend", "openvino")
+    assert S.resolve_frames_at_once(model) == 1
+    with pytest.raises(S.InputError, match="only with the PyTorch backend"):
+        S.resolve_frames_at_once(model, 2)
+    with pytest.raises(S.InputError, match="at least 1"):
+        S.StreamOptions(frames_at_once=0)
+
+
+def test_a_frame_that_fails_with_frames_at_once_keeps_the_frames_before(ckpt, tmp_path):
+    """A frame whose computation raises stops the stream; the records are exactly the frames before it."""
+    model = images.Predictor(ckpt, device="cpu")
+    original = model.run
+
+    def failing(img, **k):
+        if int(np.asarray(img)[0, 0, 0]) == 5:
+            raise ValueError("frame 5 is broken")
+        return original(img, **k)
+
+    model.run = failing
+    frames = [(str(i), np.full((96, 128, 3), i, np.uint8)) for i in range(9)]
+    records = []
+    with pytest.raises(ValueError, match="frame 5"):
+        S.run_stream(model, iter(frames), smoother=S.HeadSmoother(), frames_at_once=2, records=records)
+    assert [r["frame"] for r in records] == [0, 1, 2, 3, 4]
