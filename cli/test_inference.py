@@ -15,7 +15,7 @@ from base.safeio import check_report, protect, write_json
 from evaluation.evaluate import describe_predictor, describe_settings
 from evaluation.selection import SelectionOptions, evaluate_selection, selection_benchmark
 from base.domains import DEFAULT_DATA_ROOT
-from inference.frames import DEFAULT_SELECT_DESCRIPTOR, SELECT_DESCRIPTORS
+from inference.prototypes import DEFAULT_SELECT_DESCRIPTOR, SELECT_DESCRIPTORS
 from inference.prototypes import DEFAULT_PROTO_IMAGES, DEFAULT_SELECTOR
 from models import load_checkpoint
 from models.checkpoint import check_checkpoint_path, checkpoint_letters, checkpoint_meta

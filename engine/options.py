@@ -18,7 +18,7 @@ from pathlib import Path
 from base.domains import DEFAULT_DATA_ROOT, load_domains_from_root, parse_order, run_name
 from base.errors import InputError
 from base.images import scaled_size
-from inference.frames import DEFAULT_SELECT_DESCRIPTOR, SELECT_DESCRIPTORS
+from inference.prototypes import DEFAULT_SELECT_DESCRIPTOR, SELECT_DESCRIPTORS
 from loaders import rendered_scale_hint
 from models.fast import PRECISIONS
 from models.resnet import ENCODERS

@@ -63,7 +63,8 @@ from base.domains import SENSORS, Intrinsics, get_domain
 from base.safeio import read_json
 from models.checkpoint import checkpoint_meta
 from inference.ood import fit_ood, ood_descriptor, ood_scores, ood_verdict
-from inference.prototypes import LDA_SHRINK, fit_lda, lda_distances, pooled_descriptor
+from inference.prototypes import (DEFAULT_SELECT_DESCRIPTOR, LDA_SHRINK, SELECT_DESCRIPTORS, fit_lda,
+                                  lda_distances, pooled_descriptor)
 from base.images import image_tensor
 from loaders import build_transform, get_dataset
 from losses import upsample_to
@@ -84,13 +85,6 @@ FIT_CROP = 1.0625        # a side up to this x the training side: cropped to it,
 FIT_SQUEEZE = 1.25       # up to this: resized to it, the depth times (area ratio) ** FIT_DEPTH_POWER
 FIT_DEPTH_POWER = 0.375  # between the network's measured response (0) and the focal ratio's (0.5):
 #                          chosen on test seeds 0 and 7, checked on seed 23 (docs/BENCHMARKS.md#frame-rule)
-# What the ``frames`` LDA selects on (fit_frame_statistics): "fused+layer1" joins the pooled fused
-# features with the encoder's layer1 statistics (inference/ood.py's descriptor, computed for the
-# verdict anyway); "fused", the fused features alone (the rule before, and of older checkpoints).
-# Chosen on the held-out replay frames' accuracy (0.995 -> 1.000 on both aerial-added models; the
-# test frames after it: docs/BENCHMARKS.md#your-own-domain).
-SELECT_DESCRIPTORS = ("fused+layer1", "fused")
-DEFAULT_SELECT_DESCRIPTOR = "fused+layer1"
 SENSOR_DIAGONAL_35MM = math.hypot(36.0, 24.0)  # mm: what a "35 mm equivalent" focal length refers to
 
 
@@ -543,7 +537,7 @@ def fit_frame_statistics(fit, calibrate, area, shrink=None, ood=None,
     descriptors ``calibrate``: the OOD_QUANTILE of the smallest distance of held-out frames the
     head was chosen for, times OOD_MARGIN. ``ood``: (fit, calibrate) lists of out-of-domain
     descriptors, for the verdict stored as ``"ood"`` (inference/ood.py). ``descriptor``
-    (``SELECT_DESCRIPTORS``): "fused+layer1" fits the LDA on the ``ood`` lists instead (the fused
+    (``prototypes.SELECT_DESCRIPTORS``): "fused+layer1" fits the LDA on the ``ood`` lists instead (the fused
     descriptor joined with layer1's; "fused" without them), stored as ``"descriptor"``."""
     if descriptor not in SELECT_DESCRIPTORS:
         raise ValueError(f"unknown selection descriptor {descriptor!r}; choose one of {SELECT_DESCRIPTORS}")

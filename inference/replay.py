@@ -157,15 +157,15 @@ def frame_statistics(net, letters: str, data_root, cameras=None, max_images=FRAM
     image (and its variants) is held out of the fit and calibrates the thresholds. ``options``:
     the caller's command's names of ``data_root`` and ``max_images`` (None: no option sets it),
     for the message when too few rows are used. ``selector``: the descriptor the head choice is
-    fitted on (``frames.SELECT_DESCRIPTORS``; None: the default).
+    fitted on (``prototypes.SELECT_DESCRIPTORS``; None: the default).
 
     The work is bounded whatever the frames' resolution: ``max_images`` images per domain, five
     trunk passes each, each at ``selection_area(cameras, max_area)`` pixels. ``progress``: a tqdm
     bar advanced by one per image."""
     from PIL import Image
 
-    from inference.frames import (DEFAULT_SELECT_DESCRIPTOR, descriptor_of, fit_frame_statistics, frame_variants,
-                                  to_tensor)
+    from inference.frames import descriptor_of, fit_frame_statistics, frame_variants, to_tensor
+    from inference.prototypes import DEFAULT_SELECT_DESCRIPTOR
     from loaders import build_transform, load_rgb
     if hasattr(net, "trunk_features"):
         features, net = net.trunk_features, net.net
