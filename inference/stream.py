@@ -448,7 +448,8 @@ class FramesAtOnce:
     """Up to ``n`` frames through ``compute(index, rgb, path, turns)`` at once, in threads with the
     torch threads shared out between them, their results handed back in frame order (``n=1``: in
     the caller's thread). ``failed``: a frame's computation raised (the frames after it are not
-    handed back)."""
+    handed back). The torch thread count is the process's: it is lowered while the frames run and
+    given back by :meth:`close`."""
 
     def __init__(self, n: int, compute):
         self.n, self.compute, self.failed = int(n), compute, False

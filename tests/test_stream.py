@@ -358,3 +358,24 @@ def test_a_frame_that_fails_with_frames_at_once_keeps_the_frames_before(ckpt, tm
     with pytest.raises(ValueError, match="frame 5"):
         S.run_stream(model, iter(frames), smoother=S.HeadSmoother(), frames_at_once=2, records=records)
     assert [r["frame"] for r in records] == [0, 1, 2, 3, 4]
+
+
+def test_ctrl_c_with_frames_at_once_keeps_every_frame_computed(ckpt):
+    """Ctrl-C in the caller's thread while a frame is in flight: the frames computed are recorded, in
+    order and without a gap, and the interrupt goes on."""
+    import torch
+    model = images.Predictor(ckpt, device="cpu")
+    frames = [(str(i), np.full((96, 128, 3), 10 * i, np.uint8)) for i in range(10)]
+    records, seen = [], []
+
+    def on_frame(rec):
+        seen.append(rec["frame"])
+        if len(seen) == 3:
+            raise KeyboardInterrupt
+    before = torch.get_num_threads()
+    with pytest.raises(KeyboardInterrupt):
+        S.run_stream(model, iter(frames), smoother=S.HeadSmoother(), frames_at_once=2, records=records,
+                     on_frame=on_frame, threaded=False)
+    done = [r["frame"] for r in records]
+    assert done == list(range(len(done))) and 3 <= len(done) <= 4  # frame 3 was in flight
+    assert torch.get_num_threads() == before
