@@ -791,6 +791,8 @@ def write_stream(model, source: StreamSource, out_dir, options: StreamOptions | 
     ``on_frame(record)`` is called after each frame (a progress bar). A stream stopped half way
     raises :class:`StreamStopped` once the frames done are logged."""
     options = options or StreamOptions()
+    # checked before anything is written
+    options = replace(options, frames_at_once=resolve_frames_at_once(model, options.frames_at_once))
     smoother = options.smoother() if model.forced is None else None
     if smoother is not None:
         smoother.calibrate(frame_thresholds(model))
@@ -805,7 +807,6 @@ def write_stream(model, source: StreamSource, out_dir, options: StreamOptions | 
 
 def _write_stream(model, source, out_dir: Path, options, smoother, on_frame) -> dict:
     """write_stream with its outputs' lock held."""
-    options = replace(options, frames_at_once=resolve_frames_at_once(model, options.frames_at_once))
     outputs = stream_outputs(out_dir, source.stem, options)
     fps = options.fps or source.fps or 10.0
     sink = Sink(outputs["video"], fps, outputs["depth"], threaded=options.threads)
