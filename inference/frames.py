@@ -537,8 +537,8 @@ def fit_frame_statistics(fit, calibrate, area, shrink=None, ood=None,
     descriptors ``calibrate``: the OOD_QUANTILE of the smallest distance of held-out frames the
     head was chosen for, times OOD_MARGIN. ``ood``: (fit, calibrate) lists of out-of-domain
     descriptors, for the verdict stored as ``"ood"`` (inference/ood.py). ``descriptor``
-    (``prototypes.SELECT_DESCRIPTORS``): "fused+layer1" fits the LDA on the ``ood`` lists instead (the fused
-    descriptor joined with layer1's; "fused" without them), stored as ``"descriptor"``."""
+    (``prototypes.SELECT_DESCRIPTORS``): "fused+layer1" fits the LDA on the ``ood`` lists instead
+    (the fused descriptor joined with layer1's; "fused" without them), stored as ``"descriptor"``."""
     if descriptor not in SELECT_DESCRIPTORS:
         raise ValueError(f"unknown selection descriptor {descriptor!r}; choose one of {SELECT_DESCRIPTORS}")
     if descriptor != "fused" and ood is not None:
@@ -570,8 +570,9 @@ def selects_on_layer1(stats: dict) -> bool:
 
 def frame_distances(desc: torch.Tensor, stats: dict):
     """(distances (B,D), nearest head (B,), out of domain (B,) bool) of selection descriptors (the
-    descriptor ``stats`` were fitted on: ``selects_on_layer1``): the nearest LDA distance above the chosen head's threshold (the verdict of checkpoints without the
-    ``"ood"`` statistics; FramePipeline.select replaces it by inference/ood.py's where stored)."""
+    descriptor ``stats`` were fitted on: ``selects_on_layer1``): the nearest LDA distance above the
+    chosen head's threshold (the verdict of checkpoints without the ``"ood"`` statistics;
+    FramePipeline.select replaces it by inference/ood.py's where stored)."""
     d = lda_distances(desc, stats)
     best, chosen = d.min(dim=1)
     thr = torch.tensor(stats["thresholds"], dtype=best.dtype)
