@@ -301,7 +301,9 @@ def test_two_streams_of_the_same_name_into_one_folder_do_not_mix(tmp_path):
     source = stream.StreamSource(tmp_path / "a" / "clip.mp4", iter([]), 10.0)
     with safeio.hold_lock(out / ".clip.stream.lock", "another stream (pid {pid})"):
         with pytest.raises(InputError, match="clip_frames.csv"):
-            model = type("M", (), {"forced": 0})()
+            # a model stand-in: a head forced (no smoothing), a PyTorch CPU predictor (frames at once)
+            cpu = type("P", (), {"backend": "torch", "device": __import__("torch").device("cpu")})()
+            model = type("M", (), {"forced": 0, "predictor": cpu})()
             stream.write_stream(model, source, out, stream.StreamOptions(smoothing="raw", video=False))
 
 
