@@ -15,8 +15,7 @@ from base.safeio import check_report, protect, write_json
 from evaluation.evaluate import describe_predictor, describe_settings
 from evaluation.selection import SelectionOptions, evaluate_selection, selection_benchmark
 from base.domains import DEFAULT_DATA_ROOT
-from inference.prototypes import DEFAULT_SELECT_DESCRIPTOR, SELECT_DESCRIPTORS
-from inference.prototypes import DEFAULT_PROTO_IMAGES, DEFAULT_SELECTOR
+from inference.prototypes import DEFAULT_PROTO_IMAGES, DEFAULT_SELECT_DESCRIPTOR, DEFAULT_SELECTOR, SELECT_DESCRIPTORS
 from models import load_checkpoint
 from models.checkpoint import check_checkpoint_path, checkpoint_letters, checkpoint_meta
 from cli.errors import CLIError, run_command

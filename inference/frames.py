@@ -711,10 +711,11 @@ class FramePipeline:
         else:
             feats = p.trunk_features(xs)
         desc = joined = pooled_descriptor(feats.float())
-        if stats.get("ood") or selects_on_layer1(stats):  # the out-of-domain descriptor (inference/ood.py)
+        on_layer1 = selects_on_layer1(stats)
+        if stats.get("ood") or on_layer1:  # the out-of-domain descriptor (inference/ood.py)
             layer1 = blocks[0] if blocks is not None and self.rule == "fitted" else None
             joined = ood_descriptor(p.net, xs, desc, layer1)
-        dists, chosen, ood = frame_distances(joined if selects_on_layer1(stats) else desc, stats)
+        dists, chosen, ood = frame_distances(joined if on_layer1 else desc, stats)
         score = None
         if stats.get("ood"):  # the per-head verdict on the out-of-domain descriptor
             score = ood_scores(joined, stats["ood"])

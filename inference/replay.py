@@ -17,7 +17,7 @@ from base.errors import InputError
 from loaders import DatasetFormatError, get_dataset, get_loader
 from models import load_checkpoint
 from models.checkpoint import checkpoint_meta
-from inference.prototypes import DEFAULT_PROTO_IMAGES, AUTHORS_PROTO_IMAGES, LDA_PASSES, compute_authors_prototypes, compute_lda, compute_prototypes
+from inference.prototypes import DEFAULT_PROTO_IMAGES, DEFAULT_SELECT_DESCRIPTOR, AUTHORS_PROTO_IMAGES, LDA_PASSES, compute_authors_prototypes, compute_lda, compute_prototypes
 
 
 def _replay_loaders(letters, replay_root, scale, device, train, batch_size, workers, max_images,
@@ -148,7 +148,8 @@ def selection_area(cameras=None, max_area=FRAME_AREA) -> float:
 
 @torch.no_grad()
 def frame_statistics(net, letters: str, data_root, cameras=None, max_images=FRAME_IMAGES, holdout=5, seed=0,
-                     progress=None, max_area=FRAME_AREA, options=("--replay-root", None), selector=None) -> dict:
+                     progress=None, max_area=FRAME_AREA, options=("--replay-root", None),
+                     selector=DEFAULT_SELECT_DESCRIPTOR) -> dict:
     """The ``frames`` selector statistics and out-of-domain thresholds of ``net`` (a network, or a
     DepthPredictor: then its own path, the features queries get; frames.py):
     each domain's replay files *as they lie on disk* (no domain transform), with the variants a
@@ -157,7 +158,7 @@ def frame_statistics(net, letters: str, data_root, cameras=None, max_images=FRAM
     image (and its variants) is held out of the fit and calibrates the thresholds. ``options``:
     the caller's command's names of ``data_root`` and ``max_images`` (None: no option sets it),
     for the message when too few rows are used. ``selector``: the descriptor the head choice is
-    fitted on (``prototypes.SELECT_DESCRIPTORS``; None: the default).
+    fitted on (``prototypes.SELECT_DESCRIPTORS``).
 
     The work is bounded whatever the frames' resolution: ``max_images`` images per domain, five
     trunk passes each, each at ``selection_area(cameras, max_area)`` pixels. ``progress``: a tqdm
@@ -165,7 +166,6 @@ def frame_statistics(net, letters: str, data_root, cameras=None, max_images=FRAM
     from PIL import Image
 
     from inference.frames import descriptor_of, fit_frame_statistics, frame_variants, to_tensor
-    from inference.prototypes import DEFAULT_SELECT_DESCRIPTOR
     from loaders import build_transform, load_rgb
     if hasattr(net, "trunk_features"):
         features, net = net.trunk_features, net.net
@@ -210,12 +210,12 @@ def frame_statistics(net, letters: str, data_root, cameras=None, max_images=FRAM
             ood_fit.append(torch.cat(other[0]))
             ood_cal.append(torch.cat(other[1]))
     net.train(was_training)
-    return fit_frame_statistics(fit, cal, area, ood=(ood_fit, ood_cal),
-                                descriptor=selector or DEFAULT_SELECT_DESCRIPTOR)
+    return fit_frame_statistics(fit, cal, area, ood=(ood_fit, ood_cal), descriptor=selector)
 
 
 def add_frame_statistics(checkpoint, out, data_root, order=None, max_images=FRAME_IMAGES, seed=0, quiet=False,
-                         max_area=FRAME_AREA, options=("--data-root", "--proto-images"), selector=None) -> dict:
+                         max_area=FRAME_AREA, options=("--data-root", "--proto-images"),
+                         selector=DEFAULT_SELECT_DESCRIPTOR) -> dict:
     """Write a copy of ``checkpoint`` (a path, or a network loaded from one) to ``out`` with the
     ``frames`` selector statistics (computed from ``data_root``'s replay rows on the default
     inference path) and the per-domain ``cameras``: for a checkpoint trained before they existed,

@@ -765,13 +765,14 @@ def stream_outputs(out_dir: Path, stem: str, options: StreamOptions) -> dict:
 
 def run_into_sink(model, source, sink, smoother, options, on_frame):
     """:func:`run_stream` into ``sink``, which is closed whatever happens: (the records of the frames
-    done, what stopped the stream half way or None)."""
+    done, what stopped the stream half way or None). ``options``: as :func:`write_stream` resolved
+    them (``frames_at_once`` a number)."""
     complete, records, stop = False, [], None
     try:
         run_stream(model, source.frames, smoother=smoother, sink=sink, clamp=options.clamp,
                    max_depth=options.max_depth, threaded=options.threads, max_frames=options.max_frames,
                    on_frame=on_frame, interval=options.interval, records=records, reselect=options.reselect,
-                   frames_at_once=resolve_frames_at_once(model, options.frames_at_once))
+                   frames_at_once=options.frames_at_once)
         complete = True
     except (KeyboardInterrupt, OSError, ValueError) as e:  # Ctrl-C, a bad frame, a failed write
         stop = e
